@@ -1,0 +1,3 @@
+"""The field-panel emulator."""
+
+__all__: list[str] = []

@@ -1,0 +1,129 @@
+"""fieldsync's wire protocol: sans-I/O core (bytes in, events out).
+
+The core imports no trio, sockets, ssl, sqlite3 or serial; the trio Stream
+adapters live in ``protocol.streams``, which the core never imports.
+"""
+
+from ._batch import check_records as check_records
+from ._batch import iter_rows as iter_rows
+from ._batch import pack_records as pack_records
+from ._codec import decode_payload as decode_payload
+from ._codec import encode_payload as encode_payload
+from ._codec import message_type as message_type
+from ._config import AccessLevel as AccessLevel
+from ._config import Cardholder as Cardholder
+from ._config import ConfigOp as ConfigOp
+from ._config import DeleteAccessLevel as DeleteAccessLevel
+from ._config import DeleteCardholder as DeleteCardholder
+from ._config import DeleteSchedule as DeleteSchedule
+from ._config import Door as Door
+from ._config import DoorMode as DoorMode
+from ._config import Interval as Interval
+from ._config import LevelEntry as LevelEntry
+from ._config import PutAccessLevel as PutAccessLevel
+from ._config import PutCardholder as PutCardholder
+from ._config import PutDoor as PutDoor
+from ._config import PutSchedule as PutSchedule
+from ._config import Schedule as Schedule
+from ._connection import NEED_DATA as NEED_DATA
+from ._connection import ConnectionClosed as ConnectionClosed
+from ._connection import ConnectionStatistics as ConnectionStatistics
+from ._connection import HostConnection as HostConnection
+from ._connection import NeedData as NeedData
+from ._connection import PanelConnection as PanelConnection
+from ._errors import ErrorCode as ErrorCode
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import PeerTimeout as PeerTimeout
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._framing import DEFAULT_MAX_PAYLOAD as DEFAULT_MAX_PAYLOAD
+from ._framing import FRAME_OVERHEAD as FRAME_OVERHEAD
+from ._framing import Frame as Frame
+from ._framing import FrameDecoder as FrameDecoder
+from ._framing import FrameStatistics as FrameStatistics
+from ._framing import encode_frame as encode_frame
+from ._messages import Ack as Ack
+from ._messages import Bye as Bye
+from ._messages import ConfigAck as ConfigAck
+from ._messages import ConfigDelta as ConfigDelta
+from ._messages import ConfigSnapshot as ConfigSnapshot
+from ._messages import Error as Error
+from ._messages import EventBatch as EventBatch
+from ._messages import Heartbeat as Heartbeat
+from ._messages import Hello as Hello
+from ._messages import Message as Message
+from ._messages import MessageType as MessageType
+from ._messages import Welcome as Welcome
+from ._records import GAP_KINDS as GAP_KINDS
+from ._records import RECORD_SIZE as RECORD_SIZE
+from ._records import RECORD_STRUCT as RECORD_STRUCT
+from ._records import EventFlags as EventFlags
+from ._records import EventKind as EventKind
+from ._records import EventRecord as EventRecord
+from ._state import TRANSITIONS as TRANSITIONS
+from ._state import Direction as Direction
+from ._state import Role as Role
+from ._state import State as State
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "FRAME_OVERHEAD",
+    "GAP_KINDS",
+    "NEED_DATA",
+    "RECORD_SIZE",
+    "RECORD_STRUCT",
+    "TRANSITIONS",
+    "AccessLevel",
+    "Ack",
+    "Bye",
+    "Cardholder",
+    "ConfigAck",
+    "ConfigDelta",
+    "ConfigOp",
+    "ConfigSnapshot",
+    "ConnectionClosed",
+    "ConnectionStatistics",
+    "DeleteAccessLevel",
+    "DeleteCardholder",
+    "DeleteSchedule",
+    "Direction",
+    "Door",
+    "DoorMode",
+    "Error",
+    "ErrorCode",
+    "EventBatch",
+    "EventFlags",
+    "EventKind",
+    "EventRecord",
+    "Frame",
+    "FrameDecoder",
+    "FrameStatistics",
+    "Heartbeat",
+    "Hello",
+    "HostConnection",
+    "Interval",
+    "LevelEntry",
+    "LocalProtocolError",
+    "Message",
+    "MessageType",
+    "NeedData",
+    "PanelConnection",
+    "PeerTimeout",
+    "ProtocolError",
+    "PutAccessLevel",
+    "PutCardholder",
+    "PutDoor",
+    "PutSchedule",
+    "RemoteProtocolError",
+    "Role",
+    "Schedule",
+    "State",
+    "Welcome",
+    "check_records",
+    "decode_payload",
+    "encode_payload",
+    "encode_frame",
+    "iter_rows",
+    "message_type",
+    "pack_records",
+]

@@ -1,0 +1,233 @@
+"""Payload codec: message dataclasses <-> payload bytes.
+
+construct (``_wire.py``) parses and builds every payload except the records of
+an EVENT_BATCH, which stay packed and go through ``_batch.py``. Library
+exceptions are mapped here, where they enter (httpcore's ``map_exceptions``
+idea): whatever bytes come in, only ``RemoteProtocolError`` leaves.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import construct
+
+from . import _wire
+from ._config import (
+    AccessLevel,
+    Cardholder,
+    ConfigOp,
+    DeleteAccessLevel,
+    DeleteCardholder,
+    DeleteSchedule,
+    Door,
+    Interval,
+    LevelEntry,
+    PutAccessLevel,
+    PutCardholder,
+    PutDoor,
+    PutSchedule,
+    Schedule,
+)
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._messages import (
+    MESSAGE_TYPES,
+    Ack,
+    Bye,
+    ConfigAck,
+    ConfigDelta,
+    ConfigSnapshot,
+    Error,
+    EventBatch,
+    Heartbeat,
+    Hello,
+    Message,
+    MessageType,
+    Welcome,
+)
+from ._records import RECORD_SIZE
+
+__all__ = ["decode_payload", "encode_payload", "message_type"]
+
+_BATCH_HEAD = struct.Struct(">QH")
+
+
+def message_type(message: Message) -> MessageType:
+    return MESSAGE_TYPES[type(message)]
+
+
+# -- config ops ------------------------------------------------------------------
+
+
+def _op_to_wire(op: ConfigOp) -> dict[str, Any]:
+    match op:
+        case PutCardholder(cardholder=c):
+            body: Any = {
+                "card": c.card,
+                "pin": c.pin,
+                "valid_from_us": c.valid_from_us,
+                "valid_until_us": c.valid_until_us,
+                "levels": list(c.levels),
+            }
+            return {"op": _wire.OP_PUT_CARDHOLDER, "body": body}
+        case DeleteCardholder(card=card):
+            return {"op": _wire.OP_DELETE_CARDHOLDER, "body": card}
+        case PutSchedule(schedule=s):
+            intervals = [{"days": i.days, "start": i.start, "end": i.end} for i in s.intervals]
+            return {"op": _wire.OP_PUT_SCHEDULE, "body": {"id": s.id, "intervals": intervals}}
+        case DeleteSchedule(id=ident):
+            return {"op": _wire.OP_DELETE_SCHEDULE, "body": ident}
+        case PutDoor(door=d):
+            return {"op": _wire.OP_PUT_DOOR, "body": {"door": d.door, "mode": int(d.mode)}}
+        case PutAccessLevel(level=lv):
+            entries = [{"door": e.door, "schedule": e.schedule} for e in lv.entries]
+            return {"op": _wire.OP_PUT_ACCESS_LEVEL, "body": {"id": lv.id, "entries": entries}}
+        case DeleteAccessLevel(id=ident):
+            return {"op": _wire.OP_DELETE_ACCESS_LEVEL, "body": ident}
+    raise LocalProtocolError(ErrorCode.UNKNOWN_CONFIG_OP, f"not a config operation: {op!r}")
+
+
+def _op_from_wire(item: Any) -> ConfigOp:
+    body = item.body
+    match item.op:
+        case _wire.OP_PUT_CARDHOLDER:
+            return PutCardholder(
+                cardholder=Cardholder(
+                    card=body.card,
+                    pin=body.pin,
+                    valid_from_us=body.valid_from_us,
+                    valid_until_us=body.valid_until_us,
+                    levels=tuple(body.levels),
+                )
+            )
+        case _wire.OP_DELETE_CARDHOLDER:
+            return DeleteCardholder(card=body)
+        case _wire.OP_PUT_SCHEDULE:
+            intervals = tuple(Interval(days=i.days, start=i.start, end=i.end) for i in body.intervals)
+            return PutSchedule(schedule=Schedule(id=body.id, intervals=intervals))
+        case _wire.OP_DELETE_SCHEDULE:
+            return DeleteSchedule(id=body)
+        case _wire.OP_PUT_DOOR:
+            return PutDoor(door=Door(door=body.door, mode=body.mode))
+        case _wire.OP_PUT_ACCESS_LEVEL:
+            entries = tuple(LevelEntry(door=e.door, schedule=e.schedule) for e in body.entries)
+            return PutAccessLevel(level=AccessLevel(id=body.id, entries=entries))
+        case _wire.OP_DELETE_ACCESS_LEVEL:
+            return DeleteAccessLevel(id=body)
+    raise RemoteProtocolError(ErrorCode.UNKNOWN_CONFIG_OP, f"unknown config operation {item.op}")
+
+
+# -- encode ------------------------------------------------------------------------
+
+
+def encode_payload(message: Message) -> bytes:
+    """Encode a message's payload (without the frame)."""
+    if isinstance(message, EventBatch):
+        return _BATCH_HEAD.pack(message.first_seq, message.count) + message.records
+    kind = message_type(message)
+    if isinstance(message, ConfigDelta | ConfigSnapshot):
+        fields: dict[str, Any] = {f: getattr(message, f) for f in message.__dataclass_fields__ if f != "ops"}
+        fields["ops"] = [_op_to_wire(op) for op in message.ops]
+    else:
+        fields = {f: getattr(message, f) for f in message.__dataclass_fields__}
+    try:
+        return bytes(_wire.COMPILED[kind].build(fields))
+    except (construct.ConstructError, UnicodeError, struct.error, OverflowError) as exc:
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"cannot encode {kind.name}: {exc}") from None
+
+
+# -- decode ------------------------------------------------------------------------
+
+
+def _decode_batch(payload: bytes) -> EventBatch:
+    if len(payload) < _BATCH_HEAD.size:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED, f"EVENT_BATCH payload is {len(payload)} bytes, shorter than its header"
+        )
+    first_seq, count = _BATCH_HEAD.unpack_from(payload)
+    records = payload[_BATCH_HEAD.size :]
+    if len(records) != count * RECORD_SIZE:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED,
+            f"EVENT_BATCH declares {count} records but carries {len(records)} bytes ({count * RECORD_SIZE} expected)",
+        )
+    return EventBatch(first_seq=first_seq, records=records)
+
+
+def _fields(parsed: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: parsed[name] for name in names}
+
+
+def _from_construct(kind: MessageType, payload: bytes) -> Message:
+    parsed = _wire.COMPILED[kind].parse(payload)
+    if kind is MessageType.HELLO:
+        names = ("panel_id", "boot_id", "firmware", "oldest_seq", "newest_seq", "config_version", "max_epoch")
+        return Hello(**_fields(parsed, names))
+    if kind is MessageType.WELCOME:
+        return Welcome(**_fields(parsed, ("node_id", "epoch", "hwm", "config_version", "heartbeat_ms")))
+    if kind is MessageType.ACK:
+        return Ack(**_fields(parsed, ("epoch", "up_to_seq")))
+    if kind is MessageType.CONFIG_DELTA:
+        return ConfigDelta(
+            epoch=parsed.epoch,
+            from_version=parsed.from_version,
+            to_version=parsed.to_version,
+            ops=tuple(_op_from_wire(op) for op in parsed.ops),
+        )
+    if kind is MessageType.CONFIG_SNAPSHOT:
+        return ConfigSnapshot(
+            epoch=parsed.epoch,
+            version=parsed.version,
+            part=parsed.part,
+            parts=parsed.parts,
+            ops=tuple(_op_from_wire(op) for op in parsed.ops),
+        )
+    if kind is MessageType.CONFIG_ACK:
+        return ConfigAck(version=parsed.version)
+    if kind is MessageType.HEARTBEAT:
+        return Heartbeat(epoch=parsed.epoch)
+    if kind is MessageType.ERROR:
+        return Error(epoch=parsed.epoch, code=parsed.code, text=parsed.text)
+    if kind is MessageType.BYE:
+        return Bye(epoch=parsed.epoch, reason=parsed.reason)
+    raise AssertionError(f"no decoder for {kind!r}")  # pragma: no cover
+
+
+def _guard(kind: MessageType, decode: Callable[[], Message]) -> Message:
+    try:
+        return decode()
+    except RemoteProtocolError:
+        raise
+    except LocalProtocolError as exc:
+        # The message constructor refused a field: the peer sent it.
+        raise RemoteProtocolError(exc.code, f"{kind.name}: {exc.message}") from None
+    except construct.ExplicitError:
+        raise RemoteProtocolError(
+            ErrorCode.UNKNOWN_CONFIG_OP, f"{kind.name} carries an unknown config operation"
+        ) from None
+    except construct.ConstructError as exc:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED, f"{kind.name} payload does not parse: {_describe(exc)}"
+        ) from None
+    except UnicodeError:
+        raise RemoteProtocolError(ErrorCode.MALFORMED, f"{kind.name} carries text that is not valid") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise RemoteProtocolError(ErrorCode.FIELD_OUT_OF_RANGE, f"{kind.name}: {exc}") from None
+
+
+def _describe(exc: construct.ConstructError) -> str:
+    text = str(exc).replace("\n", " ").strip()
+    return text or type(exc).__name__
+
+
+def decode_payload(type_code: int, payload: bytes) -> Message:
+    """Decode a payload whose frame said ``type_code``; raises only RemoteProtocolError."""
+    try:
+        kind = MessageType(type_code)
+    except ValueError:
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_code}") from None
+    if kind is MessageType.EVENT_BATCH:
+        return _guard(kind, lambda: _decode_batch(payload))
+    return _guard(kind, lambda: _from_construct(kind, payload))

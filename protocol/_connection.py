@@ -1,0 +1,506 @@
+"""The two session state machines: ``PanelConnection`` and ``HostConnection``.
+
+Sans-I/O in the h11 mould: ``receive_data(bytes, now)`` in, ``next_event()``
+out (a message, ``ConnectionClosed`` or ``NEED_DATA``), ``send(message, now)``
+returns the bytes to write. Time is an argument: the state machines never read
+a clock, they expose ``next_deadline()`` and act in ``handle_timer(now)``
+(aioquic's shape), so a test drives them with exact virtual times.
+
+Beyond the transition table in ``_state.py`` they enforce the sequencing rules
+the promises rest on: batches run in seq order with no undeclared gap, acks only
+move forward and never past what was sent, config versions chain, and a panel
+never accepts a node whose epoch is older than the newest it has seen (P5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+from ._codec import decode_payload, encode_payload, message_type
+from ._errors import ErrorCode, LocalProtocolError, PeerTimeout, ProtocolError, RemoteProtocolError
+from ._framing import DEFAULT_MAX_PAYLOAD, FrameDecoder, encode_frame
+from ._messages import (
+    Ack,
+    Bye,
+    ConfigAck,
+    ConfigDelta,
+    ConfigSnapshot,
+    Error,
+    EventBatch,
+    Heartbeat,
+    Hello,
+    Message,
+    Welcome,
+)
+from ._state import TRANSITIONS, Direction, Role, State
+
+__all__ = [
+    "NEED_DATA",
+    "ConnectionClosed",
+    "ConnectionStatistics",
+    "HostConnection",
+    "NeedData",
+    "PanelConnection",
+]
+
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
+DEFAULT_HEARTBEAT_INTERVAL: Final = 1.0
+DEFAULT_HEARTBEAT_MISSES: Final = 3
+
+
+class NeedData:
+    """Sentinel type: ``next_event`` needs more bytes before it can say more."""
+
+    _instance: NeedData | None = None
+
+    def __new__(cls) -> NeedData:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionClosed:
+    """The byte stream ended. ``clean`` when a BYE or ERROR ended the session first."""
+
+    clean: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionStatistics:
+    role: Role
+    state: State
+    epoch: int
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    bytes_skipped: int
+    bad_crc: int
+    acked_seq: int
+    #: The highest seq sent (panel) or received (host).
+    sent_seq: int
+
+
+@dataclasses.dataclass(slots=True)
+class _SnapshotProgress:
+    version: int
+    parts: int
+    next_part: int
+
+
+class _Connection:
+    role: Role
+
+    def __init__(
+        self,
+        *,
+        now: float,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_misses: int = DEFAULT_HEARTBEAT_MISSES,
+        resync: bool = False,
+    ) -> None:
+        if handshake_timeout <= 0 or heartbeat_interval <= 0 or heartbeat_misses < 1:
+            raise ValueError("timeouts and intervals must be positive, misses at least 1")
+        self._decoder = FrameDecoder(max_payload=max_payload, resync=resync)
+        self._state = self._initial_state()
+        self._created = now
+        self._handshake_timeout = handshake_timeout
+        self._interval = heartbeat_interval
+        self._misses = heartbeat_misses
+        self._rx_now = now
+        self._last_received = now
+        self._last_sent = now
+        self._frames_in = 0
+        self._frames_out = 0
+        self._bytes_out = 0
+        self._closed_cleanly = False
+        #: Epoch of this session once the handshake is done (0 before).
+        self.session_epoch = 0
+        #: The store's high-water mark the session resumed from.
+        self.hwm = 0
+        #: Highest seq acknowledged so far in this session.
+        self.acked_seq = 0
+        # Next seq a batch must start at (the first batch may overlap below it).
+        self._next_seq = 1
+        self._batches = 0
+        #: Newest config version sent (host) or received (panel).
+        self.config_version = 0
+        #: Newest config version the panel acknowledged.
+        self.config_acked = 0
+        self._snapshot: _SnapshotProgress | None = None
+
+    # -- public surface ----------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def heartbeat_ms(self) -> int:
+        """The heartbeat interval in force (a panel adopts the node's from WELCOME)."""
+        return round(self._interval * 1000)
+
+    @property
+    def sent_seq(self) -> int:
+        return self._next_seq - 1
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} state={self._state.value} epoch={self.session_epoch} "
+            f"seq={self.sent_seq} acked={self.acked_seq}>"
+        )
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes read from the stream; ``b""`` means the peer closed it."""
+        self._rx_now = now
+        self._decoder.feed(data)
+
+    def next_event(self) -> Message | ConnectionClosed | NeedData:
+        """Parse the next message, or say NEED_DATA or that the stream ended.
+
+        Raises:
+            RemoteProtocolError: the peer sent something illegal; the state is ERROR.
+        """
+        if self._state is State.ERROR:
+            raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, "connection is in ERROR; nothing more is read")
+        try:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                if self._decoder.at_eof:
+                    clean = self._state is State.CLOSED
+                    self._state = State.CLOSED
+                    return ConnectionClosed(clean=clean)
+                return NEED_DATA
+            message = decode_payload(frame.type, frame.payload)
+            self._frames_in += 1
+            self._last_received = self._rx_now
+            self._transition(Direction.RECEIVE, message)
+            self._on_receive(message)
+        except ProtocolError as exc:
+            self._state = State.ERROR
+            if isinstance(exc, LocalProtocolError):  # pragma: no cover - defensive
+                raise RemoteProtocolError(exc.code, exc.message) from None
+            raise
+        return message
+
+    def send(self, message: Message, now: float) -> bytes:
+        """Return the bytes that carry ``message``; check it is legal first.
+
+        Raises:
+            LocalProtocolError: the message is illegal now; the state becomes ERROR
+                (except when sending ERROR itself, which is always allowed).
+        """
+        try:
+            self._transition(Direction.SEND, message)
+            self._on_send(message)
+        except LocalProtocolError:
+            self._state = State.ERROR
+            raise
+        data = encode_frame(message_type(message), encode_payload(message))
+        self._frames_out += 1
+        self._bytes_out += len(data)
+        self._last_sent = now
+        return data
+
+    def send_error(self, code: ErrorCode, text: str, now: float) -> bytes:
+        """Build and send an ERROR carrying this end's epoch; allowed in ERROR too."""
+        return self.send(Error(epoch=self._own_epoch(), code=int(code), text=text[:1000]), now)
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` next has something to do, or None."""
+        if self._state in (State.HELLO_SENT, State.AWAIT_HELLO):
+            return self._handshake_start() + self._handshake_timeout
+        if self._state is State.STREAMING:
+            return min(self._last_sent + self._interval, self._last_received + self._interval * self._misses)
+        return None
+
+    def handle_timer(self, now: float) -> bytes:
+        """Act on deadlines: returns a HEARTBEAT's bytes when one is due.
+
+        Raises:
+            PeerTimeout: the handshake took too long or the peer missed its
+                heartbeats; the state is ERROR.
+        """
+        if self._state in (State.HELLO_SENT, State.AWAIT_HELLO):
+            if now >= self._handshake_start() + self._handshake_timeout:
+                self._state = State.ERROR
+                raise PeerTimeout(
+                    f"handshake not done within {self._handshake_timeout:g} s (state {self._state.value})"
+                )
+            return b""
+        if self._state is not State.STREAMING:
+            return b""
+        silent = now - self._last_received
+        if silent >= self._interval * self._misses:
+            self._state = State.ERROR
+            raise PeerTimeout(
+                f"no frame from the peer for {silent:.3f} s ({self._misses} heartbeats of {self._interval:g} s)"
+            )
+        if now >= self._last_sent + self._interval:
+            return self.send(Heartbeat(epoch=self._own_epoch()), now)
+        return b""
+
+    def statistics(self) -> ConnectionStatistics:
+        frames = self._decoder.statistics()
+        return ConnectionStatistics(
+            role=self.role,
+            state=self._state,
+            epoch=self.session_epoch,
+            frames_in=self._frames_in,
+            frames_out=self._frames_out,
+            bytes_in=frames.bytes_received,
+            bytes_out=self._bytes_out,
+            bytes_skipped=frames.bytes_skipped,
+            bad_crc=frames.bad_crc,
+            acked_seq=self.acked_seq,
+            sent_seq=self.sent_seq,
+        )
+
+    # -- machinery shared by both roles ----------------------------------------------
+
+    def _initial_state(self) -> State:
+        raise NotImplementedError
+
+    def _handshake_start(self) -> float:
+        return self._created
+
+    def _own_epoch(self) -> int:
+        return self.session_epoch
+
+    def _transition(self, direction: Direction, message: Message) -> None:
+        kind = message_type(message)
+        new = TRANSITIONS.get((self.role, self._state, direction, kind))
+        if new is None:
+            text = f"{self.role.value} cannot {direction.value} {kind.name} in state {self._state.value}"
+            if direction is Direction.SEND:
+                raise LocalProtocolError(ErrorCode.ILLEGAL_IN_STATE, text)
+            raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, text)
+        self._state = new
+
+    def _on_send(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def _on_receive(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def _check_batch(self, batch: EventBatch, error: type[ProtocolError]) -> None:
+        if self._batches == 0:
+            if batch.first_seq > self._next_seq:
+                raise error(
+                    ErrorCode.SEQ_GAP,
+                    f"first batch starts at seq {batch.first_seq} but the store holds up to {self.hwm}: "
+                    f"seqs {self._next_seq}..{batch.first_seq - 1} would be missing undeclared",
+                )
+        elif batch.first_seq != self._next_seq:
+            code = ErrorCode.SEQ_GAP if batch.first_seq > self._next_seq else ErrorCode.SEQ_ORDER
+            raise error(code, f"batch starts at seq {batch.first_seq}; expected seq {self._next_seq}")
+        self._batches += 1
+        self._next_seq = max(self._next_seq, batch.last_seq + 1)
+
+    def _start_session(self, epoch: int, hwm: int) -> None:
+        self.session_epoch = epoch
+        self.hwm = hwm
+        self.acked_seq = hwm
+        self._next_seq = hwm + 1
+
+    def _check_config(self, message: ConfigDelta | ConfigSnapshot, error: type[ProtocolError]) -> None:
+        if isinstance(message, ConfigDelta):
+            if self._snapshot is not None:
+                raise error(ErrorCode.CONFIG_VERSION, "config delta inside an unfinished snapshot")
+            if message.from_version != self.config_version:
+                raise error(
+                    ErrorCode.CONFIG_VERSION,
+                    f"delta from version {message.from_version}; the panel is at {self.config_version}",
+                )
+            self.config_version = message.to_version
+            return
+        progress = self._snapshot
+        if message.part == 0:
+            if progress is not None:
+                raise error(ErrorCode.CONFIG_VERSION, "new snapshot before the previous one finished")
+            progress = _SnapshotProgress(version=message.version, parts=message.parts, next_part=0)
+        elif progress is None or (progress.version, progress.parts, progress.next_part) != (
+            message.version,
+            message.parts,
+            message.part,
+        ):
+            raise error(
+                ErrorCode.CONFIG_VERSION,
+                f"snapshot part {message.part}/{message.parts} of version {message.version} out of order",
+            )
+        progress.next_part += 1
+        if progress.next_part == progress.parts:
+            self._snapshot = None
+            self.config_version = message.version
+        else:
+            self._snapshot = progress
+
+    def _check_config_ack(self, ack: ConfigAck, error: type[ProtocolError]) -> None:
+        if not self.config_acked <= ack.version <= self.config_version:
+            raise error(
+                ErrorCode.CONFIG_VERSION,
+                f"config ack for version {ack.version}; acked so far {self.config_acked}, "
+                f"newest sent {self.config_version}",
+            )
+        self.config_acked = ack.version
+
+    def _check_node_epoch(self, epoch: int, what: str) -> None:
+        if epoch != self.session_epoch:
+            code = ErrorCode.STALE_EPOCH if epoch < self.session_epoch else ErrorCode.EPOCH_MISMATCH
+            raise RemoteProtocolError(
+                code, f"{what} carries epoch {epoch}; this session's epoch is {self.session_epoch}"
+            )
+
+
+class PanelConnection(_Connection):
+    """The field panel's side of a session: it dials (or accepts) and says HELLO.
+
+    Args:
+        epoch_floor: the newest cluster epoch this panel ever accepted; a WELCOME
+            with an older epoch is refused (P5).
+    """
+
+    role = Role.PANEL
+
+    def __init__(self, *, now: float, epoch_floor: int = 0, **kwargs: object) -> None:
+        super().__init__(now=now, **kwargs)  # type: ignore[arg-type]
+        self.epoch_floor = epoch_floor
+        self._hello_at = now
+        self.hello: Hello | None = None
+        self.welcome: Welcome | None = None
+
+    def _initial_state(self) -> State:
+        return State.IDLE
+
+    def _handshake_start(self) -> float:
+        return self._hello_at
+
+    def _own_epoch(self) -> int:
+        return max(self.epoch_floor, self.session_epoch)
+
+    def _on_send(self, message: Message) -> None:
+        if isinstance(message, Hello):
+            if message.max_epoch != self.epoch_floor:
+                raise LocalProtocolError(
+                    ErrorCode.FIELD_OUT_OF_RANGE,
+                    f"HELLO says max_epoch {message.max_epoch} but this connection's floor is {self.epoch_floor}",
+                )
+            self.hello = message
+            self.config_version = self.config_acked = message.config_version
+        elif isinstance(message, EventBatch):
+            self._check_batch(message, LocalProtocolError)
+        elif isinstance(message, ConfigAck):
+            if self._snapshot is not None and message.version >= self._snapshot.version:
+                raise LocalProtocolError(ErrorCode.CONFIG_VERSION, "config ack for an unfinished snapshot")
+            self._check_config_ack(message, LocalProtocolError)
+
+    def send(self, message: Message, now: float) -> bytes:
+        if isinstance(message, Hello):
+            self._hello_at = now
+        return super().send(message, now)
+
+    def _on_receive(self, message: Message) -> None:
+        if isinstance(message, Welcome):
+            if message.epoch < self.epoch_floor:
+                raise RemoteProtocolError(
+                    ErrorCode.STALE_EPOCH,
+                    f"node {message.node_id!r} offers epoch {message.epoch}; "
+                    f"this panel has seen epoch {self.epoch_floor}",
+                )
+            self.welcome = message
+            self._interval = message.heartbeat_ms / 1000
+            self._start_session(message.epoch, message.hwm)
+            self.epoch_floor = message.epoch
+        elif isinstance(message, Ack):
+            self._check_node_epoch(message.epoch, "ACK")
+            if message.up_to_seq < self.acked_seq:
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_ACK, f"ACK up to {message.up_to_seq} goes back from {self.acked_seq}"
+                )
+            if message.up_to_seq > self.sent_seq:
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_ACK, f"ACK up to {message.up_to_seq} but only seq {self.sent_seq} was sent"
+                )
+            self.acked_seq = message.up_to_seq
+        elif isinstance(message, ConfigDelta | ConfigSnapshot):
+            self._check_node_epoch(message.epoch, type(message).__name__)
+            self._check_config(message, RemoteProtocolError)
+        elif isinstance(message, Heartbeat):
+            self._check_node_epoch(message.epoch, "HEARTBEAT")
+
+
+class HostConnection(_Connection):
+    """The sync-engine node's side of a session with one panel.
+
+    The node reads HELLO (``hello``), decides, then sends WELCOME with its epoch
+    and the store's high-water mark for that panel, or an ERROR.
+    """
+
+    role = Role.HOST
+
+    def __init__(self, *, now: float, **kwargs: object) -> None:
+        super().__init__(now=now, **kwargs)  # type: ignore[arg-type]
+        self.hello: Hello | None = None
+
+    def _initial_state(self) -> State:
+        return State.AWAIT_HELLO
+
+    def _on_send(self, message: Message) -> None:
+        if isinstance(message, Welcome):
+            assert self.hello is not None
+            if message.epoch < self.hello.max_epoch:
+                raise LocalProtocolError(
+                    ErrorCode.STALE_EPOCH,
+                    f"this node's epoch {message.epoch} is older than epoch {self.hello.max_epoch} the panel has seen",
+                )
+            self._interval = message.heartbeat_ms / 1000
+            self._start_session(message.epoch, message.hwm)
+        elif isinstance(message, Ack):
+            self._check_own_epoch(message.epoch)
+            if not self.acked_seq <= message.up_to_seq <= self.sent_seq:
+                raise LocalProtocolError(
+                    ErrorCode.BAD_ACK,
+                    f"ACK up to {message.up_to_seq}: acked so far {self.acked_seq}, received up to {self.sent_seq}",
+                )
+            self.acked_seq = message.up_to_seq
+        elif isinstance(message, ConfigDelta | ConfigSnapshot):
+            self._check_own_epoch(message.epoch)
+            self._check_config(message, LocalProtocolError)
+        elif isinstance(message, Heartbeat | Bye | Error) and self.session_epoch:
+            self._check_own_epoch(message.epoch)
+
+    def _check_own_epoch(self, epoch: int) -> None:
+        if epoch != self.session_epoch:
+            raise LocalProtocolError(
+                ErrorCode.EPOCH_MISMATCH, f"message carries epoch {epoch}; the session's epoch is {self.session_epoch}"
+            )
+
+    def _on_receive(self, message: Message) -> None:
+        if isinstance(message, Hello):
+            self.hello = message
+            self.config_version = self.config_acked = message.config_version
+        elif isinstance(message, EventBatch):
+            self._check_batch(message, RemoteProtocolError)
+        elif isinstance(message, ConfigAck):
+            self._check_config_ack(message, RemoteProtocolError)
+        elif isinstance(message, Heartbeat):
+            if message.epoch > self.session_epoch:
+                raise RemoteProtocolError(
+                    ErrorCode.STALE_EPOCH,
+                    f"the panel has seen epoch {message.epoch}, newer than this session's {self.session_epoch}",
+                )
+            if message.epoch < self.session_epoch:
+                raise RemoteProtocolError(
+                    ErrorCode.EPOCH_MISMATCH,
+                    f"panel heartbeat carries epoch {message.epoch}; this session's epoch is {self.session_epoch}",
+                )

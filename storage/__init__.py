@@ -1,0 +1,3 @@
+"""Panel event buffer, server event store, config store."""
+
+__all__: list[str] = []
