@@ -213,6 +213,9 @@ def _guard(kind: MessageType, decode: Callable[[], Message]) -> Message:
         ) from None
     except UnicodeError:
         raise RemoteProtocolError(ErrorCode.MALFORMED, f"{kind.name} carries text that is not valid") from None
+    except struct.error as exc:
+        # construct's compiled parsers let struct's short-buffer error through.
+        raise RemoteProtocolError(ErrorCode.MALFORMED, f"{kind.name} payload is too short: {exc}") from None
     except (ValueError, TypeError, OverflowError) as exc:
         raise RemoteProtocolError(ErrorCode.FIELD_OUT_OF_RANGE, f"{kind.name}: {exc}") from None
 

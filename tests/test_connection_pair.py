@@ -1,0 +1,143 @@
+"""Two state machines linked back to back (h11's ConnectionPair), in virtual time."""
+
+from __future__ import annotations
+
+import pytest
+
+import protocol as p
+
+
+class ConnectionPair:
+    """A panel and a host whose bytes go straight to each other."""
+
+    def __init__(self, *, epoch_floor: int = 0) -> None:
+        self.now = 0.0
+        self.panel = p.PanelConnection(now=0.0, epoch_floor=epoch_floor)
+        self.host = p.HostConnection(now=0.0)
+        self.log: list[tuple[float, str, p.Message]] = []
+
+    def _deliver(self, data: bytes, to: p.PanelConnection | p.HostConnection, label: str) -> list[p.Message]:
+        to.receive_data(data, self.now)
+        got: list[p.Message] = []
+        while not isinstance(event := to.next_event(), p.NeedData):
+            assert not isinstance(event, p.ConnectionClosed)
+            got.append(event)
+            self.log.append((self.now, label, event))
+        return got
+
+    def panel_sends(self, message: p.Message) -> list[p.Message]:
+        return self._deliver(self.panel.send(message, self.now), self.host, "panel->host")
+
+    def host_sends(self, message: p.Message) -> list[p.Message]:
+        return self._deliver(self.host.send(message, self.now), self.panel, "host->panel")
+
+    def advance_to(self, when: float) -> None:
+        """Run both timers up to ``when``, in deadline order, like a trio loop would."""
+        while True:
+            deadlines = [(d, c) for c in (self.panel, self.host) if (d := c.next_deadline()) is not None and d <= when]
+            if not deadlines:
+                break
+            deadline, conn = min(deadlines, key=lambda x: x[0])
+            self.now = deadline
+            data = conn.handle_timer(self.now)
+            if data:
+                other = self.host if conn is self.panel else self.panel
+                self._deliver(data, other, "panel->host" if conn is self.panel else "host->panel")
+        self.now = when
+
+
+def test_full_session_with_ten_thousand_events() -> None:
+    pair = ConnectionPair(epoch_floor=2)
+    hello = p.Hello(
+        panel_id=4, boot_id=77, firmware="emu", oldest_seq=1, newest_seq=10_000, config_version=5, max_epoch=2
+    )
+    assert pair.panel_sends(hello) == [hello]
+    assert pair.host.state is p.State.HELLO_RECEIVED
+    pair.host_sends(p.Welcome(node_id="B", epoch=3, hwm=0, config_version=6, heartbeat_ms=500))
+    assert pair.panel.state is pair.host.state is p.State.STREAMING
+    assert pair.panel.epoch_floor == 3
+
+    window, size, seq, stored = 4, 250, 1, 0
+    in_flight: list[p.EventBatch] = []
+    while stored < 10_000:
+        while seq <= 10_000 and len(in_flight) < window:
+            batch = p.EventBatch.of(
+                [
+                    p.EventRecord(seq=s, time_us=s, kind=p.EventKind.ACCESS_GRANTED, card=s)
+                    for s in range(seq, seq + size)
+                ]
+            )
+            assert pair.panel_sends(batch) == [batch]
+            in_flight.append(batch)
+            seq += size
+        pair.now += 0.002  # one group commit
+        done = in_flight.pop(0)
+        stored = done.last_seq
+        pair.host_sends(p.Ack(epoch=3, up_to_seq=stored))
+        assert pair.panel.acked_seq == stored
+    assert pair.panel.sent_seq == pair.host.sent_seq == 10_000
+    assert pair.now == pytest.approx(40 * 0.002)
+
+    delta = p.ConfigDelta(
+        epoch=3, from_version=5, to_version=6, ops=(p.PutDoor(door=p.Door(door=1, mode=p.DoorMode.LOCKED)),)
+    )
+    assert pair.host_sends(delta) == [delta]
+    pair.panel_sends(p.ConfigAck(version=6))
+    assert pair.host.config_acked == 6
+
+    # Heartbeats: interval 0.5 s from WELCOME. Both sides last sent at 0.08 s.
+    pair.advance_to(2.0)
+    beats = [(t, who) for t, who, m in pair.log if isinstance(m, p.Heartbeat)]
+    assert beats[:2] == [(pytest.approx(0.58), "panel->host"), (pytest.approx(0.58), "host->panel")]
+    assert [t for t, who in beats if who == "panel->host"] == pytest.approx([0.58, 1.08, 1.58])
+    assert pair.panel.state is p.State.STREAMING
+
+    # The host goes silent: the panel declares it dead after 3 x 0.5 s without a frame.
+    last_heard = max(t for t, who, _ in pair.log if who == "host->panel")
+    with pytest.raises(p.PeerTimeout):
+        while True:
+            deadline = pair.panel.next_deadline()
+            assert deadline is not None
+            pair.now = deadline
+            pair.panel.handle_timer(pair.now)
+    assert pair.now == pytest.approx(last_heard + 1.5)
+    assert pair.panel.state is p.State.ERROR
+
+
+def test_handshake_timeout_is_exact() -> None:
+    panel = p.PanelConnection(now=10.0)
+    panel.send(
+        p.Hello(panel_id=1, boot_id=1, firmware="", oldest_seq=0, newest_seq=0, config_version=0, max_epoch=0), 12.0
+    )
+    assert panel.next_deadline() == 17.0
+    assert panel.handle_timer(16.999) == b""
+    with pytest.raises(p.PeerTimeout):
+        panel.handle_timer(17.0)
+    host = p.HostConnection(now=3.0, handshake_timeout=2.0)
+    assert host.next_deadline() == 5.0
+
+
+def _streaming_pair() -> ConnectionPair:
+    pair = ConnectionPair()
+    pair.panel_sends(
+        p.Hello(panel_id=4, boot_id=1, firmware="e", oldest_seq=0, newest_seq=0, config_version=0, max_epoch=0)
+    )
+    pair.host_sends(p.Welcome(node_id="A", epoch=1, hwm=0, config_version=9, heartbeat_ms=1000))
+    return pair
+
+
+def test_snapshot_in_parts_is_acked_only_when_complete() -> None:
+    pair = _streaming_pair()
+    for part in range(2):
+        pair.host_sends(p.ConfigSnapshot(epoch=1, version=9, part=part, parts=3, ops=()))
+    assert pair.panel.config_version == 0
+    with pytest.raises(p.LocalProtocolError) as info:
+        pair.panel.send(p.ConfigAck(version=9), pair.now)
+    assert info.value.code is p.ErrorCode.CONFIG_VERSION
+
+    pair = _streaming_pair()
+    for part in range(3):
+        pair.host_sends(p.ConfigSnapshot(epoch=1, version=9, part=part, parts=3, ops=()))
+    assert pair.panel.config_version == 9
+    pair.panel_sends(p.ConfigAck(version=9))
+    assert pair.host.config_acked == 9
