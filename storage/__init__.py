@@ -1,3 +1,55 @@
-"""Panel event buffer, server event store, config store."""
+"""Panel event buffer, server event store and config store (synchronous code).
 
-__all__: list[str] = []
+Reached from trio through ``trio.to_thread.run_sync`` with a CapacityLimiter(1):
+each object owns one connection opened with ``check_same_thread=False``.
+"""
+
+from ._buffer import BufferStatistics as BufferStatistics
+from ._buffer import EventBuffer as EventBuffer
+from ._buffer import OverflowPolicy as OverflowPolicy
+from ._config_model import ConfigState as ConfigState
+from ._config_store import ConfigChange as ConfigChange
+from ._config_store import ConfigStore as ConfigStore
+from ._config_store import NeedSnapshot as NeedSnapshot
+from ._config_store import PanelConfig as PanelConfig
+from ._errors import BufferFull as BufferFull
+from ._errors import SchemaTooNew as SchemaTooNew
+from ._errors import StaleEpoch as StaleEpoch
+from ._errors import StoreCorrupt as StoreCorrupt
+from ._errors import StoreError as StoreError
+from ._errors import StoreFull as StoreFull
+from ._errors import StoreLocked as StoreLocked
+from ._flash import FlashBackedBuffer as FlashBackedBuffer
+from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._store import EventStore as EventStore
+from ._store import IngestBatch as IngestBatch
+from ._store import IngestOutcome as IngestOutcome
+from ._store import IngestResult as IngestResult
+from ._store import Loss as Loss
+from ._store import StoredEvent as StoredEvent
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BufferFull",
+    "BufferStatistics",
+    "ConfigChange",
+    "ConfigState",
+    "ConfigStore",
+    "EventBuffer",
+    "EventStore",
+    "FlashBackedBuffer",
+    "IngestBatch",
+    "IngestOutcome",
+    "IngestResult",
+    "Loss",
+    "NeedSnapshot",
+    "OverflowPolicy",
+    "PanelConfig",
+    "SchemaTooNew",
+    "StaleEpoch",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "StoreLocked",
+    "StoredEvent",
+]

@@ -1,0 +1,108 @@
+"""The server store's schema, as sqlite-utils migrations.
+
+Each migration also sets ``PRAGMA user_version`` to its number, so a file
+written by a newer fieldsync (a higher number, or a migration this version does
+not know) is refused instead of being written with the wrong assumptions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from ._errors import SchemaTooNew
+
+__all__ = ["SCHEMA_VERSION", "migrate"]
+
+migrations = Migrations("fieldsync.store")
+
+
+@migrations(name="m001_events_losses_panels_cluster")
+def _m001(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE events (
+            panel_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            time_us INTEGER NOT NULL,
+            kind INTEGER NOT NULL,
+            door INTEGER NOT NULL,
+            reader INTEGER NOT NULL,
+            flags INTEGER NOT NULL,
+            card INTEGER NOT NULL,
+            aux INTEGER NOT NULL,
+            received_us INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            PRIMARY KEY (panel_id, seq)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX events_time ON events (panel_id, time_us)")
+    db["losses"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "panel_id": int,
+            "first_seq": int,
+            "last_seq": int,
+            "count": int,
+            "kind": int,
+            "time_us": int,
+            "received_us": int,
+            "epoch": int,
+        },
+        pk="id",
+        not_null={"panel_id", "first_seq", "last_seq", "count", "kind", "time_us", "received_us", "epoch"},
+    )
+    db.execute("CREATE INDEX losses_panel ON losses (panel_id, first_seq)")
+    db["panels"].create(  # type: ignore[union-attr]
+        {
+            "panel_id": int,
+            "hwm": int,
+            "boot_id": int,
+            "config_version": int,
+            "first_seen_us": int,
+            "last_seen_us": int,
+        },
+        pk="panel_id",
+        not_null={"hwm"},
+        defaults={"hwm": 0, "config_version": 0},
+    )
+    db.execute("CREATE TABLE cluster (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL)")
+    db.execute("INSERT INTO cluster (id, epoch) VALUES (1, 0)")
+    db.execute("PRAGMA user_version = 1")
+
+
+@migrations(name="m002_config")
+def _m002(db: Database) -> None:
+    db["config_items"].create(  # type: ignore[union-attr]
+        {"kind": str, "key": int, "value": str}, pk=("kind", "key"), not_null={"value"}
+    )
+    db["config_log"].create(  # type: ignore[union-attr]
+        {"version": int, "ops": str, "at_us": int}, pk="version", not_null={"ops", "at_us"}
+    )
+    db["config_meta"].create(  # type: ignore[union-attr]
+        {"id": int, "version": int, "log_from": int}, pk="id", not_null={"version", "log_from"}
+    )
+    db.execute("INSERT INTO config_meta (id, version, log_from) VALUES (1, 0, 1)")
+    db.execute("PRAGMA user_version = 2")
+
+
+SCHEMA_VERSION = 2
+_KNOWN = {"m001_events_losses_panels_cluster", "m002_config"}
+
+
+def migrate(db: Database, path: Path | str) -> None:
+    """Bring the file to this version's schema, or refuse a newer one."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    applied: list[Any] = migrations.applied(db)
+    unknown = {m.name for m in applied} - _KNOWN
+    if version > SCHEMA_VERSION or unknown:
+        raise SchemaTooNew(
+            path,
+            f"schema version {version} (migrations {sorted(unknown) or 'known'}) is newer than this "
+            f"fieldsync's {SCHEMA_VERSION}; upgrade fieldsync instead of opening it with this one",
+        )
+    migrations.apply(db)
