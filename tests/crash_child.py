@@ -1,0 +1,41 @@
+"""Child process for the crash test: ingest forever, report each committed hwm.
+
+Run as ``python -m tests.crash_child DB SEED``; prints one JSON line per commit
+(the hwm of every panel it touched) after the commit returns.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+import protocol as p
+from storage import EventStore, IngestBatch
+
+
+def main() -> None:
+    path, seed = sys.argv[1], int(sys.argv[2])
+    rng = random.Random(seed)
+    store = EventStore(path)
+    epoch = store.epoch
+    hwms = store.hwms()
+    while True:
+        batches = []
+        for panel in rng.sample(range(1, 9), rng.randint(1, 8)):
+            start = hwms.get(panel, 0) + 1
+            n = rng.randint(1, 400)
+            records = b"".join(
+                p.EventRecord(seq=s, time_us=s, kind=p.EventKind.ACCESS_GRANTED, card=panel * 10**9 + s).pack()
+                for s in range(start, start + n)
+            )
+            batches.append(
+                IngestBatch(panel_id=panel, first_seq=start, last_seq=start + n - 1, records=records, received_us=1)
+            )
+        result = store.ingest(batches, epoch)
+        hwms.update(result.hwms)
+        print(json.dumps(result.hwms), flush=True)
+
+
+if __name__ == "__main__":
+    main()
