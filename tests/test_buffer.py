@@ -61,11 +61,11 @@ class BufferMachine(RuleBasedStateMachine):
         up_to = data.draw(st.integers(0, self.next_seq))
         self.buffer.release(up_to)
         while self.model and self.model[0][1] <= up_to:
-            seq, last, kind = self.model.pop(0)
+            _, _, kind = self.model.pop(0)
             if kind not in (14, 16):
                 self.acked += 1
         if self.model and self.model[0][0] <= up_to:
-            seq, last, kind = self.model[0]
+            _, last, kind = self.model[0]
             assert kind in (14, 16)
             self.model[0] = (up_to + 1, last, kind)
 

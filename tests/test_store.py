@@ -161,7 +161,7 @@ def test_sigkill_at_random_points_loses_nothing_committed(tmp_path: Path) -> Non
 def test_a_corrupt_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite" * 400)
-    with pytest.raises(StoreCorrupt, match="bad.db") as info:
+    with pytest.raises(StoreCorrupt, match=r"bad\.db") as info:
         EventStore(bad)
     assert "corrupt or not a SQLite database" in str(info.value)
 
@@ -193,7 +193,7 @@ def test_a_lock_held_elsewhere_is_reported(tmp_path: Path) -> None:
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(StoreLocked, match="locked.db"):
+        with pytest.raises(StoreLocked, match=r"locked\.db"):
             store.ingest([batch(1, 1, 5)], 1)
     finally:
         holder.execute("ROLLBACK")
