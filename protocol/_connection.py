@@ -160,7 +160,7 @@ class _Connection:
             f"seq={self.sent_seq} acked={self.acked_seq}>"
         )
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: bytes | bytearray, now: float) -> None:
         """Feed bytes read from the stream; ``b""`` means the peer closed it."""
         self._rx_now = now
         self._decoder.feed(data)

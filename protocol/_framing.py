@@ -85,7 +85,7 @@ class FrameDecoder:
     def __repr__(self) -> str:
         return f"<FrameDecoder buffered={len(self._buf) - self._pos} frames={self._frames} skipped={self._skipped}>"
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Add bytes from the stream; ``b""`` means the stream ended."""
         if not data:
             self._eof = True

@@ -219,7 +219,8 @@ class EventBuffer:
         """Packed records from the one that holds ``from_seq``, at most ``max_records``.
 
         A gap marker can only be the first record returned, so the result is
-        always a valid EVENT_BATCH body.
+        always a valid EVENT_BATCH body starting at ``from_seq`` (or at the
+        oldest record, if ``from_seq`` was already released).
         """
         if not self._count or max_records <= 0:
             return b""
@@ -234,8 +235,17 @@ class EventBuffer:
         end = start + n
         ring = self._ring
         if end <= self.capacity:
-            return bytes(ring[start * RECORD_SIZE : end * RECORD_SIZE])
-        return bytes(ring[start * RECORD_SIZE :]) + bytes(ring[: (end - self.capacity) * RECORD_SIZE])
+            data = bytes(ring[start * RECORD_SIZE : end * RECORD_SIZE])
+        else:
+            data = bytes(ring[start * RECORD_SIZE :]) + bytes(ring[: (end - self.capacity) * RECORD_SIZE])
+        if index == 0 and self._marker and self._seq_at(0) < from_seq <= head_last:
+            # The uploader already sent the start of the gap's range (it was
+            # dropped while in flight): hand out the marker clipped to from_seq.
+            clipped = bytearray(data[:RECORD_SIZE])
+            _SEQ.pack_into(clipped, 0, from_seq)
+            _MARKER_TAIL.pack_into(clipped, 20, head_last, head_last - from_seq + 1)
+            data = bytes(clipped) + data[RECORD_SIZE:]
+        return data
 
     def _readable(self) -> int:
         """How many records from the head may be uploaded (all, unless flash-backed)."""

@@ -90,10 +90,6 @@ def _m002(db: Database) -> None:
     db.execute("PRAGMA user_version = 2")
 
 
-SCHEMA_VERSION = 2
-_KNOWN = {"m001_events_losses_panels_cluster", "m002_config"}
-
-
 def migrate(db: Database, path: Path | str) -> None:
     """Bring the file to this version's schema, or refuse a newer one."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -106,3 +102,26 @@ def migrate(db: Database, path: Path | str) -> None:
             f"fieldsync's {SCHEMA_VERSION}; upgrade fieldsync instead of opening it with this one",
         )
     migrations.apply(db)
+
+
+@migrations(name="m003_panel_status")
+def _m003(db: Database) -> None:
+    # What the node serving a panel knows right now, for `fieldsync status`.
+    db["panel_status"].create(  # type: ignore[union-attr]
+        {
+            "panel_id": int,
+            "connected": int,
+            "node_id": str,
+            "epoch": int,
+            "acked_seq": int,
+            "newest_seq": int,
+            "config_version": int,
+            "updated_us": int,
+        },
+        pk="panel_id",
+    )
+    db.execute("PRAGMA user_version = 3")
+
+
+SCHEMA_VERSION = 3
+_KNOWN = {"m001_events_losses_panels_cluster", "m002_config", "m003_panel_status"}

@@ -314,6 +314,22 @@ class EventStore:
                 (panel_id, version),
             )
 
+    def write_status(self, rows: Sequence[tuple[int, int, str, int, int, int, int, int]]) -> None:
+        """Upsert (panel, connected, node, epoch, acked, newest, config version, time) rows."""
+        with map_sqlite_errors(self.path, "writing panel status"), self.db.atomic():
+            self._conn.executemany("INSERT OR REPLACE INTO panel_status VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def status(self) -> list[dict[str, object]]:
+        """Per panel: what the store holds and what the serving node last reported."""
+        with map_sqlite_errors(self.path, "reading panel status"):
+            return list(
+                self.db.query(
+                    "SELECT p.panel_id, p.hwm, p.config_version AS config_acked, p.last_seen_us, "
+                    "s.connected, s.node_id, s.epoch, s.newest_seq, s.updated_us "
+                    "FROM panels p LEFT JOIN panel_status s USING (panel_id) ORDER BY p.panel_id"
+                )
+            )
+
     # -- queries ----------------------------------------------------------------------
 
     def hwm(self, panel_id: int) -> int:

@@ -75,6 +75,8 @@ class BufferMachine(RuleBasedStateMachine):
         from_seq = data.draw(st.integers(0, self.next_seq + 2))
         got = self.buffer.read(from_seq, n)
         expected = [r for r in self.model if r[1] >= from_seq][:n]
+        if expected and expected[0][0] < from_seq:  # a marker clipped to where reading starts
+            expected[0] = (from_seq, expected[0][1], expected[0][2])
         rows = list(p.iter_rows(got))
         assert [(r[0], r[6] if r[2] in (14, 16) else r[0], r[2]) for r in rows] == expected
         if got:

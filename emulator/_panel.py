@@ -1,0 +1,501 @@
+"""An emulated field panel: decides locally, buffers, and resyncs with the host.
+
+The panel keeps working with or without a host: card swipes are decided from
+its own configuration and appended to its bounded buffer. A link manager keeps
+trying to reach the cluster (punch-out: dial the VIP; host-initiated: listen on
+the panel's own address and let the active node dial in). A session resumes
+from the store's high-water mark, uploads in seq order with several batches in
+flight, frees the buffer on ACK, applies configuration changes atomically and
+refuses any node whose epoch is older than the newest it has seen (P5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from protocol import (
+    Ack,
+    Bye,
+    ConfigAck,
+    ConfigDelta,
+    ConfigOp,
+    ConfigSnapshot,
+    Error,
+    ErrorCode,
+    EventBatch,
+    EventKind,
+    Heartbeat,
+    Hello,
+    Message,
+    PanelConnection,
+    PeerTimeout,
+    ProtocolError,
+    RemoteProtocolError,
+    Welcome,
+)
+from protocol.streams import (
+    Link,
+    LinkError,
+    MessageStream,
+    TlsError,
+    TlsFiles,
+    client_context,
+    dial,
+    listen,
+    server_context,
+)
+from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, PanelConfig
+
+from ._decide import decide
+
+__all__ = ["LinkMode", "Panel", "PanelSettings", "PanelStatistics", "SessionRefused"]
+
+FIRMWARE = "fieldsync-emu/0.1"
+
+
+class LinkMode(enum.Enum):
+    #: The panel dials the cluster's VIP on 30002 ("node punch-out").
+    PUNCH_OUT = "punch-out"
+    #: The panel listens on its own address, port 3001; the active node dials in.
+    HOST_INITIATED = "host-initiated"
+
+
+class SessionRefused(Exception):
+    """The node ended the session with an ERROR."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(f"node sent ERROR {error.code}: {error.text}")
+        self.error = error
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PanelSettings:
+    panel_id: int
+    mode: LinkMode = LinkMode.PUNCH_OUT
+    #: Where a punch-out panel dials (the VIP).
+    server: tuple[str, int] = ("127.0.0.100", 30002)
+    #: Where a host-initiated panel listens (its own address).
+    listen: tuple[str, int] | None = None
+    tls: TlsFiles | None = None
+    buffer_bytes: int = 1 << 20
+    policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    #: A SQLite file for flash persistence; None keeps the buffer in RAM only.
+    flash: Path | None = None
+    flash_sync_interval: float = 0.1
+    doors: int = 4
+    batch_records: int = 1024
+    window: int = 4
+    backoff_initial: float = 0.05
+    backoff_cap: float = 2.0
+    connect_timeout: float = 2.0
+    handshake_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.panel_id < 2**32:
+            raise ValueError(f"panel id {self.panel_id} is outside 1..{2**32 - 1}")
+        if self.mode is LinkMode.HOST_INITIATED and self.listen is None:
+            raise ValueError(f"panel {self.panel_id}: host-initiated mode needs a listen address")
+        if self.window < 1 or not 1 <= self.batch_records <= 0xFFFF:
+            raise ValueError("window must be >= 1 and batch_records within 1..65535")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PanelStatistics:
+    panel_id: int
+    connected: bool
+    node: str | None
+    epoch: int
+    max_epoch: int
+    boot_id: int
+    config_version: int
+    swipes: int
+    granted: int
+    denied: int
+    sessions: int
+    link_errors: int
+    protocol_errors: int
+    refused_stale: int
+    batches_sent: int
+    acked_seq: int
+    last_error: str | None
+    buffer_depth: int
+    buffer_bytes: int
+    emitted: int
+    acked: int
+    dropped: int
+    refused: int
+
+
+class _Signal:
+    """A level-triggered wake-up for one waiting task."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Panel:
+    """One emulated field panel. Run ``run()`` in a nursery; call ``swipe*`` any time."""
+
+    def __init__(
+        self,
+        settings: PanelSettings,
+        *,
+        wall_clock: Callable[[], int] = _wall_clock_us,
+        seed: int = 0,
+        config: PanelConfig | None = None,
+    ) -> None:
+        self.settings = settings
+        self.panel_id = settings.panel_id
+        self.doors = settings.doors
+        self.wall_clock = wall_clock
+        self.clock_skew_us = 0
+        self._rng = random.Random(seed ^ (settings.panel_id * 0x9E3779B1))
+        self.config = config if config is not None else PanelConfig()
+        self._known_cards: list[int] = []
+        self._cards_version = -1
+        self.max_epoch = 0
+        self.boot_id = self._rng.getrandbits(63)
+        self._needs_rebase = False
+        self.buffer: EventBuffer = self._new_buffer()
+        self._client_ctx: ssl.SSLContext | None = client_context(settings.tls) if settings.tls else None
+        self._server_ctx: ssl.SSLContext | None = server_context(settings.tls) if settings.tls else None
+        self._new_data = _Signal()
+        self._room = trio.Event()
+        self._session_scope: trio.CancelScope | None = None
+        self._session_epoch = 0
+        self._session_node: str | None = None
+        self._acked_seq = 0
+        self._swipes = self._granted = self._denied = 0
+        self._sessions = self._link_errors = self._protocol_errors = self._refused_stale = 0
+        self._batches_sent = 0
+        self.last_error: str | None = None
+        self.connected = trio.Event()
+        self.disconnected = trio.Event()
+        self.disconnected.set()
+
+    def __repr__(self) -> str:
+        state = f"connected to {self._session_node} epoch {self._session_epoch}" if self.is_connected else "offline"
+        return f"<Panel {self.panel_id} {self.settings.mode.value} {state} {self.buffer!r}>"
+
+    def _new_buffer(self) -> EventBuffer:
+        s = self.settings
+        if s.flash is not None:
+            return FlashBackedBuffer(s.flash, s.buffer_bytes, s.policy)
+        return EventBuffer(s.buffer_bytes, s.policy)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._session_scope is not None and self.connected.is_set()
+
+    def now_us(self) -> int:
+        return self.wall_clock() + self.clock_skew_us
+
+    # -- local decisions ------------------------------------------------------------
+
+    def known_cards(self) -> Sequence[int]:
+        if self._cards_version != self.config.version:
+            self._known_cards = sorted(self.config.state.cardholders)
+            self._cards_version = self.config.version
+        return self._known_cards
+
+    def swipe(self, card: int, door: int, *, reader: int = 1, pin: int | None = None) -> EventKind | None:
+        """Decide a card presentation locally and record it; None if the buffer refused it.
+
+        Raises:
+            BufferFull: the buffer is full and its policy is ``block`` (use ``swipe_wait``).
+        """
+        now = self.now_us()
+        kind, flags = decide(self.config.state, card=card, door=door, now_us=now, pin=pin)
+        if not self.is_connected:
+            flags |= flags.DECIDED_OFFLINE
+        if self._append(kind, door=door, reader=reader, flags=int(flags), card=card) is None:
+            return None
+        self._swipes += 1
+        if kind is EventKind.ACCESS_GRANTED:
+            self._granted += 1
+        else:
+            self._denied += 1
+        return kind
+
+    async def swipe_wait(self, card: int, door: int, *, reader: int = 1, pin: int | None = None) -> EventKind | None:
+        """``swipe``, waiting for buffer room under the ``block`` policy."""
+        while True:
+            try:
+                return self.swipe(card, door, reader=reader, pin=pin)
+            except BufferFull:
+                # No await since the refusal, so no release can have been missed.
+                if self._room.is_set():
+                    self._room = trio.Event()
+                await self._room.wait()
+
+    def record(self, kind: EventKind, *, door: int = 0, card: int = 0, aux: int = 0) -> int | None:
+        """Record a non-access event (door forced, tamper, power) now."""
+        try:
+            return self._append(kind, door=door, card=card, aux=aux)
+        except BufferFull:
+            return None
+
+    def _append(
+        self, kind: EventKind, *, door: int = 0, reader: int = 0, flags: int = 0, card: int = 0, aux: int = 0
+    ) -> int | None:
+        seq = self.buffer.append(self.now_us(), kind, door=door, reader=reader, flags=flags, card=card, aux=aux)
+        self._new_data.wake()
+        return seq
+
+    # -- power --------------------------------------------------------------------------
+
+    def power_cycle(self) -> None:
+        """Lose power and come back: the session drops; a RAM buffer is lost, flash is kept.
+
+        The loss of a RAM buffer is declared by the new boot id and, once the
+        host says where its store stands, by renumbering what was queued since.
+        """
+        if self._session_scope is not None:
+            self._session_scope.cancel()
+        if isinstance(self.buffer, FlashBackedBuffer):
+            self.buffer.close()
+        self.boot_id = self._rng.getrandbits(63)
+        self.buffer = self._new_buffer()
+        self._needs_rebase = not isinstance(self.buffer, FlashBackedBuffer)
+        self.record(EventKind.POWER_RESTORE)
+
+    # -- the link ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a host session up for as long as this runs."""
+        async with trio.open_nursery() as nursery:
+            if isinstance(self.buffer, FlashBackedBuffer):
+                nursery.start_soon(self._flash_sync_loop)
+            if self.settings.mode is LinkMode.PUNCH_OUT:
+                task_status.started()
+                await self._punch_out()
+            else:
+                host, port = self.settings.listen or ("", 0)
+                await nursery.start(self._listen, host, port)
+                task_status.started()
+
+    async def _listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        def refused(remote: str, exc: Exception) -> None:
+            self._link_errors += 1
+            self.last_error = f"refused {remote}: {exc}"
+
+        await listen(host, port, self._server_ctx, self._serve_link, on_refused=refused, task_status=task_status)
+
+    async def _serve_link(self, link: Link) -> None:
+        try:
+            await self._run_link(link)
+        except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
+            self._note_error(exc)
+
+    async def _punch_out(self) -> None:
+        host, port = self.settings.server
+        delay = self.settings.backoff_initial
+        while True:
+            try:
+                with trio.fail_after(self.settings.connect_timeout):
+                    link = await dial(host, port, self._client_ctx)
+                if await self._run_link(link):
+                    delay = self.settings.backoff_initial
+            except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
+                self._note_error(exc)
+            # Exponential backoff with jitter, capped: a fleet must not reconnect in lockstep.
+            await trio.sleep(delay * (0.5 + self._rng.random() / 2))
+            delay = min(self.settings.backoff_cap, delay * 2)
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.last_error = str(exc)
+        if isinstance(exc, ProtocolError) and not isinstance(exc, PeerTimeout):
+            self._protocol_errors += 1
+            if exc.code is ErrorCode.STALE_EPOCH:
+                self._refused_stale += 1
+        else:
+            self._link_errors += 1
+
+    def _hello(self) -> Hello:
+        stats = self.buffer.statistics()
+        return Hello(
+            panel_id=self.panel_id,
+            boot_id=self.boot_id,
+            firmware=FIRMWARE,
+            oldest_seq=stats.oldest_seq,
+            newest_seq=stats.newest_seq,
+            config_version=self.config.version,
+            max_epoch=self.max_epoch,
+        )
+
+    async def _run_link(self, link: Link) -> bool:
+        """Run one session on an established link; True if it got as far as WELCOME."""
+        if link.peer is not None and not link.peer.startswith("node-"):
+            await link.stream.aclose()
+            raise TlsError(f"peer {link.remote} presents {link.peer!r}, not a node certificate")
+        conn = PanelConnection(
+            now=trio.current_time(), epoch_floor=self.max_epoch, handshake_timeout=self.settings.handshake_timeout
+        )
+        ms = MessageStream(link.stream, conn, name=f"panel {self.panel_id}")
+        try:
+            try:
+                await ms.send(self._hello())
+                with trio.fail_after(self.settings.handshake_timeout):
+                    first = await ms.receive()
+            except RemoteProtocolError as exc:
+                await ms.send_error(exc.code, exc.message)
+                raise
+            if isinstance(first, Error):
+                raise SessionRefused(first)
+            if not isinstance(first, Welcome):
+                raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, f"expected WELCOME, got {type(first).__name__}")
+            if first.epoch < self.max_epoch:  # another session raised the floor meanwhile
+                await ms.send_error(ErrorCode.STALE_EPOCH, f"epoch {first.epoch} < {self.max_epoch}")
+                raise RemoteProtocolError(ErrorCode.STALE_EPOCH, f"node epoch {first.epoch} < {self.max_epoch}")
+            await self._streaming(ms, first)
+            return True
+        finally:
+            await ms.aclose()
+
+    async def _streaming(self, ms: MessageStream, welcome: Welcome) -> None:
+        # One host session at a time: an equal or newer epoch replaces the old one.
+        if self._session_scope is not None:
+            self._session_scope.cancel()
+            await self.disconnected.wait()
+        self.max_epoch = welcome.epoch
+        if self._needs_rebase or welcome.hwm >= self.buffer.next_seq:
+            self.buffer.rebase(welcome.hwm + 1)
+            self._needs_rebase = False
+        self.buffer.release(welcome.hwm)
+        self._acked_seq = welcome.hwm
+        self._sessions += 1
+        self._session_epoch = welcome.epoch
+        self._session_node = welcome.node_id
+        self.disconnected = trio.Event()
+        with trio.CancelScope() as scope:
+            self._session_scope = scope
+            self.connected.set()
+            self.record(EventKind.HOST_ONLINE)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ms.run_timers)
+                    nursery.start_soon(self._upload, ms, welcome.hwm + 1)
+                    await self._read(ms)
+                    nursery.cancel_scope.cancel()
+            except RemoteProtocolError as exc:
+                await ms.send_error(exc.code, exc.message)
+                raise
+            finally:
+                self._session_scope = None
+                self.connected = trio.Event()
+                self.record(EventKind.HOST_OFFLINE)
+                self.disconnected.set()
+
+    async def _upload(self, ms: MessageStream, next_seq: int) -> None:
+        window = self.settings.window
+        in_flight: deque[int] = deque()
+        self._in_flight = in_flight
+        while True:
+            while in_flight and in_flight[0] <= self._acked_seq:
+                in_flight.popleft()
+            if len(in_flight) >= window:
+                await self._new_data.wait()
+                continue
+            data = self.buffer.read(next_seq, self.settings.batch_records)
+            if not data:
+                await self._new_data.wait()
+                continue
+            batch = EventBatch(first_seq=int.from_bytes(data[:8], "big"), records=data)
+            await ms.send(batch)
+            self._batches_sent += 1
+            in_flight.append(batch.last_seq)
+            next_seq = batch.last_seq + 1
+
+    async def _read(self, ms: MessageStream) -> None:
+        parts: list[ConfigOp] = []
+        while True:
+            message: Message = await ms.receive()
+            if isinstance(message, Ack):
+                self._acked_seq = message.up_to_seq
+                if self.buffer.release(message.up_to_seq):
+                    self._room.set()
+                self._new_data.wake()
+            elif isinstance(message, ConfigDelta):
+                self.config.apply_delta(message.from_version, message.to_version, message.ops)
+                self._config_applied()
+                await ms.send(ConfigAck(version=message.to_version))
+            elif isinstance(message, ConfigSnapshot):
+                parts.extend(message.ops)
+                if message.part == message.parts - 1:
+                    self.config.apply_snapshot(message.version, parts)
+                    parts = []
+                    self._config_applied()
+                    await ms.send(ConfigAck(version=message.version))
+            elif isinstance(message, Heartbeat):
+                pass
+            elif isinstance(message, Error):
+                raise SessionRefused(message)
+            elif isinstance(message, Bye):
+                return
+
+    def _config_applied(self) -> None:
+        self.record(EventKind.CONFIG_APPLIED, card=self.config.version)
+
+    async def _flash_sync_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.flash_sync_interval)
+            buffer = self.buffer
+            if isinstance(buffer, FlashBackedBuffer):
+                await trio.to_thread.run_sync(buffer.sync)
+                self._new_data.wake()
+
+    # -- introspection --------------------------------------------------------------
+
+    def statistics(self) -> PanelStatistics:
+        b = self.buffer.statistics()
+        return PanelStatistics(
+            panel_id=self.panel_id,
+            connected=self.is_connected,
+            node=self._session_node if self.is_connected else None,
+            epoch=self._session_epoch,
+            max_epoch=self.max_epoch,
+            boot_id=self.boot_id,
+            config_version=self.config.version,
+            swipes=self._swipes,
+            granted=self._granted,
+            denied=self._denied,
+            sessions=self._sessions,
+            link_errors=self._link_errors,
+            protocol_errors=self._protocol_errors,
+            refused_stale=self._refused_stale,
+            batches_sent=self._batches_sent,
+            acked_seq=self._acked_seq,
+            last_error=self.last_error,
+            buffer_depth=b.depth,
+            buffer_bytes=b.bytes,
+            emitted=b.emitted,
+            acked=b.acked,
+            dropped=b.dropped,
+            refused=b.refused,
+        )

@@ -1,0 +1,524 @@
+"""The sync-engine node: sessions with panels, group-commit ingest, config push.
+
+One node process serves every panel that reaches it (punch-out on :30002) or
+that it dials (host-initiated, :3001). Batches from all sessions flow into ONE
+ingest task, which commits whatever has queued up in a single transaction and
+only then lets each session send its ACK (P1). A session that stops reading
+holds only its own writer: acks coalesce to the latest hwm, inbound batches
+are limited per session, so one stuck panel cannot stall the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from protocol import (
+    Ack,
+    Bye,
+    ConfigAck,
+    ConfigDelta,
+    ConfigSnapshot,
+    Error,
+    ErrorCode,
+    EventBatch,
+    Heartbeat,
+    Hello,
+    HostConnection,
+    ProtocolError,
+    RemoteProtocolError,
+    Welcome,
+)
+from protocol.streams import (
+    Link,
+    LinkError,
+    MessageStream,
+    PeerClosed,
+    TlsFiles,
+    client_context,
+    dial,
+    listen,
+    server_context,
+)
+from storage import ConfigStore, EventStore, IngestBatch, NeedSnapshot, StaleEpoch, StoreError
+
+__all__ = ["Node", "NodeSettings", "NodeStatistics"]
+
+log = logging.getLogger("fieldsync.node")
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    node_id: str = "A"
+    db: Path = Path("fieldsync.db")
+    #: Where panels punch out to (the VIP); None to accept no inbound sessions.
+    listen: tuple[str, int] | None = ("127.0.0.100", 30002)
+    #: Host-initiated panels this node dials: (panel id, address, port).
+    dial: tuple[tuple[int, str, int], ...] = ()
+    tls: TlsFiles | None = None
+    #: Panels allowed in; None admits any panel with a valid site certificate.
+    known_panels: frozenset[int] | None = None
+    heartbeat_ms: int = 1000
+    handshake_timeout: float = 5.0
+    #: Most events one group commit takes.
+    max_commit_events: int = 100_000
+    #: Batches one session may have queued for commit before its reads pause.
+    session_window: int = 8
+    ingest_queue: int = 4096
+    config_poll: float = 0.25
+    status_interval: float = 1.0
+    snapshot_part_ops: int = 4000
+    dial_backoff_cap: float = 2.0
+    #: The epoch to serve with; None advances the store's epoch at start (a lone node).
+    epoch: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatistics:
+    node_id: str
+    epoch: int
+    sessions: int
+    sessions_total: int
+    rejected: int
+    protocol_errors: int
+    link_errors: int
+    commits: int
+    events_stored: int
+    events_duplicate: int
+    declared_lost: int
+    refused_batches: int
+    config_version: int
+    fenced: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _Item:
+    session: _Session
+    batch: EventBatch
+    received_us: int
+
+
+class _Session:
+    def __init__(self, node: Node, ms: MessageStream, hello: Hello, config_version: int, window: int) -> None:
+        self.node = node
+        self.ms = ms
+        self.hello = hello
+        self.panel_id = hello.panel_id
+        self.conn: HostConnection = ms.conn  # type: ignore[assignment]
+        self.pending_ack = 0
+        self.newest_seq = hello.newest_seq
+        self.config_sent = hello.config_version
+        self.config_target = config_version
+        self.outstanding = trio.Semaphore(window)
+        self.wake = trio.Event()
+        self.failure: tuple[ErrorCode, str] | None = None
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Session panel {self.panel_id} acked {self.conn.acked_seq} of {self.conn.sent_seq}>"
+
+    def ack(self, hwm: int) -> None:
+        # The store may be ahead of this session (a replaced session's batches).
+        self.pending_ack = max(self.pending_ack, min(hwm, self.conn.sent_seq))
+        self.wake.set()
+
+    def fail(self, code: ErrorCode, text: str) -> None:
+        if self.failure is None:
+            self.failure = (code, text)
+        self.wake.set()
+
+
+class Node:
+    """A sync-engine node. ``await node.run()`` inside a nursery; it stops when cancelled."""
+
+    def __init__(self, settings: NodeSettings, *, now_us: Callable[[], int] | None = None) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self._now_us = now_us or (lambda: time.time_ns() // 1000)
+        self._server_ctx: ssl.SSLContext | None = server_context(settings.tls) if settings.tls else None
+        self._client_ctx: ssl.SSLContext | None = client_context(settings.tls) if settings.tls else None
+        self.store: EventStore | None = None
+        self.config_store: ConfigStore | None = None
+        self._store_limiter = trio.CapacityLimiter(1)
+        self._config_limiter = trio.CapacityLimiter(1)
+        self.epoch = 0
+        self.config_version = 0
+        self.sessions: dict[int, _Session] = {}
+        self._ingest_send, self._ingest_recv = trio.open_memory_channel[_Item](settings.ingest_queue)
+        self.listeners: list[trio.SocketListener] = []
+        self.fenced = trio.Event()
+        self._counts = dict.fromkeys(
+            (
+                "sessions_total",
+                "rejected",
+                "protocol_errors",
+                "link_errors",
+                "commits",
+                "events_stored",
+                "events_duplicate",
+                "declared_lost",
+                "refused_batches",
+            ),
+            0,
+        )
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Node {self.node_id} epoch {self.epoch} sessions {len(self.sessions)}>"
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._store_limiter)
+
+    async def _cfg(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._config_limiter)
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the store, claim the epoch, listen/dial, serve until cancelled or fenced.
+
+        Raises:
+            StoreError: the database cannot be opened or used.
+            LinkError: the listen address cannot be bound (in use, not local).
+        """
+        s = self.settings
+        self.store = await self._db(EventStore, s.db)
+        self.config_store = await self._cfg(ConfigStore, s.db)
+        try:
+            self.epoch = s.epoch if s.epoch is not None else await self._db(self.store.advance_epoch)
+            self.config_version = await self._cfg(lambda: self.config_store.version)  # type: ignore[union-attr]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ingest_loop)
+                nursery.start_soon(self._config_watch)
+                nursery.start_soon(self._status_loop)
+                if s.listen is not None:
+                    host, port = s.listen
+                    self.listeners = await nursery.start(self._listen, host, port)
+                for panel_id, host, port in s.dial:
+                    nursery.start_soon(self._dial_loop, panel_id, host, port)
+                log.info("node %s serving with epoch %d", self.node_id, self.epoch)
+                task_status.started(self)
+                await self.fenced.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._write_status(final=True)
+                await self._db(self.store.close)
+                await self._cfg(self.config_store.close)
+
+    async def _listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        def refused(remote: str, exc: Exception) -> None:
+            self._counts["rejected"] += 1
+            self.last_error = f"refused {remote}: {exc}"
+            log.warning("refused %s: %s", remote, exc)
+
+        await listen(
+            host,
+            port,
+            self._server_ctx,
+            self._serve_link,
+            handshake_timeout=self.settings.handshake_timeout,
+            on_refused=refused,
+            task_status=task_status,
+        )
+
+    async def _dial_loop(self, panel_id: int, host: str, port: int) -> None:
+        delay = 0.05
+        while True:
+            current = self.sessions.get(panel_id)
+            if current is not None:
+                await current.done.wait()
+                continue
+            try:
+                with trio.fail_after(self.settings.handshake_timeout):
+                    link = await dial(host, port, self._client_ctx)
+                if await self._serve_link(link, expected=panel_id):
+                    delay = 0.05
+            except (LinkError, trio.TooSlowError) as exc:
+                self._counts["link_errors"] += 1
+                self.last_error = str(exc)
+            await trio.sleep(delay)
+            delay = min(self.settings.dial_backoff_cap, delay * 2)
+
+    # -- one session ----------------------------------------------------------------------
+
+    async def _serve_link(self, link: Link, *, expected: int | None = None) -> bool:
+        """Run one panel session; True if it reached STREAMING."""
+        conn = HostConnection(now=trio.current_time(), handshake_timeout=self.settings.handshake_timeout)
+        ms = MessageStream(link.stream, conn, name=f"node {self.node_id} <- {link.remote}")
+        try:
+            try:
+                with trio.fail_after(self.settings.handshake_timeout):
+                    hello = await ms.receive()
+            except trio.TooSlowError:
+                await ms.send_error(ErrorCode.TIMEOUT, "no HELLO in time")
+                self._counts["protocol_errors"] += 1
+                return False
+            assert isinstance(hello, Hello)  # the state machine admits nothing else here
+            refusal = self._admit(link, hello, expected)
+            if refusal is not None:
+                self._counts["rejected"] += 1
+                self.last_error = refusal[1]
+                log.warning("panel %d refused: %s", hello.panel_id, refusal[1])
+                await ms.send_error(*refusal)
+                return False
+            assert self.store is not None
+            await self._db(
+                functools.partial(
+                    self.store.record_session, hello.panel_id, boot_id=hello.boot_id, seen_us=self._now_us()
+                )
+            )
+            hwm = await self._db(self.store.hwm, hello.panel_id)
+            await ms.send(
+                Welcome(
+                    node_id=self.node_id,
+                    epoch=self.epoch,
+                    hwm=hwm,
+                    config_version=self.config_version,
+                    heartbeat_ms=self.settings.heartbeat_ms,
+                )
+            )
+            session = _Session(self, ms, hello, self.config_version, self.settings.session_window)
+            session.pending_ack = hwm
+            await self._run_session(session)
+            return True
+        except RemoteProtocolError as exc:
+            self._counts["protocol_errors"] += 1
+            self.last_error = f"{link.remote}: {exc}"
+            await ms.send_error(exc.code, exc.message)
+            return False
+        except (LinkError, ProtocolError) as exc:
+            self._counts["link_errors"] += 1
+            self.last_error = f"{link.remote}: {exc}"
+            return False
+        except StoreError as exc:
+            self.last_error = str(exc)
+            await ms.send_error(ErrorCode.STORE_REFUSED, str(exc))
+            return False
+        finally:
+            await ms.aclose()
+
+    def _admit(self, link: Link, hello: Hello, expected: int | None) -> tuple[ErrorCode, str] | None:
+        pid = hello.panel_id
+        if self.settings.tls is not None and link.peer != f"panel-{pid}":
+            return ErrorCode.PANEL_ID_MISMATCH, f"HELLO says panel {pid} but the certificate is {link.peer!r}"
+        if expected is not None and pid != expected:
+            return ErrorCode.PANEL_ID_MISMATCH, f"dialed panel {expected} but panel {pid} answered"
+        if self.settings.known_panels is not None and pid not in self.settings.known_panels:
+            return ErrorCode.UNKNOWN_PANEL, f"panel {pid} is not in this site"
+        if hello.max_epoch > self.epoch:
+            return ErrorCode.STALE_EPOCH, f"panel {pid} has seen epoch {hello.max_epoch}; this node has {self.epoch}"
+        return None
+
+    async def _run_session(self, session: _Session) -> None:
+        old = self.sessions.get(session.panel_id)
+        if old is not None:
+            old.fail(ErrorCode.REPLACED, f"a newer session of panel {session.panel_id} replaced this one")
+            old.scope.cancel()
+            with trio.move_on_after(2):
+                await old.done.wait()
+        self.sessions[session.panel_id] = session
+        self._counts["sessions_total"] += 1
+        try:
+            with session.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(session.ms.run_timers)
+                    nursery.start_soon(self._write, session)
+                    await self._read(session)
+                    nursery.cancel_scope.cancel()
+            if session.failure is not None:
+                await session.ms.send_error(*session.failure)
+        finally:
+            if self.sessions.get(session.panel_id) is session:
+                del self.sessions[session.panel_id]
+            session.done.set()
+
+    async def _read(self, session: _Session) -> None:
+        ms = session.ms
+        while True:
+            try:
+                message = await ms.receive()
+            except PeerClosed:
+                return
+            if isinstance(message, EventBatch):
+                await session.outstanding.acquire()
+                session.newest_seq = max(session.newest_seq, message.last_seq)
+                await self._ingest_send.send(_Item(session, message, self._now_us()))
+            elif isinstance(message, ConfigAck):
+                assert self.store is not None
+                await self._db(self.store.record_config_ack, session.panel_id, message.version)
+            elif isinstance(message, Heartbeat):
+                pass
+            elif isinstance(message, Error | Bye):
+                return
+
+    async def _write(self, session: _Session) -> None:
+        ms = session.ms
+        while True:
+            await session.wake.wait()
+            session.wake = trio.Event()
+            if session.failure is not None:
+                session.scope.cancel()
+                return
+            if session.pending_ack > session.conn.acked_seq:
+                await ms.send(Ack(epoch=self.epoch, up_to_seq=session.pending_ack))
+            if session.config_target > session.config_sent:
+                await self._push_config(session)
+
+    async def _push_config(self, session: _Session) -> None:
+        assert self.config_store is not None
+        change = await self._cfg(self.config_store.delta, session.config_sent)
+        if isinstance(change, NeedSnapshot):
+            version, state = await self._cfg(self.config_store.snapshot)
+            ops = state.snapshot_ops()
+            size = self.settings.snapshot_part_ops
+            parts = max(1, -(-len(ops) // size))
+            for part in range(parts):
+                await session.ms.send(
+                    ConfigSnapshot(
+                        epoch=self.epoch,
+                        version=version,
+                        part=part,
+                        parts=parts,
+                        ops=ops[part * size : (part + 1) * size],
+                    )
+                )
+            session.config_sent = version
+        elif change.to_version > change.from_version:
+            await session.ms.send(
+                ConfigDelta(
+                    epoch=self.epoch, from_version=change.from_version, to_version=change.to_version, ops=change.ops
+                )
+            )
+            session.config_sent = change.to_version
+        session.config_target = max(session.config_target, session.config_sent)
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def _ingest_loop(self) -> None:
+        assert self.store is not None
+        limit = self.settings.max_commit_events
+        while True:
+            items = [await self._ingest_recv.receive()]
+            events = items[0].batch.count
+            while events < limit:
+                try:
+                    item = self._ingest_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                items.append(item)
+                events += item.batch.count
+            batches = [
+                IngestBatch(
+                    panel_id=i.session.panel_id,
+                    first_seq=i.batch.first_seq,
+                    last_seq=i.batch.last_seq,
+                    records=i.batch.records,
+                    received_us=i.received_us,
+                )
+                for i in items
+            ]
+            try:
+                result = await self._db(self.store.ingest, batches, self.epoch)
+            except StaleEpoch as exc:
+                # Another node took over: nothing of ours may be stored or acked (P5).
+                self.last_error = str(exc)
+                log.error("fenced: %s", exc)
+                for item in items:
+                    item.session.fail(ErrorCode.STALE_EPOCH, str(exc))
+                self.fenced.set()
+                return
+            except StoreError as exc:
+                self.last_error = str(exc)
+                log.error("store refused a commit: %s", exc)
+                for item in items:
+                    item.session.outstanding.release()
+                    item.session.fail(ErrorCode.STORE_REFUSED, str(exc))
+                continue
+            self._counts["commits"] += 1
+            for item, outcome in zip(items, result.outcomes, strict=True):
+                item.session.outstanding.release()
+                self._counts["events_stored"] += outcome.stored
+                self._counts["events_duplicate"] += outcome.duplicates
+                self._counts["declared_lost"] += outcome.declared_lost
+                if outcome.error is not None:
+                    self._counts["refused_batches"] += 1
+                    item.session.fail(ErrorCode.SEQ_GAP, outcome.error)
+                else:
+                    item.session.ack(outcome.hwm)
+
+    # -- config and status -----------------------------------------------------------------
+
+    async def _config_watch(self) -> None:
+        assert self.config_store is not None
+        while True:
+            await trio.sleep(self.settings.config_poll)
+            version = await self._cfg(lambda: self.config_store.version)  # type: ignore[union-attr]
+            if version != self.config_version:
+                self.config_version = version
+                for session in list(self.sessions.values()):
+                    session.config_target = version
+                    session.wake.set()
+
+    async def _status_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.status_interval)
+            await self._write_status()
+
+    async def _write_status(self, *, final: bool = False) -> None:
+        if self.store is None:
+            return
+        now = self._now_us()
+        rows = [
+            (
+                s.panel_id,
+                0 if final else 1,
+                self.node_id,
+                self.epoch,
+                s.conn.acked_seq,
+                s.newest_seq,
+                s.config_sent,
+                now,
+            )
+            for s in self.sessions.values()
+        ]
+        if rows:
+            try:
+                await self._db(self.store.write_status, rows)
+            except StoreError as exc:
+                self.last_error = str(exc)
+
+    def statistics(self) -> NodeStatistics:
+        c = self._counts
+        return NodeStatistics(
+            node_id=self.node_id,
+            epoch=self.epoch,
+            sessions=len(self.sessions),
+            sessions_total=c["sessions_total"],
+            rejected=c["rejected"],
+            protocol_errors=c["protocol_errors"],
+            link_errors=c["link_errors"],
+            commits=c["commits"],
+            events_stored=c["events_stored"],
+            events_duplicate=c["events_duplicate"],
+            declared_lost=c["declared_lost"],
+            refused_batches=c["refused_batches"],
+            config_version=self.config_version,
+            fenced=self.fenced.is_set(),
+        )

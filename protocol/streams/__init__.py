@@ -1,0 +1,34 @@
+"""The I/O edge of the protocol package: trio Streams in, messages out.
+
+Shared by the emulator and the node. The sans-I/O core never imports this.
+"""
+
+from ._errors import LinkError as LinkError
+from ._errors import PeerClosed as PeerClosed
+from ._errors import TlsError as TlsError
+from ._session import MessageStream as MessageStream
+from ._tcp import Link as Link
+from ._tcp import check_plaintext_allowed as check_plaintext_allowed
+from ._tcp import dial as dial
+from ._tcp import is_loopback as is_loopback
+from ._tcp import listen as listen
+from ._tls import TlsFiles as TlsFiles
+from ._tls import client_context as client_context
+from ._tls import peer_identity as peer_identity
+from ._tls import server_context as server_context
+
+__all__ = [
+    "Link",
+    "LinkError",
+    "MessageStream",
+    "PeerClosed",
+    "TlsError",
+    "TlsFiles",
+    "check_plaintext_allowed",
+    "client_context",
+    "dial",
+    "is_loopback",
+    "listen",
+    "peer_identity",
+    "server_context",
+]

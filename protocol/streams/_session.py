@@ -1,0 +1,112 @@
+"""Drive a sans-I/O connection from a trio Stream (h11's trio example, grown up).
+
+``MessageStream`` is the only place where bytes meet a ``PanelConnection`` or
+``HostConnection``: it loops on NEED_DATA, writes what the state machine
+produced, runs its timers, and closes the stream on the way out. No business
+logic lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import trio
+
+from .. import (
+    ConnectionClosed,
+    ConnectionStatistics,
+    ErrorCode,
+    HostConnection,
+    Message,
+    NeedData,
+    PanelConnection,
+    ProtocolError,
+)
+from ._errors import LinkError, PeerClosed, map_link_errors
+
+__all__ = ["MessageStream"]
+
+RECEIVE_SIZE = 64 * 1024
+
+
+class MessageStream:
+    """Messages over a byte stream, through one connection state machine.
+
+    ``send`` may be called from several tasks (a lock keeps frames whole);
+    ``receive`` from one task at a time.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, conn: PanelConnection | HostConnection, *, name: str = "") -> None:
+        self.stream = stream
+        self.conn = conn
+        self.name = name
+        self._send_lock = trio.Lock()
+        self._timer_changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<MessageStream {self.name} {self.conn!r}>"
+
+    async def send(self, message: Message) -> None:
+        """Encode and write one message (raises LocalProtocolError before writing if illegal)."""
+        async with self._send_lock:
+            data = self.conn.send(message, trio.current_time())
+            self._timer_changed.set()
+            with map_link_errors(f"{self.name}: sending {type(message).__name__}"):
+                await self.stream.send_all(data)
+
+    async def receive(self) -> Message:
+        """The next message.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (the state is ERROR).
+            PeerClosed: the stream ended.
+            LinkError: the transport failed.
+        """
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if isinstance(event, NeedData):
+                with map_link_errors(f"{self.name}: receiving"):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                conn.receive_data(data, trio.current_time())
+                self._timer_changed.set()
+                continue
+            if isinstance(event, ConnectionClosed):
+                raise PeerClosed(f"{self.name}: peer closed the stream", clean=event.clean)
+            return event
+
+    async def run_timers(self) -> None:
+        """Send heartbeats when due; raise PeerTimeout when the peer goes silent."""
+        conn = self.conn
+        while True:
+            deadline = conn.next_deadline()
+            self._timer_changed = trio.Event()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._timer_changed.wait()
+                continue
+            async with self._send_lock:
+                data = conn.handle_timer(trio.current_time())
+                if data:
+                    with map_link_errors(f"{self.name}: sending HEARTBEAT"):
+                        await self.stream.send_all(data)
+
+    async def send_error(self, code: ErrorCode, text: str) -> None:
+        """Tell the peer why we stop: best effort, bounded in time, never raises."""
+        with trio.move_on_after(1), contextlib.suppress(*_GOODBYE_ERRORS):
+            async with self._send_lock:
+                data = self.conn.send_error(code, text, trio.current_time())
+                await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        """Close the stream, shielded and bounded, whatever state it is in."""
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_GOODBYE_ERRORS):
+            await self.stream.aclose()
+        if not isinstance(self.stream, trio.SocketStream):
+            await trio.aclose_forcefully(self.stream)
+
+    def statistics(self) -> ConnectionStatistics:
+        return self.conn.statistics()
+
+
+_GOODBYE_ERRORS = (ProtocolError, LinkError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)

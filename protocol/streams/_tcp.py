@@ -1,0 +1,108 @@
+"""TCP (optionally TLS) links: dial, listen, and the loopback-only rule for plain text."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ._errors import LinkError, TlsError, map_link_errors
+from ._tls import peer_identity, wrap
+
+__all__ = ["Link", "check_plaintext_allowed", "dial", "is_loopback", "listen"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plaintext_allowed(*hosts: str) -> None:
+    """Plain TCP only when asked for and every address is loopback (DESIGN: no downgrade)."""
+    outside = [h for h in hosts if not is_loopback(h)]
+    if outside:
+        raise TlsError(f"--insecure (plain TCP) is refused: {', '.join(outside)} is not a loopback address")
+
+
+class Link:
+    """An established byte stream and who is at the other end (None without TLS)."""
+
+    def __init__(self, stream: trio.abc.Stream, peer: str | None, remote: str) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.remote = remote
+
+    def __repr__(self) -> str:
+        return f"<Link {self.remote} peer={self.peer}>"
+
+
+async def _secure(stream: trio.abc.Stream, ctx: ssl.SSLContext | None, *, server_side: bool, remote: str) -> Link:
+    if ctx is None:
+        return Link(stream, None, remote)
+    tls = wrap(stream, ctx, server_side=server_side)
+    try:
+        with map_link_errors(f"TLS handshake with {remote}"):
+            await tls.do_handshake()
+        return Link(tls, peer_identity(tls), remote)
+    except BaseException:
+        await trio.aclose_forcefully(tls)
+        raise
+
+
+async def dial(host: str, port: int, ctx: ssl.SSLContext | None, *, local_address: str | None = None) -> Link:
+    """Connect (and TLS-handshake). Bound it with ``trio.fail_after`` around the call.
+
+    Raises:
+        LinkError: refused or unreachable. TlsError: the handshake failed.
+    """
+    remote = f"{host}:{port}"
+    with map_link_errors(f"connecting to {remote}"):
+        stream = await trio.open_tcp_stream(host, port, local_address=local_address)
+    return await _secure(stream, ctx, server_side=False, remote=remote)
+
+
+async def listen(
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext | None,
+    handler: Callable[[Link], Awaitable[object]],
+    *,
+    handshake_timeout: float = 5.0,
+    on_refused: Callable[[str, Exception], None] | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on ``host:port`` and run ``handler(link)`` for each, forever.
+
+    A failed TLS handshake closes that one connection and is reported to
+    ``on_refused(remote, error)``; the listener goes on.
+
+    Raises:
+        LinkError: the address cannot be bound (in use, not local).
+    """
+    with map_link_errors(f"listening on {host}:{port}"):
+        listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            remote = "{}:{}".format(*stream.socket.getpeername()[:2])
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            with trio.fail_after(handshake_timeout):
+                link = await _secure(stream, ctx, server_side=True, remote=remote)
+        except (LinkError, trio.TooSlowError) as exc:
+            await trio.aclose_forcefully(stream)
+            if on_refused is not None:
+                on_refused(remote, exc)
+            return
+        await handler(link)
+
+    task_status.started(listeners)
+    await trio.serve_listeners(handle, listeners)
