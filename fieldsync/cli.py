@@ -1,14 +1,71 @@
-"""The ``fieldsync`` command."""
+"""The ``fieldsync`` command. Every flag's default can come from a site file (--site)."""
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
+import trio
+
+from protocol import (
+    AccessLevel,
+    Cardholder,
+    DeleteAccessLevel,
+    DeleteCardholder,
+    Door,
+    DoorMode,
+    Interval,
+    LevelEntry,
+    PutAccessLevel,
+    PutCardholder,
+    PutDoor,
+    PutSchedule,
+    Schedule,
+)
+from protocol.streams import LinkError
+from storage import ConfigStore, EventStore, StoreError
+
+from . import pki as pki_mod
+from .site import Site, SiteError, load_site, parse_address, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _friendly(fn: F) -> F:
+    """Turn the errors a user can cause into one clear line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+site_option = click.option(
+    "--site", "site_path", type=click.Path(path_type=Path, dir_okay=False), help="Site file (TOML) with the defaults."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="fieldsync")
-def main() -> None:
-    """fieldsync: field panels, a sync-engine cluster, faults and the promises P1-P7."""
+@click.option(
+    "--log-level", default="warning", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
+def main(log_level: str) -> None:
+    """fieldsync: field panels, a sync-engine cluster, faults, and the promises P1-P7."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+# -- demo --------------------------------------------------------------------------------
 
 
 @main.command()
@@ -21,3 +78,404 @@ def demo(events: int, batch: int) -> None:
     acked = run(click.echo, events=events, batch=batch)
     if acked != events:
         raise click.ClickException(f"only {acked} of {events} events were acknowledged")
+
+
+# -- pki ---------------------------------------------------------------------------------
+
+
+@main.group()
+def pki() -> None:
+    """Make the site CA and issue panel and node certificates."""
+
+
+@pki.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--site-name", default="fieldsync site", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing CA (every certificate must be issued again).")
+@_friendly
+def pki_init(directory: Path, site_name: str, force: bool) -> None:
+    """Make a site CA in DIRECTORY."""
+    cert = pki_mod.init_ca(directory, site=site_name, force=force)
+    click.echo(f"site CA written: {cert}")
+
+
+@pki.command("issue")
+@click.argument("role", type=click.Choice(["panel", "node"]))
+@click.argument("names", nargs=-1, required=True)
+@click.option(
+    "--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=Path("pki"), show_default=True
+)
+@_friendly
+def pki_issue(role: str, names: tuple[str, ...], directory: Path) -> None:
+    """Issue certificates: `pki issue panel 17 18`, `pki issue panel 1-200`, `pki issue node A`."""
+    expanded: list[str] = []
+    for name in names:
+        if role == "panel" and "-" in name:
+            lo, hi = name.split("-", 1)
+            expanded += [str(i) for i in range(int(lo), int(hi) + 1)]
+        else:
+            expanded.append(name)
+    for name in expanded:
+        files = pki_mod.issue(directory, role, name)
+    click.echo(f"issued {len(expanded)} {role} certificate(s) in {directory} (last: {files.cert.name})")
+
+
+# -- serve -------------------------------------------------------------------------------
+
+
+@main.command()
+@site_option
+@click.option("--node-id", default="A", show_default=True)
+@click.option("--db", type=click.Path(path_type=Path, dir_okay=False), help="SQLite store [site: site.db].")
+@click.option("--listen", help="HOST:PORT panels punch out to [site: vip:port].")
+@click.option("--no-listen", is_flag=True, help="Accept no inbound sessions (dial only).")
+@click.option(
+    "--dial",
+    multiple=True,
+    help="ID=HOST[:PORT] of a host-initiated panel; repeatable [site: its host-initiated panels].",
+)
+@click.option(
+    "--pki",
+    "pki_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory with ca.pem, node-ID.pem/.key.",
+)
+@click.option("--insecure", is_flag=True, help="Plain TCP; refused unless every address is loopback.")
+@click.option("--heartbeat-ms", type=int)
+@click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
+@_friendly
+def serve(
+    site_path: Path | None,
+    node_id: str,
+    db: Path | None,
+    listen: str | None,
+    no_listen: bool,
+    dial: tuple[str, ...],
+    pki_dir: Path | None,
+    insecure: bool,
+    heartbeat_ms: int | None,
+    duration: float | None,
+) -> None:
+    """Run a sync-engine node: accept panels on :30002, dial host-initiated ones on :3001."""
+    from .node import Node, NodeSettings
+
+    site = _site(site_path, pki_dir=pki_dir, insecure=insecure)
+    listen_addr = None if no_listen else parse_address(listen or f"{site.vip}:{site.port}", site.port)
+    dials: list[tuple[int, str, int]] = []
+    if dial:
+        for item in dial:
+            ident, _, addr = item.partition("=")
+            if not ident.isdigit() or not addr:
+                raise SiteError(f"--dial {item!r}: expected ID=HOST[:PORT]")
+            host, port = parse_address(addr, site.panel_port)
+            dials.append((int(ident), host, port))
+    elif site.path is not None:
+        for pid in site.panel_ids():
+            ps = site.panel_settings(pid)
+            if ps.mode.value == "host-initiated" and ps.listen is not None:
+                dials.append((pid, ps.listen[0], ps.listen[1]))
+    site.check_transport(*([listen_addr[0]] if listen_addr else []), *(h for _, h, _ in dials))
+    settings = NodeSettings(
+        node_id=node_id,
+        db=db or site.db,
+        listen=listen_addr,
+        dial=tuple(dials),
+        tls=site.tls_for("node", node_id),
+        heartbeat_ms=heartbeat_ms or site.heartbeat_ms,
+    )
+    node = Node(settings)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            click.echo(
+                f"node {node_id} epoch {node.epoch}: listening on {listen_addr or '-'}, dialing {len(dials)} panel(s), "
+                f"{'plain TCP (loopback)' if settings.tls is None else 'mutual TLS'}, store {settings.db}"
+            )
+            with trio.move_on_after(duration if duration is not None else float("inf")):
+                while True:
+                    await trio.sleep(5)
+                    s = node.statistics()
+                    click.echo(
+                        f"sessions {s.sessions} stored {s.events_stored} dup {s.events_duplicate} "
+                        f"lost(declared) {s.declared_lost} commits {s.commits} rejected {s.rejected} "
+                        f"errors {s.protocol_errors}/{s.link_errors}"
+                    )
+            nursery.cancel_scope.cancel()
+
+    _run_trio(run)
+
+
+# -- emulate -----------------------------------------------------------------------------
+
+
+@main.command()
+@site_option
+@click.option("--panels", type=int, help="How many panels [site: fleet.panels].")
+@click.option("--first-id", type=int, help="First panel id [site: fleet.first_id].")
+@click.option("--mode", type=click.Choice(["punch-out", "host-initiated", "mixed"]))
+@click.option("--server", help="HOST:PORT a punch-out panel dials [site: vip:port].")
+@click.option("--rate", type=float, help="Swipes per second per panel.")
+@click.option("--buffer", "buffer_size", help="Buffer budget per panel, e.g. 32MiB.")
+@click.option("--policy", type=click.Choice(["drop_oldest", "refuse_newest", "block"]))
+@click.option("--flash-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep buffers in flash files here.")
+@click.option("--pki", "pki_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--insecure", is_flag=True, help="Plain TCP; refused unless every address is loopback.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def emulate(
+    site_path: Path | None,
+    panels: int | None,
+    first_id: int | None,
+    mode: str | None,
+    server: str | None,
+    rate: float | None,
+    buffer_size: str | None,
+    policy: str | None,
+    flash_dir: Path | None,
+    pki_dir: Path | None,
+    insecure: bool,
+    duration: float | None,
+    seed: int,
+) -> None:
+    """Run a fleet of emulated panels with card-swipe traffic."""
+    import dataclasses
+
+    from emulator import Fleet, Workload
+    from storage import OverflowPolicy
+
+    site = _site(site_path, pki_dir=pki_dir, insecure=insecure)
+    given: dict[str, Any] = {
+        "panels": panels,
+        "first_id": first_id,
+        "mode": mode,
+        "rate": rate,
+        "buffer": parse_size(buffer_size) if buffer_size else None,
+        "policy": OverflowPolicy(policy) if policy else None,
+        "flash_dir": flash_dir,
+    }
+    fleet_spec = dataclasses.replace(site.fleet, **{k: v for k, v in given.items() if v is not None})
+    if server:
+        host, port = parse_address(server, site.port)
+        site = dataclasses.replace(site, vip=host, port=port)
+    site = dataclasses.replace(site, fleet=fleet_spec)
+    settings = [site.panel_settings(pid) for pid in site.panel_ids()]
+    site.check_transport(*(s.listen[0] for s in settings if s.listen))
+    fleet = Fleet(settings, Workload(rate=fleet_spec.rate), seed=seed)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fleet.run)
+            click.echo(f"{len(fleet)} panels ({fleet_spec.mode}) -> {site.vip}:{site.port}, {fleet_spec.rate}/s each")
+            with trio.move_on_after(duration if duration is not None else float("inf")):
+                while True:
+                    await trio.sleep(1)
+                    s = fleet.statistics()
+                    click.echo(
+                        f"connected {s.connected}/{s.panels} emitted {s.emitted} acked {s.acked} "
+                        f"buffered {s.buffered_events} dropped {s.dropped} refused {s.refused}"
+                    )
+            nursery.cancel_scope.cancel()
+
+    _run_trio(run)
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Operator changes to the site configuration (each one is a new version)."""
+
+
+def _config_store(site_path: Path | None, db: Path | None) -> ConfigStore:
+    return ConfigStore(db or load_site(site_path).db)
+
+
+db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False), help="SQLite store [site: site.db].")
+
+
+def _change(site_path: Path | None, db: Path | None, ops: list[Any]) -> None:
+    store = _config_store(site_path, db)
+    version = store.change(ops)
+    click.echo(f"configuration version {version}")
+
+
+@config.command("add-cardholder")
+@site_option
+@db_option
+@click.option("--card", type=int, required=True)
+@click.option("--levels", default="", help="Comma-separated access level ids.")
+@click.option("--pin", type=int, default=0)
+@click.option("--valid-until-us", type=int, default=0, help="Expiry, UTC microseconds (0 = never).")
+@_friendly
+def add_cardholder(
+    site_path: Path | None, db: Path | None, card: int, levels: str, pin: int, valid_until_us: int
+) -> None:
+    """Add or replace a cardholder."""
+    level_ids = tuple(int(x) for x in levels.split(",") if x.strip())
+    holder = Cardholder(card=card, levels=level_ids, pin=pin, valid_until_us=valid_until_us)
+    _change(site_path, db, [PutCardholder(cardholder=holder)])
+
+
+@config.command("remove-cardholder")
+@site_option
+@db_option
+@click.option("--card", type=int, required=True)
+@_friendly
+def remove_cardholder(site_path: Path | None, db: Path | None, card: int) -> None:
+    """Remove a cardholder."""
+    _change(site_path, db, [DeleteCardholder(card=card)])
+
+
+@config.command("set-door-mode")
+@site_option
+@db_option
+@click.option("--door", type=int, required=True)
+@click.option("--mode", type=click.Choice([m.name.lower() for m in DoorMode]), required=True)
+@_friendly
+def set_door_mode(site_path: Path | None, db: Path | None, door: int, mode: str) -> None:
+    """Change a door's mode (card, card_and_pin, locked, unlocked)."""
+    _change(site_path, db, [PutDoor(door=Door(door=door, mode=DoorMode[mode.upper()]))])
+
+
+_DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+
+
+def _days(text: str) -> int:
+    mask = 0
+    for part in text.lower().split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            for d in range(_DAYS[a], _DAYS[b] + 1):
+                mask |= 1 << d
+        else:
+            mask |= 1 << _DAYS[part]
+    return mask
+
+
+def _minute(text: str) -> int:
+    hours, _, minutes = text.partition(":")
+    return int(hours) * 60 + int(minutes or 0)
+
+
+@config.command("set-schedule")
+@site_option
+@db_option
+@click.option("--id", "ident", type=int, required=True)
+@click.option("--days", default="mon-sun", show_default=True, help="e.g. mon-fri or sat,sun")
+@click.option("--from", "start", default="00:00", show_default=True)
+@click.option("--to", "end", default="24:00", show_default=True)
+@_friendly
+def set_schedule(site_path: Path | None, db: Path | None, ident: int, days: str, start: str, end: str) -> None:
+    """Set a schedule to one daily window."""
+    try:
+        interval = Interval(days=_days(days), start=_minute(start), end=_minute(end))
+    except KeyError as exc:
+        raise click.BadParameter(f"unknown day {exc}", param_hint="--days") from None
+    _change(site_path, db, [PutSchedule(schedule=Schedule(id=ident, intervals=(interval,)))])
+
+
+@config.command("set-level")
+@site_option
+@db_option
+@click.option("--id", "ident", type=int, required=True)
+@click.option("--door", "doors", type=int, multiple=True, required=True)
+@click.option("--schedule", type=int, required=True)
+@_friendly
+def set_level(site_path: Path | None, db: Path | None, ident: int, doors: tuple[int, ...], schedule: int) -> None:
+    """Set an access level: these doors, during this schedule."""
+    entries = tuple(LevelEntry(door=d, schedule=schedule) for d in doors)
+    _change(site_path, db, [PutAccessLevel(level=AccessLevel(id=ident, entries=entries))])
+
+
+@config.command("remove-level")
+@site_option
+@db_option
+@click.option("--id", "ident", type=int, required=True)
+@_friendly
+def remove_level(site_path: Path | None, db: Path | None, ident: int) -> None:
+    """Remove an access level."""
+    _change(site_path, db, [DeleteAccessLevel(id=ident)])
+
+
+@config.command("show")
+@site_option
+@db_option
+@_friendly
+def config_show(site_path: Path | None, db: Path | None) -> None:
+    """Print the current configuration version and counts."""
+    version, state = _config_store(site_path, db).snapshot()
+    click.echo(
+        f"version {version}: {len(state.cardholders)} cardholders, {len(state.levels)} access levels, "
+        f"{len(state.schedules)} schedules, {len(state.doors)} doors configured"
+    )
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+@main.command()
+@site_option
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_friendly
+def status(site_path: Path | None, db: Path | None, as_json: bool) -> None:
+    """Per panel: connected, stored high-water mark, config version, backlog."""
+    store = EventStore(db or load_site(site_path).db)
+    rows = store.status()
+    version = ConfigStore(store.path).version
+    if as_json:
+        click.echo(json.dumps({"epoch": store.epoch, "config_version": version, "panels": rows}, indent=2))
+        return
+    click.echo(f"store {store.path}: epoch {store.epoch}, config version {version}, {len(rows)} panels")
+    click.echo(f"{'panel':>7} {'conn':>5} {'node':>5} {'hwm':>10} {'backlog':>9} {'config':>7}")
+    for r in rows:
+        newest = r.get("newest_seq") or r["hwm"]
+        backlog = max(0, int(newest) - int(r["hwm"]))  # type: ignore[call-overload]
+        conn = "yes" if r.get("connected") else "no"
+        node = r.get("node_id") or "-"
+        click.echo(f"{r['panel_id']:>7} {conn:>5} {node:>5} {r['hwm']:>10} {backlog:>9} {r['config_acked']:>7}")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _site(site_path: Path | None, *, pki_dir: Path | None, insecure: bool) -> Site:
+    import dataclasses
+
+    site = load_site(site_path)
+    if pki_dir is not None:
+        site = dataclasses.replace(site, pki=pki_dir)
+    if insecure:
+        site = dataclasses.replace(site, insecure=True)
+    return site
+
+
+_USER_ERRORS = (StoreError, LinkError, SiteError, pki_mod.PkiError)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _run_trio(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` under trio; the errors a user can cause become one clear line."""
+    try:
+        trio.run(fn)
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            click.echo("stopped", err=True)
+            return
+        user = [leaf for leaf in leaves if isinstance(leaf, _USER_ERRORS)]
+        if user:
+            raise click.ClickException("; ".join(str(e) for e in user)) from None
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

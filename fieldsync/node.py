@@ -172,6 +172,7 @@ class Node:
             0,
         )
         self.last_error: str | None = None
+        self._ended: dict[int, tuple[int, int, str, int, int, int, int, int]] = {}
 
     def __repr__(self) -> str:
         return f"<Node {self.node_id} epoch {self.epoch} sessions {len(self.sessions)}>"
@@ -347,6 +348,7 @@ class Node:
         finally:
             if self.sessions.get(session.panel_id) is session:
                 del self.sessions[session.panel_id]
+                self._ended[session.panel_id] = self._status_row(session, connected=False)
             session.done.set()
 
     async def _read(self, session: _Session) -> None:
@@ -503,6 +505,18 @@ class Node:
                 await self._db(self.store.write_status, rows)
             except StoreError as exc:
                 self.last_error = str(exc)
+
+    def _status_row(self, s: _Session, *, connected: bool) -> tuple[int, int, str, int, int, int, int, int]:
+        return (
+            s.panel_id,
+            int(connected),
+            self.node_id,
+            self.epoch,
+            s.conn.acked_seq,
+            s.newest_seq,
+            s.config_sent,
+            self._now_us(),
+        )
 
     def statistics(self) -> NodeStatistics:
         c = self._counts

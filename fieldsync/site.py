@@ -1,0 +1,203 @@
+"""The site file (TOML): panels, nodes, addresses, keys; every CLI flag's default.
+
+Unknown keys and bad values are errors that name the file and the key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from emulator import LinkMode, PanelSettings, panel_address
+from protocol.streams import TlsFiles, check_plaintext_allowed
+from storage import OverflowPolicy
+
+from . import pki
+
+__all__ = ["FleetSpec", "NodeSpec", "Site", "SiteError", "load_site", "parse_address", "parse_size"]
+
+
+class SiteError(Exception):
+    """The site file (or a flag) says something fieldsync cannot use."""
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str | int) -> int:
+    """``"32MiB"`` -> 33554432. Plain numbers are bytes."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise SiteError(f"{text!r} is not a size (examples: 65536, 64KiB, 32MiB)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep:
+        return str(text), default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SiteError(f"{text!r}: port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    name: str
+    address: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FleetSpec:
+    panels: int = 10
+    first_id: int = 1
+    mode: str = "punch-out"
+    buffer: int = 1 << 20
+    policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    flash_dir: Path | None = None
+    rate: float = 1.0
+    doors: int = 4
+    batch: int = 1024
+    window: int = 4
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Site:
+    path: Path | None
+    name: str = "fieldsync site"
+    db: Path = Path("fieldsync.db")
+    pki: Path = Path("pki")
+    insecure: bool = False
+    vip: str = "127.0.0.100"
+    port: int = 30002
+    panel_port: int = 3001
+    heartbeat_ms: int = 1000
+    nodes: tuple[NodeSpec, ...] = (NodeSpec(name="A", address="127.0.0.11"), NodeSpec(name="B", address="127.0.0.12"))
+    fleet: FleetSpec = FleetSpec()
+    overrides: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def panel_ids(self) -> list[int]:
+        ids = set(range(self.fleet.first_id, self.fleet.first_id + self.fleet.panels))
+        return sorted(ids | set(self.overrides))
+
+    def tls_for(self, role: str, name: str | int) -> TlsFiles | None:
+        if self.insecure:
+            return None
+        return pki.tls_files(self.pki, role, name)
+
+    def panel_settings(self, panel_id: int) -> PanelSettings:
+        fleet = self.fleet
+        over = self.overrides.get(panel_id, {})
+        mode_name = over.get("mode", fleet.mode)
+        if mode_name == "mixed":
+            mode = LinkMode.HOST_INITIATED if panel_id % 2 == 0 else LinkMode.PUNCH_OUT
+        else:
+            mode = LinkMode(mode_name)
+        address = over.get("address", panel_address(panel_id))
+        flash = None
+        if "flash" in over:
+            flash = Path(over["flash"])
+        elif fleet.flash_dir is not None:
+            flash = fleet.flash_dir / f"panel-{panel_id}.flash"
+        return PanelSettings(
+            panel_id=panel_id,
+            mode=mode,
+            server=(self.vip, self.port),
+            listen=(address, self.panel_port),
+            tls=self.tls_for("panel", panel_id),
+            buffer_bytes=parse_size(over.get("buffer", fleet.buffer)),
+            policy=OverflowPolicy(over.get("policy", fleet.policy.value)),
+            flash=flash,
+            doors=int(over.get("doors", fleet.doors)),
+            batch_records=int(over.get("batch", fleet.batch)),
+            window=int(over.get("window", fleet.window)),
+        )
+
+    def check_transport(self, *addresses: str) -> None:
+        if self.insecure:
+            check_plaintext_allowed(self.vip, *addresses)
+
+
+_SITE_KEYS = {"name", "db", "pki", "insecure", "vip", "port", "panel_port", "heartbeat_ms"}
+_FLEET_KEYS = {f.name for f in dataclasses.fields(FleetSpec)}
+_PANEL_KEYS = {"id", "mode", "address", "buffer", "policy", "flash", "doors", "batch", "window"}
+_MODES = {"punch-out", "host-initiated", "mixed"}
+
+
+def _check_keys(where: str, table: dict[str, Any], allowed: set[str], path: Path) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SiteError(f"{path}: unknown key {where}{unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+
+
+def load_site(path: Path | str | None) -> Site:
+    """Read a site file; None gives the embedded loopback default."""
+    if path is None:
+        return Site(path=None)
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SiteError(f"{path}: no such site file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SiteError(f"{path}: not valid TOML: {exc}") from None
+    _check_keys("", data, {"site", "nodes", "fleet", "panels"}, path)
+    base = path.parent
+    site_t = data.get("site", {})
+    _check_keys("site.", site_t, _SITE_KEYS, path)
+    fleet_t = data.get("fleet", {})
+    _check_keys("fleet.", fleet_t, _FLEET_KEYS, path)
+    try:
+        fleet = FleetSpec(
+            panels=int(fleet_t.get("panels", 10)),
+            first_id=int(fleet_t.get("first_id", 1)),
+            mode=str(fleet_t.get("mode", "punch-out")),
+            buffer=parse_size(fleet_t.get("buffer", 1 << 20)),
+            policy=OverflowPolicy(fleet_t.get("policy", "drop_oldest")),
+            flash_dir=base / fleet_t["flash_dir"] if fleet_t.get("flash_dir") else None,
+            rate=float(fleet_t.get("rate", 1.0)),
+            doors=int(fleet_t.get("doors", 4)),
+            batch=int(fleet_t.get("batch", 1024)),
+            window=int(fleet_t.get("window", 4)),
+        )
+    except (ValueError, TypeError, SiteError) as exc:
+        raise SiteError(f"{path}: [fleet]: {exc}") from None
+    if fleet.mode not in _MODES:
+        raise SiteError(f"{path}: fleet.mode {fleet.mode!r} is not one of {', '.join(sorted(_MODES))}")
+    nodes = []
+    for name, table in data.get("nodes", {}).items():
+        _check_keys(f"nodes.{name}.", table, {"address"}, path)
+        nodes.append(NodeSpec(name=name, address=str(table.get("address", "127.0.0.1"))))
+    overrides: dict[int, dict[str, Any]] = {}
+    for index, table in enumerate(data.get("panels", [])):
+        _check_keys(f"panels[{index}].", table, _PANEL_KEYS, path)
+        if "id" not in table:
+            raise SiteError(f"{path}: panels[{index}] has no 'id'")
+        mode = table.get("mode")
+        if mode is not None and mode not in _MODES - {"mixed"}:
+            raise SiteError(f"{path}: panels[{index}].mode {mode!r} is not punch-out or host-initiated")
+        overrides[int(table["id"])] = {k: v for k, v in table.items() if k != "id"}
+    try:
+        return Site(
+            path=path,
+            name=str(site_t.get("name", "fieldsync site")),
+            db=base / site_t.get("db", "fieldsync.db"),
+            pki=base / site_t.get("pki", "pki"),
+            insecure=bool(site_t.get("insecure", False)),
+            vip=str(site_t.get("vip", "127.0.0.100")),
+            port=int(site_t.get("port", 30002)),
+            panel_port=int(site_t.get("panel_port", 3001)),
+            heartbeat_ms=int(site_t.get("heartbeat_ms", 1000)),
+            nodes=tuple(nodes) or Site.__dataclass_fields__["nodes"].default,  # type: ignore[arg-type]
+            fleet=fleet,
+            overrides=overrides,
+        )
+    except (ValueError, TypeError) as exc:
+        raise SiteError(f"{path}: [site]: {exc}") from None
