@@ -48,9 +48,12 @@ class Fleet:
         *,
         seed: int = 0,
         wall_clock: Callable[[], int] | None = None,
+        journal: bool = False,
     ) -> None:
         self.panels = {
-            s.panel_id: Panel(s, seed=seed) if wall_clock is None else Panel(s, seed=seed, wall_clock=wall_clock)
+            s.panel_id: Panel(s, seed=seed, journal=journal)
+            if wall_clock is None
+            else Panel(s, seed=seed, journal=journal, wall_clock=wall_clock)
             for s in settings
         }
         self.workload = workload

@@ -46,10 +46,12 @@ from protocol.streams import (
     Link,
     LinkError,
     MessageStream,
+    PeerClosed,
     TlsError,
     TlsFiles,
     client_context,
     dial,
+    first_error,
     listen,
     server_context,
 )
@@ -163,9 +165,13 @@ class Panel:
         wall_clock: Callable[[], int] = _wall_clock_us,
         seed: int = 0,
         config: PanelConfig | None = None,
+        journal: bool = False,
     ) -> None:
         self.settings = settings
         self.panel_id = settings.panel_id
+        #: Every event this panel numbered, as (boot_id, seq, kind, door, card), when asked for:
+        #: what a checker compares the store with.
+        self.journal: list[tuple[int, int, int, int, int]] | None = [] if journal else None
         self.doors = settings.doors
         self.wall_clock = wall_clock
         self.clock_skew_us = 0
@@ -259,6 +265,8 @@ class Panel:
         self, kind: EventKind, *, door: int = 0, reader: int = 0, flags: int = 0, card: int = 0, aux: int = 0
     ) -> int | None:
         seq = self.buffer.append(self.now_us(), kind, door=door, reader=reader, flags=flags, card=card, aux=aux)
+        if seq is not None and self.journal is not None:
+            self.journal.append((self.boot_id, seq, int(kind), door, card))
         self._new_data.wake()
         return seq
 
@@ -385,8 +393,15 @@ class Panel:
             await self.disconnected.wait()
         self.max_epoch = welcome.epoch
         if self._needs_rebase or welcome.hwm >= self.buffer.next_seq:
-            self.buffer.rebase(welcome.hwm + 1)
+            # This panel lost its counter (RAM power-cycle): continue after the store.
+            oldest = self.buffer.oldest_seq or self.buffer.next_seq
+            shift = self.buffer.rebase(welcome.hwm + 1)
             self._needs_rebase = False
+            if self.journal is not None and shift:
+                self.journal[:] = [
+                    (b, s + shift, k, d, c) if b == self.boot_id and s >= oldest else (b, s, k, d, c)
+                    for b, s, k, d, c in self.journal
+                ]
         self.buffer.release(welcome.hwm)
         self._acked_seq = welcome.hwm
         self._sessions += 1
@@ -398,11 +413,16 @@ class Panel:
             self.connected.set()
             self.record(EventKind.HOST_ONLINE)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(ms.run_timers)
-                    nursery.start_soon(self._upload, ms, welcome.hwm + 1)
-                    await self._read(ms)
-                    nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(ms.run_timers)
+                        nursery.start_soon(self._upload, ms, welcome.hwm + 1)
+                        await self._read(ms)
+                        nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    raise first_error(group) from None
+            except PeerClosed:
+                pass  # the node went away; the link manager reconnects
             except RemoteProtocolError as exc:
                 await ms.send_error(exc.code, exc.message)
                 raise

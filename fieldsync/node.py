@@ -45,6 +45,7 @@ from protocol.streams import (
     TlsFiles,
     client_context,
     dial,
+    first_error,
     listen,
     server_context,
 )
@@ -338,11 +339,14 @@ class Node:
         self._counts["sessions_total"] += 1
         try:
             with session.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(session.ms.run_timers)
-                    nursery.start_soon(self._write, session)
-                    await self._read(session)
-                    nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(session.ms.run_timers)
+                        nursery.start_soon(self._write, session)
+                        await self._read(session)
+                        nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    raise first_error(group) from None
             if session.failure is not None:
                 await session.ms.send_error(*session.failure)
         finally:

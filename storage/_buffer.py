@@ -277,18 +277,20 @@ class EventBuffer:
                 freed += k
         return freed
 
-    def rebase(self, next_seq: int) -> None:
+    def rebase(self, next_seq: int) -> int:
         """Renumber every buffered record so the oldest gets ``next_seq``.
 
         For a RAM-only panel after a power-cycle: it lost its counter with its
         buffer, so it learns where to continue from the host's WELCOME and
         renumbers what it queued meanwhile (none of it was sent yet).
+        Returns how far every seq moved.
         """
         if next_seq < 1:
             raise ValueError("seqs start at 1")
         if not self._count:
+            shift = next_seq - self._next_seq
             self._next_seq = next_seq
-            return
+            return shift
         shift = next_seq - self._seq_at(0)
         for index in range(self._count):
             offset = self._offset(index)
@@ -298,6 +300,7 @@ class EventBuffer:
                 last, count = _MARKER_TAIL.unpack_from(self._ring, offset + 20)
                 _MARKER_TAIL.pack_into(self._ring, offset + 20, last + shift, count)
         self._next_seq += shift
+        return shift
 
     def records(self) -> bytes:
         """Every buffered record, packed, oldest first (synced or not)."""

@@ -8,3 +8,20 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("FIELDSYNC_HYPOTHESIS", "ci"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def site_pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A site CA with nodes A and B and panels 1..40, made once per test run."""
+    from fieldsync import pki
+
+    directory = tmp_path_factory.mktemp("pki")
+    pki.init_ca(directory)
+    for node in ("A", "B"):
+        pki.issue(directory, "node", node)
+    for panel in range(1, 41):
+        pki.issue(directory, "panel", panel)
+    return directory

@@ -6,6 +6,7 @@ Shared by the emulator and the node. The sans-I/O core never imports this.
 from ._errors import LinkError as LinkError
 from ._errors import PeerClosed as PeerClosed
 from ._errors import TlsError as TlsError
+from ._errors import first_error as first_error
 from ._session import MessageStream as MessageStream
 from ._tcp import Link as Link
 from ._tcp import check_plaintext_allowed as check_plaintext_allowed
@@ -27,6 +28,7 @@ __all__ = [
     "check_plaintext_allowed",
     "client_context",
     "dial",
+    "first_error",
     "is_loopback",
     "listen",
     "peer_identity",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import trio
 
-__all__ = ["LinkError", "PeerClosed", "TlsError", "map_link_errors"]
+__all__ = ["LinkError", "PeerClosed", "TlsError", "first_error", "map_link_errors"]
 
 
 class LinkError(Exception):
@@ -50,3 +50,27 @@ def map_link_errors(doing: str) -> Iterator[None]:
         if exc.errno == errno.EADDRINUSE:
             raise LinkError(f"{doing}: address already in use ({exc.strerror})") from exc
         raise LinkError(f"{doing}: {exc.strerror or exc}") from exc
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that explains a failed session nursery.
+
+    A session runs its reader, writer and timers as sibling tasks; when one
+    fails the others are cancelled, and trio wraps what comes out in a group.
+    Callers that sort failures by type (link, protocol, timeout) want the one
+    real error, not the group or the Cancelled siblings.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return group
