@@ -158,6 +158,7 @@ class Node:
         self._ingest_send, self._ingest_recv = trio.open_memory_channel[_Item](settings.ingest_queue)
         self.listeners: list[trio.SocketListener] = []
         self.fenced = trio.Event()
+        self._stop = trio.Event()
         self._counts = dict.fromkeys(
             (
                 "sessions_total",
@@ -210,13 +211,19 @@ class Node:
                     nursery.start_soon(self._dial_loop, panel_id, host, port)
                 log.info("node %s serving with epoch %d", self.node_id, self.epoch)
                 task_status.started(self)
-                await self.fenced.wait()
+                async with trio.open_nursery() as waiters:  # until stopped or fenced
+                    for event in (self._stop, self.fenced):
+                        waiters.start_soon(_wait_then_cancel, event, waiters.cancel_scope)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._write_status(final=True)
                 await self._db(self.store.close)
                 await self._cfg(self.config_store.close)
+
+    def stop(self) -> None:
+        """Stop serving: sessions end, the listener closes, ``run`` returns."""
+        self._stop.set()
 
     async def _listen(
         self,
@@ -540,3 +547,8 @@ class Node:
             config_version=self.config_version,
             fenced=self.fenced.is_set(),
         )
+
+
+async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

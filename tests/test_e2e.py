@@ -116,7 +116,6 @@ def test_config_changed_during_outage_converges(site_pki: Path, tmp_path: Path) 
                 while any(pn.config.version != 2 for pn in fleet.panels.values()):
                     await trio.sleep(0.1)
             # Outage: the node stops; the operator changes the site meanwhile.
-            node_scope = nursery.cancel_scope  # noqa: F841 - nursery owns both
             await _stop(node)
             changes = [
                 [p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(20)],
@@ -140,7 +139,7 @@ def test_config_changed_during_outage_converges(site_pki: Path, tmp_path: Path) 
             nursery.cancel_scope.cancel()
 
     async def _stop(node: Node) -> None:
-        node.fenced.set()  # the node's own way out: stop serving
+        node.stop()
         while node.sessions:
             await trio.sleep(0.05)
 
