@@ -94,7 +94,7 @@ class PanelSettings:
     flash: Path | None = None
     flash_sync_interval: float = 0.1
     doors: int = 4
-    batch_records: int = 1024
+    batch_records: int = 4096
     window: int = 4
     backoff_initial: float = 0.05
     backoff_cap: float = 2.0

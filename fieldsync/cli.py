@@ -192,6 +192,7 @@ def serve(
                 f"node {node_id} epoch {node.epoch}: listening on {listen_addr or '-'}, dialing {len(dials)} panel(s), "
                 f"{'plain TCP (loopback)' if settings.tls is None else 'mutual TLS'}, store {settings.db}"
             )
+            sys.stdout.flush()
             with trio.move_on_after(duration if duration is not None else float("inf")):
                 while True:
                     await trio.sleep(5)

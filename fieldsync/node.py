@@ -175,6 +175,9 @@ class Node:
         )
         self.last_error: str | None = None
         self._ended: dict[int, tuple[int, int, str, int, int, int, int, int]] = {}
+        self._hwms: dict[int, int] = {}
+        self._new_sessions: list[tuple[int, int, int]] = []
+        self._config_acks: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return f"<Node {self.node_id} epoch {self.epoch} sessions {len(self.sessions)}>"
@@ -199,6 +202,7 @@ class Node:
         self.config_store = await self._cfg(ConfigStore, s.db)
         try:
             self.epoch = s.epoch if s.epoch is not None else await self._db(self.store.advance_epoch)
+            self._hwms = await self._db(self.store.hwms)
             self.config_version = await self._cfg(lambda: self.config_store.version)  # type: ignore[union-attr]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ingest_loop)
@@ -370,12 +374,12 @@ class Node:
             except PeerClosed:
                 return
             if isinstance(message, EventBatch):
-                await session.outstanding.acquire()
                 session.newest_seq = max(session.newest_seq, message.last_seq)
-                await self._ingest_send.send(_Item(session, message, self._now_us()))
+                with ms.reading_paused():  # waiting on our own commit capacity
+                    await session.outstanding.acquire()
+                    await self._ingest_send.send(_Item(session, message, self._now_us()))
             elif isinstance(message, ConfigAck):
-                assert self.store is not None
-                await self._db(self.store.record_config_ack, session.panel_id, message.version)
+                self._config_acks[session.panel_id] = message.version
             elif isinstance(message, Heartbeat):
                 pass
             elif isinstance(message, Error | Bye):
@@ -475,6 +479,7 @@ class Node:
                     item.session.fail(ErrorCode.SEQ_GAP, outcome.error)
                 else:
                     item.session.ack(outcome.hwm)
+            self._hwms.update(result.hwms)
 
     # -- config and status -----------------------------------------------------------------
 

@@ -64,7 +64,7 @@ class FleetSpec:
     flash_dir: Path | None = None
     rate: float = 1.0
     doors: int = 4
-    batch: int = 1024
+    batch: int = 4096
     window: int = 4
 
 

@@ -124,6 +124,7 @@ class _Connection:
         self._frames_out = 0
         self._bytes_out = 0
         self._closed_cleanly = False
+        self._reading_paused = False
         #: Epoch of this session once the handshake is done (0 before).
         self.session_epoch = 0
         #: The store's high-water mark the session resumed from.
@@ -216,12 +217,24 @@ class _Connection:
         """Build and send an ERROR carrying this end's epoch; allowed in ERROR too."""
         return self.send(Error(epoch=self._own_epoch(), code=int(code), text=text[:1000]), now)
 
+    def pause_reading(self) -> None:
+        """This end stops reading by choice (its own backpressure): the peer's
+        silence must not count against it until ``resume_reading``."""
+        self._reading_paused = True
+
+    def resume_reading(self, now: float) -> None:
+        self._reading_paused = False
+        self._last_received = max(self._last_received, now)
+
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has something to do, or None."""
         if self._state in (State.HELLO_SENT, State.AWAIT_HELLO):
             return self._handshake_start() + self._handshake_timeout
         if self._state is State.STREAMING:
-            return min(self._last_sent + self._interval, self._last_received + self._interval * self._misses)
+            beat = self._last_sent + self._interval
+            if self._reading_paused:
+                return beat
+            return min(beat, self._last_received + self._interval * self._misses)
         return None
 
     def handle_timer(self, now: float) -> bytes:
@@ -241,7 +254,7 @@ class _Connection:
         if self._state is not State.STREAMING:
             return b""
         silent = now - self._last_received
-        if silent >= self._interval * self._misses:
+        if silent >= self._interval * self._misses and not self._reading_paused:
             self._state = State.ERROR
             raise PeerTimeout(
                 f"no frame from the peer for {silent:.3f} s ({self._misses} heartbeats of {self._interval:g} s)"

@@ -141,3 +141,15 @@ def test_snapshot_in_parts_is_acked_only_when_complete() -> None:
     assert pair.panel.config_version == 9
     pair.panel_sends(p.ConfigAck(version=9))
     assert pair.host.config_acked == 9
+
+
+def test_a_paused_reader_does_not_blame_the_peer() -> None:
+    pair = _streaming_pair()  # heartbeat 1 s, dead after 3 s of silence
+    pair.host.pause_reading()
+    assert pair.host.next_deadline() == 1.0  # only its own heartbeat is due
+    pair.host.handle_timer(10.0)  # ten seconds deaf by its own choice: still alive
+    assert pair.host.state is p.State.STREAMING
+    pair.host.resume_reading(10.0)
+    assert pair.host.next_deadline() == 11.0  # next own heartbeat (sent at 10.0)
+    with pytest.raises(p.PeerTimeout):
+        pair.host.handle_timer(13.0)  # three seconds after resuming

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 
 import trio
 
@@ -75,6 +76,17 @@ class MessageStream:
             if isinstance(event, ConnectionClosed):
                 raise PeerClosed(f"{self.name}: peer closed the stream", clean=event.clean)
             return event
+
+    @contextlib.contextmanager
+    def reading_paused(self) -> Iterator[None]:
+        """Around a wait for this end's own capacity: the peer is not silent, we are deaf."""
+        self.conn.pause_reading()
+        self._timer_changed.set()
+        try:
+            yield
+        finally:
+            self.conn.resume_reading(trio.current_time())
+            self._timer_changed.set()
 
     async def run_timers(self) -> None:
         """Send heartbeats when due; raise PeerTimeout when the peer goes silent."""
