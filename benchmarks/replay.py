@@ -110,12 +110,16 @@ async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
 
     command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(db), "--listen", f"{VIP}:{port}"]
     command += ["--pki", str(pki_dir)] if args.tls else ["--insecure"]
-    node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The node's output goes to a file: a pipe nobody drains would block it once full.
+    log_path = workdir / "node.log"
+    with log_path.open("w") as log:
+        node = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert node.stdout is not None
-        banner = node.stdout.readline()  # printed once the node listens
-        if "listening" not in banner:
-            raise SystemExit(f"node did not start: {banner}{node.stdout.read()}")
+        with trio.fail_after(30):
+            while "listening" not in log_path.read_text():
+                if node.poll() is not None:
+                    raise SystemExit(f"node did not start: {log_path.read_text()}")
+                await trio.sleep(0.05)
         async with trio.open_nursery() as nursery:
             start = time.perf_counter()
             await nursery.start(fleet.run)
@@ -124,12 +128,13 @@ async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             drain = time.perf_counter() - start
             nursery.cancel_scope.cancel()
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
+        with trio.CancelScope(shield=True):
+            node.send_signal(signal.SIGINT)
+            with trio.move_on_after(10):
+                await node.wait()
+            if node.returncode is None:
+                node.kill()
+                await node.wait()
     store = EventStore(db)
     stored = store.count_events()
     store.close()

@@ -81,6 +81,8 @@ class NodeSettings:
     dial_backoff_cap: float = 2.0
     #: The epoch to serve with; None advances the store's epoch at start (a lone node).
     epoch: int | None = None
+    #: Keep trying to bind the listen address this long (a fenced predecessor's socket may linger).
+    bind_retry: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,6 +7,9 @@ each object owns one connection opened with ``check_same_thread=False``.
 from ._buffer import BufferStatistics as BufferStatistics
 from ._buffer import EventBuffer as EventBuffer
 from ._buffer import OverflowPolicy as OverflowPolicy
+from ._cluster import ClusterStore as ClusterStore
+from ._cluster import Lease as Lease
+from ._cluster import NodeBeat as NodeBeat
 from ._config_model import ConfigState as ConfigState
 from ._config_store import ConfigChange as ConfigChange
 from ._config_store import ConfigStore as ConfigStore
@@ -32,6 +35,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BufferFull",
     "BufferStatistics",
+    "ClusterStore",
     "ConfigChange",
     "ConfigState",
     "ConfigStore",
@@ -41,8 +45,10 @@ __all__ = [
     "IngestBatch",
     "IngestOutcome",
     "IngestResult",
+    "Lease",
     "Loss",
     "NeedSnapshot",
+    "NodeBeat",
     "OverflowPolicy",
     "PanelConfig",
     "SchemaTooNew",

@@ -123,5 +123,23 @@ def _m003(db: Database) -> None:
     db.execute("PRAGMA user_version = 3")
 
 
-SCHEMA_VERSION = 3
-_KNOWN = {"m001_events_losses_panels_cluster", "m002_config", "m003_panel_status"}
+@migrations(name="m004_cluster_lease")
+def _m004(db: Database) -> None:
+    # The lease lives in the same row as the epoch: one transaction moves both.
+    for column, kind in (
+        ("holder", "TEXT"),
+        ("holder_pid", "INTEGER"),
+        ("holder_address", "TEXT"),
+        ("lease_until_us", "INTEGER NOT NULL DEFAULT 0"),
+        ("switchover_to", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE cluster ADD COLUMN {column} {kind}")
+    db["cluster_nodes"].create(  # type: ignore[union-attr]
+        {"node_id": str, "pid": int, "address": str, "role": str, "epoch": int, "heartbeat_us": int},
+        pk="node_id",
+    )
+    db.execute("PRAGMA user_version = 4")
+
+
+SCHEMA_VERSION = 4
+_KNOWN = {"m001_events_losses_panels_cluster", "m002_config", "m003_panel_status", "m004_cluster_lease"}

@@ -1,0 +1,266 @@
+"""Two sync-engine nodes behind one virtual IP: lease, epoch fencing, STONITH, switchover.
+
+On the embedded default the VIP is a loopback address and "holding" it means
+being bound to VIP:30002. The lease and the epoch live in one row of the shared
+store, so taking over always raises the epoch (the fencing token) in the same
+transaction. A standby takes over when the active's heartbeats stop and either
+its lease has expired or STONITH has killed it (on one machine: SIGKILL of the
+pid the lease records, after checking it is a fieldsync process). With STONITH
+off, a paused active keeps VIP:30002 until it wakes, finds its lease gone and
+steps down; meanwhile epoch fencing keeps it from storing or being believed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from protocol.streams import TlsFiles
+from storage import ClusterStore, Lease, NodeBeat
+
+from .node import Node, NodeSettings
+
+__all__ = ["ClusterNode", "ClusterSettings", "Role", "process_is_fieldsync", "stonith"]
+
+log = logging.getLogger("fieldsync.cluster")
+T = TypeVar("T")
+
+
+class Role(enum.Enum):
+    STANDBY = "standby"
+    ACTIVE = "active"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSettings:
+    node_id: str
+    #: This node's own address (127.0.0.11 / .12 on loopback).
+    address: str
+    db: Path
+    vip: str = "127.0.0.100"
+    port: int = 30002
+    dial: tuple[tuple[int, str, int], ...] = ()
+    tls: TlsFiles | None = None
+    heartbeat_ms: int = 1000
+    #: Node-to-node heartbeat (through the shared store) and lease timing.
+    beat_interval: float = 0.1
+    dead_after: float = 0.5
+    lease: float = 1.0
+    stonith: bool = True
+    #: Take the VIP back from the other node when this one is back and in sync.
+    failback: bool = False
+    #: How long a returning node must have been a healthy standby before failback.
+    failback_after: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.beat_interval < self.dead_after <= self.lease:
+            raise ValueError("need 0 < beat_interval < dead_after <= lease")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def process_is_fieldsync(pid: int) -> bool:
+    """True if ``pid`` is alive (not a zombie) and runs fieldsync."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != b"Z" and b"fieldsync" in cmdline
+
+
+def stonith(pid: int, *, timeout: float = 2.0) -> bool:
+    """SIGKILL a fieldsync node process and wait until it is gone; False if it was not one."""
+    if pid == os.getpid() or not process_is_fieldsync(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while process_is_fieldsync(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} survived SIGKILL for {timeout} s")
+        time.sleep(0.005)
+    return True
+
+
+class ClusterNode:
+    """One node of the pair. ``run`` alternates standby and active until cancelled."""
+
+    def __init__(self, settings: ClusterSettings, *, now_us: Callable[[], int] = _now_us) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self._now_us = now_us
+        self._limiter = trio.CapacityLimiter(1)
+        self.cluster: ClusterStore | None = None
+        self.role = Role.STANDBY
+        self.epoch = 0
+        self.node: Node | None = None
+        self.takeovers = 0
+        self.fenced_count = 0
+        self.stonith_kills = 0
+        self.became_active = trio.Event()
+        self._standby_since = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<ClusterNode {self.node_id} {self.role.value} epoch {self.epoch}>"
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
+
+    def _beat(self) -> NodeBeat:
+        return NodeBeat(
+            node_id=self.node_id,
+            pid=os.getpid(),
+            address=self.settings.address,
+            role=self.role.value,
+            epoch=self.epoch,
+            heartbeat_us=self._now_us(),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.cluster = await self._db(ClusterStore, self.settings.db)
+        try:
+            task_status.started()
+            while True:
+                self.role = Role.STANDBY
+                self._standby_since = time.monotonic()
+                epoch = await self._wait_for_lease()
+                await self._serve(epoch)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._db(self.cluster.close)
+
+    # -- standby ---------------------------------------------------------------------
+
+    async def _wait_for_lease(self) -> int:
+        s = self.settings
+        assert self.cluster is not None
+        lease_us = int(s.lease * 1e6)
+        while True:
+            await self._db(self.cluster.beat, self._beat())
+            lease = await self._db(self.cluster.lease)
+            now = self._now_us()
+            free = lease.holder in (None, self.node_id) or not lease.held_at(now)
+            force = False
+            if lease.switchover_to == self.node_id:
+                take = free  # the holder hands over by releasing
+            elif free:
+                take = lease.switchover_to is None
+            else:
+                take = force = await self._holder_dead(lease, now)
+                settled = time.monotonic() - self._standby_since >= s.failback_after
+                if not take and s.failback and lease.switchover_to is None and settled:
+                    # Back and in sync (shared store: always) for long enough: ask for the VIP back.
+                    log.warning("node %s asks for failback", self.node_id)
+                    await self._db(self.cluster.request_switchover, self.node_id)
+            if take:
+                epoch = await self._db(
+                    self.cluster.acquire,
+                    self.node_id,
+                    pid=os.getpid(),
+                    address=s.address,
+                    now_us=self._now_us(),
+                    lease_us=lease_us,
+                    force=force,
+                )
+                if epoch is not None:
+                    return epoch
+            await trio.sleep(s.beat_interval)
+
+    async def _holder_dead(self, lease: Lease, now: int) -> bool:
+        """Has the holder stopped beating, and (with STONITH) is it now certainly dead?"""
+        assert self.cluster is not None and lease.holder is not None
+        beats = await self._db(self.cluster.nodes)
+        beat = beats.get(lease.holder)
+        silent = beat is None or now - beat.heartbeat_us > self.settings.dead_after * 1e6
+        if not silent or not self.settings.stonith:
+            return False  # without STONITH only lease expiry frees it
+        pid = lease.holder_pid
+        if pid is not None and process_is_fieldsync(pid):
+            log.warning("node %s: STONITH of %s (pid %d), silent since its last beat", self.node_id, lease.holder, pid)
+            if await trio.to_thread.run_sync(stonith, pid):
+                self.stonith_kills += 1
+        return not (pid is not None and process_is_fieldsync(pid))
+
+    # -- active ------------------------------------------------------------------------
+
+    async def _serve(self, epoch: int) -> None:
+        s = self.settings
+        self.epoch = epoch
+        self.role = Role.ACTIVE
+        self.takeovers += 1
+        log.warning("node %s is active with epoch %d", self.node_id, epoch)
+        node = Node(
+            NodeSettings(
+                node_id=self.node_id,
+                db=s.db,
+                listen=(s.vip, s.port),
+                dial=s.dial,
+                tls=s.tls,
+                heartbeat_ms=s.heartbeat_ms,
+                epoch=epoch,
+                bind_retry=max(5.0, 3 * s.lease),
+            )
+        )
+        self.node = node
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            self.became_active.set()
+            nursery.start_soon(self._keep_lease, node, nursery.cancel_scope)
+            await node.fenced.wait()
+            self.fenced_count += 1
+            log.warning("node %s fenced at epoch %d: stepping down", self.node_id, epoch)
+            nursery.cancel_scope.cancel()
+        self.node = None
+        self.became_active = trio.Event()
+
+    async def _keep_lease(self, node: Node, scope: trio.CancelScope) -> None:
+        s = self.settings
+        assert self.cluster is not None
+        lease_us = int(s.lease * 1e6)
+        while True:
+            await trio.sleep(s.beat_interval)
+            lease = await self._db(
+                self.cluster.renew, self.node_id, self.epoch, now_us=self._now_us(), lease_us=lease_us
+            )
+            if lease is None:
+                log.warning("node %s lost the lease (epoch %d): stepping down", self.node_id, self.epoch)
+                node.fenced.set()
+                return
+            await self._db(self.cluster.beat, self._beat())
+            hand_to = lease.switchover_to
+            if hand_to is None or hand_to == self.node_id:
+                continue
+            log.warning("node %s hands the VIP to %s (switchover)", self.node_id, hand_to)
+            node.stop()
+            await self._db(self.cluster.release, self.node_id, self.epoch, hand_to=hand_to)
+            scope.cancel()
+            return
+
+    def status(self) -> dict[str, object]:
+        stats = self.node.statistics() if self.node is not None else None
+        return {
+            "node": self.node_id,
+            "role": self.role.value,
+            "epoch": self.epoch,
+            "takeovers": self.takeovers,
+            "fenced": self.fenced_count,
+            "stonith_kills": self.stonith_kills,
+            "sessions": stats.sessions if stats else 0,
+            "stored": stats.events_stored if stats else 0,
+        }
