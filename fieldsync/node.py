@@ -243,15 +243,24 @@ class Node:
             self.last_error = f"refused {remote}: {exc}"
             log.warning("refused %s: %s", remote, exc)
 
-        await listen(
-            host,
-            port,
-            self._server_ctx,
-            self._serve_link,
-            handshake_timeout=self.settings.handshake_timeout,
-            on_refused=refused,
-            task_status=task_status,
-        )
+        deadline = trio.current_time() + self.settings.bind_retry
+        while True:
+            try:
+                await listen(
+                    host,
+                    port,
+                    self._server_ctx,
+                    self._serve_link,
+                    handshake_timeout=self.settings.handshake_timeout,
+                    on_refused=refused,
+                    task_status=task_status,
+                )
+                return
+            except LinkError as exc:
+                # A fenced predecessor's listening socket may linger for a moment.
+                if "in use" not in str(exc) or trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.02)
 
     async def _dial_loop(self, panel_id: int, host: str, port: int) -> None:
         delay = 0.05
@@ -293,13 +302,10 @@ class Node:
                 log.warning("panel %d refused: %s", hello.panel_id, refusal[1])
                 await ms.send_error(*refusal)
                 return False
-            assert self.store is not None
-            await self._db(
-                functools.partial(
-                    self.store.record_session, hello.panel_id, boot_id=hello.boot_id, seen_us=self._now_us()
-                )
-            )
-            hwm = await self._db(self.store.hwm, hello.panel_id)
+            # No store round trip per session: the hwm cache is authoritative while this
+            # node's epoch is the store's, and bookkeeping goes out with the status write.
+            hwm = self._hwms.get(hello.panel_id, 0)
+            self._new_sessions.append((hello.panel_id, hello.boot_id, self._now_us()))
             await ms.send(
                 Welcome(
                     node_id=self.node_id,
@@ -504,25 +510,20 @@ class Node:
     async def _write_status(self, *, final: bool = False) -> None:
         if self.store is None:
             return
-        now = self._now_us()
-        rows = [
-            (
-                s.panel_id,
-                0 if final else 1,
-                self.node_id,
-                self.epoch,
-                s.conn.acked_seq,
-                s.newest_seq,
-                s.config_sent,
-                now,
-            )
-            for s in self.sessions.values()
-        ]
-        if rows:
+        rows = list(self._ended.values())
+        rows += [self._status_row(s, connected=not final) for s in self.sessions.values()]
+        sessions, acks = self._new_sessions, list(self._config_acks.items())
+        if rows or sessions or acks:
             try:
-                await self._db(self.store.write_status, rows)
+                await self._db(functools.partial(self.store.write_status, rows, sessions=sessions, config_acks=acks))
             except StoreError as exc:
                 self.last_error = str(exc)
+                return
+            self._ended.clear()
+            self._new_sessions = []
+            for pid, version in acks:
+                if self._config_acks.get(pid) == version:
+                    del self._config_acks[pid]
 
     def _status_row(self, s: _Session, *, connected: bool) -> tuple[int, int, str, int, int, int, int, int]:
         return (
