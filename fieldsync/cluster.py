@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import trio
 
 from protocol.streams import TlsFiles
-from storage import ClusterStore, Lease, NodeBeat
+from storage import ClusterStore, Lease, NodeBeat, StoreLocked
 
 from .node import Node, NodeSettings
 
@@ -113,6 +113,7 @@ class ClusterNode:
         self.takeovers = 0
         self.fenced_count = 0
         self.stonith_kills = 0
+        self.lock_waits = 0
         self.became_active = trio.Event()
         self._standby_since = time.monotonic()
 
@@ -152,7 +153,12 @@ class ClusterNode:
         assert self.cluster is not None
         lease_us = int(s.lease * 1e6)
         while True:
-            await self._db(self.cluster.beat, self._beat())
+            try:
+                await self._db(self.cluster.beat, self._beat())
+            except StoreLocked as exc:
+                # A paused node can hold the shared file's write lock; only STONITH
+                # (or its waking up) frees it. Keep watching, never crash.
+                self._note_locked(exc)
             lease = await self._db(self.cluster.lease)
             now = self._now_us()
             free = lease.holder in (None, self.node_id) or not lease.held_at(now)
@@ -169,15 +175,19 @@ class ClusterNode:
                     log.warning("node %s asks for failback", self.node_id)
                     await self._db(self.cluster.request_switchover, self.node_id)
             if take:
-                epoch = await self._db(
-                    self.cluster.acquire,
-                    self.node_id,
-                    pid=os.getpid(),
-                    address=s.address,
-                    now_us=self._now_us(),
-                    lease_us=lease_us,
-                    force=force,
-                )
+                try:
+                    epoch = await self._db(
+                        self.cluster.acquire,
+                        self.node_id,
+                        pid=os.getpid(),
+                        address=s.address,
+                        now_us=self._now_us(),
+                        lease_us=lease_us,
+                        force=force,
+                    )
+                except StoreLocked as exc:
+                    self._note_locked(exc)
+                    epoch = None
                 if epoch is not None:
                     return epoch
             await trio.sleep(s.beat_interval)
@@ -214,7 +224,7 @@ class ClusterNode:
                 tls=s.tls,
                 heartbeat_ms=s.heartbeat_ms,
                 epoch=epoch,
-                bind_retry=max(5.0, 3 * s.lease),
+                bind_retry=float("inf"),  # a zombie may hold the VIP until it wakes
             )
         )
         self.node = node
@@ -235,14 +245,18 @@ class ClusterNode:
         lease_us = int(s.lease * 1e6)
         while True:
             await trio.sleep(s.beat_interval)
-            lease = await self._db(
-                self.cluster.renew, self.node_id, self.epoch, now_us=self._now_us(), lease_us=lease_us
-            )
+            try:
+                lease = await self._db(
+                    self.cluster.renew, self.node_id, self.epoch, now_us=self._now_us(), lease_us=lease_us
+                )
+                await self._db(self.cluster.beat, self._beat())
+            except StoreLocked as exc:
+                self._note_locked(exc)  # the epoch check still fences us if someone takes over
+                continue
             if lease is None:
                 log.warning("node %s lost the lease (epoch %d): stepping down", self.node_id, self.epoch)
                 node.fenced.set()
                 return
-            await self._db(self.cluster.beat, self._beat())
             hand_to = lease.switchover_to
             if hand_to is None or hand_to == self.node_id:
                 continue
@@ -251,6 +265,16 @@ class ClusterNode:
             await self._db(self.cluster.release, self.node_id, self.epoch, hand_to=hand_to)
             scope.cancel()
             return
+
+    def _note_locked(self, exc: StoreLocked) -> None:
+        self.lock_waits += 1
+        if self.lock_waits in (1, 10) or self.lock_waits % 100 == 0:
+            log.error(
+                "node %s: the shared store is write-locked by another process (%s); waiting%s",
+                self.node_id,
+                exc.cause,
+                "" if self.settings.stonith else " (STONITH is off: only that process can free it)",
+            )
 
     def status(self) -> dict[str, object]:
         stats = self.node.statistics() if self.node is not None else None

@@ -210,11 +210,13 @@ class Node:
                 nursery.start_soon(self._ingest_loop)
                 nursery.start_soon(self._config_watch)
                 nursery.start_soon(self._status_loop)
+                # Dial first: host-initiated panels can be served even while a fenced
+                # predecessor still holds the listen address.
+                for panel_id, host, port in s.dial:
+                    nursery.start_soon(self._dial_loop, panel_id, host, port)
                 if s.listen is not None:
                     host, port = s.listen
                     self.listeners = await nursery.start(self._listen, host, port)
-                for panel_id, host, port in s.dial:
-                    nursery.start_soon(self._dial_loop, panel_id, host, port)
                 log.info("node %s serving with epoch %d", self.node_id, self.epoch)
                 task_status.started(self)
                 async with trio.open_nursery() as waiters:  # until stopped or fenced
@@ -244,6 +246,7 @@ class Node:
             log.warning("refused %s: %s", remote, exc)
 
         deadline = trio.current_time() + self.settings.bind_retry
+        attempts = 0
         while True:
             try:
                 await listen(
@@ -260,6 +263,9 @@ class Node:
                 # A fenced predecessor's listening socket may linger for a moment.
                 if "in use" not in str(exc) or trio.current_time() >= deadline:
                     raise
+                attempts += 1
+                if attempts in (1, 50) or attempts % 500 == 0:
+                    log.warning("node %s: %s; retrying", self.node_id, exc)
                 await trio.sleep(0.02)
 
     async def _dial_loop(self, panel_id: int, host: str, port: int) -> None:

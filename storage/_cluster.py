@@ -45,7 +45,7 @@ class NodeBeat:
 class ClusterStore:
     """Lease, epoch and node heartbeats in the shared SQLite file."""
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 2.0) -> None:
+    def __init__(self, path: Path | str, *, busy_timeout: float = 0.2) -> None:
         self.path = Path(path)
         with map_sqlite_errors(self.path, "opening the cluster state"):
             from sqlite_utils import Database
