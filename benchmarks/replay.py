@@ -116,7 +116,7 @@ async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         node = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         with trio.fail_after(30):
-            while "listening" not in log_path.read_text():
+            while not any(line.startswith("node A epoch") for line in log_path.read_text().splitlines()):
                 if node.poll() is not None:
                     raise SystemExit(f"node did not start: {log_path.read_text()}")
                 await trio.sleep(0.05)

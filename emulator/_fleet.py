@@ -59,6 +59,7 @@ class Fleet:
         self.workload = workload
         self.seed = seed
         self.workload_done = trio.Event()
+        self._work_scope: trio.CancelScope | None = None
 
     def __len__(self) -> int:
         return len(self.panels)
@@ -74,9 +75,15 @@ class Fleet:
             task_status.started()
             if self.workload is not None:
                 async with trio.open_nursery() as work:
+                    self._work_scope = work.cancel_scope
                     for panel in self.panels.values():
                         work.start_soon(run_workload, panel, self.workload, self.seed * 1_000_003 + panel.panel_id)
             self.workload_done.set()
+
+    def stop_workload(self) -> None:
+        """Stop the swipes (the links stay up so the backlog drains)."""
+        if self._work_scope is not None:
+            self._work_scope.cancel()
 
     async def wait_drained(self, *, poll: float = 0.05) -> None:
         """Wait until every panel has every event acknowledged (nothing buffered)."""
