@@ -195,6 +195,8 @@ class Panel:
         self._sessions = self._link_errors = self._protocol_errors = self._refused_stale = 0
         self._batches_sent = 0
         self.last_error: str | None = None
+        #: trio time of the first ACK under each epoch: what failover is measured by.
+        self.first_ack_at: dict[int, float] = {}
         self.connected = trio.Event()
         self.disconnected = trio.Event()
         self.disconnected.set()
@@ -457,6 +459,7 @@ class Panel:
         while True:
             message: Message = await ms.receive()
             if isinstance(message, Ack):
+                self.first_ack_at.setdefault(message.epoch, trio.current_time())
                 self._acked_seq = message.up_to_seq
                 if self.buffer.release(message.up_to_seq):
                     self._room.set()

@@ -1,0 +1,147 @@
+"""Failover: time from kill -9 of the active node to each panel's first ACK from the new one.
+
+Each run starts a fresh two-node cluster (real processes, shared store, TLS),
+200 panels replaying a backlog while they swipe, kills the active with SIGKILL
+once every panel is acknowledged, and records per panel the time from the kill
+to its first ACK under the new epoch. Percentiles are over all panels of all
+runs.
+
+    python benchmarks/failover.py [--runs 10] [--panels 200] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+from emulator import Fleet, Workload
+from fieldsync import pki
+from fieldsync.site import load_site
+from fieldsync.supervisor import Supervised, Supervisor, node_command
+from storage import ClusterStore
+
+SITE = """
+[site]
+db = "site.db"
+pki = "{pki}"
+port = {port}
+panel_port = {panel_port}
+[nodes.A]
+address = "127.0.0.11"
+[nodes.B]
+address = "127.0.0.12"
+[fleet]
+panels = {panels}
+mode = "{mode}"
+buffer = "1MiB"
+batch = 1024
+"""
+
+
+def _lease(db: Path):  # type: ignore[no-untyped-def]
+    store = ClusterStore(db)
+    try:
+        return store.lease()
+    finally:
+        store.close()
+
+
+async def one_run(workdir: Path, pki_dir: Path, args: argparse.Namespace, run: int) -> list[float]:
+    site_path = workdir / f"run{run}" / "site.toml"
+    site_path.parent.mkdir(parents=True)
+    site_path.write_text(
+        SITE.format(pki=pki_dir, port=args.port, panel_port=args.port + 1, panels=args.panels, mode=args.mode)
+    )
+    site = load_site(site_path)
+    children = [Supervised(name=n, command=node_command(n, str(site_path)), restart=False) for n in ("A", "B")]
+    fleet = Fleet([site.panel_settings(p) for p in site.panel_ids()], Workload(rate=args.rate), seed=run)
+    for panel in fleet.panels.values():
+        for i in range(args.backlog):
+            panel.swipe(i, i % 4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Supervisor(children, stdout=os.open(os.devnull, os.O_WRONLY)).run)
+        with trio.fail_after(60):
+            while (lease := await trio.to_thread.run_sync(_lease, site.db)).holder_pid is None:
+                await trio.sleep(0.05)
+            await nursery.start(fleet.run)
+            epoch = lease.epoch
+            while not all(epoch in pn.first_ack_at for pn in fleet.panels.values()):
+                await trio.sleep(0.05)
+        await trio.sleep(0.5)  # replay in flight
+        killed_at = trio.current_time()
+        os.kill(lease.holder_pid, signal.SIGKILL)
+        with trio.fail_after(60):
+            while True:
+                new = await trio.to_thread.run_sync(_lease, site.db)
+                if new.epoch > epoch and all(new.epoch in pn.first_ack_at for pn in fleet.panels.values()):
+                    break
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    return [pn.first_ack_at[new.epoch] - killed_at for pn in fleet.panels.values()]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--panels", type=int, default=200)
+    parser.add_argument("--backlog", type=int, default=2000, help="events each panel holds when the run starts")
+    parser.add_argument("--rate", type=float, default=2.0, help="swipes per second per panel during the run")
+    parser.add_argument("--mode", default="mixed", choices=["punch-out", "host-initiated", "mixed"])
+    parser.add_argument("--port", type=int, default=30002)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    samples: list[float] = []
+    per_run: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="fieldsync-failover-") as tmp:
+        workdir = Path(tmp)
+        pki_dir = workdir / "pki"
+        pki.init_ca(pki_dir)
+        for node in ("A", "B"):
+            pki.issue(pki_dir, "node", node)
+        for panel in range(1, args.panels + 1):
+            pki.issue(pki_dir, "panel", panel)
+        for run in range(args.runs):
+            times = trio.run(one_run, workdir, pki_dir, args, run)
+            samples += times
+            per_run.append({"p50_s": statistics.median(times), "max_s": max(times)})
+            print(f"run {run + 1:>2}: p50 {statistics.median(times):.3f} s  max {max(times):.3f} s")
+    result: dict[str, object] = {
+        "runs": args.runs,
+        "panels": args.panels,
+        "mode": args.mode,
+        "p50_s": _percentile(samples, 50),
+        "p95_s": _percentile(samples, 95),
+        "p99_s": _percentile(samples, 99),
+        "max_s": max(samples),
+        "per_run": per_run,
+    }
+    print(
+        f"failover, {args.runs} runs x {args.panels} panels ({args.mode}), kill -9 -> first ACK from the new node: "
+        f"p50 {result['p50_s']:.3f} s, p95 {result['p95_s']:.3f} s, p99 {result['p99_s']:.3f} s, "
+        f"max {result['max_s']:.3f} s  (goal p99 < 1.5 s)"
+    )
+    if args.json:
+        meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
