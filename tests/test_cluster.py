@@ -65,9 +65,9 @@ class Harness:
             store.close()
 
     async def wait_active(
-        self, *, other_than: str | None = None, epoch_above: int = 0, timeout: float = 20
+        self, *, other_than: str | None = None, epoch_above: int = 0, limit: float = 20
     ) -> tuple[str, int, int]:
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             while True:
                 lease = await trio.to_thread.run_sync(self.lease)
                 if lease.holder not in (None, other_than) and lease.epoch > epoch_above and lease.holder_pid:
@@ -85,8 +85,8 @@ class Harness:
             while self.fleet.statistics().acked < total * fraction:
                 await trio.sleep(0.01)
 
-    async def drain(self, timeout: float = 40) -> None:
-        with trio.fail_after(timeout):
+    async def drain(self, limit: float = 40) -> None:
+        with trio.fail_after(limit):
             await self.fleet.wait_drained()
 
     def check(self) -> None:
@@ -128,7 +128,7 @@ def test_sigstop_with_stonith_the_standby_kills_and_takes_over(site_pki: Path, t
             await nursery.start(h.fleet.run)
             await h.wait_acked(0.2)
             os.kill(pid, signal.SIGSTOP)  # a hang: it still holds VIP:port
-            second, _, new_epoch = await h.wait_active(other_than=first, epoch_above=epoch)
+            await h.wait_active(other_than=first, epoch_above=epoch)
             with trio.fail_after(5):
                 while not _gone(pid):  # STONITH killed it
                     await trio.sleep(0.05)
@@ -157,7 +157,7 @@ def test_sigstop_without_stonith_the_woken_node_is_fenced(site_pki: Path, tmp_pa
                 os.kill(pid, signal.SIGSTOP)
                 stopped_at_store = await trio.to_thread.run_sync(lambda: EventStore(h.site.db).count_events())
                 try:
-                    second, _, new_epoch = await h.wait_active(other_than=first, epoch_above=epoch, timeout=4)
+                    _, _, new_epoch = await h.wait_active(other_than=first, epoch_above=epoch, limit=4)
                     break
                 except trio.TooSlowError:
                     os.kill(pid, signal.SIGCONT)
