@@ -53,9 +53,7 @@ class Harness:
             for n in ("A", "B")
         ]
         self.supervisor = Supervisor(self.children, stdout=None)
-        self.fleet = Fleet(
-            [self.site.panel_settings(pid) for pid in self.site.panel_ids()], seed=7, journal=True
-        )
+        self.fleet = Fleet([self.site.panel_settings(pid) for pid in self.site.panel_ids()], seed=7, journal=True)
 
     def lease(self):  # type: ignore[no-untyped-def]
         store = ClusterStore(self.site.db)

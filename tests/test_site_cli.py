@@ -1,0 +1,119 @@
+"""The site file and the CLI as a user meets them: clear errors, working commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fieldsync.cli import main
+from fieldsync.site import SiteError, load_site, parse_size
+from storage import ConfigStore
+
+
+def test_unknown_keys_and_bad_values_name_the_file_and_key(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("[fleet]\npanels = 3\nbufer = '1MiB'\n")
+    with pytest.raises(SiteError, match=r"site\.toml: unknown key fleet\.'bufer'"):
+        load_site(site)
+    site.write_text("[fleet]\nbuffer = 'lots'\n")
+    with pytest.raises(SiteError, match=r"site\.toml: \[fleet\]: 'lots' is not a size"):
+        load_site(site)
+    site.write_text("[site\n")
+    with pytest.raises(SiteError, match="not valid TOML"):
+        load_site(site)
+    with pytest.raises(SiteError, match="no such site file"):
+        load_site(tmp_path / "missing.toml")
+
+
+def test_site_builds_panel_settings(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(
+        "[site]\ninsecure = true\n[fleet]\npanels = 4\nmode = 'mixed'\nbuffer = '64KiB'\n"
+        "[[panels]]\nid = 3\npolicy = 'refuse_newest'\n"
+    )
+    loaded = load_site(site)
+    settings = {pid: loaded.panel_settings(pid) for pid in loaded.panel_ids()}
+    assert [s.mode.value for s in settings.values()] == ["punch-out", "host-initiated", "punch-out", "host-initiated"]
+    assert settings[3].policy.value == "refuse_newest" and settings[1].buffer_bytes == 65536
+    assert settings[2].listen == ("127.1.0.2", 3001) and settings[1].tls is None
+    assert parse_size("32MiB") == 32 << 20
+
+
+def test_plain_text_off_loopback_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "--insecure", "--listen", "198.18.0.1:30002", "--db", str(tmp_path / "x.db")]
+    )
+    assert result.exit_code == 1
+    assert "not a loopback address" in result.output
+
+
+def test_config_commands_change_versions(tmp_path: Path) -> None:
+    db = tmp_path / "site.db"
+    runner = CliRunner()
+    for args in (
+        [
+            "config",
+            "set-schedule",
+            "--db",
+            str(db),
+            "--id",
+            "1",
+            "--days",
+            "mon-fri",
+            "--from",
+            "08:00",
+            "--to",
+            "18:00",
+        ],
+        ["config", "set-level", "--db", str(db), "--id", "1", "--door", "0", "--door", "1", "--schedule", "1"],
+        ["config", "add-cardholder", "--db", str(db), "--card", "42", "--levels", "1"],
+        ["config", "set-door-mode", "--db", str(db), "--door", "1", "--mode", "locked"],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    assert "configuration version 4" in result.output
+    state = ConfigStore(db).state()
+    assert state.cardholders[42].levels == (1,) and state.doors[1].mode.name == "LOCKED"
+    assert state.schedules[1].intervals[0].days == 0b11111
+    shown = runner.invoke(main, ["config", "show", "--db", str(db)])
+    assert "version 4: 1 cardholders" in shown.output
+    status = runner.invoke(main, ["status", "--db", str(db)])
+    assert status.exit_code == 0 and "config version 4" in status.output
+    bad = runner.invoke(main, ["config", "set-schedule", "--db", str(db), "--id", "2", "--days", "funday"])
+    assert bad.exit_code != 0 and "unknown day" in bad.output
+
+
+def test_pki_commands(tmp_path: Path) -> None:
+    runner = CliRunner()
+    pki = tmp_path / "pki"
+    assert runner.invoke(main, ["pki", "issue", "panel", "1", "--dir", str(pki)]).exit_code == 1  # no CA yet
+    assert runner.invoke(main, ["pki", "init", str(pki)]).exit_code == 0
+    again = runner.invoke(main, ["pki", "init", str(pki)])
+    assert again.exit_code == 1 and "--force" in again.output
+    result = runner.invoke(main, ["pki", "issue", "panel", "1-3", "--dir", str(pki)])
+    assert result.exit_code == 0 and "issued 3 panel" in result.output
+    assert (pki / "panel-3.pem").exists() and oct((pki / "panel-3.key").stat().st_mode & 0o777) == "0o600"
+    bad = runner.invoke(main, ["pki", "issue", "node", "no spaces", "--dir", str(pki)])
+    assert bad.exit_code == 1 and "node name" in bad.output
+
+
+def test_every_command_has_help() -> None:
+    runner = CliRunner()
+    for args in (
+        [],
+        ["demo"],
+        ["serve"],
+        ["emulate"],
+        ["node"],
+        ["status"],
+        ["config"],
+        ["pki"],
+        ["cluster"],
+        ["cluster", "up"],
+        ["cluster", "status"],
+        ["cluster", "switchover"],
+    ):
+        result = runner.invoke(main, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, args
