@@ -164,6 +164,11 @@ def test_sigstop_without_stonith_the_woken_node_is_fenced(site_pki: Path, tmp_pa
                 pytest.fail("every pause landed inside a transaction")
             await trio.sleep(2)  # host-initiated panels now talk to the new node; the old one sleeps
             os.kill(pid, signal.SIGCONT)
+            # The woken node finds its lease gone and steps down; every panel ends up
+            # with the new node (an idle panel may not have noticed the pause at all).
+            with trio.fail_after(30):
+                while not all(pn.is_connected and pn.max_epoch == new_epoch for pn in h.fleet.panels.values()):
+                    await trio.sleep(0.05)
             await h.drain(60)
             assert not _gone(pid)  # nobody killed it: it stepped down by itself
             nursery.cancel_scope.cancel()
