@@ -229,9 +229,10 @@ class ClusterNode:
         )
         self.node = node
         async with trio.open_nursery() as nursery:
+            # Renew from the start: binding the VIP may wait for a zombie to let go of it.
+            nursery.start_soon(self._keep_lease, node, nursery.cancel_scope)
             await nursery.start(node.run)
             self.became_active.set()
-            nursery.start_soon(self._keep_lease, node, nursery.cancel_scope)
             await node.fenced.wait()
             self.fenced_count += 1
             log.warning("node %s fenced at epoch %d: stepping down", self.node_id, epoch)
