@@ -70,14 +70,21 @@ async def one_run(workdir: Path, pki_dir: Path, args: argparse.Namespace, run: i
         for i in range(args.backlog):
             panel.swipe(i, i % 4)
     async with trio.open_nursery() as nursery:
-        await nursery.start(Supervisor(children, stdout=os.open(os.devnull, os.O_WRONLY)).run)
+        await nursery.start(Supervisor(children, stdout=args.node_log.fileno() if args.node_log else os.open(os.devnull, os.O_WRONLY)).run)
         with trio.fail_after(60):
             while (lease := await trio.to_thread.run_sync(_lease, site.db)).holder_pid is None:
                 await trio.sleep(0.05)
-            await nursery.start(fleet.run)
-            epoch = lease.epoch
+        await nursery.start(fleet.run)
+        epoch = lease.epoch
+        with trio.move_on_after(60):
             while not all(epoch in pn.first_ack_at for pn in fleet.panels.values()):
                 await trio.sleep(0.05)
+        waiting = [pn for pn in fleet.panels.values() if epoch not in pn.first_ack_at]
+        if waiting:
+            raise SystemExit(
+                f"run {run}: {len(waiting)} panels never acknowledged before the kill, e.g. {waiting[0]!r}: "
+                f"{waiting[0].last_error}"
+            )
         await trio.sleep(0.5)  # replay in flight
         killed_at = trio.current_time()
         os.kill(lease.holder_pid, signal.SIGKILL)
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--mode", default="mixed", choices=["punch-out", "host-initiated", "mixed"])
     parser.add_argument("--port", type=int, default=30002)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--node-log", type=argparse.FileType("w"), help="write the node processes' output here")
     args = parser.parse_args(argv)
     samples: list[float] = []
     per_run: list[dict[str, float]] = []

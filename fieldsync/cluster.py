@@ -17,6 +17,7 @@ import enum
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,8 @@ class ClusterSettings:
     failback: bool = False
     #: How long a returning node must have been a healthy standby before failback.
     failback_after: float = 3.0
+    #: Stop heartbeating if this node's own event loop has not run for this long.
+    loop_stall: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 < self.beat_interval < self.dead_after <= self.lease:
@@ -96,6 +99,57 @@ def stonith(pid: int, *, timeout: float = 2.0) -> bool:
             raise TimeoutError(f"process {pid} survived SIGKILL for {timeout} s")
         time.sleep(0.005)
     return True
+
+
+class _Heart(threading.Thread):
+    """Beats (and, while active, renews the lease) from its own OS thread.
+
+    A node busy with a thousand TLS handshakes can leave its event loop slow for
+    a second; a heartbeat written from that loop then looks like death and the
+    standby shoots a healthy node. This thread keeps time on its own, and stops
+    beating if the event loop itself stalls (``loop_stall``), so a wedged node
+    still looks dead.
+    """
+
+    def __init__(self, owner: ClusterNode) -> None:
+        super().__init__(name=f"fieldsync-heart-{owner.node_id}", daemon=True)
+        self.owner = owner
+        self.loop_tick = time.monotonic()
+        self.stop = threading.Event()
+        #: Set when a renewal found the lease taken (another epoch): the active must step down.
+        self.lost_epoch = 0
+        self.switchover_to: str | None = None
+        self.locked = 0
+
+    def requested_switchover(self) -> str | None:
+        return self.switchover_to
+
+    def run(self) -> None:
+        owner, s = self.owner, self.owner.settings
+        store = ClusterStore(s.db, busy_timeout=s.beat_interval / 2)
+        lease_us = int(s.lease * 1e6)
+        try:
+            while True:
+                if time.monotonic() - self.loop_tick > s.loop_stall:
+                    # The event loop is wedged: let the peer see us as dead.
+                    if self.stop.wait(s.beat_interval):
+                        return
+                    continue
+                role, epoch = owner.role, owner.epoch
+                try:
+                    if role is Role.ACTIVE and epoch and self.lost_epoch != epoch:
+                        lease = store.renew(owner.node_id, epoch, now_us=owner._now_us(), lease_us=lease_us)
+                        if lease is None:
+                            self.lost_epoch = epoch
+                        else:
+                            self.switchover_to = lease.switchover_to
+                    store.beat(owner._beat())
+                except StoreLocked:
+                    self.locked += 1
+                if self.stop.wait(s.beat_interval):
+                    return
+        finally:
+            store.close()
 
 
 class ClusterNode:
@@ -135,16 +189,27 @@ class ClusterNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.cluster = await self._db(ClusterStore, self.settings.db)
+        self.heart = _Heart(self)
+        self.heart.start()
         try:
-            task_status.started()
-            while True:
-                self.role = Role.STANDBY
-                self._standby_since = time.monotonic()
-                epoch = await self._wait_for_lease()
-                await self._serve(epoch)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._tick)
+                task_status.started()
+                while True:
+                    self.role = Role.STANDBY
+                    self._standby_since = time.monotonic()
+                    epoch = await self._wait_for_lease()
+                    await self._serve(epoch)
         finally:
+            self.heart.stop.set()
             with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.heart.join)
                 await self._db(self.cluster.close)
+
+    async def _tick(self) -> None:
+        while True:
+            self.heart.loop_tick = time.monotonic()
+            await trio.sleep(self.settings.beat_interval)
 
     # -- standby ---------------------------------------------------------------------
 
@@ -153,12 +218,6 @@ class ClusterNode:
         assert self.cluster is not None
         lease_us = int(s.lease * 1e6)
         while True:
-            try:
-                await self._db(self.cluster.beat, self._beat())
-            except StoreLocked as exc:
-                # A paused node can hold the shared file's write lock; only STONITH
-                # (or its waking up) frees it. Keep watching, never crash.
-                self._note_locked(exc)
             lease = await self._db(self.cluster.lease)
             now = self._now_us()
             free = lease.holder in (None, self.node_id) or not lease.held_at(now)
@@ -241,24 +300,18 @@ class ClusterNode:
         self.became_active = trio.Event()
 
     async def _keep_lease(self, node: Node, scope: trio.CancelScope) -> None:
+        """Watch what the heart thread learns while renewing: a lost lease, a switchover."""
         s = self.settings
         assert self.cluster is not None
-        lease_us = int(s.lease * 1e6)
+        heart = self.heart
+        heart.switchover_to = None
         while True:
             await trio.sleep(s.beat_interval)
-            try:
-                lease = await self._db(
-                    self.cluster.renew, self.node_id, self.epoch, now_us=self._now_us(), lease_us=lease_us
-                )
-                await self._db(self.cluster.beat, self._beat())
-            except StoreLocked as exc:
-                self._note_locked(exc)  # the epoch check still fences us if someone takes over
-                continue
-            if lease is None:
+            if heart.lost_epoch == self.epoch:
                 log.warning("node %s lost the lease (epoch %d): stepping down", self.node_id, self.epoch)
                 node.fenced.set()
                 return
-            hand_to = lease.switchover_to
+            hand_to = heart.requested_switchover()
             if hand_to is None or hand_to == self.node_id:
                 continue
             log.warning("node %s hands the VIP to %s (switchover)", self.node_id, hand_to)

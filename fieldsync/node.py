@@ -71,7 +71,8 @@ class NodeSettings:
     heartbeat_ms: int = 1000
     handshake_timeout: float = 5.0
     #: Most events one group commit takes.
-    max_commit_events: int = 100_000
+    #: (Small enough that the write lock is never held long: the lease renews through it.)
+    max_commit_events: int = 20_000
     #: Batches one session may have queued for commit before its reads pause.
     session_window: int = 8
     ingest_queue: int = 4096

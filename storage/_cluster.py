@@ -45,7 +45,7 @@ class NodeBeat:
 class ClusterStore:
     """Lease, epoch and node heartbeats in the shared SQLite file."""
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 0.2) -> None:
+    def __init__(self, path: Path | str, *, busy_timeout: float = 0.5) -> None:
         self.path = Path(path)
         with map_sqlite_errors(self.path, "opening the cluster state"):
             from sqlite_utils import Database
@@ -100,6 +100,12 @@ class ClusterStore:
                     "UPDATE cluster SET epoch = ?, holder = ?, holder_pid = ?, holder_address = ?, "
                     "lease_until_us = ?, switchover_to = NULL WHERE id = 1",
                     (epoch, node_id, pid, address, now_us + lease_us),
+                )
+                # The new holder's heartbeat starts with its lease: a standby must not
+                # read "no heartbeat yet" as "dead".
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO cluster_nodes VALUES (?, ?, ?, 'active', ?, ?)",
+                    (node_id, pid, address, epoch, now_us),
                 )
                 self._conn.execute("COMMIT")
                 return epoch
