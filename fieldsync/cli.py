@@ -254,6 +254,8 @@ def node_cmd(
         lease=lease,
         dead_after=dead_after,
         beat_interval=min(0.1, dead_after / 3),
+        peers=tuple((n.name, n.address) for n in site.nodes if n.name != node_id),
+        beat_port=site.port + 5,
     )
     node = ClusterNode(settings)
 

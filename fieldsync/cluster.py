@@ -12,11 +12,14 @@ steps down; meanwhile epoch fencing keeps it from storing or being believed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from protocol.streams import TlsFiles
+from protocol.streams import LinkError, TlsFiles
 from storage import ClusterStore, Lease, NodeBeat, StoreLocked
 
 from .node import Node, NodeSettings
@@ -62,7 +65,11 @@ class ClusterSettings:
     #: How long a returning node must have been a healthy standby before failback.
     failback_after: float = 3.0
     #: Stop heartbeating if this node's own event loop has not run for this long.
-    loop_stall: float = 2.0
+    loop_stall: float = 5.0
+    #: The other nodes' (name, address); heartbeats go to them as UDP datagrams.
+    peers: tuple[tuple[str, str], ...] = ()
+    #: UDP port of the node-to-node heartbeat (each node listens on its own address).
+    beat_port: int = 30007
 
     def __post_init__(self) -> None:
         if not 0 < self.beat_interval < self.dead_after <= self.lease:
@@ -124,9 +131,28 @@ class _Heart(threading.Thread):
     def requested_switchover(self) -> str | None:
         return self.switchover_to
 
+    def _send_beats(self, sock: socket.socket) -> None:
+        owner = self.owner
+        payload = json.dumps(
+            {"node": owner.node_id, "pid": os.getpid(), "role": owner.role.value, "epoch": owner.epoch}
+        ).encode()
+        for _, address in owner.settings.peers:
+            with contextlib.suppress(OSError):  # the peer's host is down: what heartbeats are for
+                sock.sendto(b"FSHB" + payload, (address, owner.settings.beat_port))
+
     def run(self) -> None:
+        s = self.owner.settings
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind((s.address, 0))
+        try:
+            self._run(sender)
+        finally:
+            sender.close()
+
+    def _run(self, sender: socket.socket) -> None:
         owner, s = self.owner, self.owner.settings
-        store = ClusterStore(s.db, busy_timeout=s.beat_interval / 2)
+        # Long enough to get between our own group commits; short enough to beat on time.
+        store = ClusterStore(s.db, busy_timeout=s.dead_after / 2)
         lease_us = int(s.lease * 1e6)
         try:
             while True:
@@ -136,6 +162,7 @@ class _Heart(threading.Thread):
                         return
                     continue
                 role, epoch = owner.role, owner.epoch
+                self._send_beats(sender)
                 try:
                     if role is Role.ACTIVE and epoch and self.lost_epoch != epoch:
                         lease = store.renew(owner.node_id, epoch, now_us=owner._now_us(), lease_us=lease_us)
@@ -150,6 +177,45 @@ class _Heart(threading.Thread):
                     return
         finally:
             store.close()
+
+
+class _Ears(threading.Thread):
+    """Receives the peers' UDP heartbeats and notes when each was last heard."""
+
+    def __init__(self, address: str, port: int) -> None:
+        super().__init__(name="fieldsync-ears", daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((address, port))
+        except OSError as exc:
+            self.sock.close()
+            raise LinkError(f"node heartbeat: cannot bind UDP {address}:{port}: {exc.strerror}") from exc
+        self.sock.settimeout(0.2)
+        self.heard: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    data, _ = self.sock.recvfrom(512)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data.startswith(b"FSHB"):
+                    continue
+                try:
+                    node = str(json.loads(data[4:])["node"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                self.heard[node] = time.monotonic()
+        finally:
+            self.sock.close()
+
+    def silent_for(self, node: str) -> float | None:
+        heard = self.heard.get(node)
+        return None if heard is None else time.monotonic() - heard
 
 
 class ClusterNode:
@@ -189,6 +255,9 @@ class ClusterNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.cluster = await self._db(ClusterStore, self.settings.db)
+        self.ears = _Ears(self.settings.address, self.settings.beat_port)
+        self.ears.start()
+        self._started = time.monotonic()
         self.heart = _Heart(self)
         self.heart.start()
         try:
@@ -202,8 +271,10 @@ class ClusterNode:
                     await self._serve(epoch)
         finally:
             self.heart.stop.set()
+            self.ears.stop.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.heart.join)
+                await trio.to_thread.run_sync(self.ears.join)
                 await self._db(self.cluster.close)
 
     async def _tick(self) -> None:
@@ -254,9 +325,17 @@ class ClusterNode:
     async def _holder_dead(self, lease: Lease, now: int) -> bool:
         """Has the holder stopped beating, and (with STONITH) is it now certainly dead?"""
         assert self.cluster is not None and lease.holder is not None
-        beats = await self._db(self.cluster.nodes)
-        beat = beats.get(lease.holder)
-        silent = beat is None or now - beat.heartbeat_us > self.settings.dead_after * 1e6
+        quiet = self.ears.silent_for(lease.holder)
+        if quiet is None:
+            # Not heard since we started: judge by how long we have been listening,
+            # or by the store's heartbeat row when the peer runs without UDP reach.
+            beats = await self._db(self.cluster.nodes)
+            beat = beats.get(lease.holder)
+            listened = time.monotonic() - self._started
+            stale = beat is None or now - beat.heartbeat_us > self.settings.dead_after * 1e6
+            silent = listened > self.settings.dead_after and stale
+        else:
+            silent = quiet > self.settings.dead_after
         if not silent or not self.settings.stonith:
             return False  # without STONITH only lease expiry frees it
         pid = lease.holder_pid
