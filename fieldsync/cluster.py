@@ -131,25 +131,10 @@ class _Heart(threading.Thread):
     def requested_switchover(self) -> str | None:
         return self.switchover_to
 
-    def _send_beats(self, sock: socket.socket) -> None:
-        owner = self.owner
-        payload = json.dumps(
-            {"node": owner.node_id, "pid": os.getpid(), "role": owner.role.value, "epoch": owner.epoch}
-        ).encode()
-        for _, address in owner.settings.peers:
-            with contextlib.suppress(OSError):  # the peer's host is down: what heartbeats are for
-                sock.sendto(b"FSHB" + payload, (address, owner.settings.beat_port))
-
     def run(self) -> None:
-        s = self.owner.settings
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sender.bind((s.address, 0))
-        try:
-            self._run(sender)
-        finally:
-            sender.close()
+        self._run()
 
-    def _run(self, sender: socket.socket) -> None:
+    def _run(self) -> None:
         owner, s = self.owner, self.owner.settings
         # Long enough to get between our own group commits; short enough to beat on time.
         store = ClusterStore(s.db, busy_timeout=s.dead_after / 2)
@@ -162,7 +147,6 @@ class _Heart(threading.Thread):
                         return
                     continue
                 role, epoch = owner.role, owner.epoch
-                self._send_beats(sender)
                 try:
                     if role is Role.ACTIVE and epoch and self.lost_epoch != epoch:
                         lease = store.renew(owner.node_id, epoch, now_us=owner._now_us(), lease_us=lease_us)
@@ -180,23 +164,45 @@ class _Heart(threading.Thread):
 
 
 class _Ears(threading.Thread):
-    """Receives the peers' UDP heartbeats and notes when each was last heard."""
+    """Sends this node's UDP heartbeats and notes when each peer's was last heard.
 
-    def __init__(self, address: str, port: int) -> None:
+    Nothing here touches the store, so a busy write lock cannot delay a beat.
+    """
+
+    def __init__(self, owner: ClusterNode, address: str, port: int) -> None:
         super().__init__(name="fieldsync-ears", daemon=True)
+        self.owner = owner
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self.sock.bind((address, port))
         except OSError as exc:
             self.sock.close()
             raise LinkError(f"node heartbeat: cannot bind UDP {address}:{port}: {exc.strerror}") from exc
-        self.sock.settimeout(0.2)
         self.heard: dict[str, float] = {}
         self.stop = threading.Event()
+        self._next_send = 0.0
+
+    def _send(self) -> None:
+        owner = self.owner
+        s = owner.settings
+        if time.monotonic() - owner.heart.loop_tick > s.loop_stall:
+            return  # this node's event loop is wedged: let the peer see it as dead
+        payload = json.dumps(
+            {"node": owner.node_id, "pid": os.getpid(), "role": owner.role.value, "epoch": owner.epoch}
+        ).encode()
+        for _, address in s.peers:
+            with contextlib.suppress(OSError):  # the peer's host is down: what heartbeats are for
+                self.sock.sendto(b"FSHB" + payload, (address, s.beat_port))
 
     def run(self) -> None:
+        interval = self.owner.settings.beat_interval
         try:
             while not self.stop.is_set():
+                now = time.monotonic()
+                if now >= self._next_send:
+                    self._send()
+                    self._next_send = now + interval
+                self.sock.settimeout(max(0.001, self._next_send - now))
                 try:
                     data, _ = self.sock.recvfrom(512)
                 except TimeoutError:
@@ -255,11 +261,11 @@ class ClusterNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.cluster = await self._db(ClusterStore, self.settings.db)
-        self.ears = _Ears(self.settings.address, self.settings.beat_port)
-        self.ears.start()
-        self._started = time.monotonic()
         self.heart = _Heart(self)
+        self.ears = _Ears(self, self.settings.address, self.settings.beat_port)
+        self._started = time.monotonic()
         self.heart.start()
+        self.ears.start()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._tick)
