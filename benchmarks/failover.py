@@ -70,7 +70,8 @@ async def one_run(workdir: Path, pki_dir: Path, args: argparse.Namespace, run: i
         for i in range(args.backlog):
             panel.swipe(i, i % 4)
     async with trio.open_nursery() as nursery:
-        await nursery.start(Supervisor(children, stdout=args.node_log.fileno() if args.node_log else os.open(os.devnull, os.O_WRONLY)).run)
+        output = args.node_log.fileno() if args.node_log else os.open(os.devnull, os.O_WRONLY)
+        await nursery.start(Supervisor(children, stdout=output).run)
         with trio.fail_after(60):
             while (lease := await trio.to_thread.run_sync(_lease, site.db)).holder_pid is None:
                 await trio.sleep(0.05)

@@ -98,6 +98,8 @@ class PanelSettings:
     window: int = 4
     backoff_initial: float = 0.05
     backoff_cap: float = 2.0
+    #: Growth per failed attempt; gentle, so a panel is back soon after a failover.
+    backoff_factor: float = 1.5
     connect_timeout: float = 2.0
     handshake_timeout: float = 5.0
 
@@ -336,7 +338,7 @@ class Panel:
                 self._note_error(exc)
             # Exponential backoff with jitter, capped: a fleet must not reconnect in lockstep.
             await trio.sleep(delay * (0.5 + self._rng.random() / 2))
-            delay = min(self.settings.backoff_cap, delay * 2)
+            delay = min(self.settings.backoff_cap, delay * self.settings.backoff_factor)
 
     def _note_error(self, exc: BaseException) -> None:
         self.last_error = str(exc)

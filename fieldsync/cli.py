@@ -225,7 +225,7 @@ def serve(
 @click.option("--failback", is_flag=True, help="Take the VIP back once this node is back and in sync.")
 @click.option("--lease", type=float, default=1.0, show_default=True, help="Lease length, seconds.")
 @click.option(
-    "--dead-after", type=float, default=0.5, show_default=True, help="Heartbeat silence that makes a node dead."
+    "--dead-after", type=float, default=0.3, show_default=True, help="Heartbeat silence that makes a node dead."
 )
 @_friendly
 def node_cmd(

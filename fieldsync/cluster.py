@@ -57,7 +57,7 @@ class ClusterSettings:
     heartbeat_ms: int = 1000
     #: Node-to-node heartbeat (through the shared store) and lease timing.
     beat_interval: float = 0.1
-    dead_after: float = 0.5
+    dead_after: float = 0.3
     lease: float = 1.0
     stonith: bool = True
     #: Take the VIP back from the other node when this one is back and in sync.
