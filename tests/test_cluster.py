@@ -190,7 +190,7 @@ def test_five_kills_in_a_row_with_restarts(site_pki: Path, tmp_path: Path) -> No
         h.backlog(4000)
         async with trio.open_nursery() as nursery:
             await nursery.start(h.supervisor.run)
-            holder, pid, epoch = await h.wait_active()
+            _, pid, epoch = await h.wait_active()
             await nursery.start(h.fleet.run)
             total = h.fleet.statistics().emitted
             for kill in range(5):
