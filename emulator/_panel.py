@@ -55,7 +55,7 @@ from protocol.streams import (
     listen,
     server_context,
 )
-from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, PanelConfig
+from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, PanelConfig, StoreError
 
 from ._decide import decide
 
@@ -492,7 +492,12 @@ class Panel:
             await trio.sleep(self.settings.flash_sync_interval)
             buffer = self.buffer
             if isinstance(buffer, FlashBackedBuffer):
-                await trio.to_thread.run_sync(buffer.sync)
+                try:
+                    await trio.to_thread.run_sync(buffer.sync)
+                except StoreError:
+                    if buffer is self.buffer:
+                        raise
+                    continue  # the power went while it synced: that buffer is history
                 self._new_data.wake()
 
     # -- introspection --------------------------------------------------------------

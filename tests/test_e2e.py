@@ -367,3 +367,62 @@ def test_kill_9_of_the_node_mid_replay_loses_and_duplicates_nothing(site_pki: Pa
         check_store_matches_journals(db, fleet)
 
     trio.run(main)
+
+
+def test_power_cycles_ram_and_flash(site_pki: Path, tmp_path: Path) -> None:
+    """A RAM panel loses its buffer and counter (declared by the boot id) and continues after
+    the store's hwm; a flash panel keeps everything synced before the cut."""
+    port = 31080
+    db = tmp_path / "site.db"
+
+    async def main() -> None:
+        ram = Panel(panel_settings(site_pki, 35, LinkMode.PUNCH_OUT, port), journal=True)
+        flash = Panel(
+            panel_settings(
+                site_pki, 36, LinkMode.PUNCH_OUT, port, flash=tmp_path / "p36.flash", flash_sync_interval=0.05
+            ),
+            journal=True,
+        )
+        node = Node(node_settings(site_pki, db, port))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            for panel in (ram, flash):
+                await nursery.start(panel.run)
+            for i in range(100):
+                ram.swipe(i, 0)
+                flash.swipe(i, 0)
+            with trio.fail_after(30):
+                while ram.buffer.statistics().depth or flash.buffer.statistics().depth:
+                    await trio.sleep(0.05)
+            ram_boot = ram.boot_id
+            node.stop()  # the server goes away; both panels queue
+            await trio.sleep(5)
+            for i in range(50):
+                ram.swipe(1000 + i, 0)
+                flash.swipe(1000 + i, 0)
+            await trio.sleep(0.5)  # flash syncs
+            ram.power_cycle()  # the 50 queued events are gone with the RAM
+            flash.power_cycle()  # the flash copy survives
+            assert ram.boot_id != ram_boot and ram.buffer.statistics().depth == 1  # POWER_RESTORE
+            for i in range(20):
+                ram.swipe(2000 + i, 0)
+                flash.swipe(2000 + i, 0)
+            node2 = Node(node_settings(site_pki, db, port))
+            await nursery.start(node2.run)
+            with trio.fail_after(30):
+                while ram.buffer.statistics().depth or flash.buffer.statistics().depth:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        store = EventStore(db)
+        ram_seqs = store.seqs(35)
+        assert ram_seqs == list(range(1, len(ram_seqs) + 1))  # renumbered after the hwm: no gap, no duplicate
+        cards = [e.record.card for e in store.events(35)]
+        assert all(1000 + i not in cards for i in range(50))  # lost with the RAM (the new boot id says so)
+        assert all(2000 + i in cards for i in range(20))
+        flash_cards = [e.record.card for e in store.events(36)]
+        assert all(1000 + i in flash_cards for i in range(50)) and all(2000 + i in flash_cards for i in range(20))
+        flash_seqs = store.seqs(36)
+        assert flash_seqs == list(range(1, len(flash_seqs) + 1))
+        store.close()
+
+    trio.run(main, clock=clock())
