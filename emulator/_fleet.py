@@ -88,7 +88,7 @@ class Fleet:
     async def wait_drained(self, *, poll: float = 0.05) -> None:
         """Wait until every panel has every event acknowledged (nothing buffered)."""
         # Polling a thousand panels' state is cheaper than a thousand events; callers bound it.
-        while any(p.buffer.statistics().depth for p in self.panels.values()):  # noqa: ASYNC110
+        while any(len(p.buffer) for p in self.panels.values()):  # noqa: ASYNC110
             await trio.sleep(poll)
 
     async def wait_connected(self, *, poll: float = 0.05) -> None:
