@@ -27,26 +27,9 @@ import trio
 
 from emulator import Fleet, Workload
 from fieldsync import pki
-from fieldsync.site import load_site
+from fieldsync.site import load_site, write_pair_site
 from fieldsync.supervisor import Supervised, Supervisor, node_command
 from storage import ClusterStore
-
-SITE = """
-[site]
-db = "site.db"
-pki = "{pki}"
-port = {port}
-panel_port = {panel_port}
-[nodes.A]
-address = "127.0.0.11"
-[nodes.B]
-address = "127.0.0.12"
-[fleet]
-panels = {panels}
-mode = "{mode}"
-buffer = "1MiB"
-batch = 1024
-"""
 
 
 def _lease(db: Path):  # type: ignore[no-untyped-def]
@@ -60,9 +43,7 @@ def _lease(db: Path):  # type: ignore[no-untyped-def]
 async def one_run(workdir: Path, pki_dir: Path, args: argparse.Namespace, run: int) -> list[float]:
     site_path = workdir / f"run{run}" / "site.toml"
     site_path.parent.mkdir(parents=True)
-    site_path.write_text(
-        SITE.format(pki=pki_dir, port=args.port, panel_port=args.port + 1, panels=args.panels, mode=args.mode)
-    )
+    write_pair_site(site_path, pki_dir=pki_dir, port=args.port, panels=args.panels, mode=args.mode)
     site = load_site(site_path)
     children = [Supervised(name=n, command=node_command(n, str(site_path)), restart=False) for n in ("A", "B")]
     fleet = Fleet([site.panel_settings(p) for p in site.panel_ids()], Workload(rate=args.rate), seed=run)

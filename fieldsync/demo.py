@@ -30,31 +30,10 @@ from storage import ClusterStore, ConfigStore, Lease
 
 from . import pki
 from .checker import Report, check
-from .site import load_site
+from .site import load_site, write_pair_site
 from .supervisor import Supervised, Supervisor, node_command
 
 __all__ = ["run_demo"]
-
-SITE = """
-[site]
-name = "fieldsync demo"
-db = "site.db"
-pki = "pki"
-port = {port}
-panel_port = {panel_port}
-
-[nodes.A]
-address = "127.0.0.11"
-[nodes.B]
-address = "127.0.0.12"
-
-[fleet]
-panels = {panels}
-mode = "mixed"
-rate = {rate}
-buffer = "256KiB"
-batch = 1024
-"""
 
 
 @dataclasses.dataclass
@@ -101,7 +80,7 @@ async def _story(
     publish: Callable[[Fleet], None],
 ) -> tuple[Report, Fleet, dict[str, float]]:
     site_path = workdir / "site.toml"
-    site_path.write_text(SITE.format(port=port, panel_port=port + 1, panels=panels, rate=rate))
+    write_pair_site(site_path, port=port, panels=panels, rate=rate, buffer="256KiB", name="fieldsync demo")
     site = load_site(site_path)
     say(f"making a site CA and certificates for 2 nodes and {panels} panels in {workdir}")
     pki.init_ca(site.pki, site="fieldsync demo")

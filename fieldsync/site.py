@@ -18,7 +18,7 @@ from storage import OverflowPolicy
 
 from . import pki
 
-__all__ = ["FleetSpec", "NodeSpec", "Site", "SiteError", "load_site", "parse_address", "parse_size"]
+__all__ = ["FleetSpec", "NodeSpec", "Site", "SiteError", "load_site", "parse_address", "parse_size", "write_pair_site"]
 
 
 class SiteError(Exception):
@@ -201,3 +201,41 @@ def load_site(path: Path | str | None) -> Site:
         )
     except (ValueError, TypeError) as exc:
         raise SiteError(f"{path}: [site]: {exc}") from None
+
+
+def write_pair_site(
+    path: Path,
+    *,
+    pki_dir: Path | str = "pki",
+    port: int = 30002,
+    panels: int = 10,
+    mode: str = "mixed",
+    buffer: str = "1MiB",
+    batch: int = 1024,
+    rate: float = 1.0,
+    name: str = "fieldsync site",
+) -> Path:
+    """Write a site file for the embedded default: nodes A and B on 127.0.0.11/.12 sharing
+    ``site.db`` beside the file, the VIP on ``port``, panels listening on ``port + 1``."""
+    path.write_text(
+        f"""[site]
+name = "{name}"
+db = "site.db"
+pki = "{pki_dir}"
+port = {port}
+panel_port = {port + 1}
+
+[nodes.A]
+address = "127.0.0.11"
+[nodes.B]
+address = "127.0.0.12"
+
+[fleet]
+panels = {panels}
+mode = "{mode}"
+rate = {rate}
+buffer = "{buffer}"
+batch = {batch}
+"""
+    )
+    return path

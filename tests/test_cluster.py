@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from emulator import Fleet, LinkMode
-from fieldsync.site import load_site
+from fieldsync.site import load_site, write_pair_site
 from fieldsync.supervisor import Supervised, Supervisor, node_command
 from storage import ClusterStore, EventStore
 
@@ -20,28 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def write_site(tmp_path: Path, site_pki: Path, port: int, panels: int, mode: str = "mixed") -> Path:
-    site = tmp_path / "site.toml"
-    site.write_text(
-        f"""
-[site]
-db = "site.db"
-pki = "{site_pki}"
-port = {port}
-panel_port = {port + 1}
-
-[nodes.A]
-address = "127.0.0.11"
-[nodes.B]
-address = "127.0.0.12"
-
-[fleet]
-panels = {panels}
-mode = "{mode}"
-buffer = "2MiB"
-batch = 512
-"""
+    return write_pair_site(
+        tmp_path / "site.toml", pki_dir=site_pki, port=port, panels=panels, mode=mode, buffer="2MiB", batch=512
     )
-    return site
 
 
 class Harness:
