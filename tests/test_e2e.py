@@ -28,7 +28,9 @@ def clock() -> trio.testing.MockClock:
 
 
 def panel_settings(site_pki: Path, panel_id: int, mode: LinkMode, port: int, **kw: object) -> PanelSettings:
-    fields: dict[str, object] = {"batch_records": 64, "handshake_timeout": 30.0, **kw}
+    # Generous timeouts: the clock runs 10x, so 2 virtual seconds are 0.2 real ones,
+    # less than a TLS handshake takes under coverage on a busy 2-core machine.
+    fields: dict[str, object] = {"batch_records": 64, "handshake_timeout": 30.0, "connect_timeout": 30.0, **kw}
     return PanelSettings(
         panel_id=panel_id,
         mode=mode,
