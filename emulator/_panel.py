@@ -100,7 +100,8 @@ class PanelSettings:
     backoff_cap: float = 2.0
     #: Growth per failed attempt; gentle, so a panel is back soon after a failover.
     backoff_factor: float = 1.5
-    connect_timeout: float = 2.0
+    #: TCP connect and TLS handshake; a reconnect storm after failover needs room.
+    connect_timeout: float = 5.0
     handshake_timeout: float = 5.0
 
     def __post_init__(self) -> None:

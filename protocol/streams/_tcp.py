@@ -75,6 +75,7 @@ async def listen(
     *,
     handshake_timeout: float = 5.0,
     on_refused: Callable[[str, Exception], None] | None = None,
+    max_handshakes: int = 32,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections on ``host:port`` and run ``handler(link)`` for each, forever.
@@ -87,6 +88,9 @@ async def listen(
     """
     with map_link_errors(f"listening on {host}:{port}"):
         listeners = await trio.open_tcp_listeners(port, host=host)
+    # A thousand panels reconnecting at once: finish a few handshakes at a time
+    # rather than advance all of them slowly until every dialer times out.
+    handshakes = trio.Semaphore(max_handshakes)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -96,7 +100,8 @@ async def listen(
             return
         try:
             with trio.fail_after(handshake_timeout):
-                link = await _secure(stream, ctx, server_side=True, remote=remote)
+                async with handshakes:
+                    link = await _secure(stream, ctx, server_side=True, remote=remote)
         except (LinkError, trio.TooSlowError) as exc:
             await trio.aclose_forcefully(stream)
             if on_refused is not None:
