@@ -100,6 +100,9 @@ class PanelSettings:
     backoff_cap: float = 2.0
     #: Growth per failed attempt; gentle, so a panel is back soon after a failover.
     backoff_factor: float = 1.5
+    #: For this long after a working session is lost, retry at least every ``fast_retry_cap`` s.
+    fast_retry_window: float = 5.0
+    fast_retry_cap: float = 0.25
     #: TCP connect and TLS handshake; a reconnect storm after failover needs room.
     connect_timeout: float = 5.0
     handshake_timeout: float = 5.0
@@ -327,19 +330,25 @@ class Panel:
             self._note_error(exc)
 
     async def _punch_out(self) -> None:
-        host, port = self.settings.server
-        delay = self.settings.backoff_initial
+        s = self.settings
+        host, port = s.server
+        delay = s.backoff_initial
+        lost_at = -float("inf")
         while True:
             try:
-                with trio.fail_after(self.settings.connect_timeout):
+                with trio.fail_after(s.connect_timeout):
                     link = await dial(host, port, self._client_ctx)
                 if await self._run_link(link):
-                    delay = self.settings.backoff_initial
+                    delay = s.backoff_initial
+                    lost_at = trio.current_time()
             except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
                 self._note_error(exc)
-            # Exponential backoff with jitter, capped: a fleet must not reconnect in lockstep.
-            await trio.sleep(delay * (0.5 + self._rng.random() / 2))
-            delay = min(self.settings.backoff_cap, delay * self.settings.backoff_factor)
+            # Exponential backoff with jitter: a fleet must not reconnect in lockstep. Right
+            # after losing a working session the standby is about to take the VIP, and a
+            # refused connect costs nothing, so the cap stays low for a few seconds.
+            cap = s.fast_retry_cap if trio.current_time() - lost_at < s.fast_retry_window else s.backoff_cap
+            await trio.sleep(min(delay, cap) * (0.5 + self._rng.random() / 2))
+            delay = min(s.backoff_cap, delay * s.backoff_factor)
 
     def _note_error(self, exc: BaseException) -> None:
         self.last_error = str(exc)
