@@ -53,6 +53,15 @@ class Harness:
                     return lease.holder, lease.holder_pid, lease.epoch
                 await trio.sleep(0.05)
 
+    async def start(self, nursery: trio.Nursery, *, backlog: int, acked: float = 0.2) -> tuple[str, int, int]:
+        """Queue a backlog, start both nodes and the fleet, and wait until replay is under way."""
+        self.backlog(backlog)
+        await nursery.start(self.supervisor.run)
+        active = await self.wait_active()
+        await nursery.start(self.fleet.run)
+        await self.wait_acked(acked)
+        return active
+
     def backlog(self, per_panel: int) -> None:
         for panel in self.fleet.panels.values():
             for i in range(per_panel):
@@ -79,12 +88,8 @@ def test_kill_9_of_the_active_during_replay(site_pki: Path, tmp_path: Path) -> N
     h = Harness(write_site(tmp_path, site_pki, 31200, panels=8), restart=False)
 
     async def main() -> None:
-        h.backlog(3000)
         async with trio.open_nursery() as nursery:
-            await nursery.start(h.supervisor.run)
-            first, pid, epoch = await h.wait_active()
-            await nursery.start(h.fleet.run)
-            await h.wait_acked(0.2)
+            first, pid, epoch = await h.start(nursery, backlog=3000)
             os.kill(pid, signal.SIGKILL)
             second, _, new_epoch = await h.wait_active(other_than=first, epoch_above=epoch)
             assert second != first and new_epoch == epoch + 1
@@ -100,12 +105,8 @@ def test_sigstop_with_stonith_the_standby_kills_and_takes_over(site_pki: Path, t
     h = Harness(write_site(tmp_path, site_pki, 31210, panels=6), restart=False)
 
     async def main() -> None:
-        h.backlog(2000)
         async with trio.open_nursery() as nursery:
-            await nursery.start(h.supervisor.run)
-            first, pid, epoch = await h.wait_active()
-            await nursery.start(h.fleet.run)
-            await h.wait_acked(0.2)
+            first, pid, epoch = await h.start(nursery, backlog=2000)
             os.kill(pid, signal.SIGSTOP)  # a hang: it still holds VIP:port
             await h.wait_active(other_than=first, epoch_above=epoch)
             with trio.fail_after(5):
@@ -122,12 +123,8 @@ def test_sigstop_without_stonith_the_woken_node_is_fenced(site_pki: Path, tmp_pa
     h = Harness(write_site(tmp_path, site_pki, 31220, panels=6), restart=False, extra=("--no-stonith",))
 
     async def main() -> None:
-        h.backlog(2000)
         async with trio.open_nursery() as nursery:
-            await nursery.start(h.supervisor.run)
-            first, pid, epoch = await h.wait_active()
-            await nursery.start(h.fleet.run)
-            await h.wait_acked(0.2)
+            first, pid, epoch = await h.start(nursery, backlog=2000)
             # Shared SQLite: a node paused inside a transaction holds the file's write
             # lock, and without STONITH nobody can take over until it wakes. This test
             # is about the zombie that wakes up after a takeover, so pause it until the
