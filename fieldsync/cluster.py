@@ -132,9 +132,6 @@ class _Heart(threading.Thread):
         return self.switchover_to
 
     def run(self) -> None:
-        self._run()
-
-    def _run(self) -> None:
         owner, s = self.owner, self.owner.settings
         # Long enough to get between our own group commits; short enough to beat on time.
         store = ClusterStore(s.db, busy_timeout=s.dead_after / 2)

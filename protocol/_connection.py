@@ -123,7 +123,6 @@ class _Connection:
         self._frames_in = 0
         self._frames_out = 0
         self._bytes_out = 0
-        self._closed_cleanly = False
         self._reading_paused = False
         #: Epoch of this session once the handshake is done (0 before).
         self.session_epoch = 0

@@ -298,22 +298,6 @@ class EventStore:
 
     # -- panel bookkeeping --------------------------------------------------------------
 
-    def record_session(self, panel_id: int, *, boot_id: int, seen_us: int) -> None:
-        with map_sqlite_errors(self.path, "recording a panel session"), self.db.atomic():
-            self._conn.execute(
-                "INSERT INTO panels (panel_id, hwm, boot_id, first_seen_us, last_seen_us) VALUES (?, 0, ?, ?, ?) "
-                "ON CONFLICT (panel_id) DO UPDATE SET boot_id = excluded.boot_id, last_seen_us = excluded.last_seen_us",
-                (panel_id, _signed(boot_id), seen_us, seen_us),
-            )
-
-    def record_config_ack(self, panel_id: int, version: int) -> None:
-        with map_sqlite_errors(self.path, "recording a config ack"), self.db.atomic():
-            self._conn.execute(
-                "INSERT INTO panels (panel_id, hwm, config_version) VALUES (?, 0, ?) "
-                "ON CONFLICT (panel_id) DO UPDATE SET config_version = excluded.config_version",
-                (panel_id, version),
-            )
-
     def write_status(
         self,
         rows: Sequence[tuple[int, int, str, int, int, int, int, int]],

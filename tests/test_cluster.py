@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from emulator import Fleet, LinkMode
+from emulator import Fleet
 from fieldsync.site import load_site, write_pair_site
 from fieldsync.supervisor import Supervised, Supervisor, node_command
 from storage import ClusterStore, EventStore
@@ -215,6 +215,3 @@ def _gone(pid: int) -> bool:
     from fieldsync.cluster import process_is_fieldsync
 
     return not process_is_fieldsync(pid)
-
-
-_ = LinkMode

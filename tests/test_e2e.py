@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ssl
 from pathlib import Path
 
@@ -299,9 +298,6 @@ def test_garbage_from_one_peer_leaves_the_node_up(site_pki: Path, tmp_path: Path
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=clock())
-
-
-_ = functools  # keep the import for helpers added later
 
 
 @pytest.mark.slow
