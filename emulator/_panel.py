@@ -502,8 +502,9 @@ class Panel:
             await trio.sleep(self.settings.flash_sync_interval)
             buffer = self.buffer
             if isinstance(buffer, FlashBackedBuffer):
+                plan = buffer.sync_plan()  # taken here, between appends: no race with the ring
                 try:
-                    await trio.to_thread.run_sync(buffer.sync)
+                    await trio.to_thread.run_sync(buffer.write_sync, plan)
                 except StoreError:
                     if buffer is self.buffer:
                         raise

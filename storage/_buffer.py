@@ -106,6 +106,10 @@ class EventBuffer:
     def _offset(self, index: int) -> int:
         return ((self._head + index) % self.capacity) * RECORD_SIZE
 
+    def _record_at(self, index: int) -> bytes:
+        offset = self._offset(index)
+        return bytes(self._ring[offset : offset + RECORD_SIZE])
+
     def _seq_at(self, index: int) -> int:
         return int(_SEQ.unpack_from(self._ring, self._offset(index))[0])
 

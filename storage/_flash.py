@@ -10,6 +10,7 @@ again: nobody outside the panel ever saw them.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -18,7 +19,18 @@ from protocol import RECORD_SIZE
 from ._buffer import EventBuffer, OverflowPolicy
 from ._errors import StoreCorrupt, map_sqlite_errors
 
-__all__ = ["FlashBackedBuffer"]
+__all__ = ["FlashBackedBuffer", "SyncPlan"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SyncPlan:
+    head_seq: int
+    #: Last seq the head stands for (past head_seq when it is a gap marker).
+    head_last: int
+    rows: tuple[tuple[int, bytes], ...]
+    counters: tuple[tuple[str, int], ...]
+    next_seq: int
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY, record BLOB NOT NULL) WITHOUT ROWID;
@@ -82,35 +94,59 @@ class FlashBackedBuffer(EventBuffer):
         """The newest seq that would survive a power-cut now."""
         return self._synced_next - 1
 
+    def sync_plan(self) -> SyncPlan:
+        """Capture what a sync must write: the head record and the records since the last sync.
+
+        Cheap and synchronous, so an event loop can take it between two appends and
+        hand the slow part (``write_sync``) to a thread without racing the ring.
+        """
+        rows: list[tuple[int, bytes]] = []
+        head_last = 0
+        if self._count:
+            head_last = self._head_last()
+            rows.append((self.oldest_seq, self._record_at(0)))  # a head marker may have changed
+            # Record ``index`` >= 1 holds seq ``head_last + index``.
+            for index in range(max(1, self._synced_next - head_last), self._count):
+                rows.append((head_last + index, self._record_at(index)))
+        counters = (
+            ("next_seq", self._next_seq),
+            ("acked", self._acked),
+            ("dropped", self._dropped),
+            ("refused", self._refused),
+            ("refused_unreported", self._refused_unreported),
+            ("emitted", self._emitted),
+        )
+        return SyncPlan(
+            head_seq=self.oldest_seq, head_last=head_last, rows=tuple(rows), counters=counters, next_seq=self._next_seq
+        )
+
+    def write_sync(self, plan: SyncPlan) -> int:
+        """Write a plan in one durable transaction; return the records written."""
+        with map_sqlite_errors(self.path, "syncing the panel flash"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if plan.head_seq:
+                    # Below the head: released. Inside a head marker's range: folded into it.
+                    self._db.execute(
+                        "DELETE FROM records WHERE seq < ? OR (seq > ? AND seq <= ?)",
+                        (plan.head_seq, plan.head_seq, plan.head_last),
+                    )
+                else:
+                    self._db.execute("DELETE FROM records")
+                self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)", plan.rows)
+                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", plan.counters)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        # Only what the plan held is durable; appends made meanwhile wait for the next sync.
+        self._synced_next = max(self._synced_next, plan.next_seq)
+        return len(plan.rows)
+
     def sync(self) -> int:
         """Write everything since the last sync in one durable transaction; return records written."""
-        head_seq = self.oldest_seq
-        new: list[tuple[int, bytes]] = []
-        if self._count:
-            records = self.records()
-            head_last = self._head_last()
-            for index in range(self._count):
-                seq = head_seq if index == 0 else head_last + index
-                if index == 0 or seq >= self._synced_next:
-                    new.append((seq, records[index * RECORD_SIZE : (index + 1) * RECORD_SIZE]))
-        counters = {
-            "next_seq": self._next_seq,
-            "acked": self._acked,
-            "dropped": self._dropped,
-            "refused": self._refused,
-            "refused_unreported": self._refused_unreported,
-            "emitted": self._emitted,
-        }
-        with map_sqlite_errors(self.path, "syncing the panel flash"), self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            if self._count:
-                self._db.execute("DELETE FROM records WHERE seq < ?", (head_seq,))
-            else:
-                self._db.execute("DELETE FROM records")
-            self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)", new)
-            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", counters.items())
-        self._synced_next = self._next_seq
-        return len(new)
+        return self.write_sync(self.sync_plan())
 
     def close(self) -> None:
         self._db.close()

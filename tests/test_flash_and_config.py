@@ -41,6 +41,41 @@ def test_flash_keeps_synced_records_and_hides_unsynced_ones(tmp_path: Path) -> N
     assert again.next_seq == 11
 
 
+def test_appends_during_a_sync_are_not_marked_synced(tmp_path: Path) -> None:
+    # The emulator takes the plan on its event loop and writes it in a thread while
+    # swipes keep coming: those must wait for the next sync (found by the e2e test).
+    path = tmp_path / "panel.flash"
+    buf = FlashBackedBuffer(path, 64 * p.RECORD_SIZE)
+    for t in range(5):
+        buf.append(t, p.EventKind.TAMPER)
+    plan = buf.sync_plan()
+    for t in range(5, 9):
+        buf.append(t, p.EventKind.TAMPER)  # arrives while the plan is being written
+    buf.write_sync(plan)
+    assert buf.synced_seq == 5
+    buf.close()
+    again = FlashBackedBuffer(path, 64 * p.RECORD_SIZE)
+    body = again.records()
+    assert p.check_records(1, body) == 5
+    assert again.next_seq == 6
+
+
+def test_a_marker_over_synced_records_reloads_contiguous(tmp_path: Path) -> None:
+    path = tmp_path / "panel.flash"
+    buf = FlashBackedBuffer(path, 4 * p.RECORD_SIZE)
+    for t in range(4):
+        buf.append(t, p.EventKind.TAMPER)
+    buf.sync()  # seqs 1..4 on flash
+    for t in range(4, 7):
+        buf.append(t, p.EventKind.TAMPER)  # drop_oldest folds 1..4 into a marker
+    buf.sync()
+    buf.close()
+    again = FlashBackedBuffer(path, 4 * p.RECORD_SIZE)
+    body = again.records()
+    assert p.check_records(int.from_bytes(body[:8], "big"), body) == 7
+    assert again.statistics().depth == 4
+
+
 @pytest.mark.slow
 def test_sigkill_keeps_every_event_before_the_last_sync_point(tmp_path: Path) -> None:
     path = tmp_path / "panel.flash"
