@@ -17,7 +17,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -47,12 +47,16 @@ from protocol.streams import (
     LinkError,
     MessageStream,
     PeerClosed,
+    SerialLine,
     TlsError,
     TlsFiles,
     client_context,
     dial,
     first_error,
     listen,
+    open_serial,
+    records_per_batch,
+    serial_link,
     server_context,
 )
 from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, PanelConfig, StoreError
@@ -69,6 +73,8 @@ class LinkMode(enum.Enum):
     PUNCH_OUT = "punch-out"
     #: The panel listens on its own address, port 3001; the active node dials in.
     HOST_INITIATED = "host-initiated"
+    #: The panel's host link is a serial line (RS-232/RS-485 style) to a node or comm server.
+    SERIAL = "serial"
 
 
 class SessionRefused(Exception):
@@ -87,6 +93,8 @@ class PanelSettings:
     server: tuple[str, int] = ("127.0.0.100", 30002)
     #: Where a host-initiated panel listens (its own address).
     listen: tuple[str, int] | None = None
+    #: The serial line of a serial panel.
+    serial: SerialLine | None = None
     tls: TlsFiles | None = None
     buffer_bytes: int = 1 << 20
     policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
@@ -112,6 +120,8 @@ class PanelSettings:
             raise ValueError(f"panel id {self.panel_id} is outside 1..{2**32 - 1}")
         if self.mode is LinkMode.HOST_INITIATED and self.listen is None:
             raise ValueError(f"panel {self.panel_id}: host-initiated mode needs a listen address")
+        if self.mode is LinkMode.SERIAL and self.serial is None:
+            raise ValueError(f"panel {self.panel_id}: serial mode needs a serial line")
         if self.window < 1 or not 1 <= self.batch_records <= 0xFFFF:
             raise ValueError("window must be >= 1 and batch_records within 1..65535")
 
@@ -133,6 +143,9 @@ class PanelStatistics:
     protocol_errors: int
     refused_stale: int
     batches_sent: int
+    #: Line noise the resynchronizing decoder skipped, and frames that failed their CRC (serial).
+    bytes_skipped: int
+    bad_frames: int
     acked_seq: int
     last_error: str | None
     buffer_depth: int
@@ -200,6 +213,10 @@ class Panel:
         self._swipes = self._granted = self._denied = 0
         self._sessions = self._link_errors = self._protocol_errors = self._refused_stale = 0
         self._batches_sent = 0
+        self._bytes_skipped = self._bad_frames = 0
+        self._batch_records = settings.batch_records
+        if settings.serial is not None:
+            self._batch_records = min(settings.batch_records, records_per_batch(settings.serial))
         self.last_error: str | None = None
         #: trio time of the first ACK under each epoch: what failover is measured by.
         self.first_ack_at: dict[int, float] = {}
@@ -304,7 +321,10 @@ class Panel:
                 nursery.start_soon(self._flash_sync_loop)
             if self.settings.mode is LinkMode.PUNCH_OUT:
                 task_status.started()
-                await self._punch_out()
+                await self._reconnect_loop(self._dial_server)
+            elif self.settings.mode is LinkMode.SERIAL:
+                task_status.started()
+                await self._reconnect_loop(self._open_line)
             else:
                 host, port = self.settings.listen or ("", 0)
                 await nursery.start(self._listen, host, port)
@@ -329,15 +349,27 @@ class Panel:
         except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
             self._note_error(exc)
 
-    async def _punch_out(self) -> None:
+    async def _dial_server(self) -> Link:
+        host, port = self.settings.server
+        return await dial(host, port, self._client_ctx)
+
+    async def _open_line(self) -> Link:
+        assert self.settings.serial is not None
+        stream = open_serial(self.settings.serial)
+        try:
+            return await serial_link(stream, self._client_ctx, server_side=False)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+
+    async def _reconnect_loop(self, connect: Callable[[], Awaitable[Link]]) -> None:
         s = self.settings
-        host, port = s.server
         delay = s.backoff_initial
         lost_at = -float("inf")
         while True:
             try:
                 with trio.fail_after(s.connect_timeout):
-                    link = await dial(host, port, self._client_ctx)
+                    link = await connect()
                 if await self._run_link(link):
                     delay = s.backoff_initial
                     lost_at = trio.current_time()
@@ -376,10 +408,20 @@ class Panel:
         if link.peer is not None and not link.peer.startswith("node-"):
             await link.stream.aclose()
             raise TlsError(f"peer {link.remote} presents {link.peer!r}, not a node certificate")
+        line = self.settings.serial if link.lossy else None
         conn = PanelConnection(
-            now=trio.current_time(), epoch_floor=self.max_epoch, handshake_timeout=self.settings.handshake_timeout
+            now=trio.current_time(),
+            epoch_floor=self.max_epoch,
+            handshake_timeout=self.settings.handshake_timeout,
+            resync=line is not None,
+            reply_timeout=line.reply_timeout if line is not None else None,
         )
-        ms = MessageStream(link.stream, conn, name=f"panel {self.panel_id}")
+        ms = MessageStream(
+            link.stream,
+            conn,
+            name=f"panel {self.panel_id}",
+            inter_char_timeout=line.inter_char_timeout if line is not None else None,
+        )
         try:
             try:
                 await ms.send(self._hello())
@@ -398,6 +440,9 @@ class Panel:
             await self._streaming(ms, first)
             return True
         finally:
+            stats = ms.statistics()
+            self._bytes_skipped += stats.bytes_skipped
+            self._bad_frames += stats.bad_crc
             await ms.aclose()
 
     async def _streaming(self, ms: MessageStream, welcome: Welcome) -> None:
@@ -456,7 +501,7 @@ class Panel:
             if len(in_flight) >= window:
                 await self._new_data.wait()
                 continue
-            data = self.buffer.read(next_seq, self.settings.batch_records)
+            data = self.buffer.read(next_seq, self._batch_records)
             if not data:
                 await self._new_data.wait()
                 continue
@@ -531,6 +576,8 @@ class Panel:
             protocol_errors=self._protocol_errors,
             refused_stale=self._refused_stale,
             batches_sent=self._batches_sent,
+            bytes_skipped=self._bytes_skipped,
+            bad_frames=self._bad_frames,
             acked_seq=self._acked_seq,
             last_error=self.last_error,
             buffer_depth=b.depth,

@@ -42,11 +42,14 @@ from protocol.streams import (
     LinkError,
     MessageStream,
     PeerClosed,
+    SerialLine,
     TlsFiles,
     client_context,
     dial,
     first_error,
     listen,
+    open_serial,
+    serial_link,
     server_context,
 )
 from storage import ConfigStore, EventStore, IngestBatch, NeedSnapshot, StaleEpoch, StoreError
@@ -65,6 +68,8 @@ class NodeSettings:
     listen: tuple[str, int] | None = ("127.0.0.100", 30002)
     #: Host-initiated panels this node dials: (panel id, address, port).
     dial: tuple[tuple[int, str, int], ...] = ()
+    #: Serial lines this node serves, one panel each: (expected panel id or None, line).
+    serial: tuple[tuple[int | None, SerialLine], ...] = ()
     tls: TlsFiles | None = None
     #: Panels allowed in; None admits any panel with a valid site certificate.
     known_panels: frozenset[int] | None = None
@@ -100,6 +105,9 @@ class NodeStatistics:
     events_duplicate: int
     declared_lost: int
     refused_batches: int
+    #: Line noise skipped and frames failing their CRC on serial lines.
+    bytes_skipped: int
+    bad_frames: int
     config_version: int
     fenced: bool
 
@@ -173,6 +181,8 @@ class Node:
                 "events_duplicate",
                 "declared_lost",
                 "refused_batches",
+                "bytes_skipped",
+                "bad_frames",
             ),
             0,
         )
@@ -215,6 +225,8 @@ class Node:
                 # predecessor still holds the listen address.
                 for panel_id, host, port in s.dial:
                     nursery.start_soon(self._dial_loop, panel_id, host, port)
+                for expected, line in s.serial:
+                    nursery.start_soon(self._serial_loop, expected, line)
                 if s.listen is not None:
                     host, port = s.listen
                     self.listeners = await nursery.start(self._listen, host, port)
@@ -287,12 +299,58 @@ class Node:
             await trio.sleep(delay)
             delay = min(self.settings.dial_backoff_cap, delay * 2)
 
+    async def _serial_loop(self, expected: int | None, line: SerialLine) -> None:
+        """Serve the panel on one serial line, session after session, for as long as this runs.
+
+        The port is opened afresh for each session (stale bytes discarded); a device
+        that is missing or busy is retried with backoff and reported once per outage.
+        """
+        delay = 0.05
+        reported = False
+        while True:
+            try:
+                stream = open_serial(line)
+            except LinkError as exc:
+                self._counts["link_errors"] += 1
+                self.last_error = str(exc)
+                if not reported:
+                    log.warning("node %s: %s; retrying", self.node_id, exc)
+                    reported = True
+                await trio.sleep(delay)
+                delay = min(self.settings.dial_backoff_cap, delay * 2)
+                continue
+            delay, reported = 0.05, False
+            try:
+                await stream.wait_for_input()  # a line is quiet until its panel speaks
+                with trio.fail_after(self.settings.handshake_timeout):
+                    link = await serial_link(stream, self._server_ctx, server_side=True)
+                await self._serve_link(link, expected=expected, line=line)
+            except (LinkError, trio.TooSlowError) as exc:
+                self._counts["link_errors"] += 1
+                self.last_error = f"serial {line.path}: {exc}"
+            finally:
+                await trio.aclose_forcefully(stream)
+
     # -- one session ----------------------------------------------------------------------
 
-    async def _serve_link(self, link: Link, *, expected: int | None = None) -> bool:
-        """Run one panel session; True if it reached STREAMING."""
-        conn = HostConnection(now=trio.current_time(), handshake_timeout=self.settings.handshake_timeout)
-        ms = MessageStream(link.stream, conn, name=f"node {self.node_id} <- {link.remote}")
+    async def _serve_link(self, link: Link, *, expected: int | None = None, line: SerialLine | None = None) -> bool:
+        """Run one panel session; True if it reached STREAMING.
+
+        Over a serial ``line`` the session resynchronizes on noise and times out
+        a config push whose CONFIG_ACK never comes (a frame lost on the line).
+        """
+        conn = HostConnection(
+            now=trio.current_time(),
+            handshake_timeout=self.settings.handshake_timeout,
+            resync=line is not None,
+            reply_timeout=line.reply_timeout if line is not None else None,
+        )
+        ms = MessageStream(
+            link.stream,
+            conn,
+            name=f"node {self.node_id} <- {link.remote}",
+            inter_char_timeout=line.inter_char_timeout if line is not None else None,
+        )
         try:
             try:
                 with trio.fail_after(self.settings.handshake_timeout):
@@ -301,7 +359,11 @@ class Node:
                 await ms.send_error(ErrorCode.TIMEOUT, "no HELLO in time")
                 self._counts["protocol_errors"] += 1
                 return False
-            assert isinstance(hello, Hello)  # the state machine admits nothing else here
+            if not isinstance(hello, Hello):
+                # Only ERROR or BYE can come before HELLO: a peer giving up (on a serial
+                # line, often the tail of the previous session).
+                self.last_error = f"{link.remote}: {type(hello).__name__} instead of HELLO"
+                return False
             refusal = self._admit(link, hello, expected)
             if refusal is not None:
                 self._counts["rejected"] += 1
@@ -340,6 +402,9 @@ class Node:
             await ms.send_error(ErrorCode.STORE_REFUSED, str(exc))
             return False
         finally:
+            stats = ms.statistics()
+            self._counts["bytes_skipped"] += stats.bytes_skipped
+            self._counts["bad_frames"] += stats.bad_crc
             await ms.aclose()
 
     def _admit(self, link: Link, hello: Hello, expected: int | None) -> tuple[ErrorCode, str] | None:
@@ -559,6 +624,8 @@ class Node:
             events_duplicate=c["events_duplicate"],
             declared_lost=c["declared_lost"],
             refused_batches=c["refused_batches"],
+            bytes_skipped=c["bytes_skipped"],
+            bad_frames=c["bad_frames"],
             config_version=self.config_version,
             fenced=self.fenced.is_set(),
         )

@@ -108,9 +108,12 @@ class _Connection:
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_misses: int = DEFAULT_HEARTBEAT_MISSES,
         resync: bool = False,
+        reply_timeout: float | None = None,
     ) -> None:
         if handshake_timeout <= 0 or heartbeat_interval <= 0 or heartbeat_misses < 1:
             raise ValueError("timeouts and intervals must be positive, misses at least 1")
+        if reply_timeout is not None and reply_timeout <= 0:
+            raise ValueError("reply_timeout must be positive")
         self._decoder = FrameDecoder(max_payload=max_payload, resync=resync)
         self._state = self._initial_state()
         self._created = now
@@ -138,6 +141,12 @@ class _Connection:
         #: Newest config version the panel acknowledged.
         self.config_acked = 0
         self._snapshot: _SnapshotProgress | None = None
+        # On a line that can lose whole frames (resync), the peer may be alive and
+        # still never answer: a lost EVENT_BATCH or ACK (panel), a lost config push
+        # or CONFIG_ACK (host). Waiting longer than this for progress ends the session.
+        self._reply_timeout = reply_timeout
+        self._reply_since: float | None = None
+        self._reply_seen = 0
 
     # -- public surface ----------------------------------------------------------
 
@@ -186,6 +195,7 @@ class _Connection:
             self._last_received = self._rx_now
             self._transition(Direction.RECEIVE, message)
             self._on_receive(message)
+            self._track_reply(self._rx_now)
         except ProtocolError as exc:
             self._state = State.ERROR
             if isinstance(exc, LocalProtocolError):  # pragma: no cover - defensive
@@ -203,6 +213,7 @@ class _Connection:
         try:
             self._transition(Direction.SEND, message)
             self._on_send(message)
+            self._track_reply(now)
         except LocalProtocolError:
             self._state = State.ERROR
             raise
@@ -216,6 +227,22 @@ class _Connection:
         """Build and send an ERROR carrying this end's epoch; allowed in ERROR too."""
         return self.send(Error(epoch=self._own_epoch(), code=int(code), text=text[:1000]), now)
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of a frame received in part (what an inter-character timeout drops)."""
+        return self._decoder.pending
+
+    def drop_partial_frame(self) -> int:
+        """The line went silent inside a frame: skip what came of it (counted as skipped).
+
+        Only a resynchronizing connection (serial) may do this.
+        """
+        if not self._decoder.resync:
+            raise LocalProtocolError(
+                ErrorCode.ILLEGAL_IN_STATE, "only a resync (serial) connection drops partial frames"
+            )
+        return self._decoder.drop_pending()
+
     def pause_reading(self) -> None:
         """This end stops reading by choice (its own backpressure): the peer's
         silence must not count against it until ``resume_reading``."""
@@ -224,6 +251,8 @@ class _Connection:
     def resume_reading(self, now: float) -> None:
         self._reading_paused = False
         self._last_received = max(self._last_received, now)
+        if self._reply_since is not None:
+            self._reply_since = max(self._reply_since, now)
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has something to do, or None."""
@@ -233,7 +262,10 @@ class _Connection:
             beat = self._last_sent + self._interval
             if self._reading_paused:
                 return beat
-            return min(beat, self._last_received + self._interval * self._misses)
+            deadline = min(beat, self._last_received + self._interval * self._misses)
+            if self._reply_since is not None and self._reply_timeout is not None:
+                deadline = min(deadline, self._reply_since + self._reply_timeout)
+            return deadline
         return None
 
     def handle_timer(self, now: float) -> bytes:
@@ -257,6 +289,17 @@ class _Connection:
             self._state = State.ERROR
             raise PeerTimeout(
                 f"no frame from the peer for {silent:.3f} s ({self._misses} heartbeats of {self._interval:g} s)"
+            )
+        if (
+            self._reply_since is not None
+            and self._reply_timeout is not None
+            and now >= self._reply_since + self._reply_timeout
+            and not self._reading_paused
+        ):
+            self._state = State.ERROR
+            raise PeerTimeout(
+                f"no {self._awaited_reply()} within {self._reply_timeout:g} s though the peer is alive: "
+                "a frame was lost on the line"
             )
         if now >= self._last_sent + self._interval:
             return self.send(Heartbeat(epoch=self._own_epoch()), now)
@@ -282,6 +325,24 @@ class _Connection:
 
     def _initial_state(self) -> State:
         raise NotImplementedError
+
+    def _reply_progress(self) -> tuple[int, bool]:
+        """(a counter that grows when the awaited reply comes, whether one is awaited)."""
+        raise NotImplementedError
+
+    def _awaited_reply(self) -> str:
+        raise NotImplementedError
+
+    def _track_reply(self, now: float) -> None:
+        if self._reply_timeout is None or self._state is not State.STREAMING:
+            self._reply_since = None
+            return
+        progress, waiting = self._reply_progress()
+        if not waiting:
+            self._reply_since = None
+        elif self._reply_since is None or progress != self._reply_seen:
+            self._reply_since = now
+        self._reply_seen = progress
 
     def _handshake_start(self) -> float:
         return self._created
@@ -394,6 +455,12 @@ class PanelConnection(_Connection):
     def _initial_state(self) -> State:
         return State.IDLE
 
+    def _reply_progress(self) -> tuple[int, bool]:
+        return self.acked_seq, self.sent_seq > self.acked_seq
+
+    def _awaited_reply(self) -> str:
+        return f"ACK for seqs {self.acked_seq + 1}..{self.sent_seq}"
+
     def _handshake_start(self) -> float:
         return self._hello_at
 
@@ -466,6 +533,12 @@ class HostConnection(_Connection):
 
     def _initial_state(self) -> State:
         return State.AWAIT_HELLO
+
+    def _reply_progress(self) -> tuple[int, bool]:
+        return self.config_acked, self.config_version > self.config_acked
+
+    def _awaited_reply(self) -> str:
+        return f"CONFIG_ACK for version {self.config_version} (acked {self.config_acked})"
 
     def _on_send(self, message: Message) -> None:
         if isinstance(message, Welcome):

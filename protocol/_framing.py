@@ -97,6 +97,17 @@ class FrameDecoder:
         self._received += len(data)
 
     @property
+    def pending(self) -> int:
+        """Bytes received and not yet consumed: a partial frame, or a magic byte."""
+        return len(self._buf) - self._pos
+
+    def drop_pending(self) -> int:
+        """Skip (and count) what is buffered: the line went silent inside a frame."""
+        count = len(self._buf) - self._pos
+        self._skip(count)
+        return count
+
+    @property
     def at_eof(self) -> bool:
         """True once the stream ended and every byte was consumed."""
         return self._eof and self._pos >= len(self._buf)

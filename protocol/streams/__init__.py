@@ -7,6 +7,12 @@ from ._errors import LinkError as LinkError
 from ._errors import PeerClosed as PeerClosed
 from ._errors import TlsError as TlsError
 from ._errors import first_error as first_error
+from ._serial import SerialLine as SerialLine
+from ._serial import SerialStream as SerialStream
+from ._serial import is_pseudo_terminal as is_pseudo_terminal
+from ._serial import open_serial as open_serial
+from ._serial import records_per_batch as records_per_batch
+from ._serial import serial_link as serial_link
 from ._session import MessageStream as MessageStream
 from ._tcp import Link as Link
 from ._tcp import check_plaintext_allowed as check_plaintext_allowed
@@ -23,6 +29,8 @@ __all__ = [
     "LinkError",
     "MessageStream",
     "PeerClosed",
+    "SerialLine",
+    "SerialStream",
     "TlsError",
     "TlsFiles",
     "check_plaintext_allowed",
@@ -30,7 +38,11 @@ __all__ = [
     "dial",
     "first_error",
     "is_loopback",
+    "is_pseudo_terminal",
     "listen",
+    "open_serial",
     "peer_identity",
+    "records_per_batch",
+    "serial_link",
     "server_context",
 ]

@@ -38,10 +38,19 @@ class MessageStream:
     ``receive`` from one task at a time.
     """
 
-    def __init__(self, stream: trio.abc.Stream, conn: PanelConnection | HostConnection, *, name: str = "") -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        conn: PanelConnection | HostConnection,
+        *,
+        name: str = "",
+        inter_char_timeout: float | None = None,
+    ) -> None:
         self.stream = stream
         self.conn = conn
         self.name = name
+        #: Serial lines: silence this long inside a frame drops the partial frame.
+        self.inter_char_timeout = inter_char_timeout
         self._send_lock = trio.Lock()
         self._timer_changed = trio.Event()
 
@@ -68,8 +77,16 @@ class MessageStream:
         while True:
             event = conn.next_event()
             if isinstance(event, NeedData):
+                timeout = self.inter_char_timeout if conn.pending_bytes else None
                 with map_link_errors(f"{self.name}: receiving"):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if timeout is None:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    else:
+                        with trio.move_on_after(timeout) as silence:
+                            data = await self.stream.receive_some(RECEIVE_SIZE)
+                        if silence.cancelled_caught:
+                            conn.drop_partial_frame()
+                            continue
                 conn.receive_data(data, trio.current_time())
                 self._timer_changed.set()
                 continue

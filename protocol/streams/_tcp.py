@@ -11,7 +11,7 @@ import trio
 from ._errors import LinkError, TlsError, map_link_errors
 from ._tls import peer_identity, wrap
 
-__all__ = ["Link", "check_plaintext_allowed", "dial", "is_loopback", "listen"]
+__all__ = ["Link", "check_plaintext_allowed", "dial", "is_loopback", "listen", "secure"]
 
 
 def is_loopback(host: str) -> bool:
@@ -31,18 +31,23 @@ def check_plaintext_allowed(*hosts: str) -> None:
 
 
 class Link:
-    """An established byte stream and who is at the other end (None without TLS)."""
+    """An established byte stream and who is at the other end (None without TLS).
 
-    def __init__(self, stream: trio.abc.Stream, peer: str | None, remote: str) -> None:
+    ``lossy`` links (serial lines) can lose or garble bytes: sessions over them
+    resynchronize on the next frame and time out replies that never come.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, peer: str | None, remote: str, *, lossy: bool = False) -> None:
         self.stream = stream
         self.peer = peer
         self.remote = remote
+        self.lossy = lossy
 
     def __repr__(self) -> str:
         return f"<Link {self.remote} peer={self.peer}>"
 
 
-async def _secure(stream: trio.abc.Stream, ctx: ssl.SSLContext | None, *, server_side: bool, remote: str) -> Link:
+async def secure(stream: trio.abc.Stream, ctx: ssl.SSLContext | None, *, server_side: bool, remote: str) -> Link:
     if ctx is None:
         return Link(stream, None, remote)
     tls = wrap(stream, ctx, server_side=server_side)
@@ -64,7 +69,7 @@ async def dial(host: str, port: int, ctx: ssl.SSLContext | None, *, local_addres
     remote = f"{host}:{port}"
     with map_link_errors(f"connecting to {remote}"):
         stream = await trio.open_tcp_stream(host, port, local_address=local_address)
-    return await _secure(stream, ctx, server_side=False, remote=remote)
+    return await secure(stream, ctx, server_side=False, remote=remote)
 
 
 async def listen(
@@ -101,7 +106,7 @@ async def listen(
         try:
             with trio.fail_after(handshake_timeout):
                 async with handshakes:
-                    link = await _secure(stream, ctx, server_side=True, remote=remote)
+                    link = await secure(stream, ctx, server_side=True, remote=remote)
         except (LinkError, trio.TooSlowError) as exc:
             await trio.aclose_forcefully(stream)
             if on_refused is not None:
