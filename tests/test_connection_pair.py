@@ -153,3 +153,88 @@ def test_a_paused_reader_does_not_blame_the_peer() -> None:
     assert pair.host.next_deadline() == 11.0  # next own heartbeat (sent at 10.0)
     with pytest.raises(p.PeerTimeout):
         pair.host.handle_timer(13.0)  # three seconds after resuming
+
+
+class LossyPair(ConnectionPair):
+    """Both ends as on a serial line: resynchronizing decoders and a 3 s reply timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.panel = p.PanelConnection(now=0.0, resync=True, reply_timeout=3.0)
+        self.host = p.HostConnection(now=0.0, resync=True, reply_timeout=3.0)
+        self.panel_sends(
+            p.Hello(panel_id=9, boot_id=1, firmware="emu", oldest_seq=1, newest_seq=50, config_version=0, max_epoch=0)
+        )
+        self.host_sends(p.Welcome(node_id="A", epoch=1, hwm=0, config_version=1, heartbeat_ms=1000))
+
+    def batch(self, first: int, count: int) -> p.EventBatch:
+        return p.EventBatch.of(
+            [p.EventRecord(seq=s, time_us=s, kind=p.EventKind.ACCESS_GRANTED) for s in range(first, first + count)]
+        )
+
+
+def test_a_lost_ack_on_a_line_ends_the_session_at_the_exact_reply_timeout() -> None:
+    pair = LossyPair()
+    pair.now = 1.0
+    pair.panel_sends(pair.batch(1, 10))
+    pair.now = 2.0
+    pair.panel_sends(pair.batch(11, 10))  # a second batch does not restart the wait
+    pair.now = 2.5
+    pair.host_sends(p.Ack(epoch=1, up_to_seq=10))  # progress: the wait for 11..20 starts now
+    assert pair.panel.next_deadline() == pytest.approx(3.0)  # heartbeats still come first
+    # The ACK for 11..20 is lost on the line; heartbeats keep both ends "alive".
+    pair.host.send(p.Ack(epoch=1, up_to_seq=20), pair.now)
+    with pytest.raises(p.PeerTimeout, match=r"no ACK for seqs 11\.\.20 within 3 s") as caught:
+        pair.advance_to(10.0)
+    assert pair.now == pytest.approx(5.5)
+    assert caught.value.code is p.ErrorCode.TIMEOUT
+    assert pair.panel.state is p.State.ERROR
+
+
+def test_a_lost_config_ack_on_a_line_ends_the_host_session() -> None:
+    pair = LossyPair()
+    pair.now = 1.0
+    pair.host_sends(p.ConfigDelta(epoch=1, from_version=0, to_version=1, ops=()))
+    pair.panel.send(p.ConfigAck(version=1), pair.now)  # lost on the line
+    with pytest.raises(p.PeerTimeout, match="no CONFIG_ACK for version 1"):
+        pair.advance_to(10.0)
+    assert pair.now == pytest.approx(4.0)
+
+
+def test_acks_that_keep_coming_keep_a_lossy_session_up() -> None:
+    pair = LossyPair()
+    seq = 1
+    for step in range(1, 40):
+        pair.now = step * 0.5
+        pair.panel_sends(pair.batch(seq, 5))
+        seq += 5
+        pair.advance_to(step * 0.5 + 0.4)
+        pair.host_sends(p.Ack(epoch=1, up_to_seq=seq - 1))
+    pair.advance_to(60.0)  # all acked: nothing awaited, heartbeats only
+    assert pair.panel.state is pair.host.state is p.State.STREAMING
+
+
+def test_a_reliable_stream_has_no_reply_timeout_and_cannot_drop_partial_frames() -> None:
+    pair = ConnectionPair()
+    pair.panel_sends(
+        p.Hello(panel_id=9, boot_id=1, firmware="emu", oldest_seq=0, newest_seq=0, config_version=0, max_epoch=0)
+    )
+    pair.host_sends(p.Welcome(node_id="A", epoch=1, hwm=0, config_version=0, heartbeat_ms=1000))
+    pair.panel_sends(p.EventBatch.of([p.EventRecord(seq=1, time_us=1, kind=p.EventKind.ACCESS_GRANTED)]))
+    pair.advance_to(100.0)  # slow commits are fine on TCP; heartbeats keep it up
+    assert pair.panel.state is p.State.STREAMING
+    with pytest.raises(p.LocalProtocolError, match="only a resync"):
+        pair.panel.drop_partial_frame()
+
+
+def test_a_partial_frame_is_dropped_and_counted_on_a_line() -> None:
+    pair = LossyPair()
+    frame = pair.panel.send(pair.batch(1, 3), 0.0)
+    pair.host.receive_data(frame[:40], 0.0)  # the rest never comes: the line went quiet
+    assert isinstance(pair.host.next_event(), p.NeedData)
+    assert pair.host.pending_bytes == 40
+    assert pair.host.drop_partial_frame() == 40
+    assert pair.host.statistics().bytes_skipped == 40
+    # The same frame, whole this time, decodes: the dropped part left no trace.
+    pair.host.receive_data(frame, 0.0)
+    assert isinstance(pair.host.next_event(), p.EventBatch)
