@@ -151,7 +151,17 @@ def pki_issue(role: str, names: tuple[str, ...], directory: Path) -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Directory with ca.pem, node-ID.pem/.key.",
 )
-@click.option("--insecure", is_flag=True, help="Plain TCP; refused unless every address is loopback.")
+@click.option(
+    "--serial",
+    "serial_paths",
+    multiple=True,
+    help="[ID=]DEVICE: serve the panel on this serial line; repeatable [site: panels' node_serial].",
+)
+@click.option("--baud", type=int, default=115_200, show_default=True, help="Baud rate of --serial lines.")
+@click.option("--parity", type=click.Choice(["none", "even", "odd"]), default="none", show_default=True)
+@click.option(
+    "--insecure", is_flag=True, help="Plain text; refused unless every address is loopback and every line a pty."
+)
 @click.option("--heartbeat-ms", type=int)
 @click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
 @_friendly
@@ -163,14 +173,30 @@ def serve(
     no_listen: bool,
     dial: tuple[str, ...],
     pki_dir: Path | None,
+    serial_paths: tuple[str, ...],
+    baud: int,
+    parity: str,
     insecure: bool,
     heartbeat_ms: int | None,
     duration: float | None,
 ) -> None:
-    """Run a sync-engine node: accept panels on :30002, dial host-initiated ones on :3001."""
+    """Run a sync-engine node: accept panels on :30002, dial host-initiated ones on :3001,
+    serve panels on serial lines."""
+    from protocol.streams import SerialLine
+
     from .node import Node, NodeSettings
 
     site = _site(site_path, pki_dir=pki_dir, insecure=insecure)
+    lines: list[tuple[int | None, SerialLine]] = []
+    for item in serial_paths:
+        ident, sep, device = item.partition("=")
+        if not sep:
+            ident, device = "", item
+        if ident and not ident.isdigit():
+            raise SiteError(f"--serial {item!r}: expected [ID=]DEVICE")
+        lines.append((int(ident) if ident else None, SerialLine(path=Path(device), baud=baud, parity=parity)))  # type: ignore[arg-type]
+    if not serial_paths:
+        lines.extend(site.node_serial_lines())
     listen_addr = None if no_listen else parse_address(listen or f"{site.vip}:{site.port}", site.port)
     dials: list[tuple[int, str, int]] = []
     if dial:
@@ -182,12 +208,15 @@ def serve(
             dials.append((int(ident), host, port))
     elif site.path is not None:
         dials = _site_dials(site)
-    site.check_transport(*([listen_addr[0]] if listen_addr else []), *(h for _, h, _ in dials))
+    site.check_transport(
+        *([listen_addr[0]] if listen_addr else []), *(h for _, h, _ in dials), serial=tuple(ln.path for _, ln in lines)
+    )
     settings = NodeSettings(
         node_id=node_id,
         db=db or site.db,
         listen=listen_addr,
         dial=tuple(dials),
+        serial=tuple(lines),
         tls=site.tls_for("node", node_id),
         heartbeat_ms=heartbeat_ms or site.heartbeat_ms,
     )
@@ -198,7 +227,8 @@ def serve(
             await nursery.start(node.run)
             click.echo(
                 f"node {node_id} epoch {node.epoch}: listening on {listen_addr or '-'}, dialing {len(dials)} panel(s), "
-                f"{'plain TCP (loopback)' if settings.tls is None else 'mutual TLS'}, store {settings.db}"
+                f"{len(lines)} serial line(s), {'plain (loopback)' if settings.tls is None else 'mutual TLS'}, "
+                f"store {settings.db}"
             )
             sys.stdout.flush()
             with trio.move_on_after(duration if duration is not None else float("inf")):
@@ -209,10 +239,45 @@ def serve(
                         f"sessions {s.sessions} stored {s.events_stored} dup {s.events_duplicate} "
                         f"lost(declared) {s.declared_lost} commits {s.commits} rejected {s.rejected} "
                         f"errors {s.protocol_errors}/{s.link_errors}"
+                        + (f" line noise skipped {s.bytes_skipped} B, bad frames {s.bad_frames}" if lines else "")
                     )
             nursery.cancel_scope.cancel()
 
     _run_trio(run)
+
+
+@main.command("line")
+@click.option(
+    "--link-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Make DIR/a and DIR/b stable symlinks to the two ends.",
+)
+@click.option("--garbage-rate", type=float, default=0.0, show_default=True, help="Noise bursts per byte carried.")
+@click.option("--drop-rate", type=float, default=0.0, show_default=True, help="Bytes lost per byte carried.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
+@_friendly
+def line_cmd(link_dir: Path | None, garbage_rate: float, drop_rate: float, seed: int, duration: float | None) -> None:
+    """Make a virtual serial line (two joined pseudo-terminals, optionally noisy) and keep it up.
+
+    Open one end with `fieldsync serve --serial` and the other with `fieldsync emulate --serial`.
+    """
+    from .serial_line import VirtualLine
+
+    with VirtualLine(link_dir=link_dir, seed=seed) as line:
+        line.set_noise(garbage_rate=garbage_rate, drop_rate=drop_rate)
+        click.echo(f"end a: {line.a}  ({line.a_device})")
+        click.echo(f"end b: {line.b}  ({line.b_device})")
+        sys.stdout.flush()
+
+        async def run() -> None:
+            with trio.move_on_after(duration if duration is not None else float("inf")):
+                while True:
+                    await trio.sleep(5)
+                    t = line.totals()
+                    click.echo(f"carried {t.forwarded} B, noise {t.garbage} B, lost {t.dropped} B")
+
+        _run_trio(run)
 
 
 # -- cluster -----------------------------------------------------------------------------
@@ -386,6 +451,14 @@ def cluster_up(site_path: Path | None, panels: int, no_restart: bool) -> None:
 @click.option("--first-id", type=int, help="First panel id [site: fleet.first_id].")
 @click.option("--mode", type=click.Choice(["punch-out", "host-initiated", "mixed"]))
 @click.option("--server", help="HOST:PORT a punch-out panel dials [site: vip:port].")
+@click.option(
+    "--serial",
+    "serial_paths",
+    multiple=True,
+    help="DEVICE: one serial panel on this line (ids from --first-id); repeatable; replaces --panels.",
+)
+@click.option("--baud", type=int, default=115_200, show_default=True, help="Baud rate of --serial lines.")
+@click.option("--throttle", is_flag=True, help="Write no faster than the baud rate allows.")
 @click.option("--rate", type=float, help="Swipes per second per panel.")
 @click.option("--buffer", "buffer_size", help="Buffer budget per panel, e.g. 32MiB.")
 @click.option("--policy", type=click.Choice(["drop_oldest", "refuse_newest", "block"]))
@@ -401,6 +474,9 @@ def emulate(
     first_id: int | None,
     mode: str | None,
     server: str | None,
+    serial_paths: tuple[str, ...],
+    baud: int,
+    throttle: bool,
     rate: float | None,
     buffer_size: str | None,
     policy: str | None,
@@ -430,15 +506,27 @@ def emulate(
     if server:
         host, port = parse_address(server, site.port)
         site = dataclasses.replace(site, vip=host, port=port)
+    if serial_paths:
+        overrides = dict(site.overrides)
+        for i, device in enumerate(serial_paths):
+            pid = fleet_spec.first_id + i
+            overrides[pid] = {**overrides.get(pid, {}), "serial": device, "baud": baud, "throttle": throttle}
+        fleet_spec = dataclasses.replace(fleet_spec, panels=len(serial_paths))
+        site = dataclasses.replace(site, overrides=overrides)
     site = dataclasses.replace(site, fleet=fleet_spec)
     settings = [site.panel_settings(pid) for pid in site.panel_ids()]
-    site.check_transport(*(s.listen[0] for s in settings if s.listen))
+    site.check_transport(
+        *(s.listen[0] for s in settings if s.listen and s.serial is None),
+        serial=tuple(s.serial.path for s in settings if s.serial is not None),
+    )
     fleet = Fleet(settings, Workload(rate=fleet_spec.rate), seed=seed)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(fleet.run)
-            click.echo(f"{len(fleet)} panels ({fleet_spec.mode}) -> {site.vip}:{site.port}, {fleet_spec.rate}/s each")
+            where = ", ".join(serial_paths) if serial_paths else f"{site.vip}:{site.port}"
+            kind = "serial" if serial_paths else fleet_spec.mode
+            click.echo(f"{len(fleet)} panels ({kind}) -> {where}, {fleet_spec.rate}/s each")
             with trio.move_on_after(duration if duration is not None else float("inf")):
                 while True:
                     await trio.sleep(1)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator import LinkMode, PanelSettings, panel_address
-from protocol.streams import TlsFiles, check_plaintext_allowed
+from protocol.streams import SerialLine, TlsFiles, check_plaintext_allowed, check_plaintext_serial
 from storage import OverflowPolicy
 
 from . import pki
@@ -96,6 +96,8 @@ class Site:
         fleet = self.fleet
         over = self.overrides.get(panel_id, {})
         mode_name = over.get("mode", fleet.mode)
+        if "serial" in over:
+            mode_name = "serial"
         if mode_name == "mixed":
             mode = LinkMode.HOST_INITIATED if panel_id % 2 == 0 else LinkMode.PUNCH_OUT
         else:
@@ -111,6 +113,7 @@ class Site:
             mode=mode,
             server=(self.vip, self.port),
             listen=(address, self.panel_port),
+            serial=self.serial_line(panel_id, "serial"),
             tls=self.tls_for("panel", panel_id),
             buffer_bytes=parse_size(over.get("buffer", fleet.buffer)),
             policy=OverflowPolicy(over.get("policy", fleet.policy.value)),
@@ -120,14 +123,55 @@ class Site:
             window=int(over.get("window", fleet.window)),
         )
 
-    def check_transport(self, *addresses: str) -> None:
+    def serial_line(self, panel_id: int, end: str = "serial") -> SerialLine | None:
+        """A panel's serial line: its own end (``serial``) or the node's (``node_serial``)."""
+        over = self.overrides.get(panel_id, {})
+        if end not in over:
+            return None
+        try:
+            return SerialLine(
+                path=Path(over[end]),
+                baud=int(over.get("baud", 115_200)),
+                parity=over.get("parity", "none"),
+                throttle=bool(over.get("throttle", False)),
+            )
+        except (ValueError, TypeError) as exc:
+            raise SiteError(f"{self.path}: panel {panel_id}: {exc}") from None
+
+    def node_serial_lines(self) -> list[tuple[int, SerialLine]]:
+        """The lines a node serves: every panel with a ``node_serial`` device."""
+        lines = []
+        for pid in sorted(self.overrides):
+            line = self.serial_line(pid, "node_serial")
+            if line is not None:
+                lines.append((pid, line))
+        return lines
+
+    def check_transport(self, *addresses: str, serial: tuple[str | Path, ...] = ()) -> None:
         if self.insecure:
             check_plaintext_allowed(self.vip, *addresses)
+            check_plaintext_serial(*serial)
 
 
 _SITE_KEYS = {"name", "db", "pki", "insecure", "vip", "port", "panel_port", "heartbeat_ms"}
 _FLEET_KEYS = {f.name for f in dataclasses.fields(FleetSpec)}
-_PANEL_KEYS = {"id", "mode", "address", "buffer", "policy", "flash", "doors", "batch", "window"}
+_PANEL_KEYS = {
+    "id",
+    "mode",
+    "address",
+    "buffer",
+    "policy",
+    "flash",
+    "doors",
+    "batch",
+    "window",
+    # A serial panel: its end of the line, the node's end, and the line's settings.
+    "serial",
+    "node_serial",
+    "baud",
+    "parity",
+    "throttle",
+}
 _MODES = {"punch-out", "host-initiated", "mixed"}
 
 
@@ -181,9 +225,13 @@ def load_site(path: Path | str | None) -> Site:
         if "id" not in table:
             raise SiteError(f"{path}: panels[{index}] has no 'id'")
         mode = table.get("mode")
-        if mode is not None and mode not in _MODES - {"mixed"}:
-            raise SiteError(f"{path}: panels[{index}].mode {mode!r} is not punch-out or host-initiated")
-        overrides[int(table["id"])] = {k: v for k, v in table.items() if k != "id"}
+        if mode is not None and mode not in (_MODES - {"mixed"}) | {"serial"}:
+            raise SiteError(f"{path}: panels[{index}].mode {mode!r} is not punch-out, host-initiated or serial")
+        if mode == "serial" and "serial" not in table:
+            raise SiteError(f"{path}: panels[{index}] is a serial panel without 'serial' (its device path)")
+        overrides[int(table["id"])] = {
+            k: str(base / v) if k in ("serial", "node_serial") else v for k, v in table.items() if k != "id"
+        }
     try:
         return Site(
             path=path,

@@ -9,6 +9,7 @@ from ._errors import TlsError as TlsError
 from ._errors import first_error as first_error
 from ._serial import SerialLine as SerialLine
 from ._serial import SerialStream as SerialStream
+from ._serial import check_plaintext_serial as check_plaintext_serial
 from ._serial import is_pseudo_terminal as is_pseudo_terminal
 from ._serial import open_serial as open_serial
 from ._serial import records_per_batch as records_per_batch
@@ -34,6 +35,7 @@ __all__ = [
     "TlsError",
     "TlsFiles",
     "check_plaintext_allowed",
+    "check_plaintext_serial",
     "client_context",
     "dial",
     "first_error",

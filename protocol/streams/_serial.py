@@ -29,10 +29,18 @@ from typing import Literal
 import serial  # pyserial
 import trio
 
-from ._errors import LinkError
+from ._errors import LinkError, TlsError
 from ._tcp import Link, secure
 
-__all__ = ["SerialLine", "SerialStream", "is_pseudo_terminal", "open_serial", "records_per_batch", "serial_link"]
+__all__ = [
+    "SerialLine",
+    "SerialStream",
+    "check_plaintext_serial",
+    "is_pseudo_terminal",
+    "open_serial",
+    "records_per_batch",
+    "serial_link",
+]
 
 Parity = Literal["none", "even", "odd", "mark", "space"]
 _PARITY = {
@@ -109,6 +117,26 @@ def is_pseudo_terminal(path: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in _PTY_MAJORS
+
+
+def check_plaintext_serial(*paths: str | os.PathLike[str]) -> None:
+    """Plain text over a line only when asked for and every line is a pseudo-terminal.
+
+    A pty never leaves this machine (the serial counterpart of loopback); a real
+    port's wire does, so it needs TLS like a network.
+    """
+    missing = [str(p) for p in paths if not os.path.exists(p)]
+    if missing:
+        raise TlsError(
+            f"--insecure (plain text) needs every serial line to be a pseudo-terminal, "
+            f"and {', '.join(missing)} does not exist"
+        )
+    outside = [str(p) for p in paths if not is_pseudo_terminal(p)]
+    if outside:
+        raise TlsError(
+            f"--insecure (plain text) is refused on {', '.join(outside)}: not a pseudo-terminal, "
+            "and a line that leaves this machine needs TLS"
+        )
 
 
 class SerialStream(trio.abc.Stream):
