@@ -4,6 +4,11 @@ from ._decide import decide as decide
 from ._fleet import Fleet as Fleet
 from ._fleet import FleetStatistics as FleetStatistics
 from ._fleet import panel_address as panel_address
+from ._osdp import BusSwiper as BusSwiper
+from ._osdp import ReaderBus as ReaderBus
+from ._osdp import ReaderPort as ReaderPort
+from ._osdp import ReaderPortStatistics as ReaderPortStatistics
+from ._osdp import ReaderSpec as ReaderSpec
 from ._panel import LinkMode as LinkMode
 from ._panel import Panel as Panel
 from ._panel import PanelSettings as PanelSettings
@@ -17,12 +22,17 @@ from ._workload import run_workload as run_workload
 
 __all__ = [
     "Burst",
+    "BusSwiper",
     "Fleet",
     "FleetStatistics",
     "LinkMode",
     "Panel",
     "PanelSettings",
     "PanelStatistics",
+    "ReaderBus",
+    "ReaderPort",
+    "ReaderPortStatistics",
+    "ReaderSpec",
     "Scripted",
     "SessionRefused",
     "Swipe",

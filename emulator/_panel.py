@@ -62,6 +62,7 @@ from protocol.streams import (
 from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, PanelConfig, StoreError
 
 from ._decide import decide
+from ._osdp import ReaderPort, ReaderSpec
 
 __all__ = ["LinkMode", "Panel", "PanelSettings", "PanelStatistics", "SessionRefused"]
 
@@ -95,6 +96,9 @@ class PanelSettings:
     listen: tuple[str, int] | None = None
     #: The serial line of a serial panel.
     serial: SerialLine | None = None
+    #: The reader bus: an OSDP line to libosdp card readers (see ``ReaderBus``), and the readers.
+    reader_line: SerialLine | None = None
+    readers: tuple[ReaderSpec, ...] = ()
     tls: TlsFiles | None = None
     buffer_bytes: int = 1 << 20
     policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
@@ -122,6 +126,8 @@ class PanelSettings:
             raise ValueError(f"panel {self.panel_id}: host-initiated mode needs a listen address")
         if self.mode is LinkMode.SERIAL and self.serial is None:
             raise ValueError(f"panel {self.panel_id}: serial mode needs a serial line")
+        if (self.reader_line is None) != (not self.readers):
+            raise ValueError(f"panel {self.panel_id}: an OSDP reader bus needs both reader_line and readers")
         if self.window < 1 or not 1 <= self.batch_records <= 0xFFFF:
             raise ValueError("window must be >= 1 and batch_records within 1..65535")
 
@@ -223,6 +229,10 @@ class Panel:
         self.connected = trio.Event()
         self.disconnected = trio.Event()
         self.disconnected.set()
+        #: The OSDP Control Panel on the reader bus, when the panel has one.
+        self.reader_port: ReaderPort | None = None
+        if settings.reader_line is not None:
+            self.reader_port = ReaderPort(self, settings.reader_line, settings.readers)
 
     def __repr__(self) -> str:
         state = f"connected to {self._session_node} epoch {self._session_epoch}" if self.is_connected else "offline"
@@ -319,6 +329,8 @@ class Panel:
         async with trio.open_nursery() as nursery:
             if isinstance(self.buffer, FlashBackedBuffer):
                 nursery.start_soon(self._flash_sync_loop)
+            if self.reader_port is not None:
+                await nursery.start(self.reader_port.run)
             if self.settings.mode is LinkMode.PUNCH_OUT:
                 task_status.started()
                 await self._reconnect_loop(self._dial_server)
