@@ -311,3 +311,80 @@ def test_a_device_that_disappears_and_comes_back(tmp_path: Path) -> None:
             line.close()
 
     trio.run(main, clock=clock())
+
+
+# -- the site file and the CLI ---------------------------------------------------------------
+
+
+def test_site_file_describes_serial_panels(tmp_path: Path) -> None:
+    from fieldsync.site import SiteError, load_site
+
+    site = tmp_path / "site.toml"
+    site.write_text(
+        "[site]\ninsecure = true\n[fleet]\npanels = 0\n"
+        "[[panels]]\nid = 7\nserial = '/dev/ttyS9'\nnode_serial = '/dev/ttyS8'\nbaud = 9600\nthrottle = true\n"
+    )
+    loaded = load_site(site)
+    settings = loaded.panel_settings(7)
+    assert settings.mode is LinkMode.SERIAL and settings.serial is not None
+    assert settings.serial.baud == 9600 and settings.serial.throttle
+    assert [(pid, line.path) for pid, line in loaded.node_serial_lines()] == [(7, Path("/dev/ttyS8"))]
+    # Plain text over a line that may leave the machine is refused, naming it.
+    with pytest.raises(LinkError, match=r"/dev/ttyS8 does not exist|/dev/ttyS8: not a pseudo-terminal"):
+        loaded.check_transport(serial=(Path("/dev/ttyS8"),))
+    site.write_text("[[panels]]\nid = 7\nmode = 'serial'\n")
+    with pytest.raises(SiteError, match=r"panels\[0\] is a serial panel without 'serial'"):
+        load_site(site)
+    site.write_text("[[panels]]\nid = 7\nserial = '/dev/x'\nbaud = 7\n")
+    with pytest.raises(SiteError, match="baud rate 7"):
+        load_site(site).panel_settings(7)
+
+
+def test_cli_serve_and_emulate_over_a_virtual_line(tmp_path: Path) -> None:
+    """The tour's commands as real processes: a line, a node on one end, a panel on the other."""
+    import subprocess
+    import sys
+    import time
+
+    from storage import EventStore
+
+    line_dir, db = tmp_path / "line", tmp_path / "site.db"
+    cli = [sys.executable, "-m", "fieldsync.cli"]
+    started: list[subprocess.Popen[str]] = []
+    try:
+        line = subprocess.Popen([*cli, "line", "--link-dir", str(line_dir), "--duration", "30"], text=True)
+        started.append(line)
+        deadline = time.monotonic() + 15
+        while not (line_dir / "b").exists():
+            assert time.monotonic() < deadline, "the line did not come up"
+            time.sleep(0.05)
+        serve = subprocess.Popen(
+            [*cli, "serve", "--serial", f"1={line_dir / 'a'}", "--insecure", "--no-listen", "--db", str(db)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started.append(serve)
+        assert serve.stdout is not None
+        assert "1 serial line(s)" in serve.stdout.readline()
+        emulate = subprocess.run(
+            [*cli, "emulate", "--serial", str(line_dir / "b"), "--insecure", "--rate", "40", "--duration", "4"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert emulate.returncode == 0, emulate.stderr
+        assert "1 panels (serial)" in emulate.stdout
+        last = emulate.stdout.strip().splitlines()[-1]
+        acked = int(last.split("acked ")[1].split()[0])
+        assert acked > 40
+    finally:
+        for proc in reversed(started):  # only the processes this test started, by their handle
+            proc.terminate()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    store = EventStore(db)
+    try:
+        assert store.count_events() >= acked
+    finally:
+        store.close()
