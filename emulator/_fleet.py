@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import trio
 
 from ._panel import Panel, PanelSettings, PanelStatistics
-from ._workload import Workload, run_workload
+from ._workload import Workload, _Swiper, run_workload
 
 __all__ = ["Fleet", "FleetStatistics", "panel_address"]
 
@@ -57,6 +57,9 @@ class Fleet:
             for s in settings
         }
         self.workload = workload
+        #: Where a panel's workload presents its swipes, when not to the panel itself
+        #: (a ``BusSwiper``: through the panel's OSDP readers).
+        self.swipers: dict[int, _Swiper] = {}
         self.seed = seed
         self.workload_done = trio.Event()
         self._work_scope: trio.CancelScope | None = None
@@ -77,7 +80,8 @@ class Fleet:
                 async with trio.open_nursery() as work:
                     self._work_scope = work.cancel_scope
                     for panel in self.panels.values():
-                        work.start_soon(run_workload, panel, self.workload, self.seed * 1_000_003 + panel.panel_id)
+                        swiper = self.swipers.get(panel.panel_id, panel)
+                        work.start_soon(run_workload, swiper, self.workload, self.seed * 1_000_003 + panel.panel_id)
             self.workload_done.set()
 
     def stop_workload(self) -> None:

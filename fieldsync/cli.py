@@ -459,6 +459,13 @@ def cluster_up(site_path: Path | None, panels: int, no_restart: bool) -> None:
 )
 @click.option("--baud", type=int, default=115_200, show_default=True, help="Baud rate of --serial lines.")
 @click.option("--throttle", is_flag=True, help="Write no faster than the baud rate allows.")
+@click.option(
+    "--osdp-readers",
+    type=click.IntRange(0, 32),
+    default=0,
+    show_default=True,
+    help="Give each panel this many libosdp card readers on a virtual OSDP line; swipes go through them.",
+)
 @click.option("--rate", type=float, help="Swipes per second per panel.")
 @click.option("--buffer", "buffer_size", help="Buffer budget per panel, e.g. 32MiB.")
 @click.option("--policy", type=click.Choice(["drop_oldest", "refuse_newest", "block"]))
@@ -477,6 +484,7 @@ def emulate(
     serial_paths: tuple[str, ...],
     baud: int,
     throttle: bool,
+    osdp_readers: int,
     rate: float | None,
     buffer_size: str | None,
     policy: str | None,
@@ -489,7 +497,7 @@ def emulate(
     """Run a fleet of emulated panels with card-swipe traffic."""
     import dataclasses
 
-    from emulator import Fleet, Workload
+    from emulator import BusSwiper, Fleet, Workload
     from storage import OverflowPolicy
 
     site = _site(site_path, pki_dir=pki_dir, insecure=insecure)
@@ -519,10 +527,21 @@ def emulate(
         *(s.listen[0] for s in settings if s.listen and s.serial is None),
         serial=tuple(s.serial.path for s in settings if s.serial is not None),
     )
+    buses: list[Any] = []
+    if osdp_readers:
+        if len(settings) > 64:
+            raise SiteError(f"--osdp-readers: at most 64 panels get OSDP readers (a thread each), not {len(settings)}")
+        settings, buses = _with_osdp_readers(settings, osdp_readers)
     fleet = Fleet(settings, Workload(rate=fleet_spec.rate), seed=seed)
+    for panel, (_, bus) in zip(fleet.panels.values(), buses, strict=True):
+        fleet.swipers[panel.panel_id] = BusSwiper(panel, bus)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
+            for line, bus in buses:
+                line.open()
+                bus.start()
+                nursery.start_soon(_close_on_cancel, line, bus)
             await nursery.start(fleet.run)
             where = ", ".join(serial_paths) if serial_paths else f"{site.vip}:{site.port}"
             kind = "serial" if serial_paths else fleet_spec.mode
@@ -538,6 +557,39 @@ def emulate(
             nursery.cancel_scope.cancel()
 
     _run_trio(run)
+
+
+def _with_osdp_readers(settings: list[Any], count: int) -> tuple[list[Any], list[Any]]:
+    """Each panel gets ``count`` readers (two per door, a fresh Secure Channel key each)
+    on a virtual line of its own; returns the new settings and (line, bus) pairs."""
+    import dataclasses
+    import secrets
+    import tempfile
+
+    from emulator import ReaderBus, ReaderSpec
+    from protocol.streams import SerialLine
+
+    from .serial_line import VirtualLine
+
+    out, buses = [], []
+    base = Path(tempfile.mkdtemp(prefix="fieldsync-osdp-"))
+    for s in settings:
+        specs = tuple(
+            ReaderSpec(address=a, key=secrets.token_bytes(16), door=((a - 1) // 2) % s.doors)
+            for a in range(1, count + 1)
+        )
+        line = VirtualLine(link_dir=base / f"panel-{s.panel_id}")
+        buses.append((line, ReaderBus(SerialLine(path=line.b), specs)))
+        out.append(dataclasses.replace(s, reader_line=SerialLine(path=line.a), readers=specs))
+    return out, buses
+
+
+async def _close_on_cancel(line: Any, bus: Any) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        bus.stop()
+        line.close()
 
 
 # -- config ------------------------------------------------------------------------------

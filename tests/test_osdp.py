@@ -177,3 +177,38 @@ def test_reader_specs_are_checked() -> None:
         ReaderBus(SerialLine(path=Path("/dev/x")), [ReaderSpec(address=a, key=bytes(16)) for a in range(33)])
     with pytest.raises(ValueError, match="repeat"):
         ReaderBus(SerialLine(path=Path("/dev/x")), [ReaderSpec(address=1, key=bytes(16))] * 2)
+
+
+def test_emulate_with_osdp_readers_from_the_cli(tmp_path: Path) -> None:
+    """`fieldsync emulate --osdp-readers 4`: the swipes of the workload travel libosdp."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "site.db"
+    cli = [sys.executable, "-m", "fieldsync.cli"]
+    serve = subprocess.Popen(
+        [*cli, "serve", "--insecure", "--db", str(db), "--listen", f"{VIP}:31350"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert serve.stdout is not None
+        assert "listening on" in serve.stdout.readline()
+        emulate = subprocess.run(
+            [*cli, "emulate", "--panels", "2", "--server", f"{VIP}:31350", "--insecure", "--osdp-readers", "4"]
+            + ["--rate", "10", "--duration", "4"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert emulate.returncode == 0, emulate.stderr
+    finally:
+        serve.terminate()  # only the process this test started
+        serve.wait(10)
+        serve.stdout.close()  # type: ignore[union-attr]
+    store = EventStore(db)
+    try:
+        records = [e.record for pid in (1, 2) for e in store.events(pid)]
+    finally:
+        store.close()
+    readers_seen = {r.reader for r in records if int(r.kind) in ACCESS_KINDS}
+    assert readers_seen == {1, 2, 3, 4}  # every read came in through one of the OSDP readers
+    assert sum(r.kind is p.EventKind.READER_ONLINE for r in records) == 8
