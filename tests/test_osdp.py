@@ -193,8 +193,21 @@ def test_emulate_with_osdp_readers_from_the_cli(tmp_path: Path) -> None:
         assert serve.stdout is not None
         assert "listening on" in serve.stdout.readline()
         emulate = subprocess.run(
-            [*cli, "emulate", "--panels", "2", "--server", f"{VIP}:31350", "--insecure", "--osdp-readers", "4"]
-            + ["--rate", "10", "--duration", "4"],
+            [
+                *cli,
+                "emulate",
+                "--panels",
+                "2",
+                "--server",
+                f"{VIP}:31350",
+                "--insecure",
+                "--osdp-readers",
+                "4",
+                "--rate",
+                "10",
+                "--duration",
+                "4",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
