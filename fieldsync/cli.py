@@ -533,8 +533,9 @@ def emulate(
             raise SiteError(f"--osdp-readers: at most 64 panels get OSDP readers (a thread each), not {len(settings)}")
         settings, buses = _with_osdp_readers(settings, osdp_readers)
     fleet = Fleet(settings, Workload(rate=fleet_spec.rate), seed=seed)
-    for panel, (_, bus) in zip(fleet.panels.values(), buses, strict=True):
-        fleet.swipers[panel.panel_id] = BusSwiper(panel, bus)
+    if buses:
+        for panel, (_, bus) in zip(fleet.panels.values(), buses, strict=True):
+            fleet.swipers[panel.panel_id] = BusSwiper(panel, bus)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

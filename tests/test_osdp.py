@@ -20,6 +20,9 @@ from fieldsync.serial_line import VirtualLine
 from protocol.streams import SerialLine
 from storage import ConfigStore, EventStore
 
+# libosdp's timers are real time, and the CLI test runs real processes.
+pytestmark = pytest.mark.slow
+
 VIP = "127.0.0.100"
 ACCESS_KINDS = {int(k) for k in p.EventKind if k.name.startswith(("ACCESS", "DENIED"))}
 

@@ -340,6 +340,7 @@ def test_site_file_describes_serial_panels(tmp_path: Path) -> None:
         load_site(site).panel_settings(7)
 
 
+@pytest.mark.slow
 def test_cli_serve_and_emulate_over_a_virtual_line(tmp_path: Path) -> None:
     """The tour's commands as real processes: a line, a node on one end, a panel on the other."""
     import subprocess
