@@ -268,9 +268,15 @@ class _Connection:
             rate = next(
                 (t.attributes["rate"] for t in toxics if t.type == "bandwidth" and t.attributes["rate"] > 0), 0.0
             )
+            if rate:  # 50 ms of the line at a time, each sent when the line would have carried it
+                step = max(1, int(rate * 1000 * 0.05))
+                pieces = [p[j : j + step] for p in pieces for j in range(0, len(p), step)]
             for i, piece in enumerate(pieces):
                 if i and delay:
                     await trio.sleep(delay)
+                if rate:
+                    line_free = max(trio.current_time(), line_free) + len(piece) / (rate * 1000)
+                    await trio.sleep_until(line_free)
                 try:
                     await sink.send_all(piece)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -280,9 +286,6 @@ class _Connection:
                     proxy.counters.bytes_upstream += len(piece)
                 else:
                     proxy.counters.bytes_downstream += len(piece)
-                if rate:
-                    line_free = max(trio.current_time(), line_free) + len(piece) / (rate * 1000)
-                    await trio.sleep_until(line_free)
             if limit_hit:
                 self.scope.cancel()
                 return
@@ -312,6 +315,9 @@ class Proxy:
         self.counters = ProxyCounters()
         self._connections: set[_Connection] = set()
         self._scope: trio.CancelScope | None = None
+        #: Set when the listener and every connection are closed.
+        self.stopped = trio.Event()
+        self.stopped.set()
 
     def __repr__(self) -> str:
         state = "up" if self.enabled else "down"
@@ -369,6 +375,7 @@ class Proxy:
         except OSError as exc:
             raise FaultError(f"proxy {self.name} cannot listen on {host}:{port}: {exc.strerror}", status=409) from exc
         self.enabled = True
+        self.stopped = trio.Event()
         with trio.CancelScope() as scope:
             self._scope = scope
             task_status.started()
@@ -379,8 +386,10 @@ class Proxy:
             finally:
                 self.enabled = False
                 self._scope = None
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
+                with trio.CancelScope(shield=True):
+                    for listener in listeners:
+                        await trio.aclose_forcefully(listener)
+                self.stopped.set()
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
@@ -460,14 +469,15 @@ class FaultHub:
             await self._start(proxy)
         elif not enabled:
             proxy.disable()
-            await trio.lowlevel.checkpoint()
+            await proxy.stopped.wait()
 
     async def set_group_enabled(self, group: str, enabled: bool) -> None:
         proxies = self.group(group)
         if not enabled:
             for proxy in proxies:  # all in one tick
                 proxy.disable()
-            await trio.lowlevel.checkpoint()
+            for proxy in proxies:
+                await proxy.stopped.wait()
             return
         for proxy in proxies:
             if not proxy.enabled:
