@@ -28,6 +28,8 @@ class Supervised:
     process: trio.Process | None = None
     starts: int = 0
     exits: list[int] = dataclasses.field(default_factory=list)
+    #: True while the supervisor looks after it (running, or waiting to restart it).
+    kept: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -39,14 +41,31 @@ class Supervisor:
         self.children = {c.name: c for c in children}
         self._stdout = stdout
         self.restarted = trio.Event()
+        self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for child in self.children.values():
                 await nursery.start(self._keep, child)
             task_status.started()
+            await trio.sleep_forever()  # start() may add children's keepers later
+
+    async def start(self, name: str) -> None:
+        """Start a child that is not running and not about to be restarted."""
+        child = self.children[name]
+        if child.kept or self._nursery is None:
+            return
+        await self._nursery.start(self._keep, child)
 
     async def _keep(self, child: Supervised, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        child.kept = True
+        try:
+            await self._keep_loop(child, task_status)
+        finally:
+            child.kept = False
+
+    async def _keep_loop(self, child: Supervised, task_status: trio.TaskStatus[None]) -> None:
         started = False
         while True:
             child.process = await trio.lowlevel.open_process(

@@ -425,6 +425,20 @@ class EventStore:
                 for r in self._conn.execute(sql, tuple(args))
             ]
 
+    def stale_writes(self) -> int:
+        """Events committed under an older epoch after a newer epoch had committed (P5).
+
+        In commit order (arrival time) the epoch must never go back: a write that
+        does came from a fenced node that the store failed to refuse.
+        """
+        with map_sqlite_errors(self.path, "checking epochs"):
+            newest = stale = 0
+            for (epoch,) in self._conn.execute("SELECT epoch FROM events ORDER BY received_us, panel_id, seq"):
+                if epoch < newest:
+                    stale += 1
+                newest = max(newest, epoch)
+            return stale
+
     def integrity_check(self) -> str:
         with map_sqlite_errors(self.path, "checking integrity"):
             return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])

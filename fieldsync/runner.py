@@ -1,0 +1,564 @@
+"""Run a scenario: a real two-node cluster, a fleet, a fault timeline, then the verdict.
+
+The nodes are OS processes (``fieldsync node``) under a supervisor; the panels
+run in this process with journals (what they generated and what was
+acknowledged); panels of a ``[[site.groups]]`` group reach the cluster through
+fault proxies, so network faults hit a whole group at once. At ``duration``
+the workload stops and every fault is healed; the run waits for the backlog to
+drain and the configuration to converge (at most ``drain_timeout``) and then
+checks the promises against the store. Process faults touch only the node
+processes this run started, by their pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import protocol as p
+from emulator import Fleet, Panel, PanelSettings, Workload
+from storage import ClusterStore, ConfigStore, Lease
+
+from . import pki
+from .checker import Report, check
+from .fault_api import serve_api
+from .proxy import FaultHub, Toxic
+from .scenario import Scenario, Step
+from .site import load_site, write_pair_site
+from .supervisor import Supervised, Supervisor, node_command
+
+__all__ = ["FaultWindow", "RunResult", "Sample", "ScenarioRun", "run_scenario"]
+
+VIP = "127.0.0.100"
+
+
+def _shadow_address(panel_id: int) -> str:
+    """Where a grouped host-initiated panel really listens; its proxy takes 127.1.x.y."""
+    return f"127.2.{panel_id >> 8}.{panel_id & 0xFF}"
+
+
+def _group_address(index: int) -> str:
+    return f"127.0.0.{150 + index}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    t: float
+    acked: int
+    buffered: int
+    connected: int
+    holder: str | None
+    epoch: int
+
+
+@dataclasses.dataclass(slots=True)
+class FaultWindow:
+    start: float
+    end: float | None
+    label: str
+
+
+@dataclasses.dataclass(slots=True)
+class RunResult:
+    scenario: Scenario
+    seed: int
+    report: Report
+    samples: list[Sample]
+    log: list[tuple[float, str]]
+    windows: list[FaultWindow]
+    workdir: Path
+    wall_s: float
+    drained: bool
+    node_starts: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "file": str(self.scenario.path) if self.scenario.path else None,
+            "seed": self.seed,
+            "ok": self.ok,
+            "wall_s": round(self.wall_s, 2),
+            "drained": self.drained,
+            "promises": {name: {"held": ok, "detail": detail} for name, (ok, detail) in self.report.promises().items()},
+            "totals": self.report.totals(),
+            "store_epoch": self.report.store_epoch,
+            "server_config_version": self.report.server_config_version,
+            "node_starts": self.node_starts,
+            "faults": [{"t": round(t, 3), "what": what} for t, what in self.log],
+            "windows": [dataclasses.asdict(w) for w in self.windows],
+            "panels": [dataclasses.asdict(v) for v in self.report.panels],
+        }
+
+    def text(self) -> str:
+        t = self.report.totals()
+        lines = [
+            f"scenario {self.scenario.name!r} seed {self.seed}: {'every promise held' if self.ok else 'PROMISE BROKEN'}"
+            f" ({self.wall_s:.1f} s, {len(self.report.panels)} panels, store epoch {self.report.store_epoch}, "
+            f"config version {self.report.server_config_version})",
+            f"  events generated {t['generated']}, acknowledged {t['acked']}, stored {t['stored']}, "
+            f"declared dropped {t['declared_lost']}, still buffered {t['buffered']}, unknown {t['unknown']}, "
+            f"refused {t['refused']}",
+        ]
+        if not self.drained:
+            lines.append("  the backlog did not drain within drain_timeout")
+        for name, (ok, detail) in self.report.promises().items():
+            lines.append(f"  {name:<34} {'held' if ok else 'BROKEN'}  ({detail})")
+        lines.append("  faults:")
+        lines.extend(f"    {t_:7.2f}s  {what}" for t_, what in self.log)
+        return "\n".join(lines)
+
+
+class ScenarioRun:
+    """One run of a scenario with one seed. ``await run()`` inside trio."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        seed: int | None = None,
+        workdir: Path | None = None,
+        port: int = 30002,
+        api_port: int | None = None,
+        say: Callable[[str], None] = lambda text: None,
+        node_args: tuple[str, ...] = (),
+    ) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="fieldsync-scenario-"))
+        self.port = port
+        self.api_port = api_port
+        self.say = say
+        self.node_args = node_args
+        self.rng = random.Random(self.seed)
+        self.log: list[tuple[float, str]] = []
+        self.windows: list[FaultWindow] = []
+        self.samples: list[Sample] = []
+        self.lease: Lease | None = None
+        self.hub = FaultHub(seed=self.seed)
+        self._t0 = 0.0
+        self._stopped: set[str] = set()
+        self._next_card = 100_000
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _prepare(self) -> tuple[Path, list[PanelSettings], ConfigStore]:
+        s = self.scenario.site
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        site_path = self.workdir / "site.toml"
+        write_pair_site(
+            site_path,
+            port=self.port,
+            panels=s.panels,
+            mode=s.mode,
+            buffer=str(s.buffer),
+            rate=s.rate,
+            name=self.scenario.name.replace('"', "'"),
+        )
+        text = site_path.read_text()
+        if not s.tls:
+            text = text.replace("[site]\n", "[site]\ninsecure = true\n", 1)
+        if s.first_id != 1:
+            text = text.replace("[fleet]\n", f"[fleet]\nfirst_id = {s.first_id}\n", 1)
+        text = text.replace("[fleet]\n", f'[fleet]\npolicy = "{s.policy.value}"\ndoors = {s.doors}\n', 1)
+        if s.flash:
+            text = text.replace("[fleet]\n", '[fleet]\nflash_dir = "flash"\n', 1)
+            (self.workdir / "flash").mkdir(exist_ok=True)
+        site_path.write_text(text)
+        site = load_site(site_path)
+        if s.tls:
+            pki.init_ca(site.pki, site=self.scenario.name[:60] or "scenario")
+            for node in ("A", "B"):
+                pki.issue(site.pki, "node", node)
+            for pid in site.panel_ids():
+                pki.issue(site.pki, "panel", pid)
+        config = ConfigStore(site.db)
+        config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
+        config.change(
+            [
+                p.PutAccessLevel(
+                    level=p.AccessLevel(id=1, entries=tuple(p.LevelEntry(door=d, schedule=1) for d in range(s.doors)))
+                )
+            ]
+        )
+        config.change(
+            [p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(s.cardholders)]
+        )
+        settings = [site.panel_settings(pid) for pid in site.panel_ids()]
+        return site_path, settings, config
+
+    async def _make_proxies(self, settings: list[PanelSettings]) -> list[PanelSettings]:
+        by_id = {st.panel_id: st for st in settings}
+        for index, group in enumerate(self.scenario.groups):
+            members: list[str] = []
+            punch = [pid for pid in group.panels if by_id[pid].mode.value == "punch-out"]
+            if punch:
+                name = f"{group.name}.vip"
+                address = (_group_address(index), self.port)
+                await self.hub.create(name, address, (VIP, self.port))
+                members.append(name)
+                for pid in punch:
+                    by_id[pid] = dataclasses.replace(by_id[pid], server=address)
+            for pid in group.panels:
+                st = by_id[pid]
+                if st.mode.value != "host-initiated" or st.listen is None:
+                    continue
+                name = f"{group.name}.panel-{pid}"
+                shadow = (_shadow_address(pid), st.listen[1])
+                await self.hub.create(name, st.listen, shadow)
+                members.append(name)
+                by_id[pid] = dataclasses.replace(st, listen=shadow)
+            self.hub.define_group(group.name, members)
+        return [by_id[st.panel_id] for st in settings]
+
+    # -- the run --------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return trio.current_time() - self._t0
+
+    def note(self, what: str) -> None:
+        self.log.append((self.now(), what))
+        self.say(f"{self.now():6.2f}s  {what}")
+
+    async def run(self) -> RunResult:
+        started = time.monotonic()
+        scenario = self.scenario
+        site_path, settings, config = self._prepare()
+        self.config = config
+        self.say(f"scenario {scenario.name!r}, seed {self.seed}, work in {self.workdir}")
+        extra = list(self.node_args)
+        if not scenario.cluster.stonith:
+            extra.append("--no-stonith")
+        if scenario.cluster.failback:
+            extra.append("--failback")
+        extra += ["--lease", str(scenario.cluster.lease)]
+        self.children = {
+            n: Supervised(
+                name=n,
+                command=node_command(n, str(site_path), *extra),
+                restart=scenario.cluster.restart,
+                restart_delay=scenario.cluster.restart_delay,
+            )
+            for n in ("A", "B")
+        }
+        log_fd = os.open(self.workdir / "nodes.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        drained = False
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.hub.run)
+                if self.api_port is not None:
+                    await nursery.start(serve_api, self.hub, "127.0.0.1", self.api_port)
+                    self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
+                settings = await self._make_proxies(settings)
+                self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
+                self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
+                nursery.start_soon(self._watch_lease)
+                await nursery.start(self.supervisor.run)
+                with trio.fail_after(30):
+                    await _until(lambda: self._holder() is not None)
+                await nursery.start(self.fleet.run)
+                with trio.fail_after(60):
+                    await self.fleet.wait_connected()
+                self._t0 = trio.current_time()
+                self.note(f"{len(self.fleet)} panels online, node {self._holder()} holds the VIP")
+                nursery.start_soon(self._sample)
+                async with trio.open_nursery() as steps:
+                    for step in scenario.timeline:
+                        await trio.sleep_until(self._t0 + step.at)
+                        await self._apply(step, steps)
+                    await trio.sleep_until(self._t0 + scenario.duration)
+                    steps.cancel_scope.cancel()
+                drained = await self._heal_and_drain()
+                self.report = await trio.to_thread.run_sync(
+                    check, load_site(site_path).db, list(self.fleet.panels.values())
+                )
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(log_fd)
+            config.close()
+        return RunResult(
+            scenario=scenario,
+            seed=self.seed,
+            report=self.report,
+            samples=self.samples,
+            log=self.log,
+            windows=self.windows,
+            workdir=self.workdir,
+            wall_s=time.monotonic() - started,
+            drained=drained,
+            node_starts={n: c.starts for n, c in self.children.items()},
+        )
+
+    async def _watch_lease(self) -> None:
+        db = self.workdir / "site.db"
+
+        def read() -> Lease:
+            store = ClusterStore(db)
+            try:
+                return store.lease()
+            finally:
+                store.close()
+
+        while True:
+            with contextlib.suppress(Exception):  # a busy store now and then: the next read will do
+                self.lease = await trio.to_thread.run_sync(read)
+            await trio.sleep(0.1)
+
+    def _holder(self) -> str | None:
+        lease = self.lease
+        if lease is None or not lease.held_at(time.time_ns() // 1000):
+            return None
+        return lease.holder
+
+    async def _sample(self) -> None:
+        while True:
+            s = self.fleet.statistics()
+            lease = self.lease
+            self.samples.append(
+                Sample(
+                    t=self.now(),
+                    acked=s.acked,
+                    buffered=s.buffered_events,
+                    connected=s.connected,
+                    holder=self._holder(),
+                    epoch=lease.epoch if lease else 0,
+                )
+            )
+            await trio.sleep(0.25)
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def _node(self, target: str) -> str:
+        holder = self._holder() or (self.lease.holder if self.lease else None) or "A"
+        if target == "active":
+            return holder
+        if target == "standby":
+            return "B" if holder == "A" else "A"
+        return target
+
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        pid = self.children[name].pid  # a process this run started
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            return True
+        return False
+
+    async def _apply(self, step: Step, steps: trio.Nursery) -> None:
+        a = step.args
+        do = step.do
+        if do in ("kill", "stop", "cont", "restart"):
+            name = self._node(a["node"])
+            if do in ("kill", "restart"):
+                self._stopped.discard(name)
+                done = self._signal(name, signal.SIGKILL)
+                self.note(f"kill -9 node {name}" + ("" if done else " (not running)"))
+                if do == "restart":
+                    await self._ensure_running(name)
+            elif do == "stop":
+                if self._signal(name, signal.SIGSTOP):
+                    self._stopped.add(name)
+                    self.windows.append(FaultWindow(self.now(), None, f"SIGSTOP {name}"))
+                self.note(f"SIGSTOP node {name}")
+            else:
+                self._signal(name, signal.SIGCONT)
+                self._stopped.discard(name)
+                self._close_window(f"SIGSTOP {name}")
+                self.note(f"SIGCONT node {name}")
+        elif do == "outage":
+            steps.start_soon(self._outage, float(a["for"]))
+        elif do == "switchover":
+            await trio.to_thread.run_sync(lambda: _request_switchover(self.workdir / "site.db", a["to"]))
+            self.note(f"switchover to {a['to']} requested")
+        elif do in ("down", "up"):
+            await self.hub.set_group_enabled(a["group"], do == "up")
+            if do == "down":
+                self.windows.append(FaultWindow(self.now(), None, f"{a['group']} down"))
+            else:
+                self._close_window(f"{a['group']} down")
+            self.note(f"group {a['group']} {do}")
+        elif do == "toxic":
+            toxic = Toxic.from_json({k: a[k] for k in ("type", "stream", "toxicity", "attributes", "name") if k in a})
+            self.hub.add_toxic(a["group"], toxic)
+            label = f"{toxic.type} {toxic.stream} on {a['group']}"
+            window = FaultWindow(self.now(), None, label)
+            self.windows.append(window)
+            self.note(f"toxic {toxic.name}: {label} {toxic.attributes or ''}".rstrip())
+            if "for" in a:
+                steps.start_soon(self._expire_toxic, a["group"], toxic.name, float(a["for"]), window)
+        elif do == "remove_toxic":
+            self.hub.remove_toxic(a["group"], a["name"])
+            self.note(f"toxic {a['name']} removed from {a['group']}")
+            for w in self.windows:
+                if w.end is None and a["group"] in w.label:
+                    w.end = self.now()
+        elif do == "reset_peer":
+            self.hub.reset_peers(a["group"])
+            self.note(f"TCP reset of every connection of {a['group']}")
+        elif do == "power_cycle":
+            for pid in a["panels"]:
+                self.fleet.panels[pid].power_cycle()
+            kept = "flash kept" if self.scenario.site.flash else "RAM buffer lost"
+            self.note(f"power-cycle of {len(a['panels'])} panels ({kept})")
+        elif do == "clock":
+            for pid in a["panels"]:
+                panel = self.fleet.panels[pid]
+                if "skew" in a:
+                    panel.clock_skew_us = int(a["skew"] * 1e6)
+                if "jump" in a:
+                    panel.clock_skew_us += int(a["jump"] * 1e6)
+            self.note(f"clock of {len(a['panels'])} panels: skew {a.get('skew', 0):+g}s jump {a.get('jump', 0):+g}s")
+        elif do == "config":
+            ops = self._config_ops(a)
+            version = await trio.to_thread.run_sync(self.config.change, ops)
+            self.note(f"operator change: {step.describe()} -> version {version}")
+        elif do == "config_storm":
+            steps.start_soon(self._config_storm, int(a["count"]), float(a["every"]))
+        elif do == "burst":
+            for pid in a["panels"]:
+                steps.start_soon(self._burst, self.fleet.panels[pid], int(a["count"]), float(a["spread"]))
+            self.note(f"shift change: {a['count']} swipes on each of {len(a['panels'])} panels over {a['spread']:g}s")
+
+    def _close_window(self, label: str) -> None:
+        for w in self.windows:
+            if w.end is None and w.label == label:
+                w.end = self.now()
+
+    async def _expire_toxic(self, group: str, name: str, after: float, window: FaultWindow) -> None:
+        await trio.sleep(after)
+        with contextlib.suppress(Exception):
+            self.hub.remove_toxic(group, name)
+        window.end = self.now()
+        self.note(f"toxic {name} removed from {group}")
+
+    async def _outage(self, length: float) -> None:
+        window = FaultWindow(self.now(), None, "both nodes down")
+        self.windows.append(window)
+        for child in self.children.values():
+            child.restart = False
+        for name in self.children:
+            self._signal(name, signal.SIGKILL)
+        self.note(f"outage: both nodes killed for {length:g}s; panels decide and buffer alone")
+        await trio.sleep(length)
+        for child in self.children.values():
+            child.restart = self.scenario.cluster.restart
+        for name in self.children:
+            await self._ensure_running(name)
+        window.end = self.now()
+        self.note("outage over: both nodes started")
+
+    async def _ensure_running(self, name: str) -> None:
+        child = self.children[name]
+        with trio.move_on_after(5):  # the supervisor may be about to restart it
+            await _until(lambda: not (child.kept and child.pid is None and child.restart))
+        if child.pid is None:
+            await self.supervisor.start(name)
+
+    def _config_ops(self, a: dict[str, Any]) -> list[p.ConfigOp]:
+        ops: list[p.ConfigOp] = []
+        for _ in range(int(a.get("cardholders", 0))):
+            self._next_card += 1
+            ops.append(p.PutCardholder(cardholder=p.Cardholder(card=self._next_card, levels=(1,))))
+        for _ in range(int(a.get("remove", 0))):
+            cards = sorted(self.config.snapshot()[1].cardholders)
+            if cards:
+                ops.append(p.DeleteCardholder(card=cards[self.rng.randrange(len(cards))]))
+        if "lock_door" in a:
+            ops.append(p.PutDoor(door=p.Door(door=int(a["lock_door"]), mode=p.DoorMode.LOCKED)))
+        if "unlock_door" in a:
+            ops.append(p.PutDoor(door=p.Door(door=int(a["unlock_door"]), mode=p.DoorMode.CARD)))
+        return ops
+
+    async def _config_storm(self, count: int, every: float) -> None:
+        self.note(f"config storm: {count} operator changes, one every {every:g}s")
+        for _ in range(count):
+            self._next_card += 1
+            op = p.PutCardholder(cardholder=p.Cardholder(card=self._next_card, levels=(1,)))
+            await trio.to_thread.run_sync(self.config.change, [op])
+            await trio.sleep(every)
+
+    async def _burst(self, panel: Panel, count: int, spread: float) -> None:
+        rng = random.Random(self.rng.random())
+        times = sorted(rng.random() * spread for _ in range(count))
+        start = trio.current_time()
+        for at in times:
+            await trio.sleep_until(start + at)
+            cards = panel.known_cards()
+            card = cards[rng.randrange(len(cards))] if cards else rng.randrange(10**9, 2 * 10**9)
+            await panel.swipe_wait(card, rng.randrange(panel.doors))
+
+    # -- the end --------------------------------------------------------------------------
+
+    async def _heal_and_drain(self) -> bool:
+        self.note("timeline over: workload stopped, every fault healed")
+        self.fleet.stop_workload()
+        await self.hub.reset()
+        for w in self.windows:
+            if w.end is None:
+                w.end = self.now()
+        for name in list(self._stopped):
+            self._signal(name, signal.SIGCONT)
+        self._stopped.clear()
+        for child in self.children.values():
+            child.restart = True
+        for name in self.children:
+            await self._ensure_running(name)
+        with trio.move_on_after(self.scenario.drain_timeout) as scope:
+            await _until(lambda: self._holder() is not None)
+            await self.fleet.wait_connected()
+            await self.fleet.wait_drained()
+            version = self.config.version
+            await _until(lambda: all(pn.config.version == version for pn in self.fleet.panels.values()))
+        if scope.cancelled_caught:
+            self.note(f"drain incomplete after {self.scenario.drain_timeout:g}s")
+            return False
+        self.note("drained: every event acknowledged, every panel at the latest configuration")
+        return True
+
+
+async def _until(predicate: Callable[[], bool], poll: float = 0.05) -> None:
+    # The run watches other processes (through the store) and a fleet's counters:
+    # polling is the point, bounded by the caller's timeout.
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(poll)
+
+
+def _request_switchover(db: Path, to: str) -> None:
+    store = ClusterStore(db)
+    try:
+        store.request_switchover(to)
+    finally:
+        store.close()
+
+
+def run_scenario(scenario: Scenario, **kwargs: Any) -> RunResult:
+    """Run a scenario to its verdict (blocking); see ``ScenarioRun`` for the arguments."""
+    run = ScenarioRun(scenario, **kwargs)
+    return trio.run(run.run)
+
+
+def write_reports(result: RunResult, *, json_path: Path | None = None, png_path: Path | None = None) -> list[Path]:
+    """The JSON report and the PNG timeline (in the run's workdir unless paths are given)."""
+    from .report import plot_timeline
+
+    json_path = json_path or result.workdir / "report.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    png_path = png_path or result.workdir / "timeline.png"
+    plot_timeline(result, png_path)
+    return [json_path, png_path]
