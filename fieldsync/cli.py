@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 import trio
+import trio.testing
 
 from protocol import (
     AccessLevel,
@@ -670,6 +671,43 @@ def scenario_run(
     replay = f"fieldsync scenario run {file} --seed {result.seed}"
     if not result.ok:
         click.echo(f"replay: {replay}")
+        raise SystemExit(1)
+
+
+@scenario.command("fuzz")
+@click.option("--count", type=int, default=10, show_default=True, help="How many random schedules.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the first schedule (then +1 each).")
+@click.option("--fast", is_flag=True, help="The in-process tier: one node in this process, virtual time.")
+@click.option("--panels", type=int, default=8, show_default=True)
+@click.option("--duration", type=float, default=15.0, show_default=True, help="Timeline length, seconds.")
+@click.option("--port", type=int, default=30002, show_default=True)
+@click.option("--save", type=click.Path(path_type=Path, file_okay=False), help="Write each schedule's TOML here.")
+@_friendly
+def scenario_fuzz(
+    count: int, seed: int, fast: bool, panels: int, duration: float, port: int, save: Path | None
+) -> None:
+    """Run seeded random fault schedules; print any failing seed with the command that replays it."""
+    from .fuzz import random_scenario, replay_command, scenario_toml
+    from .runner import ScenarioRun
+
+    failed: list[int] = []
+    for s in range(seed, seed + count):
+        generated = random_scenario(s, in_process=fast, panels=panels, duration=duration)
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            (save / f"fuzz-{s}.toml").write_text(scenario_toml(generated))
+        run = ScenarioRun(generated, port=port, in_process=fast)
+        clock = trio.testing.MockClock(rate=10, autojump_threshold=0.02) if fast else None
+        result = trio.run(run.run, clock=clock)
+        steps = ", ".join(step.describe() for step in generated.timeline)
+        broken = [name.split()[0] for name, (ok, _) in result.report.promises().items() if not ok]
+        click.echo(f"seed {s}: {'ok' if result.ok else 'BROKEN ' + ' '.join(broken)} ({result.wall_s:.1f} s) {steps}")
+        if not result.ok:
+            failed.append(s)
+            click.echo(result.text())
+            click.echo(f"replay: {replay_command(s, in_process=fast)}")
+    click.echo(f"{count - len(failed)} of {count} schedules held every promise")
+    if failed:
         raise SystemExit(1)
 
 

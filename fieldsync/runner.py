@@ -124,7 +124,12 @@ class RunResult:
 
 
 class ScenarioRun:
-    """One run of a scenario with one seed. ``await run()`` inside trio."""
+    """One run of a scenario with one seed. ``await run()`` inside trio.
+
+    Args:
+        in_process: the fast tier: one in-process node instead of two node
+            processes (run it under a MockClock for virtual time).
+    """
 
     def __init__(
         self,
@@ -136,6 +141,7 @@ class ScenarioRun:
         api_port: int | None = None,
         say: Callable[[str], None] = lambda text: None,
         node_args: tuple[str, ...] = (),
+        in_process: bool = False,
     ) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
@@ -144,14 +150,14 @@ class ScenarioRun:
         self.api_port = api_port
         self.say = say
         self.node_args = node_args
+        self.in_process = in_process
         self.rng = random.Random(self.seed)
         self.log: list[tuple[float, str]] = []
         self.windows: list[FaultWindow] = []
         self.samples: list[Sample] = []
-        self.lease: Lease | None = None
         self.hub = FaultHub(seed=self.seed)
+        self.cluster: ProcessCluster | InProcessCluster | None = None
         self._t0 = 0.0
-        self._stopped: set[str] = set()
         self._next_card = 100_000
 
     # -- set-up -------------------------------------------------------------------------
@@ -246,15 +252,6 @@ class ScenarioRun:
         if scenario.cluster.failback:
             extra.append("--failback")
         extra += ["--lease", str(scenario.cluster.lease)]
-        self.children = {
-            n: Supervised(
-                name=n,
-                command=node_command(n, str(site_path), *extra),
-                restart=scenario.cluster.restart,
-                restart_delay=scenario.cluster.restart_delay,
-            )
-            for n in ("A", "B")
-        }
         log_fd = os.open(self.workdir / "nodes.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         drained = False
         try:
@@ -265,9 +262,11 @@ class ScenarioRun:
                     self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
                 settings = await self._make_proxies(settings)
                 self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
-                self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
-                nursery.start_soon(self._watch_lease)
-                await nursery.start(self.supervisor.run)
+                if self.in_process:
+                    self.cluster = InProcessCluster(self, site_path)
+                else:
+                    self.cluster = ProcessCluster(self, site_path, log_fd)
+                await self.cluster.start(nursery)
                 with trio.fail_after(30):
                     await _until(lambda: self._holder() is not None)
                 await nursery.start(self.fleet.run)
@@ -300,34 +299,15 @@ class ScenarioRun:
             workdir=self.workdir,
             wall_s=time.monotonic() - started,
             drained=drained,
-            node_starts={n: c.starts for n, c in self.children.items()},
+            node_starts=self.cluster.starts() if self.cluster is not None else {},
         )
 
-    async def _watch_lease(self) -> None:
-        db = self.workdir / "site.db"
-
-        def read() -> Lease:
-            store = ClusterStore(db)
-            try:
-                return store.lease()
-            finally:
-                store.close()
-
-        while True:
-            with contextlib.suppress(Exception):  # a busy store now and then: the next read will do
-                self.lease = await trio.to_thread.run_sync(read)
-            await trio.sleep(0.1)
-
     def _holder(self) -> str | None:
-        lease = self.lease
-        if lease is None or not lease.held_at(time.time_ns() // 1000):
-            return None
-        return lease.holder
+        return self.cluster.holder() if self.cluster is not None else None
 
     async def _sample(self) -> None:
         while True:
             s = self.fleet.statistics()
-            lease = self.lease
             self.samples.append(
                 Sample(
                     t=self.now(),
@@ -335,55 +315,37 @@ class ScenarioRun:
                     buffered=s.buffered_events,
                     connected=s.connected,
                     holder=self._holder(),
-                    epoch=lease.epoch if lease else 0,
+                    epoch=self.cluster.epoch() if self.cluster is not None else 0,
                 )
             )
             await trio.sleep(0.25)
 
     # -- faults -----------------------------------------------------------------------------
 
-    def _node(self, target: str) -> str:
-        holder = self._holder() or (self.lease.holder if self.lease else None) or "A"
-        if target == "active":
-            return holder
-        if target == "standby":
-            return "B" if holder == "A" else "A"
-        return target
-
-    def _signal(self, name: str, sig: signal.Signals) -> bool:
-        pid = self.children[name].pid  # a process this run started
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-            return True
-        return False
-
     async def _apply(self, step: Step, steps: trio.Nursery) -> None:
         a = step.args
         do = step.do
+        cluster = self.cluster
+        assert cluster is not None
         if do in ("kill", "stop", "cont", "restart"):
-            name = self._node(a["node"])
+            name = cluster.resolve(a["node"])
             if do in ("kill", "restart"):
-                self._stopped.discard(name)
-                done = self._signal(name, signal.SIGKILL)
+                done = await cluster.kill(name)
                 self.note(f"kill -9 node {name}" + ("" if done else " (not running)"))
                 if do == "restart":
-                    await self._ensure_running(name)
+                    await cluster.ensure_running(name)
             elif do == "stop":
-                if self._signal(name, signal.SIGSTOP):
-                    self._stopped.add(name)
+                if await cluster.stop(name):
                     self.windows.append(FaultWindow(self.now(), None, f"SIGSTOP {name}"))
                 self.note(f"SIGSTOP node {name}")
             else:
-                self._signal(name, signal.SIGCONT)
-                self._stopped.discard(name)
+                await cluster.cont(name)
                 self._close_window(f"SIGSTOP {name}")
                 self.note(f"SIGCONT node {name}")
         elif do == "outage":
             steps.start_soon(self._outage, float(a["for"]))
         elif do == "switchover":
-            await trio.to_thread.run_sync(lambda: _request_switchover(self.workdir / "site.db", a["to"]))
+            await cluster.switchover(a["to"])
             self.note(f"switchover to {a['to']} requested")
         elif do in ("down", "up"):
             await self.hub.set_group_enabled(a["group"], do == "up")
@@ -447,27 +409,15 @@ class ScenarioRun:
         self.note(f"toxic {name} removed from {group}")
 
     async def _outage(self, length: float) -> None:
-        window = FaultWindow(self.now(), None, "both nodes down")
+        assert self.cluster is not None
+        window = FaultWindow(self.now(), None, "server outage")
         self.windows.append(window)
-        for child in self.children.values():
-            child.restart = False
-        for name in self.children:
-            self._signal(name, signal.SIGKILL)
-        self.note(f"outage: both nodes killed for {length:g}s; panels decide and buffer alone")
+        await self.cluster.all_down()
+        self.note(f"outage: every node killed for {length:g}s; panels decide and buffer alone")
         await trio.sleep(length)
-        for child in self.children.values():
-            child.restart = self.scenario.cluster.restart
-        for name in self.children:
-            await self._ensure_running(name)
+        await self.cluster.all_up(restart=self.scenario.cluster.restart)
         window.end = self.now()
-        self.note("outage over: both nodes started")
-
-    async def _ensure_running(self, name: str) -> None:
-        child = self.children[name]
-        with trio.move_on_after(5):  # the supervisor may be about to restart it
-            await _until(lambda: not (child.kept and child.pid is None and child.restart))
-        if child.pid is None:
-            await self.supervisor.start(name)
+        self.note("outage over: the nodes are starting")
 
     def _config_ops(self, a: dict[str, Any]) -> list[p.ConfigOp]:
         ops: list[p.ConfigOp] = []
@@ -511,13 +461,8 @@ class ScenarioRun:
         for w in self.windows:
             if w.end is None:
                 w.end = self.now()
-        for name in list(self._stopped):
-            self._signal(name, signal.SIGCONT)
-        self._stopped.clear()
-        for child in self.children.values():
-            child.restart = True
-        for name in self.children:
-            await self._ensure_running(name)
+        assert self.cluster is not None
+        await self.cluster.all_up(restart=True)
         with trio.move_on_after(self.scenario.drain_timeout) as scope:
             await _until(lambda: self._holder() is not None)
             await self.fleet.wait_connected()
@@ -529,6 +474,226 @@ class ScenarioRun:
             return False
         self.note("drained: every event acknowledged, every panel at the latest configuration")
         return True
+
+
+class ProcessCluster:
+    """Nodes A and B as OS processes under a supervisor, sharing the store (the real thing).
+
+    Process faults are signals to the pids this run started. Later cluster kinds
+    (keepalived in network namespaces, a PostgreSQL mirrored store) are more of
+    these: the runner only asks who holds the VIP, at which epoch, and to kill,
+    pause, resume or start a node.
+    """
+
+    kind = "process"
+
+    def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
+        scenario = run.scenario
+        self.db = run.workdir / "site.db"
+        extra = list(run.node_args)
+        if not scenario.cluster.stonith:
+            extra.append("--no-stonith")
+        if scenario.cluster.failback:
+            extra.append("--failback")
+        extra += ["--lease", str(scenario.cluster.lease)]
+        self.children = {
+            n: Supervised(
+                name=n,
+                command=node_command(n, str(site_path), *extra),
+                restart=scenario.cluster.restart,
+                restart_delay=scenario.cluster.restart_delay,
+            )
+            for n in ("A", "B")
+        }
+        self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
+        self.lease: Lease | None = None
+        self.stopped: set[str] = set()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._watch_lease)
+        await nursery.start(self.supervisor.run)
+
+    async def _watch_lease(self) -> None:
+        def read() -> Lease:
+            store = ClusterStore(self.db)
+            try:
+                return store.lease()
+            finally:
+                store.close()
+
+        while True:
+            with contextlib.suppress(Exception):  # a busy store now and then: the next read will do
+                self.lease = await trio.to_thread.run_sync(read)
+            await trio.sleep(0.1)
+
+    def holder(self) -> str | None:
+        lease = self.lease
+        if lease is None or not lease.held_at(time.time_ns() // 1000):
+            return None
+        return lease.holder
+
+    def epoch(self) -> int:
+        return self.lease.epoch if self.lease else 0
+
+    def resolve(self, target: str) -> str:
+        holder = self.holder() or (self.lease.holder if self.lease else None) or "A"
+        if target == "active":
+            return holder
+        if target == "standby":
+            return "B" if holder == "A" else "A"
+        return target
+
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        pid = self.children[name].pid  # a process this run started
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def kill(self, name: str) -> bool:
+        self.stopped.discard(name)
+        return self._signal(name, signal.SIGKILL)
+
+    async def stop(self, name: str) -> bool:
+        if self._signal(name, signal.SIGSTOP):
+            self.stopped.add(name)
+            return True
+        return False
+
+    async def cont(self, name: str) -> None:
+        self._signal(name, signal.SIGCONT)
+        self.stopped.discard(name)
+
+    async def ensure_running(self, name: str) -> None:
+        child = self.children[name]
+        with trio.move_on_after(5):  # the supervisor may be about to restart it
+            await _until(lambda: not (child.kept and child.pid is None and child.restart))
+        if child.pid is None:
+            await self.supervisor.start(name)
+
+    async def all_down(self) -> None:
+        for child in self.children.values():
+            child.restart = False
+        for name in self.children:
+            await self.kill(name)
+
+    async def all_up(self, *, restart: bool) -> None:
+        for name in list(self.stopped):
+            await self.cont(name)
+        for child in self.children.values():
+            child.restart = restart
+        for name in self.children:
+            await self.ensure_running(name)
+
+    async def switchover(self, to: str) -> None:
+        await trio.to_thread.run_sync(_request_switchover, self.db, to)
+
+    def starts(self) -> dict[str, int]:
+        return {n: c.starts for n, c in self.children.items()}
+
+
+class InProcessCluster:
+    """One sync-engine node inside this trio run: the fast tier (virtual time, no processes).
+
+    A "kill" cancels the node at once (its in-flight acks never go out; what it
+    committed stays), and a new node starts after ``restart_delay`` with a new
+    epoch, like a takeover. There is no second node to hold the VIP meanwhile,
+    and no SIGSTOP: scenarios for this tier leave out ``stop``, ``cont`` and
+    ``switchover``.
+    """
+
+    kind = "in-process"
+
+    def __init__(self, run: ScenarioRun, site_path: Path) -> None:
+        from .node import NodeSettings
+
+        site = load_site(site_path)
+        self.run = run
+        dials = []
+        for pid in site.panel_ids():
+            st = site.panel_settings(pid)
+            if st.mode.value == "host-initiated" and st.listen is not None:
+                dials.append((pid, st.listen[0], st.listen[1]))
+        self.settings = NodeSettings(
+            node_id="A",
+            db=site.db,
+            listen=(site.vip, site.port),
+            dial=tuple(dials),
+            tls=site.tls_for("node", "A"),
+            bind_retry=5.0,
+        )
+        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
+        self._starts = 0
+        self._epoch = 0
+        self.restart = run.scenario.cluster.restart
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        await self.ensure_running("A")
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .node import Node
+
+        node = Node(self.settings)
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                self._starts += 1
+                self._epoch = node.epoch
+                task_status.started()
+
+    def holder(self) -> str | None:
+        return "A" if self._scope is not None and not self._scope.cancel_called else None
+
+    def epoch(self) -> int:
+        return self._epoch
+
+    def resolve(self, target: str) -> str:
+        return "A"
+
+    async def kill(self, name: str) -> bool:
+        if self._scope is None or self._scope.cancel_called:
+            return False
+        self._scope.cancel()
+        self._scope = None
+        await trio.lowlevel.checkpoint()
+        if self.restart and self._nursery is not None:
+            self._nursery.start_soon(self._restart_later)
+        return True
+
+    async def _restart_later(self) -> None:
+        await trio.sleep(self.run.scenario.cluster.restart_delay)
+        if self.restart:
+            await self.ensure_running("A")
+
+    async def stop(self, name: str) -> bool:
+        raise ValueError("SIGSTOP needs the process cluster; the in-process tier cannot pause a node")
+
+    async def cont(self, name: str) -> None:
+        raise ValueError("SIGCONT needs the process cluster")
+
+    async def ensure_running(self, name: str) -> None:
+        if self.holder() is None and self._nursery is not None:
+            await self._nursery.start(self._serve)
+
+    async def all_down(self) -> None:
+        self.restart = False
+        await self.kill("A")
+
+    async def all_up(self, *, restart: bool) -> None:
+        self.restart = restart
+        await self.ensure_running("A")
+
+    async def switchover(self, to: str) -> None:
+        raise ValueError("switchover needs the process cluster (two nodes)")
+
+    def starts(self) -> dict[str, int]:
+        return {"A": self._starts}
 
 
 async def _until(predicate: Callable[[], bool], poll: float = 0.05) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import threading
 from pathlib import Path
 
 from protocol import RECORD_SIZE
 
 from ._buffer import EventBuffer, OverflowPolicy
-from ._errors import StoreCorrupt, map_sqlite_errors
+from ._errors import StoreCorrupt, StoreError, map_sqlite_errors
 
 __all__ = ["FlashBackedBuffer", "SyncPlan"]
 
@@ -47,6 +48,11 @@ class FlashBackedBuffer(EventBuffer):
     ) -> None:
         super().__init__(budget_bytes, policy)
         self.path = Path(path)
+        # write_sync runs in a worker thread; close (a power-cut) may come from the
+        # event loop meanwhile. Closing a sqlite3 connection another thread is using
+        # crashes the interpreter, so the two take turns.
+        self._io = threading.Lock()
+        self._closed = False
         with map_sqlite_errors(self.path, "opening the panel flash"):
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -121,7 +127,17 @@ class FlashBackedBuffer(EventBuffer):
         )
 
     def write_sync(self, plan: SyncPlan) -> int:
-        """Write a plan in one durable transaction; return the records written."""
+        """Write a plan in one durable transaction; return the records written.
+
+        Raises:
+            StoreError: the flash is closed (the power went) or cannot be written.
+        """
+        with self._io:
+            if self._closed:
+                raise StoreError(self.path, "the panel flash was closed (power-cycle) before this sync")
+            return self._write_sync(plan)
+
+    def _write_sync(self, plan: SyncPlan) -> int:
         with map_sqlite_errors(self.path, "syncing the panel flash"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -149,4 +165,7 @@ class FlashBackedBuffer(EventBuffer):
         return self.write_sync(self.sync_plan())
 
     def close(self) -> None:
-        self._db.close()
+        """Close the flash; waits for a sync another thread is writing (a few ms)."""
+        with self._io:
+            self._closed = True
+            self._db.close()

@@ -1,0 +1,171 @@
+"""Seeded random fault schedules: the same seed always makes the same scenario.
+
+``random_scenario(seed)`` mixes every fault the runner knows (process faults,
+toxics and group outages on two panel groups, resets, power-cycles, clock
+skews and jumps, operator changes and storms, shift-change bursts). The
+in-process tier leaves out what needs two node processes (SIGSTOP/SIGCONT,
+switchover). A failing seed is replayed with the command ``replay_command``
+prints.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .scenario import GroupSpec, Scenario, SiteSpec, Step
+
+__all__ = ["random_scenario", "replay_command", "scenario_toml"]
+
+_TOXICS: list[tuple[str, dict[str, tuple[float, float]]]] = [
+    ("latency", {"latency": (20, 400), "jitter": (0, 100)}),
+    ("bandwidth", {"rate": (5, 200)}),
+    ("timeout", {"timeout": (0, 3000)}),
+    ("reset_peer", {"timeout": (0, 2000)}),
+    ("slow_close", {"delay": (100, 2000)}),
+    ("slicer", {"average_size": (1, 64), "size_variation": (0, 16), "delay": (0, 2000)}),
+    ("limit_data", {"bytes": (100, 20_000)}),
+    ("corrupt", {"rate": (0.00001, 0.001)}),
+    ("stall", {"probability": (0.05, 0.5), "duration": (50, 800)}),
+    ("half_open", {}),
+]
+
+
+def random_scenario(
+    seed: int, *, in_process: bool = False, panels: int = 8, duration: float = 15.0, tls: bool | None = None
+) -> Scenario:
+    rng = random.Random(seed)
+    half = max(1, panels // 2)
+    groups = (
+        GroupSpec(name="east", panels=tuple(range(1, half + 1))),
+        GroupSpec(name="west", panels=tuple(range(half + 1, panels + 1))),
+    )
+    site = SiteSpec(
+        panels=panels,
+        mode=rng.choice(["punch-out", "host-initiated", "mixed"]),
+        buffer=rng.choice([16 * 1024, 64 * 1024, 256 * 1024]),
+        policy=_policy(rng),
+        flash=rng.random() < 0.3,
+        tls=(not in_process) if tls is None else tls,
+        rate=rng.choice([2.0, 10.0, 40.0]),
+        cardholders=20,
+    )
+    kinds = ["kill", "restart", "outage", "toxic", "toxic", "toxic", "partition", "reset_peer", "power_cycle"]
+    kinds += ["clock", "config", "config_storm", "burst"]
+    if not in_process:
+        kinds += ["pause", "switchover"]
+    steps: list[Step] = []
+    last = duration - 2.0
+    for _ in range(rng.randint(3, 7)):
+        at = round(rng.uniform(0.5, last), 2)
+        kind = rng.choice(kinds)
+        group = rng.choice(groups).name
+        ids = tuple(sorted(rng.sample(range(1, panels + 1), rng.randint(1, max(1, panels // 3)))))
+        span = round(rng.uniform(0.5, min(4.0, max(0.6, duration - at - 1))), 2)
+        if kind in ("kill", "restart"):
+            steps.append(_step(at, kind, node=rng.choice(["active", "standby"]) if not in_process else "active"))
+        elif kind == "outage":
+            steps.append(_step(at, "outage", **{"for": span}))
+        elif kind == "toxic":
+            toxic, ranges = rng.choice(_TOXICS)
+            attributes = {k: round(rng.uniform(lo, hi), 5) for k, (lo, hi) in ranges.items()}
+            steps.append(
+                _step(
+                    at,
+                    "toxic",
+                    group=group,
+                    type=toxic,
+                    stream=rng.choice(["upstream", "downstream"]),
+                    name=f"{toxic}_{len(steps)}",
+                    attributes=attributes,
+                    **{"for": span},
+                )
+            )
+        elif kind == "partition":
+            steps.append(_step(at, "down", group=group))
+            steps.append(_step(round(min(at + span, last + 1), 2), "up", group=group))
+        elif kind == "reset_peer":
+            steps.append(_step(at, "reset_peer", group=group))
+        elif kind == "power_cycle":
+            steps.append(_step(at, "power_cycle", panels=ids))
+        elif kind == "clock":
+            steps.append(_step(at, "clock", panels=ids, skew=rng.choice([-3600.0, -30.0, 0.5, 90.0])))
+        elif kind == "config":
+            steps.append(_step(at, "config", cardholders=rng.randint(1, 20), remove=rng.randint(0, 3)))
+        elif kind == "config_storm":
+            steps.append(_step(at, "config_storm", count=rng.randint(5, 30), every=0.05))
+        elif kind == "burst":
+            steps.append(_step(at, "burst", panels=ids, count=rng.randint(20, 200), spread=span))
+        elif kind == "pause":
+            node = rng.choice(["active", "standby"])
+            steps.append(_step(at, "stop", node=node))
+            steps.append(_step(round(min(at + span, last + 1), 2), "cont", node=node))
+        elif kind == "switchover":
+            steps.append(_step(at, "switchover", to=rng.choice(["A", "B"])))
+    return Scenario(
+        name=f"fuzz seed {seed}" + (" (in-process)" if in_process else ""),
+        path=None,
+        duration=duration,
+        seed=seed,
+        drain_timeout=90.0,
+        site=site,
+        groups=groups,
+        timeline=tuple(sorted(steps, key=lambda s: s.at)),
+    )
+
+
+def _policy(rng: random.Random) -> Any:
+    from storage import OverflowPolicy
+
+    return rng.choice([OverflowPolicy.DROP_OLDEST, OverflowPolicy.REFUSE_NEWEST, OverflowPolicy.BLOCK])
+
+
+def _step(at: float, do: str, **args: Any) -> Step:
+    return Step(at=at, do=do, args=args, line=0)
+
+
+def replay_command(seed: int, *, in_process: bool) -> str:
+    return f"fieldsync scenario fuzz --seed {seed} --count 1" + (" --fast" if in_process else "")
+
+
+def scenario_toml(scenario: Scenario) -> str:
+    """The scenario as a file (to keep a failing schedule beside its replay command)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, tuple):
+            return '"' + ",".join(str(x) for x in v) + '"'
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    s = scenario.site
+    lines = [
+        f'name = "{scenario.name}"',
+        f'duration = "{scenario.duration:g}s"',
+        f"seed = {scenario.seed}",
+        f'drain_timeout = "{scenario.drain_timeout:g}s"',
+        "",
+        "[site]",
+        f"panels = {s.panels}",
+        f'mode = "{s.mode}"',
+        f"buffer = {s.buffer}",
+        f'policy = "{s.policy.value}"',
+        f"flash = {value(s.flash)}",
+        f"tls = {value(s.tls)}",
+        f"rate = {s.rate}",
+        f"cardholders = {s.cardholders}",
+    ]
+    for g in scenario.groups:
+        lines += ["", "[[site.groups]]", f'name = "{g.name}"', f"panels = {value(g.panels)}"]
+    for step in scenario.timeline:
+        lines += ["", "[[timeline]]", f'at = "{step.at:g}s"', f'do = "{step.do}"']
+        for k, v in step.args.items():
+            if k in ("for", "every", "spread", "skew", "jump"):
+                lines.append(f'{k} = "{v:g}s"')
+            else:
+                lines.append(f"{k} = {value(v)}")
+    return "\n".join(lines) + "\n"
