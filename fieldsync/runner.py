@@ -245,6 +245,8 @@ class ScenarioRun:
         scenario = self.scenario
         site_path, settings, config = self._prepare()
         self.config = config
+        # One connection, one thread at a time (a storm and a step may overlap).
+        self._config_limiter = trio.CapacityLimiter(1)
         self.say(f"scenario {scenario.name!r}, seed {self.seed}, work in {self.workdir}")
         extra = list(self.node_args)
         if not scenario.cluster.stonith:
@@ -386,8 +388,7 @@ class ScenarioRun:
                     panel.clock_skew_us += int(a["jump"] * 1e6)
             self.note(f"clock of {len(a['panels'])} panels: skew {a.get('skew', 0):+g}s jump {a.get('jump', 0):+g}s")
         elif do == "config":
-            ops = self._config_ops(a)
-            version = await trio.to_thread.run_sync(self.config.change, ops)
+            version = await self._config(lambda: self.config.change(self._config_ops(a)))
             self.note(f"operator change: {step.describe()} -> version {version}")
         elif do == "config_storm":
             steps.start_soon(self._config_storm, int(a["count"]), float(a["every"]))
@@ -419,6 +420,9 @@ class ScenarioRun:
         window.end = self.now()
         self.note("outage over: the nodes are starting")
 
+    async def _config(self, fn: Callable[[], Any]) -> Any:
+        return await trio.to_thread.run_sync(fn, limiter=self._config_limiter)
+
     def _config_ops(self, a: dict[str, Any]) -> list[p.ConfigOp]:
         ops: list[p.ConfigOp] = []
         for _ in range(int(a.get("cardholders", 0))):
@@ -439,7 +443,7 @@ class ScenarioRun:
         for _ in range(count):
             self._next_card += 1
             op = p.PutCardholder(cardholder=p.Cardholder(card=self._next_card, levels=(1,)))
-            await trio.to_thread.run_sync(self.config.change, [op])
+            await self._config(lambda op=op: self.config.change([op]))
             await trio.sleep(every)
 
     async def _burst(self, panel: Panel, count: int, spread: float) -> None:
@@ -467,7 +471,7 @@ class ScenarioRun:
             await _until(lambda: self._holder() is not None)
             await self.fleet.wait_connected()
             await self.fleet.wait_drained()
-            version = self.config.version
+            version = await self._config(lambda: self.config.version)
             await _until(lambda: all(pn.config.version == version for pn in self.fleet.panels.values()))
         if scope.cancelled_caught:
             self.note(f"drain incomplete after {self.scenario.drain_timeout:g}s")
