@@ -153,6 +153,8 @@ class PanelStatistics:
     bytes_skipped: int
     bad_frames: int
     acked_seq: int
+    #: The highest seq ever acknowledged in this boot (ACKs only; a WELCOME's hwm does not count).
+    promised_seq: int
     last_error: str | None
     buffer_depth: int
     buffer_bytes: int
@@ -216,6 +218,9 @@ class Panel:
         self._session_epoch = 0
         self._session_node: str | None = None
         self._acked_seq = 0
+        #: The highest seq any node ever acknowledged in this boot: what the panel was
+        #: promised is durable (a WELCOME may later say less: that is a broken promise).
+        self._promised_seq = 0
         self._swipes = self._granted = self._denied = 0
         self._sessions = self._link_errors = self._protocol_errors = self._refused_stale = 0
         self._batches_sent = 0
@@ -319,6 +324,8 @@ class Panel:
             self.buffer.close()
         self.boot_id = self._rng.getrandbits(63)
         self.buffer = self._new_buffer()
+        if not isinstance(self.buffer, FlashBackedBuffer):
+            self._promised_seq = 0  # a new boot numbers afresh; its promises start now
         self._needs_rebase = not isinstance(self.buffer, FlashBackedBuffer)
         self.record(EventKind.POWER_RESTORE)
 
@@ -530,6 +537,7 @@ class Panel:
             if isinstance(message, Ack):
                 self.first_ack_at.setdefault(message.epoch, trio.current_time())
                 self._acked_seq = message.up_to_seq
+                self._promised_seq = max(self._promised_seq, message.up_to_seq)
                 if self.buffer.release(message.up_to_seq):
                     self._room.set()
                 self._new_data.wake()
@@ -591,6 +599,7 @@ class Panel:
             bytes_skipped=self._bytes_skipped,
             bad_frames=self._bad_frames,
             acked_seq=self._acked_seq,
+            promised_seq=self._promised_seq,
             last_error=self.last_error,
             buffer_depth=b.depth,
             buffer_bytes=b.bytes,

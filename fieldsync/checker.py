@@ -142,12 +142,12 @@ def _panel(store: EventStore, panel: Panel) -> PanelVerdict:
     hwm = store.hwm(panel.panel_id)
     undeclared = sum(1 for s in range(1, hwm + 1) if s not in stored and s not in declared)
     unexpected = sum(1 for r in rows if r not in every)
-    lost = sum(1 for seq in generated if seq <= stats.acked_seq and seq not in stored and seq not in declared)
+    # Acknowledged means any ACK this boot ever got, not where the last session resumed.
+    promised = max(stats.acked_seq, stats.promised_seq)
+    lost = sum(1 for seq in generated if seq <= promised and seq not in stored and seq not in declared)
     buffered_from = panel.buffer.oldest_seq if len(panel.buffer) else panel.buffer.next_seq
     unknown = sum(
-        1
-        for seq in generated
-        if seq > stats.acked_seq and seq not in stored and seq not in declared and seq < buffered_from
+        1 for seq in generated if seq > promised and seq not in stored and seq not in declared and seq < buffered_from
     )
     return PanelVerdict(
         panel_id=panel.panel_id,

@@ -293,9 +293,22 @@ def line_cmd(link_dir: Path | None, garbage_rate: float, drop_rate: float, seed:
 @click.option(
     "--dead-after", type=float, default=0.3, show_default=True, help="Heartbeat silence that makes a node dead."
 )
+@click.option(
+    "--unsafe-break",
+    multiple=True,
+    type=click.Choice(["ack-before-commit", "no-dedupe", "no-epoch-check"]),
+    hidden=True,
+    help="A deliberately broken build, for the checker's negative controls only.",
+)
 @_friendly
 def node_cmd(
-    node_id: str, site_path: Path | None, no_stonith: bool, failback: bool, lease: float, dead_after: float
+    node_id: str,
+    site_path: Path | None,
+    no_stonith: bool,
+    failback: bool,
+    lease: float,
+    dead_after: float,
+    unsafe_break: tuple[str, ...],
 ) -> None:
     """Run one node of the active/standby pair (shared store, VIP on 30002)."""
     from .cluster import ClusterNode, ClusterSettings
@@ -322,7 +335,10 @@ def node_cmd(
         beat_interval=min(0.1, dead_after / 3),
         peers=tuple((n.name, n.address) for n in site.nodes if n.name != node_id),
         beat_port=site.port + 5,
+        unsafe=frozenset(unsafe_break),
     )
+    if unsafe_break:
+        click.echo(f"WARNING: node {node_id} is a deliberately broken build: {', '.join(unsafe_break)}", err=True)
     node = ClusterNode(settings)
 
     async def run() -> None:

@@ -70,6 +70,8 @@ class ClusterSettings:
     peers: tuple[tuple[str, str], ...] = ()
     #: UDP port of the node-to-node heartbeat (each node listens on its own address).
     beat_port: int = 30007
+    #: Deliberately broken builds for the checker's negative controls (see NodeSettings.unsafe).
+    unsafe: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not 0 < self.beat_interval < self.dead_after <= self.lease:
@@ -366,6 +368,7 @@ class ClusterNode:
                 heartbeat_ms=s.heartbeat_ms,
                 epoch=epoch,
                 bind_retry=float("inf"),  # a zombie may hold the VIP until it wakes
+                unsafe=s.unsafe,
             )
         )
         self.node = node
@@ -389,7 +392,7 @@ class ClusterNode:
         heart.switchover_to = None
         while True:
             await trio.sleep(s.beat_interval)
-            if heart.lost_epoch == self.epoch:
+            if heart.lost_epoch == self.epoch and "no-epoch-check" not in s.unsafe:
                 log.warning("node %s lost the lease (epoch %d): stepping down", self.node_id, self.epoch)
                 node.fenced.set()
                 return

@@ -87,6 +87,9 @@ class NodeSettings:
     dial_backoff_cap: float = 2.0
     #: The epoch to serve with; None advances the store's epoch at start (a lone node).
     epoch: int | None = None
+    #: Deliberately broken engine builds, for the checker's negative controls only:
+    #: "ack-before-commit", "no-dedupe", "no-epoch-check". Never in production.
+    unsafe: frozenset[str] = frozenset()
     #: Keep trying to bind the listen address this long (a fenced predecessor's socket may linger).
     bind_retry: float = 0.0
 
@@ -374,6 +377,10 @@ class Node:
             # No store round trip per session: the hwm cache is authoritative while this
             # node's epoch is the store's, and bookkeeping goes out with the status write.
             hwm = self._hwms.get(hello.panel_id, 0)
+            if "no-dedupe" in self.settings.unsafe and hello.oldest_seq:
+                # Broken on purpose: trust the panel instead of the store, and re-store
+                # whatever it sends again (P2 must catch it).
+                hwm = min(hwm, hello.oldest_seq - 1)
             self._new_sessions.append((hello.panel_id, hello.boot_id, self._now_us()))
             await ms.send(
                 Welcome(
@@ -455,6 +462,8 @@ class Node:
                 return
             if isinstance(message, EventBatch):
                 session.newest_seq = max(session.newest_seq, message.last_seq)
+                if "ack-before-commit" in self.settings.unsafe:
+                    session.ack(message.last_seq)  # broken on purpose: P1 must catch it
                 with ms.reading_paused():  # waiting on our own commit capacity
                     await session.outstanding.acquire()
                     await self._ingest_send.send(_Item(session, message, self._now_us()))
@@ -532,7 +541,16 @@ class Node:
                 for i in items
             ]
             try:
-                result = await self._db(self.store.ingest, batches, self.epoch)
+                unsafe = self.settings.unsafe
+                result = await self._db(
+                    functools.partial(
+                        self.store.ingest,
+                        fence="no-epoch-check" not in unsafe,
+                        dedupe="no-dedupe" not in unsafe,
+                    ),
+                    batches,
+                    self.epoch,
+                )
             except StaleEpoch as exc:
                 # Another node took over: nothing of ours may be stored or acked (P5).
                 self.last_error = str(exc)

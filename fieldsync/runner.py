@@ -142,6 +142,7 @@ class ScenarioRun:
         say: Callable[[str], None] = lambda text: None,
         node_args: tuple[str, ...] = (),
         in_process: bool = False,
+        unsafe: frozenset[str] = frozenset(),
     ) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
@@ -151,6 +152,8 @@ class ScenarioRun:
         self.say = say
         self.node_args = node_args
         self.in_process = in_process
+        #: A deliberately broken engine build: the checker's negative controls.
+        self.unsafe = unsafe
         self.rng = random.Random(self.seed)
         self.log: list[tuple[float, str]] = []
         self.windows: list[FaultWindow] = []
@@ -495,6 +498,8 @@ class ProcessCluster:
         scenario = run.scenario
         self.db = run.workdir / "site.db"
         extra = list(run.node_args)
+        for flaw in sorted(run.unsafe):
+            extra += ["--unsafe-break", flaw]
         if not scenario.cluster.stonith:
             extra.append("--no-stonith")
         if scenario.cluster.failback:
@@ -628,6 +633,7 @@ class InProcessCluster:
             dial=tuple(dials),
             tls=site.tls_for("node", "A"),
             bind_retry=5.0,
+            unsafe=run.unsafe,
         )
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
