@@ -671,7 +671,7 @@ def scenario_run(
                         s = fleet.statistics()
                         say(
                             f"        t={run.now():5.1f}s VIP {run._holder() or '-'} epoch "
-                            f"{run.lease.epoch if run.lease else 0}: {s.connected}/{s.panels} connected, "
+                            f"{run.cluster.epoch() if run.cluster else 0}: {s.connected}/{s.panels} connected, "
                             f"acked {s.acked}, buffered {s.buffered_events}"
                         )
 

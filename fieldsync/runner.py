@@ -651,11 +651,12 @@ class InProcessCluster:
         node = Node(self.settings)
         with trio.CancelScope() as scope:
             self._scope = scope
+            # Started at once: a kill may cancel it while it is still opening the store.
+            task_status.started()
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 self._starts += 1
                 self._epoch = node.epoch
-                task_status.started()
 
     def holder(self) -> str | None:
         return "A" if self._scope is not None and not self._scope.cancel_called else None
