@@ -34,6 +34,8 @@ from protocol.streams import LinkError
 from storage import ConfigStore, EventStore, StoreError
 
 from . import pki as pki_mod
+from .proxy import FaultError
+from .scenario import ScenarioError
 from .site import Site, SiteError, load_site, parse_address, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,7 +48,7 @@ def _friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError) as exc:
+        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError, ScenarioError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -618,6 +620,42 @@ def scenario() -> None:
     """Fault scenarios (TOML timelines, docs/scenarios.md) run against a real cluster and checked."""
 
 
+@main.command("faults")
+@click.option("--api-port", type=int, default=8474, show_default=True, help="The HTTP JSON API (Toxiproxy's port).")
+@click.option(
+    "--proxy",
+    "proxies",
+    multiple=True,
+    help="NAME=LISTEN_HOST:PORT=UPSTREAM_HOST:PORT, repeatable; more can be made through the API.",
+)
+@click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
+@_friendly
+def faults_cmd(api_port: int, proxies: tuple[str, ...], duration: float | None) -> None:
+    """Run fault proxies with their HTTP API on loopback, in front of any node or cluster."""
+    from .fault_api import _address, serve_api
+    from .proxy import FaultHub
+
+    wanted = []
+    for item in proxies:
+        parts = item.split("=")
+        if len(parts) != 3:
+            raise SiteError(f"--proxy {item!r}: expected NAME=LISTEN_HOST:PORT=UPSTREAM_HOST:PORT")
+        wanted.append((parts[0], _address(parts[1], "listen"), _address(parts[2], "upstream")))
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            hub = await nursery.start(FaultHub().run)
+            for name, listen, upstream in wanted:
+                await hub.create(name, listen, upstream)
+            await nursery.start(serve_api, hub, "127.0.0.1", api_port)
+            click.echo(f"fault API on http://127.0.0.1:{api_port}/proxies; {len(wanted)} proxies")
+            sys.stdout.flush()
+            await trio.sleep(duration if duration is not None else float("inf"))
+            nursery.cancel_scope.cancel()
+
+    _run_trio(run)
+
+
 @scenario.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @_friendly
@@ -899,7 +937,7 @@ def _site(site_path: Path | None, *, pki_dir: Path | None, insecure: bool) -> Si
     return site
 
 
-_USER_ERRORS = (StoreError, LinkError, SiteError, pki_mod.PkiError)
+_USER_ERRORS = (StoreError, LinkError, SiteError, pki_mod.PkiError, ScenarioError, FaultError)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

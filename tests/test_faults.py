@@ -268,3 +268,34 @@ async def test_the_http_api_speaks_toxiproxy_and_refuses_nonsense(autojump_clock
         assert (await http(32089, "POST", "/reset"))[0] == 204
         assert (await roundtrip(32082, b"re-enabled"))[0] == b"re-enabled"
         nursery.cancel_scope.cancel()
+
+
+async def test_fieldsync_faults_serves_proxies_and_the_api() -> None:
+    """`fieldsync faults` as a developer runs it in front of their own node."""
+    import subprocess
+    import sys
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(trio.serve_tcp, _echo, 32097, host=HOST))
+        command = [sys.executable, "-m", "fieldsync.cli", "faults", "--api-port", "32099"]
+        command += ["--proxy", "p=127.0.0.1:32098=127.0.0.1:32097", "--duration", "60"]
+        proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            line = b""
+            with trio.fail_after(30):
+                while b"\n" not in line:
+                    line += await proc.stdout.receive_some(1000)
+            assert b"fault API on http://127.0.0.1:32099" in line
+            status, proxies = await http(32099, "GET", "/proxies")
+            assert status == 200 and proxies["p"]["enabled"]
+            assert (await http(32099, "POST", "/proxies/p/toxics", {"type": "latency", "attributes": {"latency": 50}}))[
+                0
+            ] == 200
+            got, took = await roundtrip(32098, b"through the proxy")
+            assert got == b"through the proxy" and took >= 0.05
+        finally:
+            proc.terminate()  # the process this test started
+            await proc.wait()
+            await proc.stdout.aclose()  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
