@@ -163,21 +163,23 @@ class _Connection:
 
     async def run(self) -> None:
         proxy = self.proxy
-        with self.scope:
-            try:
+        try:
+            with self.scope:
                 host, port = proxy.upstream
-                self.server = await trio.open_tcp_stream(host, port)
-            except OSError:
-                await trio.aclose_forcefully(self.client)
-                return
-            try:
+                try:
+                    self.server = await trio.open_tcp_stream(host, port)
+                except OSError:
+                    return
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch)
                     nursery.start_soon(self._direction, self.client, self.server, "upstream")
                     nursery.start_soon(self._direction, self.server, self.client, "downstream")
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(self.client)
+        finally:
+            # Whatever ends it (a toxic, a reset, the proxy going down, cancellation
+            # before it even began), both sockets are closed.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.client)
+                if self.server is not None:
                     await trio.aclose_forcefully(self.server)
 
     async def _watch(self) -> None:
