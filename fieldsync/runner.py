@@ -17,7 +17,9 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +36,7 @@ from . import pki
 from .checker import Report, check
 from .fault_api import serve_api
 from .proxy import FaultHub, Toxic
-from .scenario import Scenario, Step
+from .scenario import Scenario, ScenarioError, Step
 from .site import load_site, write_pair_site
 from .supervisor import Supervised, Supervisor, node_command
 
@@ -162,6 +164,7 @@ class ScenarioRun:
         self.cluster: ProcessCluster | InProcessCluster | None = None
         self._t0 = 0.0
         self._next_card = 100_000
+        self._mounted: Path | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -187,6 +190,9 @@ class ScenarioRun:
         if s.flash:
             text = text.replace("[fleet]\n", '[fleet]\nflash_dir = "flash"\n', 1)
             (self.workdir / "flash").mkdir(exist_ok=True)
+        if s.store_size:
+            store_dir = self._mount_store(s.store_size)
+            text = text.replace('db = "site.db"', f'db = "{store_dir.name}/site.db"', 1)
         site_path.write_text(text)
         site = load_site(site_path)
         if s.tls:
@@ -209,6 +215,62 @@ class ScenarioRun:
         )
         settings = [site.panel_settings(pid) for pid in site.panel_ids()]
         return site_path, settings, config
+
+    def _mount_store(self, size: int) -> Path:
+        """A tmpfs of ``size`` bytes for the store: a disk that can really fill up."""
+        store_dir = self.workdir / "store"
+        store_dir.mkdir(exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "fieldsync-store", str(store_dir)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise ScenarioError(
+                f"[site] store_size needs a size-limited tmpfs (root and mount): {done.stderr.strip() or done.stdout}"
+            )
+        self._mounted = store_dir
+        return store_dir
+
+    def _unmount_store(self) -> None:
+        if self._mounted is None:
+            return
+        kept = self.workdir / "store-copy"  # a tmpfs forgets: keep the store for a post-mortem
+        kept.mkdir(exist_ok=True)
+        for file in self._mounted.glob("site.db*"):
+            with contextlib.suppress(OSError):
+                shutil.copy2(file, kept / file.name)
+        subprocess.run(["umount", "-l", str(self._mounted)], capture_output=True)
+        self._mounted = None
+
+    async def _disk_full(self, length: float) -> None:
+        """Fill the store's filesystem to the last byte for ``length``, then free it."""
+        assert self._mounted is not None
+        filler = self._mounted / "filler"
+        window = FaultWindow(self.now(), None, "store disk full")
+        self.windows.append(window)
+
+        def fill() -> int:
+            written = 0
+            block = bytes(1 << 16)
+            with filler.open("wb", buffering=0) as f:
+                for size in (1 << 16, 4096, 512, 1):
+                    while True:
+                        try:
+                            f.write(block[:size])
+                        except OSError:
+                            break
+                        written += size
+            return written
+
+        try:
+            written = await trio.to_thread.run_sync(fill)
+            self.note(f"store disk full: {written} bytes of filler, the store cannot grow for {length:g}s")
+            await trio.sleep(length)
+        finally:
+            filler.unlink(missing_ok=True)  # healed however the step ends
+            window.end = self.now()
+        self.note("store disk freed")
 
     async def _make_proxies(self, settings: list[PanelSettings]) -> list[PanelSettings]:
         by_id = {st.panel_id: st for st in settings}
@@ -246,7 +308,11 @@ class ScenarioRun:
     async def run(self) -> RunResult:
         started = time.monotonic()
         scenario = self.scenario
-        site_path, settings, config = self._prepare()
+        try:
+            site_path, settings, config = self._prepare()
+        except BaseException:
+            self._unmount_store()
+            raise
         self.config = config
         # One connection, one thread at a time (a storm and a step may overlap).
         self._config_limiter = trio.CapacityLimiter(1)
@@ -294,6 +360,7 @@ class ScenarioRun:
         finally:
             os.close(log_fd)
             config.close()
+            self._unmount_store()
         return RunResult(
             scenario=scenario,
             seed=self.seed,
@@ -393,6 +460,8 @@ class ScenarioRun:
         elif do == "config":
             version = await self._config(lambda: self.config.change(self._config_ops(a)))
             self.note(f"operator change: {step.describe()} -> version {version}")
+        elif do == "disk_full":
+            steps.start_soon(self._disk_full, float(a["for"]))
         elif do == "config_storm":
             steps.start_soon(self._config_storm, int(a["count"]), float(a["every"]))
         elif do == "burst":
@@ -496,7 +565,7 @@ class ProcessCluster:
 
     def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
         scenario = run.scenario
-        self.db = run.workdir / "site.db"
+        self.db = load_site(site_path).db
         extra = list(run.node_args)
         for flaw in sorted(run.unsafe):
             extra += ["--unsafe-break", flaw]

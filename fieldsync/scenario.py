@@ -75,6 +75,7 @@ ACTIONS: dict[str, dict[str, str]] = {
     "config": {"cardholders": "", "remove": "", "lock_door": "", "unlock_door": ""},
     "config_storm": {"count": "", "every": ""},
     "burst": {"panels": "all", "count": "", "spread": "10s"},
+    "disk_full": {"for": ""},
 }
 _NODE_TARGETS = {"active", "standby", "A", "B"}
 
@@ -109,6 +110,8 @@ class SiteSpec:
     rate: float = 2.0
     cardholders: int = 50
     doors: int = 4
+    #: The store on a tmpfs of this many bytes (root only); 0: the work directory's disk.
+    store_size: int = 0
 
     @property
     def ids(self) -> range:
@@ -236,6 +239,7 @@ def parse_scenario(text: str, path: Path | None = None) -> Scenario:
             rate=float(site_t.get("rate", 2.0)),
             cardholders=int(site_t.get("cardholders", 50)),
             doors=int(site_t.get("doors", 4)),
+            store_size=_size(site_t.get("store_size", 0)),
         )
     except (ValueError, TypeError) as exc:
         bad = next((k for k in ("policy", "buffer", "panels", "rate") if k in site_t and k in str(exc)), None)
@@ -355,6 +359,11 @@ def _check_step(
                 raise fail(key, str(exc)) from None
             if key in ("for", "every", "spread") and args[key] <= 0:
                 raise fail(key, "must be positive")
+    if do == "disk_full":
+        if "for" not in args:
+            raise fail(None, "disk_full needs 'for' (how long the store's disk stays full)")
+        if not site.store_size:
+            raise fail(None, "disk_full needs [site] store_size (the store on a size-limited tmpfs)")
     if do == "outage" and "for" not in args:
         raise fail(None, "an outage needs 'for' (how long both nodes are down)")
     if do == "toxic":
