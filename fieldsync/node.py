@@ -194,6 +194,9 @@ class Node:
         self._hwms: dict[int, int] = {}
         self._new_sessions: list[tuple[int, int, int]] = []
         self._config_acks: dict[int, int] = {}
+        #: Batches queued for commit per panel, and who waits for a panel's to be through.
+        self._queued: dict[int, int] = {}
+        self._drained: dict[int, trio.Event] = {}
 
     def __repr__(self) -> str:
         return f"<Node {self.node_id} epoch {self.epoch} sessions {len(self.sessions)}>"
@@ -374,6 +377,10 @@ class Node:
                 log.warning("panel %d refused: %s", hello.panel_id, refusal[1])
                 await ms.send_error(*refusal)
                 return False
+            # An older session of this panel may still have batches queued for commit
+            # (a power-cycled panel, a reconnect after a reset). The WELCOME's hwm must
+            # include them, or the panel would number new events into seqs they take.
+            await self._retire(hello.panel_id)
             # No store round trip per session: the hwm cache is authoritative while this
             # node's epoch is the store's, and bookkeeping goes out with the status write.
             hwm = self._hwms.get(hello.panel_id, 0)
@@ -426,6 +433,30 @@ class Node:
             return ErrorCode.STALE_EPOCH, f"panel {pid} has seen epoch {hello.max_epoch}; this node has {self.epoch}"
         return None
 
+    async def _retire(self, panel_id: int) -> None:
+        """End an older session of this panel and wait until every batch it queued is through."""
+        old = self.sessions.get(panel_id)
+        if old is not None:
+            old.fail(ErrorCode.REPLACED, f"a newer session of panel {panel_id} replaced this one")
+            old.scope.cancel()
+            with trio.move_on_after(2):
+                await old.done.wait()
+        with trio.move_on_after(self.settings.handshake_timeout):
+            while self._queued.get(panel_id, 0):
+                await self._drained.setdefault(panel_id, trio.Event()).wait()
+
+    def _dequeued(self, items: list[_Item]) -> None:
+        for item in items:
+            pid = item.session.panel_id
+            left = self._queued.get(pid, 0) - 1
+            if left > 0:
+                self._queued[pid] = left
+                continue
+            self._queued.pop(pid, None)
+            event = self._drained.pop(pid, None)
+            if event is not None:
+                event.set()
+
     async def _run_session(self, session: _Session) -> None:
         old = self.sessions.get(session.panel_id)
         if old is not None:
@@ -466,7 +497,13 @@ class Node:
                     session.ack(message.last_seq)  # broken on purpose: P1 must catch it
                 with ms.reading_paused():  # waiting on our own commit capacity
                     await session.outstanding.acquire()
-                    await self._ingest_send.send(_Item(session, message, self._now_us()))
+                    pid = session.panel_id
+                    self._queued[pid] = self._queued.get(pid, 0) + 1
+                    try:
+                        await self._ingest_send.send(_Item(session, message, self._now_us()))
+                    except BaseException:
+                        self._dequeued([_Item(session, message, 0)])
+                        raise
             elif isinstance(message, ConfigAck):
                 self._config_acks[session.panel_id] = message.version
             elif isinstance(message, Heartbeat):
@@ -557,6 +594,7 @@ class Node:
                 log.error("fenced: %s", exc)
                 for item in items:
                     item.session.fail(ErrorCode.STALE_EPOCH, str(exc))
+                self._dequeued(items)
                 self.fenced.set()
                 return
             except StoreError as exc:
@@ -565,6 +603,7 @@ class Node:
                 for item in items:
                     item.session.outstanding.release()
                     item.session.fail(ErrorCode.STORE_REFUSED, str(exc))
+                self._dequeued(items)
                 continue
             self._counts["commits"] += 1
             for item, outcome in zip(items, result.outcomes, strict=True):
@@ -578,6 +617,7 @@ class Node:
                 else:
                     item.session.ack(outcome.hwm)
             self._hwms.update(result.hwms)
+            self._dequeued(items)
 
     # -- config and status -----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ every shipped scenario with real processes (about 20 s each).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -164,11 +165,10 @@ def test_shipped_scenario_with_node_processes_full_tier(path: Path) -> None:
 def test_fifty_random_schedules_hold_every_promise() -> None:
     failures = []
     for seed in range(1, 51):
-        result = run_fast(random_scenario(seed, in_process=True, panels=6, duration=10.0), 31600)
+        result = run_fast(random_scenario(seed, in_process=True, panels=4, duration=8.0), 31600)
         if not result.ok:
-            failures.append(
-                f"seed {seed}: {broken(result)}; replay: fieldsync scenario fuzz --seed {seed} --count 1 --fast"
-            )
+            replay = f"fieldsync scenario fuzz --seed {seed} --count 1 --fast --panels 4 --duration 8"
+            failures.append(f"seed {seed}: {broken(result)}; replay: {replay}")
     assert not failures, "\n".join(failures)
 
 
@@ -211,6 +211,7 @@ def test_an_engine_without_epoch_fencing_is_caught_by_p5() -> None:
     """The zombie wakes with STONITH off; without the fence it goes on writing under its
     old epoch. (The same scenario holds with the real engine: the process tier above.)"""
     scenario = load_scenario(Path(__file__).parent.parent / "scenarios" / "zombie-primary-no-stonith.toml")
+    scenario = dataclasses.replace(scenario, site=dataclasses.replace(scenario.site, panels=12))
     run = ScenarioRun(scenario, port=31680, unsafe=frozenset({"no-epoch-check"}))
     result = trio.run(run.run)
     assert "P5" in broken(result), result.text()
