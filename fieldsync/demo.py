@@ -30,7 +30,7 @@ from storage import ClusterStore, ConfigStore, Lease
 
 from . import pki
 from .checker import Report, check
-from .site import load_site, write_pair_site
+from .site import Site, load_site, write_pair_site
 from .supervisor import Supervised, Supervisor, node_command
 
 __all__ = ["run_demo"]
@@ -48,6 +48,30 @@ def _lease(db: Path) -> Lease:
         return store.lease()
     finally:
         store.close()
+
+
+def issue_pair_pki(site: Site, name: str) -> None:
+    """A site CA and certificates for nodes A and B and every panel of the site."""
+    pki.init_ca(site.pki, site=name)
+    for node in ("A", "B"):
+        pki.issue(site.pki, "node", node)
+    for pid in site.panel_ids():
+        pki.issue(site.pki, "panel", pid)
+
+
+def seed_config(db: Path, *, doors: int, cardholders: int) -> ConfigStore:
+    """The starting configuration: an always-open schedule, a level to every door, cardholders."""
+    config = ConfigStore(db)
+    config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
+    config.change(
+        [
+            p.PutAccessLevel(
+                level=p.AccessLevel(id=1, entries=tuple(p.LevelEntry(door=d, schedule=1) for d in range(doors)))
+            )
+        ]
+    )
+    config.change([p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(cardholders)])
+    return config
 
 
 def _table(state: _State, fleet: Fleet, started: float) -> Table:
@@ -83,17 +107,8 @@ async def _story(
     write_pair_site(site_path, port=port, panels=panels, rate=rate, buffer="256KiB", name="fieldsync demo")
     site = load_site(site_path)
     say(f"making a site CA and certificates for 2 nodes and {panels} panels in {workdir}")
-    pki.init_ca(site.pki, site="fieldsync demo")
-    for node in ("A", "B"):
-        pki.issue(site.pki, "node", node)
-    for pid in site.panel_ids():
-        pki.issue(site.pki, "panel", pid)
-    config = ConfigStore(site.db)
-    config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
-    config.change(
-        [p.PutAccessLevel(level=p.AccessLevel(id=1, entries=tuple(p.LevelEntry(door=d, schedule=1) for d in range(4))))]
-    )
-    config.change([p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(50)])
+    issue_pair_pki(site, "fieldsync demo")
+    config = seed_config(site.db, doors=4, cardholders=50)
     children = [
         Supervised(name=n, command=node_command(n, str(site_path)), restart=True, restart_delay=1.0) for n in ("A", "B")
     ]

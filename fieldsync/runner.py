@@ -32,8 +32,8 @@ import protocol as p
 from emulator import Fleet, Panel, PanelSettings, Workload
 from storage import ClusterStore, ConfigStore, Lease
 
-from . import pki
 from .checker import Report, check
+from .demo import issue_pair_pki, seed_config
 from .fault_api import serve_api
 from .proxy import FaultHub, Toxic
 from .scenario import Scenario, ScenarioError, Step
@@ -196,23 +196,8 @@ class ScenarioRun:
         site_path.write_text(text)
         site = load_site(site_path)
         if s.tls:
-            pki.init_ca(site.pki, site=self.scenario.name[:60] or "scenario")
-            for node in ("A", "B"):
-                pki.issue(site.pki, "node", node)
-            for pid in site.panel_ids():
-                pki.issue(site.pki, "panel", pid)
-        config = ConfigStore(site.db)
-        config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
-        config.change(
-            [
-                p.PutAccessLevel(
-                    level=p.AccessLevel(id=1, entries=tuple(p.LevelEntry(door=d, schedule=1) for d in range(s.doors)))
-                )
-            ]
-        )
-        config.change(
-            [p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(s.cardholders)]
-        )
+            issue_pair_pki(site, self.scenario.name[:60] or "scenario")
+        config = seed_config(site.db, doors=s.doors, cardholders=s.cardholders)
         settings = [site.panel_settings(pid) for pid in site.panel_ids()]
         return site_path, settings, config
 
