@@ -36,7 +36,7 @@ from storage import ConfigStore, EventStore, StoreError
 from . import pki as pki_mod
 from .proxy import FaultError
 from .scenario import ScenarioError
-from .site import Site, SiteError, load_site, parse_address, parse_size
+from .site import Site, SiteError, heartbeat_port, load_site, parse_address, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -335,8 +335,8 @@ def node_cmd(
         lease=lease,
         dead_after=dead_after,
         beat_interval=min(0.1, dead_after / 3),
-        peers=tuple((n.name, n.address) for n in site.nodes if n.name != node_id),
-        beat_port=site.port + 5,
+        peers=tuple((n.name, n.heartbeat_via or n.address) for n in site.nodes if n.name != node_id),
+        beat_port=heartbeat_port(site.port),
         unsafe=frozenset(unsafe_break),
     )
     if unsafe_break:

@@ -3,7 +3,8 @@
 On the embedded default the VIP is a loopback address and "holding" it means
 being bound to VIP:30002. The lease and the epoch live in one row of the shared
 store, so taking over always raises the epoch (the fencing token) in the same
-transaction. A standby takes over when the active's heartbeats stop and either
+transaction. A standby takes over when the active's heartbeats stop (its UDP
+beats and its heartbeat row in the store: a lost link alone is not death) and either
 its lease has expired or STONITH has killed it (on one machine: SIGKILL of the
 pid the lease records, after checking it is a fieldsync process). With STONITH
 off, a paused active keeps VIP:30002 until it wakes, finds its lease gone and
@@ -331,16 +332,19 @@ class ClusterNode:
         """Has the holder stopped beating, and (with STONITH) is it now certainly dead?"""
         assert self.cluster is not None and lease.holder is not None
         quiet = self.ears.silent_for(lease.holder)
-        if quiet is None:
-            # Not heard since we started: judge by how long we have been listening,
-            # or by the store's heartbeat row when the peer runs without UDP reach.
+        dead_after = self.settings.dead_after
+        if quiet is None:  # not heard since we started: judge by how long we have been listening
+            silent = time.monotonic() - self._started > dead_after
+        else:
+            silent = quiet > dead_after
+        if silent:
+            # Two rings, like a cluster's network and disk heartbeats: the holder is silent
+            # only if its heartbeat row in the shared store has gone stale too. A lost
+            # heartbeat link alone (a partition between the nodes) must not shoot a live,
+            # writing node, nor start a STONITH duel with the supervisor's restarts.
             beats = await self._db(self.cluster.nodes)
             beat = beats.get(lease.holder)
-            listened = time.monotonic() - self._started
-            stale = beat is None or now - beat.heartbeat_us > self.settings.dead_after * 1e6
-            silent = listened > self.settings.dead_after and stale
-        else:
-            silent = quiet > self.settings.dead_after
+            silent = beat is None or now - beat.heartbeat_us > dead_after * 1e6
         if not silent or not self.settings.stonith:
             return False  # without STONITH only lease expiry frees it
         pid = lease.holder_pid

@@ -4,7 +4,7 @@ Served with h11 over trio (h11's own trio example is the model). Routes:
 
     GET    /version
     GET    /proxies                          every proxy
-    POST   /proxies                          {"name", "listen", "upstream", "enabled"?} -> 201
+    POST   /proxies                          {"name", "listen", "upstream", "enabled"?, "protocol"?} -> 201
     GET    /proxies/{proxy}
     POST   /proxies/{proxy}                  {"enabled": bool}
     DELETE /proxies/{proxy}                  -> 204
@@ -75,17 +75,21 @@ async def _list(hub: FaultHub, args: dict[str, str], body: Any) -> tuple[int, An
 async def _create(hub: FaultHub, args: dict[str, str], body: Any) -> tuple[int, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
         raise FaultError('the body must be {"name": ..., "listen": "HOST:PORT", "upstream": "HOST:PORT"}')
-    unknown = set(body) - {"name", "listen", "upstream", "enabled"}
+    unknown = set(body) - {"name", "listen", "upstream", "enabled", "protocol"}
     if unknown:
         raise FaultError(f"unknown proxy field {sorted(unknown)[0]!r}")
     enabled = body.get("enabled", True)
     if not isinstance(enabled, bool):
         raise FaultError("enabled must be true or false")
+    protocol = body.get("protocol", "tcp")
+    if protocol not in ("tcp", "udp"):
+        raise FaultError(f"protocol must be 'tcp' or 'udp', not {protocol!r}")
     proxy = await hub.create(
         body["name"],
         _address(body.get("listen"), "listen"),
         _address(body.get("upstream"), "upstream"),
         enabled=enabled,
+        protocol=protocol,
     )
     return 201, proxy.to_json()
 

@@ -2,10 +2,10 @@
 
 ``random_scenario(seed)`` mixes every fault the runner knows (process faults,
 toxics and group outages on two panel groups, resets, power-cycles, clock
-skews and jumps, operator changes and storms, shift-change bursts). The
-in-process tier leaves out what needs two node processes (SIGSTOP/SIGCONT,
-switchover). A failing seed is replayed with the command ``replay_command``
-prints.
+skews and jumps, operator changes and storms, shift-change bursts, faults of
+the heartbeat link between the nodes). The in-process tier leaves out what
+needs two node processes (SIGSTOP/SIGCONT, switchover, the heartbeat link).
+A failing seed is replayed with the command ``replay_command`` prints.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def random_scenario(
     kinds = ["kill", "restart", "outage", "toxic", "toxic", "toxic", "partition", "reset_peer", "power_cycle"]
     kinds += ["clock", "config", "config_storm", "burst"]
     if not in_process:
-        kinds += ["pause", "switchover"]
+        kinds += ["pause", "switchover", "heartbeat_link"]
     steps: list[Step] = []
     last = duration - 2.0
     for _ in range(rng.randint(3, 7)):
@@ -102,6 +102,26 @@ def random_scenario(
             steps.append(_step(round(min(at + span, last + 1), 2), "cont", node=node))
         elif kind == "switchover":
             steps.append(_step(at, "switchover", to=rng.choice(["A", "B"])))
+        elif kind == "heartbeat_link":
+            toxic, attributes = rng.choice(
+                [
+                    ("timeout", {}),
+                    ("loss", {"probability": round(rng.uniform(0.1, 0.9), 3)}),
+                    ("latency", {"latency": round(rng.uniform(20, 400), 1), "jitter": round(rng.uniform(0, 100), 1)}),
+                ]
+            )
+            steps.append(
+                _step(
+                    at,
+                    "toxic",
+                    group="nodes",
+                    type=toxic,
+                    stream="upstream",
+                    name=f"heartbeat_{toxic}_{len(steps)}",
+                    attributes=attributes,
+                    **{"for": span},
+                )
+            )
     return Scenario(
         name=f"fuzz seed {seed}" + (" (in-process)" if in_process else ""),
         path=None,

@@ -8,6 +8,11 @@ the ones its users keep asking for (``corrupt`` bytes at a rate, ``stall``
 like lost packets, ``half_open``). A disabled proxy refuses connections and
 closes the ones it had ("down").
 
+A ``DatagramProxy`` does the same for UDP (the nodes' heartbeat link): each
+datagram is delayed, corrupted, lost at a rate (``loss``) or dropped
+(``timeout``, or the proxy down); replies from the upstream go back to the
+last client.
+
 A ``FaultHub`` holds the proxies and groups of them (a panel group); a toxic
 added to a group reaches every proxy of the group in the same scheduler tick,
 so no connection sees half a fault. Every random choice comes from a seeded
@@ -22,12 +27,13 @@ import math
 import random
 import socket
 import struct
+import zlib
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import trio
 
-__all__ = ["TOXIC_TYPES", "FaultError", "FaultHub", "Proxy", "Toxic"]
+__all__ = ["TOXIC_TYPES", "DatagramProxy", "FaultError", "FaultHub", "Proxy", "Toxic"]
 
 Stream = Literal["upstream", "downstream"]
 STREAMS: tuple[Stream, ...] = ("upstream", "downstream")
@@ -44,6 +50,7 @@ TOXIC_TYPES: dict[str, dict[str, float]] = {
     "corrupt": {"rate": 0.0},  # probability per byte that one bit flips
     "stall": {"probability": 0.0, "duration": 0.0},  # per chunk, ms
     "half_open": {},  # this direction goes silent; closes are not passed on
+    "loss": {"probability": 0.0},  # UDP only: each datagram is lost with this probability
 }
 
 
@@ -99,7 +106,7 @@ class Toxic:
                 raise FaultError(f"attribute {key!r} must be a number >= 0, not {value!r}")
             attributes[key] = float(value)
         for key in ("rate", "probability"):
-            if kind in ("corrupt", "stall") and key in attributes and attributes[key] > 1:
+            if kind in ("corrupt", "stall", "loss") and key in attributes and attributes[key] > 1:
                 raise FaultError(f"{kind} {key} is a probability (0..1), not {attributes[key]}")
         if kind == "slicer" and attributes["average_size"] < 1:
             raise FaultError("slicer average_size must be at least 1 byte")
@@ -127,6 +134,7 @@ class ProxyCounters:
     bytes_dropped: int = 0
     bytes_corrupted: int = 0
     resets: int = 0
+    datagrams_dropped: int = 0
 
 
 class _Connection:
@@ -304,6 +312,10 @@ class _Connection:
 class Proxy:
     """One listen address forwarded to one upstream, with toxics; run by a ``FaultHub``."""
 
+    protocol = "tcp"
+    #: The toxic types this kind of proxy can apply.
+    toxic_types: frozenset[str] = frozenset(TOXIC_TYPES) - {"loss"}
+
     def __init__(self, name: str, listen: tuple[str, int], upstream: tuple[str, int], *, seed: int = 0) -> None:
         self.name = name
         self.listen = listen
@@ -328,19 +340,32 @@ class Proxy:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "protocol": self.protocol,
             "listen": f"{self.listen[0]}:{self.listen[1]}",
             "upstream": f"{self.upstream[0]}:{self.upstream[1]}",
             "enabled": self.enabled,
             "toxics": [t.to_json() for t in self.toxics.values()],
-            "connections": len(self._connections),
+            "connections": self._connection_count(),
             "counters": dataclasses.asdict(self.counters),
         }
+
+    def _connection_count(self) -> int:
+        return len(self._connections)
 
     def _changed(self) -> None:
         self.toxics_changed.set()
         self.toxics_changed = trio.Event()
 
+    def check_toxic(self, toxic: Toxic) -> None:
+        """Raises FaultError if this kind of proxy cannot apply ``toxic``."""
+        if toxic.type not in self.toxic_types:
+            raise FaultError(
+                f"proxy {self.name}: a {self.protocol.upper()} proxy cannot apply {toxic.type!r}; "
+                f"it can: {', '.join(sorted(self.toxic_types))}"
+            )
+
     def add_toxic(self, toxic: Toxic) -> None:
+        self.check_toxic(toxic)
         if toxic.name in self.toxics:
             raise FaultError(f"proxy {self.name} already has a toxic named {toxic.name!r}", status=409)
         self.toxics[toxic.name] = toxic
@@ -418,6 +443,98 @@ class Proxy:
             conn.reset()
 
 
+class DatagramProxy(Proxy):
+    """A UDP relay with toxics: datagrams from clients go to the upstream, replies to the last client.
+
+    ``latency`` (+ jitter) delays each datagram, ``corrupt`` flips bits, ``loss``
+    drops each with a probability, ``timeout`` (and the proxy down) drops every
+    one. Datagrams are not connections: ``toxicity`` is drawn per datagram.
+    """
+
+    protocol = "udp"
+    toxic_types = frozenset({"latency", "corrupt", "loss", "timeout"})
+
+    def __init__(self, name: str, listen: tuple[str, int], upstream: tuple[str, int], *, seed: int = 0) -> None:
+        super().__init__(name, listen, upstream, seed=seed)
+        self._client: Any = None
+
+    def _connection_count(self) -> int:
+        return 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Relay datagrams until disabled.
+
+        Raises:
+            FaultError: the listen address cannot be bound (in use).
+        """
+        host, port = self.listen
+        front = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        back = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            try:
+                await front.bind((host, port))
+            except OSError as exc:
+                raise FaultError(
+                    f"proxy {self.name} cannot listen on UDP {host}:{port}: {exc.strerror}", status=409
+                ) from exc
+            await back.bind((host, 0))  # replies come back to an address of the same loopback host
+            await back.connect(self.upstream)
+            self.enabled = True
+            self.stopped = trio.Event()
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, front, back, "upstream", nursery)
+                    nursery.start_soon(self._pump, back, front, "downstream", nursery)
+        finally:
+            self.enabled = False
+            self._scope = None
+            front.close()
+            back.close()
+            self.stopped.set()
+
+    async def _pump(self, source: Any, sink: Any, stream: Stream, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                data, sender = await source.recvfrom(65536)
+            except OSError:  # ICMP unreachable from an earlier send: the peer is down, go on
+                continue
+            if stream == "upstream":
+                self._client = sender
+            elif self._client is None:
+                continue  # a reply before any client: nobody to give it to
+            delay = 0.0
+            for toxic in self.toxics.values():
+                if toxic.stream != stream or self.rng.random() >= toxic.toxicity:
+                    continue
+                a = toxic.attributes
+                if toxic.type == "timeout" or (toxic.type == "loss" and self.rng.random() < a["probability"]):
+                    data = b""
+                    break
+                if toxic.type == "corrupt":
+                    data = self.corrupt(data, a["rate"])
+                elif toxic.type == "latency":
+                    delay += max(0.0, a["latency"] + (self.rng.random() * 2 - 1) * a["jitter"]) / 1000
+            if not data:
+                self.counters.datagrams_dropped += 1
+                continue
+            nursery.start_soon(self._send, sink, data, stream, self._client, trio.current_time() + delay)
+
+    async def _send(self, sink: Any, data: bytes, stream: Stream, client: Any, at: float) -> None:
+        await trio.sleep_until(at)
+        with contextlib.suppress(OSError):  # the upstream is down: what a datagram link does
+            if stream == "upstream":
+                await sink.send(data)
+                self.counters.bytes_upstream += len(data)
+            else:
+                await sink.sendto(data, client)
+                self.counters.bytes_downstream += len(data)
+
+    def reset_all(self) -> None:
+        """Datagrams have no connection to reset."""
+
+
 class FaultHub:
     """The proxies and the groups of them, run inside one nursery.
 
@@ -451,11 +568,22 @@ class FaultHub:
         raise FaultError(f"no group or proxy named {name!r}", status=404)
 
     async def create(
-        self, name: str, listen: tuple[str, int], upstream: tuple[str, int], *, enabled: bool = True
+        self,
+        name: str,
+        listen: tuple[str, int],
+        upstream: tuple[str, int],
+        *,
+        enabled: bool = True,
+        protocol: Literal["tcp", "udp"] = "tcp",
     ) -> Proxy:
         if name in self.proxies:
             raise FaultError(f"a proxy named {name!r} exists", status=409)
-        proxy = Proxy(name, listen, upstream, seed=hash((self._seed, name)) & 0xFFFFFFFF)
+        kind = {"tcp": Proxy, "udp": DatagramProxy}.get(protocol)
+        if kind is None:
+            raise FaultError(f"protocol must be 'tcp' or 'udp', not {protocol!r}")
+        proxy = kind(
+            name, listen, upstream, seed=zlib.crc32(f"{self._seed}:{name}".encode())
+        )  # stable across processes, unlike hash()
         if enabled:
             await self._start(proxy)
         self.proxies[name] = proxy
@@ -505,6 +633,8 @@ class FaultHub:
         clash = [p.name for p in proxies if toxic.name in p.toxics]
         if clash:
             raise FaultError(f"toxic {toxic.name!r} already exists on {', '.join(clash)}", status=409)
+        for proxy in proxies:  # all or none
+            proxy.check_toxic(toxic)
         for proxy in proxies:
             proxy.add_toxic(dataclasses.replace(toxic, attributes=dict(toxic.attributes)))
         return [p.name for p in proxies]

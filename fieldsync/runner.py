@@ -36,8 +36,8 @@ from .checker import Report, check
 from .demo import issue_pair_pki, seed_config
 from .fault_api import serve_api
 from .proxy import FaultHub, Toxic
-from .scenario import Scenario, ScenarioError, Step
-from .site import load_site, write_pair_site
+from .scenario import NODES_GROUP, Scenario, ScenarioError, Step
+from .site import heartbeat_port, load_site, write_pair_site
 from .supervisor import Supervised, Supervisor, node_command
 
 __all__ = ["FaultWindow", "RunResult", "Sample", "ScenarioRun", "run_scenario"]
@@ -48,6 +48,10 @@ VIP = "127.0.0.100"
 def _shadow_address(panel_id: int) -> str:
     """Where a grouped host-initiated panel really listens; its proxy takes 127.1.x.y."""
     return f"127.2.{panel_id >> 8}.{panel_id & 0xFF}"
+
+
+#: Each node's address and the heartbeat proxy's address in front of it.
+_HEARTBEAT_VIA = {"A": ("127.0.0.11", "127.0.0.21"), "B": ("127.0.0.12", "127.0.0.22")}
 
 
 def _group_address(index: int) -> str:
@@ -190,6 +194,13 @@ class ScenarioRun:
         if s.flash:
             text = text.replace("[fleet]\n", '[fleet]\nflash_dir = "flash"\n', 1)
             (self.workdir / "flash").mkdir(exist_ok=True)
+        if not self.in_process:  # each node's beats to the other cross a UDP fault proxy (group "nodes")
+            for node, (address, via) in _HEARTBEAT_VIA.items():
+                text = text.replace(
+                    f'[nodes.{node}]\naddress = "{address}"\n',
+                    f'[nodes.{node}]\naddress = "{address}"\nheartbeat_via = "{via}"\n',
+                    1,
+                )
         if s.store_size:
             store_dir = self._mount_store(s.store_size)
             text = text.replace('db = "site.db"', f'db = "{store_dir.name}/site.db"', 1)
@@ -257,6 +268,13 @@ class ScenarioRun:
             window.end = self.now()
         self.note("store disk freed")
 
+    async def _make_heartbeat_proxies(self) -> None:
+        """The heartbeat link between the nodes as the group "nodes" (UDP proxies, both ways)."""
+        beat_port = heartbeat_port(self.port)
+        for node, (address, via) in _HEARTBEAT_VIA.items():
+            await self.hub.create(f"nodes.{node}", (via, beat_port), (address, beat_port), protocol="udp")
+        self.hub.define_group(NODES_GROUP, [f"nodes.{node}" for node in _HEARTBEAT_VIA])
+
     async def _make_proxies(self, settings: list[PanelSettings]) -> list[PanelSettings]:
         by_id = {st.panel_id: st for st in settings}
         for index, group in enumerate(self.scenario.groups):
@@ -293,6 +311,11 @@ class ScenarioRun:
     async def run(self) -> RunResult:
         started = time.monotonic()
         scenario = self.scenario
+        if self.in_process and scenario.needs_two_nodes:
+            raise ScenarioError(
+                f"{scenario.name}: SIGSTOP/SIGCONT, switchover and the heartbeat link (group 'nodes') need "
+                "the two node processes; run it without --fast"
+            )
         try:
             site_path, settings, config = self._prepare()
         except BaseException:
@@ -317,6 +340,8 @@ class ScenarioRun:
                     await nursery.start(serve_api, self.hub, "127.0.0.1", self.api_port)
                     self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
                 settings = await self._make_proxies(settings)
+                if not self.in_process:
+                    await self._make_heartbeat_proxies()
                 self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
                 if self.in_process:
                     self.cluster = InProcessCluster(self, site_path)

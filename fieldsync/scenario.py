@@ -57,6 +57,11 @@ def parse_panels(text: Any, known: range) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
+#: The built-in group of the heartbeat link between the nodes (UDP fault proxies).
+NODES_GROUP = "nodes"
+#: Actions the in-process tier (one node) cannot take.
+TWO_NODE_ACTIONS = frozenset({"stop", "cont", "switchover"})
+
 #: Each action and its keys (beside ``at`` and ``do``); documented in docs/scenarios.md.
 ACTIONS: dict[str, dict[str, str]] = {
     "kill": {"node": "active"},
@@ -139,6 +144,11 @@ class Scenario:
     cluster: ClusterSpec = ClusterSpec()
     groups: tuple[GroupSpec, ...] = ()
     timeline: tuple[Step, ...] = ()
+
+    @property
+    def needs_two_nodes(self) -> bool:
+        """Steps only the process cluster can take: SIGSTOP/SIGCONT, switchover, the heartbeat link."""
+        return any(s.do in TWO_NODE_ACTIONS or s.args.get("group") == NODES_GROUP for s in self.timeline)
 
     def group(self, name: str) -> GroupSpec:
         for g in self.groups:
@@ -264,6 +274,8 @@ def parse_scenario(text: str, path: Path | None = None) -> Scenario:
             raise loc.error(table, "panels", str(exc), index) from None
         if any(x.name == name for x in groups):
             raise loc.error(table, "name", f"group {name!r} is defined twice", index)
+        if name == NODES_GROUP:
+            raise loc.error(table, "name", f"{NODES_GROUP!r} is the heartbeat link between the nodes", index)
         taken = {pid for x in groups for pid in x.panels} & set(ids)
         if taken:
             raise loc.error(table, "panels", f"panel {min(taken)} is already in another group", index)
@@ -283,7 +295,7 @@ def parse_scenario(text: str, path: Path | None = None) -> Scenario:
 
     duration = get_time("", data, "duration", 20.0)
     steps: list[Step] = []
-    group_names = {g.name for g in groups}
+    group_names = {g.name for g in groups} | {NODES_GROUP}
     for index, raw in enumerate(data.get("timeline", [])):
         table = "timeline"
         if not isinstance(raw, dict):
@@ -367,7 +379,7 @@ def _check_step(
     if do == "outage" and "for" not in args:
         raise fail(None, "an outage needs 'for' (how long both nodes are down)")
     if do == "toxic":
-        from .proxy import FaultError, Toxic
+        from .proxy import DatagramProxy, FaultError, Toxic
 
         if "type" not in args:
             raise fail(None, "a toxic needs 'type'")
@@ -381,6 +393,11 @@ def _check_step(
             )
         except FaultError as exc:
             raise fail("type" if "type" in str(exc) else "attributes", str(exc)) from None
+        if args["group"] == NODES_GROUP and args["type"] not in DatagramProxy.toxic_types:
+            kinds = ", ".join(sorted(DatagramProxy.toxic_types))
+            raise fail("type", f"the heartbeat link between the nodes is UDP: a toxic there is one of {kinds}")
+    if do == "reset_peer" and args.get("group") == NODES_GROUP:
+        raise fail("group", "the heartbeat link between the nodes is UDP: it has no connection to reset")
     if do == "remove_toxic" and not args.get("name"):
         raise fail(None, "remove_toxic needs the toxic's 'name'")
     if do == "clock" and "skew" not in args and "jump" not in args:

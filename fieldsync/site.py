@@ -48,10 +48,17 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+def heartbeat_port(port: int) -> int:
+    """The UDP port of the node-to-node heartbeat, beside the VIP's ``port``."""
+    return port + 5
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSpec:
     name: str
     address: str
+    #: Where the other nodes send this node's heartbeats (a fault proxy); default: ``address``.
+    heartbeat_via: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,8 +224,15 @@ def load_site(path: Path | str | None) -> Site:
         raise SiteError(f"{path}: fleet.mode {fleet.mode!r} is not one of {', '.join(sorted(_MODES))}")
     nodes = []
     for name, table in data.get("nodes", {}).items():
-        _check_keys(f"nodes.{name}.", table, {"address"}, path)
-        nodes.append(NodeSpec(name=name, address=str(table.get("address", "127.0.0.1"))))
+        _check_keys(f"nodes.{name}.", table, {"address", "heartbeat_via"}, path)
+        via = table.get("heartbeat_via")
+        nodes.append(
+            NodeSpec(
+                name=name,
+                address=str(table.get("address", "127.0.0.1")),
+                heartbeat_via=None if via is None else str(via),
+            )
+        )
     overrides: dict[int, dict[str, Any]] = {}
     for index, table in enumerate(data.get("panels", [])):
         _check_keys(f"panels[{index}].", table, _PANEL_KEYS, path)

@@ -225,6 +225,13 @@ async def test_the_http_api_speaks_toxiproxy_and_refuses_nonsense(autojump_clock
             32089, "POST", "/proxies", {"name": "panel-2", "listen": "127.0.0.1:32082", "upstream": "127.0.0.1:32080"}
         )
         assert status == 201 and made["enabled"]
+        status, made = await http(
+            32089,
+            "POST",
+            "/proxies",
+            {"name": "beat", "listen": "127.0.0.1:32085", "upstream": "127.0.0.1:32086", "protocol": "udp"},
+        )
+        assert status == 201 and made["protocol"] == "udp"
         status, added = await http(
             32089, "POST", "/proxies/panel-2/toxics", {"type": "latency", "attributes": {"latency": 200}}
         )
@@ -258,6 +265,16 @@ async def test_the_http_api_speaks_toxiproxy_and_refuses_nonsense(autojump_clock
             (("DELETE", "/version", None), 405, "use GET"),
             (("GET", "/nowhere", None), 404, "no such resource"),
             (("POST", "/proxies/panel-1", {"enabled": "maybe"}), 400, '"enabled": true|false'),
+            (
+                (
+                    "POST",
+                    "/proxies",
+                    {"name": "z", "listen": "127.0.0.1:32084", "upstream": "127.0.0.1:1", "protocol": 6},
+                ),
+                400,
+                "protocol must be 'tcp' or 'udp'",
+            ),
+            (("POST", "/proxies/panel-1/toxics", {"type": "loss"}), 400, "TCP proxy cannot apply 'loss'"),
         ]
         for (method, target, body), code, reason in bad:
             status, error = await http(32089, method, target, body)
@@ -268,6 +285,69 @@ async def test_the_http_api_speaks_toxiproxy_and_refuses_nonsense(autojump_clock
         assert (await http(32089, "POST", "/reset"))[0] == 204
         assert (await roundtrip(32082, b"re-enabled"))[0] == b"re-enabled"
         nursery.cancel_scope.cancel()
+
+
+async def test_udp_proxy_delays_loses_and_drops_datagrams(autojump_clock: trio.testing.MockClock) -> None:
+    """The heartbeat link's proxy: each datagram delayed, lost at a seeded rate or dropped; replies return."""
+    upstream = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    client = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await upstream.bind((HOST, 32150))
+    await client.bind((HOST, 0))
+
+    async def echo() -> None:
+        while True:
+            data, sender = await upstream.recvfrom(2048)
+            await upstream.sendto(b"re:" + data, sender)
+
+    async def exchange(n: int, wait: float = 1.0) -> tuple[list[bytes], list[float]]:
+        got: list[bytes] = []
+        times: list[float] = []
+        start = trio.current_time()
+        for i in range(n):
+            await client.sendto(b"%d" % i, (HOST, 32151))
+        with trio.move_on_after(wait):
+            while True:
+                data, _ = await client.recvfrom(2048)
+                got.append(data)
+                times.append(trio.current_time() - start)
+        return got, times
+
+    with upstream, client:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo)
+            hub = await nursery.start(FaultHub(seed=1).run)
+            proxy = await hub.create("beat", (HOST, 32151), (HOST, 32150), protocol="udp")
+            assert proxy.to_json()["protocol"] == "udp"
+            got, _ = await exchange(3)
+            assert sorted(got) == [b"re:0", b"re:1", b"re:2"]  # replies go back to the client
+            hub.add_toxic("beat", toxic("latency", "upstream", latency=100))
+            hub.add_toxic("beat", toxic("latency", "downstream", latency=50))
+            got, times = await exchange(1)
+            assert got == [b"re:0"] and times[0] == pytest.approx(0.150, abs=1e-6)
+            hub.remove_toxic("beat", "latency_upstream")
+            hub.remove_toxic("beat", "latency_downstream")
+            hub.add_toxic("beat", toxic("loss", "upstream", probability=0.5))
+            got, _ = await exchange(400)
+            assert 140 < len(got) < 260  # about half, seeded
+            assert proxy.counters.datagrams_dropped == 400 - len(got)
+            hub.remove_toxic("beat", "loss_upstream")
+            hub.add_toxic("beat", toxic("timeout", "downstream"))
+            assert (await exchange(5))[0] == []  # the upstream got them; its replies are dropped
+            hub.remove_toxic("beat", "timeout_downstream")
+            await hub.set_enabled("beat", False)
+            assert (await exchange(5))[0] == []  # down: nothing crosses
+            await hub.set_enabled("beat", True)
+            assert len((await exchange(2))[0]) == 2
+            # A stream toxic makes no sense on datagrams: refused with the reason.
+            with pytest.raises(FaultError, match="proxy beat: a UDP proxy cannot apply 'slicer'"):
+                hub.add_toxic("beat", toxic("slicer"))
+            with pytest.raises(FaultError, match="UDP proxy cannot apply 'bandwidth'"):
+                proxy.add_toxic(toxic("bandwidth", rate=1))
+            with pytest.raises(FaultError, match="protocol must be 'tcp' or 'udp'"):
+                await hub.create("x", (HOST, 32152), (HOST, 32150), protocol="sctp")  # type: ignore[arg-type]
+            with pytest.raises(FaultError, match=r"cannot listen on UDP 127\.0\.0\.1:32150"):
+                await hub.create("y", (HOST, 32150), (HOST, 32151), protocol="udp")
+            nursery.cancel_scope.cancel()
 
 
 async def test_fieldsync_faults_serves_proxies_and_the_api() -> None:

@@ -24,11 +24,10 @@ from fieldsync.runner import RunResult, ScenarioRun
 from fieldsync.scenario import ScenarioError, load_scenario, parse_scenario
 
 SHIPPED = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
-NEEDS_PROCESSES = {"stop", "cont", "switchover"}
 
 
 def _needs_processes(path: Path) -> bool:
-    return any(step.do in NEEDS_PROCESSES for step in load_scenario(path).timeline)
+    return load_scenario(path).needs_two_nodes
 
 
 def run_fast(scenario_or_path: object, port: int, **kwargs: object) -> RunResult:
@@ -73,12 +72,25 @@ for = "3s"
         ('at = "2s"', 'at = "20s"', r"x\.toml:10: timeline\[0\]\.at: 20s is after the scenario's duration"),
         ('do = "toxic"', 'do = "earthquake"', r"x\.toml:11: timeline\[0\]\.do: unknown action 'earthquake'"),
         ("[site]", "[site\n", r"x\.toml: not valid TOML"),
+        ('name = "east"', 'name = "nodes"', r"x\.toml:7: site\.groups\[0\]\.name: 'nodes' is the heartbeat link"),
+        (
+            'group = "east"\ntype = "latency"\nattributes = { latency = 100 }',
+            'group = "nodes"\ntype = "slicer"\nattributes = {}',
+            r"x\.toml:13: timeline\[0\]\.type: the heartbeat link between the nodes is UDP",
+        ),
     ],
 )
 def test_a_bad_file_names_the_file_line_and_key(old: str, new: str, where: str) -> None:
     parse_scenario(GOOD, Path("x.toml"))  # the good one parses
     with pytest.raises(ScenarioError, match=where):
         parse_scenario(GOOD.replace(old, new, 1), Path("x.toml"))
+
+
+def test_the_in_process_tier_refuses_what_needs_two_nodes() -> None:
+    scenario = load_scenario(Path(__file__).parent.parent / "scenarios" / "heartbeat-link-partition.toml")
+    assert scenario.needs_two_nodes
+    with pytest.raises(ScenarioError, match="need the two node processes; run it without --fast"):
+        run_fast(scenario, 31690)
 
 
 def test_every_shipped_scenario_is_a_valid_file() -> None:
@@ -97,7 +109,7 @@ def test_random_schedules_are_repeatable_and_round_trip_through_the_file_format(
             assert again.site == generated.site and again.groups == generated.groups
             assert [(s.at, s.do, s.args) for s in again.timeline] == [(s.at, s.do, s.args) for s in generated.timeline]
             if in_process:
-                assert not {s.do for s in generated.timeline} & NEEDS_PROCESSES
+                assert not generated.needs_two_nodes
 
 
 # -- the shipped library -------------------------------------------------------------------
@@ -148,6 +160,11 @@ def test_shipped_scenario_with_node_processes(path: Path, tmp_path: Path) -> Non
     assert (tmp_path / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if path.stem == "flapping-vip":
         assert report["store_epoch"] >= 6  # every switchover raised the epoch
+    if path.stem == "heartbeat-link-partition":
+        # The lost heartbeat link alone moved nothing (the store's heartbeat ring was fresh);
+        # the one takeover is the real kill -9.
+        assert report["store_epoch"] == 2, report["faults"]
+        assert sorted(report["node_starts"].values()) == [1, 2]  # the killed active came back once
 
 
 @pytest.mark.slow
