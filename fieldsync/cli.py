@@ -285,6 +285,14 @@ def line_cmd(link_dir: Path | None, garbage_rate: float, drop_rate: float, seed:
 
 # -- cluster -----------------------------------------------------------------------------
 
+unsafe_option = click.option(
+    "--unsafe-break",
+    multiple=True,
+    type=click.Choice(["ack-before-commit", "no-dedupe", "no-epoch-check"]),
+    hidden=True,
+    help="A deliberately broken build, for the checker's negative controls only.",
+)
+
 
 @main.command("node")
 @click.option("--id", "node_id", required=True, help="This node's name in the site file (A or B).")
@@ -295,13 +303,7 @@ def line_cmd(link_dir: Path | None, garbage_rate: float, drop_rate: float, seed:
 @click.option(
     "--dead-after", type=float, default=0.3, show_default=True, help="Heartbeat silence that makes a node dead."
 )
-@click.option(
-    "--unsafe-break",
-    multiple=True,
-    type=click.Choice(["ack-before-commit", "no-dedupe", "no-epoch-check"]),
-    hidden=True,
-    help="A deliberately broken build, for the checker's negative controls only.",
-)
+@unsafe_option
 @_friendly
 def node_cmd(
     node_id: str,
@@ -676,6 +678,7 @@ def scenario_check(files: tuple[Path, ...]) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="JSON report path.")
 @click.option("--png", "png_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the PNG timeline here.")
 @click.option("--keep", type=click.Path(path_type=Path, file_okay=False), help="Work in this directory and keep it.")
+@unsafe_option
 @_friendly
 def scenario_run(
     file: Path,
@@ -685,6 +688,7 @@ def scenario_run(
     json_path: Path | None,
     png_path: Path | None,
     keep: Path | None,
+    unsafe_break: tuple[str, ...],
 ) -> None:
     """Run a scenario and print the verdict; the exit code is 0 only if every promise held."""
     from .runner import ScenarioRun, write_reports
@@ -696,7 +700,9 @@ def scenario_run(
         click.echo(text)
         sys.stdout.flush()
 
-    run = ScenarioRun(loaded, seed=seed, workdir=keep, port=port, api_port=api_port, say=say)
+    run = ScenarioRun(
+        loaded, seed=seed, workdir=keep, port=port, api_port=api_port, say=say, unsafe=frozenset(unsafe_break)
+    )
 
     async def main_run() -> Any:
         async with trio.open_nursery() as nursery:
@@ -722,7 +728,9 @@ def scenario_run(
     written = write_reports(result, json_path=json_path, png_path=png_path)
     click.echo(result.text())
     click.echo(f"reports: {', '.join(map(str, written))}")
-    replay = f"fieldsync scenario run {file} --seed {result.seed}"
+    replay = f"fieldsync scenario run {file} --seed {result.seed}" + "".join(
+        f" --unsafe-break {flaw}" for flaw in sorted(unsafe_break)
+    )
     if not result.ok:
         click.echo(f"replay: {replay}")
         raise SystemExit(1)
@@ -736,9 +744,17 @@ def scenario_run(
 @click.option("--duration", type=float, default=15.0, show_default=True, help="Timeline length, seconds.")
 @click.option("--port", type=int, default=30002, show_default=True)
 @click.option("--save", type=click.Path(path_type=Path, file_okay=False), help="Write each schedule's TOML here.")
+@unsafe_option
 @_friendly
 def scenario_fuzz(
-    count: int, seed: int, fast: bool, panels: int, duration: float, port: int, save: Path | None
+    count: int,
+    seed: int,
+    fast: bool,
+    panels: int,
+    duration: float,
+    port: int,
+    save: Path | None,
+    unsafe_break: tuple[str, ...],
 ) -> None:
     """Run seeded random fault schedules; print any failing seed with the command that replays it."""
     from .fuzz import random_scenario, replay_command, scenario_toml
@@ -750,7 +766,7 @@ def scenario_fuzz(
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
             (save / f"fuzz-{s}.toml").write_text(scenario_toml(generated))
-        run = ScenarioRun(generated, port=port, in_process=fast)
+        run = ScenarioRun(generated, port=port, in_process=fast, unsafe=frozenset(unsafe_break))
         clock = trio.testing.MockClock(rate=10, autojump_threshold=0.02) if fast else None
         result = trio.run(run.run, clock=clock)
         steps = ", ".join(step.describe() for step in generated.timeline)
@@ -759,7 +775,10 @@ def scenario_fuzz(
         if not result.ok:
             failed.append(s)
             click.echo(result.text())
-            click.echo(f"replay: {replay_command(s, in_process=fast)}")
+            replay = replay_command(
+                s, in_process=fast, panels=panels, duration=duration, port=port, unsafe=unsafe_break
+            )
+            click.echo(f"replay: {replay}")
     click.echo(f"{count - len(failed)} of {count} schedules held every promise")
     if failed:
         raise SystemExit(1)

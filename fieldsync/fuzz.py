@@ -144,8 +144,27 @@ def _step(at: float, do: str, **args: Any) -> Step:
     return Step(at=at, do=do, args=args, line=0)
 
 
-def replay_command(seed: int, *, in_process: bool) -> str:
-    return f"fieldsync scenario fuzz --seed {seed} --count 1" + (" --fast" if in_process else "")
+def replay_command(
+    seed: int,
+    *,
+    in_process: bool,
+    panels: int = 8,
+    duration: float = 15.0,
+    port: int = 30002,
+    unsafe: tuple[str, ...] | frozenset[str] = (),
+) -> str:
+    """The command that runs this one schedule again, with every option that shapes it."""
+    parts = [f"fieldsync scenario fuzz --seed {seed} --count 1"]
+    if in_process:
+        parts.append("--fast")
+    if panels != 8:
+        parts.append(f"--panels {panels}")
+    if duration != 15.0:
+        parts.append(f"--duration {duration:g}")
+    if port != 30002:
+        parts.append(f"--port {port}")
+    parts += [f"--unsafe-break {flaw}" for flaw in sorted(unsafe)]
+    return " ".join(parts)
 
 
 def scenario_toml(scenario: Scenario) -> str:

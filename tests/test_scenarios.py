@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from fieldsync.fuzz import random_scenario, scenario_toml
+from fieldsync.fuzz import random_scenario, replay_command, scenario_toml
 from fieldsync.runner import RunResult, ScenarioRun
 from fieldsync.scenario import ScenarioError, load_scenario, parse_scenario
 
@@ -184,9 +184,37 @@ def test_fifty_random_schedules_hold_every_promise() -> None:
     for seed in range(1, 51):
         result = run_fast(random_scenario(seed, in_process=True, panels=4, duration=8.0), 31600)
         if not result.ok:
-            replay = f"fieldsync scenario fuzz --seed {seed} --count 1 --fast --panels 4 --duration 8"
+            replay = replay_command(seed, in_process=True, panels=4, duration=8.0, port=31600)
             failures.append(f"seed {seed}: {broken(result)}; replay: {replay}")
     assert not failures, "\n".join(failures)
+
+
+def test_a_failing_seed_prints_a_replay_that_breaks_the_same_promise() -> None:
+    """The fuzzer against a broken engine (dedupe off): each failing seed is printed with the
+    exact command, and that command, run on its own, breaks the same promise again."""
+    base = [sys.executable, "-m", "fieldsync.cli"]
+    options = ["--fast", "--panels", "4", "--duration", "8", "--port", "31640", "--unsafe-break", "no-dedupe"]
+    done = subprocess.run(
+        [*base, "scenario", "fuzz", "--count", "2", "--seed", "4", *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    verdicts = {
+        line.split(":")[0]: line.split(" (")[0] for line in done.stdout.splitlines() if line.startswith("seed ")
+    }
+    replays = [line.removeprefix("replay: ") for line in done.stdout.splitlines() if line.startswith("replay: ")]
+    assert verdicts["seed 4"] == "seed 4: BROKEN P2", done.stdout[-3000:]
+    assert replays[0] == replay_command(
+        4, in_process=True, panels=4, duration=8.0, port=31640, unsafe=("no-dedupe",)
+    ), replays
+    command = replays[0].split()
+    assert command[0] == "fieldsync"
+    again = subprocess.run([*base, *command[1:]], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1
+    assert again.stdout.startswith("seed 4: BROKEN P2 ("), again.stdout[-3000:]
+    assert f"replay: {replays[0]}" in again.stdout
 
 
 # -- negative controls: a checker that cannot fail proves nothing --------------------------
