@@ -759,6 +759,7 @@ def scenario_fuzz(
     """Run seeded random fault schedules; print any failing seed with the command that replays it."""
     from .fuzz import random_scenario, replay_command, scenario_toml
     from .runner import ScenarioRun
+    from .vclock import fast_forward_clock
 
     failed: list[int] = []
     for s in range(seed, seed + count):
@@ -767,8 +768,11 @@ def scenario_fuzz(
             save.mkdir(parents=True, exist_ok=True)
             (save / f"fuzz-{s}.toml").write_text(scenario_toml(generated))
         run = ScenarioRun(generated, port=port, in_process=fast, unsafe=frozenset(unsafe_break))
-        clock = trio.testing.MockClock(rate=10, autojump_threshold=0.02) if fast else None
-        result = trio.run(run.run, clock=clock)
+        if fast:
+            clock, instrument = fast_forward_clock()
+            result = trio.run(run.run, clock=clock, instruments=[instrument])
+        else:
+            result = trio.run(run.run)
         steps = ", ".join(step.describe() for step in generated.timeline)
         broken = [name.split()[0] for name, (ok, _) in result.report.promises().items() if not ok]
         click.echo(f"seed {s}: {'ok' if result.ok else 'BROKEN ' + ' '.join(broken)} ({result.wall_s:.1f} s) {steps}")

@@ -75,6 +75,10 @@ class NodeSettings:
     known_panels: frozenset[int] | None = None
     heartbeat_ms: int = 1000
     handshake_timeout: float = 5.0
+    #: TLS handshakes in progress at once, accepted and dialed together. A reconnect
+    #: storm then completes a few at a time instead of advancing all of them so slowly
+    #: that every one times out (a collapse seen with 40 panels under coverage).
+    max_handshakes: int = 16
     #: Most events one group commit takes.
     #: (Small enough that the write lock is never held long: the lease renews through it.)
     max_commit_events: int = 20_000
@@ -162,6 +166,7 @@ class Node:
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         self._server_ctx: ssl.SSLContext | None = server_context(settings.tls) if settings.tls else None
         self._client_ctx: ssl.SSLContext | None = client_context(settings.tls) if settings.tls else None
+        self._handshakes = trio.Semaphore(settings.max_handshakes)
         self.store: EventStore | None = None
         self.config_store: ConfigStore | None = None
         self._store_limiter = trio.CapacityLimiter(1)
@@ -274,6 +279,7 @@ class Node:
                     self._server_ctx,
                     self._serve_link,
                     handshake_timeout=self.settings.handshake_timeout,
+                    handshakes=self._handshakes,
                     on_refused=refused,
                     task_status=task_status,
                 )
@@ -295,8 +301,9 @@ class Node:
                 await current.done.wait()
                 continue
             try:
-                with trio.fail_after(self.settings.handshake_timeout):
-                    link = await dial(host, port, self._client_ctx)
+                async with self._handshakes:  # the timeout is for the handshake, not our own queue
+                    with trio.fail_after(self.settings.handshake_timeout):
+                        link = await dial(host, port, self._client_ctx)
                 if await self._serve_link(link, expected=panel_id):
                     delay = 0.05
             except (LinkError, trio.TooSlowError) as exc:

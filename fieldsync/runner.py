@@ -352,8 +352,9 @@ class ScenarioRun:
                 with trio.fail_after(300):
                     await _until(lambda: self._holder() is not None)
                 await nursery.start(self.fleet.run)
-                with trio.fail_after(300):
+                with trio.move_on_after(300):
                     await self.fleet.wait_connected()
+                self._check_all_connected()
                 self._t0 = trio.current_time()
                 self.note(f"{len(self.fleet)} panels online, node {self._holder()} holds the VIP")
                 nursery.start_soon(self._sample)
@@ -383,6 +384,21 @@ class ScenarioRun:
             wall_s=time.monotonic() - started,
             drained=drained,
             node_starts=self.cluster.starts() if self.cluster is not None else {},
+        )
+
+    def _check_all_connected(self) -> None:
+        """After the start-up bound: every panel has a session, or an error that says who has not and why."""
+        away = [panel for panel in self.fleet.panels.values() if not panel.is_connected]
+        if not away:
+            return
+        errors: dict[str, int] = {}
+        for panel in away:
+            errors[panel.last_error or "no error recorded"] = errors.get(panel.last_error or "no error recorded", 0) + 1
+        common = "; ".join(f"{n}x {e}" for e, n in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
+        ids = ",".join(str(p.settings.panel_id) for p in away[:20]) + ("..." if len(away) > 20 else "")
+        raise ScenarioError(
+            f"{self.scenario.name}: {len(away)} of {len(self.fleet)} panels never connected at start-up "
+            f"(panels {ids}; last errors: {common}); see {self.workdir / 'nodes.log'}"
         )
 
     def _holder(self) -> str | None:

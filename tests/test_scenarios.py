@@ -22,6 +22,7 @@ import trio.testing
 from fieldsync.fuzz import random_scenario, replay_command, scenario_toml
 from fieldsync.runner import RunResult, ScenarioRun
 from fieldsync.scenario import ScenarioError, load_scenario, parse_scenario
+from fieldsync.vclock import fast_forward_clock
 
 SHIPPED = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
 
@@ -33,7 +34,8 @@ def _needs_processes(path: Path) -> bool:
 def run_fast(scenario_or_path: object, port: int, **kwargs: object) -> RunResult:
     scenario = load_scenario(scenario_or_path) if isinstance(scenario_or_path, Path) else scenario_or_path
     run = ScenarioRun(scenario, port=port, in_process=True, **kwargs)  # type: ignore[arg-type]
-    return trio.run(run.run, clock=trio.testing.MockClock(rate=10, autojump_threshold=0.02))
+    clock, instrument = fast_forward_clock()
+    return trio.run(run.run, clock=clock, instruments=[instrument])
 
 
 def broken(result: RunResult) -> list[str]:

@@ -81,12 +81,15 @@ async def listen(
     handshake_timeout: float = 5.0,
     on_refused: Callable[[str, Exception], None] | None = None,
     max_handshakes: int = 32,
+    handshakes: trio.Semaphore | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections on ``host:port`` and run ``handler(link)`` for each, forever.
 
     A failed TLS handshake closes that one connection and is reported to
-    ``on_refused(remote, error)``; the listener goes on.
+    ``on_refused(remote, error)``; the listener goes on. At most
+    ``max_handshakes`` run at once, or as many as ``handshakes`` (a semaphore
+    the caller shares with its own dials) lets through.
 
     Raises:
         LinkError: the address cannot be bound (in use, not local).
@@ -95,7 +98,8 @@ async def listen(
         listeners = await trio.open_tcp_listeners(port, host=host)
     # A thousand panels reconnecting at once: finish a few handshakes at a time
     # rather than advance all of them slowly until every dialer times out.
-    handshakes = trio.Semaphore(max_handshakes)
+    if handshakes is None:
+        handshakes = trio.Semaphore(max_handshakes)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
