@@ -6,10 +6,10 @@ thread) and wrong while it computes: forty TLS handshakes that keep the one
 core busy for a second then take ten virtual seconds, every handshake and
 heartbeat times out, the panels reconnect, and the run collapses under its own
 load (seen with 40 panels under coverage). ``fast_forward_clock`` returns a
-``MockClock`` and an instrument that switches it to the wall clock's rate
-(``busy_rate``) while a task runs and back to ``idle_rate`` between tasks; with
-nothing at all to do it autojumps. A timeout then means what it means on a real
-machine with one core for everything.
+``MockClock`` and an instrument that runs it at ``busy_rate`` (2x) while a task
+runs and at ``idle_rate`` (20x) between tasks, where the loop waits; with
+nothing at all to do it autojumps. A busy second then costs two virtual ones,
+not ten, and a timeout means nearly what it means on a real machine with one core for everything.
 
     clock, instrument = fast_forward_clock()
     trio.run(main, clock=clock, instruments=[instrument])
@@ -38,7 +38,7 @@ class _Switch(trio.abc.Instrument):
 
 
 def fast_forward_clock(
-    *, idle_rate: float = 10.0, busy_rate: float = 2.0, autojump_threshold: float = 0.02
+    *, idle_rate: float = 20.0, busy_rate: float = 2.0, autojump_threshold: float = 0.02
 ) -> tuple[trio.testing.MockClock, trio.abc.Instrument]:
     """A MockClock and the instrument that drives its rate; pass both to ``trio.run``."""
     clock = trio.testing.MockClock(rate=idle_rate, autojump_threshold=autojump_threshold)
