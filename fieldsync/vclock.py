@@ -1,4 +1,4 @@
-"""A virtual clock for the in-process tier: waits fast-forwarded, the loop's own work in real time.
+"""A virtual clock for the in-process tier: waits fast-forwarded, the loop's own work barely.
 
 Trio's ``MockClock(rate=10)`` runs virtual time ten times faster than the wall
 clock all the time. That is right while the loop waits (on sockets, on a store
@@ -9,7 +9,8 @@ load (seen with 40 panels under coverage). ``fast_forward_clock`` returns a
 ``MockClock`` and an instrument that runs it at ``busy_rate`` (2x) while a task
 runs and at ``idle_rate`` (20x) between tasks, where the loop waits; with
 nothing at all to do it autojumps. A busy second then costs two virtual ones,
-not ten, and a timeout means nearly what it means on a real machine with one core for everything.
+not ten, and a timeout means nearly what it means on a real machine with one
+core for everything.
 
     clock, instrument = fast_forward_clock()
     trio.run(main, clock=clock, instruments=[instrument])
