@@ -53,6 +53,8 @@ class MessageStream:
         self.inter_char_timeout = inter_char_timeout
         self._send_lock = trio.Lock()
         self._timer_changed = trio.Event()
+        #: The deadline ``run_timers`` sleeps until; only an earlier one needs to wake it.
+        self._sleeping_until = -math.inf
 
     def __repr__(self) -> str:
         return f"<MessageStream {self.name} {self.conn!r}>"
@@ -61,7 +63,7 @@ class MessageStream:
         """Encode and write one message (raises LocalProtocolError before writing if illegal)."""
         async with self._send_lock:
             data = self.conn.send(message, trio.current_time())
-            self._timer_changed.set()
+            self._deadline_moved()
             with map_link_errors(f"{self.name}: sending {type(message).__name__}"):
                 await self.stream.send_all(data)
 
@@ -88,7 +90,7 @@ class MessageStream:
                             conn.drop_partial_frame()
                             continue
                 conn.receive_data(data, trio.current_time())
-                self._timer_changed.set()
+                self._deadline_moved()
                 continue
             if isinstance(event, ConnectionClosed):
                 raise PeerClosed(f"{self.name}: peer closed the stream", clean=event.clean)
@@ -98,11 +100,20 @@ class MessageStream:
     def reading_paused(self) -> Iterator[None]:
         """Around a wait for this end's own capacity: the peer is not silent, we are deaf."""
         self.conn.pause_reading()
-        self._timer_changed.set()
+        self._deadline_moved()
         try:
             yield
         finally:
             self.conn.resume_reading(trio.current_time())
+            self._deadline_moved()
+
+    def _deadline_moved(self) -> None:
+        # Sending or receiving mostly moves the next deadline later (the next heartbeat,
+        # the peer's silence limit): the timer task then wakes at the old one, finds
+        # nothing due and sleeps again. Waking it on every frame cost a thousand-panel
+        # fleet a third of its CPU (benchmarks/replay.py --panels 1000).
+        deadline = self.conn.next_deadline()
+        if deadline is not None and deadline < self._sleeping_until:
             self._timer_changed.set()
 
     async def run_timers(self) -> None:
@@ -110,8 +121,9 @@ class MessageStream:
         conn = self.conn
         while True:
             deadline = conn.next_deadline()
+            self._sleeping_until = math.inf if deadline is None else deadline
             self._timer_changed = trio.Event()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            with trio.move_on_at(self._sleeping_until):
                 await self._timer_changed.wait()
                 continue
             async with self._send_lock:
