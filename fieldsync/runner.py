@@ -12,6 +12,7 @@ processes this run started, by their pid.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -48,10 +49,6 @@ VIP = "127.0.0.100"
 def _shadow_address(panel_id: int) -> str:
     """Where a grouped host-initiated panel really listens; its proxy takes 127.1.x.y."""
     return f"127.2.{panel_id >> 8}.{panel_id & 0xFF}"
-
-
-#: Each node's address and the heartbeat proxy's address in front of it.
-_HEARTBEAT_VIA = {"A": ("127.0.0.11", "127.0.0.21"), "B": ("127.0.0.12", "127.0.0.22")}
 
 
 def _group_address(index: int) -> str:
@@ -184,6 +181,7 @@ class ScenarioRun:
             buffer=str(s.buffer),
             rate=s.rate,
             name=self.scenario.name.replace('"', "'"),
+            heartbeat_proxies=not self.in_process,  # the group "nodes"
         )
         text = site_path.read_text()
         if not s.tls:
@@ -194,13 +192,6 @@ class ScenarioRun:
         if s.flash:
             text = text.replace("[fleet]\n", '[fleet]\nflash_dir = "flash"\n', 1)
             (self.workdir / "flash").mkdir(exist_ok=True)
-        if not self.in_process:  # each node's beats to the other cross a UDP fault proxy (group "nodes")
-            for node, (address, via) in _HEARTBEAT_VIA.items():
-                text = text.replace(
-                    f'[nodes.{node}]\naddress = "{address}"\n',
-                    f'[nodes.{node}]\naddress = "{address}"\nheartbeat_via = "{via}"\n',
-                    1,
-                )
         if s.store_size:
             store_dir = self._mount_store(s.store_size)
             text = text.replace('db = "site.db"', f'db = "{store_dir.name}/site.db"', 1)
@@ -268,12 +259,18 @@ class ScenarioRun:
             window.end = self.now()
         self.note("store disk freed")
 
-    async def _make_heartbeat_proxies(self) -> None:
-        """The heartbeat link between the nodes as the group "nodes" (UDP proxies, both ways)."""
+    async def _make_heartbeat_proxies(self, site_path: Path) -> None:
+        """The heartbeat link between the nodes as the group "nodes": a UDP proxy where the site
+        says each node's beats arrive (``heartbeat_via``), forwarding to the node itself."""
         beat_port = heartbeat_port(self.port)
-        for node, (address, via) in _HEARTBEAT_VIA.items():
-            await self.hub.create(f"nodes.{node}", (via, beat_port), (address, beat_port), protocol="udp")
-        self.hub.define_group(NODES_GROUP, [f"nodes.{node}" for node in _HEARTBEAT_VIA])
+        names = []
+        for node in load_site(site_path).nodes:
+            if node.heartbeat_via is not None:
+                names.append(f"nodes.{node.name}")
+                await self.hub.create(
+                    names[-1], (node.heartbeat_via, beat_port), (node.address, beat_port), protocol="udp"
+                )
+        self.hub.define_group(NODES_GROUP, names)
 
     async def _make_proxies(self, settings: list[PanelSettings]) -> list[PanelSettings]:
         by_id = {st.panel_id: st for st in settings}
@@ -341,7 +338,7 @@ class ScenarioRun:
                     self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
                 settings = await self._make_proxies(settings)
                 if not self.in_process:
-                    await self._make_heartbeat_proxies()
+                    await self._make_heartbeat_proxies(site_path)
                 self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
                 if self.in_process:
                     self.cluster = InProcessCluster(self, site_path)
@@ -391,10 +388,8 @@ class ScenarioRun:
         away = [panel for panel in self.fleet.panels.values() if not panel.is_connected]
         if not away:
             return
-        errors: dict[str, int] = {}
-        for panel in away:
-            errors[panel.last_error or "no error recorded"] = errors.get(panel.last_error or "no error recorded", 0) + 1
-        common = "; ".join(f"{n}x {e}" for e, n in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
+        errors = collections.Counter(panel.last_error or "no error recorded" for panel in away)
+        common = "; ".join(f"{n}x {e}" for e, n in errors.most_common(3))
         ids = ",".join(str(p.settings.panel_id) for p in away[:20]) + ("..." if len(away) > 20 else "")
         raise ScenarioError(
             f"{self.scenario.name}: {len(away)} of {len(self.fleet)} panels never connected at start-up "

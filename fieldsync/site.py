@@ -276,9 +276,14 @@ def write_pair_site(
     batch: int = 1024,
     rate: float = 1.0,
     name: str = "fieldsync site",
+    heartbeat_proxies: bool = False,
 ) -> Path:
     """Write a site file for the embedded default: nodes A and B on 127.0.0.11/.12 sharing
-    ``site.db`` beside the file, the VIP on ``port``, panels listening on ``port + 1``."""
+    ``site.db`` beside the file, the VIP on ``port``, panels listening on ``port + 1``.
+    With ``heartbeat_proxies`` each node's beats reach it through 127.0.0.21/.22 (a fault proxy)."""
+    via_a, via_b = (
+        ('heartbeat_via = "127.0.0.21"\n', 'heartbeat_via = "127.0.0.22"\n') if heartbeat_proxies else ("", "")
+    )
     path.write_text(
         f"""[site]
 name = "{name}"
@@ -289,9 +294,9 @@ panel_port = {port + 1}
 
 [nodes.A]
 address = "127.0.0.11"
-[nodes.B]
+{via_a}[nodes.B]
 address = "127.0.0.12"
-
+{via_b}
 [fleet]
 panels = {panels}
 mode = "{mode}"

@@ -80,16 +80,15 @@ async def listen(
     *,
     handshake_timeout: float = 5.0,
     on_refused: Callable[[str, Exception], None] | None = None,
-    max_handshakes: int = 32,
     handshakes: trio.Semaphore | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections on ``host:port`` and run ``handler(link)`` for each, forever.
 
     A failed TLS handshake closes that one connection and is reported to
-    ``on_refused(remote, error)``; the listener goes on. At most
-    ``max_handshakes`` run at once, or as many as ``handshakes`` (a semaphore
-    the caller shares with its own dials) lets through.
+    ``on_refused(remote, error)``; the listener goes on. As many handshakes
+    run at once as ``handshakes`` lets through (a semaphore the caller may share
+    with its own dials; by default 32 for this listener).
 
     Raises:
         LinkError: the address cannot be bound (in use, not local).
@@ -99,7 +98,7 @@ async def listen(
     # A thousand panels reconnecting at once: finish a few handshakes at a time
     # rather than advance all of them slowly until every dialer times out.
     if handshakes is None:
-        handshakes = trio.Semaphore(max_handshakes)
+        handshakes = trio.Semaphore(32)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
