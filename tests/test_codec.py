@@ -29,6 +29,8 @@ def test_every_message_round_trips(message: p.Message) -> None:
     assert decode_all(frame_of(message)) == [message]
 
 
+# Up to 48 records per example through the (slow) construct spec; 400 keep the suite's budget.
+@settings(max_examples=400)
 @given(record_runs(max_size=48))
 def test_fast_batch_encoding_equals_the_construct_spec(records: list[p.EventRecord]) -> None:
     batch = p.EventBatch.of(records)
@@ -54,6 +56,8 @@ def test_fast_batch_encoding_equals_the_construct_spec(records: list[p.EventReco
     assert p.encode_payload(batch) == spec
 
 
+# Up to 48 records per example through the (slow) construct spec; 400 keep the suite's budget.
+@settings(max_examples=400)
 @given(record_runs(max_size=48))
 def test_fast_batch_decoding_equals_the_construct_spec(records: list[p.EventRecord]) -> None:
     payload = p.encode_payload(p.EventBatch.of(records))
