@@ -22,8 +22,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Two workers: most tests wait on sockets, processes or hypothesis, and ports are per test.
 test: lint
-	$(BIN)/pytest --cov --cov-report=term:skip-covered --durations=25
+	$(BIN)/pytest --cov --cov-report=term:skip-covered --durations=25 -n 2 --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/codec.py
