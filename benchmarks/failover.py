@@ -81,6 +81,12 @@ async def one_run(workdir: Path, pki_dir: Path, args: argparse.Namespace, run: i
                 await trio.sleep(0.02)
         print(f"run {run:2d}: the new epoch was in the store {took_over:.3f} s after the kill", flush=True)
         nursery.cancel_scope.cancel()
+    welcomed = sorted(pn.welcome_at[new.epoch] - killed_at for pn in fleet.panels.values())
+    print(
+        f"run {run:2d}: WELCOME from the new node: median {statistics.median(welcomed):.3f} s, "
+        f"last {welcomed[-1]:.3f} s after the kill",
+        flush=True,
+    )
     return [pn.first_ack_at[new.epoch] - killed_at for pn in fleet.panels.values()]
 
 

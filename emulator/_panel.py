@@ -231,6 +231,8 @@ class Panel:
         self.last_error: str | None = None
         #: trio time of the first ACK under each epoch: what failover is measured by.
         self.first_ack_at: dict[int, float] = {}
+        #: trio time of the first WELCOME under each epoch (the session is up; the ACK follows a commit).
+        self.welcome_at: dict[int, float] = {}
         self.connected = trio.Event()
         self.disconnected = trio.Event()
         self.disconnected.set()
@@ -470,6 +472,7 @@ class Panel:
             self._session_scope.cancel()
             await self.disconnected.wait()
         self.max_epoch = welcome.epoch
+        self.welcome_at.setdefault(welcome.epoch, trio.current_time())
         if self._needs_rebase or welcome.hwm >= self.buffer.next_seq:
             # This panel lost its counter (RAM power-cycle): continue after the store.
             oldest = self.buffer.oldest_seq or self.buffer.next_seq

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -234,14 +235,18 @@ def serve(
                 f"store {settings.db}"
             )
             sys.stdout.flush()
+            busy_before, since = 0.0, time.perf_counter()
             with trio.move_on_after(duration if duration is not None else float("inf")):
                 while True:
                     await trio.sleep(5)
                     s = node.statistics()
+                    now = time.perf_counter()
+                    busy = (s.commit_s - busy_before) / (now - since)
+                    busy_before, since = s.commit_s, now
                     click.echo(
                         f"sessions {s.sessions} stored {s.events_stored} dup {s.events_duplicate} "
-                        f"lost(declared) {s.declared_lost} commits {s.commits} rejected {s.rejected} "
-                        f"errors {s.protocol_errors}/{s.link_errors}"
+                        f"lost(declared) {s.declared_lost} commits {s.commits} (writer busy {busy:.0%}) "
+                        f"rejected {s.rejected} errors {s.protocol_errors}/{s.link_errors}"
                         + (f" line noise skipped {s.bytes_skipped} B, bad frames {s.bad_frames}" if lines else "")
                     )
             nursery.cancel_scope.cancel()

@@ -108,6 +108,8 @@ class NodeStatistics:
     protocol_errors: int
     link_errors: int
     commits: int
+    #: Seconds spent inside ingest transactions: the writer's busy time.
+    commit_s: float
     events_stored: int
     events_duplicate: int
     declared_lost: int
@@ -195,6 +197,7 @@ class Node:
             0,
         )
         self.last_error: str | None = None
+        self._commit_s = 0.0
         self._ended: dict[int, tuple[int, int, str, int, int, int, int, int]] = {}
         self._hwms: dict[int, int] = {}
         self._new_sessions: list[tuple[int, int, int]] = []
@@ -613,6 +616,7 @@ class Node:
                 self._dequeued(items)
                 continue
             self._counts["commits"] += 1
+            self._commit_s += result.commit_s
             for item, outcome in zip(items, result.outcomes, strict=True):
                 item.session.outstanding.release()
                 self._counts["events_stored"] += outcome.stored
@@ -685,6 +689,7 @@ class Node:
             protocol_errors=c["protocol_errors"],
             link_errors=c["link_errors"],
             commits=c["commits"],
+            commit_s=self._commit_s,
             events_stored=c["events_stored"],
             events_duplicate=c["events_duplicate"],
             declared_lost=c["declared_lost"],

@@ -52,6 +52,11 @@ from ._records import RECORD_SIZE
 __all__ = ["decode_payload", "encode_payload", "message_type"]
 
 _BATCH_HEAD = struct.Struct(">QH")
+# HEARTBEAT and ACK are fixed-size and by far the most frequent small messages (a
+# thousand sessions send one each way every second): struct, not construct, for
+# them. tests/test_codec.py proves both paths give the same bytes and messages.
+_U64 = struct.Struct(">Q")
+_U64_U64 = struct.Struct(">QQ")
 
 
 def message_type(message: Message) -> MessageType:
@@ -126,6 +131,10 @@ def encode_payload(message: Message) -> bytes:
     """Encode a message's payload (without the frame)."""
     if isinstance(message, EventBatch):
         return _BATCH_HEAD.pack(message.first_seq, message.count) + message.records
+    if isinstance(message, Heartbeat):
+        return _U64.pack(message.epoch)
+    if isinstance(message, Ack):
+        return _U64_U64.pack(message.epoch, message.up_to_seq)
     kind = message_type(message)
     if isinstance(message, ConfigDelta | ConfigSnapshot):
         fields: dict[str, Any] = {f: getattr(message, f) for f in message.__dataclass_fields__ if f != "ops"}
@@ -233,4 +242,9 @@ def decode_payload(type_code: int, payload: bytes) -> Message:
         raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_code}") from None
     if kind is MessageType.EVENT_BATCH:
         return _guard(kind, lambda: _decode_batch(payload))
+    if kind is MessageType.HEARTBEAT and len(payload) == _U64.size:
+        return Heartbeat(epoch=_U64.unpack(payload)[0])
+    if kind is MessageType.ACK and len(payload) == _U64_U64.size:
+        epoch, up_to_seq = _U64_U64.unpack(payload)
+        return Ack(epoch=epoch, up_to_seq=up_to_seq)
     return _guard(kind, lambda: _from_construct(kind, payload))

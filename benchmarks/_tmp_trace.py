@@ -1,0 +1,207 @@
+"""Backlog replay: panels come back with a backlog; how fast is it acknowledged?
+
+The node runs as its own process (``fieldsync serve``), as a user runs it; the
+panels run in this process. The clock starts when the fleet starts dialing and
+stops when every panel's buffer is empty, i.e. every event is committed and
+acknowledged. The bound is the storage benchmark's raw insert of the same number
+of rows into the same schema with the same pragmas, measured in the same run.
+
+    python benchmarks/replay.py --panels 1 --backlog 1000000 [--tls/--no-tls] [--json OUT]
+    python benchmarks/replay.py --panels 1000 --backlog 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+import protocol as p
+from benchmarks.storage import _fresh_schema
+from emulator import Fleet, LinkMode, PanelSettings
+from fieldsync import pki
+from storage import EventStore
+
+VIP = "127.0.0.100"
+import atexit
+
+
+def bound_rows_per_s(rows: int, panels: int, workdir: Path, per_txn: int) -> float:
+    """Raw multi-row INSERT of ``rows`` rows (same schema, pragmas), timing only the SQL."""
+    conn = _fresh_schema(workdir / "bound.db")
+    k = 500
+    stmt = "INSERT INTO events VALUES " + ",".join(["(" + ",".join("?" * 11) + ")"] * k)
+    per_panel = rows // panels
+    elapsed = 0.0
+    done = 0
+    seq = {pid: 1 for pid in range(1, panels + 1)}
+    pid = 1
+    while done < rows:
+        params: list[int] = []
+        n = 0
+        while n < per_txn and done + n < rows:
+            take = min(k, per_txn - n, rows - done - n)
+            chunk: list[int] = []
+            for _ in range(take):
+                s = seq[pid]
+                chunk += (pid, s, 1_764_000_000_000_000 + s, 1, s % 4, 1, 0, 12345 + s, 0, 1, 1)
+                seq[pid] = s + 1
+                if seq[pid] > per_panel:
+                    pid = pid % panels + 1
+            params.append(chunk)  # type: ignore[arg-type]
+            n += take
+        start = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        for chunk in params:
+            rows_in = len(chunk) // 11  # type: ignore[arg-type]
+            sql = (
+                stmt
+                if rows_in == k
+                else "INSERT INTO events VALUES " + ",".join(["(" + ",".join("?" * 11) + ")"] * rows_in)
+            )
+            conn.execute(sql, chunk)
+        conn.execute("COMMIT")
+        elapsed += time.perf_counter() - start
+        done += n
+    conn.close()
+    return rows / elapsed
+
+
+async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    port = args.port
+    db = workdir / "site.db"
+    pki_dir = workdir / "pki"
+    settings = []
+    if args.tls:
+        pki.init_ca(pki_dir)
+        pki.issue(pki_dir, "node", "A")
+    for pid in range(1, args.panels + 1):
+        tls = pki.issue(pki_dir, "panel", pid) if args.tls else None
+        settings.append(
+            PanelSettings(
+                panel_id=pid,
+                mode=LinkMode.PUNCH_OUT,
+                server=(VIP, port),
+                tls=tls,
+                buffer_bytes=(args.backlog + 64) * p.RECORD_SIZE,
+                batch_records=args.batch,
+                window=args.window,
+                backoff_initial=0.01,
+                backoff_cap=0.2,
+            )
+        )
+    fleet = Fleet(settings, seed=1)
+    for panel in fleet.panels.values():
+        t0 = 1_764_000_000_000_000
+        for i in range(args.backlog):
+            panel.buffer.append(t0 + i, p.EventKind.ACCESS_GRANTED, door=i % 4, card=12345 + i)
+    total = fleet.statistics().emitted
+
+    command = [sys.executable, "/tmp/wrapnode.py", "serve", "--db", str(db), "--listen", f"{VIP}:{port}"]
+    command += ["--pki", str(pki_dir)] if args.tls else ["--insecure"]
+    # The node's output goes to a file: a pipe nobody drains would block it once full.
+    log_path = workdir / "node.log"
+    with log_path.open("w") as log:
+        node = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with trio.fail_after(30):
+            while not any(line.startswith("node A epoch") for line in log_path.read_text().splitlines()):
+                if node.poll() is not None:
+                    raise SystemExit(f"node did not start: {log_path.read_text()}")
+                await trio.sleep(0.05)
+        connected_s = float("nan")
+
+        async def all_connected() -> None:
+            nonlocal connected_s
+            await fleet.wait_connected()  # not fleet.statistics(): that cost the fleet a fifth of its CPU
+            connected_s = time.perf_counter() - start
+
+        async with trio.open_nursery() as nursery:
+            start = time.perf_counter()
+            await nursery.start(fleet.run)
+            nursery.start_soon(all_connected)
+            with trio.fail_after(args.timeout):
+                await fleet.wait_drained(poll=0.05)  # checking 1000 panels costs CPU
+            drain = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            node.send_signal(signal.SIGINT)
+            with trio.move_on_after(10):
+                await node.wait()
+            if node.returncode is None:
+                node.kill()
+                await node.wait()
+    # The node prints its writer's busy share every 5 s: where the drain's time went.
+    print([l for l in log_path.read_text().splitlines() if 'TRACE' in l or 'commits' in l][-3:])
+    busy = [int(m) for m in re.findall(r"writer busy (\d+)%", log_path.read_text())]
+    store = EventStore(db)
+    stored = store.count_events()
+    store.close()
+    if stored < total - 2 * args.panels:  # HOST_ONLINE/OFFLINE events come and go
+        raise SystemExit(f"only {stored} of {total} events stored")
+    return {
+        "acked_events_per_s": total / drain,
+        "drain_s": drain,
+        "events": float(total),
+        "connected_s": connected_s,
+        "writer_busy_pct": busy,  # type: ignore[dict-item]
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--panels", type=int, default=1)
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="events buffered per panel")
+    parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batch", type=int, default=4096, help="records per EVENT_BATCH")
+    parser.add_argument("--window", type=int, default=4, help="batches in flight per panel")
+    parser.add_argument("--port", type=int, default=30002)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--bound-txn", type=int, default=16_384, help="rows per transaction for the bound")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fieldsync-replay-") as tmp:
+        workdir = Path(tmp)
+        result: dict[str, object] = dict(trio.run(replay, args, workdir))
+        events = int(result["events"])  # type: ignore[call-overload]
+        result["row_bound_events_per_s"] = bound_rows_per_s(events, args.panels, workdir, args.bound_txn)
+    result["ratio_to_row_bound"] = float(result["acked_events_per_s"]) / float(result["row_bound_events_per_s"])  # type: ignore[arg-type]
+    result.update(panels=args.panels, backlog=args.backlog, tls=args.tls, batch=args.batch, window=args.window)
+    print(
+        f"replay: {args.panels} panel(s) x {args.backlog:,} events, {'TLS 1.3' if args.tls else 'plain TCP'}, "
+        f"batch {args.batch}, window {args.window}"
+    )
+    print(f"  drain            : {result['drain_s']:.2f} s")
+    print(f"  all connected at : {result['connected_s']:.2f} s (every panel had a session; the drain includes this)")
+    print(f"  node writer busy : {result['writer_busy_pct']} % per 5 s (the store's commits)")
+    print(f"  acked            : {result['acked_events_per_s']:>12,.0f} events/s")
+    print(f"  row bound        : {result['row_bound_events_per_s']:>12,.0f} rows/s")
+    print(f"  ratio to bound   : {result['ratio_to_row_bound']:.3f}  (goal >= 0.6 with TLS)")
+    if args.json:
+        meta = {
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "cpus": os.cpu_count(),
+            "argv": sys.argv[1:],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
