@@ -6,7 +6,7 @@ import contextlib
 
 import construct
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import protocol as p
@@ -29,8 +29,6 @@ def test_every_message_round_trips(message: p.Message) -> None:
     assert decode_all(frame_of(message)) == [message]
 
 
-# Up to 48 records per example through the (slow) construct spec; 400 keep the suite's budget.
-@settings(max_examples=400)
 @given(record_runs(max_size=48))
 def test_fast_batch_encoding_equals_the_construct_spec(records: list[p.EventRecord]) -> None:
     batch = p.EventBatch.of(records)
@@ -56,8 +54,6 @@ def test_fast_batch_encoding_equals_the_construct_spec(records: list[p.EventReco
     assert p.encode_payload(batch) == spec
 
 
-# Up to 48 records per example through the (slow) construct spec; 400 keep the suite's budget.
-@settings(max_examples=400)
 @given(record_runs(max_size=48))
 def test_fast_batch_decoding_equals_the_construct_spec(records: list[p.EventRecord]) -> None:
     payload = p.encode_payload(p.EventBatch.of(records))
@@ -109,8 +105,6 @@ def test_any_byte_string_raises_only_protocol_errors(data: bytes, resync: bool) 
     assert decoder.statistics().buffered <= len(data)
 
 
-# Each example already tries every boundary of its stream; 400 of them keep the suite's budget.
-@settings(max_examples=400)
 @given(st.lists(messages, min_size=1, max_size=4), st.data())
 def test_split_at_every_byte_boundary_yields_the_same_events(msgs: list[p.Message], data: st.DataObject) -> None:
     stream = b"".join(frame_of(m) for m in msgs)
@@ -134,8 +128,6 @@ def test_split_at_every_byte_boundary_yields_the_same_events(msgs: list[p.Messag
     assert got == msgs
 
 
-# Each example already flips every bit of its frame (up to 64 bytes).
-@settings(max_examples=400)
 @given(messages, st.data())
 def test_every_single_bit_flip_is_detected(message: p.Message, data: st.DataObject) -> None:
     frame = frame_of(message)
