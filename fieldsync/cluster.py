@@ -242,6 +242,8 @@ class ClusterNode:
         self.lock_waits = 0
         self.became_active = trio.Event()
         self._standby_since = time.monotonic()
+        #: When ``_wait_for_lease`` looks again (a beat, or when a quiet holder's silence is due).
+        self._look_again_in = settings.beat_interval
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node_id} {self.role.value} epoch {self.epoch}>"
@@ -326,7 +328,10 @@ class ClusterNode:
                     epoch = None
                 if epoch is not None:
                     return epoch
-            await trio.sleep(s.beat_interval)
+            # Look again after a beat, or sooner: right when a quiet holder's silence
+            # reaches dead_after (polling on the beat made detection up to a beat late).
+            await trio.sleep(min(s.beat_interval, self._look_again_in))
+            self._look_again_in = s.beat_interval
 
     async def _holder_dead(self, lease: Lease, now: int) -> bool:
         """Has the holder stopped beating, and (with STONITH) is it now certainly dead?"""
@@ -337,6 +342,8 @@ class ClusterNode:
             silent = time.monotonic() - self._started > dead_after
         else:
             silent = quiet > dead_after
+            if not silent and quiet > self.settings.beat_interval:  # a beat is missing
+                self._look_again_in = max(0.002, dead_after - quiet + 0.002)
         if silent:
             # Two rings, like a cluster's network and disk heartbeats: the holder is silent
             # only if its heartbeat row in the shared store has gone stale too. A lost
@@ -345,6 +352,8 @@ class ClusterNode:
             beats = await self._db(self.cluster.nodes)
             beat = beats.get(lease.holder)
             silent = beat is None or now - beat.heartbeat_us > dead_after * 1e6
+            if not silent and beat is not None:  # the store's ring is not stale yet: when will it be
+                self._look_again_in = max(0.002, dead_after - (now - beat.heartbeat_us) / 1e6 + 0.002)
         if not silent or not self.settings.stonith:
             return False  # without STONITH only lease expiry frees it
         pid = lease.holder_pid
