@@ -71,14 +71,20 @@ async def one_run(workdir: Path, pki_dir: Path, args: argparse.Namespace, run: i
         killed_at = trio.current_time()
         os.kill(lease.holder_pid, signal.SIGKILL)
         took_over = None
-        with trio.fail_after(60):
-            while True:
-                new = await trio.to_thread.run_sync(_lease, site.db)
-                if new.epoch > epoch and took_over is None:
-                    took_over = trio.current_time() - killed_at
-                if new.epoch > epoch and all(new.epoch in pn.first_ack_at for pn in fleet.panels.values()):
-                    break
-                await trio.sleep(0.02)
+        # One open store for the polling: opening it costs 1.75 ms, 50 times a second, in
+        # the process whose panels are being measured.
+        store = ClusterStore(site.db)
+        try:
+            with trio.fail_after(60):
+                while True:
+                    new = await trio.to_thread.run_sync(store.lease)
+                    if new.epoch > epoch and took_over is None:
+                        took_over = trio.current_time() - killed_at
+                    if new.epoch > epoch and all(new.epoch in pn.first_ack_at for pn in fleet.panels.values()):
+                        break
+                    await trio.sleep(0.02)
+        finally:
+            store.close()
         print(f"run {run:2d}: the new epoch was in the store {took_over:.3f} s after the kill", flush=True)
         nursery.cancel_scope.cancel()
     welcomed = sorted(pn.welcome_at[new.epoch] - killed_at for pn in fleet.panels.values())
