@@ -90,10 +90,14 @@ def test_outage_then_replay_every_event_once_in_order(site_pki: Path, tmp_path: 
                 await fleet.wait_drained()
             assert fleet.statistics().buffered_events == 0
             assert node.statistics().events_stored == fleet.statistics().acked
+            assert node.statistics().commit_s > 0  # the writer's busy time is counted
             nursery.cancel_scope.cancel()
         check_store_matches_journals(db, fleet)
         for panel in fleet.panels.values():
             assert panel.statistics().sessions == 1
+            # The WELCOME came first, then the first ACK of the same epoch.
+            assert list(panel.welcome_at) == list(panel.first_ack_at) == [node.epoch]
+            assert panel.welcome_at[node.epoch] <= panel.first_ack_at[node.epoch]
 
     trio.run(main, clock=clock())
 
