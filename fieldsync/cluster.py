@@ -242,8 +242,6 @@ class ClusterNode:
         self.lock_waits = 0
         self.became_active = trio.Event()
         self._standby_since = time.monotonic()
-        #: When ``_wait_for_lease`` looks again (a beat, or when a quiet holder's silence is due).
-        self._look_again_in = settings.beat_interval
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node_id} {self.role.value} epoch {self.epoch}>"
@@ -299,6 +297,7 @@ class ClusterNode:
         while True:
             lease = await self._db(self.cluster.lease)
             now = self._now_us()
+            look_again_in = s.beat_interval
             free = lease.holder in (None, self.node_id) or not lease.held_at(now)
             force = False
             if lease.switchover_to == self.node_id:
@@ -306,7 +305,10 @@ class ClusterNode:
             elif free:
                 take = lease.switchover_to is None
             else:
-                take = force = await self._holder_dead(lease, now)
+                silence = await self._silence(lease, now)
+                take = force = await self._holder_dead(lease, silence)
+                if s.beat_interval < silence <= s.dead_after:  # a beat is missing: look again when due
+                    look_again_in = min(s.beat_interval, s.dead_after - silence + 0.002)
                 settled = time.monotonic() - self._standby_since >= s.failback_after
                 if not take and s.failback and lease.switchover_to is None and settled:
                     # Back and in sync (shared store: always) for long enough: ask for the VIP back.
@@ -328,33 +330,29 @@ class ClusterNode:
                     epoch = None
                 if epoch is not None:
                     return epoch
-            # Look again after a beat, or sooner: right when a quiet holder's silence
-            # reaches dead_after (polling on the beat made detection up to a beat late).
-            await trio.sleep(min(s.beat_interval, self._look_again_in))
-            self._look_again_in = s.beat_interval
+            await trio.sleep(look_again_in)
 
-    async def _holder_dead(self, lease: Lease, now: int) -> bool:
-        """Has the holder stopped beating, and (with STONITH) is it now certainly dead?"""
+    async def _silence(self, lease: Lease, now: int) -> float:
+        """Seconds since the holder last showed life on either ring.
+
+        Two rings, like a cluster's network and disk heartbeats: the holder is silent
+        only if its heartbeat row in the shared store has gone stale too. A lost
+        heartbeat link alone (a partition between the nodes) must not shoot a live,
+        writing node, nor start a STONITH duel with the supervisor's restarts. The
+        store is read only once the UDP beats have been quiet for ``dead_after``.
+        """
         assert self.cluster is not None and lease.holder is not None
         quiet = self.ears.silent_for(lease.holder)
-        dead_after = self.settings.dead_after
         if quiet is None:  # not heard since we started: judge by how long we have been listening
-            silent = time.monotonic() - self._started > dead_after
-        else:
-            silent = quiet > dead_after
-            if not silent and quiet > self.settings.beat_interval:  # a beat is missing
-                self._look_again_in = max(0.002, dead_after - quiet + 0.002)
-        if silent:
-            # Two rings, like a cluster's network and disk heartbeats: the holder is silent
-            # only if its heartbeat row in the shared store has gone stale too. A lost
-            # heartbeat link alone (a partition between the nodes) must not shoot a live,
-            # writing node, nor start a STONITH duel with the supervisor's restarts.
-            beats = await self._db(self.cluster.nodes)
-            beat = beats.get(lease.holder)
-            silent = beat is None or now - beat.heartbeat_us > dead_after * 1e6
-            if not silent and beat is not None:  # the store's ring is not stale yet: when will it be
-                self._look_again_in = max(0.002, dead_after - (now - beat.heartbeat_us) / 1e6 + 0.002)
-        if not silent or not self.settings.stonith:
+            quiet = time.monotonic() - self._started
+        if quiet <= self.settings.dead_after:
+            return quiet
+        beat = (await self._db(self.cluster.nodes)).get(lease.holder)
+        return quiet if beat is None else min(quiet, (now - beat.heartbeat_us) / 1e6)
+
+    async def _holder_dead(self, lease: Lease, silence: float) -> bool:
+        """Has the holder been silent for ``dead_after``, and (with STONITH) is it now certainly dead?"""
+        if silence <= self.settings.dead_after or not self.settings.stonith:
             return False  # without STONITH only lease expiry frees it
         pid = lease.holder_pid
         if pid is not None and process_is_fieldsync(pid):
