@@ -138,6 +138,10 @@ def test_sigstop_without_stonith_the_woken_node_is_fenced(site_pki: Path, tmp_pa
                 except trio.TooSlowError:
                     os.kill(pid, signal.SIGCONT)
                     await trio.sleep(0.2 + _attempt * 0.07)
+                    # Its lease ran out while it slept: the other node may have taken over as
+                    # soon as the lock was free. Pause whoever holds the VIP now, never a standby
+                    # (a standby paused inside its heartbeat write blocks the active's renewals).
+                    first, pid, epoch = await h.wait_active()
             else:
                 pytest.fail("every pause landed inside a transaction")
             await trio.sleep(2)  # host-initiated panels now talk to the new node; the old one sleeps
