@@ -9,6 +9,12 @@ its lease has expired or STONITH has killed it (on one machine: SIGKILL of the
 pid the lease records, after checking it is a fieldsync process). With STONITH
 off, a paused active keeps VIP:30002 until it wakes, finds its lease gone and
 steps down; meanwhile epoch fencing keeps it from storing or being believed.
+
+A holder whose process has exited (kill -9, a crash) is dead without waiting for
+its silence: with STONITH on, the node already relies on the lease's pid being a
+process on this machine, and a process that no longer exists can neither store
+nor hold the VIP. The standby watches that pid (a Linux pidfd, else /proc on
+every look) and takes over the moment it is gone.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ __all__ = ["ClusterNode", "ClusterSettings", "Role", "process_is_fieldsync", "st
 
 log = logging.getLogger("fieldsync.cluster")
 T = TypeVar("T")
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that turns readable when ``pid`` exits (Linux 5.3+); None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfds here, or the process is already gone
+        return None
 
 
 class Role(enum.Enum):
@@ -242,6 +256,8 @@ class ClusterNode:
         self.lock_waits = 0
         self.became_active = trio.Event()
         self._standby_since = time.monotonic()
+        #: (pid, pidfd) of the lease holder's process while standing by; no fd without pidfds.
+        self._watched: tuple[int, int | None] | None = None
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node_id} {self.role.value} epoch {self.epoch}>"
@@ -276,6 +292,7 @@ class ClusterNode:
                     epoch = await self._wait_for_lease()
                     await self._serve(epoch)
         finally:
+            self._unwatch()
             self.heart.stop.set()
             self.ears.stop.set()
             with trio.CancelScope(shield=True):
@@ -304,6 +321,9 @@ class ClusterNode:
                 take = free  # the holder hands over by releasing
             elif free:
                 take = lease.switchover_to is None
+            elif self._holder_gone(lease):
+                log.warning("node %s: %s (pid %s) has exited", self.node_id, lease.holder, lease.holder_pid)
+                take = force = True
             else:
                 silence = await self._silence(lease, now)
                 take = force = await self._holder_dead(lease, silence)
@@ -329,8 +349,34 @@ class ClusterNode:
                     self._note_locked(exc)
                     epoch = None
                 if epoch is not None:
+                    self._unwatch()
                     return epoch
-            await trio.sleep(look_again_in)
+            await self._nap(look_again_in, lease)
+
+    def _holder_gone(self, lease: Lease) -> bool:
+        """With STONITH (pids are this machine's): has the holder's process exited?"""
+        pid = lease.holder_pid
+        return self.settings.stonith and pid is not None and pid != os.getpid() and not process_is_fieldsync(pid)
+
+    async def _nap(self, seconds: float, lease: Lease) -> None:
+        """Sleep until the next look, or until the holder's process exits if that comes first."""
+        pid = lease.holder_pid if self.settings.stonith and lease.holder != self.node_id else None
+        if self._watched is not None and self._watched[0] != pid:
+            self._unwatch()
+        if self._watched is None and pid is not None:
+            self._watched = (pid, _pidfd(pid))
+        fd = self._watched[1] if self._watched is not None else None
+        if fd is None:
+            await trio.sleep(seconds)
+            return
+        with trio.move_on_after(seconds):
+            await trio.lowlevel.wait_readable(fd)  # a pidfd turns readable when its process exits
+
+    def _unwatch(self) -> None:
+        watched, self._watched = self._watched, None
+        if watched is not None and watched[1] is not None:
+            trio.lowlevel.notify_closing(watched[1])
+            os.close(watched[1])
 
     async def _silence(self, lease: Lease, now: int) -> float:
         """Seconds since the holder last showed life on either ring.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from storage import ClusterStore, EventStore
 from .test_e2e import check_store_matches_journals
 
 pytestmark = pytest.mark.slow
+
+
+def lease_now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def write_site(tmp_path: Path, site_pki: Path, port: int, panels: int, mode: str = "mixed") -> Path:
@@ -95,6 +100,27 @@ def test_kill_9_of_the_active_during_replay(site_pki: Path, tmp_path: Path) -> N
             assert second != first and new_epoch == epoch + 1
             await h.drain()
             assert all(pn.max_epoch == new_epoch for pn in h.fleet.panels.values())
+            nursery.cancel_scope.cancel()
+        h.check()
+
+    trio.run(main)
+
+
+def test_an_exited_holder_is_dead_without_waiting_for_its_silence(site_pki: Path, tmp_path: Path) -> None:
+    """kill -9 with a silence limit and a lease far longer than the test may wait: the
+    standby can only take over because it sees the holder's process gone."""
+    slow = ("--dead-after", "60", "--lease", "120")
+    h = Harness(write_site(tmp_path, site_pki, 31230, panels=4), restart=False, extra=slow)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            first, pid, epoch = await h.start(nursery, backlog=1000)
+            lease = await trio.to_thread.run_sync(h.lease)
+            assert lease.lease_until_us - lease_now_us() > 30e6  # the lease alone would hold it for long
+            os.kill(pid, signal.SIGKILL)
+            second, _, new_epoch = await h.wait_active(other_than=first, epoch_above=epoch, limit=20)
+            assert second != first and new_epoch == epoch + 1
+            await h.drain()
             nursery.cancel_scope.cancel()
         h.check()
 
