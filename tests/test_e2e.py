@@ -278,6 +278,16 @@ def test_a_port_in_use_is_a_clear_error(site_pki: Path, tmp_path: Path) -> None:
     trio.run(main, clock=clock())
 
 
+def test_an_unreachable_node_is_a_clear_error() -> None:
+    """Nothing listens: the error names the address and the cause."""
+
+    async def main() -> None:
+        with pytest.raises(LinkError, match=r"connecting to 127\.0\.0\.1:31099: .*Connection refused"):
+            await dial("127.0.0.1", 31099, None)
+
+    trio.run(main)
+
+
 def test_garbage_from_one_peer_leaves_the_node_up(site_pki: Path, tmp_path: Path) -> None:
     port = 31060
     db = tmp_path / "site.db"

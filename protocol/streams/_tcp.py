@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -68,8 +69,27 @@ async def dial(host: str, port: int, ctx: ssl.SSLContext | None, *, local_addres
     """
     remote = f"{host}:{port}"
     with map_link_errors(f"connecting to {remote}"):
-        stream = await trio.open_tcp_stream(host, port, local_address=local_address)
+        stream = await _connect(host, port, local_address)
     return await secure(stream, ctx, server_side=False, remote=remote)
+
+
+async def _connect(host: str, port: int, local_address: str | None) -> trio.SocketStream:
+    """One TCP connect. An IP address (every address of a site file) skips
+    ``open_tcp_stream``'s resolver and happy-eyeballs tasks, which cost a refused
+    connect 2.5x and a good one 1.7x the CPU: a reconnecting fleet pays them often."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:  # a name: resolve it, try each address
+        return await trio.open_tcp_stream(host, port, local_address=local_address)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if local_address is not None:
+            await sock.bind((local_address, 0))
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 async def listen(
