@@ -115,11 +115,13 @@ async def _story(
     fleet = Fleet([site.panel_settings(pid) for pid in site.panel_ids()], Workload(rate=rate), seed=2026, journal=True)
     publish(fleet)
     figures: dict[str, float] = {}
+    epoch_seen_at: dict[int, float] = {}
 
     async def watch() -> None:
         while True:
-            state.lease = await trio.to_thread.run_sync(_lease, site.db)
-            await trio.sleep(0.1)
+            state.lease = lease = await trio.to_thread.run_sync(_lease, site.db)
+            epoch_seen_at.setdefault(lease.epoch, trio.current_time())
+            await trio.sleep(0.05)  # the takeover figure is read to within this
 
     async def wait_for(predicate: Callable[[], bool], limit: float, what: str) -> float:
         start = trio.current_time()
@@ -149,6 +151,7 @@ async def _story(
         say(f"[bold red]kill -9[/] node {first} (pid {lease.holder_pid}); panels keep deciding and buffering")
         killed_epoch = lease.epoch
         os.kill(lease.holder_pid, signal.SIGKILL)
+        killed_at = trio.current_time()
         await trio.sleep(0.2)
         say("operator during the outage: door 2 locked, cardholder 1003 removed, 5 new cardholders")
         await trio.to_thread.run_sync(config.change, [p.PutDoor(door=p.Door(door=2, mode=p.DoorMode.LOCKED))])
@@ -158,10 +161,14 @@ async def _story(
             + [p.PutCardholder(cardholder=p.Cardholder(card=2000 + i, levels=(1,))) for i in range(5)],
         )
         state.phase = "failover"
-        figures["takeover_s"] = await wait_for(
-            lambda: holder() not in (None, first) and state.lease is not None and state.lease.epoch > killed_epoch,
-            15,
-            f"standby {'B' if first == 'A' else 'A'} took the VIP with a new epoch",
+        with trio.fail_after(15):
+            while not (holder() not in (None, first) and state.lease is not None and state.lease.epoch > killed_epoch):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        # From the kill, not from here: the operator's changes above ran meanwhile.
+        figures["takeover_s"] = epoch_seen_at[state.lease.epoch] - killed_at
+        say(
+            f"standby {'B' if first == 'A' else 'A'} holds the VIP with epoch {state.lease.epoch}: "
+            f"seen {figures['takeover_s']:.2f} s after the kill (the lease is read every 50 ms)"
         )
         figures["reconnect_s"] = await wait_for(
             lambda: fleet.statistics().connected == len(fleet), 30, "every panel reconnected and is replaying"
@@ -235,7 +242,7 @@ def run_demo(*, panels: int = 200, rate: float = 2.0, port: int = 30002, keep: P
         f"declared lost {totals['declared_lost']}, still buffered {totals['buffered']}"
     )
     console.print(
-        f"  takeover {figures.get('takeover_s', 0):.2f} s after the kill; all panels back "
+        f"  takeover seen {figures.get('takeover_s', 0):.2f} s after the kill; all panels back "
         f"{figures.get('reconnect_s', 0):.2f} s after that"
     )
     for name, (ok, detail) in report.promises().items():
