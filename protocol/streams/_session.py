@@ -30,18 +30,6 @@ __all__ = ["MessageStream"]
 
 RECEIVE_SIZE = 64 * 1024
 
-#: Session timers wake on a shared grid of this step (seconds). A thousand sessions'
-#: heartbeats then fall due together, dozens per wake-up of the event loop, instead of
-#: one wake-up each on both ends: an idle link's cost is mostly the loop's wake-ups
-#: (benchmarks/idle.py). A heartbeat or a silence verdict comes at most this much late.
-TIMER_GRID = 0.05
-
-
-def on_grid(deadline: float) -> float:
-    """The first grid point at or after ``deadline``."""
-    at = math.ceil(deadline / TIMER_GRID) * TIMER_GRID
-    return at if at >= deadline else at + TIMER_GRID  # float rounding must not wake it early
-
 
 class MessageStream:
     """Messages over a byte stream, through one connection state machine.
@@ -125,7 +113,7 @@ class MessageStream:
         # nothing due and sleeps again. Waking it on every frame cost a thousand-panel
         # fleet a third of its CPU (benchmarks/replay.py --panels 1000).
         deadline = self.conn.next_deadline()
-        if deadline is not None and on_grid(deadline) < self._sleeping_until:
+        if deadline is not None and deadline < self._sleeping_until:
             self._timer_changed.set()
 
     async def run_timers(self) -> None:
@@ -133,7 +121,7 @@ class MessageStream:
         conn = self.conn
         while True:
             deadline = conn.next_deadline()
-            self._sleeping_until = math.inf if deadline is None else on_grid(deadline)
+            self._sleeping_until = math.inf if deadline is None else deadline
             self._timer_changed = trio.Event()
             with trio.move_on_at(self._sleeping_until):
                 await self._timer_changed.wait()
