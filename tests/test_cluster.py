@@ -110,7 +110,7 @@ def test_an_exited_holder_is_dead_without_waiting_for_its_silence(site_pki: Path
     """kill -9 with a silence limit and a lease far longer than the test may wait: the
     standby can only take over because it sees the holder's process gone."""
     slow = ("--dead-after", "60", "--lease", "120")
-    h = Harness(write_site(tmp_path, site_pki, 31230, panels=4), restart=False, extra=slow)
+    h = Harness(write_site(tmp_path, site_pki, 31250, panels=4), restart=False, extra=slow)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
