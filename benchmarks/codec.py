@@ -10,7 +10,6 @@ batch checks (seq order, kinds, gap marker) and the message object on top.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import struct
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import protocol as p
+from benchmarks import write_json
 from protocol import _wire
 
 
@@ -107,10 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"  ratio fast/bound     : {result['ratio']:.3f}  (goal >= 0.7)")
     print(f"  fast/construct       : {result['speedup_over_construct']:.1f}x")
     print(f"  fast encode (checked): {result['fast_encode_events_per_s']:>14,.0f} events/s")
-    if args.json:
-        meta = {"python": platform.python_version(), "machine": platform.machine(), "argv": sys.argv[1:]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    write_json(args.json, result, machine=platform.machine())
     return result
 
 

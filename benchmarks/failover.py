@@ -12,9 +12,7 @@ runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -25,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
+from benchmarks import write_json
 from emulator import Fleet, Workload
 from fieldsync import pki
 from fieldsync.site import load_site, write_pair_site
@@ -142,10 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"p50 {result['p50_s']:.3f} s, p95 {result['p95_s']:.3f} s, p99 {result['p99_s']:.3f} s, "
         f"max {result['max_s']:.3f} s  (goal p99 < 1.5 s)"
     )
-    if args.json:
-        meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 

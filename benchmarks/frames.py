@@ -19,9 +19,6 @@ divided by the frames sent (each is also received), for three layers:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import socket
 import ssl
@@ -35,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
+from benchmarks import write_json
 from fieldsync import pki
 from protocol.streams import client_context, server_context
 
@@ -183,10 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ("plain", "no TLS, raw socket calls (the floor)"),
     ):
         print(f"  {what:<38}: {result[f'{layer}_us_per_frame']:6.0f} us")
-    if args.json:
-        meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 

@@ -12,11 +12,6 @@ idle link should cost nothing but its liveness frames.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
-from benchmarks.replay import VIP, cpu_seconds
+from benchmarks import cpu_seconds, node_process, write_json
+from benchmarks.replay import VIP
 from emulator import Fleet, LinkMode, PanelSettings
 from fieldsync import pki
 
@@ -44,37 +40,20 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     fleet = Fleet(settings, seed=1)
     command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(workdir / "site.db")]
     command += ["--listen", f"{VIP}:{args.port}", "--pki", str(pki_dir), "--heartbeat-ms", str(args.heartbeat_ms)]
-    log_path = workdir / "node.log"
-    with log_path.open("w") as log:
-        node = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with trio.fail_after(30):
-            while "node A epoch" not in log_path.read_text():
-                if node.poll() is not None:
-                    raise SystemExit(f"node did not start: {log_path.read_text()}")
-                await trio.sleep(0.05)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fleet.run)
-            with trio.fail_after(120):
-                await fleet.wait_connected(poll=0.1)
-            await trio.sleep(args.settle)
-            node_0, loop_0, fleet_0 = cpu_seconds(node.pid), cpu_seconds(node.pid, node.pid), time.process_time()
-            start = time.perf_counter()
-            await trio.sleep(args.seconds)
-            elapsed = time.perf_counter() - start
-            node_cpu = cpu_seconds(node.pid) - node_0
-            loop_cpu = cpu_seconds(node.pid, node.pid) - loop_0
-            fleet_cpu = time.process_time() - fleet_0
-            connected = fleet.statistics().connected
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            node.send_signal(signal.SIGINT)
-            with trio.move_on_after(10):
-                await node.wait()
-            if node.returncode is None:
-                node.kill()
-                await node.wait()
+    async with node_process(command, workdir / "node.log") as node, trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        with trio.fail_after(120):
+            await fleet.wait_connected(poll=0.1)
+        await trio.sleep(args.settle)
+        node_0, loop_0, fleet_0 = cpu_seconds(node.pid), cpu_seconds(node.pid, node.pid), time.process_time()
+        start = time.perf_counter()
+        await trio.sleep(args.seconds)
+        elapsed = time.perf_counter() - start
+        node_cpu = cpu_seconds(node.pid) - node_0
+        loop_cpu = cpu_seconds(node.pid, node.pid) - loop_0
+        fleet_cpu = time.process_time() - fleet_0
+        connected = fleet.statistics().connected
+        nursery.cancel_scope.cancel()
     if connected != args.panels:
         raise SystemExit(f"only {connected} of {args.panels} panels stayed connected through the window")
     session_seconds = args.panels * elapsed
@@ -111,10 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"  fleet : {result['fleet_cpu_s']:.2f} s CPU, {result['fleet_cores']:.2f} cores, "
         f"{result['fleet_us_per_session_s']:.0f} us per session-second"
     )
-    if args.json:
-        meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 

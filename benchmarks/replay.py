@@ -13,13 +13,9 @@ of rows into the same schema with the same pragmas, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,19 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio
 
 import protocol as p
+from benchmarks import cpu_seconds, node_process, write_json
 from benchmarks.storage import _fresh_schema
 from emulator import Fleet, LinkMode, PanelSettings
 from fieldsync import pki
 from storage import EventStore
 
 VIP = "127.0.0.100"
-
-
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU so far of a process (all its threads) or of one of its threads."""
-    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bound_rows_per_s(rows: int, panels: int, workdir: Path, per_txn: int) -> float:
@@ -118,16 +108,8 @@ async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
 
     command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(db), "--listen", f"{VIP}:{port}"]
     command += ["--pki", str(pki_dir)] if args.tls else ["--insecure"]
-    # The node's output goes to a file: a pipe nobody drains would block it once full.
     log_path = workdir / "node.log"
-    with log_path.open("w") as log:
-        node = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with trio.fail_after(30):
-            while not any(line.startswith("node A epoch") for line in log_path.read_text().splitlines()):
-                if node.poll() is not None:
-                    raise SystemExit(f"node did not start: {log_path.read_text()}")
-                await trio.sleep(0.05)
+    async with node_process(command, log_path) as node:
         connected_s = float("nan")
         node_cpu_start, fleet_cpu_start = cpu_seconds(node.pid), time.process_time()
         loop_cpu_start = cpu_seconds(node.pid, node.pid)  # the main thread: the event loop
@@ -147,14 +129,6 @@ async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             node_cpu, fleet_cpu = cpu_seconds(node.pid) - node_cpu_start, time.process_time() - fleet_cpu_start
             loop_cpu = cpu_seconds(node.pid, node.pid) - loop_cpu_start
             nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            node.send_signal(signal.SIGINT)
-            with trio.move_on_after(10):
-                await node.wait()
-            if node.returncode is None:
-                node.kill()
-                await node.wait()
     # The node prints its writer's busy share every 5 s: where the drain's time went.
     busy = [int(m) for m in re.findall(r"writer busy (\d+)%", log_path.read_text())]
     store = EventStore(db)
@@ -222,15 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"on {os.cpu_count()} cores no drain is shorter than {result['cpu_floor_s']:.1f} s, "
         f"ratio {result['ratio_cpu_allows']:.3f} at most"
     )
-    if args.json:
-        meta = {
-            "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version,
-            "cpus": os.cpu_count(),
-            "argv": sys.argv[1:],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    write_json(args.json, result, sqlite=sqlite3.sqlite_version)
     return result
 
 

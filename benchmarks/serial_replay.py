@@ -14,11 +14,6 @@ event record: framing, batch headers, ACKs and heartbeats only take from it.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio
 
 import protocol as p
+from benchmarks import node_process, write_json
 from emulator import Fleet, LinkMode, PanelSettings
 from fieldsync import pki
 from fieldsync.serial_line import VirtualLine
@@ -62,29 +58,13 @@ async def replay_once(args: argparse.Namespace, workdir: Path, *, throttle: bool
         command += ["--serial", f"1={line.a}", "--baud", str(args.baud)]
         command += ["--pki", str(pki_dir)] if args.tls else ["--insecure"]
         log_path = workdir / f"node-{name}.log"
-        with log_path.open("w") as log:
-            node = await trio.lowlevel.open_process(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            with trio.fail_after(30):
-                while not any(ln.startswith("node A epoch") for ln in log_path.read_text().splitlines()):
-                    if node.poll() is not None:
-                        raise SystemExit(f"node did not start: {log_path.read_text()}")
-                    await trio.sleep(0.05)
-            async with trio.open_nursery() as nursery:
-                start = time.perf_counter()
-                await nursery.start(fleet.run)
-                with trio.fail_after(args.timeout):
-                    await fleet.wait_drained(poll=0.05)
-                drain = time.perf_counter() - start
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                node.send_signal(signal.SIGINT)
-                with trio.move_on_after(10):
-                    await node.wait()
-                if node.returncode is None:
-                    node.kill()
-                    await node.wait()
+        async with node_process(command, log_path), trio.open_nursery() as nursery:
+            start = time.perf_counter()
+            await nursery.start(fleet.run)
+            with trio.fail_after(args.timeout):
+                await fleet.wait_drained(poll=0.05)
+            drain = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
         stats = panel.statistics()
         carried = line.totals().forwarded
     store = EventStore(db)
@@ -145,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 f"ratio {r['ratio_to_line_limit']:.3f}"
             )
         print(line)
-    if args.json:
-        meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**result, "baud": args.baud, "tls": args.tls, "meta": meta}, indent=2) + "\n")
+    write_json(args.json, {**result, "baud": args.baud, "tls": args.tls})
     return result
 
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import sqlite3
 import sys
 import tempfile
@@ -28,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 
 import protocol as p
+from benchmarks import write_json
 from storage import EventBuffer, EventStore, IngestBatch, OverflowPolicy
 
 _COLUMNS = 11
@@ -180,15 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"  RSS full {result['buffer_rss_full_mib']:.0f} MiB, after 10x more through drop_oldest "
         f"{result['buffer_rss_after_10x_mib']:.0f} MiB: growth ratio {result['rss_growth_ratio']:.3f}"
     )
-    if args.json:
-        meta = {
-            "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version,
-            "argv": sys.argv[1:],
-            "cpus": os.cpu_count(),
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    write_json(args.json, result, sqlite=sqlite3.sqlite_version)
     return result
 
 
