@@ -23,6 +23,8 @@ from ._errors import StoreError as StoreError
 from ._errors import StoreFull as StoreFull
 from ._errors import StoreLocked as StoreLocked
 from ._flash import FlashBackedBuffer as FlashBackedBuffer
+from ._gate import WriteGate as WriteGate
+from ._gate import write_gate as write_gate
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import EventStore as EventStore
 from ._store import IngestBatch as IngestBatch
@@ -58,4 +60,6 @@ __all__ = [
     "StoreFull",
     "StoreLocked",
     "StoredEvent",
+    "WriteGate",
+    "write_gate",
 ]

@@ -9,11 +9,14 @@ loss costs nothing, an fsync ten times a second per node would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-from ._errors import map_sqlite_errors
+from ._errors import StoreLocked, map_sqlite_errors
+from ._gate import write_gate
 from ._schema import migrate
 
 __all__ = ["ClusterStore", "Lease", "NodeBeat"]
@@ -47,6 +50,10 @@ class ClusterStore:
 
     def __init__(self, path: Path | str, *, busy_timeout: float = 0.5) -> None:
         self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        #: Writes here are few and short and keep the node alive: they go before this
+        #: process's bulk writers (see ``_gate``).
+        self._gate = write_gate(self.path)
         with map_sqlite_errors(self.path, "opening the cluster state"):
             from sqlite_utils import Database
 
@@ -72,6 +79,15 @@ class ClusterStore:
             switchover_to=row[5],
         )
 
+    @contextlib.contextmanager
+    def _writing(self, doing: str) -> Iterator[None]:
+        with map_sqlite_errors(self.path, doing), self._gate.urgent(self._busy_timeout) as turn:
+            if not turn:
+                raise StoreLocked(
+                    self.path, f"{doing}: another writer of this process held the store for {self._busy_timeout:g} s"
+                )
+            yield
+
     def lease(self) -> Lease:
         with map_sqlite_errors(self.path, "reading the lease"):
             return self._read()
@@ -84,7 +100,7 @@ class ClusterStore:
         Taking it from anyone (or after losing it) raises the epoch in the same
         transaction; returns the epoch to serve with, or None if it is held.
         """
-        with map_sqlite_errors(self.path, "acquiring the lease"):
+        with self._writing("acquiring the lease"):
             self._conn.execute("PRAGMA synchronous = FULL")  # an epoch change must survive power loss
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -118,7 +134,7 @@ class ClusterStore:
 
     def renew(self, node_id: str, epoch: int, *, now_us: int, lease_us: int) -> Lease | None:
         """Extend our lease; None if it is no longer ours (another epoch took it)."""
-        with map_sqlite_errors(self.path, "renewing the lease"):
+        with self._writing("renewing the lease"):
             cur = self._conn.execute(
                 "UPDATE cluster SET lease_until_us = ? WHERE id = 1 AND holder = ? AND epoch = ?",
                 (now_us + lease_us, node_id, epoch),
@@ -129,7 +145,7 @@ class ClusterStore:
 
     def release(self, node_id: str, epoch: int, *, hand_to: str | None = None) -> bool:
         """Give the lease up now (switchover, orderly stop); ``hand_to`` reserves it for that node."""
-        with map_sqlite_errors(self.path, "releasing the lease"):
+        with self._writing("releasing the lease"):
             cur = self._conn.execute(
                 "UPDATE cluster SET lease_until_us = 0, holder = NULL, holder_pid = NULL, switchover_to = ? "
                 "WHERE id = 1 AND holder = ? AND epoch = ?",
@@ -139,12 +155,12 @@ class ClusterStore:
 
     def request_switchover(self, to_node: str) -> Lease:
         """Ask the active node to hand the lease (and the VIP) to ``to_node``."""
-        with map_sqlite_errors(self.path, "requesting a switchover"):
+        with self._writing("requesting a switchover"):
             self._conn.execute("UPDATE cluster SET switchover_to = ? WHERE id = 1", (to_node,))
             return self._read()
 
     def beat(self, beat: NodeBeat) -> None:
-        with map_sqlite_errors(self.path, "writing a node heartbeat"):
+        with self._writing("writing a node heartbeat"):
             self._conn.execute(
                 "INSERT OR REPLACE INTO cluster_nodes VALUES (?, ?, ?, ?, ?, ?)",
                 (beat.node_id, beat.pid, beat.address, beat.role, beat.epoch, beat.heartbeat_us),

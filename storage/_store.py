@@ -26,6 +26,7 @@ from sqlite_utils import Database
 from protocol import GAP_KINDS, RECORD_SIZE, EventFlags, EventKind, EventRecord
 
 from ._errors import StaleEpoch, StoreError, map_sqlite_errors
+from ._gate import write_gate
 from ._schema import migrate
 
 __all__ = ["EventStore", "IngestBatch", "IngestOutcome", "IngestResult", "Loss", "StoredEvent"]
@@ -130,6 +131,8 @@ class EventStore:
         self._rows = {n: struct.Struct(">" + "qqBBBBqI" * n) for n in _CHUNKS}
         self._hwm: dict[int, int] = {}
         self._hwm_epoch = -1
+        #: Writes take a bulk turn: this process's lease renewals go first (see ``_gate``).
+        self._gate = write_gate(self.path)
 
     def _migrate(self) -> None:
         for attempt in range(3):
@@ -160,7 +163,7 @@ class EventStore:
         With ``expected``, only if the epoch is still ``expected`` (compare and
         set), so two nodes cannot both take the same new epoch.
         """
-        with map_sqlite_errors(self.path, "advancing the epoch"):
+        with map_sqlite_errors(self.path, "advancing the epoch"), self._gate.bulk():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 current = int(self._conn.execute("SELECT epoch FROM cluster WHERE id = 1").fetchone()[0])
@@ -210,7 +213,7 @@ class EventStore:
         new_hwm: dict[int, int] = {}
         touched: dict[int, int] = {}
         stored_total = 0
-        with map_sqlite_errors(self.path, "ingesting events"):
+        with map_sqlite_errors(self.path, "ingesting events"), self._gate.bulk():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 store_epoch = int(conn.execute("SELECT epoch FROM cluster WHERE id = 1").fetchone()[0])
@@ -330,7 +333,7 @@ class EventStore:
             sessions: (panel, boot id, time) of sessions that started.
             config_acks: (panel, version) the panels confirmed.
         """
-        with map_sqlite_errors(self.path, "writing panel status"), self.db.atomic():
+        with map_sqlite_errors(self.path, "writing panel status"), self._gate.bulk(), self.db.atomic():
             self._conn.executemany("INSERT OR REPLACE INTO panel_status VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._conn.executemany(
                 "INSERT INTO panels (panel_id, hwm, boot_id, first_seen_us, last_seen_us) VALUES (?, 0, ?, ?, ?) "

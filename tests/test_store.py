@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 import protocol as p
 from storage import (
+    ClusterStore,
     EventStore,
     IngestBatch,
     SchemaTooNew,
@@ -24,6 +26,7 @@ from storage import (
     StoreError,
     StoreFull,
     StoreLocked,
+    write_gate,
 )
 
 ROOT = Path(__file__).parent.parent
@@ -198,6 +201,74 @@ def test_a_lock_held_elsewhere_is_reported(tmp_path: Path) -> None:
     finally:
         holder.execute("ROLLBACK")
     assert store.ingest([batch(1, 1, 5)], 1).hwms == {1: 5}
+
+
+def test_lease_renewals_go_before_back_to_back_group_commits(tmp_path: Path) -> None:
+    # A replay's writer commits back to back on its own connection while the heart thread
+    # of the same process renews the lease on another. SQLite alone gives the lock to
+    # whoever asks the instant it is free, and its busy handler sleeps between asks: the
+    # renewals can miss gap after gap between commits (without the write gate, one or two
+    # of these forty waited out the half-second busy timeout, in each of four runs) and a
+    # one-second lease can lapse on a healthy node.
+    db = tmp_path / "site.db"
+    store = EventStore(db)
+    cluster = ClusterStore(db, busy_timeout=0.5)
+    epoch = cluster.acquire("A", pid=os.getpid(), address="127.0.0.11", now_us=0, lease_us=10**12)
+    assert epoch is not None
+    stop = threading.Event()
+    commits = 0
+
+    groups = [[batch(panel, seq, seq + 199) for panel in range(1, 5)] for seq in range(1, 200 * 400, 200)]
+
+    def replay() -> None:
+        nonlocal commits
+        for group in groups:
+            if stop.is_set():
+                return
+            store.ingest(group, epoch)
+            commits += 1
+
+    writer = threading.Thread(target=replay)
+    writer.start()
+    refused = []
+    try:
+        while commits < 3:
+            time.sleep(0.001)
+        for n in range(40):
+            try:
+                assert cluster.renew("A", epoch, now_us=n, lease_us=10**12) is not None
+            except StoreLocked as exc:
+                refused.append(str(exc))
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        writer.join()
+    assert refused == []
+    assert store.hwm(1) == 200 * commits
+
+
+def test_a_writer_of_the_same_process_that_does_not_finish_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "site.db"
+    store = EventStore(db)
+    cluster = ClusterStore(db, busy_timeout=0.05)
+    holding, release = threading.Event(), threading.Event()
+
+    def long_bulk_write() -> None:
+        with write_gate(db).bulk():
+            holding.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=long_bulk_write)
+    writer.start()
+    try:
+        holding.wait(10)
+        with pytest.raises(StoreLocked, match=r"renewing the lease: another writer of this process held the store"):
+            cluster.renew("A", 1, now_us=0, lease_us=1)
+    finally:
+        release.set()
+        writer.join()
+    assert cluster.acquire("A", pid=os.getpid(), address="127.0.0.11", now_us=0, lease_us=10**6) == 1
+    assert store.epoch == 1
 
 
 def test_errors_name_file_and_cause(tmp_path: Path) -> None:
