@@ -31,6 +31,10 @@ from fieldsync.supervisor import Supervised, Supervisor, node_command
 from storage import ClusterStore
 
 
+class _RunFailed(Exception):
+    pass
+
+
 def _lease(db: Path):  # type: ignore[no-untyped-def]
     store = ClusterStore(db)
     try:
@@ -62,9 +66,15 @@ async def one_run(workdir: Path, pki_dir: Path, args: argparse.Namespace, run: i
                 await trio.sleep(0.05)
         waiting = [pn for pn in fleet.panels.values() if epoch not in pn.first_ack_at]
         if waiting:
-            raise SystemExit(
+            now = await trio.to_thread.run_sync(_lease, site.db)
+            moved = (
+                f"; the epoch moved from {epoch} to {now.epoch} (holder {now.holder}) with no fault injected"
+                if now.epoch != epoch
+                else ""
+            )
+            raise _RunFailed(
                 f"run {run}: {len(waiting)} panels never acknowledged before the kill, e.g. {waiting[0]!r}: "
-                f"{waiting[0].last_error}"
+                f"{waiting[0].last_error}{moved}"
             )
         await trio.sleep(0.5)  # replay in flight
         killed_at = trio.current_time()
@@ -122,7 +132,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for panel in range(1, args.panels + 1):
             pki.issue(pki_dir, "panel", panel)
         for run in range(args.runs):
-            times = trio.run(one_run, workdir, pki_dir, args, run)
+            try:
+                times = trio.run(one_run, workdir, pki_dir, args, run)
+            except BaseExceptionGroup as group:
+                failed = group.subgroup(_RunFailed)
+                if failed is None:
+                    raise
+                first: BaseException = failed
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise SystemExit(str(first)) from None
             samples += times
             per_run.append({"p50_s": statistics.median(times), "max_s": max(times)})
             print(f"run {run + 1:>2}: p50 {statistics.median(times):.3f} s  max {max(times):.3f} s")
