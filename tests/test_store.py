@@ -232,8 +232,10 @@ def test_lease_renewals_go_before_back_to_back_group_commits(tmp_path: Path) -> 
     writer.start()
     refused = []
     try:
-        while commits < 3:
+        deadline = time.monotonic() + 30  # bounded even if the writer fails
+        while commits < 3 and writer.is_alive() and time.monotonic() < deadline:
             time.sleep(0.001)
+        assert commits >= 3, "the replay thread stopped before it got going"
         for n in range(40):
             try:
                 assert cluster.renew("A", epoch, now_us=n, lease_us=10**12) is not None
