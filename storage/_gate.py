@@ -7,8 +7,8 @@ group commits, can so keep another connection of the same process waiting
 past its busy timeout time after time. When that connection is the one that
 renews the node's lease, the lease lapses and the standby takes over a healthy
 node (seen in ``benchmarks/failover.py``: the active's renewal was refused
-twice in a row under replay, and once in about a hundred runs often enough for
-its one-second lease to lapse).
+one to three times per run under replay, and once in some two hundred runs
+often enough in a row for its one-second lease to lapse).
 
 Writers of one process therefore take turns here before they ask SQLite: an
 ``urgent`` writer (the lease, the node heartbeat row) goes before any waiting
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,10 +60,8 @@ class WriteGate:
                 got = self._cond.wait_for(lambda: not self._held, timeout)
             finally:
                 self._urgent_waiting -= 1
-            if got:
+            if got:  # else the current writer still holds it: no one else may go either
                 self._held = True
-            else:
-                self._cond.notify_all()  # bulk writers may go again
         try:
             yield got
         finally:
@@ -75,7 +74,8 @@ class WriteGate:
             self._cond.notify_all()
 
 
-_gates: dict[str, WriteGate] = {}
+#: A gate lives as long as a store of the file holds it.
+_gates: weakref.WeakValueDictionary[str, WriteGate] = weakref.WeakValueDictionary()
 _gates_lock = threading.Lock()
 
 
