@@ -421,6 +421,7 @@ class Panel:
             oldest_seq=stats.oldest_seq,
             newest_seq=stats.newest_seq,
             config_version=self.config.version,
+            config_digest=self.config.digest,
             max_epoch=self.max_epoch,
         )
 
@@ -547,14 +548,14 @@ class Panel:
             elif isinstance(message, ConfigDelta):
                 self.config.apply_delta(message.from_version, message.to_version, message.ops)
                 self._config_applied()
-                await ms.send(ConfigAck(version=message.to_version))
+                await ms.send(ConfigAck(version=message.to_version, digest=self.config.digest))
             elif isinstance(message, ConfigSnapshot):
                 parts.extend(message.ops)
                 if message.part == message.parts - 1:
                     self.config.apply_snapshot(message.version, parts)
                     parts = []
                     self._config_applied()
-                    await ms.send(ConfigAck(version=message.version))
+                    await ms.send(ConfigAck(version=message.version, digest=self.config.digest))
             elif isinstance(message, Heartbeat):
                 pass
             elif isinstance(message, Error):

@@ -32,6 +32,10 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
         for m in messages:
             echo(f"t={now:6.3f}s  {direction}  {len(data):6d} bytes  {m!r}")
 
+    # Version 41 is empty in this demo; 42 locks door 2 (the delta below).
+    digest_41 = p.EMPTY_DIGEST
+    locked = p.PutDoor(door=p.Door(door=2, mode=p.DoorMode.LOCKED))
+    digest_42 = p.config_digest([locked])
     hello = p.Hello(
         panel_id=17,
         boot_id=0xB007,
@@ -39,11 +43,13 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
         oldest_seq=1,
         newest_seq=events,
         config_version=41,
+        config_digest=digest_41,
         max_epoch=3,
     )
     data = panel.send(hello, now)
     show("panel -> node", data, _pump(data, host, now))
-    data = host.send(p.Welcome(node_id="A", epoch=4, hwm=0, config_version=42, heartbeat_ms=1000), now)
+    welcome = p.Welcome(node_id="A", epoch=4, hwm=0, config_version=42, config_digest=digest_42, heartbeat_ms=1000)
+    data = host.send(welcome, now)
     show("node -> panel", data, _pump(data, panel, now))
 
     records = [
@@ -69,11 +75,12 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
         epoch=4,
         from_version=41,
         to_version=42,
-        ops=(p.PutDoor(door=p.Door(door=2, mode=p.DoorMode.LOCKED)), p.DeleteCardholder(card=100_013)),
+        digest=digest_42,
+        ops=(locked, p.DeleteCardholder(card=100_013)),
     )
     data = host.send(delta, now)
     show("node -> panel", data, _pump(data, panel, now))
-    data = panel.send(p.ConfigAck(version=42), now)
+    data = panel.send(p.ConfigAck(version=42, digest=digest_42), now)
     show("panel -> node", data, _pump(data, host, now))
 
     now = panel.next_deadline() or now
@@ -92,6 +99,7 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
                     oldest_seq=0,
                     newest_seq=0,
                     config_version=42,
+                    config_digest=digest_42,
                     max_epoch=4,
                 ),
                 now,
@@ -99,7 +107,10 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
             stale_host,
             now,
         )
-        stale_host.send(p.Welcome(node_id="B", epoch=3, hwm=events, config_version=42, heartbeat_ms=1000), now)
+        stale_host.send(
+            p.Welcome(node_id="B", epoch=3, hwm=events, config_version=42, config_digest=digest_42, heartbeat_ms=1000),
+            now,
+        )
     except p.LocalProtocolError as exc:
         echo(f"stale node B refused before it could send: {exc}")
 

@@ -43,6 +43,8 @@ class PanelVerdict:
     reordered: int
     undeclared_gaps: int
     config_version: int
+    #: The digest of the panel's configuration (docs/protocol.md 8.1): P4 compares content.
+    config_digest: bytes
     over_budget: bool
     max_epoch: int
 
@@ -51,6 +53,7 @@ class PanelVerdict:
 class Report:
     panels: tuple[PanelVerdict, ...]
     server_config_version: int
+    server_config_digest: bytes
     store_epoch: int
     integrity: str
     #: Events committed under an older epoch after a newer one had committed (P5).
@@ -76,7 +79,8 @@ class Report:
 
     def promises(self) -> dict[str, tuple[bool, str]]:
         t = self.totals()
-        diverged = [p.panel_id for p in self.panels if p.config_version != self.server_config_version]
+        server = (self.server_config_version, self.server_config_digest)
+        diverged = [p.panel_id for p in self.panels if (p.config_version, p.config_digest) != server]
         over = [p.panel_id for p in self.panels if p.over_budget]
         stale = [p.panel_id for p in self.panels if p.max_epoch > self.store_epoch]
         return {
@@ -94,7 +98,8 @@ class Report:
             ),
             "P4 converged": (
                 not diverged,
-                f"{len(diverged)} panels not at config version {self.server_config_version}",
+                f"{len(diverged)} panels not at config version {self.server_config_version} "
+                f"(digest {self.server_config_digest.hex()[:12]})",
             ),
             "P5 fenced": (
                 not stale and self.stale_writes == 0,
@@ -113,9 +118,11 @@ def check(db: Path | str, panels: Iterable[Panel]) -> Report:
     config = ConfigStore(db)
     try:
         verdicts = tuple(_panel(store, panel) for panel in panels)
+        version, digest = config.current()
         return Report(
             panels=verdicts,
-            server_config_version=config.version,
+            server_config_version=version,
+            server_config_digest=digest,
             store_epoch=store.epoch,
             integrity=store.integrity_check(),
             stale_writes=store.stale_writes(),
@@ -173,6 +180,7 @@ def _panel(store: EventStore, panel: Panel) -> PanelVerdict:
         reordered=reordered,
         undeclared_gaps=undeclared,
         config_version=panel.config.version,
+        config_digest=panel.config.digest,
         over_budget=stats.buffer_bytes > panel.settings.buffer_bytes,
         max_epoch=panel.max_epoch,
     )

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -223,33 +224,59 @@ def serve(
         serial=tuple(lines),
         tls=site.tls_for("node", node_id),
         heartbeat_ms=heartbeat_ms or site.heartbeat_ms,
+        # A site file lists the panels; without one, any panel with a site certificate is served.
+        known_panels=frozenset(site.panel_ids()) if site.path is not None else None,
     )
     node = Node(settings)
+    done = trio.Event()
+
+    async def serve_node(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await node.run(task_status=task_status)
+        finally:
+            done.set()
+
+    async def report(task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            busy_before, since = 0.0, time.perf_counter()
+            while True:
+                await trio.sleep(5)
+                s = node.statistics()
+                now = time.perf_counter()
+                busy = (s.commit_s - busy_before) / (now - since)
+                busy_before, since = s.commit_s, now
+                click.echo(
+                    f"sessions {s.sessions} stored {s.events_stored} dup {s.events_duplicate} "
+                    f"lost(declared) {s.declared_lost} commits {s.commits} (writer busy {busy:.0%}) "
+                    f"rejected {s.rejected} errors {s.protocol_errors}/{s.link_errors}"
+                    + (f" line noise skipped {s.bytes_skipped} B, bad frames {s.bad_frames}" if lines else "")
+                )
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            click.echo(
-                f"node {node_id} epoch {node.epoch}: listening on {listen_addr or '-'}, dialing {len(dials)} panel(s), "
-                f"{len(lines)} serial line(s), {'plain (loopback)' if settings.tls is None else 'mutual TLS'}, "
-                f"store {settings.db}"
-            )
-            sys.stdout.flush()
-            busy_before, since = 0.0, time.perf_counter()
-            with trio.move_on_after(duration if duration is not None else float("inf")):
-                while True:
-                    await trio.sleep(5)
-                    s = node.statistics()
-                    now = time.perf_counter()
-                    busy = (s.commit_s - busy_before) / (now - since)
-                    busy_before, since = s.commit_s, now
-                    click.echo(
-                        f"sessions {s.sessions} stored {s.events_stored} dup {s.events_duplicate} "
-                        f"lost(declared) {s.declared_lost} commits {s.commits} (writer busy {busy:.0%}) "
-                        f"rejected {s.rejected} errors {s.protocol_errors}/{s.link_errors}"
-                        + (f" line noise skipped {s.bytes_skipped} B, bad frames {s.bad_frames}" if lines else "")
-                    )
-            nursery.cancel_scope.cancel()
+        # SIGINT and SIGTERM (and the end of --duration) are a planned stop: the node
+        # stores and acknowledges what it received and says BYE(SHUTTING_DOWN) to every panel.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_node)
+                click.echo(
+                    f"node {node_id} epoch {node.epoch}: listening on {listen_addr or '-'}, "
+                    f"dialing {len(dials)} panel(s), {len(lines)} serial line(s), "
+                    f"{'plain (loopback)' if settings.tls is None else 'mutual TLS'}, store {settings.db}"
+                )
+                sys.stdout.flush()
+                reporting = await nursery.start(report)
+                with trio.move_on_after(duration if duration is not None else float("inf")):
+                    async for signum in signals:
+                        click.echo(f"{signal.Signals(signum).name}: stopping", err=True)
+                        break
+                reporting.cancel()
+                node.stop()
+                with trio.move_on_after(settings.drain_timeout + 3):
+                    await done.wait()
+                nursery.cancel_scope.cancel()
+        stats = node.statistics()
+        click.echo(f"node {node_id} stopped: {stats.events_stored} events stored, said BYE to every session")
 
     _run_trio(run)
 
@@ -345,6 +372,7 @@ def node_cmd(
         peers=tuple((n.name, n.heartbeat_via or n.address) for n in site.nodes if n.name != node_id),
         beat_port=heartbeat_port(site.port),
         unsafe=frozenset(unsafe_break),
+        known_panels=frozenset(site.panel_ids()) if site.path is not None else None,
     )
     if unsafe_break:
         click.echo(f"WARNING: node {node_id} is a deliberately broken build: {', '.join(unsafe_break)}", err=True)

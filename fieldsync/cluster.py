@@ -87,6 +87,8 @@ class ClusterSettings:
     beat_port: int = 30007
     #: Deliberately broken builds for the checker's negative controls (see NodeSettings.unsafe).
     unsafe: frozenset[str] = frozenset()
+    #: The site's panels; others are refused with UNKNOWN_PANEL (None admits any certified panel).
+    known_panels: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.beat_interval < self.dead_after <= self.lease:
@@ -426,6 +428,7 @@ class ClusterNode:
                 epoch=epoch,
                 bind_retry=float("inf"),  # a zombie may hold the VIP until it wakes
                 unsafe=s.unsafe,
+                known_panels=s.known_panels,
             )
         )
         self.node = node

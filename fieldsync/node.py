@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import trio
 
 from protocol import (
+    EMPTY_DIGEST,
     Ack,
     Bye,
     ConfigAck,
@@ -52,7 +53,7 @@ from protocol.streams import (
     serial_link,
     server_context,
 )
-from storage import ConfigStore, EventStore, IngestBatch, NeedSnapshot, StaleEpoch, StoreError
+from storage import ConfigChange, ConfigStore, EventStore, IngestBatch, StaleEpoch, StoreError
 
 __all__ = ["Node", "NodeSettings", "NodeStatistics"]
 
@@ -96,6 +97,8 @@ class NodeSettings:
     unsafe: frozenset[str] = frozenset()
     #: Keep trying to bind the listen address this long (a fenced predecessor's socket may linger).
     bind_retry: float = 0.0
+    #: On ``stop()``: how long sessions get to store and acknowledge what they received before BYE.
+    drain_timeout: float = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,20 +132,29 @@ class _Item:
 
 
 class _Session:
-    def __init__(self, node: Node, ms: MessageStream, hello: Hello, config_version: int, window: int) -> None:
+    def __init__(self, node: Node, ms: MessageStream, hello: Hello, window: int) -> None:
         self.node = node
         self.ms = ms
         self.hello = hello
         self.panel_id = hello.panel_id
         self.conn: HostConnection = ms.conn  # type: ignore[assignment]
         self.pending_ack = 0
+        #: A batch was answered by the store: an ACK is owed even if the hwm did not move.
+        self.ack_due = False
         self.newest_seq = hello.newest_seq
+        #: The configuration the panel holds as far as this session knows (HELLO, then pushes).
         self.config_sent = hello.config_version
-        self.config_target = config_version
+        self.digest_sent = hello.config_digest
+        #: A CONFIG_ACK after a delta showed another digest: the next push is a snapshot.
+        self.need_snapshot = False
         self.outstanding = trio.Semaphore(window)
         self.wake = trio.Event()
+        self.wake.set()  # configuration sync starts right after WELCOME (docs/protocol.md 8.3)
         self.failure: tuple[ErrorCode, str] | None = None
         self.scope = trio.CancelScope()
+        #: Cancelled to stop reading when the node stops (then drain, ACK, BYE).
+        self.read_scope = trio.CancelScope()
+        self.stopping = False
         self.done = trio.Event()
 
     def __repr__(self) -> str:
@@ -151,7 +163,15 @@ class _Session:
     def ack(self, hwm: int) -> None:
         # The store may be ahead of this session (a replaced session's batches).
         self.pending_ack = max(self.pending_ack, min(hwm, self.conn.sent_seq))
+        self.ack_due = True
         self.wake.set()
+
+    def take_ack(self) -> Ack | None:
+        """The ACK owed now, if any: every stored batch gets one, duplicates too (7.4)."""
+        if not self.ack_due and self.pending_ack <= self.conn.acked_seq:
+            return None
+        self.ack_due = False
+        return Ack(epoch=self.node.epoch, up_to_seq=max(self.pending_ack, self.conn.acked_seq))
 
     def fail(self, code: ErrorCode, text: str) -> None:
         if self.failure is None:
@@ -175,6 +195,7 @@ class Node:
         self._config_limiter = trio.CapacityLimiter(1)
         self.epoch = 0
         self.config_version = 0
+        self.config_digest = EMPTY_DIGEST
         self.sessions: dict[int, _Session] = {}
         self._ingest_send, self._ingest_recv = trio.open_memory_channel[_Item](settings.ingest_queue)
         self.listeners: list[trio.SocketListener] = []
@@ -230,7 +251,7 @@ class Node:
         try:
             self.epoch = s.epoch if s.epoch is not None else await self._db(self.store.advance_epoch)
             self._hwms = await self._db(self.store.hwms)
-            self.config_version = await self._cfg(lambda: self.config_store.version)  # type: ignore[union-attr]
+            self.config_version, self.config_digest = await self._cfg(self.config_store.current)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ingest_loop)
                 nursery.start_soon(self._config_watch)
@@ -249,6 +270,8 @@ class Node:
                 async with trio.open_nursery() as waiters:  # until stopped or fenced
                     for event in (self._stop, self.fenced):
                         waiters.start_soon(_wait_then_cancel, event, waiters.cancel_scope)
+                if not self.fenced.is_set():
+                    await self._say_bye()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -257,8 +280,17 @@ class Node:
                 await self._cfg(self.config_store.close)
 
     def stop(self) -> None:
-        """Stop serving: sessions end, the listener closes, ``run`` returns."""
+        """Stop on purpose (docs/protocol.md 10): refuse new HELLOs, store and acknowledge
+        what the sessions received, say BYE(SHUTTING_DOWN), then ``run`` returns."""
         self._stop.set()
+
+    async def _say_bye(self) -> None:
+        with trio.move_on_after(self.settings.drain_timeout):
+            for session in list(self.sessions.values()):
+                session.stopping = True
+                session.read_scope.cancel()
+            for session in list(self.sessions.values()):
+                await session.done.wait()
 
     async def _listen(
         self,
@@ -405,10 +437,11 @@ class Node:
                     epoch=self.epoch,
                     hwm=hwm,
                     config_version=self.config_version,
+                    config_digest=self.config_digest,
                     heartbeat_ms=self.settings.heartbeat_ms,
                 )
             )
-            session = _Session(self, ms, hello, self.config_version, self.settings.session_window)
+            session = _Session(self, ms, hello, self.settings.session_window)
             session.pending_ack = hwm
             await self._run_session(session)
             return True
@@ -441,6 +474,8 @@ class Node:
             return ErrorCode.UNKNOWN_PANEL, f"panel {pid} is not in this site"
         if hello.max_epoch > self.epoch:
             return ErrorCode.STALE_EPOCH, f"panel {pid} has seen epoch {hello.max_epoch}; this node has {self.epoch}"
+        if self._stop.is_set():
+            return ErrorCode.SHUTTING_DOWN, f"node {self.node_id} is stopping"
         return None
 
     async def _retire(self, panel_id: int) -> None:
@@ -452,8 +487,11 @@ class Node:
             with trio.move_on_after(2):
                 await old.done.wait()
         with trio.move_on_after(self.settings.handshake_timeout):
-            while self._queued.get(panel_id, 0):
-                await self._drained.setdefault(panel_id, trio.Event()).wait()
+            await self._wait_drained(panel_id)
+
+    async def _wait_drained(self, panel_id: int) -> None:
+        while self._queued.get(panel_id, 0):
+            await self._drained.setdefault(panel_id, trio.Event()).wait()
 
     def _dequeued(self, items: list[_Item]) -> None:
         for item in items:
@@ -482,7 +520,10 @@ class Node:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(session.ms.run_timers)
                         nursery.start_soon(self._write, session)
-                        await self._read(session)
+                        with session.read_scope:
+                            await self._read(session)
+                        if session.stopping and session.failure is None:
+                            await self._finish(session)
                         nursery.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
                     raise first_error(group) from None
@@ -493,6 +534,14 @@ class Node:
                 del self.sessions[session.panel_id]
                 self._ended[session.panel_id] = self._status_row(session, connected=False)
             session.done.set()
+
+    async def _finish(self, session: _Session) -> None:
+        """A planned stop: what the session received is stored and acknowledged, then BYE."""
+        await self._wait_drained(session.panel_id)
+        ack = session.take_ack()
+        if ack is not None:
+            await session.ms.send(ack)
+        await session.ms.send(Bye(epoch=self.epoch, reason=int(ErrorCode.SHUTTING_DOWN)))
 
     async def _read(self, session: _Session) -> None:
         ms = session.ms
@@ -516,6 +565,19 @@ class Node:
                         raise
             elif isinstance(message, ConfigAck):
                 self._config_acks[session.panel_id] = message.version
+                push = session.conn.last_acked_push
+                if push is not None and message.digest != push.digest:
+                    # docs/protocol.md 8.5: the panel holds other content than it was sent.
+                    if push.snapshot:
+                        session.fail(
+                            ErrorCode.CONFIG_DIGEST,
+                            f"after the snapshot of version {push.version} the panel's digest is "
+                            f"{message.digest.hex()[:16]}..., not {push.digest.hex()[:16]}...",
+                        )
+                    else:
+                        session.need_snapshot = True
+                        session.digest_sent = message.digest
+                        session.wake.set()
             elif isinstance(message, Heartbeat):
                 pass
             elif isinstance(message, Error | Bye):
@@ -529,38 +591,66 @@ class Node:
             if session.failure is not None:
                 session.scope.cancel()
                 return
-            if session.pending_ack > session.conn.acked_seq:
-                await ms.send(Ack(epoch=self.epoch, up_to_seq=session.pending_ack))
-            if session.config_target > session.config_sent:
+            ack = session.take_ack()
+            if ack is not None:
+                await ms.send(ack)
+            if session.need_snapshot or (session.config_sent, session.digest_sent) != (
+                self.config_version,
+                self.config_digest,
+            ):
                 await self._push_config(session)
 
     async def _push_config(self, session: _Session) -> None:
+        """Bring the panel to the server's configuration (docs/protocol.md 8.3): a delta
+        when the panel's version is behind and its digest is what the server had at that
+        version, a snapshot in every other case."""
         assert self.config_store is not None
-        change = await self._cfg(self.config_store.delta, session.config_sent)
-        if isinstance(change, NeedSnapshot):
-            version, state = await self._cfg(self.config_store.snapshot)
-            ops = state.snapshot_ops()
-            size = self.settings.snapshot_part_ops
-            parts = max(1, -(-len(ops) // size))
-            for part in range(parts):
-                await session.ms.send(
-                    ConfigSnapshot(
-                        epoch=self.epoch,
-                        version=version,
-                        part=part,
-                        parts=parts,
-                        ops=ops[part * size : (part + 1) * size],
-                    )
-                )
-            session.config_sent = version
-        elif change.to_version > change.from_version:
+        change: ConfigChange | None = None
+        if not session.need_snapshot and session.config_sent < self.config_version:
+            base = await self._cfg(self.config_store.digest_at, session.config_sent)
+            if base == session.digest_sent:
+                found = await self._cfg(self.config_store.delta, session.config_sent)
+                if isinstance(found, ConfigChange) and found.to_version > found.from_version:
+                    change = found
+        if change is not None:
             await session.ms.send(
                 ConfigDelta(
-                    epoch=self.epoch, from_version=change.from_version, to_version=change.to_version, ops=change.ops
+                    epoch=self.epoch,
+                    from_version=change.from_version,
+                    to_version=change.to_version,
+                    digest=change.digest,
+                    ops=change.ops,
                 )
             )
-            session.config_sent = change.to_version
-        session.config_target = max(session.config_target, session.config_sent)
+            session.config_sent, session.digest_sent = change.to_version, change.digest
+            self._saw_config(change.to_version, change.digest)
+            return
+        version, state = await self._cfg(self.config_store.snapshot)
+        ops = state.snapshot_ops()
+        digest = state.digest()
+        size = self.settings.snapshot_part_ops
+        parts = max(1, -(-len(ops) // size))
+        for part in range(parts):
+            await session.ms.send(
+                ConfigSnapshot(
+                    epoch=self.epoch,
+                    version=version,
+                    digest=digest,
+                    part=part,
+                    parts=parts,
+                    ops=ops[part * size : (part + 1) * size],
+                )
+            )
+        session.config_sent, session.digest_sent = version, digest
+        session.need_snapshot = False
+        self._saw_config(version, digest)
+
+    def _saw_config(self, version: int, digest: bytes) -> None:
+        """The store's configuration is at ``version`` (it only moves forward): every session follows."""
+        if version > self.config_version or (version == self.config_version and digest != self.config_digest):
+            self.config_version, self.config_digest = version, digest
+            for session in list(self.sessions.values()):
+                session.wake.set()
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -636,12 +726,7 @@ class Node:
         assert self.config_store is not None
         while True:
             await trio.sleep(self.settings.config_poll)
-            version = await self._cfg(lambda: self.config_store.version)  # type: ignore[union-attr]
-            if version != self.config_version:
-                self.config_version = version
-                for session in list(self.sessions.values()):
-                    session.config_target = version
-                    session.wake.set()
+            self._saw_config(*await self._cfg(self.config_store.current))
 
     async def _status_loop(self) -> None:
         while True:

@@ -725,6 +725,7 @@ class InProcessCluster:
             tls=site.tls_for("node", "A"),
             bind_retry=5.0,
             unsafe=run.unsafe,
+            known_panels=frozenset(site.panel_ids()),
         )
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None

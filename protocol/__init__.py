@@ -7,7 +7,9 @@ adapters live in ``protocol.streams``, which the core never imports.
 from ._batch import check_records as check_records
 from ._batch import iter_rows as iter_rows
 from ._batch import pack_records as pack_records
+from ._codec import config_digest as config_digest
 from ._codec import decode_payload as decode_payload
+from ._codec import encode_config_op as encode_config_op
 from ._codec import encode_payload as encode_payload
 from ._codec import message_type as message_type
 from ._config import AccessLevel as AccessLevel
@@ -26,6 +28,7 @@ from ._config import PutDoor as PutDoor
 from ._config import PutSchedule as PutSchedule
 from ._config import Schedule as Schedule
 from ._connection import NEED_DATA as NEED_DATA
+from ._connection import ConfigPush as ConfigPush
 from ._connection import ConnectionClosed as ConnectionClosed
 from ._connection import ConnectionStatistics as ConnectionStatistics
 from ._connection import HostConnection as HostConnection
@@ -42,6 +45,8 @@ from ._framing import Frame as Frame
 from ._framing import FrameDecoder as FrameDecoder
 from ._framing import FrameStatistics as FrameStatistics
 from ._framing import encode_frame as encode_frame
+from ._messages import EMPTY_DIGEST as EMPTY_DIGEST
+from ._messages import MAX_SEQ as MAX_SEQ
 from ._messages import Ack as Ack
 from ._messages import Bye as Bye
 from ._messages import ConfigAck as ConfigAck
@@ -61,15 +66,19 @@ from ._records import EventFlags as EventFlags
 from ._records import EventKind as EventKind
 from ._records import EventRecord as EventRecord
 from ._state import TRANSITIONS as TRANSITIONS
+from ._wire import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._state import Direction as Direction
 from ._state import Role as Role
 from ._state import State as State
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
+    "EMPTY_DIGEST",
     "FRAME_OVERHEAD",
     "GAP_KINDS",
+    "MAX_SEQ",
     "NEED_DATA",
+    "PROTOCOL_VERSION",
     "RECORD_SIZE",
     "RECORD_STRUCT",
     "TRANSITIONS",
@@ -80,6 +89,7 @@ __all__ = [
     "ConfigAck",
     "ConfigDelta",
     "ConfigOp",
+    "ConfigPush",
     "ConfigSnapshot",
     "ConnectionClosed",
     "ConnectionStatistics",
@@ -120,7 +130,9 @@ __all__ = [
     "State",
     "Welcome",
     "check_records",
+    "config_digest",
     "decode_payload",
+    "encode_config_op",
     "encode_payload",
     "encode_frame",
     "iter_rows",

@@ -24,6 +24,7 @@ _AUX = struct.Struct(">I")
 _AUX_OFFSET = 28
 _NON_GAP_KIND_BYTES = bytes(sorted(set(VALID_KIND_BYTES) - {int(k) for k in GAP_KINDS}))
 _GAP_KIND_VALUES = frozenset(int(k) for k in GAP_KINDS)
+_MAX_SEQ = 2**63 - 1  # docs/protocol.md 7.1: seqs fit a signed 64-bit integer
 
 
 def pack_records(records: Iterable[EventRecord]) -> bytes:
@@ -69,22 +70,22 @@ def check_records(first_seq: int, records: bytes) -> int:
     if kinds[0] in _GAP_KIND_VALUES:
         (last,) = _CARD.unpack_from(records, _CARD_OFFSET)
         (aux,) = _AUX.unpack_from(records, _AUX_OFFSET)
-        if last < first_seq or aux != last - first_seq + 1:
+        if last < first_seq or aux != last - first_seq + 1 or last > _MAX_SEQ:
             raise LocalProtocolError(
                 ErrorCode.FIELD_OUT_OF_RANGE,
                 f"gap marker at seq {first_seq} declares last seq {last} and count {aux}; "
-                f"expected last >= {first_seq} and count == last - seq + 1",
+                f"expected {first_seq} <= last <= 2**63-1 and count == last - seq + 1",
             )
         start = RECORD_SIZE
         next_seq = last + 1
         count -= 1
     if count:
         last_seq = next_seq + count - 1
-        if last_seq >= 2**64:
-            raise LocalProtocolError(ErrorCode.FIELD_OUT_OF_RANGE, f"seq {last_seq} overflows u64")
         body = records[start:] if start else records
-        if not _seq_columns_match(body, next_seq, count):
+        if last_seq >= 2**64 or not _seq_columns_match(body, next_seq, count):
             _raise_bad_order(next_seq, body)
+        if last_seq > _MAX_SEQ:
+            raise LocalProtocolError(ErrorCode.FIELD_OUT_OF_RANGE, f"seq {last_seq} is above 2**63-1")
         return last_seq
     return next_seq - 1
 

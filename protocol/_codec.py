@@ -8,8 +8,9 @@ idea): whatever bytes come in, only ``RemoteProtocolError`` leaves.
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import construct
@@ -49,7 +50,7 @@ from ._messages import (
 )
 from ._records import RECORD_SIZE
 
-__all__ = ["decode_payload", "encode_payload", "message_type"]
+__all__ = ["config_digest", "decode_payload", "encode_config_op", "encode_payload", "message_type"]
 
 _BATCH_HEAD = struct.Struct(">QH")
 # HEARTBEAT and ACK are fixed-size and by far the most frequent small messages (a
@@ -124,6 +125,26 @@ def _op_from_wire(item: Any) -> ConfigOp:
     raise RemoteProtocolError(ErrorCode.UNKNOWN_CONFIG_OP, f"unknown config operation {item.op}")
 
 
+def encode_config_op(op: ConfigOp) -> bytes:
+    """One operation exactly as on the wire: the op byte, then its body."""
+    try:
+        return bytes(_wire.CONFIG_OP_COMPILED.build(_op_to_wire(op)))
+    except (construct.ConstructError, struct.error, OverflowError) as exc:
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"cannot encode {type(op).__name__}: {exc}") from None
+
+
+def config_digest(canonical_ops: Iterable[ConfigOp]) -> bytes:
+    """SHA-256 over the wire encodings of a configuration's canonical ``Put*`` operations.
+
+    The caller gives the operations in canonical order (docs/protocol.md 8.1):
+    schedules, access levels, doors, cardholders, each by ascending key.
+    """
+    digest = hashlib.sha256()
+    for op in canonical_ops:
+        digest.update(encode_config_op(op))
+    return digest.digest()
+
+
 # -- encode ------------------------------------------------------------------------
 
 
@@ -157,7 +178,7 @@ def _decode_batch(payload: bytes) -> EventBatch:
         )
     first_seq, count = _BATCH_HEAD.unpack_from(payload)
     records = payload[_BATCH_HEAD.size :]
-    if len(records) != count * RECORD_SIZE:
+    if count == 0 or len(records) != count * RECORD_SIZE:
         raise RemoteProtocolError(
             ErrorCode.MALFORMED,
             f"EVENT_BATCH declares {count} records but carries {len(records)} bytes ({count * RECORD_SIZE} expected)",
@@ -171,11 +192,22 @@ def _fields(parsed: Any, names: tuple[str, ...]) -> dict[str, Any]:
 
 def _from_construct(kind: MessageType, payload: bytes) -> Message:
     parsed = _wire.COMPILED[kind].parse(payload)
+    names: tuple[str, ...]
     if kind is MessageType.HELLO:
-        names = ("panel_id", "boot_id", "firmware", "oldest_seq", "newest_seq", "config_version", "max_epoch")
+        names = (
+            "panel_id",
+            "boot_id",
+            "firmware",
+            "oldest_seq",
+            "newest_seq",
+            "config_version",
+            "config_digest",
+            "max_epoch",
+        )
         return Hello(**_fields(parsed, names))
     if kind is MessageType.WELCOME:
-        return Welcome(**_fields(parsed, ("node_id", "epoch", "hwm", "config_version", "heartbeat_ms")))
+        names = ("node_id", "epoch", "hwm", "config_version", "config_digest", "heartbeat_ms")
+        return Welcome(**_fields(parsed, names))
     if kind is MessageType.ACK:
         return Ack(**_fields(parsed, ("epoch", "up_to_seq")))
     if kind is MessageType.CONFIG_DELTA:
@@ -183,18 +215,20 @@ def _from_construct(kind: MessageType, payload: bytes) -> Message:
             epoch=parsed.epoch,
             from_version=parsed.from_version,
             to_version=parsed.to_version,
+            digest=parsed.digest,
             ops=tuple(_op_from_wire(op) for op in parsed.ops),
         )
     if kind is MessageType.CONFIG_SNAPSHOT:
         return ConfigSnapshot(
             epoch=parsed.epoch,
             version=parsed.version,
+            digest=parsed.digest,
             part=parsed.part,
             parts=parsed.parts,
             ops=tuple(_op_from_wire(op) for op in parsed.ops),
         )
     if kind is MessageType.CONFIG_ACK:
-        return ConfigAck(version=parsed.version)
+        return ConfigAck(version=parsed.version, digest=parsed.digest)
     if kind is MessageType.HEARTBEAT:
         return Heartbeat(epoch=parsed.epoch)
     if kind is MessageType.ERROR:

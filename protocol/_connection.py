@@ -37,6 +37,7 @@ from ._state import TRANSITIONS, Direction, Role, State
 
 __all__ = [
     "NEED_DATA",
+    "ConfigPush",
     "ConnectionClosed",
     "ConnectionStatistics",
     "HostConnection",
@@ -92,8 +93,19 @@ class ConnectionStatistics:
 @dataclasses.dataclass(slots=True)
 class _SnapshotProgress:
     version: int
+    digest: bytes
     parts: int
     next_part: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigPush:
+    """A configuration push completed in this session: a delta, or a snapshot's last part."""
+
+    version: int
+    #: The digest the push carried: what the panel must hold after applying it.
+    digest: bytes
+    snapshot: bool
 
 
 class _Connection:
@@ -135,11 +147,17 @@ class _Connection:
         self.acked_seq = 0
         # Next seq a batch must start at (the first batch may overlap below it).
         self._next_seq = 1
-        self._batches = 0
-        #: Newest config version sent (host) or received (panel).
+        # Seq after the previous batch of this session (0 before the first batch).
+        self._prev_last: int | None = None
+        #: The panel's config version: the newest pushed (host) or applied (panel).
         self.config_version = 0
-        #: Newest config version the panel acknowledged.
+        #: The config version the panel acknowledged last (its HELLO's before any).
         self.config_acked = 0
+        # Pushes completed and not yet acknowledged, oldest first (docs/protocol.md 8.4).
+        self._pushes: list[ConfigPush] = []
+        #: The push the latest CONFIG_ACK acknowledged.
+        self.last_acked_push: ConfigPush | None = None
+        self._config_acks = 0
         self._snapshot: _SnapshotProgress | None = None
         # On a line that can lose whole frames (resync), the peer may be alive and
         # still never answer: a lost EVENT_BATCH or ACK (panel), a lost config push
@@ -217,7 +235,12 @@ class _Connection:
         except LocalProtocolError:
             self._state = State.ERROR
             raise
-        data = encode_frame(message_type(message), encode_payload(message))
+        version = self._decoder.peer_version
+        if isinstance(message, Error) and version is not None and message.code == ErrorCode.UNSUPPORTED_VERSION:
+            # The header and ERROR layouts are the same in every version: answer in the peer's.
+            data = encode_frame(message_type(message), encode_payload(message), version=version)
+        else:
+            data = encode_frame(message_type(message), encode_payload(message))
         self._frames_out += 1
         self._bytes_out += len(data)
         self._last_sent = now
@@ -367,17 +390,23 @@ class _Connection:
         raise NotImplementedError
 
     def _check_batch(self, batch: EventBatch, error: type[ProtocolError]) -> None:
-        if self._batches == 0:
-            if batch.first_seq > self._next_seq:
+        # docs/protocol.md 7.3: the first batch starts at or below hwm + 1, every later
+        # one right after the previous batch (which may still be below hwm).
+        if self._prev_last is None:
+            if batch.first_seq > self.hwm + 1:
                 raise error(
                     ErrorCode.SEQ_GAP,
                     f"first batch starts at seq {batch.first_seq} but the store holds up to {self.hwm}: "
-                    f"seqs {self._next_seq}..{batch.first_seq - 1} would be missing undeclared",
+                    f"seqs {self.hwm + 1}..{batch.first_seq - 1} would be missing undeclared",
                 )
-        elif batch.first_seq != self._next_seq:
-            code = ErrorCode.SEQ_GAP if batch.first_seq > self._next_seq else ErrorCode.SEQ_ORDER
-            raise error(code, f"batch starts at seq {batch.first_seq}; expected seq {self._next_seq}")
-        self._batches += 1
+        elif batch.first_seq != self._prev_last + 1:
+            code = ErrorCode.SEQ_GAP if batch.first_seq > self._prev_last + 1 else ErrorCode.SEQ_ORDER
+            raise error(
+                code,
+                f"batch starts at seq {batch.first_seq}; the previous batch ended at {self._prev_last}, "
+                f"so seq {self._prev_last + 1} was expected",
+            )
+        self._prev_last = batch.last_seq
         self._next_seq = max(self._next_seq, batch.last_seq + 1)
 
     def _start_session(self, epoch: int, hwm: int) -> None:
@@ -396,14 +425,18 @@ class _Connection:
                     f"delta from version {message.from_version}; the panel is at {self.config_version}",
                 )
             self.config_version = message.to_version
+            self._pushes.append(ConfigPush(version=message.to_version, digest=message.digest, snapshot=False))
             return
         progress = self._snapshot
         if message.part == 0:
             if progress is not None:
                 raise error(ErrorCode.CONFIG_VERSION, "new snapshot before the previous one finished")
-            progress = _SnapshotProgress(version=message.version, parts=message.parts, next_part=0)
-        elif progress is None or (progress.version, progress.parts, progress.next_part) != (
+            progress = _SnapshotProgress(
+                version=message.version, digest=message.digest, parts=message.parts, next_part=0
+            )
+        elif progress is None or (progress.version, progress.digest, progress.parts, progress.next_part) != (
             message.version,
+            message.digest,
             message.parts,
             message.part,
         ):
@@ -413,19 +446,26 @@ class _Connection:
             )
         progress.next_part += 1
         if progress.next_part == progress.parts:
+            # A snapshot may take the panel back (it was ahead of the server): its word is final.
             self._snapshot = None
             self.config_version = message.version
+            self._pushes.append(ConfigPush(version=message.version, digest=message.digest, snapshot=True))
         else:
             self._snapshot = progress
 
     def _check_config_ack(self, ack: ConfigAck, error: type[ProtocolError]) -> None:
-        if not self.config_acked <= ack.version <= self.config_version:
+        versions = [push.version for push in self._pushes]
+        if ack.version not in versions:
             raise error(
                 ErrorCode.CONFIG_VERSION,
-                f"config ack for version {ack.version}; acked so far {self.config_acked}, "
-                f"newest sent {self.config_version}",
+                f"config ack for version {ack.version}; the pushes awaiting one are {versions or 'none'}",
             )
+        # Acknowledging a push acknowledges the ones before it; the newest equal version counts.
+        index = len(versions) - 1 - versions[::-1].index(ack.version)
+        self.last_acked_push = self._pushes[index]
+        del self._pushes[: index + 1]
         self.config_acked = ack.version
+        self._config_acks += 1
 
     def _check_node_epoch(self, epoch: int, what: str) -> None:
         if epoch != self.session_epoch:
@@ -479,8 +519,6 @@ class PanelConnection(_Connection):
         elif isinstance(message, EventBatch):
             self._check_batch(message, LocalProtocolError)
         elif isinstance(message, ConfigAck):
-            if self._snapshot is not None and message.version >= self._snapshot.version:
-                raise LocalProtocolError(ErrorCode.CONFIG_VERSION, "config ack for an unfinished snapshot")
             self._check_config_ack(message, LocalProtocolError)
 
     def send(self, message: Message, now: float) -> bytes:
@@ -535,7 +573,7 @@ class HostConnection(_Connection):
         return State.AWAIT_HELLO
 
     def _reply_progress(self) -> tuple[int, bool]:
-        return self.config_acked, self.config_version > self.config_acked
+        return self._config_acks, bool(self._pushes)
 
     def _awaited_reply(self) -> str:
         return f"CONFIG_ACK for version {self.config_version} (acked {self.config_acked})"

@@ -46,6 +46,7 @@ class ErrorCode(enum.IntEnum):
     EPOCH_MISMATCH = 305
     CONFIG_VERSION = 306
     TIMEOUT = 307
+    CONFIG_DIGEST = 308
     # authentication and admission (4xx)
     UNAUTHENTICATED = 400
     PANEL_ID_MISMATCH = 401

@@ -37,8 +37,10 @@ DEFAULT_MAX_PAYLOAD = 1 << 20
 _VALID_TYPES = frozenset(int(t) for t in MessageType)
 
 
-def encode_frame(type_code: int, payload: bytes, flags: int = 0) -> bytes:
-    head = struct.pack(">2sBBBI", MAGIC, PROTOCOL_VERSION, type_code, flags, len(payload))
+def encode_frame(type_code: int, payload: bytes, flags: int = 0, *, version: int = PROTOCOL_VERSION) -> bytes:
+    """One frame. ``version`` is another than ours only to answer a peer of that version
+    with ERROR UNSUPPORTED_VERSION: the header and ERROR layouts never change."""
+    head = struct.pack(">2sBBBI", MAGIC, version, type_code, flags, len(payload))
     head += (crc32c(head) & 0xFFFF).to_bytes(2, "big")
     return b"".join((head, payload, _CRC.pack(crc32c(payload, crc32c(head)))))
 
@@ -81,6 +83,8 @@ class FrameDecoder:
         self._skipped = 0
         self._bad_crc = 0
         self._eof = False
+        #: The version byte of a frame refused as UNSUPPORTED_VERSION: answer in it.
+        self.peer_version: int | None = None
 
     def __repr__(self) -> str:
         return f"<FrameDecoder buffered={len(self._buf) - self._pos} frames={self._frames} skipped={self._skipped}>"
@@ -133,6 +137,7 @@ class FrameDecoder:
                 continue
             if version != PROTOCOL_VERSION:
                 self._skip(1)
+                self.peer_version = version
                 raise RemoteProtocolError(
                     ErrorCode.UNSUPPORTED_VERSION,
                     f"frame has protocol version {version}; this end speaks {PROTOCOL_VERSION}",

@@ -19,7 +19,10 @@ from ._errors import ErrorCode, LocalProtocolError
 from ._records import RECORD_SIZE, EventRecord
 
 __all__ = [
+    "DIGEST_SIZE",
+    "EMPTY_DIGEST",
     "MAX_BATCH_RECORDS",
+    "MAX_SEQ",
     "MAX_CONFIG_OPS",
     "Ack",
     "Bye",
@@ -36,6 +39,11 @@ __all__ = [
 ]
 
 MAX_BATCH_RECORDS = 0xFFFF
+#: Seqs and high-water marks stay within a signed 64-bit integer (docs/protocol.md 7.1).
+MAX_SEQ = 2**63 - 1
+DIGEST_SIZE = 32
+#: SHA-256 of no bytes: the digest of the empty configuration (version 0).
+EMPTY_DIGEST = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
 MAX_CONFIG_OPS = 2**32 - 1
 MAX_FIRMWARE_LEN = 32
 MAX_NODE_ID_LEN = 64
@@ -62,6 +70,11 @@ def _u(name: str, value: int, bits: int, low: int = 0) -> None:
         raise LocalProtocolError(ErrorCode.FIELD_OUT_OF_RANGE, f"{name}={value!r} is outside {low}..{2**bits - 1}")
 
 
+def _digest(name: str, value: bytes) -> None:
+    if not isinstance(value, bytes) or len(value) != DIGEST_SIZE:
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} must be {DIGEST_SIZE} bytes")
+
+
 def _text(name: str, value: str, limit: int) -> None:
     if not isinstance(value, str):
         raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} must be text, got {type(value).__name__}")
@@ -85,6 +98,8 @@ class Hello:
     oldest_seq: int
     newest_seq: int
     config_version: int
+    #: SHA-256 of the panel's canonical configuration (docs/protocol.md 8.1).
+    config_digest: bytes
     #: The newest cluster epoch this panel has ever accepted.
     max_epoch: int
 
@@ -94,14 +109,15 @@ class Hello:
         _text("firmware", self.firmware, MAX_FIRMWARE_LEN)
         if not self.firmware.isascii():
             raise LocalProtocolError(ErrorCode.MALFORMED, "firmware must be ASCII")
-        _u("oldest_seq", self.oldest_seq, 64)
-        _u("newest_seq", self.newest_seq, 64)
+        _u("oldest_seq", self.oldest_seq, 63)
+        _u("newest_seq", self.newest_seq, 63)
         if self.oldest_seq > self.newest_seq:
             raise LocalProtocolError(
                 ErrorCode.FIELD_OUT_OF_RANGE,
                 f"oldest_seq {self.oldest_seq} is after newest_seq {self.newest_seq}",
             )
         _u("config_version", self.config_version, 64)
+        _digest("config_digest", self.config_digest)
         _u("max_epoch", self.max_epoch, 64)
 
 
@@ -114,13 +130,16 @@ class Welcome:
     #: The store's high-water mark for this panel: everything up to it is durable.
     hwm: int
     config_version: int
+    #: The server's configuration digest at ``config_version``.
+    config_digest: bytes
     heartbeat_ms: int
 
     def __post_init__(self) -> None:
         _text("node_id", self.node_id, MAX_NODE_ID_LEN)
         _u("epoch", self.epoch, 64, low=1)
-        _u("hwm", self.hwm, 64)
+        _u("hwm", self.hwm, 63)
         _u("config_version", self.config_version, 64)
+        _digest("config_digest", self.config_digest)
         _u("heartbeat_ms", self.heartbeat_ms, 32, low=1)
 
 
@@ -140,7 +159,7 @@ class EventBatch:
     def __post_init__(self) -> None:
         if not isinstance(self.records, bytes):
             raise LocalProtocolError(ErrorCode.MALFORMED, "records must be bytes")
-        _u("first_seq", self.first_seq, 64, low=1)
+        _u("first_seq", self.first_seq, 63, low=1)
         if len(self.records) > MAX_BATCH_RECORDS * RECORD_SIZE:
             raise LocalProtocolError(
                 ErrorCode.FIELD_OUT_OF_RANGE,
@@ -187,12 +206,15 @@ class ConfigDelta:
     epoch: int
     from_version: int
     to_version: int
+    #: The configuration's digest at ``to_version``.
+    digest: bytes
     ops: tuple[ConfigOp, ...]
 
     def __post_init__(self) -> None:
         _u("epoch", self.epoch, 64, low=1)
         _u("from_version", self.from_version, 64)
         _u("to_version", self.to_version, 64)
+        _digest("digest", self.digest)
         if self.to_version <= self.from_version:
             raise LocalProtocolError(
                 ErrorCode.CONFIG_VERSION,
@@ -211,6 +233,8 @@ class ConfigSnapshot:
 
     epoch: int
     version: int
+    #: The configuration's digest at ``version``.
+    digest: bytes
     part: int
     parts: int
     ops: tuple[ConfigOp, ...]
@@ -218,6 +242,7 @@ class ConfigSnapshot:
     def __post_init__(self) -> None:
         _u("epoch", self.epoch, 64, low=1)
         _u("version", self.version, 64)
+        _digest("digest", self.digest)
         _u("parts", self.parts, 16, low=1)
         _u("part", self.part, 16)
         if self.part >= self.parts:
@@ -227,12 +252,14 @@ class ConfigSnapshot:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ConfigAck:
-    """Panel -> host: configuration ``version`` is applied."""
+    """Panel -> host: configuration ``version`` is applied; ``digest`` is what the panel now holds."""
 
     version: int
+    digest: bytes
 
     def __post_init__(self) -> None:
         _u("version", self.version, 64)
+        _digest("digest", self.digest)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

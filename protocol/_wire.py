@@ -1,7 +1,7 @@
-"""The wire format, declared with construct. This module is the specification.
+"""The wire format of docs/protocol.md (sections 3, 5, 7.1, 8.2), declared with construct.
 
-Every multi-byte integer is big-endian (network order). ``docs/protocol.md``
-renders these declarations as tables; a test keeps the two in step. The
+Every multi-byte integer is big-endian (network order). ``docs/protocol.md`` is
+the specification; ``tests/test_docs.py`` checks these declarations against its tables. The
 compiled parsers are used for every message except EVENT_BATCH records, which
 ``_batch.py`` handles with ``struct`` and a test proves byte-identical to
 ``EVENT_BATCH`` below.
@@ -27,11 +27,11 @@ from construct import (
     this,
 )
 
-__all__ = ["FRAME", "FRAME_HEADER", "MAGIC", "MESSAGES", "PROTOCOL_VERSION"]
+__all__ = ["CONFIG_OP", "FRAME", "FRAME_HEADER", "MAGIC", "MESSAGES", "PROTOCOL_VERSION"]
 
 #: Two bytes that start every frame; a reader that lost sync scans for them.
 MAGIC = b"\xf5\x5c"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # -- framing -------------------------------------------------------------------
 
@@ -116,6 +116,7 @@ HELLO = Struct(
     "oldest_seq" / Int64ub,
     "newest_seq" / Int64ub,
     "config_version" / Int64ub,
+    "config_digest" / Bytes(32),
     "max_epoch" / Int64ub,
     Terminated,
 )
@@ -124,6 +125,7 @@ WELCOME = Struct(
     "epoch" / Int64ub,
     "hwm" / Int64ub,
     "config_version" / Int64ub,
+    "config_digest" / Bytes(32),
     "heartbeat_ms" / Int32ub,
     Terminated,
 )
@@ -144,18 +146,20 @@ CONFIG_DELTA = Struct(
     "epoch" / Int64ub,
     "from_version" / Int64ub,
     "to_version" / Int64ub,
+    "digest" / Bytes(32),
     "ops" / PrefixedArray(Int32ub, CONFIG_OP),
     Terminated,
 )
 CONFIG_SNAPSHOT = Struct(
     "epoch" / Int64ub,
     "version" / Int64ub,
+    "digest" / Bytes(32),
     "part" / Int16ub,
     "parts" / Int16ub,
     "ops" / PrefixedArray(Int32ub, CONFIG_OP),
     Terminated,
 )
-CONFIG_ACK = Struct("version" / Int64ub, Terminated)
+CONFIG_ACK = Struct("version" / Int64ub, "digest" / Bytes(32), Terminated)
 HEARTBEAT = Struct("epoch" / Int64ub, Terminated)
 ERROR = Struct("epoch" / Int64ub, "code" / Int16ub, "text" / PascalString(Int16ub, "utf8"), Terminated)
 BYE = Struct("epoch" / Int64ub, "reason" / Int16ub, Terminated)
@@ -175,4 +179,5 @@ MESSAGES = {
 }
 
 COMPILED = {number: spec.compile() for number, spec in MESSAGES.items()}
+CONFIG_OP_COMPILED = CONFIG_OP.compile()
 EVENT_BATCH_PACKED_COMPILED = EVENT_BATCH_PACKED.compile()

@@ -30,6 +30,7 @@ from protocol import (
     PutDoor,
     PutSchedule,
     Schedule,
+    config_digest,
 )
 
 __all__ = ["ConfigState", "op_from_json", "op_to_json"]
@@ -82,6 +83,10 @@ class ConfigState:
         ops += [PutDoor(door=self.doors[k]) for k in sorted(self.doors)]
         ops += [PutCardholder(cardholder=self.cardholders[k]) for k in sorted(self.cardholders)]
         return tuple(ops)
+
+    def digest(self) -> bytes:
+        """SHA-256 of the canonical form (docs/protocol.md 8.1): equal states, equal digests."""
+        return config_digest(self.snapshot_ops())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ConfigState):

@@ -1,7 +1,8 @@
 """The server's authoritative configuration, versioned, with a change log.
 
 Every operator change is one transaction: the items change, the version goes up
-by one and the operations are appended to the log. ``delta(v)`` answers with
+by one, the operations are appended to the log with the new configuration's
+digest (docs/protocol.md 8.1; O(items) per change, which an operator's pace affords). ``delta(v)`` answers with
 the operations since ``v`` or says a snapshot is needed (the log was compacted
 past ``v``, or the panel claims a version the server never had).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from protocol import ConfigOp
+from protocol import EMPTY_DIGEST, ConfigOp
 
 from ._config_model import ConfigState, op_from_json, op_to_json, ops_from_text, ops_to_text
 from ._errors import StoreError, map_sqlite_errors
@@ -31,6 +32,8 @@ __all__ = ["ConfigChange", "ConfigStore", "NeedSnapshot", "PanelConfig"]
 class ConfigChange:
     from_version: int
     to_version: int
+    #: The configuration's digest at ``to_version``.
+    digest: bytes
     ops: tuple[ConfigOp, ...]
 
 
@@ -84,6 +87,23 @@ class ConfigStore:
         with map_sqlite_errors(self.path, "reading the config version"):
             return self._meta()[0]
 
+    def current(self) -> tuple[int, bytes]:
+        """The current version and its digest, read together."""
+        with map_sqlite_errors(self.path, "reading the config version"):
+            row = self._conn.execute("SELECT version, digest FROM config_meta WHERE id = 1").fetchone()
+        return int(row[0]), bytes(row[1])
+
+    def digest_at(self, version: int) -> bytes | None:
+        """The digest of the configuration at ``version``; None if the store no longer knows it."""
+        if version == 0:
+            return EMPTY_DIGEST
+        with map_sqlite_errors(self.path, "reading a config digest"):
+            current = self._conn.execute("SELECT version, digest FROM config_meta WHERE id = 1").fetchone()
+            if int(current[0]) == version:
+                return bytes(current[1])
+            row = self._conn.execute("SELECT digest FROM config_log WHERE version = ?", (version,)).fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
     def change(self, ops: Sequence[ConfigOp], *, at_us: int | None = None) -> int:
         """Apply one operator change atomically; return the new version."""
         if not ops:
@@ -103,11 +123,13 @@ class ConfigStore:
                             "INSERT OR REPLACE INTO config_items (kind, key, value) VALUES (?, ?, ?)",
                             (kind, _key(key), json.dumps(item, separators=(",", ":"))),
                         )
+                rows = self._conn.execute("SELECT value FROM config_items").fetchall()
+                digest = ConfigState().apply(op_from_json(json.loads(r[0])) for r in rows).digest()
                 self._conn.execute(
-                    "INSERT INTO config_log (version, ops, at_us) VALUES (?, ?, ?)",
-                    (version + 1, ops_to_text(ops), stamp),
+                    "INSERT INTO config_log (version, ops, at_us, digest) VALUES (?, ?, ?, ?)",
+                    (version + 1, ops_to_text(ops), stamp, digest),
                 )
-                self._conn.execute("UPDATE config_meta SET version = ? WHERE id = 1", (version + 1,))
+                self._conn.execute("UPDATE config_meta SET version = ?, digest = ? WHERE id = 1", (version + 1, digest))
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -144,6 +166,7 @@ class ConfigStore:
                 rows = self._conn.execute(
                     "SELECT version, ops FROM config_log WHERE version > ? ORDER BY version", (from_version,)
                 ).fetchall()
+                digest = bytes(self._conn.execute("SELECT digest FROM config_meta WHERE id = 1").fetchone()[0])
             finally:
                 self._conn.execute("COMMIT")
         if [r[0] for r in rows] != list(range(from_version + 1, version + 1)):
@@ -151,7 +174,7 @@ class ConfigStore:
         ops: list[ConfigOp] = []
         for _, text in rows:
             ops.extend(ops_from_text(text))
-        return ConfigChange(from_version=from_version, to_version=version, ops=tuple(ops))
+        return ConfigChange(from_version=from_version, to_version=version, digest=digest, ops=tuple(ops))
 
     def compact(self, keep_from: int) -> int:
         """Drop log entries older than ``keep_from``; panels behind it get a snapshot. Returns rows dropped."""
@@ -176,14 +199,19 @@ def _key(key: int) -> int:
 
 
 class PanelConfig:
-    """A panel's copy of the configuration; deltas and snapshots apply atomically."""
+    """A panel's copy of the configuration; deltas and snapshots apply atomically.
+
+    ``digest`` is kept with the state (computed once per apply), since every HELLO
+    and CONFIG_ACK carries it.
+    """
 
     def __init__(self, version: int = 0, state: ConfigState | None = None) -> None:
         self.version = version
         self.state = state if state is not None else ConfigState()
+        self.digest = self.state.digest()
 
     def __repr__(self) -> str:
-        return f"<PanelConfig v{self.version} {len(self.state.cardholders)} cardholders>"
+        return f"<PanelConfig v{self.version} {len(self.state.cardholders)} cardholders {self.digest.hex()[:12]}>"
 
     def apply_delta(self, from_version: int, to_version: int, ops: Sequence[ConfigOp]) -> None:
         if from_version != self.version:
@@ -191,8 +219,8 @@ class PanelConfig:
         if to_version <= from_version:
             raise ValueError(f"delta must move forward ({from_version} -> {to_version})")
         state = self.state.apply(ops)  # raises before anything changes
-        self.state, self.version = state, to_version
+        self.state, self.version, self.digest = state, to_version, state.digest()
 
     def apply_snapshot(self, version: int, ops: Sequence[ConfigOp]) -> None:
         state = ConfigState().apply(ops)
-        self.state, self.version = state, version
+        self.state, self.version, self.digest = state, version, state.digest()

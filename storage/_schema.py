@@ -7,6 +7,7 @@ not know) is refused instead of being written with the wrong assumptions.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -141,5 +142,29 @@ def _m004(db: Database) -> None:
     db.execute("PRAGMA user_version = 4")
 
 
-SCHEMA_VERSION = 4
-_KNOWN = {"m001_events_losses_panels_cluster", "m002_config", "m003_panel_status", "m004_cluster_lease"}
+@migrations(name="m005_config_digest")
+def _m005(db: Database) -> None:
+    # Protocol version 2 compares configurations by content: each version's digest.
+    from ._config_model import ConfigState, op_from_json, ops_from_text
+
+    db.execute("ALTER TABLE config_log ADD COLUMN digest BLOB")
+    db.execute("ALTER TABLE config_meta ADD COLUMN digest BLOB")
+    items = [op_from_json(json.loads(row[0])) for row in db.execute("SELECT value FROM config_items").fetchall()]
+    db.execute("UPDATE config_meta SET digest = ? WHERE id = 1", (ConfigState().apply(items).digest(),))
+    log_from = int(db.execute("SELECT log_from FROM config_meta WHERE id = 1").fetchone()[0])
+    if log_from == 1:  # the whole history is there: replay it for every version's digest
+        state = ConfigState()
+        for version, text in db.execute("SELECT version, ops FROM config_log ORDER BY version").fetchall():
+            state = state.apply(ops_from_text(text))
+            db.execute("UPDATE config_log SET digest = ? WHERE version = ?", (state.digest(), version))
+    db.execute("PRAGMA user_version = 5")
+
+
+SCHEMA_VERSION = 5
+_KNOWN = {
+    "m001_events_losses_panels_cluster",
+    "m002_config",
+    "m003_panel_status",
+    "m004_cluster_lease",
+    "m005_config_digest",
+}

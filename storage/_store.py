@@ -271,10 +271,6 @@ class EventStore:
             return IngestOutcome(panel_id=pid, hwm=hwm, error=f"seq {batch.last_seq} is beyond 2**63-1")
         if batch.last_seq <= hwm:
             return IngestOutcome(panel_id=pid, hwm=hwm, duplicates=len(records) // RECORD_SIZE)
-        if max(records[8::RECORD_SIZE]) >= 0x80:  # top byte of every time_us, checked in C
-            return IngestOutcome(
-                panel_id=pid, hwm=hwm, error=f"panel {pid}: an event time is beyond 2**63 microseconds (year 294,000)"
-            )
         if batch.first_seq > hwm + 1:
             return IngestOutcome(
                 panel_id=pid,

@@ -9,6 +9,8 @@ import protocol as p
 U64 = 2**64 - 1
 u64 = st.integers(0, U64)
 epochs = st.integers(1, U64)
+seqs = st.integers(0, p.MAX_SEQ)
+digests = st.binary(min_size=32, max_size=32)
 
 kinds = st.sampled_from([k for k in p.EventKind if k not in p.GAP_KINDS])
 
@@ -31,7 +33,8 @@ def records(draw: st.DrawFn, seq: int, kind: st.SearchStrategy[p.EventKind] = ki
 def record_runs(draw: st.DrawFn, max_size: int = 64, first_seq: int | None = None) -> list[p.EventRecord]:
     """A run of consecutive records, optionally led by a gap marker."""
     n = draw(st.integers(1, max_size))
-    first = first_seq if first_seq is not None else draw(st.integers(1, 2**63))
+    # Room below MAX_SEQ for the run and a gap marker of up to 10,000.
+    first = first_seq if first_seq is not None else draw(st.integers(1, p.MAX_SEQ - max_size - 10_000))
     out: list[p.EventRecord] = []
     seq = first
     if draw(st.booleans()) and draw(st.booleans()):
@@ -93,7 +96,11 @@ op_tuples = st.lists(config_ops, max_size=8).map(tuple)
 def deltas(draw: st.DrawFn) -> p.ConfigDelta:
     start = draw(st.integers(0, U64 - 1))
     return p.ConfigDelta(
-        epoch=draw(epochs), from_version=start, to_version=draw(st.integers(start + 1, U64)), ops=draw(op_tuples)
+        epoch=draw(epochs),
+        from_version=start,
+        to_version=draw(st.integers(start + 1, U64)),
+        digest=draw(digests),
+        ops=draw(op_tuples),
     )
 
 
@@ -101,13 +108,18 @@ def deltas(draw: st.DrawFn) -> p.ConfigDelta:
 def snapshots(draw: st.DrawFn) -> p.ConfigSnapshot:
     parts = draw(st.integers(1, 0xFFFF))
     return p.ConfigSnapshot(
-        epoch=draw(epochs), version=draw(u64), part=draw(st.integers(0, parts - 1)), parts=parts, ops=draw(op_tuples)
+        epoch=draw(epochs),
+        version=draw(u64),
+        digest=draw(digests),
+        part=draw(st.integers(0, parts - 1)),
+        parts=parts,
+        ops=draw(op_tuples),
     )
 
 
 @st.composite
 def hellos(draw: st.DrawFn) -> p.Hello:
-    a, b = sorted((draw(u64), draw(u64)))
+    a, b = sorted((draw(seqs), draw(seqs)))
     return p.Hello(
         panel_id=draw(st.integers(1, 2**32 - 1)),
         boot_id=draw(u64),
@@ -115,6 +127,7 @@ def hellos(draw: st.DrawFn) -> p.Hello:
         oldest_seq=a,
         newest_seq=b,
         config_version=draw(u64),
+        config_digest=draw(digests),
         max_epoch=draw(u64),
     )
 
@@ -129,15 +142,16 @@ messages: st.SearchStrategy[p.Message] = st.one_of(
         p.Welcome,
         node_id=_utf8_bounded(64),
         epoch=epochs,
-        hwm=u64,
+        hwm=seqs,
         config_version=u64,
+        config_digest=digests,
         heartbeat_ms=st.integers(1, 2**32 - 1),
     ),
     batches,
     st.builds(p.Ack, epoch=epochs, up_to_seq=u64),
     deltas(),
     snapshots(),
-    st.builds(p.ConfigAck, version=u64),
+    st.builds(p.ConfigAck, version=u64, digest=digests),
     st.builds(p.Heartbeat, epoch=u64),
     st.builds(p.Error, epoch=u64, code=st.integers(0, 0xFFFF), text=_utf8_bounded(1024)),
     st.builds(p.Bye, epoch=u64, reason=st.integers(0, 0xFFFF)),

@@ -238,7 +238,7 @@ def test_torn_frame_at_end_of_stream() -> None:
     assert info.value.code is p.ErrorCode.TRUNCATED
 
 
-def _reheader(frame: bytes, *, version: int = 1, type_code: int | None = None, flags: int = 0) -> bytes:
+def _reheader(frame: bytes, *, version: int = p.PROTOCOL_VERSION, type_code: int | None = None, flags: int = 0) -> bytes:
     payload = frame[11:-4]
     type_code = frame[3] if type_code is None else type_code
     good = p.encode_frame(frame[3], payload)
@@ -281,7 +281,8 @@ def test_bad_batches_are_refused_with_a_code(records: bytes, code: p.ErrorCode) 
 
 
 def test_unknown_config_op_is_named() -> None:
-    payload = (1).to_bytes(8, "big") + (0).to_bytes(8, "big") + (1).to_bytes(8, "big") + (1).to_bytes(4, "big")
+    head = (1).to_bytes(8, "big") + (0).to_bytes(8, "big") + (1).to_bytes(8, "big")
+    payload = head + p.EMPTY_DIGEST + (1).to_bytes(4, "big")
     with pytest.raises(p.RemoteProtocolError) as info:
         p.decode_payload(p.MessageType.CONFIG_DELTA, payload + b"\x63\0\0")
     assert info.value.code is p.ErrorCode.UNKNOWN_CONFIG_OP
@@ -315,8 +316,12 @@ def test_seq_check_accepts_exactly_the_consecutive_runs(first: int, count: int, 
     try:
         last = p.check_records(seqs[0], body)
     except p.LocalProtocolError as exc:
-        assert not consecutive
-        assert exc.code is p.ErrorCode.SEQ_ORDER
+        # docs/protocol.md 7.2: order (step 7) is checked before the seq limit (step 8).
+        if not consecutive:
+            assert exc.code is p.ErrorCode.SEQ_ORDER
+        else:
+            assert exc.code is p.ErrorCode.FIELD_OUT_OF_RANGE
+            assert seqs[-1] > p.MAX_SEQ
     else:
         assert consecutive
-        assert last == seqs[0] + count - 1
+        assert last == seqs[0] + count - 1 <= p.MAX_SEQ

@@ -49,11 +49,20 @@ class ConnectionPair:
 def test_full_session_with_ten_thousand_events() -> None:
     pair = ConnectionPair(epoch_floor=2)
     hello = p.Hello(
-        panel_id=4, boot_id=77, firmware="emu", oldest_seq=1, newest_seq=10_000, config_version=5, max_epoch=2
+        config_digest=p.EMPTY_DIGEST,
+        panel_id=4,
+        boot_id=77,
+        firmware="emu",
+        oldest_seq=1,
+        newest_seq=10_000,
+        config_version=5,
+        max_epoch=2,
     )
     assert pair.panel_sends(hello) == [hello]
     assert pair.host.state is p.State.HELLO_RECEIVED
-    pair.host_sends(p.Welcome(node_id="B", epoch=3, hwm=0, config_version=6, heartbeat_ms=500))
+    pair.host_sends(
+        p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="B", epoch=3, hwm=0, config_version=6, heartbeat_ms=500)
+    )
     assert pair.panel.state is pair.host.state is p.State.STREAMING
     assert pair.panel.epoch_floor == 3
 
@@ -79,10 +88,14 @@ def test_full_session_with_ten_thousand_events() -> None:
     assert pair.now == pytest.approx(40 * 0.002)
 
     delta = p.ConfigDelta(
-        epoch=3, from_version=5, to_version=6, ops=(p.PutDoor(door=p.Door(door=1, mode=p.DoorMode.LOCKED)),)
+        digest=p.EMPTY_DIGEST,
+        epoch=3,
+        from_version=5,
+        to_version=6,
+        ops=(p.PutDoor(door=p.Door(door=1, mode=p.DoorMode.LOCKED)),),
     )
     assert pair.host_sends(delta) == [delta]
-    pair.panel_sends(p.ConfigAck(version=6))
+    pair.panel_sends(p.ConfigAck(digest=p.EMPTY_DIGEST, version=6))
     assert pair.host.config_acked == 6
 
     # Heartbeats: interval 0.5 s from WELCOME. Both sides last sent at 0.08 s.
@@ -107,7 +120,17 @@ def test_full_session_with_ten_thousand_events() -> None:
 def test_handshake_timeout_is_exact() -> None:
     panel = p.PanelConnection(now=10.0)
     panel.send(
-        p.Hello(panel_id=1, boot_id=1, firmware="", oldest_seq=0, newest_seq=0, config_version=0, max_epoch=0), 12.0
+        p.Hello(
+            config_digest=p.EMPTY_DIGEST,
+            panel_id=1,
+            boot_id=1,
+            firmware="",
+            oldest_seq=0,
+            newest_seq=0,
+            config_version=0,
+            max_epoch=0,
+        ),
+        12.0,
     )
     assert panel.next_deadline() == 17.0
     assert panel.handle_timer(16.999) == b""
@@ -120,26 +143,37 @@ def test_handshake_timeout_is_exact() -> None:
 def _streaming_pair() -> ConnectionPair:
     pair = ConnectionPair()
     pair.panel_sends(
-        p.Hello(panel_id=4, boot_id=1, firmware="e", oldest_seq=0, newest_seq=0, config_version=0, max_epoch=0)
+        p.Hello(
+            config_digest=p.EMPTY_DIGEST,
+            panel_id=4,
+            boot_id=1,
+            firmware="e",
+            oldest_seq=0,
+            newest_seq=0,
+            config_version=0,
+            max_epoch=0,
+        )
     )
-    pair.host_sends(p.Welcome(node_id="A", epoch=1, hwm=0, config_version=9, heartbeat_ms=1000))
+    pair.host_sends(
+        p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=9, heartbeat_ms=1000)
+    )
     return pair
 
 
 def test_snapshot_in_parts_is_acked_only_when_complete() -> None:
     pair = _streaming_pair()
     for part in range(2):
-        pair.host_sends(p.ConfigSnapshot(epoch=1, version=9, part=part, parts=3, ops=()))
+        pair.host_sends(p.ConfigSnapshot(digest=p.EMPTY_DIGEST, epoch=1, version=9, part=part, parts=3, ops=()))
     assert pair.panel.config_version == 0
     with pytest.raises(p.LocalProtocolError) as info:
-        pair.panel.send(p.ConfigAck(version=9), pair.now)
+        pair.panel.send(p.ConfigAck(digest=p.EMPTY_DIGEST, version=9), pair.now)
     assert info.value.code is p.ErrorCode.CONFIG_VERSION
 
     pair = _streaming_pair()
     for part in range(3):
-        pair.host_sends(p.ConfigSnapshot(epoch=1, version=9, part=part, parts=3, ops=()))
+        pair.host_sends(p.ConfigSnapshot(digest=p.EMPTY_DIGEST, epoch=1, version=9, part=part, parts=3, ops=()))
     assert pair.panel.config_version == 9
-    pair.panel_sends(p.ConfigAck(version=9))
+    pair.panel_sends(p.ConfigAck(digest=p.EMPTY_DIGEST, version=9))
     assert pair.host.config_acked == 9
 
 
@@ -163,9 +197,20 @@ class LossyPair(ConnectionPair):
         self.panel = p.PanelConnection(now=0.0, resync=True, reply_timeout=3.0)
         self.host = p.HostConnection(now=0.0, resync=True, reply_timeout=3.0)
         self.panel_sends(
-            p.Hello(panel_id=9, boot_id=1, firmware="emu", oldest_seq=1, newest_seq=50, config_version=0, max_epoch=0)
+            p.Hello(
+                config_digest=p.EMPTY_DIGEST,
+                panel_id=9,
+                boot_id=1,
+                firmware="emu",
+                oldest_seq=1,
+                newest_seq=50,
+                config_version=0,
+                max_epoch=0,
+            )
         )
-        self.host_sends(p.Welcome(node_id="A", epoch=1, hwm=0, config_version=1, heartbeat_ms=1000))
+        self.host_sends(
+            p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=1, heartbeat_ms=1000)
+        )
 
     def batch(self, first: int, count: int) -> p.EventBatch:
         return p.EventBatch.of(
@@ -194,8 +239,8 @@ def test_a_lost_ack_on_a_line_ends_the_session_at_the_exact_reply_timeout() -> N
 def test_a_lost_config_ack_on_a_line_ends_the_host_session() -> None:
     pair = LossyPair()
     pair.now = 1.0
-    pair.host_sends(p.ConfigDelta(epoch=1, from_version=0, to_version=1, ops=()))
-    pair.panel.send(p.ConfigAck(version=1), pair.now)  # lost on the line
+    pair.host_sends(p.ConfigDelta(digest=p.EMPTY_DIGEST, epoch=1, from_version=0, to_version=1, ops=()))
+    pair.panel.send(p.ConfigAck(digest=p.EMPTY_DIGEST, version=1), pair.now)  # lost on the line
     with pytest.raises(p.PeerTimeout, match="no CONFIG_ACK for version 1"):
         pair.advance_to(10.0)
     assert pair.now == pytest.approx(4.0)
@@ -217,9 +262,20 @@ def test_acks_that_keep_coming_keep_a_lossy_session_up() -> None:
 def test_a_reliable_stream_has_no_reply_timeout_and_cannot_drop_partial_frames() -> None:
     pair = ConnectionPair()
     pair.panel_sends(
-        p.Hello(panel_id=9, boot_id=1, firmware="emu", oldest_seq=0, newest_seq=0, config_version=0, max_epoch=0)
+        p.Hello(
+            config_digest=p.EMPTY_DIGEST,
+            panel_id=9,
+            boot_id=1,
+            firmware="emu",
+            oldest_seq=0,
+            newest_seq=0,
+            config_version=0,
+            max_epoch=0,
+        )
     )
-    pair.host_sends(p.Welcome(node_id="A", epoch=1, hwm=0, config_version=0, heartbeat_ms=1000))
+    pair.host_sends(
+        p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=0, heartbeat_ms=1000)
+    )
     pair.panel_sends(p.EventBatch.of([p.EventRecord(seq=1, time_us=1, kind=p.EventKind.ACCESS_GRANTED)]))
     pair.advance_to(100.0)  # slow commits are fine on TCP; heartbeats keep it up
     assert pair.panel.state is p.State.STREAMING

@@ -174,7 +174,14 @@ def test_a_rogue_client_gets_nothing(site_pki: Path, tmp_path: Path) -> None:
         try:
             await ms.send(
                 p.Hello(
-                    panel_id=claim, boot_id=1, firmware="x", oldest_seq=0, newest_seq=0, config_version=0, max_epoch=0
+                    config_digest=p.EMPTY_DIGEST,
+                    panel_id=claim,
+                    boot_id=1,
+                    firmware="x",
+                    oldest_seq=0,
+                    newest_seq=0,
+                    config_version=0,
+                    max_epoch=0,
                 )
             )
             while True:
@@ -218,7 +225,16 @@ def test_a_stuck_panel_does_not_stall_the_others(site_pki: Path, tmp_path: Path)
         conn = p.PanelConnection(now=trio.current_time())
         ms = MessageStream(link.stream, conn, name="stuck")
         await ms.send(
-            p.Hello(panel_id=30, boot_id=1, firmware="x", oldest_seq=1, newest_seq=10**6, config_version=0, max_epoch=0)
+            p.Hello(
+                config_digest=p.EMPTY_DIGEST,
+                panel_id=30,
+                boot_id=1,
+                firmware="x",
+                oldest_seq=1,
+                newest_seq=10**6,
+                config_version=0,
+                max_epoch=0,
+            )
         )
         try:
             await ms.receive()  # WELCOME; from here on it never reads again

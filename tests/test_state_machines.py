@@ -15,10 +15,20 @@ EPOCH = 5
 HWM = 10
 CFG = 3
 
+D = p.EMPTY_DIGEST
 HELLO = p.Hello(
-    panel_id=9, boot_id=1, firmware="t", oldest_seq=11, newest_seq=20, config_version=CFG, max_epoch=EPOCH - 1
+    panel_id=9,
+    boot_id=1,
+    firmware="t",
+    oldest_seq=11,
+    newest_seq=20,
+    config_version=CFG,
+    config_digest=D,
+    max_epoch=EPOCH - 1,
 )
-WELCOME = p.Welcome(node_id="A", epoch=EPOCH, hwm=HWM, config_version=CFG + 1, heartbeat_ms=1000)
+WELCOME = p.Welcome(node_id="A", epoch=EPOCH, hwm=HWM, config_version=CFG + 1, config_digest=D, heartbeat_ms=1000)
+#: A completed push of version CFG: a STREAMING pair has one, so a CONFIG_ACK of CFG is legal.
+PUSH = p.ConfigSnapshot(epoch=EPOCH, version=CFG, digest=D, part=0, parts=1, ops=())
 
 SAMPLES: dict[p.MessageType, p.Message] = {
     p.MessageType.HELLO: HELLO,
@@ -27,9 +37,9 @@ SAMPLES: dict[p.MessageType, p.Message] = {
         [p.EventRecord(seq=HWM + 1 + i, time_us=i, kind=p.EventKind.ACCESS_GRANTED) for i in range(3)]
     ),
     p.MessageType.ACK: p.Ack(epoch=EPOCH, up_to_seq=HWM),
-    p.MessageType.CONFIG_DELTA: p.ConfigDelta(epoch=EPOCH, from_version=CFG, to_version=CFG + 1, ops=()),
-    p.MessageType.CONFIG_SNAPSHOT: p.ConfigSnapshot(epoch=EPOCH, version=CFG + 2, part=0, parts=1, ops=()),
-    p.MessageType.CONFIG_ACK: p.ConfigAck(version=CFG),
+    p.MessageType.CONFIG_DELTA: p.ConfigDelta(digest=D, epoch=EPOCH, from_version=CFG, to_version=CFG + 1, ops=()),
+    p.MessageType.CONFIG_SNAPSHOT: p.ConfigSnapshot(digest=D, epoch=EPOCH, version=CFG + 2, part=0, parts=1, ops=()),
+    p.MessageType.CONFIG_ACK: p.ConfigAck(digest=D, version=CFG),
     p.MessageType.HEARTBEAT: p.Heartbeat(epoch=EPOCH),
     p.MessageType.ERROR: p.Error(epoch=EPOCH, code=int(p.ErrorCode.INTERNAL), text="x"),
     p.MessageType.BYE: p.Bye(epoch=EPOCH),
@@ -50,6 +60,7 @@ def _panel(state: State) -> p.PanelConnection:
     if state is State.HELLO_SENT:
         return conn
     _recv(conn, WELCOME)
+    _recv(conn, PUSH)
     if state is State.STREAMING:
         return conn
     if state is State.CLOSED:
@@ -69,6 +80,7 @@ def _host(state: State) -> p.HostConnection:
     if state is State.HELLO_RECEIVED:
         return conn
     conn.send(WELCOME, 0.0)
+    conn.send(PUSH, 0.0)
     if state is State.STREAMING:
         return conn
     if state is State.CLOSED:
@@ -76,7 +88,7 @@ def _host(state: State) -> p.HostConnection:
         return conn
     assert state is State.ERROR
     with pytest.raises(p.RemoteProtocolError):
-        _recv(conn, p.ConfigAck(version=CFG + 50))
+        _recv(conn, p.ConfigAck(digest=D, version=CFG + 50))
     return conn
 
 
@@ -157,8 +169,11 @@ def test_host_cannot_welcome_a_panel_that_saw_a_newer_epoch() -> None:
         (p.Ack(epoch=EPOCH + 1, up_to_seq=HWM), p.ErrorCode.EPOCH_MISMATCH),
         (p.Ack(epoch=EPOCH, up_to_seq=HWM - 1), p.ErrorCode.BAD_ACK),
         (p.Ack(epoch=EPOCH, up_to_seq=HWM + 1), p.ErrorCode.BAD_ACK),
-        (p.ConfigDelta(epoch=EPOCH, from_version=CFG + 1, to_version=CFG + 2, ops=()), p.ErrorCode.CONFIG_VERSION),
-        (p.ConfigSnapshot(epoch=EPOCH, version=9, part=1, parts=2, ops=()), p.ErrorCode.CONFIG_VERSION),
+        (
+            p.ConfigDelta(digest=D, epoch=EPOCH, from_version=CFG + 1, to_version=CFG + 2, ops=()),
+            p.ErrorCode.CONFIG_VERSION,
+        ),
+        (p.ConfigSnapshot(digest=D, epoch=EPOCH, version=9, part=1, parts=2, ops=()), p.ErrorCode.CONFIG_VERSION),
         (p.Heartbeat(epoch=EPOCH - 1), p.ErrorCode.STALE_EPOCH),
     ],
 )
@@ -206,7 +221,7 @@ def test_panel_cannot_send_a_gap_or_ack_a_config_it_never_got() -> None:
     assert info.value.code is p.ErrorCode.SEQ_GAP
     conn = _panel(State.STREAMING)
     with pytest.raises(p.LocalProtocolError) as info:
-        conn.send(p.ConfigAck(version=CFG + 1), 0.0)
+        conn.send(p.ConfigAck(digest=D, version=CFG + 1), 0.0)
     assert info.value.code is p.ErrorCode.CONFIG_VERSION
 
 

@@ -119,10 +119,18 @@ def test_queries_give_back_u64_fields_and_time_ranges(store: EventStore) -> None
     assert got[0].record == rec and got[0].received_us == 123
     assert [e.record.seq for e in store.events(9, until_us=11)] == [2]
     assert [e.record.seq for e in store.events(9, since_us=11)] == [1]
-    future = p.EventRecord(seq=3, time_us=2**63, kind=p.EventKind.TAMPER).pack()
-    result = store.ingest([IngestBatch(panel_id=9, first_seq=3, last_seq=3, records=future, received_us=1)], 1)
-    assert "beyond 2**63" in (result.outcomes[0].error or "")
+
+
+
+def test_a_time_beyond_2_63_is_stored_bit_for_bit_and_never_blocks_the_queue(store: EventStore) -> None:
+    # docs/protocol.md 7.1: version 1 refused this batch on every try, so the panel's queue stuck.
+    wild = p.EventRecord(seq=1, time_us=2**64 - 1, kind=p.EventKind.TAMPER)
+    after = p.EventRecord(seq=2, time_us=2**63, kind=p.EventKind.DOOR_HELD)
+    body = wild.pack() + after.pack()
+    result = store.ingest([IngestBatch(panel_id=9, first_seq=1, last_seq=2, records=body, received_us=77)], 1)
+    assert result.outcomes[0].error is None and result.outcomes[0].stored == 2
     assert store.hwm(9) == 2
+    assert [(e.record, e.received_us) for e in store.events(9)] == [(wild, 77), (after, 77)]
 
 
 @pytest.mark.slow
