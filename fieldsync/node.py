@@ -141,6 +141,7 @@ class _Session:
         self.pending_ack = 0
         #: A batch was answered by the store: an ACK is owed even if the hwm did not move.
         self.ack_due = False
+        self.ack_taken = 0
         self.newest_seq = hello.newest_seq
         #: The configuration the panel holds as far as this session knows (HELLO, then pushes).
         self.config_sent = hello.config_version
@@ -167,11 +168,16 @@ class _Session:
         self.wake.set()
 
     def take_ack(self) -> Ack | None:
-        """The ACK owed now, if any: every stored batch gets one, duplicates too (7.4)."""
-        if not self.ack_due and self.pending_ack <= self.conn.acked_seq:
+        """The ACK owed now, if any: every stored batch gets one, duplicates too (7.4).
+
+        Taking it is what makes it no longer owed, so the writer and a stopping session
+        never both send the same one.
+        """
+        if not self.ack_due and self.pending_ack <= self.ack_taken:
             return None
         self.ack_due = False
-        return Ack(epoch=self.node.epoch, up_to_seq=max(self.pending_ack, self.conn.acked_seq))
+        self.ack_taken = max(self.pending_ack, self.ack_taken)
+        return Ack(epoch=self.node.epoch, up_to_seq=self.ack_taken)
 
     def fail(self, code: ErrorCode, text: str) -> None:
         if self.failure is None:
@@ -442,7 +448,7 @@ class Node:
                 )
             )
             session = _Session(self, ms, hello, self.settings.session_window)
-            session.pending_ack = hwm
+            session.pending_ack = session.ack_taken = hwm
             await self._run_session(session)
             return True
         except RemoteProtocolError as exc:

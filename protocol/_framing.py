@@ -140,7 +140,7 @@ class FrameDecoder:
                 self.peer_version = version
                 raise RemoteProtocolError(
                     ErrorCode.UNSUPPORTED_VERSION,
-                    f"frame has protocol version {version}; this end speaks {PROTOCOL_VERSION}",
+                    f"frame has protocol version {version}; this end speaks protocol version {PROTOCOL_VERSION}",
                 )
             if type_code not in _VALID_TYPES:
                 self._skip(1)
