@@ -66,10 +66,10 @@ from ._records import EventFlags as EventFlags
 from ._records import EventKind as EventKind
 from ._records import EventRecord as EventRecord
 from ._state import TRANSITIONS as TRANSITIONS
-from ._wire import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._state import Direction as Direction
 from ._state import Role as Role
 from ._state import State as State
+from ._wire import PROTOCOL_VERSION as PROTOCOL_VERSION
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",

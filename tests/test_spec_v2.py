@@ -275,7 +275,7 @@ def test_a_node_answers_another_version_in_that_version(tmp_path: Path) -> None:
             await link.stream.aclose()
             assert reply[2] == 1, "the answer must carry the peer's version byte"
             assert reply[3] == p.MessageType.ERROR
-            epoch, code = struct.unpack_from(">QH", reply, 11)
+            _epoch, code = struct.unpack_from(">QH", reply, 11)
             assert code == p.ErrorCode.UNSUPPORTED_VERSION
             assert b"version 2" in reply[21:-4]
 
