@@ -101,10 +101,11 @@ class RunResult:
             "totals": self.report.totals(),
             "store_epoch": self.report.store_epoch,
             "server_config_version": self.report.server_config_version,
+            "server_config_digest": self.report.server_config_digest.hex(),
             "node_starts": self.node_starts,
             "faults": [{"t": round(t, 3), "what": what} for t, what in self.log],
             "windows": [dataclasses.asdict(w) for w in self.windows],
-            "panels": [dataclasses.asdict(v) for v in self.report.panels],
+            "panels": [{**dataclasses.asdict(v), "config_digest": v.config_digest.hex()} for v in self.report.panels],
         }
 
     def text(self) -> str:

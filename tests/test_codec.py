@@ -238,7 +238,9 @@ def test_torn_frame_at_end_of_stream() -> None:
     assert info.value.code is p.ErrorCode.TRUNCATED
 
 
-def _reheader(frame: bytes, *, version: int = p.PROTOCOL_VERSION, type_code: int | None = None, flags: int = 0) -> bytes:
+def _reheader(
+    frame: bytes, *, version: int = p.PROTOCOL_VERSION, type_code: int | None = None, flags: int = 0
+) -> bytes:
     payload = frame[11:-4]
     type_code = frame[3] if type_code is None else type_code
     good = p.encode_frame(frame[3], payload)
