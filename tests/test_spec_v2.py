@@ -296,3 +296,53 @@ def test_a_panel_outside_the_site_is_refused(tmp_path: Path) -> None:
             assert isinstance(error, p.Error) and error.code == p.ErrorCode.UNKNOWN_PANEL
 
     trio.run(main, clock=clock())
+
+
+@pytest.mark.slow
+def test_serve_from_a_site_file_refuses_strangers_and_says_bye_on_sigterm(tmp_path: Path) -> None:
+    """``fieldsync serve`` as a user runs it: a real process, a real SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = 31190
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'[site]\ndb = "{tmp_path / "site.db"}"\ninsecure = true\nvip = "{VIP}"\nport = {port}\n'
+        '[fleet]\npanels = 2\nmode = "punch-out"\n'
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fieldsync.cli", "serve", "--site", str(site)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert "listening on" in server.stdout.readline()
+
+        async def main() -> None:
+            with trio.fail_after(20):
+                link = await dial(VIP, port, None)
+                stranger = MessageStream(link.stream, p.PanelConnection(now=trio.current_time()))
+                await stranger.send(hello(99))
+                refused = await next_message(stranger)
+                await stranger.aclose()
+                assert isinstance(refused, p.Error) and refused.code == p.ErrorCode.UNKNOWN_PANEL
+                async with session(port, hello(2, oldest_seq=1, newest_seq=8)) as (ms, _):
+                    await ms.send(records(1, 8))
+                    ack = await next_message(ms)
+                    assert isinstance(ack, p.Ack) and ack.up_to_seq == 8
+                    os.kill(server.pid, signal.SIGTERM)
+                    bye = await next_message(ms)
+                    assert isinstance(bye, p.Bye) and bye.reason == p.ErrorCode.SHUTTING_DOWN
+
+        trio.run(main)
+        out, err = server.communicate(timeout=15)
+        assert server.returncode == 0, err
+        assert "SIGTERM: stopping" in err and "said BYE" in out
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
