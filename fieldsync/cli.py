@@ -1017,5 +1017,14 @@ def _run_trio(fn: Callable[[], Any]) -> None:
         raise
 
 
+def _add_conformance() -> None:
+    # Imported here like every command's machinery; the battery shares no code with the rest.
+    from .conformance import command
+
+    main.add_command(command, "conformance")
+
+
+_add_conformance()
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -22,7 +22,9 @@ from .. import (
     Message,
     NeedData,
     PanelConnection,
+    PeerTimeout,
     ProtocolError,
+    RemoteProtocolError,
 )
 from ._errors import LinkError, PeerClosed, map_link_errors
 
@@ -55,6 +57,7 @@ class MessageStream:
         self._timer_changed = trio.Event()
         #: The deadline ``run_timers`` sleeps until; only an earlier one needs to wake it.
         self._sleeping_until = -math.inf
+        self._error_sent = False
 
     def __repr__(self) -> str:
         return f"<MessageStream {self.name} {self.conn!r}>"
@@ -71,10 +74,21 @@ class MessageStream:
         """The next message.
 
         Raises:
-            RemoteProtocolError: the peer broke the protocol (the state is ERROR).
+            RemoteProtocolError: the peer broke the protocol (the state is ERROR); the
+                ERROR naming it has been sent already.
             PeerClosed: the stream ended.
             LinkError: the transport failed.
         """
+        try:
+            return await self._receive()
+        except RemoteProtocolError as exc:
+            # Tell the peer now, from the task that found it, before the caller's nursery
+            # cancels a writer that may be half-way through a frame (which would leave the
+            # stream unable to carry the ERROR: seen under TLS by the conformance battery).
+            await self.send_error(exc.code, exc.message)
+            raise
+
+    async def _receive(self) -> Message:
         conn = self.conn
         while True:
             event = conn.next_event()
@@ -127,17 +141,31 @@ class MessageStream:
                 await self._timer_changed.wait()
                 continue
             async with self._send_lock:
-                data = conn.handle_timer(trio.current_time())
+                try:
+                    data = conn.handle_timer(trio.current_time())
+                except PeerTimeout as exc:
+                    await self._write_error(exc)
+                    raise
                 if data:
                     with map_link_errors(f"{self.name}: sending HEARTBEAT"):
                         await self.stream.send_all(data)
 
     async def send_error(self, code: ErrorCode, text: str) -> None:
-        """Tell the peer why we stop: best effort, bounded in time, never raises."""
+        """Tell the peer why we stop: best effort, bounded in time, never raises.
+
+        Only the first ERROR of a session goes out (docs/protocol.md 10: nothing after it).
+        """
         with trio.move_on_after(1), contextlib.suppress(*_GOODBYE_ERRORS):
             async with self._send_lock:
-                data = self.conn.send_error(code, text, trio.current_time())
-                await self.stream.send_all(data)
+                await self._write_error(RemoteProtocolError(code, text))
+
+    async def _write_error(self, exc: ProtocolError) -> None:
+        """Under the send lock: write the session's one ERROR, best effort."""
+        if self._error_sent:
+            return
+        self._error_sent = True
+        with trio.move_on_after(1), contextlib.suppress(*_GOODBYE_ERRORS):
+            await self.stream.send_all(self.conn.send_error(exc.code, exc.message, trio.current_time()))
 
     async def aclose(self) -> None:
         """Close the stream, shielded and bounded, whatever state it is in."""

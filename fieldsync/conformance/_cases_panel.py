@@ -1,0 +1,665 @@
+"""Panel cases: the battery plays a node that dials a host-initiated panel (section 15: `--panel HOST:PORT`)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import _codec as c
+from . import _tls
+from ._base import Fail, Registry, Skip, check
+from ._link import Link, connect, describe
+
+panel_case = Registry()
+
+HB_MS = 200
+BOGUS_DIGEST = hashlib.sha256(b"fieldsync conformance: not the digest").digest()
+FROM_PANEL = (c.EVENT_BATCH, c.HEARTBEAT, c.CONFIG_ACK)
+
+
+@dataclass
+class PanelTarget:
+    host: str
+    port: int
+    panel_id: int
+    pki: Path | None = None
+    node_name: str = "A"
+    epoch: int | None = None
+
+
+@dataclass
+class PanelState:
+    acked: int = 0  # the highest seq this battery acknowledged (its "store")
+    config: c.Config | None = None  # the panel's configuration, once this battery pushed a whole one
+    config_version: int | None = None
+
+
+@dataclass
+class Session:
+    link: Link
+    hello: c.Hello
+    welcome: c.Welcome
+
+    @property
+    def epoch(self) -> int:
+        return self.welcome.epoch
+
+
+def example_config() -> list[c.Op]:
+    """A small configuration, deliberately not in canonical order (the panel must sort for its digest)."""
+    return [
+        c.PutCardholder(900_001, 1234, 0, 0, (2, 1)),
+        c.PutCardholder(17, 0, 1_700_000_000_000_000, 0, (1,)),
+        c.PutDoor(2, 2),
+        c.PutAccessLevel(2, ((2, 1),)),
+        c.PutSchedule(3, ((0x1F, 480, 1020), (0x60, 600, 720))),
+        c.PutDoor(0, 1),
+        c.PutSchedule(1, ((0x7F, 0, 1440),)),
+        c.PutAccessLevel(1, ((0, 1), (1, 3), (2, 1))),
+        c.PutCardholder(1 << 40, 99_999_999, 0, 1_900_000_000_000_000, ()),
+    ]
+
+
+class PanelCtx:
+    def __init__(self, target: PanelTarget, state: PanelState, nursery: trio.Nursery) -> None:
+        self.t = target
+        self.s = state
+        self.nursery = nursery
+        self.links: list[Link] = []
+
+    @property
+    def tls(self) -> bool:
+        return self.t.pki is not None
+
+    def node_identity(self) -> _tls.Identity:
+        assert self.t.pki is not None
+        ident = _tls.Identity(self.t.pki / f"node-{self.t.node_name}.pem", self.t.pki / f"node-{self.t.node_name}.key")
+        if not ident.cert.exists():
+            raise Skip(f"no node certificate {ident.cert}")
+        return ident
+
+    async def dial(self, *, ident: Any = "own", tls12: bool = False, any_version: bool = False,
+                   patience: float = 6.0) -> Link:
+        """Dial the panel, retrying while it does not accept yet (it may be between sessions)."""
+        ssl_ctx = None
+        if self.tls:
+            assert self.t.pki is not None
+            if ident == "own":
+                ident = self.node_identity()
+            ssl_ctx = _tls.context(self.t.pki / "ca.pem", ident, tls12_only=tls12)
+        deadline = trio.current_time() + patience
+        while True:
+            try:
+                link = await connect(self.t.host, self.t.port, ssl_ctx, self.nursery, any_version=any_version)
+                break
+            except OSError as exc:
+                if trio.current_time() > deadline:
+                    raise Fail(f"the panel at {self.t.host}:{self.t.port} accepts no connection: {exc}") from None
+                await trio.sleep(0.1)
+        self.links.append(link)
+        return link
+
+    async def hello(self, link: Link) -> c.Hello:
+        m = await link.expect(c.HELLO, 5.5, skip=(), what=" as the panel's first frame (6.2.1)")
+        assert isinstance(m, c.Hello)
+        check(m.panel_id == self.t.panel_id, f"HELLO panel_id {m.panel_id}, expected {self.t.panel_id}")
+        return m
+
+    def epoch_for(self, h: c.Hello) -> int:
+        return self.t.epoch if self.t.epoch is not None else max(h.max_epoch, 1)
+
+    def hwm_for(self, h: c.Hello) -> int:
+        if h.oldest_seq == 0:
+            return h.newest_seq
+        return min(max(self.s.acked, h.oldest_seq - 1), h.newest_seq)
+
+    def welcome(self, h: c.Hello, **kw: Any) -> c.Welcome:
+        args: dict[str, Any] = {
+            "node_id": f"conformance-{self.t.node_name}", "epoch": self.epoch_for(h), "hwm": self.hwm_for(h),
+            "config_version": h.config_version, "config_digest": h.config_digest, "heartbeat_ms": HB_MS,
+        }
+        args.update(kw)
+        return c.Welcome(**args)
+
+    async def session(self, *, heartbeats: bool = True, **welcome: Any) -> Session:
+        link = await self.dial()
+        h = await self.hello(link)
+        w = self.welcome(h, **welcome)
+        await link.send_msg(w)
+        if self.s.config_version is not None and h.config_version != self.s.config_version:
+            self.s.config = None
+        self.s.config_version = h.config_version
+        if heartbeats:
+            link.start_heartbeats(w.epoch, HB_MS / 1000)
+        return Session(link, h, w)
+
+    async def bye(self, s: Session) -> None:
+        await s.link.send_msg(c.Bye(s.epoch, 0))
+        await s.link.aclose()
+
+    async def batches(self, s: Session, n: int, within: float, *, prev_last: int | None = None
+                      ) -> list[c.EventBatch]:
+        """`n` batches (checked against 7.3 order) within `within`, passing over heartbeats and CONFIG_ACKs."""
+        out: list[c.EventBatch] = []
+        deadline = trio.current_time() + within
+        while len(out) < n:
+            left = deadline - trio.current_time()
+            if left <= 0:
+                break
+            rx = await s.link.recv(left)
+            if rx is None:
+                break
+            if rx.kind != "msg" or rx.msg is None:
+                raise Fail(f"while waiting for batches: {rx.describe()}")
+            m = rx.msg
+            if isinstance(m, c.EventBatch):
+                if prev_last is None:
+                    check(m.first_seq <= s.welcome.hwm + 1,
+                          f"first batch starts at {m.first_seq}, above hwm+1 = {s.welcome.hwm + 1} (7.3)")
+                else:
+                    check(m.first_seq == prev_last + 1,
+                          f"batch starts at {m.first_seq}, not at prev_last+1 = {prev_last + 1} (7.3)")
+                prev_last = m.last
+                out.append(m)
+            elif not isinstance(m, c.Heartbeat | c.ConfigAck):
+                raise Fail(f"unexpected {describe(m)} from the panel")
+        return out
+
+    async def config_ack(self, s: Session, within: float = 3.0) -> c.ConfigAck:
+        m = await s.link.expect(c.CONFIG_ACK, within, skip=(c.HEARTBEAT, c.EVENT_BATCH))
+        assert isinstance(m, c.ConfigAck)
+        return m
+
+    async def push_snapshot(self, s: Session, ops: list[c.Op], version: int, *, parts: int = 1) -> c.ConfigAck:
+        digest = c.digest_of(ops)
+        size = -(-len(ops) // parts)
+        chunks = [ops[i * size : (i + 1) * size] for i in range(parts)]
+        for i, chunk in enumerate(chunks):
+            await s.link.send_msg(c.ConfigSnapshot(s.epoch, version, digest, i, parts, tuple(chunk)))
+        a = await self.config_ack(s)
+        check(a.version == version, f"CONFIG_ACK v{a.version} after a snapshot of v{version} (8.4)")
+        check(a.digest == digest, f"CONFIG_ACK digest {a.digest.hex()[:16]} != {digest.hex()[:16]} (8.1, 8.4)")
+        self.s.config = c.Config().applied(ops)
+        self.s.config_version = version
+        return a
+
+    async def known_config(self, s: Session) -> tuple[c.Config, int]:
+        """The panel's configuration as this battery knows it, pushing a snapshot first if it does not."""
+        if self.s.config is not None and self.s.config_version == s.hello.config_version and \
+                self.s.config.digest() == s.hello.config_digest:
+            return self.s.config, s.hello.config_version
+        await self.push_snapshot(s, example_config(), s.hello.config_version + 1)
+        assert self.s.config is not None and self.s.config_version is not None
+        return self.s.config, self.s.config_version
+
+
+async def _ack_all(ctx: PanelCtx, s: Session, bs: list[c.EventBatch]) -> int:
+    last = bs[-1].last
+    await s.link.send_msg(c.Ack(s.epoch, last))
+    ctx.s.acked = max(ctx.s.acked, last)
+    return last
+
+
+# ---------------------------------------------------------------------------------------------- handshake
+
+
+@panel_case("hello", "2.2, 5, 6.2")
+async def hello(ctx: PanelCtx) -> str:
+    """The panel sends HELLO first, with its own id and fields in range (and its certificate's CN)."""
+    link = await ctx.dial()
+    t0 = trio.current_time()
+    h = await ctx.hello(link)
+    dt = trio.current_time() - t0
+    extra = ""
+    if ctx.tls:
+        cn, v = link.peer_cn(), link.tls_version()
+        check(v == "TLSv1.3", f"negotiated {v} (2.2)")
+        check(cn == f"panel-{ctx.t.panel_id}", f"certificate CN {cn!r}, HELLO panel_id {h.panel_id} (2.2)")
+        extra = f", {v} CN {cn}"
+    await link.send_msg(ctx.welcome(h))
+    await link.send_msg(c.Bye(ctx.epoch_for(h), 0))
+    return (f"HELLO in {dt * 1000:.0f} ms: panel {h.panel_id} fw {h.firmware!r} seqs {h.oldest_seq}..{h.newest_seq} "
+            f"config v{h.config_version} max_epoch {h.max_epoch}{extra}")
+
+
+@panel_case("illegal-before-welcome", "4, 6.1")
+async def illegal_before_welcome(ctx: PanelCtx) -> str:
+    """An ACK instead of WELCOME is ILLEGAL_IN_STATE."""
+    link = await ctx.dial()
+    h = await ctx.hello(link)
+    await link.send_msg(c.Ack(ctx.epoch_for(h), h.newest_seq))
+    await link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=())
+    return "ILLEGAL_IN_STATE"
+
+
+@panel_case("wrong-direction", "4, 6.1")
+async def wrong_direction(ctx: PanelCtx) -> str:
+    """A panel-to-node message (EVENT_BATCH) sent by the node is ILLEGAL_IN_STATE."""
+    s = await ctx.session()
+    await s.link.send_msg(c.EventBatch(1, (c.Record(1, 0, 1),)))
+    await s.link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=FROM_PANEL)
+    return "ILLEGAL_IN_STATE"
+
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+@panel_case("upload-consecutive", "7.3, 7.4")
+async def upload(ctx: PanelCtx) -> str:
+    """Batches start at or below hwm+1 and continue from the previous one; after an ACK they continue on."""
+    s = await ctx.session()
+    bs = await ctx.batches(s, 2, 4.0)
+    check(len(bs) >= 1, "no EVENT_BATCH within 4 s (does the panel have events? use a nonzero --rate)")
+    last = await _ack_all(ctx, s, bs)
+    more = await ctx.batches(s, 1, 4.0, prev_last=bs[-1].last)
+    check(len(more) >= 1, f"no batch after the ACK up to {last} within 4 s")
+    await _ack_all(ctx, s, more)
+    await ctx.bye(s)
+    return (f"hwm {s.welcome.hwm}: {' '.join(f'{b.first_seq}..{b.last}' for b in bs)}, ACK {last}, "
+            f"then {more[0].first_seq}..{more[0].last}")
+
+
+@panel_case("resume-after-ack", "7.3, 7.4")
+async def resume(ctx: PanelCtx) -> str:
+    """After ACKing up to S, a new session with WELCOME hwm S gets batches starting at S+1 or below."""
+    s = await ctx.session()
+    bs = await ctx.batches(s, 1, 4.0)
+    check(len(bs) >= 1, "no EVENT_BATCH within 4 s")
+    acked = await _ack_all(ctx, s, bs)
+    await trio.sleep(0.1)
+    await ctx.bye(s)
+    s2 = await ctx.session(hwm=acked)
+    check(s2.hello.newest_seq >= acked, f"HELLO newest_seq {s2.hello.newest_seq} below the acked {acked}")
+    b2 = await ctx.batches(s2, 1, 4.0)
+    check(len(b2) >= 1, "no EVENT_BATCH in the second session within 4 s")
+    await _ack_all(ctx, s2, b2)
+    await ctx.bye(s2)
+    return f"ACK {acked}, BYE; new session hwm {acked}: first batch {b2[0].first_seq}..{b2[0].last}"
+
+
+@panel_case("ack-beyond-sent", "7.4")
+async def ack_beyond(ctx: PanelCtx) -> str:
+    """An ACK above every seq sent (and above hwm) is BAD_ACK."""
+    s = await ctx.session()
+    bs = await ctx.batches(s, 1, 4.0)
+    top = max([s.welcome.hwm, *(b.last for b in bs)])
+    await s.link.send_msg(c.Ack(s.epoch, top + 1_000_000))
+    await s.link.expect_error("BAD_ACK", 3.0, skip=FROM_PANEL)
+    return f"ACK {top + 1_000_000} with {top} sent: BAD_ACK"
+
+
+@panel_case("ack-backwards", "7.4")
+async def ack_backwards(ctx: PanelCtx) -> str:
+    """An ACK below one already given is BAD_ACK."""
+    s = await ctx.session()
+    bs = await ctx.batches(s, 1, 4.0)
+    check(len(bs) >= 1, "no EVENT_BATCH within 4 s")
+    last = await _ack_all(ctx, s, bs)
+    await s.link.send_msg(c.Ack(s.epoch, last - 1))
+    await s.link.expect_error("BAD_ACK", 3.0, skip=FROM_PANEL)
+    return f"ACK {last}, then {last - 1}: BAD_ACK"
+
+
+@panel_case("ack-epoch-other", "5, 9.2, 11")
+async def ack_epoch(ctx: PanelCtx) -> str:
+    """An ACK whose epoch is not the session's is refused (EPOCH_MISMATCH; see the report for the codes taken)."""
+    s = await ctx.session()
+    bad = s.epoch - 1 if s.epoch >= 2 else s.epoch + 1
+    await s.link.send_msg(c.Ack(bad, s.welcome.hwm))
+    e = await s.link.expect_error(("EPOCH_MISMATCH", "STALE_EPOCH", "FIELD_OUT_OF_RANGE"), 3.0, skip=FROM_PANEL)
+    return f"ACK epoch {bad} in session {s.epoch}: {c.code_name(e.code)}"
+
+
+@panel_case("heartbeat-epoch-other", "9.2, 11")
+async def heartbeat_epoch(ctx: PanelCtx) -> str:
+    """A node HEARTBEAT with an epoch other than the session's is refused (EPOCH_MISMATCH)."""
+    s = await ctx.session(heartbeats=False)
+    await s.link.send_msg(c.Heartbeat(s.epoch + 1))
+    e = await s.link.expect_error(("EPOCH_MISMATCH", "STALE_EPOCH"), 3.0, skip=FROM_PANEL)
+    return f"HEARTBEAT epoch {s.epoch + 1} in session {s.epoch}: {c.code_name(e.code)}"
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+@panel_case("snapshot-ack", "8.1, 8.4")
+async def snapshot_ack(ctx: PanelCtx) -> str:
+    """A CONFIG_SNAPSHOT: the panel answers CONFIG_ACK(version, the digest of section 8.1)."""
+    s = await ctx.session()
+    ops = example_config()
+    v = s.hello.config_version + 1
+    a = await ctx.push_snapshot(s, ops, v)
+    await ctx.bye(s)
+    return f"snapshot v{v} ({len(ops)} ops): CONFIG_ACK v{a.version} digest {a.digest.hex()[:12]}"
+
+
+@panel_case("snapshot-remembered", "6.2, 8.4")
+async def snapshot_remembered(ctx: PanelCtx) -> str:
+    """The next HELLO carries the version and digest of the configuration applied."""
+    if ctx.s.config is None or ctx.s.config_version is None:
+        s = await ctx.session()
+        await ctx.known_config(s)
+        await ctx.bye(s)
+    assert ctx.s.config is not None
+    want = (ctx.s.config_version, ctx.s.config.digest())
+    s = await ctx.session()
+    await ctx.bye(s)
+    got = (s.hello.config_version, s.hello.config_digest)
+    check(got == want, f"HELLO config v{got[0]} {got[1].hex()[:12]}, applied v{want[0]} {want[1].hex()[:12]}")
+    return f"HELLO config v{got[0]} {got[1].hex()[:12]}"
+
+
+@panel_case("snapshot-multipart", "5, 8.4")
+async def snapshot_multipart(ctx: PanelCtx) -> str:
+    """A snapshot in 3 parts: one CONFIG_ACK, after the last part, with the digest of the whole."""
+    s = await ctx.session()
+    ops = example_config()[::-1]
+    v = s.hello.config_version + 1
+    a = await ctx.push_snapshot(s, ops, v, parts=3)
+    await ctx.bye(s)
+    return f"3 parts v{v}: CONFIG_ACK v{a.version}"
+
+
+@panel_case("snapshot-lower-version", "8.4")
+async def snapshot_lower(ctx: PanelCtx) -> str:
+    """A snapshot below the panel's version is applied anyway (the server's word is final)."""
+    s = await ctx.session()
+    if s.hello.config_version == 0:
+        await ctx.push_snapshot(s, example_config(), 5)
+    v = (ctx.s.config_version or s.hello.config_version) - 1
+    ops = example_config()[:4]
+    a = await ctx.push_snapshot(s, ops, v)
+    await ctx.bye(s)
+    return f"snapshot v{v} below the panel's: CONFIG_ACK v{a.version}"
+
+
+@panel_case("delta-ack", "8.1, 8.2, 8.4")
+async def delta_ack(ctx: PanelCtx) -> str:
+    """A CONFIG_DELTA on a known base: CONFIG_ACK(to_version, the digest after the ops)."""
+    s = await ctx.session()
+    base, v = await ctx.known_config(s)
+    ops: list[c.Op] = [
+        c.PutCardholder(555, 0, 0, 0, (1,)), c.DeleteCardholder(17), c.PutDoor(0, 3), c.DeleteSchedule(999),
+        c.PutSchedule(3, ((1, 0, 60),)), c.DeleteAccessLevel(2), c.PutCardholder(555, 42, 0, 0, (2, 1)),
+    ]
+    new = base.applied(ops)
+    await s.link.send_msg(c.ConfigDelta(s.epoch, v, v + 1, new.digest(), tuple(ops)))
+    a = await ctx.config_ack(s)
+    check(a.version == v + 1, f"CONFIG_ACK v{a.version} after a delta to v{v + 1}")
+    check(a.digest == new.digest(), f"CONFIG_ACK digest {a.digest.hex()[:16]} != {new.digest().hex()[:16]} (8.1)")
+    ctx.s.config, ctx.s.config_version = new, v + 1
+    await ctx.bye(s)
+    return f"delta v{v}->v{v + 1} ({len(ops)} ops): digest matches"
+
+
+@panel_case("delta-digest-field-wrong", "8.4, 8.5")
+async def delta_bad_digest(ctx: PanelCtx) -> str:
+    """A delta advertising a wrong digest: the panel acknowledges with its own (true) digest."""
+    s = await ctx.session()
+    base, v = await ctx.known_config(s)
+    ops: list[c.Op] = [c.PutDoor(7, 4)]
+    new = base.applied(ops)
+    await s.link.send_msg(c.ConfigDelta(s.epoch, v, v + 1, BOGUS_DIGEST, tuple(ops)))
+    a = await ctx.config_ack(s)
+    check(a.version == v + 1, f"CONFIG_ACK v{a.version}")
+    check(a.digest == new.digest(), f"CONFIG_ACK digest {a.digest.hex()[:16]}, its own is {new.digest().hex()[:16]}")
+    ctx.s.config, ctx.s.config_version = new, v + 1
+    await ctx.bye(s)
+    return "CONFIG_ACK carries the panel's own digest"
+
+
+async def _config_refused(ctx: PanelCtx, msg: Any, code: str | tuple[str, ...]) -> str:
+    s = await ctx.session()
+    before = (s.hello.config_version, s.hello.config_digest)
+    m = msg(s)
+    await s.link.send(m if isinstance(m, bytes) else c.frame(m))
+    e = await s.link.expect_error(code, 3.0, skip=FROM_PANEL)
+    s2 = await ctx.session()
+    await ctx.bye(s2)
+    after = (s2.hello.config_version, s2.hello.config_digest)
+    check(after == before, f"{c.code_name(e.code)}, but the configuration changed: v{before[0]} -> v{after[0]} "
+                           "(8.2: all or none)")
+    return f"{c.code_name(e.code)}; configuration unchanged"
+
+
+@panel_case("delta-wrong-base", "8.4")
+async def delta_wrong_base(ctx: PanelCtx) -> str:
+    """A CONFIG_DELTA whose from_version is not the panel's version is CONFIG_VERSION."""
+    def build(s: Session) -> c.Message:
+        v = s.hello.config_version
+        return c.ConfigDelta(s.epoch, v + 5, v + 6, BOGUS_DIGEST, (c.PutDoor(1, 1),))
+    return await _config_refused(ctx, build, "CONFIG_VERSION")
+
+
+@panel_case("delta-backwards", "5")
+async def delta_backwards(ctx: PanelCtx) -> str:
+    """A CONFIG_DELTA with to_version <= from_version is CONFIG_VERSION."""
+    def build(s: Session) -> c.Message:
+        v = s.hello.config_version
+        return c.ConfigDelta(s.epoch, v, v, BOGUS_DIGEST, (c.PutDoor(1, 1),))
+    return await _config_refused(ctx, build, "CONFIG_VERSION")
+
+
+@panel_case("unknown-config-op", "8.2")
+async def unknown_op(ctx: PanelCtx) -> str:
+    """A delta with an op 99 after a good op is UNKNOWN_CONFIG_OP and none of it applies."""
+    def build(s: Session) -> bytes:
+        v = s.hello.config_version
+        body = struct_pack(s.epoch, v, v + 1) + BOGUS_DIGEST + (2).to_bytes(4, "big") + c.encode_op(
+            c.PutDoor(9, 3)) + b"\x63\x00\x00"
+        return c.encode_frame(c.CONFIG_DELTA, body)
+    return await _config_refused(ctx, build, "UNKNOWN_CONFIG_OP")
+
+
+def struct_pack(*u64: int) -> bytes:
+    return b"".join(x.to_bytes(8, "big") for x in u64)
+
+
+@panel_case("config-op-out-of-range", "8.2")
+async def op_range(ctx: PanelCtx) -> str:
+    """A delta with PutDoor mode 9 after a good op is FIELD_OUT_OF_RANGE and none of it applies."""
+    def build(s: Session) -> c.Message:
+        v = s.hello.config_version
+        return c.ConfigDelta(s.epoch, v, v + 1, BOGUS_DIGEST, (c.PutDoor(9, 3), c.PutDoor(10, 9)))
+    return await _config_refused(ctx, build, "FIELD_OUT_OF_RANGE")
+
+
+@panel_case("snapshot-part-out-of-range", "5")
+async def snapshot_part_range(ctx: PanelCtx) -> str:
+    """A snapshot part 1 of 1 is FIELD_OUT_OF_RANGE."""
+    def build(s: Session) -> c.Message:
+        return c.ConfigSnapshot(s.epoch, 1, BOGUS_DIGEST, 1, 1, ())
+    return await _config_refused(ctx, build, "FIELD_OUT_OF_RANGE")
+
+
+@panel_case("snapshot-part-out-of-order", "5")
+async def snapshot_part_order(ctx: PanelCtx) -> str:
+    """A snapshot that begins with part 1 of 2 is CONFIG_VERSION."""
+    def build(s: Session) -> c.Message:
+        return c.ConfigSnapshot(s.epoch, 1, BOGUS_DIGEST, 1, 2, (c.PutDoor(1, 1),))
+    return await _config_refused(ctx, build, "CONFIG_VERSION")
+
+
+# ---------------------------------------------------------------------------------------------- liveness
+
+
+@panel_case("panel-heartbeats", "9.1, 9.2")
+async def panel_heartbeats(ctx: PanelCtx) -> str:
+    """The panel sends a frame at least once per heartbeat_ms (200 ms); its HEARTBEATs carry the session epoch."""
+    s = await ctx.session()
+    t0 = trio.current_time()
+    times = [t0]
+    beats = 0
+    end = t0 + 2.0
+    while trio.current_time() < end:
+        rx = await s.link.recv(end - trio.current_time())
+        if rx is None:
+            break
+        check(rx.kind == "msg" and rx.msg is not None, f"the session ended: {rx.describe()}")
+        m = rx.msg
+        times.append(rx.at)
+        if isinstance(m, c.Heartbeat):
+            beats += 1
+            check(m.epoch == s.epoch, f"panel HEARTBEAT epoch {m.epoch} != session {s.epoch} (9.2)")
+        elif isinstance(m, c.EventBatch):
+            await s.link.send_msg(c.Ack(s.epoch, m.last))
+            ctx.s.acked = max(ctx.s.acked, m.last)
+    times.append(trio.current_time())
+    worst = max(b - a for a, b in itertools.pairwise(times))
+    check(worst <= HB_MS / 1000 * 1.25 + 0.1, f"a gap of {worst * 1000:.0f} ms with heartbeat_ms {HB_MS} (9.1)")
+    await ctx.bye(s)
+    return f"{len(times) - 2} frames ({beats} heartbeats) in 2 s, longest gap {worst * 1000:.0f} ms"
+
+
+@panel_case("node-silence-timeout", "9.1")
+async def node_silence(ctx: PanelCtx) -> str:
+    """A node silent after WELCOME: the panel ends with TIMEOUT after 3 intervals (600 ms)."""
+    s = await ctx.session(heartbeats=False)
+    t0 = s.link.last_sent
+    await s.link.expect_error("TIMEOUT", 3 * HB_MS / 1000 + 2.0, skip=FROM_PANEL)
+    dt = trio.current_time() - t0
+    check(dt >= 3 * HB_MS / 1000 * 0.9, f"TIMEOUT after only {dt * 1000:.0f} ms (9.1: 3 x {HB_MS} ms)")
+    return f"TIMEOUT after {dt * 1000:.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------------- ending, framing
+
+
+@panel_case("bye-reconnect", "10")
+async def bye_reconnect(ctx: PanelCtx) -> str:
+    """BYE(SHUTTING_DOWN): the panel closes without answering, and accepts a new session afterwards."""
+    s = await ctx.session()
+    await s.link.send_msg(c.Bye(s.epoch, c.CODES["SHUTTING_DOWN"]))
+    await s.link.expect_close(3.0, after="the node's BYE", allow=(c.HEARTBEAT, c.EVENT_BATCH, c.CONFIG_ACK))
+    t0 = trio.current_time()
+    s2 = await ctx.session()
+    dt = trio.current_time() - t0
+    await ctx.bye(s2)
+    return f"closed without an answer; new session's HELLO {dt * 1000:.0f} ms later"
+
+
+async def _panel_framing(ctx: PanelCtx, build: Any, code: str, *, any_version: bool = False) -> c.Error:
+    link = await ctx.dial(any_version=any_version)
+    h = await ctx.hello(link)
+    await link.send(build(h))
+    return await link.expect_error(code, 3.0, skip=())
+
+
+@panel_case("bad-crc", "3, 10")
+async def bad_crc(ctx: PanelCtx) -> str:
+    """A WELCOME with a wrong crc: ERROR BAD_CRC and the close."""
+    await _panel_framing(ctx, lambda h: c.frame(ctx.welcome(h), bad_crc=True), "BAD_CRC")
+    return "BAD_CRC"
+
+
+@panel_case("bad-magic", "3")
+async def bad_magic(ctx: PanelCtx) -> str:
+    """Bytes that are not F5 5C where a frame starts: BAD_MAGIC."""
+    await _panel_framing(ctx, lambda h: c.frame(ctx.welcome(h), magic=b"HT"), "BAD_MAGIC")
+    return "BAD_MAGIC"
+
+
+@panel_case("unknown-type", "3")
+async def unknown_type(ctx: PanelCtx) -> str:
+    """A frame of type 42: UNKNOWN_TYPE."""
+    await _panel_framing(ctx, lambda h: c.encode_frame(42, b""), "UNKNOWN_TYPE")
+    return "UNKNOWN_TYPE"
+
+
+@panel_case("welcome-trailing-bytes", "5")
+async def welcome_trailing(ctx: PanelCtx) -> str:
+    """A WELCOME with a byte left over: MALFORMED."""
+    await _panel_framing(ctx, lambda h: c.encode_frame(c.WELCOME, ctx.welcome(h).encode() + b"\x00"), "MALFORMED")
+    return "MALFORMED"
+
+
+@panel_case("unsupported-version", "3, 13.2")
+async def unsupported_version(ctx: PanelCtx) -> str:
+    """A WELCOME in a version-1 frame: ERROR UNSUPPORTED_VERSION in a frame carrying version 1."""
+    link = await ctx.dial(any_version=True)
+    h = await ctx.hello(link)
+    await link.send(c.frame(ctx.welcome(h), version=1))
+    rx = await link.recv(3.0)
+    check(rx is not None, "no answer within 3 s")
+    assert rx is not None
+    check(rx.kind == "msg" and isinstance(rx.msg, c.Error) and rx.msg.code == 101,
+          f"expected ERROR UNSUPPORTED_VERSION, got {rx.describe()}")
+    assert rx.frame is not None and isinstance(rx.msg, c.Error)
+    check(rx.frame.version == 1, f"ERROR frame carries version {rx.frame.version}, not the peer's 1 (13.2)")
+    await link.expect_close(2.0)
+    return f"ERROR 101 in a version-1 frame: {rx.msg.text!r}"
+
+
+@panel_case("welcome-stale-epoch", "5, 6.2")
+async def welcome_stale(ctx: PanelCtx) -> str:
+    """A WELCOME with an epoch below the panel's max_epoch: STALE_EPOCH and no events in that session."""
+    link = await ctx.dial()
+    h = await ctx.hello(link)
+    raised = ""
+    if h.max_epoch < 2:
+        # Teach the panel epoch 2 first (it MUST remember an accepted epoch, 6.2.5).
+        await link.send_msg(ctx.welcome(h, epoch=2))
+        await link.send_msg(c.Bye(2, 0))
+        await link.aclose()
+        link = await ctx.dial()
+        h = await ctx.hello(link)
+        check(h.max_epoch >= 2, f"after accepting a WELCOME of epoch 2 the next HELLO says max_epoch {h.max_epoch}"
+                                " (6.2.5)")
+        raised = "after raising max_epoch to 2, "
+    await link.send_msg(ctx.welcome(h, epoch=h.max_epoch - 1))
+    await link.expect_error("STALE_EPOCH", 3.0, skip=(c.HEARTBEAT,))
+    return f"{raised}WELCOME epoch {h.max_epoch - 1} < max_epoch {h.max_epoch}: STALE_EPOCH, no events"
+
+
+# ---------------------------------------------------------------------------------------------- TLS
+
+
+async def _tls_refused(ctx: PanelCtx, ident: Any, what: str, *, tls12: bool = False) -> str:
+    assert ctx.t.pki is not None
+    ssl_ctx = _tls.context(ctx.t.pki / "ca.pem", ident, tls12_only=tls12)
+    try:
+        link = await connect(ctx.t.host, ctx.t.port, ssl_ctx, ctx.nursery)
+    except trio.BrokenResourceError as exc:
+        why = str(exc.__cause__ or exc)
+        # 2.2: an alert SHOULD come; a close without one is still a refusal.
+        alert = "with a TLS alert" if "ALERT" in why.upper() else "without a TLS alert (a SHOULD of 2.2)"
+        return f"refused in the TLS handshake, {alert} ({why})"
+    except trio.TooSlowError:
+        raise Fail("the TLS handshake neither finished nor failed within 5 s") from None
+    ctx.links.append(link)
+    rx = await link.recv(4.0)
+    check(rx is None or rx.kind != "msg", f"{what}: the panel sent {rx.describe() if rx else ''} (2.2)")
+    return f"no HELLO ({rx.describe() if rx else 'silence for 4 s'})"
+
+
+@panel_case("tls12-refused", "2.2", tls_only=True)
+async def tls12(ctx: PanelCtx) -> str:
+    """A TLS 1.2-only node is refused at the TLS layer."""
+    return await _tls_refused(ctx, ctx.node_identity(), "a TLS 1.2 node", tls12=True)
+
+
+@panel_case("tls-rogue-ca-refused", "2.2", tls_only=True)
+async def tls_rogue(ctx: PanelCtx) -> str:
+    """A node certificate from another CA is refused: no HELLO."""
+    return await _tls_refused(ctx, _tls.rogue_identity(f"node-{ctx.t.node_name}"), "a node of another CA")
+
+
+@panel_case("tls-no-client-cert-refused", "2.2", tls_only=True)
+async def tls_no_cert(ctx: PanelCtx) -> str:
+    """A node without a certificate is refused: no HELLO."""
+    return await _tls_refused(ctx, None, "a node without a certificate")
+
+
+@panel_case("tls-not-a-node-refused", "2.2", tls_only=True)
+async def tls_not_node(ctx: PanelCtx) -> str:
+    """A site certificate whose CN does not start with node- (a panel's) is refused: no HELLO."""
+    assert ctx.t.pki is not None
+    ident = _tls.Identity(ctx.t.pki / f"panel-{ctx.t.panel_id}.pem", ctx.t.pki / f"panel-{ctx.t.panel_id}.key")
+    if not ident.cert.exists():
+        raise Skip(f"no {ident.cert} to play a non-node peer with")
+    return await _tls_refused(ctx, ident, f"a peer with CN panel-{ctx.t.panel_id}")

@@ -1,0 +1,268 @@
+"""One connection of the battery: a trio stream, a reader task applying section 3, helpers to expect things."""
+
+from __future__ import annotations
+
+import math
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from . import _codec as c
+from ._base import Fail
+
+
+@dataclass(frozen=True)
+class Rx:
+    """What the reader saw: a message, the end of the stream, a reset/TLS failure, or a frame it refused."""
+
+    kind: str  # "msg" | "eof" | "reset" | "bad"
+    at: float
+    msg: c.Message | None = None
+    frame: c.Frame | None = None
+    error: str = ""
+    code: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "msg" and self.msg is not None:
+            return describe(self.msg)
+        if self.kind == "bad":
+            return f"an invalid frame ({c.code_name(self.code)}: {self.error})"
+        if self.kind == "eof":
+            return "the end of the stream" + (f" ({self.error})" if self.error else "")
+        if "EOF" in self.error:
+            return f"the end of the stream without TLS close_notify ({self.error})"
+        return f"a reset ({self.error})"
+
+
+def describe(m: c.Message) -> str:
+    name = c.TYPE_NAMES[m.TYPE]
+    if isinstance(m, c.Error):
+        return f"ERROR {c.code_name(m.code)} {m.text!r}"
+    if isinstance(m, c.Bye):
+        return f"BYE reason {m.reason}"
+    if isinstance(m, c.Ack):
+        return f"ACK up_to {m.up_to_seq} epoch {m.epoch}"
+    if isinstance(m, c.EventBatch):
+        return f"EVENT_BATCH {m.first_seq}..{m.last}"
+    if isinstance(m, c.ConfigDelta):
+        return f"CONFIG_DELTA {m.from_version}->{m.to_version}"
+    if isinstance(m, c.ConfigSnapshot):
+        return f"CONFIG_SNAPSHOT v{m.version} part {m.part}/{m.parts}"
+    if isinstance(m, c.ConfigAck):
+        return f"CONFIG_ACK v{m.version} {m.digest.hex()[:12]}"
+    return name
+
+
+class Link:
+    def __init__(self, stream: trio.abc.Stream, raw: trio.SocketStream, nursery: trio.Nursery,
+                 *, any_version: bool = False) -> None:
+        self.stream = stream
+        self.raw = raw
+        self.reader = c.FrameReader(any_version=any_version)
+        self._send_lock = trio.Lock()
+        self._tx, self._rx = trio.open_memory_channel[Rx](math.inf)
+        self.terminal: Rx | None = None
+        self.sent_closing = False
+        self.send_failed = False
+        self.last_sent = trio.current_time()
+        self._hb_scope: trio.CancelScope | None = None
+        nursery.start_soon(self._read_loop)
+        self._nursery = nursery
+
+    def peer_cn(self) -> str | None:
+        if not isinstance(self.stream, trio.SSLStream):
+            return None
+        cert: Any = self.stream.getpeercert()
+        for rdn in (cert or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        return None
+
+    def tls_version(self) -> str | None:
+        if not isinstance(self.stream, trio.SSLStream):
+            return None
+        v: Any = self.stream.version()
+        return str(v)
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                cause = exc.__cause__ or exc
+                self._tx.send_nowait(Rx("reset", trio.current_time(), error=f"{type(cause).__name__}: {cause}"))
+                return
+            now = trio.current_time()
+            if not data:
+                try:
+                    self.reader.eof()
+                    self._tx.send_nowait(Rx("eof", now))
+                except c.ProtocolError as exc:
+                    self._tx.send_nowait(Rx("eof", now, error=str(exc)))
+                return
+            try:
+                frames = self.reader.feed(bytes(data))
+            except c.ProtocolError as exc:
+                self._tx.send_nowait(Rx("bad", now, error=exc.text, code=exc.code))
+                return
+            for f in frames:
+                try:
+                    if f.version != c.VERSION and f.type != c.ERROR:
+                        raise c.ProtocolError("UNSUPPORTED_VERSION", f"peer frame version {f.version}")
+                    msg = c.decode_payload(f.type, f.payload)
+                except c.ProtocolError as exc:
+                    self._tx.send_nowait(Rx("bad", now, frame=f, error=exc.text, code=exc.code))
+                    return
+                self._tx.send_nowait(Rx("msg", now, msg=msg, frame=f))
+
+    async def recv(self, within: float) -> Rx | None:
+        """The next thing seen, or None after `within` s. After the end it returns the end again at once."""
+        if self.terminal is not None:
+            return self.terminal
+        with trio.move_on_after(within):
+            rx = await self._rx.receive()
+            if rx.kind != "msg":
+                self.terminal = rx
+            return rx
+        return None
+
+    async def send(self, data: bytes) -> bool:
+        async with self._send_lock:
+            try:
+                with trio.fail_after(5):
+                    await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+                self.send_failed = True
+                return False
+            self.last_sent = trio.current_time()
+            return True
+
+    async def send_msg(self, msg: c.Message) -> bool:
+        if isinstance(msg, c.Error | c.Bye):
+            self.sent_closing = True
+            self.stop_heartbeats()
+        return await self.send(c.frame(msg))
+
+    async def send_eof(self) -> None:
+        """Half-close at the TCP level (also under TLS): the stream ends here."""
+        async with self._send_lock:
+            try:
+                await self.raw.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self.send_failed = True
+
+    def start_heartbeats(self, epoch: int, interval_s: float) -> None:
+        self.stop_heartbeats()
+        scope = trio.CancelScope()
+        self._hb_scope = scope
+
+        async def beat() -> None:
+            with scope:
+                while not self.sent_closing and self.terminal is None:
+                    await trio.sleep(max(0.02, interval_s / 2))
+                    if not self.sent_closing:
+                        await self.send(c.frame(c.Heartbeat(epoch)))
+
+        self._nursery.start_soon(beat)
+
+    def stop_heartbeats(self) -> None:
+        if self._hb_scope is not None:
+            self._hb_scope.cancel()
+            self._hb_scope = None
+
+    async def aclose(self) -> None:
+        self.stop_heartbeats()
+        await trio.aclose_forcefully(self.stream)
+
+    # ------------------------------------------------------------------------------------------ expectations
+
+    async def expect(self, types: int | tuple[int, ...], within: float, *,
+                     skip: tuple[int, ...] = (c.HEARTBEAT,), what: str = "") -> c.Message:
+        """The next message of one of `types` within `within`, passing over `skip`; anything else fails."""
+        want = (types,) if isinstance(types, int) else types
+        names = "/".join(c.TYPE_NAMES[t] for t in want)
+        deadline = trio.current_time() + within
+        while True:
+            rx = await self.recv(max(0.0, deadline - trio.current_time()))
+            if rx is None:
+                raise Fail(f"no {names} within {within:g} s{what}")
+            if rx.kind != "msg" or rx.msg is None:
+                raise Fail(f"expected {names}{what}, got {rx.describe()}")
+            if rx.msg.TYPE in want:
+                return rx.msg
+            if rx.msg.TYPE in skip:
+                continue
+            raise Fail(f"expected {names}{what}, got {rx.describe()}")
+
+    async def expect_error(self, codes: int | str | tuple[int | str, ...], within: float, *,
+                           skip: tuple[int, ...] = (c.HEARTBEAT, c.ACK, c.CONFIG_DELTA, c.CONFIG_SNAPSHOT),
+                           close: bool = True) -> c.Error:
+        """An ERROR with one of `codes` within `within`, then the close (section 10): nothing after it."""
+        want = tuple(c.CODES[x] if isinstance(x, str) else x for x in
+                     (codes if isinstance(codes, tuple) else (codes,)))
+        names = "/".join(c.code_name(x) for x in want)
+        deadline = trio.current_time() + within
+        while True:
+            rx = await self.recv(max(0.0, deadline - trio.current_time()))
+            if rx is None:
+                raise Fail(f"no ERROR {names} within {within:g} s")
+            if rx.kind != "msg" or rx.msg is None:
+                raise Fail(f"expected ERROR {names}, got {rx.describe()}")
+            m = rx.msg
+            if isinstance(m, c.Error):
+                if m.code not in want:
+                    raise Fail(f"expected ERROR {names}, got {describe(m)}")
+                if close:
+                    await self.expect_close(2.0, after="its ERROR")
+                return m
+            if m.TYPE not in skip:
+                raise Fail(f"expected ERROR {names}, got {describe(m)}")
+
+    async def expect_close(self, within: float, *, after: str = "ERROR", allow: tuple[int, ...] = ()) -> Rx:
+        deadline = trio.current_time() + within
+        while True:
+            rx = await self.recv(max(0.0, deadline - trio.current_time()))
+            if rx is None:
+                raise Fail(f"connection still open {within:g} s after {after} (10: it closes)")
+            if rx.kind == "msg" and rx.msg is not None:
+                if rx.msg.TYPE in allow:
+                    continue
+                raise Fail(f"sent {rx.describe()} after {after} (10: nothing after it)")
+            return rx
+
+    async def expect_quiet(self, seconds: float, *, allow: tuple[int, ...] = (c.HEARTBEAT,)) -> list[c.Message]:
+        """Nothing but `allow` for `seconds`, and the connection stays up."""
+        deadline = trio.current_time() + seconds
+        seen: list[c.Message] = []
+        while True:
+            left = deadline - trio.current_time()
+            if left <= 0:
+                return seen
+            rx = await self.recv(left)
+            if rx is None:
+                return seen
+            if rx.kind != "msg" or rx.msg is None:
+                raise Fail(f"expected the session to stay up, got {rx.describe()}")
+            if rx.msg.TYPE not in allow:
+                raise Fail(f"unexpected {rx.describe()}")
+            seen.append(rx.msg)
+
+
+async def connect(host: str, port: int, ssl_ctx: ssl.SSLContext | None, nursery: trio.Nursery, *,
+                  within: float = 5.0, any_version: bool = False) -> Link:
+    """TCP (and the TLS handshake): raises OSError, trio.BrokenResourceError (TLS refused) or trio.TooSlowError."""
+    with trio.fail_after(within):
+        raw = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = raw
+        if ssl_ctx is not None:
+            tls = trio.SSLStream(raw, ssl_ctx, server_hostname=None)
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(raw)
+                raise
+            stream = tls
+    return Link(stream, raw, nursery, any_version=any_version)
