@@ -58,17 +58,27 @@ class MessageStream:
         #: The deadline ``run_timers`` sleeps until; only an earlier one needs to wake it.
         self._sleeping_until = -math.inf
         self._error_sent = False
+        # Set by the task that found a violation, just before it sends the ERROR and raises.
+        self._ending = False
 
     def __repr__(self) -> str:
         return f"<MessageStream {self.name} {self.conn!r}>"
 
     async def send(self, message: Message) -> None:
-        """Encode and write one message (raises LocalProtocolError before writing if illegal)."""
+        """Encode and write one message (raises LocalProtocolError before writing if illegal).
+
+        Once another task of this session found a violation, a send waits for the end of
+        the session instead: that task is writing the ERROR and raising, and an error
+        from here would cancel it half-way (its nursery cancels on the first exception).
+        """
         async with self._send_lock:
-            data = self.conn.send(message, trio.current_time())
-            self._deadline_moved()
-            with map_link_errors(f"{self.name}: sending {type(message).__name__}"):
-                await self.stream.send_all(data)
+            if not self._ending:
+                data = self.conn.send(message, trio.current_time())
+                self._deadline_moved()
+                with map_link_errors(f"{self.name}: sending {type(message).__name__}"):
+                    await self.stream.send_all(data)
+                return
+        await trio.sleep_forever()
 
     async def receive(self) -> Message:
         """The next message.
@@ -82,6 +92,7 @@ class MessageStream:
         try:
             return await self._receive()
         except RemoteProtocolError as exc:
+            self._ending = True
             # Tell the peer now, from the task that found it, before the caller's nursery
             # cancels a writer that may be half-way through a frame (which would leave the
             # stream unable to carry the ERROR: seen under TLS by the conformance battery).
@@ -144,6 +155,7 @@ class MessageStream:
                 try:
                     data = conn.handle_timer(trio.current_time())
                 except PeerTimeout as exc:
+                    self._ending = True
                     await self._write_error(exc)
                     raise
                 if data:

@@ -1,0 +1,88 @@
+"""`fieldsync conformance` against our own node and our own emulated panel, as a user runs it.
+
+Real processes over mutual TLS on loopback: ``fieldsync serve`` from a site file,
+``fieldsync emulate`` as a host-initiated panel, and the battery, which shares no code
+with either (an import-linter contract keeps it so).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+VIP = "127.0.0.100"
+CLI = [sys.executable, "-m", "fieldsync.cli"]
+
+
+@contextmanager
+def running(command: list[str], ready: str) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert ready in line, f"{command[3]} did not start: {line!r} {process.stderr.read() if process.stderr else ''}"
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)  # also closes the pipes
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def battery(tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "conformance.json"
+    done = subprocess.run([*CLI, "conformance", *args, "--json", str(out)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    result: dict[str, object] = json.loads(out.read_text())
+    assert result["failed"] == 0
+    return result
+
+
+@pytest.mark.slow
+def test_our_node_passes_the_battery(site_pki: Path, tmp_path: Path) -> None:
+    port = 31195
+    db = tmp_path / "site.db"
+    site = tmp_path / "site.toml"
+    site.write_text(f'[site]\ndb = "{db}"\npki = "{site_pki}"\nvip = "{VIP}"\nport = {port}\n[fleet]\npanels = 4\n')
+    for mode in ("locked", "card"):  # a configuration to push: deltas and snapshots
+        subprocess.run([*CLI, "config", "set-door-mode", "--db", str(db), "--door", "1", "--mode", mode], check=True)
+    with running([*CLI, "serve", "--site", str(site)], "listening on"):
+        result = battery(
+            tmp_path,
+            "--server",
+            f"{VIP}:{port}",
+            "--pki",
+            str(site_pki),
+            "--panel-ids",
+            "1-4",
+            "--unknown-panel-id",
+            "5",
+        )
+    cases = result["cases"]
+    assert isinstance(cases, list)
+    skipped = [c["name"] for c in cases if c["result"] == "skip"]
+    assert result["passed"] >= 60, f"too few cases ran: {result['passed']} passed, skipped {skipped}"
+
+
+@pytest.mark.slow
+def test_our_panel_passes_the_battery(site_pki: Path, tmp_path: Path) -> None:
+    port = 31197
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'[site]\ndb = "{tmp_path / "site.db"}"\npki = "{site_pki}"\nvip = "{VIP}"\nport = {port - 1}\n'
+        f"panel_port = {port}\n"
+        '[fleet]\npanels = 1\nfirst_id = 7\nmode = "host-initiated"\nrate = 20\n'
+    )
+    with running([*CLI, "emulate", "--site", str(site)], "panel"):
+        result = battery(
+            tmp_path, "--panel", f"127.1.0.7:{port}", "--panel-id", "7", "--pki", str(site_pki), "--node-name", "A"
+        )
+    assert result["passed"] >= 30
