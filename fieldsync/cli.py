@@ -228,13 +228,6 @@ def serve(
         known_panels=frozenset(site.panel_ids()) if site.path is not None else None,
     )
     node = Node(settings)
-    done = trio.Event()
-
-    async def serve_node(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await node.run(task_status=task_status)
-        finally:
-            done.set()
 
     async def report(task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
@@ -258,7 +251,7 @@ def serve(
         # stores and acknowledges what it received and says BYE(SHUTTING_DOWN) to every panel.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(serve_node)
+                await nursery.start(node.run)
                 click.echo(
                     f"node {node_id} epoch {node.epoch}: listening on {listen_addr or '-'}, "
                     f"dialing {len(dials)} panel(s), {len(lines)} serial line(s), "
@@ -273,7 +266,7 @@ def serve(
                 reporting.cancel()
                 node.stop()
                 with trio.move_on_after(settings.drain_timeout + 3):
-                    await done.wait()
+                    await node.stopped.wait()
                 nursery.cancel_scope.cancel()
         stats = node.statistics()
         click.echo(f"node {node_id} stopped: {stats.events_stored} events stored, said BYE to every session")

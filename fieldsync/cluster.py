@@ -460,7 +460,9 @@ class ClusterNode:
             if hand_to is None or hand_to == self.node_id:
                 continue
             log.warning("node %s hands the VIP to %s (switchover)", self.node_id, hand_to)
-            node.stop()
+            node.stop()  # drain, acknowledge, BYE(SHUTTING_DOWN): docs/protocol.md 10
+            with trio.move_on_after(node.settings.drain_timeout + 1):
+                await node.stopped.wait()
             await self._db(self.cluster.release, self.node_id, self.epoch, hand_to=hand_to)
             scope.cancel()
             return

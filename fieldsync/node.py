@@ -206,6 +206,8 @@ class Node:
         self._ingest_send, self._ingest_recv = trio.open_memory_channel[_Item](settings.ingest_queue)
         self.listeners: list[trio.SocketListener] = []
         self.fenced = trio.Event()
+        #: Set when ``run`` has returned (after a planned stop: once every session said BYE).
+        self.stopped = trio.Event()
         self._stop = trio.Event()
         self._counts = dict.fromkeys(
             (
@@ -284,6 +286,7 @@ class Node:
                 await self._write_status(final=True)
                 await self._db(self.store.close)
                 await self._cfg(self.config_store.close)
+            self.stopped.set()
 
     def stop(self) -> None:
         """Stop on purpose (docs/protocol.md 10): refuse new HELLOs, store and acknowledge
