@@ -25,9 +25,8 @@ import trio
 
 from benchmarks import write_json
 from emulator import Fleet, Workload
-from fieldsync import pki
-from fieldsync.site import load_site, write_pair_site
-from fieldsync.supervisor import Supervised, Supervisor, node_command
+from fieldsync.engine import Supervised, Supervisor, node_command
+from fieldsync.site import load_site, pki, write_pair_site
 from storage import ClusterStore
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio
 
 from benchmarks import write_json
-from fieldsync import pki
+from fieldsync.site import pki
 from protocol.streams import client_context, server_context
 
 FRAME = bytes(24)

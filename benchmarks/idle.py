@@ -24,7 +24,7 @@ import trio
 from benchmarks import cpu_seconds, node_process, write_json
 from benchmarks.replay import VIP
 from emulator import Fleet, LinkMode, PanelSettings
-from fieldsync import pki
+from fieldsync.site import pki
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:

@@ -29,7 +29,7 @@ import protocol as p
 from benchmarks import cpu_seconds, node_process, write_json
 from benchmarks.storage import _fresh_schema
 from emulator import Fleet, LinkMode, PanelSettings
-from fieldsync import pki
+from fieldsync.site import pki
 from storage import EventStore
 
 VIP = "127.0.0.100"

@@ -1,7 +1,7 @@
 """Backlog replay over a serial line (a real pseudo-terminal pair), unthrottled and at a baud rate.
 
 The node runs as its own process (``fieldsync serve --serial``) on one end of a
-virtual line (``fieldsync.serial_line``); one panel with a backlog runs in this
+virtual line (``fieldsync.harness.VirtualLine``); one panel with a backlog runs in this
 process on the other end. The clock starts when the panel opens its end and
 stops when its buffer is empty (every event committed and acknowledged).
 
@@ -26,8 +26,8 @@ import trio
 import protocol as p
 from benchmarks import node_process, write_json
 from emulator import Fleet, LinkMode, PanelSettings
-from fieldsync import pki
-from fieldsync.serial_line import VirtualLine
+from fieldsync.harness import VirtualLine
+from fieldsync.site import pki
 from protocol.streams import SerialLine, records_per_batch
 from storage import EventStore
 

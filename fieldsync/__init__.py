@@ -1,3 +1,18 @@
-"""fieldsync: sync-engine node, cluster, fault injection, scenarios and CLI."""
+"""fieldsync: the server side of the access-control loop, and the harness that tests it.
+
+The package is cut into subpackages, each with its own small public API:
+
+- ``fieldsync.engine``: the product. A node (sessions, group-commit ingest, config push,
+  listener and dialer), the cluster (lease, heartbeats, failover, STONITH), the supervisor.
+- ``fieldsync.site``: site files (TOML) and the site's PKI.
+- ``fieldsync.harness``: what tests the product: fault proxies and toxics with their HTTP
+  API, scenario files, the runner, the promise checker, reports, random schedules, the
+  virtual clock, the virtual serial line. The engine never imports it.
+- ``fieldsync.demo``: ``fieldsync demo``.
+- ``fieldsync.cli``: the ``fieldsync`` command.
+- ``fieldsync.conformance``: the spec's conformance battery; it imports none of the above.
+
+Importing ``fieldsync`` imports none of them: a process takes only what it uses.
+"""
 
 __all__: list[str] = []

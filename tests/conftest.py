@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def site_pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A site CA with nodes A and B and panels 1..40, made once per test run."""
-    from fieldsync import pki
+    from fieldsync.site import pki
 
     directory = tmp_path_factory.mktemp("pki")
     pki.init_ca(directory)

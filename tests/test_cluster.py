@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from emulator import Fleet
+from fieldsync.engine import Supervised, Supervisor, node_command
 from fieldsync.site import load_site, write_pair_site
-from fieldsync.supervisor import Supervised, Supervisor, node_command
 from storage import ClusterStore, EventStore
 
 from .test_e2e import check_store_matches_journals
@@ -238,6 +238,6 @@ def test_switchover_and_back_under_load(site_pki: Path, tmp_path: Path) -> None:
 
 
 def _gone(pid: int) -> bool:
-    from fieldsync.cluster import process_is_fieldsync
+    from fieldsync.engine import process_is_fieldsync
 
     return not process_is_fieldsync(pid)

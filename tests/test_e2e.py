@@ -11,8 +11,8 @@ import trio.testing
 
 import protocol as p
 from emulator import Fleet, LinkMode, Panel, PanelSettings, Workload, panel_address
-from fieldsync import pki
-from fieldsync.node import Node, NodeSettings
+from fieldsync.engine import Node, NodeSettings
+from fieldsync.site import pki
 from protocol.streams import LinkError, MessageStream, TlsFiles, client_context, dial
 from storage import ConfigStore, EventStore
 

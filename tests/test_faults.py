@@ -13,8 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from fieldsync.fault_api import serve_api
-from fieldsync.proxy import FaultError, FaultHub, Toxic
+from fieldsync.harness import FaultError, FaultHub, Toxic, serve_api
 
 HOST = "127.0.0.1"
 

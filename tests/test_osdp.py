@@ -15,8 +15,8 @@ import trio
 
 import protocol as p
 from emulator import BusSwiper, Fleet, LinkMode, Panel, PanelSettings, ReaderBus, ReaderSpec, Workload, run_workload
-from fieldsync.node import Node, NodeSettings
-from fieldsync.serial_line import VirtualLine
+from fieldsync.engine import Node, NodeSettings
+from fieldsync.harness import VirtualLine
 from protocol.streams import SerialLine
 from storage import ConfigStore, EventStore
 

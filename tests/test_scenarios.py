@@ -19,10 +19,17 @@ import pytest
 import trio
 import trio.testing
 
-from fieldsync.fuzz import random_scenario, replay_command, scenario_toml
-from fieldsync.runner import RunResult, ScenarioRun
-from fieldsync.scenario import ScenarioError, load_scenario, parse_scenario
-from fieldsync.vclock import fast_forward_clock
+from fieldsync.harness import (
+    RunResult,
+    ScenarioError,
+    ScenarioRun,
+    fast_forward_clock,
+    load_scenario,
+    parse_scenario,
+    random_scenario,
+    replay_command,
+    scenario_toml,
+)
 
 SHIPPED = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
 

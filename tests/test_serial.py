@@ -11,9 +11,9 @@ import trio.testing
 
 import protocol as p
 from emulator import Fleet, LinkMode, PanelSettings, Workload
-from fieldsync import pki
-from fieldsync.node import Node, NodeSettings
-from fieldsync.serial_line import Direction, VirtualLine
+from fieldsync.engine import Node, NodeSettings
+from fieldsync.harness import Direction, VirtualLine
+from fieldsync.site import pki
 from protocol.streams import LinkError, SerialLine, SerialStream, is_pseudo_terminal, open_serial, records_per_batch
 from storage import ConfigStore
 

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 import protocol as p
-from fieldsync.node import Node, NodeSettings
+from fieldsync.engine import Node, NodeSettings
 from protocol.streams import MessageStream, dial
 from storage import ConfigStore, EventStore
 

@@ -55,7 +55,11 @@ from protocol.streams import (
 )
 from storage import ConfigChange, ConfigStore, EventStore, IngestBatch, StaleEpoch, StoreError
 
-__all__ = ["Node", "NodeSettings", "NodeStatistics"]
+__all__ = [
+    "Node",
+    "NodeSettings",
+    "NodeStatistics",
+]
 
 log = logging.getLogger("fieldsync.node")
 T = TypeVar("T")

@@ -13,9 +13,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .scenario import GroupSpec, Scenario, SiteSpec, Step
+from ._scenario import GroupSpec, Scenario, SiteSpec, Step
 
-__all__ = ["random_scenario", "replay_command", "scenario_toml"]
+__all__ = [
+    "random_scenario",
+    "replay_command",
+    "scenario_toml",
+]
 
 _TOXICS: list[tuple[str, dict[str, tuple[float, float]]]] = [
     ("latency", {"latency": (20, 400), "jitter": (0, 100)}),

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .runner import RunResult
+    from ._runner import RunResult
 
-__all__ = ["plot_timeline"]
+__all__ = [
+    "plot_timeline",
+]
 
 
 def plot_timeline(result: RunResult, path: Path) -> Path:

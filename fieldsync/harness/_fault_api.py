@@ -34,9 +34,12 @@ import trio
 
 from protocol.streams import check_plaintext_allowed
 
-from .proxy import FaultError, FaultHub, Toxic
+from ._proxy import FaultError, FaultHub, Toxic
 
-__all__ = ["DEFAULT_API_PORT", "serve_api"]
+__all__ = [
+    "DEFAULT_API_PORT",
+    "serve_api",
+]
 
 DEFAULT_API_PORT = 8474  # Toxiproxy's
 MAX_BODY = 64 * 1024
@@ -280,4 +283,8 @@ async def serve_api(
     except OSError as exc:
         raise FaultError(f"the fault API cannot listen on {host}:{port}: {exc.strerror}", status=409) from exc
     task_status.started(listeners)
-    await trio.serve_listeners(lambda s: _serve_connection(hub, s), listeners)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _serve_connection(hub, stream)
+
+    await trio.serve_listeners(handler, listeners)

@@ -35,10 +35,11 @@ from protocol import (
 from protocol.streams import LinkError
 from storage import ConfigStore, EventStore, StoreError
 
-from . import pki as pki_mod
-from .proxy import FaultError
-from .scenario import ScenarioError
-from .site import Site, SiteError, heartbeat_port, load_site, parse_address, parse_size
+from ..harness import FaultError, ScenarioError
+from ..site import Site, SiteError, heartbeat_port, load_site, parse_address, parse_size
+from ..site import pki as pki_mod
+
+__all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,12 +86,12 @@ def main(log_level: str) -> None:
 def demo(panels: int, rate: float, port: int, keep: Path | None, protocol_only: bool) -> None:
     """The main demo: a two-node cluster, 200 panels, kill -9, failover, replay, switchover, promise report."""
     if protocol_only:
-        from ._protocol_demo import run
+        from ..demo import run_protocol_demo as run
 
         if run(click.echo) != 1000:
             raise click.ClickException("the protocol demo did not get every event acknowledged")
         return
-    from .demo import run_demo
+    from ..demo import run_demo
 
     if not run_demo(panels=panels, rate=rate, port=port, keep=keep):
         raise click.ClickException("a promise broke; see the report above")
@@ -189,7 +190,7 @@ def serve(
     serve panels on serial lines."""
     from protocol.streams import SerialLine
 
-    from .node import Node, NodeSettings
+    from ..engine import Node, NodeSettings
 
     site = _site(site_path, pki_dir=pki_dir, insecure=insecure)
     lines: list[tuple[int | None, SerialLine]] = []
@@ -290,7 +291,7 @@ def line_cmd(link_dir: Path | None, garbage_rate: float, drop_rate: float, seed:
 
     Open one end with `fieldsync serve --serial` and the other with `fieldsync emulate --serial`.
     """
-    from .serial_line import VirtualLine
+    from ..harness import VirtualLine
 
     with VirtualLine(link_dir=link_dir, seed=seed) as line:
         line.set_noise(garbage_rate=garbage_rate, drop_rate=drop_rate)
@@ -340,7 +341,7 @@ def node_cmd(
     unsafe_break: tuple[str, ...],
 ) -> None:
     """Run one node of the active/standby pair (shared store, VIP on 30002)."""
-    from .cluster import ClusterNode, ClusterSettings
+    from ..engine import ClusterNode, ClusterSettings
 
     site = load_site(site_path)
     spec = {n.name: n for n in site.nodes}.get(node_id)
@@ -456,7 +457,7 @@ def cluster_switchover(site_path: Path | None, to_node: str) -> None:
 @_friendly
 def cluster_up(site_path: Path | None, panels: int, no_restart: bool) -> None:
     """Start both nodes (restarted if they die) and optionally a fleet, for a local try-out."""
-    from .supervisor import Supervised, Supervisor, node_command
+    from ..engine import Supervised, Supervisor, node_command
 
     if site_path is None:
         raise SiteError("cluster up needs --site (the nodes share its store)")
@@ -617,7 +618,7 @@ def _with_osdp_readers(settings: list[Any], count: int) -> tuple[list[Any], list
     from emulator import ReaderBus, ReaderSpec
     from protocol.streams import SerialLine
 
-    from .serial_line import VirtualLine
+    from ..harness import VirtualLine
 
     out, buses = [], []
     base = Path(tempfile.mkdtemp(prefix="fieldsync-osdp-"))
@@ -660,8 +661,8 @@ def scenario() -> None:
 @_friendly
 def faults_cmd(api_port: int, proxies: tuple[str, ...], duration: float | None) -> None:
     """Run fault proxies with their HTTP API on loopback, in front of any node or cluster."""
-    from .fault_api import _address, serve_api
-    from .proxy import FaultHub
+    from ..harness import FaultHub
+    from ..harness._fault_api import _address, serve_api
 
     wanted = []
     for item in proxies:
@@ -689,7 +690,7 @@ def faults_cmd(api_port: int, proxies: tuple[str, ...], duration: float | None) 
 @_friendly
 def scenario_check(files: tuple[Path, ...]) -> None:
     """Check scenario files without running them (unknown keys, bad times, missing panels)."""
-    from .scenario import load_scenario
+    from ..harness import load_scenario
 
     for path in files:
         s = load_scenario(path)
@@ -717,8 +718,7 @@ def scenario_run(
     unsafe_break: tuple[str, ...],
 ) -> None:
     """Run a scenario and print the verdict; the exit code is 0 only if every promise held."""
-    from .runner import ScenarioRun, write_reports
-    from .scenario import load_scenario
+    from ..harness import ScenarioRun, load_scenario, write_reports
 
     loaded = load_scenario(file)
 
@@ -783,9 +783,7 @@ def scenario_fuzz(
     unsafe_break: tuple[str, ...],
 ) -> None:
     """Run seeded random fault schedules; print any failing seed with the command that replays it."""
-    from .fuzz import random_scenario, replay_command, scenario_toml
-    from .runner import ScenarioRun
-    from .vclock import fast_forward_clock
+    from ..harness import ScenarioRun, fast_forward_clock, random_scenario, replay_command, scenario_toml
 
     failed: list[int] = []
     for s in range(seed, seed + count):
@@ -1012,7 +1010,7 @@ def _run_trio(fn: Callable[[], Any]) -> None:
 
 def _add_conformance() -> None:
     # Imported here like every command's machinery; the battery shares no code with the rest.
-    from .conformance import command
+    from ..conformance import command
 
     main.add_command(command, "conformance")
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-__all__ = ["fast_forward_clock"]
+__all__ = [
+    "fast_forward_clock",
+]
 
 
 class _Switch(trio.abc.Instrument):

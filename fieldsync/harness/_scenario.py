@@ -16,7 +16,18 @@ from typing import Any
 
 from storage import OverflowPolicy
 
-__all__ = ["ACTIONS", "GroupSpec", "Scenario", "ScenarioError", "Step", "load_scenario", "parse_scenario", "parse_time"]
+__all__ = [
+    "ACTIONS",
+    "GroupSpec",
+    "NODES_GROUP",
+    "Scenario",
+    "ScenarioError",
+    "SiteSpec",
+    "Step",
+    "load_scenario",
+    "parse_scenario",
+    "parse_time",
+]
 
 
 class ScenarioError(Exception):
@@ -379,7 +390,7 @@ def _check_step(
     if do == "outage" and "for" not in args:
         raise fail(None, "an outage needs 'for' (how long both nodes are down)")
     if do == "toxic":
-        from .proxy import DatagramProxy, FaultError, Toxic
+        from ._proxy import DatagramProxy, FaultError, Toxic
 
         if "type" not in args:
             raise fail(None, "a toxic needs 'type'")
@@ -424,7 +435,7 @@ def _bool(loc: _Locator, table: str, tbl: dict[str, Any], key: str, default: boo
 
 
 def _size(value: Any) -> int:
-    from .site import SiteError, parse_size
+    from ..site import SiteError, parse_size
 
     try:
         return parse_size(value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -33,15 +34,21 @@ import protocol as p
 from emulator import Fleet, Panel, PanelSettings, Workload
 from storage import ClusterStore, ConfigStore, Lease
 
-from .checker import Report, check
-from .demo import issue_pair_pki, seed_config
-from .fault_api import serve_api
-from .proxy import FaultHub, Toxic
-from .scenario import NODES_GROUP, Scenario, ScenarioError, Step
-from .site import heartbeat_port, load_site, write_pair_site
-from .supervisor import Supervised, Supervisor, node_command
+from ..engine import Supervised, Supervisor, node_command
+from ..site import heartbeat_port, issue_pair_pki, load_site, seed_config, write_pair_site
+from ._checker import Report, check
+from ._fault_api import serve_api
+from ._proxy import FaultHub, Toxic
+from ._scenario import NODES_GROUP, Scenario, ScenarioError, Step
 
-__all__ = ["FaultWindow", "RunResult", "Sample", "ScenarioRun", "run_scenario"]
+__all__ = [
+    "FaultWindow",
+    "RunResult",
+    "Sample",
+    "ScenarioRun",
+    "run_scenario",
+    "write_reports",
+]
 
 VIP = "127.0.0.100"
 
@@ -538,7 +545,7 @@ class ScenarioRun:
         for _ in range(count):
             self._next_card += 1
             op = p.PutCardholder(cardholder=p.Cardholder(card=self._next_card, levels=(1,)))
-            await self._config(lambda op=op: self.config.change([op]))
+            await self._config(functools.partial(self.config.change, [op]))
             await trio.sleep(every)
 
     async def _burst(self, panel: Panel, count: int, spread: float) -> None:
@@ -709,7 +716,7 @@ class InProcessCluster:
     kind = "in-process"
 
     def __init__(self, run: ScenarioRun, site_path: Path) -> None:
-        from .node import NodeSettings
+        from ..engine import NodeSettings
 
         site = load_site(site_path)
         self.run = run
@@ -739,7 +746,7 @@ class InProcessCluster:
         await self.ensure_running("A")
 
     async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .node import Node
+        from ..engine import Node
 
         node = Node(self.settings)
         with trio.CancelScope() as scope:
@@ -823,7 +830,7 @@ def run_scenario(scenario: Scenario, **kwargs: Any) -> RunResult:
 
 def write_reports(result: RunResult, *, json_path: Path | None = None, png_path: Path | None = None) -> list[Path]:
     """The JSON report and the PNG timeline (in the run's workdir unless paths are given)."""
-    from .report import plot_timeline
+    from ._report import plot_timeline
 
     json_path = json_path or result.workdir / "report.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)

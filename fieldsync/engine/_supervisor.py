@@ -14,7 +14,11 @@ from collections.abc import Sequence
 
 import trio
 
-__all__ = ["Supervised", "Supervisor"]
+__all__ = [
+    "Supervised",
+    "Supervisor",
+    "node_command",
+]
 
 log = logging.getLogger("fieldsync.supervisor")
 

@@ -26,7 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Direction", "LineCounters", "VirtualLine"]
+__all__ = [
+    "Direction",
+    "LineCounters",
+    "VirtualLine",
+]
 
 _CHUNK = 64 * 1024
 

@@ -38,9 +38,15 @@ import trio
 from protocol.streams import LinkError, TlsFiles
 from storage import ClusterStore, Lease, NodeBeat, StoreLocked
 
-from .node import Node, NodeSettings
+from ._node import Node, NodeSettings
 
-__all__ = ["ClusterNode", "ClusterSettings", "Role", "process_is_fieldsync", "stonith"]
+__all__ = [
+    "ClusterNode",
+    "ClusterSettings",
+    "Role",
+    "process_is_fieldsync",
+    "stonith",
+]
 
 log = logging.getLogger("fieldsync.cluster")
 T = TypeVar("T")

@@ -18,7 +18,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol.streams import TlsFiles
 
-__all__ = ["PkiError", "identity", "init_ca", "issue", "tls_files"]
+__all__ = [
+    "PkiError",
+    "identity",
+    "init_ca",
+    "issue",
+    "tls_files",
+]
 
 _CA_CERT = "ca.pem"
 _CA_KEY = "ca.key"

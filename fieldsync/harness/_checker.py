@@ -18,7 +18,11 @@ from emulator import Panel
 from protocol import EventKind
 from storage import ConfigStore, EventStore
 
-__all__ = ["PanelVerdict", "Report", "check"]
+__all__ = [
+    "PanelVerdict",
+    "Report",
+    "check",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,13 +12,26 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import protocol as p
 from emulator import LinkMode, PanelSettings, panel_address
 from protocol.streams import SerialLine, TlsFiles, check_plaintext_allowed, check_plaintext_serial
-from storage import OverflowPolicy
+from storage import ConfigStore, OverflowPolicy
 
 from . import pki
 
-__all__ = ["FleetSpec", "NodeSpec", "Site", "SiteError", "load_site", "parse_address", "parse_size", "write_pair_site"]
+__all__ = [
+    "FleetSpec",
+    "NodeSpec",
+    "Site",
+    "SiteError",
+    "heartbeat_port",
+    "issue_pair_pki",
+    "load_site",
+    "parse_address",
+    "parse_size",
+    "seed_config",
+    "write_pair_site",
+]
 
 
 class SiteError(Exception):
@@ -306,3 +319,27 @@ batch = {batch}
 """
     )
     return path
+
+
+def issue_pair_pki(site: Site, name: str) -> None:
+    """A site CA and certificates for nodes A and B and every panel of the site."""
+    pki.init_ca(site.pki, site=name)
+    for node in ("A", "B"):
+        pki.issue(site.pki, "node", node)
+    for pid in site.panel_ids():
+        pki.issue(site.pki, "panel", pid)
+
+
+def seed_config(db: Path, *, doors: int, cardholders: int) -> ConfigStore:
+    """The starting configuration: an always-open schedule, a level to every door, cardholders."""
+    config = ConfigStore(db)
+    config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
+    config.change(
+        [
+            p.PutAccessLevel(
+                level=p.AccessLevel(id=1, entries=tuple(p.LevelEntry(door=d, schedule=1) for d in range(doors)))
+            )
+        ]
+    )
+    config.change([p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(cardholders)])
+    return config

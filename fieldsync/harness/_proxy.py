@@ -33,7 +33,14 @@ from typing import Any, Literal
 
 import trio
 
-__all__ = ["TOXIC_TYPES", "DatagramProxy", "FaultError", "FaultHub", "Proxy", "Toxic"]
+__all__ = [
+    "DatagramProxy",
+    "FaultError",
+    "FaultHub",
+    "Proxy",
+    "TOXIC_TYPES",
+    "Toxic",
+]
 
 Stream = Literal["upstream", "downstream"]
 STREAMS: tuple[Stream, ...] = ("upstream", "downstream")

@@ -26,14 +26,15 @@ from rich.table import Table
 
 import protocol as p
 from emulator import Fleet, Workload
-from storage import ClusterStore, ConfigStore, Lease
+from storage import ClusterStore, Lease
 
-from . import pki
-from .checker import Report, check
-from .site import Site, load_site, write_pair_site
-from .supervisor import Supervised, Supervisor, node_command
+from ..engine import Supervised, Supervisor, node_command
+from ..harness import Report, check
+from ..site import issue_pair_pki, load_site, seed_config, write_pair_site
 
-__all__ = ["run_demo"]
+__all__ = [
+    "run_demo",
+]
 
 
 @dataclasses.dataclass
@@ -48,30 +49,6 @@ def _lease(db: Path) -> Lease:
         return store.lease()
     finally:
         store.close()
-
-
-def issue_pair_pki(site: Site, name: str) -> None:
-    """A site CA and certificates for nodes A and B and every panel of the site."""
-    pki.init_ca(site.pki, site=name)
-    for node in ("A", "B"):
-        pki.issue(site.pki, "node", node)
-    for pid in site.panel_ids():
-        pki.issue(site.pki, "panel", pid)
-
-
-def seed_config(db: Path, *, doors: int, cardholders: int) -> ConfigStore:
-    """The starting configuration: an always-open schedule, a level to every door, cardholders."""
-    config = ConfigStore(db)
-    config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
-    config.change(
-        [
-            p.PutAccessLevel(
-                level=p.AccessLevel(id=1, entries=tuple(p.LevelEntry(door=d, schedule=1) for d in range(doors)))
-            )
-        ]
-    )
-    config.change([p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(cardholders)])
-    return config
 
 
 def _table(state: _State, fleet: Fleet, started: float) -> Table:

@@ -1,0 +1,5 @@
+"""`python -m fieldsync.cli`: the same as the `fieldsync` command."""
+
+from ._main import main
+
+main()

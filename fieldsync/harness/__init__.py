@@ -1,0 +1,78 @@
+"""The test harness around the product: fault proxies and their toxics and HTTP API, scenario files, the
+runner and its cluster backends, the promise checker, reports, random schedules, the virtual clock, the
+virtual serial line.
+"""
+
+from ._checker import PanelVerdict as PanelVerdict
+from ._checker import Report as Report
+from ._checker import check as check
+from ._fault_api import DEFAULT_API_PORT as DEFAULT_API_PORT
+from ._fault_api import serve_api as serve_api
+from ._fuzz import random_scenario as random_scenario
+from ._fuzz import replay_command as replay_command
+from ._fuzz import scenario_toml as scenario_toml
+from ._proxy import TOXIC_TYPES as TOXIC_TYPES
+from ._proxy import DatagramProxy as DatagramProxy
+from ._proxy import FaultError as FaultError
+from ._proxy import FaultHub as FaultHub
+from ._proxy import Proxy as Proxy
+from ._proxy import Toxic as Toxic
+from ._report import plot_timeline as plot_timeline
+from ._runner import FaultWindow as FaultWindow
+from ._runner import RunResult as RunResult
+from ._runner import Sample as Sample
+from ._runner import ScenarioRun as ScenarioRun
+from ._runner import run_scenario as run_scenario
+from ._runner import write_reports as write_reports
+from ._scenario import ACTIONS as ACTIONS
+from ._scenario import NODES_GROUP as NODES_GROUP
+from ._scenario import GroupSpec as GroupSpec
+from ._scenario import Scenario as Scenario
+from ._scenario import ScenarioError as ScenarioError
+from ._scenario import SiteSpec as SiteSpec
+from ._scenario import Step as Step
+from ._scenario import load_scenario as load_scenario
+from ._scenario import parse_scenario as parse_scenario
+from ._scenario import parse_time as parse_time
+from ._serial_line import Direction as Direction
+from ._serial_line import LineCounters as LineCounters
+from ._serial_line import VirtualLine as VirtualLine
+from ._vclock import fast_forward_clock as fast_forward_clock
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_API_PORT",
+    "DatagramProxy",
+    "Direction",
+    "FaultError",
+    "FaultHub",
+    "FaultWindow",
+    "GroupSpec",
+    "LineCounters",
+    "NODES_GROUP",
+    "PanelVerdict",
+    "Proxy",
+    "Report",
+    "RunResult",
+    "Sample",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioRun",
+    "SiteSpec",
+    "Step",
+    "TOXIC_TYPES",
+    "Toxic",
+    "VirtualLine",
+    "check",
+    "fast_forward_clock",
+    "load_scenario",
+    "parse_scenario",
+    "parse_time",
+    "plot_timeline",
+    "random_scenario",
+    "replay_command",
+    "run_scenario",
+    "scenario_toml",
+    "serve_api",
+    "write_reports",
+]
