@@ -7,6 +7,17 @@ from ._cluster import ClusterSettings as ClusterSettings
 from ._cluster import Role as Role
 from ._cluster import process_is_fieldsync as process_is_fieldsync
 from ._cluster import stonith as stonith
+from ._failover import FailoverRules as FailoverRules
+from ._failover import HolderProcess as HolderProcess
+from ._failover import ReadStoreBeat as ReadStoreBeat
+from ._failover import RequestFailback as RequestFailback
+from ._failover import StandbyDecision as StandbyDecision
+from ._failover import StandbyView as StandbyView
+from ._failover import Stonith as Stonith
+from ._failover import Take as Take
+from ._failover import Wait as Wait
+from ._failover import beats_allowed as beats_allowed
+from ._failover import decide_standby as decide_standby
 from ._node import Node as Node
 from ._node import NodeSettings as NodeSettings
 from ._node import NodeStatistics as NodeStatistics
@@ -17,12 +28,23 @@ from ._supervisor import node_command as node_command
 __all__ = [
     "ClusterNode",
     "ClusterSettings",
+    "FailoverRules",
+    "HolderProcess",
     "Node",
     "NodeSettings",
     "NodeStatistics",
+    "ReadStoreBeat",
+    "RequestFailback",
     "Role",
+    "StandbyDecision",
+    "StandbyView",
+    "Stonith",
     "Supervised",
     "Supervisor",
+    "Take",
+    "Wait",
+    "beats_allowed",
+    "decide_standby",
     "node_command",
     "process_is_fieldsync",
     "stonith",

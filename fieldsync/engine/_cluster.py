@@ -38,6 +38,18 @@ import trio
 from protocol.streams import LinkError, TlsFiles
 from storage import ClusterStore, Lease, NodeBeat, StoreLocked
 
+from ._failover import (
+    FailoverRules,
+    HolderProcess,
+    ReadStoreBeat,
+    RequestFailback,
+    StandbyView,
+    Stonith,
+    Take,
+    Wait,
+    beats_allowed,
+    decide_standby,
+)
 from ._node import Node, NodeSettings
 
 __all__ = [
@@ -163,7 +175,7 @@ class _Heart(threading.Thread):
         lease_us = int(s.lease * 1e6)
         try:
             while True:
-                if time.monotonic() - self.loop_tick > s.loop_stall:
+                if not beats_allowed(time.monotonic(), self.loop_tick, s.loop_stall):
                     # The event loop is wedged: let the peer see us as dead.
                     if self.stop.wait(s.beat_interval):
                         return
@@ -207,7 +219,7 @@ class _Ears(threading.Thread):
     def _send(self) -> None:
         owner = self.owner
         s = owner.settings
-        if time.monotonic() - owner.heart.loop_tick > s.loop_stall:
+        if not beats_allowed(time.monotonic(), owner.heart.loop_tick, s.loop_stall):
             return  # this node's event loop is wedged: let the peer see it as dead
         payload = json.dumps(
             {"node": owner.node_id, "pid": os.getpid(), "role": owner.role.value, "epoch": owner.epoch}
@@ -316,55 +328,93 @@ class ClusterNode:
     # -- standby ---------------------------------------------------------------------
 
     async def _wait_for_lease(self) -> int:
+        """Stand by until this node holds the lease; return its new epoch.
+
+        Each round gathers what ``decide_standby`` needs and carries out its answer.
+        """
         s = self.settings
         assert self.cluster is not None
+        rules = FailoverRules(
+            node_id=self.node_id,
+            stonith=s.stonith,
+            failback=s.failback,
+            beat_interval=s.beat_interval,
+            dead_after=s.dead_after,
+            failback_after=s.failback_after,
+        )
         lease_us = int(s.lease * 1e6)
         while True:
             lease = await self._db(self.cluster.lease)
-            now = self._now_us()
+            view = StandbyView(
+                now_us=self._now_us(),
+                lease=lease,
+                holder_process=self._holder_process(lease),
+                udp_quiet=self._udp_quiet(lease),
+                standby_for=time.monotonic() - self._standby_since,
+            )
+            decision = decide_standby(view, rules)
+            if isinstance(decision, ReadStoreBeat):
+                row = (await self._db(self.cluster.nodes)).get(lease.holder or "")
+                age = None if row is None else (view.now_us - row.heartbeat_us) / 1e6
+                view = dataclasses.replace(view, store_read=True, store_beat_age=age)
+                decision = decide_standby(view, rules)
+            if isinstance(decision, Stonith):
+                log.warning(
+                    "node %s: STONITH of %s (pid %d), silent since its last beat",
+                    self.node_id,
+                    lease.holder,
+                    decision.pid,
+                )
+                if await trio.to_thread.run_sync(stonith, decision.pid):
+                    self.stonith_kills += 1
+                view = dataclasses.replace(view, holder_process=self._holder_process(lease))
+                decision = decide_standby(view, rules)
             look_again_in = s.beat_interval
-            free = lease.holder in (None, self.node_id) or not lease.held_at(now)
-            force = False
-            if lease.switchover_to == self.node_id:
-                take = free  # the holder hands over by releasing
-            elif free:
-                take = lease.switchover_to is None
-            elif self._holder_gone(lease):
-                log.warning("node %s: %s (pid %s) has exited", self.node_id, lease.holder, lease.holder_pid)
-                take = force = True
-            else:
-                silence = await self._silence(lease, now)
-                take = force = await self._holder_dead(lease, silence)
-                if s.beat_interval < silence <= s.dead_after:  # a beat is missing: look again when due
-                    look_again_in = min(s.beat_interval, s.dead_after - silence + 0.002)
-                settled = time.monotonic() - self._standby_since >= s.failback_after
-                if not take and s.failback and lease.switchover_to is None and settled:
+            match decision:
+                case Take(force=force):
+                    if force and view.holder_process is HolderProcess.GONE:
+                        log.warning("node %s: %s (pid %s) has exited", self.node_id, lease.holder, lease.holder_pid)
+                    try:
+                        epoch = await self._db(
+                            self.cluster.acquire,
+                            self.node_id,
+                            pid=os.getpid(),
+                            address=s.address,
+                            now_us=self._now_us(),
+                            lease_us=lease_us,
+                            force=force,
+                        )
+                    except StoreLocked as exc:
+                        self._note_locked(exc)
+                        epoch = None
+                    if epoch is not None:
+                        self._unwatch()
+                        return epoch
+                case RequestFailback(look_again_in=look_again_in):
                     # Back and in sync (shared store: always) for long enough: ask for the VIP back.
                     log.warning("node %s asks for failback", self.node_id)
                     await self._db(self.cluster.request_switchover, self.node_id)
-            if take:
-                try:
-                    epoch = await self._db(
-                        self.cluster.acquire,
-                        self.node_id,
-                        pid=os.getpid(),
-                        address=s.address,
-                        now_us=self._now_us(),
-                        lease_us=lease_us,
-                        force=force,
-                    )
-                except StoreLocked as exc:
-                    self._note_locked(exc)
-                    epoch = None
-                if epoch is not None:
-                    self._unwatch()
-                    return epoch
+                case Wait(look_again_in=look_again_in):
+                    pass
+                case Stonith():  # still running after SIGKILL and its wait: look again
+                    pass
             await self._nap(look_again_in, lease)
 
-    def _holder_gone(self, lease: Lease) -> bool:
-        """With STONITH (pids are this machine's): has the holder's process exited?"""
+    def _holder_process(self, lease: Lease) -> HolderProcess:
+        """With STONITH (pids are this machine's): is the holder's process running?"""
         pid = lease.holder_pid
-        return self.settings.stonith and pid is not None and pid != os.getpid() and not process_is_fieldsync(pid)
+        if not self.settings.stonith or pid is None:
+            return HolderProcess.UNKNOWN
+        if pid == os.getpid() or process_is_fieldsync(pid):
+            return HolderProcess.ALIVE
+        return HolderProcess.GONE
+
+    def _udp_quiet(self, lease: Lease) -> float:
+        """Seconds since the holder's last UDP beat (since we started listening if never heard)."""
+        if lease.holder is None:
+            return 0.0
+        quiet = self.ears.silent_for(lease.holder)
+        return time.monotonic() - self._started if quiet is None else quiet
 
     async def _nap(self, seconds: float, lease: Lease) -> None:
         """Sleep until the next look, or until the holder's process exits if that comes first."""
@@ -385,35 +435,6 @@ class ClusterNode:
         if watched is not None and watched[1] is not None:
             trio.lowlevel.notify_closing(watched[1])
             os.close(watched[1])
-
-    async def _silence(self, lease: Lease, now: int) -> float:
-        """Seconds since the holder last showed life on either ring.
-
-        Two rings, like a cluster's network and disk heartbeats: the holder is silent
-        only if its heartbeat row in the shared store has gone stale too. A lost
-        heartbeat link alone (a partition between the nodes) must not shoot a live,
-        writing node, nor start a STONITH duel with the supervisor's restarts. The
-        store is read only once the UDP beats have been quiet for ``dead_after``.
-        """
-        assert self.cluster is not None and lease.holder is not None
-        quiet = self.ears.silent_for(lease.holder)
-        if quiet is None:  # not heard since we started: judge by how long we have been listening
-            quiet = time.monotonic() - self._started
-        if quiet <= self.settings.dead_after:
-            return quiet
-        beat = (await self._db(self.cluster.nodes)).get(lease.holder)
-        return quiet if beat is None else min(quiet, (now - beat.heartbeat_us) / 1e6)
-
-    async def _holder_dead(self, lease: Lease, silence: float) -> bool:
-        """Has the holder been silent for ``dead_after``, and (with STONITH) is it now certainly dead?"""
-        if silence <= self.settings.dead_after or not self.settings.stonith:
-            return False  # without STONITH only lease expiry frees it
-        pid = lease.holder_pid
-        if pid is not None and process_is_fieldsync(pid):
-            log.warning("node %s: STONITH of %s (pid %d), silent since its last beat", self.node_id, lease.holder, pid)
-            if await trio.to_thread.run_sync(stonith, pid):
-                self.stonith_kills += 1
-        return not (pid is not None and process_is_fieldsync(pid))
 
     # -- active ------------------------------------------------------------------------
 

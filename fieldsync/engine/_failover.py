@@ -1,0 +1,141 @@
+"""The standby's failover decision and the heart's stall rule, as pure functions.
+
+The trade-off first: a standby that takes over too eagerly shoots a live active (two
+writers, a STONITH duel with the supervisor); one too cautious leaves the site without
+a server. Everything the decision rests on is an observation passed in, with ``now``;
+the threads and the trio loop around it (``_cluster.py``) only gather observations and
+carry out what this returns, so every case is unit-tested at exact times
+(``tests/test_failover_decision.py``), like the protocol's transition table.
+
+Two rings, like a cluster's network and disk heartbeats: the holder is silent only if
+its UDP beats AND its heartbeat row in the shared store have both been quiet for
+``dead_after``. A lost heartbeat link alone (a partition between the nodes) must not
+shoot a live, writing node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import TypeAlias
+
+from storage import Lease
+
+__all__ = [
+    "FailoverRules",
+    "HolderProcess",
+    "ReadStoreBeat",
+    "RequestFailback",
+    "StandbyDecision",
+    "StandbyView",
+    "Stonith",
+    "Take",
+    "Wait",
+    "beats_allowed",
+    "decide_standby",
+]
+
+#: How far past the holder's ``dead_after`` the standby looks again (a beat due at the limit).
+_LOOK_MARGIN = 0.002
+
+
+class HolderProcess(enum.Enum):
+    """What this machine says of the lease holder's pid (only meaningful with STONITH)."""
+
+    ALIVE = "alive"  # a running fieldsync process
+    GONE = "gone"  # exited (or a zombie): dead for sure, no need to wait for silence
+    UNKNOWN = "unknown"  # no pid in the lease, or STONITH is off (pids are not ours to judge)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverRules:
+    node_id: str
+    stonith: bool
+    failback: bool
+    beat_interval: float
+    dead_after: float
+    failback_after: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StandbyView:
+    """What a standby has observed, at ``now_us`` (the store's clock) and monotonic seconds."""
+
+    now_us: int
+    lease: Lease
+    holder_process: HolderProcess
+    #: Seconds since the holder's last UDP beat (or since this node started listening).
+    udp_quiet: float
+    #: Seconds since the holder's heartbeat row in the store; None: no row. Only read,
+    #: and so only given, once the UDP ring has been quiet for ``dead_after``.
+    store_beat_age: float | None = None
+    store_read: bool = False
+    #: Seconds this node has been a healthy standby (failback waits for ``failback_after``).
+    standby_for: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Wait:
+    look_again_in: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ReadStoreBeat:
+    """The UDP ring is quiet: read the holder's heartbeat row, then decide again."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Stonith:
+    """Silent on both rings yet running: kill ``pid``, then decide again."""
+
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Take:
+    """Acquire the lease under a new epoch; ``force`` over a holder judged dead."""
+
+    force: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFailback:
+    """This node is back and settled: ask the holder to hand the VIP over."""
+
+    look_again_in: float
+
+
+StandbyDecision: TypeAlias = Wait | ReadStoreBeat | Stonith | Take | RequestFailback
+
+
+def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
+    """What a standby does next, from what it observed."""
+    lease, beat = view.lease, rules.beat_interval
+    free = lease.holder in (None, rules.node_id) or not lease.held_at(view.now_us)
+    if lease.switchover_to == rules.node_id:
+        return Take(force=False) if free else Wait(look_again_in=beat)  # the holder hands over by releasing
+    if free:
+        return Take(force=False) if lease.switchover_to is None else Wait(look_again_in=beat)
+    if rules.stonith and view.holder_process is HolderProcess.GONE:
+        return Take(force=True)
+    silence = view.udp_quiet
+    if silence > rules.dead_after:
+        if not view.store_read:
+            return ReadStoreBeat()
+        if view.store_beat_age is not None:
+            silence = min(silence, view.store_beat_age)
+    if silence > rules.dead_after and rules.stonith:  # without STONITH only lease expiry frees it
+        if view.holder_process is HolderProcess.ALIVE and lease.holder_pid is not None:
+            return Stonith(pid=lease.holder_pid)
+        return Take(force=True)
+    look_again_in = beat
+    if beat < silence <= rules.dead_after:  # a beat is missing: look again exactly when it is due
+        look_again_in = min(beat, rules.dead_after - silence + _LOOK_MARGIN)
+    if rules.failback and lease.switchover_to is None and view.standby_for >= rules.failback_after:
+        return RequestFailback(look_again_in=look_again_in)
+    return Wait(look_again_in=look_again_in)
+
+
+def beats_allowed(now: float, loop_tick: float, loop_stall: float) -> bool:
+    """A node whose own event loop has not run for ``loop_stall`` must look dead: no beats."""
+    return now - loop_tick <= loop_stall

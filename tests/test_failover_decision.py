@@ -1,0 +1,145 @@
+"""The standby's failover decision at exact times, every case: no thread, no process, no sleep.
+
+``decide_standby`` is a pure function of what a standby observed (the lease row, the
+holder's beats on both rings, the holder's process state, a switchover request, how
+long this node has stood by) and ``now``; ``ClusterNode`` only gathers and acts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fieldsync.engine import (
+    FailoverRules,
+    HolderProcess,
+    ReadStoreBeat,
+    RequestFailback,
+    StandbyView,
+    Stonith,
+    Take,
+    Wait,
+    beats_allowed,
+    decide_standby,
+)
+from storage import Lease
+
+NOW = 1_000_000_000  # us
+RULES = FailoverRules(node_id="B", stonith=True, failback=False, beat_interval=0.1, dead_after=0.3, failback_after=3.0)
+
+
+def lease(
+    holder: str | None = "A", *, until_us: int = NOW + 500_000, pid: int | None = 4242, to: str | None = None
+) -> Lease:
+    return Lease(
+        epoch=7, holder=holder, holder_pid=pid, holder_address="127.0.0.11", lease_until_us=until_us, switchover_to=to
+    )
+
+
+def view(**kw: object) -> StandbyView:
+    fields: dict[str, object] = {
+        "now_us": NOW,
+        "lease": lease(),
+        "holder_process": HolderProcess.ALIVE,
+        "udp_quiet": 0.05,
+        **kw,
+    }
+    return StandbyView(**fields)  # type: ignore[arg-type]
+
+
+def test_a_free_lease_is_taken_without_force() -> None:
+    assert decide_standby(view(lease=lease(None)), RULES) == Take(force=False)
+    assert decide_standby(view(lease=lease(until_us=NOW)), RULES) == Take(force=False)  # expired at exactly now
+    assert decide_standby(view(lease=lease("B")), RULES) == Take(force=False)  # our own old lease
+
+
+def test_a_lease_held_one_microsecond_more_is_not_free() -> None:
+    assert decide_standby(view(lease=lease(until_us=NOW + 1)), RULES) == Wait(look_again_in=0.1)
+
+
+def test_a_switchover_to_this_node_waits_for_the_holder_to_release() -> None:
+    assert decide_standby(view(lease=lease(to="B")), RULES) == Wait(look_again_in=0.1)
+    assert decide_standby(view(lease=lease(until_us=NOW, to="B")), RULES) == Take(force=False)
+
+
+def test_a_free_lease_promised_to_the_other_node_is_left_to_it() -> None:
+    assert decide_standby(view(lease=lease(until_us=NOW, to="C")), RULES) == Wait(look_again_in=0.1)
+
+
+def test_a_holder_whose_process_exited_is_dead_at_once() -> None:
+    assert decide_standby(view(holder_process=HolderProcess.GONE, udp_quiet=0.0), RULES) == Take(force=True)
+
+
+def test_without_stonith_an_exited_pid_means_nothing_and_only_expiry_frees_the_lease() -> None:
+    rules = dataclasses.replace(RULES, stonith=False)
+    gone = view(holder_process=HolderProcess.GONE, udp_quiet=9.0, store_read=True, store_beat_age=9.0)
+    assert decide_standby(gone, rules) == Wait(look_again_in=0.1)
+    assert decide_standby(dataclasses.replace(gone, lease=lease(until_us=NOW)), rules) == Take(force=False)
+
+
+@pytest.mark.parametrize(
+    ("quiet", "look"),
+    [(0.05, 0.1), (0.1, 0.1), (0.25, 0.052), (0.3, 0.002)],
+    ids=["fresh", "one beat", "a beat missing", "at the limit"],
+)
+def test_a_quiet_holder_is_looked_at_again_exactly_when_its_silence_reaches_dead_after(
+    quiet: float, look: float
+) -> None:
+    decision = decide_standby(view(udp_quiet=quiet), RULES)
+    assert isinstance(decision, Wait)
+    assert decision.look_again_in == pytest.approx(look)
+
+
+def test_a_quiet_udp_ring_asks_for_the_store_ring_before_anything_else() -> None:
+    assert decide_standby(view(udp_quiet=0.31), RULES) == ReadStoreBeat()
+
+
+def test_a_partition_of_the_heartbeat_link_alone_shoots_nobody() -> None:
+    # UDP quiet for 5 s, but the holder wrote its heartbeat row 50 ms ago: alive.
+    partitioned = view(udp_quiet=5.0, store_read=True, store_beat_age=0.05)
+    assert decide_standby(partitioned, RULES) == Wait(look_again_in=0.1)
+
+
+def test_silent_on_both_rings_and_running_is_shot_then_taken_over() -> None:
+    silent = view(udp_quiet=0.5, store_read=True, store_beat_age=0.4)
+    assert decide_standby(silent, RULES) == Stonith(pid=4242)
+    assert decide_standby(dataclasses.replace(silent, holder_process=HolderProcess.GONE), RULES) == Take(force=True)
+
+
+def test_silent_with_no_store_row_counts_the_udp_silence() -> None:
+    assert decide_standby(view(udp_quiet=0.5, store_read=True, store_beat_age=None), RULES) == Stonith(pid=4242)
+
+
+def test_silent_with_no_pid_in_the_lease_is_taken_over_with_stonith() -> None:
+    silent = view(lease=lease(pid=None), holder_process=HolderProcess.UNKNOWN, udp_quiet=0.5, store_read=True)
+    assert decide_standby(silent, RULES) == Take(force=True)
+
+
+def test_silence_of_exactly_dead_after_is_not_death() -> None:
+    at_limit = view(udp_quiet=0.3, store_read=True, store_beat_age=0.3)
+    assert isinstance(decide_standby(at_limit, RULES), Wait)
+
+
+def test_without_stonith_a_silent_holder_waits_for_its_lease_to_expire() -> None:
+    rules = dataclasses.replace(RULES, stonith=False)
+    silent = view(holder_process=HolderProcess.UNKNOWN, udp_quiet=2.0, store_read=True, store_beat_age=2.0)
+    assert decide_standby(silent, rules) == Wait(look_again_in=0.1)
+
+
+def test_failback_is_asked_for_only_by_a_settled_standby_while_the_holder_lives() -> None:
+    rules = dataclasses.replace(RULES, failback=True)
+    assert decide_standby(view(standby_for=2.999), rules) == Wait(look_again_in=0.1)
+    assert decide_standby(view(standby_for=3.0), rules) == RequestFailback(look_again_in=0.1)
+    # Already asked (a switchover is pending): not again.
+    assert decide_standby(view(standby_for=9.0, lease=lease(to="B")), rules) == Wait(look_again_in=0.1)
+    # A dying holder is taken over, not asked.
+    dying = view(standby_for=9.0, udp_quiet=0.5, store_read=True, store_beat_age=0.5)
+    assert decide_standby(dying, rules) == Stonith(pid=4242)
+    # Without --failback never.
+    assert decide_standby(view(standby_for=9.0), RULES) == Wait(look_again_in=0.1)
+
+
+def test_the_loop_stall_rule() -> None:
+    assert beats_allowed(now=105.0, loop_tick=100.0, loop_stall=5.0)
+    assert not beats_allowed(now=105.001, loop_tick=100.0, loop_stall=5.0)
