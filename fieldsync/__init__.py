@@ -4,7 +4,7 @@ The package is cut into subpackages, each with its own small public API:
 
 - ``fieldsync.engine``: the product. A node (sessions, group-commit ingest, config push,
   listener and dialer), the cluster (lease, heartbeats, failover, STONITH), the supervisor.
-- ``fieldsync.site``: site files (TOML) and the site's PKI.
+- ``fieldsync.site``: site files (TOML), what they mean for the engine, the site's PKI.
 - ``fieldsync.harness``: what tests the product: fault proxies and toxics with their HTTP
   API, scenario files, the runner, the promise checker, reports, random schedules, the
   virtual clock, the virtual serial line. The engine never imports it.

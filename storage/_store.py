@@ -187,9 +187,7 @@ class EventStore:
         row = self._conn.execute("SELECT hwm FROM panels WHERE panel_id = ?", (panel_id,)).fetchone()
         return int(row[0]) if row else 0
 
-    def ingest(
-        self, batches: Sequence[IngestBatch], epoch: int, *, fence: bool = True, dedupe: bool = True
-    ) -> IngestResult:
+    def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
         """Store batches of many panels in one transaction; return each panel's new hwm.
 
         Per panel, records at or below the high-water mark are duplicates and are
@@ -197,11 +195,6 @@ class EventStore:
         marker that covers it), else that batch alone is refused with the seq
         the store expected. A gap marker becomes a loss record and the hwm moves
         past it. Nothing is acknowledged unless this returns.
-
-        ``fence=False`` and ``dedupe=False`` exist only for the deliberately broken
-        engine builds the checker's negative controls run (``--unsafe-break``):
-        without the fence a stale epoch writes; without dedupe records at or
-        below the hwm are stored again, as new events.
 
         Raises:
             StaleEpoch: ``epoch`` is not the store's epoch; nothing was written.
@@ -216,9 +209,7 @@ class EventStore:
         with map_sqlite_errors(self.path, "ingesting events"), self._gate.bulk():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                store_epoch = int(conn.execute("SELECT epoch FROM cluster WHERE id = 1").fetchone()[0])
-                if epoch != store_epoch and fence:
-                    raise StaleEpoch(self.path, epoch, store_epoch)
+                self._check_fence(epoch)
                 if self._hwm_epoch != epoch:
                     self._hwm.clear()
                     self._hwm_epoch = epoch
@@ -229,17 +220,6 @@ class EventStore:
                         hwm = self._hwm.get(pid)
                         if hwm is None:
                             hwm = self._load_hwm(pid)
-                    if not dedupe and batch.first_seq <= hwm and batch.records[16] not in _GAP_VALUES:
-                        # Broken on purpose: an engine without dedupe appends what it is
-                        # sent again as new events (here: numbered on from the hwm).
-                        shift = hwm + 1 - batch.first_seq
-                        renumbered = bytearray(batch.records)
-                        for at in range(0, len(renumbered), RECORD_SIZE):
-                            seq = int.from_bytes(renumbered[at : at + 8], "big") + shift
-                            renumbered[at : at + 8] = seq.to_bytes(8, "big")
-                        batch = dataclasses.replace(
-                            batch, first_seq=hwm + 1, last_seq=batch.last_seq + shift, records=bytes(renumbered)
-                        )
                     outcome = self._ingest_one(batch, hwm, epoch)
                     outcomes.append(outcome)
                     stored_total += outcome.stored
@@ -263,6 +243,12 @@ class EventStore:
             stored=stored_total,
             commit_s=time.perf_counter() - start,
         )
+
+    def _check_fence(self, epoch: int) -> None:
+        """Inside the write transaction: only the store's current epoch may write (P5)."""
+        store_epoch = int(self._conn.execute("SELECT epoch FROM cluster WHERE id = 1").fetchone()[0])
+        if epoch != store_epoch:
+            raise StaleEpoch(self.path, epoch, store_epoch)
 
     def _ingest_one(self, batch: IngestBatch, hwm: int, epoch: int) -> IngestOutcome:
         pid = batch.panel_id

@@ -203,10 +203,10 @@ def test_fifty_random_schedules_hold_every_promise() -> None:
 def test_a_failing_seed_prints_a_replay_that_breaks_the_same_promise() -> None:
     """The fuzzer against a broken engine (dedupe off): each failing seed is printed with the
     exact command, and that command, run on its own, breaks the same promise again."""
-    base = [sys.executable, "-m", "fieldsync.cli"]
-    options = ["--fast", "--panels", "4", "--duration", "8", "--port", "31640", "--unsafe-break", "no-dedupe"]
+    base = [sys.executable, "-m", "fieldsync.harness.flawed", "--flaw", "no-dedupe"]
+    options = ["--fast", "--panels", "4", "--duration", "8", "--port", "31640"]
     done = subprocess.run(
-        [*base, "scenario", "fuzz", "--count", "2", "--seed", "4", *options],
+        [*base, "fuzz", "--count", "2", "--seed", "4", *options],
         capture_output=True,
         text=True,
         timeout=120,
@@ -217,12 +217,12 @@ def test_a_failing_seed_prints_a_replay_that_breaks_the_same_promise() -> None:
     }
     replays = [line.removeprefix("replay: ") for line in done.stdout.splitlines() if line.startswith("replay: ")]
     assert verdicts["seed 4"] == "seed 4: BROKEN P2", done.stdout[-3000:]
-    assert replays[0] == replay_command(
-        4, in_process=True, panels=4, duration=8.0, port=31640, unsafe=("no-dedupe",)
-    ), replays
+    assert replays[0] == replay_command(4, in_process=True, panels=4, duration=8.0, port=31640, flaws=("no-dedupe",)), (
+        replays
+    )
     command = replays[0].split()
-    assert command[0] == "fieldsync"
-    again = subprocess.run([*base, *command[1:]], capture_output=True, text=True, timeout=120)
+    assert command[:3] == ["python", "-m", "fieldsync.harness.flawed"]
+    again = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=120)
     assert again.returncode == 1
     assert again.stdout.startswith("seed 4: BROKEN P2 ("), again.stdout[-3000:]
     assert f"replay: {replays[0]}" in again.stdout
@@ -258,7 +258,7 @@ do = "kill"
 def test_a_broken_engine_is_caught_by_the_right_promise(flaw: str, promise: str) -> None:
     scenario = parse_scenario(REPLAY_UNDER_KILLS)
     assert run_fast(scenario, 31660).ok  # the real engine holds in this very scenario
-    result = run_fast(scenario, 31670, unsafe=frozenset({flaw}))
+    result = run_fast(scenario, 31670, flaws=frozenset({flaw}))
     assert promise in broken(result), result.text()
 
 
@@ -268,7 +268,30 @@ def test_an_engine_without_epoch_fencing_is_caught_by_p5() -> None:
     old epoch. (The same scenario holds with the real engine: the process tier above.)"""
     scenario = load_scenario(Path(__file__).parent.parent / "scenarios" / "zombie-primary-no-stonith.toml")
     scenario = dataclasses.replace(scenario, site=dataclasses.replace(scenario.site, panels=12))
-    run = ScenarioRun(scenario, port=31680, unsafe=frozenset({"no-epoch-check"}))
+    run = ScenarioRun(scenario, port=31680, flaws=frozenset({"no-epoch-check"}))
     result = trio.run(run.run)
     assert "P5" in broken(result), result.text()
     assert result.report.stale_writes > 0
+
+
+def test_the_shipped_cli_and_settings_cannot_break_a_promise() -> None:
+    """The broken builds are the harness's: no option of `fieldsync`, no settings field."""
+    from click.testing import CliRunner
+
+    from fieldsync.cli import main
+    from fieldsync.engine import ClusterSettings, NodeSettings
+    from fieldsync.harness import FLAWS
+
+    def options(command: object, path: str = "") -> list[str]:
+        found = [f"{path} {o}" for p in getattr(command, "params", []) for o in getattr(p, "opts", [])]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += options(sub, f"{path} {name}")
+        return found
+
+    everything = " ".join(options(main))
+    assert "unsafe" not in everything and "flaw" not in everything, everything
+    for settings in (NodeSettings, ClusterSettings):
+        names = {f.name for f in dataclasses.fields(settings)}
+        assert not names & {"unsafe", "flaws"}, names
+    assert CliRunner().invoke(main, ["node", "--id", "A", "--unsafe-break", "no-dedupe"]).exit_code == 2
+    assert set(FLAWS.values()) == {"P1", "P2", "P5"}

@@ -36,7 +36,7 @@ from protocol.streams import LinkError
 from storage import ConfigStore, EventStore, StoreError
 
 from ..harness import FaultError, ScenarioError
-from ..site import Site, SiteError, heartbeat_port, load_site, parse_address, parse_size
+from ..site import Site, SiteError, load_site, parse_address, parse_size
 from ..site import pki as pki_mod
 
 __all__ = ["main"]
@@ -213,7 +213,7 @@ def serve(
             host, port = parse_address(addr, site.panel_port)
             dials.append((int(ident), host, port))
     elif site.path is not None:
-        dials = _site_dials(site)
+        dials = list(site.dials())
     site.check_transport(
         *([listen_addr[0]] if listen_addr else []), *(h for _, h, _ in dials), serial=tuple(ln.path for _, ln in lines)
     )
@@ -311,14 +311,6 @@ def line_cmd(link_dir: Path | None, garbage_rate: float, drop_rate: float, seed:
 
 # -- cluster -----------------------------------------------------------------------------
 
-unsafe_option = click.option(
-    "--unsafe-break",
-    multiple=True,
-    type=click.Choice(["ack-before-commit", "no-dedupe", "no-epoch-check"]),
-    hidden=True,
-    help="A deliberately broken build, for the checker's negative controls only.",
-)
-
 
 @main.command("node")
 @click.option("--id", "node_id", required=True, help="This node's name in the site file (A or B).")
@@ -329,7 +321,6 @@ unsafe_option = click.option(
 @click.option(
     "--dead-after", type=float, default=0.3, show_default=True, help="Heartbeat silence that makes a node dead."
 )
-@unsafe_option
 @_friendly
 def node_cmd(
     node_id: str,
@@ -338,38 +329,14 @@ def node_cmd(
     failback: bool,
     lease: float,
     dead_after: float,
-    unsafe_break: tuple[str, ...],
 ) -> None:
     """Run one node of the active/standby pair (shared store, VIP on 30002)."""
-    from ..engine import ClusterNode, ClusterSettings
+    from ..engine import ClusterNode
 
     site = load_site(site_path)
-    spec = {n.name: n for n in site.nodes}.get(node_id)
-    if spec is None:
-        raise SiteError(f"node {node_id!r} is not in the site (nodes: {', '.join(n.name for n in site.nodes)})")
-    dials = _site_dials(site)
-    site.check_transport(spec.address, *(h for _, h, _ in dials))
-    settings = ClusterSettings(
-        node_id=node_id,
-        address=spec.address,
-        db=site.db,
-        vip=site.vip,
-        port=site.port,
-        dial=tuple(dials),
-        tls=site.tls_for("node", node_id),
-        heartbeat_ms=site.heartbeat_ms,
-        stonith=not no_stonith,
-        failback=failback,
-        lease=lease,
-        dead_after=dead_after,
-        beat_interval=min(0.1, dead_after / 3),
-        peers=tuple((n.name, n.heartbeat_via or n.address) for n in site.nodes if n.name != node_id),
-        beat_port=heartbeat_port(site.port),
-        unsafe=frozenset(unsafe_break),
-        known_panels=frozenset(site.panel_ids()) if site.path is not None else None,
+    settings = site.cluster_settings(
+        node_id, stonith=not no_stonith, failback=failback, lease=lease, dead_after=dead_after
     )
-    if unsafe_break:
-        click.echo(f"WARNING: node {node_id} is a deliberately broken build: {', '.join(unsafe_break)}", err=True)
     node = ClusterNode(settings)
 
     async def run() -> None:
@@ -379,15 +346,6 @@ def node_cmd(
             sys.stdout.flush()
 
     _run_trio(run)
-
-
-def _site_dials(site: Site) -> list[tuple[int, str, int]]:
-    dials = []
-    for pid in site.panel_ids():
-        ps = site.panel_settings(pid)
-        if ps.mode.value == "host-initiated" and ps.listen is not None:
-            dials.append((pid, ps.listen[0], ps.listen[1]))
-    return dials
 
 
 @main.group()
@@ -705,7 +663,6 @@ def scenario_check(files: tuple[Path, ...]) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="JSON report path.")
 @click.option("--png", "png_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the PNG timeline here.")
 @click.option("--keep", type=click.Path(path_type=Path, file_okay=False), help="Work in this directory and keep it.")
-@unsafe_option
 @_friendly
 def scenario_run(
     file: Path,
@@ -715,7 +672,6 @@ def scenario_run(
     json_path: Path | None,
     png_path: Path | None,
     keep: Path | None,
-    unsafe_break: tuple[str, ...],
 ) -> None:
     """Run a scenario and print the verdict; the exit code is 0 only if every promise held."""
     from ..harness import ScenarioRun, load_scenario, write_reports
@@ -726,9 +682,7 @@ def scenario_run(
         click.echo(text)
         sys.stdout.flush()
 
-    run = ScenarioRun(
-        loaded, seed=seed, workdir=keep, port=port, api_port=api_port, say=say, unsafe=frozenset(unsafe_break)
-    )
+    run = ScenarioRun(loaded, seed=seed, workdir=keep, port=port, api_port=api_port, say=say)
 
     async def main_run() -> Any:
         async with trio.open_nursery() as nursery:
@@ -754,9 +708,7 @@ def scenario_run(
     written = write_reports(result, json_path=json_path, png_path=png_path)
     click.echo(result.text())
     click.echo(f"reports: {', '.join(map(str, written))}")
-    replay = f"fieldsync scenario run {file} --seed {result.seed}" + "".join(
-        f" --unsafe-break {flaw}" for flaw in sorted(unsafe_break)
-    )
+    replay = f"fieldsync scenario run {file} --seed {result.seed}"
     if not result.ok:
         click.echo(f"replay: {replay}")
         raise SystemExit(1)
@@ -770,7 +722,6 @@ def scenario_run(
 @click.option("--duration", type=float, default=15.0, show_default=True, help="Timeline length, seconds.")
 @click.option("--port", type=int, default=30002, show_default=True)
 @click.option("--save", type=click.Path(path_type=Path, file_okay=False), help="Write each schedule's TOML here.")
-@unsafe_option
 @_friendly
 def scenario_fuzz(
     count: int,
@@ -780,35 +731,11 @@ def scenario_fuzz(
     duration: float,
     port: int,
     save: Path | None,
-    unsafe_break: tuple[str, ...],
 ) -> None:
     """Run seeded random fault schedules; print any failing seed with the command that replays it."""
-    from ..harness import ScenarioRun, fast_forward_clock, random_scenario, replay_command, scenario_toml
+    from ..harness import fuzz
 
-    failed: list[int] = []
-    for s in range(seed, seed + count):
-        generated = random_scenario(s, in_process=fast, panels=panels, duration=duration)
-        if save is not None:
-            save.mkdir(parents=True, exist_ok=True)
-            (save / f"fuzz-{s}.toml").write_text(scenario_toml(generated))
-        run = ScenarioRun(generated, port=port, in_process=fast, unsafe=frozenset(unsafe_break))
-        if fast:
-            clock, instrument = fast_forward_clock()
-            result = trio.run(run.run, clock=clock, instruments=[instrument])
-        else:
-            result = trio.run(run.run)
-        steps = ", ".join(step.describe() for step in generated.timeline)
-        broken = [name.split()[0] for name, (ok, _) in result.report.promises().items() if not ok]
-        click.echo(f"seed {s}: {'ok' if result.ok else 'BROKEN ' + ' '.join(broken)} ({result.wall_s:.1f} s) {steps}")
-        if not result.ok:
-            failed.append(s)
-            click.echo(result.text())
-            replay = replay_command(
-                s, in_process=fast, panels=panels, duration=duration, port=port, unsafe=unsafe_break
-            )
-            click.echo(f"replay: {replay}")
-    click.echo(f"{count - len(failed)} of {count} schedules held every promise")
-    if failed:
+    if fuzz(count, seed, fast=fast, panels=panels, duration=duration, port=port, save=save, echo=click.echo):
         raise SystemExit(1)
 
 

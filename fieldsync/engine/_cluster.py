@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
@@ -103,8 +103,6 @@ class ClusterSettings:
     peers: tuple[tuple[str, str], ...] = ()
     #: UDP port of the node-to-node heartbeat (each node listens on its own address).
     beat_port: int = 30007
-    #: Deliberately broken builds for the checker's negative controls (see NodeSettings.unsafe).
-    unsafe: frozenset[str] = frozenset()
     #: The site's panels; others are refused with UNKNOWN_PANEL (None admits any certified panel).
     known_panels: frozenset[int] | None = None
 
@@ -259,7 +257,12 @@ class _Ears(threading.Thread):
 
 
 class ClusterNode:
-    """One node of the pair. ``run`` alternates standby and active until cancelled."""
+    """One node of the pair. ``run`` alternates standby and active until cancelled.
+
+    ``node_class`` and ``_step_down`` are the seams of the harness's broken builds.
+    """
+
+    node_class: ClassVar[type[Node]] = Node
 
     def __init__(self, settings: ClusterSettings, *, now_us: Callable[[], int] = _now_us) -> None:
         self.settings = settings
@@ -444,7 +447,7 @@ class ClusterNode:
         self.role = Role.ACTIVE
         self.takeovers += 1
         log.warning("node %s is active with epoch %d", self.node_id, epoch)
-        node = Node(
+        node = self.node_class(
             NodeSettings(
                 node_id=self.node_id,
                 db=s.db,
@@ -454,7 +457,6 @@ class ClusterNode:
                 heartbeat_ms=s.heartbeat_ms,
                 epoch=epoch,
                 bind_retry=float("inf"),  # a zombie may hold the VIP until it wakes
-                unsafe=s.unsafe,
                 known_panels=s.known_panels,
             )
         )
@@ -479,9 +481,7 @@ class ClusterNode:
         heart.switchover_to = None
         while True:
             await trio.sleep(s.beat_interval)
-            if heart.lost_epoch == self.epoch and "no-epoch-check" not in s.unsafe:
-                log.warning("node %s lost the lease (epoch %d): stepping down", self.node_id, self.epoch)
-                node.fenced.set()
+            if heart.lost_epoch == self.epoch and self._step_down(node):
                 return
             hand_to = heart.requested_switchover()
             if hand_to is None or hand_to == self.node_id:
@@ -493,6 +493,12 @@ class ClusterNode:
             await self._db(self.cluster.release, self.node_id, self.epoch, hand_to=hand_to)
             scope.cancel()
             return
+
+    def _step_down(self, node: Node) -> bool:
+        """The lease was lost (another node holds a newer epoch): stop serving."""
+        log.warning("node %s lost the lease (epoch %d): stepping down", self.node_id, self.epoch)
+        node.fenced.set()
+        return True
 
     def _note_locked(self, exc: StoreLocked) -> None:
         self.lock_waits += 1

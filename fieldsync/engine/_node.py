@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
@@ -96,9 +96,6 @@ class NodeSettings:
     dial_backoff_cap: float = 2.0
     #: The epoch to serve with; None advances the store's epoch at start (a lone node).
     epoch: int | None = None
-    #: Deliberately broken engine builds, for the checker's negative controls only:
-    #: "ack-before-commit", "no-dedupe", "no-epoch-check". Never in production.
-    unsafe: frozenset[str] = frozenset()
     #: Keep trying to bind the listen address this long (a fenced predecessor's socket may linger).
     bind_retry: float = 0.0
     #: On ``stop()``: how long sessions get to store and acknowledge what they received before BYE.
@@ -190,7 +187,14 @@ class _Session:
 
 
 class Node:
-    """A sync-engine node. ``await node.run()`` inside a nursery; it stops when cancelled."""
+    """A sync-engine node. ``await node.run()`` inside a nursery; it stops when cancelled.
+
+    ``store_class`` and ``_resume_hwm`` are where the harness's deliberately broken
+    builds (``fieldsync.harness``, for the checker's negative controls) plug in a
+    flaw by subclassing; nothing in the settings or the CLI can.
+    """
+
+    store_class: ClassVar[type[EventStore]] = EventStore
 
     def __init__(self, settings: NodeSettings, *, now_us: Callable[[], int] | None = None) -> None:
         self.settings = settings
@@ -258,7 +262,7 @@ class Node:
             LinkError: the listen address cannot be bound (in use, not local).
         """
         s = self.settings
-        self.store = await self._db(EventStore, s.db)
+        self.store = await self._db(self.store_class, s.db)
         self.config_store = await self._cfg(ConfigStore, s.db)
         try:
             self.epoch = s.epoch if s.epoch is not None else await self._db(self.store.advance_epoch)
@@ -438,11 +442,7 @@ class Node:
             await self._retire(hello.panel_id)
             # No store round trip per session: the hwm cache is authoritative while this
             # node's epoch is the store's, and bookkeeping goes out with the status write.
-            hwm = self._hwms.get(hello.panel_id, 0)
-            if "no-dedupe" in self.settings.unsafe and hello.oldest_seq:
-                # Broken on purpose: trust the panel instead of the store, and re-store
-                # whatever it sends again (P2 must catch it).
-                hwm = min(hwm, hello.oldest_seq - 1)
+            hwm = self._resume_hwm(hello)
             self._new_sessions.append((hello.panel_id, hello.boot_id, self._now_us()))
             await ms.send(
                 Welcome(
@@ -476,6 +476,10 @@ class Node:
             self._counts["bytes_skipped"] += stats.bytes_skipped
             self._counts["bad_frames"] += stats.bad_crc
             await ms.aclose()
+
+    def _resume_hwm(self, hello: Hello) -> int:
+        """Where the panel resumes: the store's hwm, never what the panel says it holds."""
+        return self._hwms.get(hello.panel_id, 0)
 
     def _admit(self, link: Link, hello: Hello, expected: int | None) -> tuple[ErrorCode, str] | None:
         pid = hello.panel_id
@@ -565,8 +569,6 @@ class Node:
                 return
             if isinstance(message, EventBatch):
                 session.newest_seq = max(session.newest_seq, message.last_seq)
-                if "ack-before-commit" in self.settings.unsafe:
-                    session.ack(message.last_seq)  # broken on purpose: P1 must catch it
                 with ms.reading_paused():  # waiting on our own commit capacity
                     await session.outstanding.acquire()
                     pid = session.panel_id
@@ -691,16 +693,7 @@ class Node:
                 for i in items
             ]
             try:
-                unsafe = self.settings.unsafe
-                result = await self._db(
-                    functools.partial(
-                        self.store.ingest,
-                        fence="no-epoch-check" not in unsafe,
-                        dedupe="no-dedupe" not in unsafe,
-                    ),
-                    batches,
-                    self.epoch,
-                )
+                result = await self._db(self.store.ingest, batches, self.epoch)
             except StaleEpoch as exc:
                 # Another node took over: nothing of ours may be stored or acked (P5).
                 self.last_error = str(exc)

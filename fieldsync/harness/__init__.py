@@ -8,6 +8,10 @@ from ._checker import Report as Report
 from ._checker import check as check
 from ._fault_api import DEFAULT_API_PORT as DEFAULT_API_PORT
 from ._fault_api import serve_api as serve_api
+from ._flaws import FLAWS as FLAWS
+from ._flaws import flawed_cluster_class as flawed_cluster_class
+from ._flaws import flawed_node_class as flawed_node_class
+from ._fuzz import fuzz as fuzz
 from ._fuzz import random_scenario as random_scenario
 from ._fuzz import replay_command as replay_command
 from ._fuzz import scenario_toml as scenario_toml
@@ -44,6 +48,7 @@ __all__ = [
     "DEFAULT_API_PORT",
     "DatagramProxy",
     "Direction",
+    "FLAWS",
     "FaultError",
     "FaultHub",
     "FaultWindow",
@@ -65,6 +70,9 @@ __all__ = [
     "VirtualLine",
     "check",
     "fast_forward_clock",
+    "flawed_cluster_class",
+    "flawed_node_class",
+    "fuzz",
     "load_scenario",
     "parse_scenario",
     "parse_time",

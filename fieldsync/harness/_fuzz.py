@@ -11,15 +11,15 @@ A failing seed is replayed with the command ``replay_command`` prints.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import trio
 
 from ._scenario import GroupSpec, Scenario, SiteSpec, Step
 
-__all__ = [
-    "random_scenario",
-    "replay_command",
-    "scenario_toml",
-]
+__all__ = ["fuzz", "random_scenario", "replay_command", "scenario_toml"]
 
 _TOXICS: list[tuple[str, dict[str, tuple[float, float]]]] = [
     ("latency", {"latency": (20, 400), "jitter": (0, 100)}),
@@ -155,10 +155,18 @@ def replay_command(
     panels: int = 8,
     duration: float = 15.0,
     port: int = 30002,
-    unsafe: tuple[str, ...] | frozenset[str] = (),
+    flaws: tuple[str, ...] | frozenset[str] = (),
 ) -> str:
-    """The command that runs this one schedule again, with every option that shapes it."""
-    parts = [f"fieldsync scenario fuzz --seed {seed} --count 1"]
+    """The command that runs this one schedule again, with every option that shapes it.
+
+    A schedule run against a deliberately broken build replays through the harness's
+    entry point, since the shipped ``fieldsync`` has no way to break itself.
+    """
+    if flaws:
+        chosen = " ".join(f"--flaw {flaw}" for flaw in sorted(flaws))
+        parts = [f"python -m fieldsync.harness.flawed {chosen} fuzz --seed {seed} --count 1"]
+    else:
+        parts = [f"fieldsync scenario fuzz --seed {seed} --count 1"]
     if in_process:
         parts.append("--fast")
     if panels != 8:
@@ -167,8 +175,51 @@ def replay_command(
         parts.append(f"--duration {duration:g}")
     if port != 30002:
         parts.append(f"--port {port}")
-    parts += [f"--unsafe-break {flaw}" for flaw in sorted(unsafe)]
     return " ".join(parts)
+
+
+def fuzz(
+    count: int,
+    seed: int,
+    *,
+    fast: bool,
+    panels: int,
+    duration: float,
+    port: int,
+    save: Path | None = None,
+    flaws: frozenset[str] = frozenset(),
+    echo: Callable[[str], None] = print,
+) -> list[int]:
+    """Run ``count`` seeded random schedules from ``seed`` on; return the seeds that broke a promise.
+
+    Each schedule's verdict is echoed, and a failing one with its report and the exact
+    command that replays it.
+    """
+    from ._runner import ScenarioRun
+    from ._vclock import fast_forward_clock
+
+    failed: list[int] = []
+    for s in range(seed, seed + count):
+        generated = random_scenario(s, in_process=fast, panels=panels, duration=duration)
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            (save / f"fuzz-{s}.toml").write_text(scenario_toml(generated))
+        run = ScenarioRun(generated, port=port, in_process=fast, flaws=flaws)
+        if fast:
+            clock, instrument = fast_forward_clock()
+            result = trio.run(run.run, clock=clock, instruments=[instrument])
+        else:
+            result = trio.run(run.run)
+        steps = ", ".join(step.describe() for step in generated.timeline)
+        broken = [name.split()[0] for name, (ok, _) in result.report.promises().items() if not ok]
+        echo(f"seed {s}: {'ok' if result.ok else 'BROKEN ' + ' '.join(broken)} ({result.wall_s:.1f} s) {steps}")
+        if not result.ok:
+            failed.append(s)
+            echo(result.text())
+            replay = replay_command(s, in_process=fast, panels=panels, duration=duration, port=port, flaws=flaws)
+            echo(f"replay: {replay}")
+    echo(f"{count - len(failed)} of {count} schedules held every promise")
+    return failed
 
 
 def scenario_toml(scenario: Scenario) -> str:

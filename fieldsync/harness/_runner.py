@@ -38,6 +38,7 @@ from ..engine import Supervised, Supervisor, node_command
 from ..site import heartbeat_port, issue_pair_pki, load_site, seed_config, write_pair_site
 from ._checker import Report, check
 from ._fault_api import serve_api
+from ._flaws import flawed_command, flawed_node_class
 from ._proxy import FaultHub, Toxic
 from ._scenario import NODES_GROUP, Scenario, ScenarioError, Step
 
@@ -153,7 +154,7 @@ class ScenarioRun:
         say: Callable[[str], None] = lambda text: None,
         node_args: tuple[str, ...] = (),
         in_process: bool = False,
-        unsafe: frozenset[str] = frozenset(),
+        flaws: frozenset[str] = frozenset(),
     ) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
@@ -164,7 +165,8 @@ class ScenarioRun:
         self.node_args = node_args
         self.in_process = in_process
         #: A deliberately broken engine build: the checker's negative controls.
-        self.unsafe = unsafe
+        #: A deliberately broken engine build (``_flaws``): for the checker's negative controls.
+        self.flaws = flaws
         self.rng = random.Random(self.seed)
         self.log: list[tuple[float, str]] = []
         self.windows: list[FaultWindow] = []
@@ -597,8 +599,6 @@ class ProcessCluster:
         scenario = run.scenario
         self.db = load_site(site_path).db
         extra = list(run.node_args)
-        for flaw in sorted(run.unsafe):
-            extra += ["--unsafe-break", flaw]
         if not scenario.cluster.stonith:
             extra.append("--no-stonith")
         if scenario.cluster.failback:
@@ -607,7 +607,7 @@ class ProcessCluster:
         self.children = {
             n: Supervised(
                 name=n,
-                command=node_command(n, str(site_path), *extra),
+                command=flawed_command(node_command(n, str(site_path), *extra), run.flaws),
                 restart=scenario.cluster.restart,
                 restart_delay=scenario.cluster.restart_delay,
             )
@@ -720,21 +720,16 @@ class InProcessCluster:
 
         site = load_site(site_path)
         self.run = run
-        dials = []
-        for pid in site.panel_ids():
-            st = site.panel_settings(pid)
-            if st.mode.value == "host-initiated" and st.listen is not None:
-                dials.append((pid, st.listen[0], st.listen[1]))
         self.settings = NodeSettings(
             node_id="A",
             db=site.db,
             listen=(site.vip, site.port),
-            dial=tuple(dials),
+            dial=site.dials(),
             tls=site.tls_for("node", "A"),
             bind_retry=5.0,
-            unsafe=run.unsafe,
             known_panels=frozenset(site.panel_ids()),
         )
+        self.node_class = flawed_node_class(run.flaws)
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self._starts = 0
@@ -746,9 +741,7 @@ class InProcessCluster:
         await self.ensure_running("A")
 
     async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from ..engine import Node
-
-        node = Node(self.settings)
+        node = self.node_class(self.settings)
         with trio.CancelScope() as scope:
             self._scope = scope
             # Started at once: a kill may cancel it while it is still opening the store.

@@ -17,6 +17,7 @@ from emulator import LinkMode, PanelSettings, panel_address
 from protocol.streams import SerialLine, TlsFiles, check_plaintext_allowed, check_plaintext_serial
 from storage import ConfigStore, OverflowPolicy
 
+from ..engine import ClusterSettings
 from . import pki
 
 __all__ = [
@@ -106,6 +107,48 @@ class Site:
     def panel_ids(self) -> list[int]:
         ids = set(range(self.fleet.first_id, self.fleet.first_id + self.fleet.panels))
         return sorted(ids | set(self.overrides))
+
+    def dials(self) -> tuple[tuple[int, str, int], ...]:
+        """The host-initiated panels a node of this site dials: (panel id, address, port)."""
+        out = []
+        for pid in self.panel_ids():
+            ps = self.panel_settings(pid)
+            if ps.mode is LinkMode.HOST_INITIATED and ps.listen is not None:
+                out.append((pid, ps.listen[0], ps.listen[1]))
+        return tuple(out)
+
+    def cluster_settings(
+        self, node_id: str, *, stonith: bool = True, failback: bool = False, lease: float = 1.0, dead_after: float = 0.3
+    ) -> ClusterSettings:
+        """What node ``node_id`` of this site's pair runs with.
+
+        Raises:
+            SiteError: the node is not in the site, or an address breaks the transport rules.
+        """
+        spec = {n.name: n for n in self.nodes}.get(node_id)
+        if spec is None:
+            raise SiteError(f"node {node_id!r} is not in the site (nodes: {', '.join(n.name for n in self.nodes)})")
+        dials = self.dials()
+        self.check_transport(spec.address, *(h for _, h, _ in dials))
+        return ClusterSettings(
+            node_id=node_id,
+            address=spec.address,
+            db=self.db,
+            vip=self.vip,
+            port=self.port,
+            dial=dials,
+            tls=self.tls_for("node", node_id),
+            heartbeat_ms=self.heartbeat_ms,
+            stonith=stonith,
+            failback=failback,
+            lease=lease,
+            dead_after=dead_after,
+            beat_interval=min(0.1, dead_after / 3),
+            peers=tuple((n.name, n.heartbeat_via or n.address) for n in self.nodes if n.name != node_id),
+            beat_port=heartbeat_port(self.port),
+            # A site file lists the panels; without one, any panel with a site certificate is served.
+            known_panels=frozenset(self.panel_ids()) if self.path is not None else None,
+        )
 
     def tls_for(self, role: str, name: str | int) -> TlsFiles | None:
         if self.insecure:

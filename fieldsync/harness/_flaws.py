@@ -1,0 +1,136 @@
+"""Deliberately broken engine builds: the negative controls of the promise checker.
+
+A check is only worth what its negative control shows, so each promise the checker
+asserts has a build that breaks it. They live here, in the harness, and nowhere in
+the product: no setting and no flag of the shipped ``fieldsync`` can select one. The
+harness injects a flaw by subclassing the engine at its seams (``Node.store_class``,
+``Node._resume_hwm``, ``ClusterNode.node_class``, ``ClusterNode._step_down``,
+``EventStore._check_fence``, ``EventStore._ingest_one``), in-process for the fast tier
+and through ``python -m fieldsync.harness.flawed`` for node processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import cast
+
+from protocol import GAP_KINDS, RECORD_SIZE, Hello
+from storage import EventStore, IngestBatch, IngestOutcome, IngestResult
+
+from ..engine import ClusterNode, Node
+
+__all__ = ["FLAWS", "flawed_cluster_class", "flawed_command", "flawed_node_class"]
+
+#: Each flaw and the promise whose check must catch it.
+FLAWS = {"ack-before-commit": "P1", "no-dedupe": "P2", "no-epoch-check": "P5"}
+_GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
+
+
+class _AckBeforeCommit(EventStore):
+    """Answers every ingest as committed but writes each call's batches only on the next
+    call: an ACK then goes out for events that are not yet durable (P1)."""
+
+    def __init__(self, path: Path | str, **kw: float) -> None:
+        super().__init__(path, **kw)
+        self._pending: list[IngestBatch] = []
+
+    def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+        earlier, self._pending = self._pending, list(batches)
+        if earlier:
+            super().ingest(earlier, epoch)
+        hwms: dict[int, int] = {}
+        outcomes = []
+        for batch in batches:
+            hwms[batch.panel_id] = max(hwms.get(batch.panel_id, 0), batch.last_seq)
+            outcomes.append(
+                IngestOutcome(
+                    panel_id=batch.panel_id, hwm=hwms[batch.panel_id], stored=len(batch.records) // RECORD_SIZE
+                )
+            )
+        stored = sum(o.stored for o in outcomes)
+        return IngestResult(epoch=epoch, outcomes=tuple(outcomes), hwms=hwms, stored=stored, commit_s=0.0)
+
+
+class _NoDedupe(EventStore):
+    """Stores what is sent again as new events, numbered on from the hwm (P2)."""
+
+    def _ingest_one(self, batch: IngestBatch, hwm: int, epoch: int) -> IngestOutcome:
+        if batch.first_seq <= hwm and batch.records[16] not in _GAP_VALUES:
+            shift = hwm + 1 - batch.first_seq
+            renumbered = bytearray(batch.records)
+            for at in range(0, len(renumbered), RECORD_SIZE):
+                seq = int.from_bytes(renumbered[at : at + 8], "big") + shift
+                renumbered[at : at + 8] = seq.to_bytes(8, "big")
+            batch = dataclasses.replace(
+                batch, first_seq=hwm + 1, last_seq=batch.last_seq + shift, records=bytes(renumbered)
+            )
+        return super()._ingest_one(batch, hwm, epoch)
+
+
+class _NoEpochCheck(EventStore):
+    """Writes whatever epoch the node says it has (P5)."""
+
+    def _check_fence(self, epoch: int) -> None:
+        return None
+
+
+_STORES: dict[str, type[EventStore]] = {
+    "ack-before-commit": _AckBeforeCommit,
+    "no-dedupe": _NoDedupe,
+    "no-epoch-check": _NoEpochCheck,
+}
+
+
+def _trust_the_panel(self: Node, hello: Hello) -> int:
+    # Resume where the panel says its buffer starts, so what it holds is sent (and stored) again.
+    hwm = Node._resume_hwm(self, hello)
+    return min(hwm, hello.oldest_seq - 1) if hello.oldest_seq else hwm
+
+
+def _keep_serving(self: ClusterNode, node: Node) -> bool:
+    return False  # a node that lost its lease goes on serving under its old epoch
+
+
+def _check(flaws: Iterable[str]) -> frozenset[str]:
+    chosen = frozenset(flaws)
+    unknown = chosen - set(FLAWS)
+    if unknown:
+        raise ValueError(f"unknown flaw(s) {sorted(unknown)}; known: {sorted(FLAWS)}")
+    return chosen
+
+
+def flawed_node_class(flaws: Iterable[str]) -> type[Node]:
+    """A ``Node`` with the given flaws (the real one when there are none)."""
+    chosen = _check(flaws)
+    if not chosen:
+        return Node
+    bases = tuple(_STORES[f] for f in sorted(chosen))
+    store = cast(type[EventStore], type("FlawedStore", bases, {}))
+    members: dict[str, object] = {"store_class": store}
+    if "no-dedupe" in chosen:
+        members["_resume_hwm"] = _trust_the_panel
+    return cast(type[Node], type("FlawedNode", (Node,), members))
+
+
+def flawed_cluster_class(flaws: Iterable[str]) -> type[ClusterNode]:
+    """A ``ClusterNode`` whose nodes have the given flaws."""
+    chosen = _check(flaws)
+    if not chosen:
+        return ClusterNode
+    members: dict[str, object] = {"node_class": flawed_node_class(chosen)}
+    if "no-epoch-check" in chosen:
+        members["_step_down"] = _keep_serving
+    return cast(type[ClusterNode], type("FlawedClusterNode", (ClusterNode,), members))
+
+
+def flawed_command(command: list[str], flaws: Iterable[str]) -> list[str]:
+    """A ``python -m fieldsync.cli node ...`` command run as a broken build instead."""
+    chosen = _check(flaws)
+    if not chosen:
+        return command
+    at = command.index("fieldsync.cli")
+    assert command[at + 1] == "node", command
+    options = [part for flaw in sorted(chosen) for part in ("--flaw", flaw)]
+    return [*command[:at], "fieldsync.harness.flawed", *options, *command[at + 1 :]]
