@@ -9,6 +9,8 @@ from ._osdp import ReaderBus as ReaderBus
 from ._osdp import ReaderPort as ReaderPort
 from ._osdp import ReaderPortStatistics as ReaderPortStatistics
 from ._osdp import ReaderSpec as ReaderSpec
+from ._panel import BootSummary as BootSummary
+from ._panel import JournalEntry as JournalEntry
 from ._panel import LinkMode as LinkMode
 from ._panel import Panel as Panel
 from ._panel import PanelSettings as PanelSettings
@@ -21,10 +23,12 @@ from ._workload import Workload as Workload
 from ._workload import run_workload as run_workload
 
 __all__ = [
+    "BootSummary",
     "Burst",
     "BusSwiper",
     "Fleet",
     "FleetStatistics",
+    "JournalEntry",
     "LinkMode",
     "Panel",
     "PanelSettings",

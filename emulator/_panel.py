@@ -64,7 +64,7 @@ from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, 
 from ._decide import decide
 from ._osdp import ReaderPort, ReaderSpec
 
-__all__ = ["LinkMode", "Panel", "PanelSettings", "PanelStatistics", "SessionRefused"]
+__all__ = ["BootSummary", "JournalEntry", "LinkMode", "Panel", "PanelSettings", "PanelStatistics", "SessionRefused"]
 
 FIRMWARE = "fieldsync-emu/0.1"
 
@@ -182,6 +182,37 @@ def _wall_clock_us() -> int:
     return time.time_ns() // 1000
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class JournalEntry:
+    """One event as the panel generated it: the ground truth a checker holds the store to.
+
+    ``time_us``, ``kind``, ``door`` and ``card`` are the event's identity, as stored;
+    ``seq`` is its number (renumbered if its boot continued after the store's hwm).
+    """
+
+    boot_id: int
+    seq: int
+    time_us: int
+    kind: int
+    door: int
+    card: int
+
+    @property
+    def identity(self) -> tuple[int, int, int, int]:
+        return (self.time_us, self.kind, self.door, self.card)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BootSummary:
+    """What a boot of the panel left behind when its power went."""
+
+    boot_id: int
+    #: The highest seq an ACK covered in that boot: every event up to it was promised durable.
+    promised_seq: int
+    #: The buffer was RAM: what was in it died with the power.
+    ram: bool
+
+
 class Panel:
     """One emulated field panel. Run ``run()`` in a nursery; call ``swipe*`` any time."""
 
@@ -196,9 +227,10 @@ class Panel:
     ) -> None:
         self.settings = settings
         self.panel_id = settings.panel_id
-        #: Every event this panel numbered, as (boot_id, seq, kind, door, card), when asked for:
-        #: what a checker compares the store with.
-        self.journal: list[tuple[int, int, int, int, int]] | None = [] if journal else None
+        #: Every event this panel numbered, when asked for: what a checker compares the store with.
+        self.journal: list[JournalEntry] | None = [] if journal else None
+        #: Every earlier boot, in order (a power-cycle ends one).
+        self.past_boots: list[BootSummary] = []
         self.doors = settings.doors
         self.wall_clock = wall_clock
         self.clock_skew_us = 0
@@ -306,9 +338,11 @@ class Panel:
     def _append(
         self, kind: EventKind, *, door: int = 0, reader: int = 0, flags: int = 0, card: int = 0, aux: int = 0
     ) -> int | None:
-        seq = self.buffer.append(self.now_us(), kind, door=door, reader=reader, flags=flags, card=card, aux=aux)
+        now = self.now_us()
+        seq = self.buffer.append(now, kind, door=door, reader=reader, flags=flags, card=card, aux=aux)
         if seq is not None and self.journal is not None:
-            self.journal.append((self.boot_id, seq, int(kind), door, card))
+            entry = JournalEntry(boot_id=self.boot_id, seq=seq, time_us=now, kind=int(kind), door=door, card=card)
+            self.journal.append(entry)
         self._new_data.wake()
         return seq
 
@@ -322,6 +356,8 @@ class Panel:
         """
         if self._session_scope is not None:
             self._session_scope.cancel()
+        ram = not isinstance(self.buffer, FlashBackedBuffer)
+        self.past_boots.append(BootSummary(boot_id=self.boot_id, promised_seq=self._promised_seq, ram=ram))
         if isinstance(self.buffer, FlashBackedBuffer):
             self.buffer.close()
         self.boot_id = self._rng.getrandbits(63)
@@ -481,8 +517,8 @@ class Panel:
             self._needs_rebase = False
             if self.journal is not None and shift:
                 self.journal[:] = [
-                    (b, s + shift, k, d, c) if b == self.boot_id and s >= oldest else (b, s, k, d, c)
-                    for b, s, k, d, c in self.journal
+                    dataclasses.replace(e, seq=e.seq + shift) if e.boot_id == self.boot_id and e.seq >= oldest else e
+                    for e in self.journal
                 ]
         self.buffer.release(welcome.hwm)
         self._acked_seq = welcome.hwm

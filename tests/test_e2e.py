@@ -61,7 +61,7 @@ def check_store_matches_journals(db: Path, fleet: Fleet) -> None:
             seqs = [e.record.seq for e in stored]
             assert seqs == list(range(1, len(seqs) + 1)), f"panel {pid}: gap or disorder"
             assert store.losses(pid) == []
-            generated = [(s, k, d, c) for _, s, k, d, c in panel.journal]
+            generated = [(e.seq, e.kind, e.door, e.card) for e in panel.journal]
             got = [(e.record.seq, int(e.record.kind), e.record.door, e.record.card) for e in stored]
             assert got == generated[: len(got)], f"panel {pid}: stored events differ from generated"
             stats = panel.statistics()

@@ -140,7 +140,7 @@ async def test_a_reader_with_a_wrong_key_is_refused_and_reported(tmp_path: Path)
         assert {a for a, _, _ in port.decisions} == {1, 3}
         assert "reader 2" in (port.last_error or "")
         assert panel.journal is not None
-        failed = [(k, c) for _, _, k, _, c in panel.journal if k == p.EventKind.READER_AUTH_FAILED]
+        failed = [(e.kind, e.card) for e in panel.journal if e.kind == p.EventKind.READER_AUTH_FAILED]
         assert failed == [(int(p.EventKind.READER_AUTH_FAILED), 2)]  # reported once, not per retry
 
 
@@ -163,7 +163,7 @@ async def test_a_silent_reader_is_reported_and_comes_back_without_waiting_300_s(
         assert port.decisions[-1][:2] == (3, 5002)
         assert port.statistics().auth_failures[3] == 0  # silence is not a key problem
         assert panel.journal is not None
-        kinds = [(k, c) for _, _, k, _, c in panel.journal if c == 3 and k >= int(p.EventKind.READER_OFFLINE)]
+        kinds = [(e.kind, e.card) for e in panel.journal if e.card == 3 and e.kind >= int(p.EventKind.READER_OFFLINE)]
         assert kinds == [
             (int(p.EventKind.READER_ONLINE), 3),
             (int(p.EventKind.READER_OFFLINE), 3),

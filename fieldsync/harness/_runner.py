@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -66,6 +67,9 @@ def _group_address(index: int) -> str:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sample:
     t: float
+    #: Events the store holds up to the panels' high-water marks: monotonic, whatever the
+    #: panels' power does (their own ack counters restart with a boot).
+    stored: int
     acked: int
     buffered: int
     connected: int
@@ -122,9 +126,11 @@ class RunResult:
             f"scenario {self.scenario.name!r} seed {self.seed}: {'every promise held' if self.ok else 'PROMISE BROKEN'}"
             f" ({self.wall_s:.1f} s, {len(self.report.panels)} panels, store epoch {self.report.store_epoch}, "
             f"config version {self.report.server_config_version})",
-            f"  events generated {t['generated']}, acknowledged {t['acked']}, stored {t['stored']}, "
-            f"declared dropped {t['declared_lost']}, still buffered {t['buffered']}, unknown {t['unknown']}, "
-            f"refused {t['refused']}",
+            f"  events generated {t['generated']} = stored {t['generated_stored']} + buffered {t['buffered']} "
+            f"+ declared dropped {t['declared_lost']} + lost with power {t['lost_with_power']} "
+            f"+ acknowledged but missing {t['lost']} + unknown {t['unknown']}"
+            f"{'' if all(p.accounted() for p in self.report.panels) else '  (DOES NOT ADD UP)'}",
+            f"  acknowledged {t['acked']}, rows in the store {t['stored']}, refused {t['refused']}",
         ]
         if not self.drained:
             lines.append("  the backlog did not drain within drain_timeout")
@@ -171,6 +177,7 @@ class ScenarioRun:
         self.log: list[tuple[float, str]] = []
         self.windows: list[FaultWindow] = []
         self.samples: list[Sample] = []
+        self._reader: sqlite3.Connection | None = None
         self.hub = FaultHub(seed=self.seed)
         self.cluster: ProcessCluster | InProcessCluster | None = None
         self._t0 = 0.0
@@ -379,6 +386,8 @@ class ScenarioRun:
         finally:
             os.close(log_fd)
             config.close()
+            if self._reader is not None:
+                self._reader.close()
             self._unmount_store()
         return RunResult(
             scenario=scenario,
@@ -406,6 +415,18 @@ class ScenarioRun:
             f"(panels {ids}; last errors: {common}); see {self.workdir / 'nodes.log'}"
         )
 
+    def _stored(self) -> int:
+        """The sum of the store's high-water marks: O(panels), read-only, never goes back."""
+        if self._reader is None:
+            try:
+                self._reader = sqlite3.connect(f"file:{self.config.path}?mode=ro", uri=True, check_same_thread=False)
+            except sqlite3.Error:
+                return self.samples[-1].stored if self.samples else 0
+        try:
+            return int(self._reader.execute("SELECT coalesce(sum(hwm), 0) FROM panels").fetchone()[0])
+        except sqlite3.Error:  # a writer holds the lock for a moment: keep the last figure
+            return self.samples[-1].stored if self.samples else 0
+
     def _holder(self) -> str | None:
         return self.cluster.holder() if self.cluster is not None else None
 
@@ -415,6 +436,7 @@ class ScenarioRun:
             self.samples.append(
                 Sample(
                     t=self.now(),
+                    stored=self._stored(),
                     acked=s.acked,
                     buffered=s.buffered_events,
                     connected=s.connected,
