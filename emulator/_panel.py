@@ -534,8 +534,8 @@ class Panel:
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(ms.run_timers)
-                        nursery.start_soon(self._upload, ms, welcome.hwm + 1)
-                        await self._read(ms)
+                        nursery.start_soon(self._upload, ms, welcome.hwm + 1, self.boot_id)
+                        await self._read(ms, self.boot_id)
                         nursery.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
                     raise first_error(group) from None
@@ -550,11 +550,11 @@ class Panel:
                 self.record(EventKind.HOST_OFFLINE)
                 self.disconnected.set()
 
-    async def _upload(self, ms: MessageStream, next_seq: int) -> None:
+    async def _upload(self, ms: MessageStream, next_seq: int, boot: int) -> None:
         window = self.settings.window
         in_flight: deque[int] = deque()
         self._in_flight = in_flight
-        while True:
+        while self.boot_id == boot:  # a power-cycle ends this boot's session: send nothing of the next
             while in_flight and in_flight[0] <= self._acked_seq:
                 in_flight.popleft()
             if len(in_flight) >= window:
@@ -570,10 +570,14 @@ class Panel:
             in_flight.append(batch.last_seq)
             next_seq = batch.last_seq + 1
 
-    async def _read(self, ms: MessageStream) -> None:
+    async def _read(self, ms: MessageStream, boot: int) -> None:
         parts: list[ConfigOp] = []
         while True:
             message: Message = await ms.receive()
+            if self.boot_id != boot:
+                # The power went while this message was on its way: it speaks of the old boot's
+                # seqs, and an ACK applied to the new boot's buffer would free its unsent events.
+                return
             if isinstance(message, Ack):
                 self.first_ack_at.setdefault(message.epoch, trio.current_time())
                 self._acked_seq = message.up_to_seq

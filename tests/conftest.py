@@ -3,8 +3,15 @@ import os
 from hypothesis import HealthCheck, settings
 
 # `make test` (and so CI) runs the thorough profile; FIELDSYNC_HYPOTHESIS=dev is quicker.
+# New examples every run (a derandomized profile replays the same ones forever); a failure
+# prints the seed to rerun it with (`pytest --hypothesis-seed=N`) and a @reproduce_failure blob.
 settings.register_profile(
-    "ci", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    "ci",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=False,
+    print_blob=True,
 )
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("FIELDSYNC_HYPOTHESIS", "ci"))

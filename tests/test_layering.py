@@ -94,3 +94,11 @@ def test_fieldsync_is_exactly_the_subpackages_of_the_map() -> None:
     assert [p.name for p in (ROOT / "fieldsync").glob("*.py")] == ["__init__.py"], "a module outside the map"
     for package in on_disk:
         assert f"`fieldsync.{package}`" in fieldsync.__doc__, f"fieldsync.{package} is not in the package map"
+
+
+def test_the_ci_hypothesis_profile_draws_new_examples_and_says_how_to_replay_them() -> None:
+    from hypothesis import settings
+
+    ci = settings.get_profile("ci")
+    assert ci.derandomize is False and ci.print_blob is True
+    assert ci.max_examples >= 1000

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,12 +179,15 @@ def test_shipped_scenario_with_node_processes(path: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("FIELDSYNC_FULL_SCENARIOS"), reason="opt-in: FIELDSYNC_FULL_SCENARIOS=1")
 @pytest.mark.parametrize("path", FAST, ids=lambda p: p.stem)
 def test_shipped_scenario_with_node_processes_full_tier(path: Path) -> None:
-    run = ScenarioRun(load_scenario(path), port=31900)
+    """Every shipped scenario also runs as users run it: two node processes, a real kill -9."""
+    if load_scenario(path).site.store_size and not _can_mount_tmpfs():
+        pytest.skip("a size-limited store needs root and mount (tmpfs)")
+    run = ScenarioRun(load_scenario(path), port=34000 + 10 * FAST.index(path))
     result = trio.run(run.run)
     assert result.ok, result.text()
+    assert result.drained
 
 
 # -- random schedules ----------------------------------------------------------------------
@@ -207,7 +209,7 @@ def test_a_failing_seed_prints_a_replay_that_breaks_the_same_promise() -> None:
     base = [sys.executable, "-m", "fieldsync.harness.flawed", "--flaw", "no-dedupe"]
     options = ["--fast", "--panels", "4", "--duration", "8", "--port", "31640"]
     done = subprocess.run(
-        [*base, "fuzz", "--count", "2", "--seed", "4", *options],
+        [*base, "fuzz", "--count", "1", "--seed", "5", *options],
         capture_output=True,
         text=True,
         timeout=120,
@@ -217,8 +219,9 @@ def test_a_failing_seed_prints_a_replay_that_breaks_the_same_promise() -> None:
         line.split(":")[0]: line.split(" (")[0] for line in done.stdout.splitlines() if line.startswith("seed ")
     }
     replays = [line.removeprefix("replay: ") for line in done.stdout.splitlines() if line.startswith("replay: ")]
-    # Seed 4's schedule holds even on this build (nothing is sent twice in it); seed 5's does not.
-    assert verdicts == {"seed 4": "seed 4: ok", "seed 5": "seed 5: BROKEN P2"}, done.stdout[-3000:]
+    # Seed 5's schedule (resets and outages: events in flight are sent again) breaks P2 on
+    # this build every time; a quieter schedule may send nothing twice and hold.
+    assert verdicts == {"seed 5": "seed 5: BROKEN P2"}, done.stdout[-3000:]
     assert replays == [replay_command(5, in_process=True, panels=4, duration=8.0, port=31640, flaws=("no-dedupe",))]
     command = replays[0].split()
     assert command[:3] == ["python", "-m", "fieldsync.harness.flawed"]

@@ -457,7 +457,7 @@ class ScenarioRun:
             name = cluster.resolve(a["node"])
             if do in ("kill", "restart"):
                 done = await cluster.kill(name)
-                self.note(f"kill -9 node {name}" + ("" if done else " (not running)"))
+                self.note(f"{cluster.kill_words} node {name}" + ("" if done else " (not running)"))
                 if do == "restart":
                     await cluster.ensure_running(name)
             elif do == "stop":
@@ -616,6 +616,7 @@ class ProcessCluster:
     """
 
     kind = "process"
+    kill_words = "kill -9"
 
     def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
         scenario = run.scenario
@@ -736,6 +737,9 @@ class InProcessCluster:
     """
 
     kind = "in-process"
+    #: Named for what it is: the node's task is cancelled and its shielded clean-up (status
+    #: written, store closed) still runs. The process tier's kill is the real kill -9.
+    kill_words = "cancel (in-process, not kill -9)"
 
     def __init__(self, run: ScenarioRun, site_path: Path) -> None:
         from ..engine import NodeSettings
