@@ -59,8 +59,7 @@ def _norm(value: Any) -> Any:
     if isinstance(value, list):
         return [_norm(v) for v in value]
     if isinstance(value, str):
-        return value.lower() if all(ch in "0123456789abcdefABCDEF" for ch in value) and len(value) >= 16 \
-            else value
+        return value.lower() if all(ch in "0123456789abcdefABCDEF" for ch in value) and len(value) >= 16 else value
     return value
 
 
@@ -155,12 +154,22 @@ def test_empty_digest() -> None:
 
 
 def test_canonical_order_and_digest() -> None:
-    ops: list[c.Op] = [c.PutCardholder(2, levels=(3, 1)), c.PutDoor(4, 1), c.PutCardholder(1),
-                       c.PutSchedule(9, ((1, 0, 60),)), c.PutAccessLevel(1, ((4, 9),))]
+    ops: list[c.Op] = [
+        c.PutCardholder(2, levels=(3, 1)),
+        c.PutDoor(4, 1),
+        c.PutCardholder(1),
+        c.PutSchedule(9, ((1, 0, 60),)),
+        c.PutAccessLevel(1, ((4, 9),)),
+    ]
     cfg = c.Config().applied(ops)
     canon = cfg.canonical()
-    assert [type(o).__name__ for o in canon] == ["PutSchedule", "PutAccessLevel", "PutDoor", "PutCardholder",
-                                                  "PutCardholder"]
+    assert [type(o).__name__ for o in canon] == [
+        "PutSchedule",
+        "PutAccessLevel",
+        "PutDoor",
+        "PutCardholder",
+        "PutCardholder",
+    ]
     assert [o.card for o in canon if isinstance(o, c.PutCardholder)] == [1, 2]
     assert cfg.digest() == hashlib.sha256(b"".join(c.encode_op(o) for o in canon)).digest()
 
@@ -204,7 +213,8 @@ def test_batch_checks_in_order() -> None:
     assert code(c.EventBatch(4, tuple(r))) == c.CODES["SEQ_ORDER"]
     assert code(c.EventBatch(5, (c.Record(5, kind=14, card=7, aux=2),))) == c.CODES["FIELD_OUT_OF_RANGE"]
     assert code(c.EventBatch(5, (r[0], r[2]))) == c.CODES["SEQ_ORDER"]
-    assert code(c.EventBatch(c.MAX_SEQ, (c.Record(c.MAX_SEQ), c.Record(c.MAX_SEQ + 1)))) == c.CODES[
-        "FIELD_OUT_OF_RANGE"]
+    assert (
+        code(c.EventBatch(c.MAX_SEQ, (c.Record(c.MAX_SEQ), c.Record(c.MAX_SEQ + 1)))) == c.CODES["FIELD_OUT_OF_RANGE"]
+    )
     ok = c.EventBatch(5, (c.gap_marker(5, 9), c.Record(10, time_us=c.U64)))
     assert c.decode_payload(c.EVENT_BATCH, ok.encode()) == ok

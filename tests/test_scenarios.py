@@ -221,13 +221,16 @@ def test_a_failing_seed_prints_a_replay_that_breaks_the_same_promise() -> None:
     replays = [line.removeprefix("replay: ") for line in done.stdout.splitlines() if line.startswith("replay: ")]
     # Seed 5's schedule (resets and outages: events in flight are sent again) breaks P2 on
     # this build every time; a quieter schedule may send nothing twice and hold.
-    assert verdicts == {"seed 5": "seed 5: BROKEN P2"}, done.stdout[-3000:]
+    # (A broken build may break more than the promise it targets: P2 must be among them.)
+    assert list(verdicts) == ["seed 5"] and verdicts["seed 5"].startswith("seed 5: BROKEN"), done.stdout[-3000:]
+    assert "P2" in verdicts["seed 5"].split(), done.stdout[-3000:]
     assert replays == [replay_command(5, in_process=True, panels=4, duration=8.0, port=31640, flaws=("no-dedupe",))]
     command = replays[0].split()
     assert command[:3] == ["python", "-m", "fieldsync.harness.flawed"]
     again = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=120)
     assert again.returncode == 1
-    assert again.stdout.startswith("seed 5: BROKEN P2 ("), again.stdout[-3000:]
+    first = again.stdout.splitlines()[0]
+    assert first.startswith("seed 5: BROKEN") and "P2" in first.split(" (")[0].split(), again.stdout[-3000:]
     assert "duplicated" in again.stdout and " 0 duplicated" not in again.stdout, again.stdout[-3000:]
     assert f"replay: {replays[0]}" in again.stdout
 

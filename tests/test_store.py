@@ -121,7 +121,6 @@ def test_queries_give_back_u64_fields_and_time_ranges(store: EventStore) -> None
     assert [e.record.seq for e in store.events(9, since_us=11)] == [1]
 
 
-
 def test_a_time_beyond_2_63_is_stored_bit_for_bit_and_never_blocks_the_queue(store: EventStore) -> None:
     # docs/protocol.md 7.1: version 1 refused this batch on every try, so the panel's queue stuck.
     wild = p.EventRecord(seq=1, time_us=2**64 - 1, kind=p.EventKind.TAMPER)
