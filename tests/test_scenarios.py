@@ -279,8 +279,21 @@ def test_an_engine_without_epoch_fencing_is_caught_by_p5() -> None:
     old epoch. (The same scenario holds with the real engine: the process tier above.)"""
     scenario = load_scenario(Path(__file__).parent.parent / "scenarios" / "zombie-primary-no-stonith.toml")
     scenario = dataclasses.replace(scenario, site=dataclasses.replace(scenario.site, panels=12))
-    run = ScenarioRun(scenario, port=31680, flaws=frozenset({"no-epoch-check"}))
-    result = trio.run(run.run)
+    # The control needs a takeover. On a shared disk with STONITH off, a SIGSTOP that lands
+    # while the active is inside a write transaction leaves the store locked, and nobody can
+    # take over until it wakes (the limit docs/architecture.md states): the store's epoch then
+    # stays 1, every promise holds, and the run proves nothing. Such a run is set aside,
+    # named, and the next seed tried (at most three).
+    set_aside: list[str] = []
+    for seed in (1, 2, 3):
+        run = ScenarioRun(scenario, seed=seed, port=31680, flaws=frozenset({"no-epoch-check"}))
+        result = trio.run(run.run)
+        if result.report.store_epoch >= 2:
+            break
+        assert result.ok, result.text()  # no takeover: nothing to break
+        set_aside.append(f"seed {seed}: no takeover (the paused active held the store's lock)")
+    else:
+        pytest.fail("no run took over: " + "; ".join(set_aside))
     assert "P5" in broken(result), result.text()
     assert result.report.stale_writes > 0
 

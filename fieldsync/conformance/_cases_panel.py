@@ -13,7 +13,7 @@ import trio
 from . import _codec as c
 from . import _tls
 from ._base import Fail, Registry, Skip, check
-from ._link import Link, connect, describe
+from ._link import Link, connect, connect_or_refused, describe
 
 panel_case = Registry()
 
@@ -83,8 +83,9 @@ class PanelCtx:
             raise Skip(f"no node certificate {ident.cert}")
         return ident
 
-    async def dial(self, *, ident: Any = "own", tls12: bool = False, any_version: bool = False,
-                   patience: float = 6.0) -> Link:
+    async def dial(
+        self, *, ident: Any = "own", tls12: bool = False, any_version: bool = False, patience: float = 6.0
+    ) -> Link:
         """Dial the panel, retrying while it does not accept yet (it may be between sessions)."""
         ssl_ctx = None
         if self.tls:
@@ -120,8 +121,12 @@ class PanelCtx:
 
     def welcome(self, h: c.Hello, **kw: Any) -> c.Welcome:
         args: dict[str, Any] = {
-            "node_id": f"conformance-{self.t.node_name}", "epoch": self.epoch_for(h), "hwm": self.hwm_for(h),
-            "config_version": h.config_version, "config_digest": h.config_digest, "heartbeat_ms": HB_MS,
+            "node_id": f"conformance-{self.t.node_name}",
+            "epoch": self.epoch_for(h),
+            "hwm": self.hwm_for(h),
+            "config_version": h.config_version,
+            "config_digest": h.config_digest,
+            "heartbeat_ms": HB_MS,
         }
         args.update(kw)
         return c.Welcome(**args)
@@ -142,8 +147,7 @@ class PanelCtx:
         await s.link.send_msg(c.Bye(s.epoch, 0))
         await s.link.aclose()
 
-    async def batches(self, s: Session, n: int, within: float, *, prev_last: int | None = None
-                      ) -> list[c.EventBatch]:
+    async def batches(self, s: Session, n: int, within: float, *, prev_last: int | None = None) -> list[c.EventBatch]:
         """`n` batches (checked against 7.3 order) within `within`, passing over heartbeats and CONFIG_ACKs."""
         out: list[c.EventBatch] = []
         deadline = trio.current_time() + within
@@ -159,11 +163,15 @@ class PanelCtx:
             m = rx.msg
             if isinstance(m, c.EventBatch):
                 if prev_last is None:
-                    check(m.first_seq <= s.welcome.hwm + 1,
-                          f"first batch starts at {m.first_seq}, above hwm+1 = {s.welcome.hwm + 1} (7.3)")
+                    check(
+                        m.first_seq <= s.welcome.hwm + 1,
+                        f"first batch starts at {m.first_seq}, above hwm+1 = {s.welcome.hwm + 1} (7.3)",
+                    )
                 else:
-                    check(m.first_seq == prev_last + 1,
-                          f"batch starts at {m.first_seq}, not at prev_last+1 = {prev_last + 1} (7.3)")
+                    check(
+                        m.first_seq == prev_last + 1,
+                        f"batch starts at {m.first_seq}, not at prev_last+1 = {prev_last + 1} (7.3)",
+                    )
                 prev_last = m.last
                 out.append(m)
             elif not isinstance(m, c.Heartbeat | c.ConfigAck):
@@ -190,8 +198,11 @@ class PanelCtx:
 
     async def known_config(self, s: Session) -> tuple[c.Config, int]:
         """The panel's configuration as this battery knows it, pushing a snapshot first if it does not."""
-        if self.s.config is not None and self.s.config_version == s.hello.config_version and \
-                self.s.config.digest() == s.hello.config_digest:
+        if (
+            self.s.config is not None
+            and self.s.config_version == s.hello.config_version
+            and self.s.config.digest() == s.hello.config_digest
+        ):
             return self.s.config, s.hello.config_version
         await self.push_snapshot(s, example_config(), s.hello.config_version + 1)
         assert self.s.config is not None and self.s.config_version is not None
@@ -223,8 +234,10 @@ async def hello(ctx: PanelCtx) -> str:
         extra = f", {v} CN {cn}"
     await link.send_msg(ctx.welcome(h))
     await link.send_msg(c.Bye(ctx.epoch_for(h), 0))
-    return (f"HELLO in {dt * 1000:.0f} ms: panel {h.panel_id} fw {h.firmware!r} seqs {h.oldest_seq}..{h.newest_seq} "
-            f"config v{h.config_version} max_epoch {h.max_epoch}{extra}")
+    return (
+        f"HELLO in {dt * 1000:.0f} ms: panel {h.panel_id} fw {h.firmware!r} seqs {h.oldest_seq}..{h.newest_seq} "
+        f"config v{h.config_version} max_epoch {h.max_epoch}{extra}"
+    )
 
 
 @panel_case("illegal-before-welcome", "4, 6.1")
@@ -260,8 +273,10 @@ async def upload(ctx: PanelCtx) -> str:
     check(len(more) >= 1, f"no batch after the ACK up to {last} within 4 s")
     await _ack_all(ctx, s, more)
     await ctx.bye(s)
-    return (f"hwm {s.welcome.hwm}: {' '.join(f'{b.first_seq}..{b.last}' for b in bs)}, ACK {last}, "
-            f"then {more[0].first_seq}..{more[0].last}")
+    return (
+        f"hwm {s.welcome.hwm}: {' '.join(f'{b.first_seq}..{b.last}' for b in bs)}, ACK {last}, "
+        f"then {more[0].first_seq}..{more[0].last}"
+    )
 
 
 @panel_case("resume-after-ack", "7.3, 7.4")
@@ -384,8 +399,13 @@ async def delta_ack(ctx: PanelCtx) -> str:
     s = await ctx.session()
     base, v = await ctx.known_config(s)
     ops: list[c.Op] = [
-        c.PutCardholder(555, 0, 0, 0, (1,)), c.DeleteCardholder(17), c.PutDoor(0, 3), c.DeleteSchedule(999),
-        c.PutSchedule(3, ((1, 0, 60),)), c.DeleteAccessLevel(2), c.PutCardholder(555, 42, 0, 0, (2, 1)),
+        c.PutCardholder(555, 0, 0, 0, (1,)),
+        c.DeleteCardholder(17),
+        c.PutDoor(0, 3),
+        c.DeleteSchedule(999),
+        c.PutSchedule(3, ((1, 0, 60),)),
+        c.DeleteAccessLevel(2),
+        c.PutCardholder(555, 42, 0, 0, (2, 1)),
     ]
     new = base.applied(ops)
     await s.link.send_msg(c.ConfigDelta(s.epoch, v, v + 1, new.digest(), tuple(ops)))
@@ -422,37 +442,50 @@ async def _config_refused(ctx: PanelCtx, msg: Any, code: str | tuple[str, ...]) 
     s2 = await ctx.session()
     await ctx.bye(s2)
     after = (s2.hello.config_version, s2.hello.config_digest)
-    check(after == before, f"{c.code_name(e.code)}, but the configuration changed: v{before[0]} -> v{after[0]} "
-                           "(8.2: all or none)")
+    check(
+        after == before,
+        f"{c.code_name(e.code)}, but the configuration changed: v{before[0]} -> v{after[0]} (8.2: all or none)",
+    )
     return f"{c.code_name(e.code)}; configuration unchanged"
 
 
 @panel_case("delta-wrong-base", "8.4")
 async def delta_wrong_base(ctx: PanelCtx) -> str:
     """A CONFIG_DELTA whose from_version is not the panel's version is CONFIG_VERSION."""
+
     def build(s: Session) -> c.Message:
         v = s.hello.config_version
         return c.ConfigDelta(s.epoch, v + 5, v + 6, BOGUS_DIGEST, (c.PutDoor(1, 1),))
+
     return await _config_refused(ctx, build, "CONFIG_VERSION")
 
 
 @panel_case("delta-backwards", "5")
 async def delta_backwards(ctx: PanelCtx) -> str:
     """A CONFIG_DELTA with to_version <= from_version is CONFIG_VERSION."""
+
     def build(s: Session) -> c.Message:
         v = s.hello.config_version
         return c.ConfigDelta(s.epoch, v, v, BOGUS_DIGEST, (c.PutDoor(1, 1),))
+
     return await _config_refused(ctx, build, "CONFIG_VERSION")
 
 
 @panel_case("unknown-config-op", "8.2")
 async def unknown_op(ctx: PanelCtx) -> str:
     """A delta with an op 99 after a good op is UNKNOWN_CONFIG_OP and none of it applies."""
+
     def build(s: Session) -> bytes:
         v = s.hello.config_version
-        body = struct_pack(s.epoch, v, v + 1) + BOGUS_DIGEST + (2).to_bytes(4, "big") + c.encode_op(
-            c.PutDoor(9, 3)) + b"\x63\x00\x00"
+        body = (
+            struct_pack(s.epoch, v, v + 1)
+            + BOGUS_DIGEST
+            + (2).to_bytes(4, "big")
+            + c.encode_op(c.PutDoor(9, 3))
+            + b"\x63\x00\x00"
+        )
         return c.encode_frame(c.CONFIG_DELTA, body)
+
     return await _config_refused(ctx, build, "UNKNOWN_CONFIG_OP")
 
 
@@ -463,25 +496,31 @@ def struct_pack(*u64: int) -> bytes:
 @panel_case("config-op-out-of-range", "8.2")
 async def op_range(ctx: PanelCtx) -> str:
     """A delta with PutDoor mode 9 after a good op is FIELD_OUT_OF_RANGE and none of it applies."""
+
     def build(s: Session) -> c.Message:
         v = s.hello.config_version
         return c.ConfigDelta(s.epoch, v, v + 1, BOGUS_DIGEST, (c.PutDoor(9, 3), c.PutDoor(10, 9)))
+
     return await _config_refused(ctx, build, "FIELD_OUT_OF_RANGE")
 
 
 @panel_case("snapshot-part-out-of-range", "5")
 async def snapshot_part_range(ctx: PanelCtx) -> str:
     """A snapshot part 1 of 1 is FIELD_OUT_OF_RANGE."""
+
     def build(s: Session) -> c.Message:
         return c.ConfigSnapshot(s.epoch, 1, BOGUS_DIGEST, 1, 1, ())
+
     return await _config_refused(ctx, build, "FIELD_OUT_OF_RANGE")
 
 
 @panel_case("snapshot-part-out-of-order", "5")
 async def snapshot_part_order(ctx: PanelCtx) -> str:
     """A snapshot that begins with part 1 of 2 is CONFIG_VERSION."""
+
     def build(s: Session) -> c.Message:
         return c.ConfigSnapshot(s.epoch, 1, BOGUS_DIGEST, 1, 2, (c.PutDoor(1, 1),))
+
     return await _config_refused(ctx, build, "CONFIG_VERSION")
 
 
@@ -587,8 +626,10 @@ async def unsupported_version(ctx: PanelCtx) -> str:
     rx = await link.recv(3.0)
     check(rx is not None, "no answer within 3 s")
     assert rx is not None
-    check(rx.kind == "msg" and isinstance(rx.msg, c.Error) and rx.msg.code == 101,
-          f"expected ERROR UNSUPPORTED_VERSION, got {rx.describe()}")
+    check(
+        rx.kind == "msg" and isinstance(rx.msg, c.Error) and rx.msg.code == 101,
+        f"expected ERROR UNSUPPORTED_VERSION, got {rx.describe()}",
+    )
     assert rx.frame is not None and isinstance(rx.msg, c.Error)
     check(rx.frame.version == 1, f"ERROR frame carries version {rx.frame.version}, not the peer's 1 (13.2)")
     await link.expect_close(2.0)
@@ -608,8 +649,10 @@ async def welcome_stale(ctx: PanelCtx) -> str:
         await link.aclose()
         link = await ctx.dial()
         h = await ctx.hello(link)
-        check(h.max_epoch >= 2, f"after accepting a WELCOME of epoch 2 the next HELLO says max_epoch {h.max_epoch}"
-                                " (6.2.5)")
+        check(
+            h.max_epoch >= 2,
+            f"after accepting a WELCOME of epoch 2 the next HELLO says max_epoch {h.max_epoch} (6.2.5)",
+        )
         raised = "after raising max_epoch to 2, "
     await link.send_msg(ctx.welcome(h, epoch=h.max_epoch - 1))
     await link.expect_error("STALE_EPOCH", 3.0, skip=(c.HEARTBEAT,))
@@ -622,15 +665,9 @@ async def welcome_stale(ctx: PanelCtx) -> str:
 async def _tls_refused(ctx: PanelCtx, ident: Any, what: str, *, tls12: bool = False) -> str:
     assert ctx.t.pki is not None
     ssl_ctx = _tls.context(ctx.t.pki / "ca.pem", ident, tls12_only=tls12)
-    try:
-        link = await connect(ctx.t.host, ctx.t.port, ssl_ctx, ctx.nursery)
-    except trio.BrokenResourceError as exc:
-        why = str(exc.__cause__ or exc)
-        # 2.2: an alert SHOULD come; a close without one is still a refusal.
-        alert = "with a TLS alert" if "ALERT" in why.upper() else "without a TLS alert (a SHOULD of 2.2)"
-        return f"refused in the TLS handshake, {alert} ({why})"
-    except trio.TooSlowError:
-        raise Fail("the TLS handshake neither finished nor failed within 5 s") from None
+    link = await connect_or_refused(ctx.t.host, ctx.t.port, ssl_ctx, ctx.nursery)
+    if isinstance(link, str):
+        return link
     ctx.links.append(link)
     rx = await link.recv(4.0)
     check(rx is None or rx.kind != "msg", f"{what}: the panel sent {rx.describe() if rx else ''} (2.2)")

@@ -56,8 +56,9 @@ def describe(m: c.Message) -> str:
 
 
 class Link:
-    def __init__(self, stream: trio.abc.Stream, raw: trio.SocketStream, nursery: trio.Nursery,
-                 *, any_version: bool = False) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, raw: trio.SocketStream, nursery: trio.Nursery, *, any_version: bool = False
+    ) -> None:
         self.stream = stream
         self.raw = raw
         self.reader = c.FrameReader(any_version=any_version)
@@ -179,8 +180,9 @@ class Link:
 
     # ------------------------------------------------------------------------------------------ expectations
 
-    async def expect(self, types: int | tuple[int, ...], within: float, *,
-                     skip: tuple[int, ...] = (c.HEARTBEAT,), what: str = "") -> c.Message:
+    async def expect(
+        self, types: int | tuple[int, ...], within: float, *, skip: tuple[int, ...] = (c.HEARTBEAT,), what: str = ""
+    ) -> c.Message:
         """The next message of one of `types` within `within`, passing over `skip`; anything else fails."""
         want = (types,) if isinstance(types, int) else types
         names = "/".join(c.TYPE_NAMES[t] for t in want)
@@ -197,12 +199,16 @@ class Link:
                 continue
             raise Fail(f"expected {names}{what}, got {rx.describe()}")
 
-    async def expect_error(self, codes: int | str | tuple[int | str, ...], within: float, *,
-                           skip: tuple[int, ...] = (c.HEARTBEAT, c.ACK, c.CONFIG_DELTA, c.CONFIG_SNAPSHOT),
-                           close: bool = True) -> c.Error:
+    async def expect_error(
+        self,
+        codes: int | str | tuple[int | str, ...],
+        within: float,
+        *,
+        skip: tuple[int, ...] = (c.HEARTBEAT, c.ACK, c.CONFIG_DELTA, c.CONFIG_SNAPSHOT),
+        close: bool = True,
+    ) -> c.Error:
         """An ERROR with one of `codes` within `within`, then the close (section 10): nothing after it."""
-        want = tuple(c.CODES[x] if isinstance(x, str) else x for x in
-                     (codes if isinstance(codes, tuple) else (codes,)))
+        want = tuple(c.CODES[x] if isinstance(x, str) else x for x in (codes if isinstance(codes, tuple) else (codes,)))
         names = "/".join(c.code_name(x) for x in want)
         deadline = trio.current_time() + within
         while True:
@@ -251,8 +257,15 @@ class Link:
             seen.append(rx.msg)
 
 
-async def connect(host: str, port: int, ssl_ctx: ssl.SSLContext | None, nursery: trio.Nursery, *,
-                  within: float = 5.0, any_version: bool = False) -> Link:
+async def connect(
+    host: str,
+    port: int,
+    ssl_ctx: ssl.SSLContext | None,
+    nursery: trio.Nursery,
+    *,
+    within: float = 5.0,
+    any_version: bool = False,
+) -> Link:
     """TCP (and the TLS handshake): raises OSError, trio.BrokenResourceError (TLS refused) or trio.TooSlowError."""
     with trio.fail_after(within):
         raw = await trio.open_tcp_stream(host, port)
@@ -266,3 +279,19 @@ async def connect(host: str, port: int, ssl_ctx: ssl.SSLContext | None, nursery:
                 raise
             stream = tls
     return Link(stream, raw, nursery, any_version=any_version)
+
+
+def alert_words(text: str) -> str:
+    """How a TLS refusal came: 2.2 says an alert SHOULD come; a close without one still refuses."""
+    return "with a TLS alert" if "ALERT" in text.upper() else "without a TLS alert (a SHOULD of 2.2)"
+
+
+async def connect_or_refused(host: str, port: int, ssl_ctx: ssl.SSLContext | None, nursery: trio.Nursery) -> Link | str:
+    """A TLS connection, or (a str) how the peer refused it during the handshake."""
+    try:
+        return await connect(host, port, ssl_ctx, nursery)
+    except trio.BrokenResourceError as exc:
+        why = str(exc.__cause__ or exc)
+        return f"refused in the TLS handshake, {alert_words(why)} ({why})"
+    except trio.TooSlowError:
+        raise Fail("the TLS handshake neither finished nor failed within 5 s") from None
