@@ -347,3 +347,38 @@ def test_every_boot_is_checked_and_every_event_is_accounted_for(medium: str) -> 
     assert "lost with power" in result.text()
     rates = [b.stored - a.stored for a, b in itertools.pairwise(result.samples)]
     assert min(rates) >= 0, "the timeline's stored events never go back"
+
+
+def test_the_timeline_shows_its_series_and_shades_every_fault_window(tmp_path: Path) -> None:
+    """The fast tier checks the picture's content, not just its magic bytes."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    from fieldsync.harness import FAULT_COLOUR, SERIES, plot_timeline, timeline_figure
+
+    result = run_fast(parse_scenario(REPLAY_UNDER_KILLS), 31930)
+    assert result.ok, result.text()
+    assert [w.label for w in result.windows] == ["server outage"]
+    figure = timeline_figure(result)
+    axes = figure.axes
+    assert [ax.get_ylabel() for ax in axes] == list(SERIES)
+    for ax in axes:
+        line = ax.lines[0]
+        assert len(line.get_xdata()) == len(result.samples) > 10
+        shaded = [p for p in ax.patches if p.get_facecolor()[:3] == to_rgb(FAULT_COLOUR)]
+        assert len(shaded) == len(result.windows), ax.get_ylabel()
+        (x0, x1) = (shaded[0].get_x(), shaded[0].get_x() + shaded[0].get_width())
+        assert x0 == pytest.approx(result.windows[0].start)
+        assert x1 == pytest.approx(result.windows[0].end)
+    stored_rate = axes[0].lines[0].get_ydata()
+    assert max(stored_rate) > 0 and min(stored_rate) >= 0  # events were stored; the rate never goes back
+    buffered = axes[1].lines[0].get_ydata()
+    assert max(buffered) > 0, "the outage left a backlog at the panels"
+    assert max(axes[3].lines[0].get_ydata()) == result.report.store_epoch
+    # The PNG itself: the size asked for, and the fault shading's tint in its pixels.
+    pixels = imread(plot_timeline(result, tmp_path / "timeline.png"))
+    assert pixels.shape[:2] == (720, 900)
+    red, green, blue = to_rgb(FAULT_COLOUR)
+    tint = (1 - 0.12) + 0.12 * red, (1 - 0.12) + 0.12 * green, (1 - 0.12) + 0.12 * blue
+    close = abs(pixels[:, :, 0] - tint[0]) + abs(pixels[:, :, 1] - tint[1]) + abs(pixels[:, :, 2] - tint[2]) < 0.03
+    assert close.sum() > 1000, "no shaded fault window in the picture"

@@ -21,7 +21,10 @@ from ._proxy import FaultError as FaultError
 from ._proxy import FaultHub as FaultHub
 from ._proxy import Proxy as Proxy
 from ._proxy import Toxic as Toxic
+from ._report import FAULT_COLOUR as FAULT_COLOUR
+from ._report import SERIES as SERIES
 from ._report import plot_timeline as plot_timeline
+from ._report import timeline_figure as timeline_figure
 from ._runner import FaultWindow as FaultWindow
 from ._runner import RunResult as RunResult
 from ._runner import Sample as Sample
@@ -48,6 +51,7 @@ __all__ = [
     "DEFAULT_API_PORT",
     "DatagramProxy",
     "Direction",
+    "FAULT_COLOUR",
     "FLAWS",
     "FaultError",
     "FaultHub",
@@ -59,6 +63,7 @@ __all__ = [
     "Proxy",
     "Report",
     "RunResult",
+    "SERIES",
     "Sample",
     "Scenario",
     "ScenarioError",
@@ -82,5 +87,6 @@ __all__ = [
     "run_scenario",
     "scenario_toml",
     "serve_api",
+    "timeline_figure",
     "write_reports",
 ]
