@@ -14,11 +14,12 @@ integers SQLite stores (the same bits); the query helpers turn them back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -441,6 +442,24 @@ class EventStore:
                     stale += 1
                 newest = max(newest, epoch)
             return stale
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the store as of one instant (one WAL read transaction).
+
+        A checker reading a panel's rows, then its losses, then its hwm while a node
+        commits would see three different stores: a seq counted in the hwm but not
+        among the rows reads as an undeclared gap.
+        """
+        with map_sqlite_errors(self.path, "starting a read snapshot"):
+            self._conn.execute("BEGIN")
+            # A deferred transaction takes its snapshot at the first read: take it now.
+            self._conn.execute("SELECT epoch FROM cluster WHERE id = 1").fetchone()
+        try:
+            yield
+        finally:
+            with map_sqlite_errors(self.path, "ending a read snapshot"):
+                self._conn.execute("COMMIT")
 
     def integrity_check(self) -> str:
         with map_sqlite_errors(self.path, "checking integrity"):

@@ -63,6 +63,26 @@ def test_reingest_is_idempotent(store: EventStore) -> None:
     assert store.seqs(1) == list(range(1, 121))
 
 
+def test_a_snapshot_reads_one_instant_while_another_writer_commits(store: EventStore, tmp_path: Path) -> None:
+    """The checker's reads (rows, then losses, then the hwm) must agree with each other even
+    while a node commits: without one read transaction, a seq committed between the reads
+    counts in the hwm but not among the rows (an undeclared gap that is not there)."""
+    store.ingest([batch(1, 1, 10)], 1)
+    writer = EventStore(tmp_path / "events.db")
+    try:
+        with store.snapshot():
+            rows_before = store.seqs(1)
+            writer.ingest([batch(1, 11, 20)], 1)
+            assert store.hwm(1) == 10 and store.seqs(1) == rows_before == list(range(1, 11))
+        assert store.hwm(1) == 20 and store.seqs(1) == list(range(1, 21))
+        # The control: the same reads outside a snapshot see the second commit halfway.
+        rows = store.seqs(1)
+        writer.ingest([batch(1, 21, 30)], 1)
+        assert store.hwm(1) == 30 and rows[-1] == 20
+    finally:
+        writer.close()
+
+
 def test_a_gap_is_refused_naming_the_expected_seq(store: EventStore) -> None:
     store.ingest([batch(1, 1, 10)], 1)
     result = store.ingest([batch(1, 15, 20), batch(2, 1, 3)], 1)

@@ -139,15 +139,18 @@ def check(db: Path | str, panels: Iterable[Panel]) -> Report:
     store = EventStore(db)
     config = ConfigStore(db)
     try:
-        verdicts = tuple(_panel(store, panel) for panel in panels)
+        with store.snapshot():  # one instant of the store, however busy its writers
+            verdicts = tuple(_panel(store, panel) for panel in panels)
+            store_epoch = store.epoch
+            stale_writes = store.stale_writes()
         version, digest = config.current()
         return Report(
             panels=verdicts,
             server_config_version=version,
             server_config_digest=digest,
-            store_epoch=store.epoch,
+            store_epoch=store_epoch,
             integrity=store.integrity_check(),
-            stale_writes=store.stale_writes(),
+            stale_writes=stale_writes,
         )
     finally:
         store.close()
