@@ -25,6 +25,10 @@ from ._report import FAULT_COLOUR as FAULT_COLOUR
 from ._report import SERIES as SERIES
 from ._report import plot_timeline as plot_timeline
 from ._report import timeline_figure as timeline_figure
+from ._rogue import ROGUE_CARD as ROGUE_CARD
+from ._rogue import RogueKind as RogueKind
+from ._rogue import RogueOutcome as RogueOutcome
+from ._rogue import attempt as attempt_rogue
 from ._runner import FaultWindow as FaultWindow
 from ._runner import RunResult as RunResult
 from ._runner import Sample as Sample
@@ -60,6 +64,9 @@ __all__ = [
     "LineCounters",
     "NODES_GROUP",
     "PanelVerdict",
+    "ROGUE_CARD",
+    "RogueKind",
+    "RogueOutcome",
     "Proxy",
     "Report",
     "RunResult",
@@ -73,6 +80,7 @@ __all__ = [
     "TOXIC_TYPES",
     "Toxic",
     "VirtualLine",
+    "attempt_rogue",
     "check",
     "fast_forward_clock",
     "flawed_cluster_class",
