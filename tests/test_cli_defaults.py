@@ -17,8 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
 
-from fieldsync.cli import main
-from fieldsync.cli._defaults import SiteCommand, SiteGroup
+from fieldsync.cli import SiteCommand, SiteGroup, main, read_defaults
 from storage import ConfigStore
 
 
@@ -198,3 +197,13 @@ def test_help_shows_the_value_the_file_sets(tmp_path: Path) -> None:
         assert "[site: defaults.serve.heartbeat_ms = 500]" in text
         assert "[default: 9600] [site: defaults.serve.baud = 9600]" in text
         assert "[site: defaults.serve.parity]" in text
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/architecture.md"])
+def test_the_docs_examples_are_tables_the_cli_accepts(tmp_path: Path, page: str) -> None:
+    text = (Path(__file__).parent.parent / page).read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "[defaults." in b]
+    assert blocks, page
+    for block in blocks:
+        site = _site(tmp_path / "site.toml", block)
+        assert read_defaults(site, main), block

@@ -136,10 +136,9 @@ def read_defaults(path: Path, root: click.Command) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise DefaultsError(f"{path}: not valid TOML: {exc}") from None
     table = data.get("defaults", {})
-    source = _Source(path, text)
     if not isinstance(table, dict):
-        raise source.error((), "defaults", "defaults must be a table: [defaults.<command>] key = value", table=True)
-    return _checked(source, root, (), table)
+        raise DefaultsError(f"{path}: defaults must be a table: [defaults.<command>] key = value")
+    return _checked(_Source(path, text), root, (), table)
 
 
 def _checked(source: _Source, command: click.Command, parts: tuple[str, ...], table: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +163,9 @@ def _checked(source: _Source, command: click.Command, parts: tuple[str, ...], ta
     return out
 
 
-def _unknown(source: _Source, command: click.Command, parts: tuple[str, ...], key: str, *, is_table: bool) -> Exception:
+def _unknown(
+    source: _Source, command: click.Command, parts: tuple[str, ...], key: str, *, is_table: bool
+) -> DefaultsError:
     subcommands = sorted(command.commands) if isinstance(command, click.Group) else []
     options = sorted(settable(command))
     close = difflib.get_close_matches(key, subcommands if is_table else [*options, *subcommands], n=1)
