@@ -117,3 +117,47 @@ def test_every_command_has_help() -> None:
     ):
         result = runner.invoke(main, [*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, args
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cluster_up_and_every_node_it_started(site_pki: Path, tmp_path: Path) -> None:
+    """What a service manager does: SIGTERM to `fieldsync cluster up`. Its node processes
+    (sessions of their own) must not live on as orphans holding the VIP."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fieldsync.engine import process_is_fieldsync
+    from fieldsync.site import write_pair_site
+
+    site = write_pair_site(tmp_path / "site.toml", pki_dir=site_pki, port=31950, panels=2)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "fieldsync.cli", "cluster", "up", "--site", str(site)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        assert up.stdout is not None
+        deadline = time.monotonic() + 30
+        while not pids and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            found = re.findall(r"[AB]=(\d+)", line)
+            if len(found) == 2:
+                pids = [int(p) for p in found]
+        assert len(pids) == 2 and all(process_is_fieldsync(p) for p in pids), pids
+        up.send_signal(signal.SIGTERM)
+        _, err = up.communicate(timeout=15)  # the supervisor's bound: SIGINT, SIGKILL after 3 s
+        assert up.returncode == 0 and "SIGTERM: stopped" in err, err[-2000:]
+        assert not [p for p in pids if process_is_fieldsync(p)], f"orphans left: {pids}"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+        for pid in pids:  # only what this test's command started
+            if process_is_fieldsync(pid):
+                os.kill(pid, signal.SIGKILL)

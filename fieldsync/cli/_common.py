@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,10 +59,39 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+async def _until_sigterm(fn: Callable[[], Any]) -> bool:
+    """Run ``fn`` until it returns or SIGTERM comes; True if SIGTERM ended it.
+
+    SIGTERM is what a service manager sends. Left to its default action it would kill
+    this process at once, and whatever the command started (node processes run in
+    sessions of their own) would live on as orphans, still holding the VIP. As a
+    cancellation it runs the same clean-up as Ctrl-C: each child is stopped by its pid
+    (``Supervisor``: SIGINT, SIGKILL after 3 s). A command with its own SIGTERM handling
+    (``serve``: a planned stop with BYE) opens its receiver inside, which takes precedence.
+    """
+    terminated = False
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal terminated
+                async for _ in signals:
+                    terminated = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await fn()
+            nursery.cancel_scope.cancel()
+    return terminated
+
+
 def run_trio(fn: Callable[[], Any]) -> None:
-    """Run ``fn`` under trio; the errors a user can cause become one clear line."""
+    """Run ``fn`` under trio; the errors a user can cause become one clear line. SIGINT and
+    SIGTERM stop it and everything it started."""
     try:
-        trio.run(fn)
+        if trio.run(_until_sigterm, fn):
+            click.echo("SIGTERM: stopped", err=True)
     except BaseException as exc:
         leaves = _leaves(exc)
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
