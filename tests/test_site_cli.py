@@ -161,3 +161,26 @@ def test_sigterm_stops_cluster_up_and_every_node_it_started(site_pki: Path, tmp_
         for pid in pids:  # only what this test's command started
             if process_is_fieldsync(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_log_format_json_gives_one_object_per_line(tmp_path: Path) -> None:
+    """A real command's log, as a log shipper reads it: every line parses, nothing is free text."""
+    import json
+    import subprocess
+    import sys
+
+    site = tmp_path / "site.toml"
+    site.write_text(f'[site]\ndb = "{tmp_path / "site.db"}"\ninsecure = true\nvip = "127.0.0.1"\nport = 31955\n')
+    root = [sys.executable, "-m", "fieldsync.cli", "--log-format", "json", "--log-level", "info"]
+    done = subprocess.run(
+        [*root, "serve", "--site", str(site), "--duration", "0.3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    entries = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert entries and all({"time", "level", "logger", "message", "pid"} <= set(e) for e in entries), done.stderr
+    assert any(e["logger"] == "fieldsync.node" and "serving with epoch" in e["message"] for e in entries)
+    # Everything on stderr that is a log record is JSON: the rest is the command's own output.
+    assert not [line for line in done.stderr.splitlines() if " fieldsync.node " in line], done.stderr

@@ -6,6 +6,8 @@ The root and every command are SiteGroup / SiteCommand (``_defaults``): a site f
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
 
@@ -24,7 +26,25 @@ from ._scenario import scenario
 from ._serve import serve
 from ._status import status
 
-__all__ = ["main"]
+__all__ = ["JsonLogFormatter", "main"]
+
+_TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for a log shipper: no parsing of free text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="microseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 @click.group(cls=SiteGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,10 +52,19 @@ __all__ = ["main"]
 @click.option(
     "--log-level", default="warning", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line (time, level, logger, message, and the exception if any).",
+)
 @root_site_option
-def main(log_level: str) -> None:
+def main(log_level: str, log_format: str) -> None:
     """fieldsync: field panels, a sync-engine cluster, faults, and the promises P1-P7."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
 
 
 for _command in (demo, pki, serve, line_cmd, node_cmd, cluster, emulate, scenario, faults_cmd, config, status):
