@@ -184,3 +184,39 @@ def test_log_format_json_gives_one_object_per_line(tmp_path: Path) -> None:
     assert any(e["logger"] == "fieldsync.node" and "serving with epoch" in e["message"] for e in entries)
     # Everything on stderr that is a log record is JSON: the rest is the command's own output.
     assert not [line for line in done.stderr.splitlines() if " fieldsync.node " in line], done.stderr
+
+
+def test_status_watch_refreshes_until_sigterm(tmp_path: Path) -> None:
+    """`status --watch` piped: one block per refresh, each showing what the store holds then;
+    SIGTERM ends it cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    from storage import EventStore
+
+    db = tmp_path / "site.db"
+    EventStore(db).close()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "fieldsync.cli", "status", "--db", str(db), "--watch", "--every", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        stamps = []
+        while len(stamps) < 3:
+            line = watch.stdout.readline()
+            assert line, watch.stderr.read() if watch.stderr else ""
+            if line.startswith("-- "):
+                stamps.append(line)
+            else:
+                assert line.startswith(("store ", "  panel", "\n")) or line.strip().startswith("panel"), line
+        watch.send_signal(signal.SIGTERM)
+        _, err = watch.communicate(timeout=10)
+        assert watch.returncode == 0 and "SIGTERM: stopped" in err, err
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()

@@ -11,7 +11,7 @@ import click
 import trio
 
 from ..site import SiteError, load_site
-from ._common import friendly, run_trio
+from ._common import friendly, run_trio, show, watch_options
 from ._defaults import SiteCommand, SiteGroup, site_option
 
 __all__ = ["cluster", "node_cmd"]
@@ -61,8 +61,9 @@ def cluster() -> None:
 @cluster.command("status")
 @site_option
 @click.option("--json", "as_json", is_flag=True)
+@watch_options
 @friendly
-def cluster_status(site_path: Path | None, as_json: bool) -> None:
+def cluster_status(site_path: Path | None, as_json: bool, watch: bool, every: float) -> None:
     """Who holds the VIP, the epoch, the lease, each node's health."""
     import time as _time
 
@@ -70,26 +71,30 @@ def cluster_status(site_path: Path | None, as_json: bool) -> None:
 
     site = load_site(site_path)
     store = ClusterStore(site.db)
-    lease, nodes = store.lease(), store.nodes()
-    now = _time.time_ns() // 1000
-    if as_json:
-        click.echo(
-            json.dumps(
-                {"lease": dataclasses_asdict(lease), "nodes": {k: dataclasses_asdict(v) for k, v in nodes.items()}},
-                indent=2,
+
+    def render() -> str:
+        lease, nodes = store.lease(), store.nodes()
+        now = _time.time_ns() // 1000
+        if as_json:
+            lease_d = dataclasses_asdict(lease)
+            return json.dumps(
+                {"lease": lease_d, "nodes": {k: dataclasses_asdict(v) for k, v in nodes.items()}}, indent=2
             )
-        )
-        return
-    holder = lease.holder if lease.held_at(now) else "nobody"
-    left = max(0, lease.lease_until_us - now) / 1e6
-    click.echo(
-        f"VIP {site.vip}:{site.port} held by {holder}; epoch {lease.epoch}; lease {left:.2f} s left"
-        + (f"; switchover to {lease.switchover_to} requested" if lease.switchover_to else "")
-    )
-    for name, beat in sorted(nodes.items()):
-        age = (now - beat.heartbeat_us) / 1e6
-        health = "alive" if age < 1.0 else f"silent {age:.1f} s"
-        click.echo(f"  node {name}: {beat.role:<8} pid {beat.pid:<7} {beat.address:<12} epoch {beat.epoch:<4} {health}")
+        holder = lease.holder if lease.held_at(now) else "nobody"
+        left = max(0, lease.lease_until_us - now) / 1e6
+        lines = [
+            f"VIP {site.vip}:{site.port} held by {holder}; epoch {lease.epoch}; lease {left:.2f} s left"
+            + (f"; switchover to {lease.switchover_to} requested" if lease.switchover_to else "")
+        ]
+        for name, beat in sorted(nodes.items()):
+            age = (now - beat.heartbeat_us) / 1e6
+            health = "alive" if age < 1.0 else f"silent {age:.1f} s"
+            lines.append(
+                f"  node {name}: {beat.role:<8} pid {beat.pid:<7} {beat.address:<12} epoch {beat.epoch:<4} {health}"
+            )
+        return "\n".join(lines)
+
+    show(render, watch=watch, every=every)
 
 
 def dataclasses_asdict(obj: object) -> dict[str, object]:

@@ -19,7 +19,7 @@ from ..harness import FaultError, ScenarioError
 from ..site import Site, SiteError, load_site
 from ..site import pki as pki_mod
 
-__all__ = ["db_option", "friendly", "run_trio", "site_with"]
+__all__ = ["db_option", "friendly", "run_trio", "show", "site_with", "watch_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,3 +101,43 @@ def run_trio(fn: Callable[[], Any]) -> None:
         if user:
             raise click.ClickException("; ".join(str(e) for e in user)) from None
         raise
+
+
+def watch_options(fn: F) -> F:
+    """--watch and --every: a status that refreshes itself until Ctrl-C or SIGTERM."""
+    fn = click.option(
+        "--every", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between refreshes."
+    )(fn)
+    return click.option(
+        "--watch", is_flag=True, help="Refresh in place until Ctrl-C (a new block per refresh when not a terminal)."
+    )(fn)
+
+
+def show(render: Callable[[], str], *, watch: bool, every: float) -> None:
+    """Print ``render()`` once, or keep it on screen, refreshed every ``every`` seconds.
+
+    On a terminal the view is redrawn in place (rich's Live); piped to a file or another
+    program, each refresh is a block of its own under a time stamp, so nothing is lost.
+    """
+    if not watch:
+        click.echo(render())
+        return
+    import time as _time
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    console = Console()
+
+    async def loop() -> None:
+        if console.is_terminal:
+            with Live(Text(render()), console=console, auto_refresh=False) as live:
+                while True:
+                    await trio.sleep(every)
+                    live.update(Text(render()), refresh=True)
+        while True:
+            click.echo(f"-- {_time.strftime('%H:%M:%S')}\n{render()}\n")  # click.echo flushes
+            await trio.sleep(every)
+
+    run_trio(loop)
