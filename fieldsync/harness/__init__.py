@@ -15,12 +15,9 @@ from ._fuzz import fuzz as fuzz
 from ._fuzz import random_scenario as random_scenario
 from ._fuzz import replay_command as replay_command
 from ._fuzz import scenario_toml as scenario_toml
-from ._proxy import TOXIC_TYPES as TOXIC_TYPES
 from ._proxy import DatagramProxy as DatagramProxy
-from ._proxy import FaultError as FaultError
 from ._proxy import FaultHub as FaultHub
 from ._proxy import Proxy as Proxy
-from ._proxy import Toxic as Toxic
 from ._report import FAULT_COLOUR as FAULT_COLOUR
 from ._report import SERIES as SERIES
 from ._report import plot_timeline as plot_timeline
@@ -48,6 +45,10 @@ from ._scenario import parse_time as parse_time
 from ._serial_line import Direction as Direction
 from ._serial_line import LineCounters as LineCounters
 from ._serial_line import VirtualLine as VirtualLine
+from ._toxics import TOXIC_CLASSES as TOXIC_CLASSES
+from ._toxics import TOXIC_TYPES as TOXIC_TYPES
+from ._toxics import FaultError as FaultError
+from ._toxics import Toxic as Toxic
 from ._vclock import fast_forward_clock as fast_forward_clock
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "ScenarioRun",
     "SiteSpec",
     "Step",
+    "TOXIC_CLASSES",
     "TOXIC_TYPES",
     "Toxic",
     "VirtualLine",
