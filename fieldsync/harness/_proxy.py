@@ -23,6 +23,7 @@ generator, so a run with the same seed and schedule repeats.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import random
@@ -82,6 +83,9 @@ class Proxy:
         self.rng = random.Random(seed)
         self.counters = ProxyCounters()
         self._connections: set[Connection] = set()
+        #: What clients sent on the last few connections that ended (a tap on the wire, before
+        #: any toxic): a recorded session for a replay attack (``_rogue``). Bounded.
+        self.recordings: collections.deque[bytes] = collections.deque(maxlen=4)
         self._scope: trio.CancelScope | None = None
         #: Set when the listener and every connection are closed.
         self.stopped = trio.Event()
@@ -102,6 +106,11 @@ class Proxy:
             "connections": self._connection_count(),
             "counters": dataclasses.asdict(self.counters),
         }
+
+    def recording(self) -> bytes:
+        """The longest session recorded on this proxy: an ended one, or the live one so far."""
+        live = [bytes(c.recorded) for c in self._connections]
+        return max([*self.recordings, *live], key=len, default=b"")
 
     def _connection_count(self) -> int:
         return len(self._connections)
@@ -174,6 +183,8 @@ class Proxy:
             await conn.run()
         finally:
             self._connections.discard(conn)
+            if conn.recorded:
+                self.recordings.append(bytes(conn.recorded))
 
     def disable(self) -> None:
         """Down: stop listening and close every connection."""

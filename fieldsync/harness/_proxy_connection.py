@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection"]
 
+#: How much of what a client sends is kept for a replay (a session's handshake and first batches).
+RECORD_LIMIT = 64 * 1024
+
 
 class Connection:
     """One proxied TCP connection: per direction a reader and a writer, and a watch for the toxics that end it.
@@ -34,6 +37,8 @@ class Connection:
         #: Each toxic (by name, and the time it was added): its link to this connection, or
         #: None if it does not act on it (its toxicity, drawn once).
         self._links: dict[tuple[str, float], Link | None] = {}
+        #: The first ``RECORD_LIMIT`` bytes the client sent, as they came off the wire.
+        self.recorded = bytearray()
 
     def active(self, stream: Stream) -> list[tuple[Toxic, Link]]:
         out = []
@@ -118,6 +123,8 @@ class Connection:
                     data = await source.receive_some(64 * 1024)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
+                if stream == "upstream" and len(self.recorded) < RECORD_LIMIT:
+                    self.recorded += data[: RECORD_LIMIT - len(self.recorded)]
                 if not data:
                     for toxic, _ in self.active(stream):
                         await toxic.hold_close()
