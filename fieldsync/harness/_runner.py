@@ -43,7 +43,6 @@ from ._scenario import Scenario, ScenarioError
 from ._steps import NODES_GROUP, FaultWindow
 
 __all__ = [
-    "FaultWindow",
     "RunResult",
     "Sample",
     "ScenarioRun",

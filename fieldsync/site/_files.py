@@ -92,7 +92,7 @@ def _size(value: Any) -> Any:
 
 
 #: A size in bytes: ``65536``, ``"64KiB"``, ``"32MiB"``.
-Size = Annotated[StrictInt, BeforeValidator(_size)]
+Size = Annotated[StrictInt, BeforeValidator(_size), Field(ge=0)]
 Mode = Literal["punch-out", "host-initiated", "mixed"]
 
 
