@@ -20,9 +20,27 @@ import trio
 import trio.testing
 
 from fieldsync.harness import (
+    ACTIONS,
+    BurstStep,
+    ClockStep,
+    ConfigStep,
+    ConfigStormStep,
+    ContStep,
+    DiskFullStep,
+    DownStep,
+    KillStep,
+    OutageStep,
+    PowerCycleStep,
+    RemoveToxicStep,
+    ResetPeerStep,
+    RestartStep,
     RunResult,
     ScenarioError,
     ScenarioRun,
+    StopStep,
+    SwitchoverStep,
+    ToxicStep,
+    UpStep,
     fast_forward_clock,
     load_scenario,
     parse_scenario,
@@ -95,6 +113,215 @@ def test_a_bad_file_names_the_file_line_and_key(old: str, new: str, where: str) 
         parse_scenario(GOOD.replace(old, new, 1), Path("x.toml"))
 
 
+def test_an_error_in_a_later_step_is_at_its_own_line_whatever_comes_before() -> None:
+    """The issue's case: comments and blank lines before the second step moved its line."""
+    text = """# two steps
+duration = "10s"
+
+[[timeline]]
+at = "1s"   # the first
+do = "kill"
+
+# the second step,
+# after a comment of two lines
+[[timeline]]
+at = "2s"
+do = "kill"
+nod = "standby"
+"""
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(text, Path("x.toml"))
+    assert (caught.value.line, caught.value.key) == (13, "timeline[1].nod")
+    assert str(caught.value) == "x.toml:13: timeline[1].nod: action 'kill' has no key 'nod'; did you mean 'node'?"
+
+
+EVERY_ACTION = """
+duration = "30s"
+[site]
+panels = 6
+store_size = "16MiB"
+[[site.groups]]
+name = "east"
+panels = "1-3"
+
+[[timeline]]
+at = "1s"
+do = "kill"
+[[timeline]]
+at = "1s"
+do = "stop"
+node = "standby"
+[[timeline]]
+at = "1s"
+do = "cont"
+node = "B"
+[[timeline]]
+at = "1s"
+do = "restart"
+node = "A"
+[[timeline]]
+at = "1s"
+do = "outage"
+for = "2s"
+[[timeline]]
+at = "1s"
+do = "switchover"
+to = "B"
+[[timeline]]
+at = "1s"
+do = "down"
+group = "east"
+[[timeline]]
+at = "1s"
+do = "up"
+group = "east"
+[[timeline]]
+at = "1s"
+do = "toxic"
+group = "east"
+type = "latency"
+stream = "upstream"
+name = "slow"
+toxicity = 0.5
+attributes = { latency = 100, jitter = 5 }
+for = "500ms"
+[[timeline]]
+at = "1s"
+do = "remove_toxic"
+group = "east"
+name = "slow"
+[[timeline]]
+at = "1s"
+do = "reset_peer"
+group = "east"
+[[timeline]]
+at = "1s"
+do = "power_cycle"
+panels = "1-2,5"
+[[timeline]]
+at = "1s"
+do = "clock"
+panels = 4
+skew = "-30s"
+jump = "1m"
+[[timeline]]
+at = "1s"
+do = "config"
+cardholders = 3
+remove = 1
+lock_door = 2
+unlock_door = 0
+[[timeline]]
+at = "1s"
+do = "config_storm"
+count = 4
+[[timeline]]
+at = "1s"
+do = "burst"
+count = 10
+[[timeline]]
+at = "1s"
+do = "disk_full"
+for = "1s"
+"""
+
+
+def test_every_action_is_read_into_its_own_type_with_typed_keys() -> None:
+    steps = parse_scenario(EVERY_ACTION).timeline
+    assert [type(s) for s in steps] == list(ACTIONS.values())
+    assert [s.action() for s in steps] == list(ACTIONS)
+    expected = [
+        KillStep(at=1.0, node="active"),
+        StopStep(at=1.0, node="standby"),
+        ContStep(at=1.0, node="B"),
+        RestartStep(at=1.0, node="A"),
+        OutageStep(at=1.0, for_=2.0),
+        SwitchoverStep(at=1.0, to="B"),
+        DownStep(at=1.0, group="east"),
+        UpStep(at=1.0, group="east"),
+        ToxicStep(
+            at=1.0,
+            group="east",
+            type="latency",
+            stream="upstream",
+            name="slow",
+            toxicity=0.5,
+            attributes={"latency": 100.0, "jitter": 5.0},
+            for_=0.5,
+        ),
+        RemoveToxicStep(at=1.0, group="east", name="slow"),
+        ResetPeerStep(at=1.0, group="east"),
+        PowerCycleStep(at=1.0, panels=(1, 2, 5)),
+        ClockStep(at=1.0, panels=(4,), skew=-30.0, jump=60.0),
+        ConfigStep(at=1.0, cardholders=3, remove=1, lock_door=2, unlock_door=0),
+        ConfigStormStep(at=1.0, count=4, every=0.1),  # the defaults are the model's
+        BurstStep(at=1.0, panels="all", count=10, spread=10.0),
+        DiskFullStep(at=1.0, for_=1.0),
+    ]
+    assert list(steps) == expected
+    toxic = steps[8]
+    assert isinstance(toxic, ToxicStep)
+    assert toxic.toxic().to_json() == {
+        "name": "slow",
+        "type": "latency",
+        "stream": "upstream",
+        "toxicity": 0.5,
+        "attributes": {"latency": 100.0, "jitter": 5.0},
+    }
+    assert toxic.describe() == "toxic(group=east, type=latency, stream=upstream, name=slow, toxicity=0.5, for=0.5s)"
+    # A toxic with only what it needs takes the rest from Toxic's own defaults.
+    assert ToxicStep(at=0, group="east", type="timeout").toxic().stream == "downstream"
+    assert parse_scenario(scenario_toml(parse_scenario(EVERY_ACTION))).timeline == steps
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ('do = "up"\ngroup', 'do = "up"\ngrup', r"40: timeline\[7\]\.grup: .*; did you mean 'group'\?"),
+        ("count = 4", 'count = "four"', r"80: timeline\[14\]\.count: must be a valid integer, not 'four'"),
+        ("count = 10", "count = true", r"84: timeline\[15\]\.count: must be a valid integer, not True"),
+        ("count = 10", "count = -1", r"84: timeline\[15\]\.count: must be a whole number >= 0, not -1"),
+        ('to = "B"\n', "", r"29: timeline\[5\]: missing key 'to'"),  # a missing key: its entry's line
+        ('to = "B"', 'to = "C"', r"32: timeline\[5\]\.to: 'C' is not one of 'A' or 'B'"),
+        ('node = "standby"', 'node = "C"', r"16: timeline\[1\]\.node: 'C' is not one of 'active', 'standby', 'A' or"),
+        ('skew = "-30s"\njump = "1m"\n', "", r"64: timeline\[12\]: a clock step needs 'skew' or 'jump'"),
+        ('panels = "1-2,5"', 'panels = "1-7"', r"63: timeline\[11\]\.panels: panel 7 does not exist"),
+        ("lock_door = 2", "lock_door = 4", r"75: timeline\[13\]\.lock_door: door 4 does not exist"),
+        ('store_size = "16MiB"\n', "", r"84: timeline\[16\]: disk_full needs \[site\] store_size"),
+        ('name = "slow"\n[', 'name = ""\n[', r"55: timeline\[9\]\.name: string should have at least 1 character"),
+        ('for = "2s"', 'for = "0s"', r"28: timeline\[4\]\.for: must be positive"),
+        ('for = "2s"', "for = 2", r"28: timeline\[4\]\.for: 2 is not a time"),
+        ('do = "kill"', 'do = "kil"', r"12: timeline\[0\]\.do: unknown action 'kil'; did you mean 'kill'\?"),
+        (
+            '"reset_peer"\ngroup = "east"',
+            '"reset_peer"\ngroup = "nodes"',
+            r"59: timeline\[10\]\.group: .*no connection",
+        ),
+        ("toxicity = 0.5", "toxicity = 1.5", r"48: timeline\[8\]\.toxicity: toxicity must be a number from 0 to 1"),
+        ("{ latency = 100,", "{ latncy = 100,", r"49: timeline\[8\]\.attributes: .*has no attribute 'latncy'"),
+    ],
+)
+def test_a_bad_step_names_its_line_and_key(old: str, new: str, where: str) -> None:
+    assert old in EVERY_ACTION
+    with pytest.raises(ScenarioError, match=rf"^x\.toml:{where}"):
+        parse_scenario(EVERY_ACTION.replace(old, new, 1), Path("x.toml"))
+
+
+def test_the_docs_list_every_action_and_every_key_of_each() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "scenarios.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2]
+        for line in page.split("## `[[timeline]]`")[1].split("### Toxics")[0].splitlines()
+        if line.startswith("| `")
+    }
+    for do, step in ACTIONS.items():
+        row = next((keys for names, keys in rows.items() if f"`{do}`" in names.split(" / ")), None)
+        assert row is not None, f"docs/scenarios.md has no row for {do!r}"
+        for key in step.file_keys():
+            if key not in ("at", "do"):
+                assert f"`{key}`" in row, f"docs/scenarios.md: {do!r} does not list {key!r}"
+
+
 def test_the_in_process_tier_refuses_what_needs_two_nodes() -> None:
     scenario = load_scenario(Path(__file__).parent.parent / "scenarios" / "heartbeat-link-partition.toml")
     assert scenario.needs_two_nodes
@@ -116,7 +343,8 @@ def test_random_schedules_are_repeatable_and_round_trip_through_the_file_format(
             assert random_scenario(seed, in_process=in_process) == generated
             again = parse_scenario(scenario_toml(generated))
             assert again.site == generated.site and again.groups == generated.groups
-            assert [(s.at, s.do, s.args) for s in again.timeline] == [(s.at, s.do, s.args) for s in generated.timeline]
+            assert again.timeline == generated.timeline
+            assert again == dataclasses.replace(generated, name=again.name)
             if in_process:
                 assert not generated.needs_two_nodes
 

@@ -8,23 +8,102 @@ import pytest
 from click.testing import CliRunner
 
 from fieldsync.cli import main
-from fieldsync.site import SiteError, load_site, parse_size
-from storage import ConfigStore
+from fieldsync.site import FleetSpec, SiteError, load_site, pair_site_toml, parse_site, parse_size, write_pair_site
+from storage import ConfigStore, OverflowPolicy
 
 
-def test_unknown_keys_and_bad_values_name_the_file_and_key(tmp_path: Path) -> None:
+def test_unknown_keys_and_bad_values_name_the_file_line_and_key(tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
     site.write_text("[fleet]\npanels = 3\nbufer = '1MiB'\n")
-    with pytest.raises(SiteError, match=r"site\.toml: unknown key fleet\.'bufer'"):
+    with pytest.raises(SiteError, match=r"site\.toml:3: fleet\.bufer: unknown key; did you mean 'buffer'\?$"):
         load_site(site)
     site.write_text("[fleet]\nbuffer = 'lots'\n")
-    with pytest.raises(SiteError, match=r"site\.toml: \[fleet\]: 'lots' is not a size"):
+    with pytest.raises(SiteError, match=r"site\.toml:2: fleet\.buffer: 'lots' is not a size"):
         load_site(site)
+    site.write_text("# a site\n\n[site]\nport = '30002'\n")
+    with pytest.raises(SiteError, match=r"site\.toml:4: site\.port: must be a valid integer, not '30002'"):
+        load_site(site)
+    site.write_text("[nodes.A]\naddress = '127.0.0.11'\n[nodes.B]\nadress = '127.0.0.12'\n")
+    with pytest.raises(SiteError, match=r"site\.toml:4: nodes\.B\.adress: unknown key; did you mean 'address'\?"):
+        load_site(site)
+    site.write_text("[[panels]]\nid = 3\n\n[[panels]]\n# no id\nmode = 'punch-out'\n")
+    with pytest.raises(SiteError, match=r"site\.toml:4: panels\[1\]: missing key 'id'"):
+        load_site(site)
+    site.write_text("[[panels]]\nid = 3\n[[panels]]\nid = 3\n")
+    with pytest.raises(SiteError, match=r"site\.toml:4: panels\[1\]\.id: panel 3 has another \[\[panels\]\] entry"):
+        load_site(site)
+    site.write_text("[fleet]\nmode = 'mixd'\n")
+    with pytest.raises(SiteError, match=r"site\.toml:2: fleet\.mode: 'mixd' is not one of") as caught:
+        load_site(site)
+    assert (caught.value.line, caught.value.key) == (2, "fleet.mode")
     site.write_text("[site\n")
     with pytest.raises(SiteError, match="not valid TOML"):
         load_site(site)
     with pytest.raises(SiteError, match="no such site file"):
         load_site(tmp_path / "missing.toml")
+
+
+def test_every_default_is_the_models_whether_or_not_a_file_is_given(tmp_path: Path) -> None:
+    """The embedded default and an empty file agree, key by key (they once differed: batch 4096 vs 1024)."""
+    site = tmp_path / "site.toml"
+    site.write_text("")
+    from_file, embedded = load_site(site), load_site(None)
+    assert from_file.fleet == embedded.fleet == FleetSpec()
+    assert from_file.fleet.batch == 4096
+    assert from_file.nodes == embedded.nodes and from_file.vip == embedded.vip
+    assert from_file.db == tmp_path / "fieldsync.db" and embedded.db == Path("fieldsync.db")
+
+
+def test_the_pair_site_is_written_whole_and_reads_back_as_built(tmp_path: Path) -> None:
+    options = dict(
+        port=31000,
+        panels=5,
+        first_id=7,
+        mode="host-initiated",
+        buffer=65536,
+        policy=OverflowPolicy.BLOCK,
+        doors=2,
+        flash_dir="flash",
+        insecure=True,
+        db="store/site.db",
+        name='a "quoted" name',
+        heartbeat_proxies=True,
+    )
+    text = pair_site_toml(**options)
+    site = parse_site(text, tmp_path / "site.toml")
+    assert write_pair_site(tmp_path / "site.toml", **options).read_text() == text
+    assert load_site(tmp_path / "site.toml") == site
+    assert site.name == 'a "quoted" name' and site.insecure and site.port == 31000 and site.panel_port == 31001
+    assert site.db == tmp_path / "store" / "site.db" and site.fleet.flash_dir == tmp_path / "flash"
+    assert [n.heartbeat_via for n in site.nodes] == ["127.0.0.21", "127.0.0.22"]
+    assert site.panel_ids() == [7, 8, 9, 10, 11]
+    settings = site.panel_settings(8)
+    assert (settings.buffer_bytes, settings.policy, settings.doors, settings.batch_records) == (
+        65536,
+        OverflowPolicy.BLOCK,
+        2,
+        1024,
+    )
+    assert settings.flash == tmp_path / "flash" / "panel-8.flash"
+
+
+def test_the_defaults_table_is_kept_as_written_with_its_lines(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(
+        "[site]\nname = 'x'\n\n# option defaults of CLI commands\n[defaults.serve]\nheartbeat_ms = 500\n"
+        "listen = '127.0.0.1:30002'\n\n[defaults.cluster.up]\npanels = 20\nno_restart = true\n"
+    )
+    loaded = load_site(site)
+    assert loaded.defaults == {
+        "serve": {"heartbeat_ms": 500, "listen": "127.0.0.1:30002"},
+        "cluster": {"up": {"panels": 20, "no_restart": True}},
+    }
+    assert loaded.defaults_lines[("serve", "heartbeat_ms")] == 6
+    assert loaded.defaults_lines[("serve",)] == 5
+    assert loaded.defaults_lines[("cluster", "up", "no_restart")] == 11
+    site.write_text("defaults = 3\n")
+    with pytest.raises(SiteError, match=r"site\.toml:1: defaults: must be a valid dictionary, not 3"):
+        load_site(site)
 
 
 def test_site_builds_panel_settings(tmp_path: Path) -> None:

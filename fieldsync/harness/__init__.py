@@ -26,25 +26,44 @@ from ._rogue import ROGUE_CARD as ROGUE_CARD
 from ._rogue import RogueKind as RogueKind
 from ._rogue import RogueOutcome as RogueOutcome
 from ._rogue import attempt as attempt_rogue
-from ._runner import FaultWindow as FaultWindow
 from ._runner import RunResult as RunResult
 from ._runner import Sample as Sample
 from ._runner import ScenarioRun as ScenarioRun
 from ._runner import run_scenario as run_scenario
 from ._runner import write_reports as write_reports
-from ._scenario import ACTIONS as ACTIONS
-from ._scenario import NODES_GROUP as NODES_GROUP
+from ._scenario import ClusterSpec as ClusterSpec
 from ._scenario import GroupSpec as GroupSpec
 from ._scenario import Scenario as Scenario
 from ._scenario import ScenarioError as ScenarioError
 from ._scenario import SiteSpec as SiteSpec
-from ._scenario import Step as Step
 from ._scenario import load_scenario as load_scenario
 from ._scenario import parse_scenario as parse_scenario
-from ._scenario import parse_time as parse_time
 from ._serial_line import Direction as Direction
 from ._serial_line import LineCounters as LineCounters
 from ._serial_line import VirtualLine as VirtualLine
+from ._steps import ACTIONS as ACTIONS
+from ._steps import NODES_GROUP as NODES_GROUP
+from ._steps import BurstStep as BurstStep
+from ._steps import ClockStep as ClockStep
+from ._steps import ConfigStep as ConfigStep
+from ._steps import ConfigStormStep as ConfigStormStep
+from ._steps import ContStep as ContStep
+from ._steps import DiskFullStep as DiskFullStep
+from ._steps import DownStep as DownStep
+from ._steps import FaultWindow as FaultWindow
+from ._steps import KillStep as KillStep
+from ._steps import OutageStep as OutageStep
+from ._steps import PowerCycleStep as PowerCycleStep
+from ._steps import RemoveToxicStep as RemoveToxicStep
+from ._steps import ResetPeerStep as ResetPeerStep
+from ._steps import RestartStep as RestartStep
+from ._steps import Step as Step
+from ._steps import StepBase as StepBase
+from ._steps import StopStep as StopStep
+from ._steps import SwitchoverStep as SwitchoverStep
+from ._steps import ToxicStep as ToxicStep
+from ._steps import UpStep as UpStep
+from ._steps import parse_time as parse_time
 from ._toxics import TOXIC_CLASSES as TOXIC_CLASSES
 from ._toxics import TOXIC_TYPES as TOXIC_TYPES
 from ._toxics import FaultError as FaultError
@@ -53,23 +72,37 @@ from ._vclock import fast_forward_clock as fast_forward_clock
 
 __all__ = [
     "ACTIONS",
+    "BurstStep",
+    "ClockStep",
+    "ClusterSpec",
+    "ConfigStep",
+    "ConfigStormStep",
+    "ContStep",
     "DEFAULT_API_PORT",
     "DatagramProxy",
     "Direction",
+    "DiskFullStep",
+    "DownStep",
     "FAULT_COLOUR",
     "FLAWS",
     "FaultError",
     "FaultHub",
     "FaultWindow",
     "GroupSpec",
+    "KillStep",
     "LineCounters",
     "NODES_GROUP",
+    "OutageStep",
     "PanelVerdict",
     "ROGUE_CARD",
     "RogueKind",
     "RogueOutcome",
+    "PowerCycleStep",
     "Proxy",
+    "RemoveToxicStep",
     "Report",
+    "ResetPeerStep",
+    "RestartStep",
     "RunResult",
     "SERIES",
     "Sample",
@@ -79,8 +112,13 @@ __all__ = [
     "SiteSpec",
     "Step",
     "TOXIC_CLASSES",
+    "StepBase",
+    "StopStep",
+    "SwitchoverStep",
     "TOXIC_TYPES",
     "Toxic",
+    "ToxicStep",
+    "UpStep",
     "VirtualLine",
     "attempt_rogue",
     "check",

@@ -17,7 +17,29 @@ from typing import Any
 
 import trio
 
-from ._scenario import GroupSpec, Scenario, SiteSpec, Step
+from ..site import dump_toml
+from ._scenario import GroupSpec, Scenario, SiteSpec
+from ._steps import (
+    BurstStep,
+    ClockStep,
+    ConfigStep,
+    ConfigStormStep,
+    ContStep,
+    DownStep,
+    KillStep,
+    NodeTarget,
+    OutageStep,
+    PowerCycleStep,
+    ResetPeerStep,
+    RestartStep,
+    Step,
+    StopStep,
+    SwitchoverStep,
+    ToxicStep,
+    UpStep,
+    _panels_text,
+    _seconds_text,
+)
 
 __all__ = ["fuzz", "random_scenario", "replay_command", "scenario_toml"]
 
@@ -53,6 +75,7 @@ def random_scenario(
         tls=(not in_process) if tls is None else tls,
         rate=rng.choice([2.0, 10.0, 40.0]),
         cardholders=20,
+        groups=groups,
     )
     kinds = ["kill", "restart", "outage", "toxic", "toxic", "toxic", "partition", "reset_peer", "power_cycle"]
     kinds += ["clock", "config", "config_storm", "burst"]
@@ -67,45 +90,45 @@ def random_scenario(
         ids = tuple(sorted(rng.sample(range(1, panels + 1), rng.randint(1, max(1, panels // 3)))))
         span = round(rng.uniform(0.5, min(4.0, max(0.6, duration - at - 1))), 2)
         if kind in ("kill", "restart"):
-            steps.append(_step(at, kind, node=rng.choice(["active", "standby"]) if not in_process else "active"))
+            node: NodeTarget = rng.choice(["active", "standby"]) if not in_process else "active"
+            steps.append(KillStep(at=at, node=node) if kind == "kill" else RestartStep(at=at, node=node))
         elif kind == "outage":
-            steps.append(_step(at, "outage", **{"for": span}))
+            steps.append(OutageStep(at=at, for_=span))
         elif kind == "toxic":
             toxic, ranges = rng.choice(_TOXICS)
             attributes = {k: round(rng.uniform(lo, hi), 5) for k, (lo, hi) in ranges.items()}
             steps.append(
-                _step(
-                    at,
-                    "toxic",
+                ToxicStep(
+                    at=at,
                     group=group,
                     type=toxic,
                     stream=rng.choice(["upstream", "downstream"]),
                     name=f"{toxic}_{len(steps)}",
                     attributes=attributes,
-                    **{"for": span},
+                    for_=span,
                 )
             )
         elif kind == "partition":
-            steps.append(_step(at, "down", group=group))
-            steps.append(_step(round(min(at + span, last + 1), 2), "up", group=group))
+            steps.append(DownStep(at=at, group=group))
+            steps.append(UpStep(at=round(min(at + span, last + 1), 2), group=group))
         elif kind == "reset_peer":
-            steps.append(_step(at, "reset_peer", group=group))
+            steps.append(ResetPeerStep(at=at, group=group))
         elif kind == "power_cycle":
-            steps.append(_step(at, "power_cycle", panels=ids))
+            steps.append(PowerCycleStep(at=at, panels=ids))
         elif kind == "clock":
-            steps.append(_step(at, "clock", panels=ids, skew=rng.choice([-3600.0, -30.0, 0.5, 90.0])))
+            steps.append(ClockStep(at=at, panels=ids, skew=rng.choice([-3600.0, -30.0, 0.5, 90.0])))
         elif kind == "config":
-            steps.append(_step(at, "config", cardholders=rng.randint(1, 20), remove=rng.randint(0, 3)))
+            steps.append(ConfigStep(at=at, cardholders=rng.randint(1, 20), remove=rng.randint(0, 3)))
         elif kind == "config_storm":
-            steps.append(_step(at, "config_storm", count=rng.randint(5, 30), every=0.05))
+            steps.append(ConfigStormStep(at=at, count=rng.randint(5, 30), every=0.05))
         elif kind == "burst":
-            steps.append(_step(at, "burst", panels=ids, count=rng.randint(20, 200), spread=span))
+            steps.append(BurstStep(at=at, panels=ids, count=rng.randint(20, 200), spread=span))
         elif kind == "pause":
             node = rng.choice(["active", "standby"])
-            steps.append(_step(at, "stop", node=node))
-            steps.append(_step(round(min(at + span, last + 1), 2), "cont", node=node))
+            steps.append(StopStep(at=at, node=node))
+            steps.append(ContStep(at=round(min(at + span, last + 1), 2), node=node))
         elif kind == "switchover":
-            steps.append(_step(at, "switchover", to=rng.choice(["A", "B"])))
+            steps.append(SwitchoverStep(at=at, to=rng.choice(["A", "B"])))
         elif kind == "heartbeat_link":
             toxic, attributes = rng.choice(
                 [
@@ -115,15 +138,14 @@ def random_scenario(
                 ]
             )
             steps.append(
-                _step(
-                    at,
-                    "toxic",
+                ToxicStep(
+                    at=at,
                     group="nodes",
                     type=toxic,
                     stream="upstream",
                     name=f"heartbeat_{toxic}_{len(steps)}",
                     attributes=attributes,
-                    **{"for": span},
+                    for_=span,
                 )
             )
     return Scenario(
@@ -133,7 +155,6 @@ def random_scenario(
         seed=seed,
         drain_timeout=90.0,
         site=site,
-        groups=groups,
         timeline=tuple(sorted(steps, key=lambda s: s.at)),
     )
 
@@ -142,10 +163,6 @@ def _policy(rng: random.Random) -> Any:
     from storage import OverflowPolicy
 
     return rng.choice([OverflowPolicy.DROP_OLDEST, OverflowPolicy.REFUSE_NEWEST, OverflowPolicy.BLOCK])
-
-
-def _step(at: float, do: str, **args: Any) -> Step:
-    return Step(at=at, do=do, args=args, line=0)
 
 
 def replay_command(
@@ -224,42 +241,19 @@ def fuzz(
 
 def scenario_toml(scenario: Scenario) -> str:
     """The scenario as a file (to keep a failing schedule beside its replay command)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return f'"{v}"'
-        if isinstance(v, tuple):
-            return '"' + ",".join(str(x) for x in v) + '"'
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        return repr(v)
-
-    s = scenario.site
-    lines = [
-        f'name = "{scenario.name}"',
-        f'duration = "{scenario.duration:g}s"',
-        f"seed = {scenario.seed}",
-        f'drain_timeout = "{scenario.drain_timeout:g}s"',
-        "",
-        "[site]",
-        f"panels = {s.panels}",
-        f'mode = "{s.mode}"',
-        f"buffer = {s.buffer}",
-        f'policy = "{s.policy.value}"',
-        f"flash = {value(s.flash)}",
-        f"tls = {value(s.tls)}",
-        f"rate = {s.rate}",
-        f"cardholders = {s.cardholders}",
-    ]
-    for g in scenario.groups:
-        lines += ["", "[[site.groups]]", f'name = "{g.name}"', f"panels = {value(g.panels)}"]
-    for step in scenario.timeline:
-        lines += ["", "[[timeline]]", f'at = "{step.at:g}s"', f'do = "{step.do}"']
-        for k, v in step.args.items():
-            if k in ("for", "every", "spread", "skew", "jump"):
-                lines.append(f'{k} = "{v:g}s"')
-            else:
-                lines.append(f"{k} = {value(v)}")
-    return "\n".join(lines) + "\n"
+    site = scenario.site.file_items()
+    site["groups"] = [{"name": g.name, "panels": _panels_text(g.panels)} for g in scenario.groups]
+    return dump_toml(
+        {
+            "name": scenario.name,
+            "description": scenario.description or None,
+            "duration": _seconds_text(scenario.duration),
+            "seed": scenario.seed,
+            "drain_timeout": _seconds_text(scenario.drain_timeout),
+            "site": site,
+            "cluster": {
+                k: _seconds_text(v) if isinstance(v, float) else v for k, v in scenario.cluster.file_items().items()
+            },
+            "timeline": [step.file_values() for step in scenario.timeline],
+        }
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import random
@@ -31,20 +30,19 @@ from typing import Any
 
 import trio
 
-import protocol as p
-from emulator import Fleet, Panel, PanelSettings, Workload
+from emulator import Fleet, PanelSettings, Workload
 from storage import ClusterStore, ConfigStore, Lease
 
 from ..engine import Supervised, Supervisor, node_command
-from ..site import heartbeat_port, issue_pair_pki, load_site, seed_config, write_pair_site
+from ..site import Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
 from ._checker import Report, check
 from ._fault_api import serve_api
 from ._flaws import flawed_command, flawed_node_class
-from ._proxy import FaultHub, Toxic
-from ._scenario import NODES_GROUP, Scenario, ScenarioError, Step
+from ._proxy import FaultHub
+from ._scenario import Scenario, ScenarioError
+from ._steps import NODES_GROUP, FaultWindow
 
 __all__ = [
-    "FaultWindow",
     "RunResult",
     "Sample",
     "ScenarioRun",
@@ -75,13 +73,6 @@ class Sample:
     connected: int
     holder: str | None
     epoch: int
-
-
-@dataclasses.dataclass(slots=True)
-class FaultWindow:
-    start: float
-    end: float | None
-    label: str
 
 
 @dataclasses.dataclass(slots=True)
@@ -180,45 +171,44 @@ class ScenarioRun:
         self._reader: sqlite3.Connection | None = None
         self.hub = FaultHub(seed=self.seed)
         self.cluster: ProcessCluster | InProcessCluster | None = None
+        #: The open window of each toxic a step added, by (group, toxic name).
+        self.toxic_windows: dict[tuple[str, str], FaultWindow] = {}
         self._t0 = 0.0
         self._next_card = 100_000
         self._mounted: Path | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
-    def _prepare(self) -> tuple[Path, list[PanelSettings], ConfigStore]:
+    def _prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStore]:
         s = self.scenario.site
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if s.flash:
+            (self.workdir / "flash").mkdir(exist_ok=True)
+        store_dir = self._mount_store(s.store_size) if s.store_size else None
         site_path = self.workdir / "site.toml"
-        write_pair_site(
-            site_path,
+        # The node processes read the site from this file; this run reads the same text.
+        text = pair_site_toml(
             port=self.port,
             panels=s.panels,
+            first_id=s.first_id,
             mode=s.mode,
-            buffer=str(s.buffer),
+            buffer=s.buffer,
+            policy=s.policy,
+            doors=s.doors,
             rate=s.rate,
-            name=self.scenario.name.replace('"', "'"),
+            flash_dir="flash" if s.flash else None,
+            insecure=not s.tls,
+            db=f"{store_dir.name}/site.db" if store_dir is not None else "site.db",
+            name=self.scenario.name,
             heartbeat_proxies=not self.in_process,  # the group "nodes"
         )
-        text = site_path.read_text()
-        if not s.tls:
-            text = text.replace("[site]\n", "[site]\ninsecure = true\n", 1)
-        if s.first_id != 1:
-            text = text.replace("[fleet]\n", f"[fleet]\nfirst_id = {s.first_id}\n", 1)
-        text = text.replace("[fleet]\n", f'[fleet]\npolicy = "{s.policy.value}"\ndoors = {s.doors}\n', 1)
-        if s.flash:
-            text = text.replace("[fleet]\n", '[fleet]\nflash_dir = "flash"\n', 1)
-            (self.workdir / "flash").mkdir(exist_ok=True)
-        if s.store_size:
-            store_dir = self._mount_store(s.store_size)
-            text = text.replace('db = "site.db"', f'db = "{store_dir.name}/site.db"', 1)
         site_path.write_text(text)
-        site = load_site(site_path)
+        site = parse_site(text, site_path)
         if s.tls:
             issue_pair_pki(site, self.scenario.name[:60] or "scenario")
         config = seed_config(site.db, doors=s.doors, cardholders=s.cardholders)
         settings = [site.panel_settings(pid) for pid in site.panel_ids()]
-        return site_path, settings, config
+        return site_path, site, settings, config
 
     def _mount_store(self, size: int) -> Path:
         """A tmpfs of ``size`` bytes for the store: a disk that can really fill up."""
@@ -247,41 +237,12 @@ class ScenarioRun:
         subprocess.run(["umount", "-l", str(self._mounted)], capture_output=True)
         self._mounted = None
 
-    async def _disk_full(self, length: float) -> None:
-        """Fill the store's filesystem to the last byte for ``length``, then free it."""
-        assert self._mounted is not None
-        filler = self._mounted / "filler"
-        window = FaultWindow(self.now(), None, "store disk full")
-        self.windows.append(window)
-
-        def fill() -> int:
-            written = 0
-            block = bytes(1 << 16)
-            with filler.open("wb", buffering=0) as f:
-                for size in (1 << 16, 4096, 512, 1):
-                    while True:
-                        try:
-                            f.write(block[:size])
-                        except OSError:
-                            break
-                        written += size
-            return written
-
-        try:
-            written = await trio.to_thread.run_sync(fill)
-            self.note(f"store disk full: {written} bytes of filler, the store cannot grow for {length:g}s")
-            await trio.sleep(length)
-        finally:
-            filler.unlink(missing_ok=True)  # healed however the step ends
-            window.end = self.now()
-        self.note("store disk freed")
-
-    async def _make_heartbeat_proxies(self, site_path: Path) -> None:
+    async def _make_heartbeat_proxies(self, site: Site) -> None:
         """The heartbeat link between the nodes as the group "nodes": a UDP proxy where the site
         says each node's beats arrive (``heartbeat_via``), forwarding to the node itself."""
         beat_port = heartbeat_port(self.port)
         names = []
-        for node in load_site(site_path).nodes:
+        for node in site.nodes:
             if node.heartbeat_via is not None:
                 names.append(f"nodes.{node.name}")
                 await self.hub.create(
@@ -322,6 +283,33 @@ class ScenarioRun:
         self.log.append((self.now(), what))
         self.say(f"{self.now():6.2f}s  {what}")
 
+    # What the steps use (``_steps``).
+
+    def open_window(self, label: str) -> FaultWindow:
+        """A fault window from now on; its end is set when the fault heals."""
+        window = FaultWindow(self.now(), None, label)
+        self.windows.append(window)
+        return window
+
+    def close_windows(self, label: str) -> None:
+        for w in self.windows:
+            if w.end is None and w.label == label:
+                w.end = self.now()
+
+    @property
+    def store_dir(self) -> Path | None:
+        """The store's size-limited filesystem (``[site] store_size``), while it is mounted."""
+        return self._mounted
+
+    def new_card(self) -> int:
+        """A card number no cardholder has had in this run."""
+        self._next_card += 1
+        return self._next_card
+
+    async def in_config_thread(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` (which uses ``self.config``) in a worker thread, one at a time."""
+        return await trio.to_thread.run_sync(fn, limiter=self._config_limiter)
+
     async def run(self) -> RunResult:
         started = time.monotonic()
         scenario = self.scenario
@@ -331,7 +319,7 @@ class ScenarioRun:
                 "the two node processes; run it without --fast"
             )
         try:
-            site_path, settings, config = self._prepare()
+            site_path, self.site, settings, config = self._prepare()
         except BaseException:
             self._unmount_store()
             raise
@@ -355,10 +343,10 @@ class ScenarioRun:
                     self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
                 settings = await self._make_proxies(settings)
                 if not self.in_process:
-                    await self._make_heartbeat_proxies(site_path)
+                    await self._make_heartbeat_proxies(self.site)
                 self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
                 if self.in_process:
-                    self.cluster = InProcessCluster(self, site_path)
+                    self.cluster = InProcessCluster(self)
                 else:
                     self.cluster = ProcessCluster(self, site_path, log_fd)
                 await self.cluster.start(nursery)
@@ -377,7 +365,7 @@ class ScenarioRun:
                 async with trio.open_nursery() as steps:
                     for step in scenario.timeline:
                         await trio.sleep_until(self._t0 + step.at)
-                        await self._apply(step, steps)
+                        await step.apply(self, steps)
                     await trio.sleep_until(self._t0 + scenario.duration)
                     steps.cancel_scope.cancel()
                 drained = await self._heal_and_drain()
@@ -388,7 +376,7 @@ class ScenarioRun:
                 await fleet_done.wait()
                 panels = list(self.fleet.panels.values())
                 generated = [len(p.journal or ()) for p in panels]
-                self.report = await trio.to_thread.run_sync(check, load_site(site_path).db, panels)
+                self.report = await trio.to_thread.run_sync(check, self.site.db, panels)
                 if [v.generated for v in self.report.panels] != generated:
                     raise ScenarioError(f"{scenario.name}: a panel generated events while the checker read it")
                 nursery.cancel_scope.cancel()
@@ -468,142 +456,6 @@ class ScenarioRun:
             )
             await trio.sleep(0.25)
 
-    # -- faults -----------------------------------------------------------------------------
-
-    async def _apply(self, step: Step, steps: trio.Nursery) -> None:
-        a = step.args
-        do = step.do
-        cluster = self.cluster
-        assert cluster is not None
-        if do in ("kill", "stop", "cont", "restart"):
-            name = cluster.resolve(a["node"])
-            if do in ("kill", "restart"):
-                done = await cluster.kill(name)
-                self.note(f"{cluster.kill_words} node {name}" + ("" if done else " (not running)"))
-                if do == "restart":
-                    await cluster.ensure_running(name)
-            elif do == "stop":
-                if await cluster.stop(name):
-                    self.windows.append(FaultWindow(self.now(), None, f"SIGSTOP {name}"))
-                self.note(f"SIGSTOP node {name}")
-            else:
-                await cluster.cont(name)
-                self._close_window(f"SIGSTOP {name}")
-                self.note(f"SIGCONT node {name}")
-        elif do == "outage":
-            steps.start_soon(self._outage, float(a["for"]))
-        elif do == "switchover":
-            await cluster.switchover(a["to"])
-            self.note(f"switchover to {a['to']} requested")
-        elif do in ("down", "up"):
-            await self.hub.set_group_enabled(a["group"], do == "up")
-            if do == "down":
-                self.windows.append(FaultWindow(self.now(), None, f"{a['group']} down"))
-            else:
-                self._close_window(f"{a['group']} down")
-            self.note(f"group {a['group']} {do}")
-        elif do == "toxic":
-            toxic = Toxic.from_json({k: a[k] for k in ("type", "stream", "toxicity", "attributes", "name") if k in a})
-            self.hub.add_toxic(a["group"], toxic)
-            label = f"{toxic.type} {toxic.stream} on {a['group']}"
-            window = FaultWindow(self.now(), None, label)
-            self.windows.append(window)
-            self.note(f"toxic {toxic.name}: {label} {toxic.attributes or ''}".rstrip())
-            if "for" in a:
-                steps.start_soon(self._expire_toxic, a["group"], toxic.name, float(a["for"]), window)
-        elif do == "remove_toxic":
-            self.hub.remove_toxic(a["group"], a["name"])
-            self.note(f"toxic {a['name']} removed from {a['group']}")
-            for w in self.windows:
-                if w.end is None and a["group"] in w.label:
-                    w.end = self.now()
-        elif do == "reset_peer":
-            self.hub.reset_peers(a["group"])
-            self.note(f"TCP reset of every connection of {a['group']}")
-        elif do == "power_cycle":
-            for pid in a["panels"]:
-                self.fleet.panels[pid].power_cycle()
-            kept = "flash kept" if self.scenario.site.flash else "RAM buffer lost"
-            self.note(f"power-cycle of {len(a['panels'])} panels ({kept})")
-        elif do == "clock":
-            for pid in a["panels"]:
-                panel = self.fleet.panels[pid]
-                if "skew" in a:
-                    panel.clock_skew_us = int(a["skew"] * 1e6)
-                if "jump" in a:
-                    panel.clock_skew_us += int(a["jump"] * 1e6)
-            self.note(f"clock of {len(a['panels'])} panels: skew {a.get('skew', 0):+g}s jump {a.get('jump', 0):+g}s")
-        elif do == "config":
-            version = await self._config(lambda: self.config.change(self._config_ops(a)))
-            self.note(f"operator change: {step.describe()} -> version {version}")
-        elif do == "disk_full":
-            steps.start_soon(self._disk_full, float(a["for"]))
-        elif do == "config_storm":
-            steps.start_soon(self._config_storm, int(a["count"]), float(a["every"]))
-        elif do == "burst":
-            for pid in a["panels"]:
-                steps.start_soon(self._burst, self.fleet.panels[pid], int(a["count"]), float(a["spread"]))
-            self.note(f"shift change: {a['count']} swipes on each of {len(a['panels'])} panels over {a['spread']:g}s")
-
-    def _close_window(self, label: str) -> None:
-        for w in self.windows:
-            if w.end is None and w.label == label:
-                w.end = self.now()
-
-    async def _expire_toxic(self, group: str, name: str, after: float, window: FaultWindow) -> None:
-        await trio.sleep(after)
-        with contextlib.suppress(Exception):
-            self.hub.remove_toxic(group, name)
-        window.end = self.now()
-        self.note(f"toxic {name} removed from {group}")
-
-    async def _outage(self, length: float) -> None:
-        assert self.cluster is not None
-        window = FaultWindow(self.now(), None, "server outage")
-        self.windows.append(window)
-        await self.cluster.all_down()
-        self.note(f"outage: every node killed for {length:g}s; panels decide and buffer alone")
-        await trio.sleep(length)
-        await self.cluster.all_up(restart=self.scenario.cluster.restart)
-        window.end = self.now()
-        self.note("outage over: the nodes are starting")
-
-    async def _config(self, fn: Callable[[], Any]) -> Any:
-        return await trio.to_thread.run_sync(fn, limiter=self._config_limiter)
-
-    def _config_ops(self, a: dict[str, Any]) -> list[p.ConfigOp]:
-        ops: list[p.ConfigOp] = []
-        for _ in range(int(a.get("cardholders", 0))):
-            self._next_card += 1
-            ops.append(p.PutCardholder(cardholder=p.Cardholder(card=self._next_card, levels=(1,))))
-        for _ in range(int(a.get("remove", 0))):
-            cards = sorted(self.config.snapshot()[1].cardholders)
-            if cards:
-                ops.append(p.DeleteCardholder(card=cards[self.rng.randrange(len(cards))]))
-        if "lock_door" in a:
-            ops.append(p.PutDoor(door=p.Door(door=int(a["lock_door"]), mode=p.DoorMode.LOCKED)))
-        if "unlock_door" in a:
-            ops.append(p.PutDoor(door=p.Door(door=int(a["unlock_door"]), mode=p.DoorMode.CARD)))
-        return ops
-
-    async def _config_storm(self, count: int, every: float) -> None:
-        self.note(f"config storm: {count} operator changes, one every {every:g}s")
-        for _ in range(count):
-            self._next_card += 1
-            op = p.PutCardholder(cardholder=p.Cardholder(card=self._next_card, levels=(1,)))
-            await self._config(functools.partial(self.config.change, [op]))
-            await trio.sleep(every)
-
-    async def _burst(self, panel: Panel, count: int, spread: float) -> None:
-        rng = random.Random(self.rng.random())
-        times = sorted(rng.random() * spread for _ in range(count))
-        start = trio.current_time()
-        for at in times:
-            await trio.sleep_until(start + at)
-            cards = panel.known_cards()
-            card = cards[rng.randrange(len(cards))] if cards else rng.randrange(10**9, 2 * 10**9)
-            await panel.swipe_wait(card, rng.randrange(panel.doors))
-
     # -- the end --------------------------------------------------------------------------
 
     async def _heal_and_drain(self) -> bool:
@@ -619,7 +471,7 @@ class ScenarioRun:
             await _until(lambda: self._holder() is not None)
             await self.fleet.wait_connected()
             await self.fleet.wait_drained()
-            version = await self._config(lambda: self.config.version)
+            version = await self.in_config_thread(lambda: self.config.version)
             await _until(lambda: all(pn.config.version == version for pn in self.fleet.panels.values()))
         if scope.cancelled_caught:
             self.note(f"drain incomplete after {self.scenario.drain_timeout:g}s")
@@ -642,7 +494,7 @@ class ProcessCluster:
 
     def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
         scenario = run.scenario
-        self.db = load_site(site_path).db
+        self.db = run.site.db
         extra = list(run.node_args)
         if not scenario.cluster.stonith:
             extra.append("--no-stonith")
@@ -763,10 +615,10 @@ class InProcessCluster:
     #: written, store closed) still runs. The process tier's kill is the real kill -9.
     kill_words = "cancel (in-process, not kill -9)"
 
-    def __init__(self, run: ScenarioRun, site_path: Path) -> None:
+    def __init__(self, run: ScenarioRun) -> None:
         from ..engine import NodeSettings
 
-        site = load_site(site_path)
+        site = run.site
         self.run = run
         self.settings = NodeSettings(
             node_id="A",

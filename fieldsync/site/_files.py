@@ -1,16 +1,27 @@
 """The site file (TOML): panels, nodes, addresses, keys; every CLI flag's default.
 
-Unknown keys and bad values are errors that name the file and the key, so a
-typo never silently falls back to a default.
+Each table is a model (``_toml.toml_table``) that declares its keys and their defaults
+once. Unknown keys and bad values are errors that name the file, the line and the key
+(and the key meant, for a typo), so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict, Unpack
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 import protocol as p
 from emulator import LinkMode, PanelSettings, panel_address
@@ -19,24 +30,30 @@ from storage import ConfigStore, OverflowPolicy
 
 from ..engine import ClusterSettings
 from . import pki
+from ._toml import TomlDocument, TomlFileError, TomlTable, dump_toml, refuse, toml_table
 
 __all__ = [
     "FleetSpec",
     "NodeSpec",
+    "PanelSpec",
     "Site",
     "SiteError",
+    "Size",
     "heartbeat_port",
     "issue_pair_pki",
     "load_site",
+    "pair_site_toml",
     "parse_address",
+    "parse_site",
     "parse_size",
     "seed_config",
     "write_pair_site",
 ]
 
 
-class SiteError(Exception):
-    """The site file (or a flag) says something fieldsync cannot use."""
+class SiteError(TomlFileError):
+    """The site file (or a flag) says something fieldsync cannot use; from a file, ``line`` and
+    ``key`` say where."""
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -67,42 +84,141 @@ def heartbeat_port(port: int) -> int:
     return port + 5
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class NodeSpec:
-    name: str
-    address: str
+def _size(value: Any) -> Any:
+    try:
+        return parse_size(value) if isinstance(value, str | int) and not isinstance(value, bool) else value
+    except SiteError as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: A size in bytes: ``65536``, ``"64KiB"``, ``"32MiB"``.
+Size = Annotated[StrictInt, BeforeValidator(_size), Field(ge=0)]
+Mode = Literal["punch-out", "host-initiated", "mixed"]
+
+
+@toml_table
+class _NodeTable(TomlTable):
+    """``[nodes.NAME]``."""
+
+    address: StrictStr = "127.0.0.1"
     #: Where the other nodes send this node's heartbeats (a fault proxy); default: ``address``.
-    heartbeat_via: str | None = None
+    heartbeat_via: StrictStr | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class FleetSpec:
-    panels: int = 10
-    first_id: int = 1
-    mode: str = "punch-out"
-    buffer: int = 1 << 20
+@toml_table
+class NodeSpec(_NodeTable):
+    """A node of the site: its ``[nodes.NAME]`` table and its name."""
+
+    name: StrictStr
+
+
+#: The embedded default pair: nodes A and B on loopback.
+_PAIR = {"A": "127.0.0.11", "B": "127.0.0.12"}
+_PAIR_NODES = tuple(NodeSpec(name=name, address=address) for name, address in _PAIR.items())
+
+
+@toml_table
+class FleetSpec(TomlTable):
+    """``[fleet]``: the panels of the site and what each gets unless its ``[[panels]]`` entry says otherwise."""
+
+    panels: StrictInt = Field(default=10, ge=0)
+    first_id: StrictInt = Field(default=1, ge=1)
+    mode: Mode = "punch-out"
+    buffer: Size = 1 << 20
     policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    #: Relative to the site file's directory.
     flash_dir: Path | None = None
-    rate: float = 1.0
-    doors: int = 4
-    batch: int = 4096
-    window: int = 4
+    rate: StrictFloat = Field(default=1.0, ge=0)
+    doors: StrictInt = Field(default=4, ge=1)
+    batch: StrictInt = Field(default=4096, ge=1)
+    window: StrictInt = Field(default=4, ge=1)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Site:
-    path: Path | None
-    name: str = "fieldsync site"
+@toml_table
+class PanelSpec(TomlTable):
+    """A ``[[panels]]`` entry: one panel's settings where they differ from ``[fleet]`` (``None``:
+    the fleet's), or a serial panel (its end of the line, the node's end, the line's settings;
+    ``None``: ``SerialLine``'s defaults)."""
+
+    id: StrictInt = Field(ge=1)
+    mode: Literal["punch-out", "host-initiated", "serial"] | None = None
+    address: StrictStr | None = None
+    buffer: Size | None = None
+    policy: OverflowPolicy | None = None
+    flash: Path | None = None
+    doors: StrictInt | None = Field(default=None, ge=1)
+    batch: StrictInt | None = Field(default=None, ge=1)
+    window: StrictInt | None = Field(default=None, ge=1)
+    #: Relative to the site file's directory.
+    serial: Path | None = None
+    node_serial: Path | None = None
+    baud: StrictInt | None = None
+    parity: StrictStr | None = None
+    throttle: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _a_line_that_opens(self) -> PanelSpec:
+        if self.mode == "serial" and self.serial is None:
+            raise refuse("a serial panel needs 'serial' (its device path)")
+        device = self.serial or self.node_serial
+        if device is not None:
+            for key in ("baud", "parity", "throttle"):  # each by SerialLine's own rules, at its own key
+                if getattr(self, key) is not None:
+                    try:
+                        SerialLine(path=device, **{key: getattr(self, key)})
+                    except ValueError as exc:
+                        raise refuse(str(exc), key) from None
+        return self
+
+    def line_settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("baud", "parity", "throttle") if getattr(self, k) is not None}
+
+
+@toml_table
+class _SiteTable(TomlTable):
+    """``[site]``. Paths are relative to the site file's directory."""
+
+    name: StrictStr = "fieldsync site"
     db: Path = Path("fieldsync.db")
     pki: Path = Path("pki")
-    insecure: bool = False
-    vip: str = "127.0.0.100"
-    port: int = 30002
-    panel_port: int = 3001
-    heartbeat_ms: int = 1000
-    nodes: tuple[NodeSpec, ...] = (NodeSpec(name="A", address="127.0.0.11"), NodeSpec(name="B", address="127.0.0.12"))
+    insecure: StrictBool = False
+    vip: StrictStr = "127.0.0.100"
+    port: StrictInt = Field(default=30002, ge=1, le=65535)
+    panel_port: StrictInt = Field(default=3001, ge=1, le=65535)
+    heartbeat_ms: StrictInt = Field(default=1000, ge=1)
+
+
+@toml_table
+class Site(_SiteTable):
+    """A site: its ``[site]`` table (paths resolved), nodes, fleet, panels and CLI defaults.
+
+    ``Site(path=None)`` is the embedded loopback default.
+    """
+
+    path: Path | None
+    #: A site file without ``[nodes]``: the embedded pair.
+    nodes: tuple[NodeSpec, ...] = _PAIR_NODES
     fleet: FleetSpec = FleetSpec()
-    overrides: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: Each ``[[panels]]`` entry by panel id: the keys it gave (validated as a ``PanelSpec``).
+    overrides: dict[int, dict[str, Any]] = Field(default_factory=dict)
+    #: ``[defaults]``: CLI command paths (``serve``, ``cluster.up``) to option values, as written.
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    #: The line of each key under ``[defaults]``, by its path below it (``("cluster", "up", "panels")``).
+    defaults_lines: dict[tuple[str | int, ...], int] = Field(default_factory=dict)
+
+    def panel_spec(self, panel_id: int) -> PanelSpec:
+        """Panel ``panel_id``'s own settings (its ``overrides`` entry, typed).
+
+        Raises:
+            SiteError: the entry (given by code, say a CLI flag) is not a valid panel.
+        """
+        try:
+            return PanelSpec(id=panel_id, **self.overrides.get(panel_id, {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            what = ".".join(str(p) for p in first["loc"])
+            reason = (first.get("ctx") or {}).get("reason") or first["msg"]
+            raise SiteError(f"{self.path}: panel {panel_id}: {what + ': ' if what else ''}{reason}") from None
 
     def panel_ids(self) -> list[int]:
         ids = set(range(self.fleet.first_id, self.fleet.first_id + self.fleet.panels))
@@ -157,49 +273,37 @@ class Site:
 
     def panel_settings(self, panel_id: int) -> PanelSettings:
         fleet = self.fleet
-        over = self.overrides.get(panel_id, {})
-        mode_name = over.get("mode", fleet.mode)
-        if "serial" in over:
-            mode_name = "serial"
+        spec = self.panel_spec(panel_id)
+        mode_name = "serial" if spec.serial is not None else spec.mode or fleet.mode
         if mode_name == "mixed":
             mode = LinkMode.HOST_INITIATED if panel_id % 2 == 0 else LinkMode.PUNCH_OUT
         else:
             mode = LinkMode(mode_name)
-        address = over.get("address", panel_address(panel_id))
-        flash = None
-        if "flash" in over:
-            flash = Path(over["flash"])
-        elif fleet.flash_dir is not None:
+        flash = spec.flash
+        if flash is None and fleet.flash_dir is not None:
             flash = fleet.flash_dir / f"panel-{panel_id}.flash"
         return PanelSettings(
             panel_id=panel_id,
             mode=mode,
             server=(self.vip, self.port),
-            listen=(address, self.panel_port),
+            listen=(spec.address or panel_address(panel_id), self.panel_port),
             serial=self.serial_line(panel_id, "serial"),
             tls=self.tls_for("panel", panel_id),
-            buffer_bytes=parse_size(over.get("buffer", fleet.buffer)),
-            policy=OverflowPolicy(over.get("policy", fleet.policy.value)),
+            buffer_bytes=fleet.buffer if spec.buffer is None else spec.buffer,
+            policy=spec.policy or fleet.policy,
             flash=flash,
-            doors=int(over.get("doors", fleet.doors)),
-            batch_records=int(over.get("batch", fleet.batch)),
-            window=int(over.get("window", fleet.window)),
+            doors=spec.doors or fleet.doors,
+            batch_records=spec.batch or fleet.batch,
+            window=spec.window or fleet.window,
         )
 
-    def serial_line(self, panel_id: int, end: str = "serial") -> SerialLine | None:
+    def serial_line(self, panel_id: int, end: Literal["serial", "node_serial"] = "serial") -> SerialLine | None:
         """A panel's serial line: its own end (``serial``) or the node's (``node_serial``)."""
-        over = self.overrides.get(panel_id, {})
-        if end not in over:
+        spec = self.panel_spec(panel_id)
+        device = spec.serial if end == "serial" else spec.node_serial
+        if device is None:
             return None
-        try:
-            return SerialLine(
-                path=Path(over[end]),
-                baud=int(over.get("baud", 115_200)),
-                parity=over.get("parity", "none"),
-                throttle=bool(over.get("throttle", False)),
-            )
-        except (ValueError, TypeError) as exc:
-            raise SiteError(f"{self.path}: panel {panel_id}: {exc}") from None
+        return SerialLine(path=device, **spec.line_settings())
 
     def node_serial_lines(self) -> list[tuple[int, SerialLine]]:
         """The lines a node serves: every panel with a ``node_serial`` device."""
@@ -216,151 +320,140 @@ class Site:
             check_plaintext_serial(*serial)
 
 
-_SITE_KEYS = {"name", "db", "pki", "insecure", "vip", "port", "panel_port", "heartbeat_ms"}
-_FLEET_KEYS = {f.name for f in dataclasses.fields(FleetSpec)}
-_PANEL_KEYS = {
-    "id",
-    "mode",
-    "address",
-    "buffer",
-    "policy",
-    "flash",
-    "doors",
-    "batch",
-    "window",
-    # A serial panel: its end of the line, the node's end, and the line's settings.
-    "serial",
-    "node_serial",
-    "baud",
-    "parity",
-    "throttle",
-}
-_MODES = {"punch-out", "host-initiated", "mixed"}
+@toml_table
+class _SiteFile(TomlTable):
+    """A site file, as written."""
 
-
-def _check_keys(where: str, table: dict[str, Any], allowed: set[str], path: Path) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise SiteError(f"{path}: unknown key {where}{unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    site: _SiteTable = _SiteTable()
+    nodes: dict[str, _NodeTable] = Field(default_factory=dict)
+    fleet: FleetSpec = FleetSpec()
+    panels: tuple[PanelSpec, ...] = ()
+    #: Read by the CLI (its commands' option defaults); kept as written.
+    defaults: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_site(path: Path | str | None) -> Site:
-    """Read a site file; None gives the embedded loopback default."""
+    """Read a site file; None gives the embedded loopback default.
+
+    Raises:
+        SiteError: no such file, not TOML, or the first problem in it at its line.
+    """
     if path is None:
         return Site(path=None)
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise SiteError(f"{path}: no such site file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SiteError(f"{path}: not valid TOML: {exc}") from None
-    _check_keys("", data, {"site", "nodes", "fleet", "panels"}, path)
+    return parse_site(text, path)
+
+
+def parse_site(text: str, path: Path) -> Site:
+    """The site file ``path`` whose text is ``text``; its paths are relative to ``path``'s directory.
+
+    Raises:
+        SiteError: naming the file, the line and the key of the first problem.
+    """
+    doc = TomlDocument.parse(text, str(path), error=SiteError)
+    file = doc.validate(_SiteFile)
     base = path.parent
-    site_t = data.get("site", {})
-    _check_keys("site.", site_t, _SITE_KEYS, path)
-    fleet_t = data.get("fleet", {})
-    _check_keys("fleet.", fleet_t, _FLEET_KEYS, path)
-    try:
-        fleet = FleetSpec(
-            panels=int(fleet_t.get("panels", 10)),
-            first_id=int(fleet_t.get("first_id", 1)),
-            mode=str(fleet_t.get("mode", "punch-out")),
-            buffer=parse_size(fleet_t.get("buffer", 1 << 20)),
-            policy=OverflowPolicy(fleet_t.get("policy", "drop_oldest")),
-            flash_dir=base / fleet_t["flash_dir"] if fleet_t.get("flash_dir") else None,
-            rate=float(fleet_t.get("rate", 1.0)),
-            doors=int(fleet_t.get("doors", 4)),
-            batch=int(fleet_t.get("batch", 1024)),
-            window=int(fleet_t.get("window", 4)),
-        )
-    except (ValueError, TypeError, SiteError) as exc:
-        raise SiteError(f"{path}: [fleet]: {exc}") from None
-    if fleet.mode not in _MODES:
-        raise SiteError(f"{path}: fleet.mode {fleet.mode!r} is not one of {', '.join(sorted(_MODES))}")
-    nodes = []
-    for name, table in data.get("nodes", {}).items():
-        _check_keys(f"nodes.{name}.", table, {"address", "heartbeat_via"}, path)
-        via = table.get("heartbeat_via")
-        nodes.append(
-            NodeSpec(
-                name=name,
-                address=str(table.get("address", "127.0.0.1")),
-                heartbeat_via=None if via is None else str(via),
-            )
-        )
     overrides: dict[int, dict[str, Any]] = {}
-    for index, table in enumerate(data.get("panels", [])):
-        _check_keys(f"panels[{index}].", table, _PANEL_KEYS, path)
-        if "id" not in table:
-            raise SiteError(f"{path}: panels[{index}] has no 'id'")
-        mode = table.get("mode")
-        if mode is not None and mode not in (_MODES - {"mixed"}) | {"serial"}:
-            raise SiteError(f"{path}: panels[{index}].mode {mode!r} is not punch-out, host-initiated or serial")
-        if mode == "serial" and "serial" not in table:
-            raise SiteError(f"{path}: panels[{index}] is a serial panel without 'serial' (its device path)")
-        overrides[int(table["id"])] = {
-            k: str(base / v) if k in ("serial", "node_serial") else v for k, v in table.items() if k != "id"
-        }
-    try:
-        return Site(
-            path=path,
-            name=str(site_t.get("name", "fieldsync site")),
-            db=base / site_t.get("db", "fieldsync.db"),
-            pki=base / site_t.get("pki", "pki"),
-            insecure=bool(site_t.get("insecure", False)),
-            vip=str(site_t.get("vip", "127.0.0.100")),
-            port=int(site_t.get("port", 30002)),
-            panel_port=int(site_t.get("panel_port", 3001)),
-            heartbeat_ms=int(site_t.get("heartbeat_ms", 1000)),
-            nodes=tuple(nodes) or Site.__dataclass_fields__["nodes"].default,  # type: ignore[arg-type]
-            fleet=fleet,
-            overrides=overrides,
-        )
-    except (ValueError, TypeError) as exc:
-        raise SiteError(f"{path}: [site]: {exc}") from None
+    for index, panel in enumerate(file.panels):
+        if panel.id in overrides:
+            raise doc.fail(("panels", index, "id"), f"panel {panel.id} has another [[panels]] entry before this one")
+        given = panel.file_items()
+        del given["id"]
+        for end in ("serial", "node_serial"):
+            if end in given:
+                given[end] = str(base / given[end])
+        overrides[panel.id] = given
+    table = {f.name: getattr(file.site, f.name) for f in dataclasses.fields(file.site)}
+    fleet = file.fleet
+    if fleet.flash_dir is not None:
+        fleet = dataclasses.replace(fleet, flash_dir=base / fleet.flash_dir)
+    nodes = tuple(NodeSpec(name=n, address=t.address, heartbeat_via=t.heartbeat_via) for n, t in file.nodes.items())
+    return Site(
+        **{**table, "db": base / file.site.db, "pki": base / file.site.pki},
+        path=path,
+        nodes=nodes or _PAIR_NODES,
+        fleet=fleet,
+        overrides=overrides,
+        defaults=file.defaults,
+        defaults_lines={k[1:]: line for k, line in doc.lines.items() if k[:1] == ("defaults",) and len(k) > 1},
+    )
 
 
-def write_pair_site(
-    path: Path,
+def pair_site_toml(
     *,
     pki_dir: Path | str = "pki",
     port: int = 30002,
     panels: int = 10,
     mode: str = "mixed",
-    buffer: str = "1MiB",
+    buffer: str | int = "1MiB",
     batch: int = 1024,
     rate: float = 1.0,
     name: str = "fieldsync site",
     heartbeat_proxies: bool = False,
-) -> Path:
-    """Write a site file for the embedded default: nodes A and B on 127.0.0.11/.12 sharing
-    ``site.db`` beside the file, the VIP on ``port``, panels listening on ``port + 1``.
-    With ``heartbeat_proxies`` each node's beats reach it through 127.0.0.21/.22 (a fault proxy)."""
-    via_a, via_b = (
-        ('heartbeat_via = "127.0.0.21"\n', 'heartbeat_via = "127.0.0.22"\n') if heartbeat_proxies else ("", "")
-    )
-    path.write_text(
-        f"""[site]
-name = "{name}"
-db = "site.db"
-pki = "{pki_dir}"
-port = {port}
-panel_port = {port + 1}
+    insecure: bool = False,
+    db: Path | str = "site.db",
+    first_id: int | None = None,
+    policy: OverflowPolicy | None = None,
+    doors: int | None = None,
+    flash_dir: Path | str | None = None,
+) -> str:
+    """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
+    (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
+    ``heartbeat_proxies`` each node's beats reach it through 127.0.0.21/.22 (a fault proxy).
+    ``None``: the site file's default."""
+    via = {"A": "127.0.0.21", "B": "127.0.0.22"} if heartbeat_proxies else {}
+    tables = {
+        "site": {
+            "name": name,
+            "db": db,
+            "pki": pki_dir,
+            "insecure": insecure or None,
+            "port": port,
+            "panel_port": port + 1,
+        },
+        "nodes": {n: {"address": address, "heartbeat_via": via.get(n)} for n, address in _PAIR.items()},
+        "fleet": {
+            "panels": panels,
+            "first_id": first_id,
+            "mode": mode,
+            "rate": rate,
+            "buffer": buffer,
+            "batch": batch,
+            "policy": policy,
+            "doors": doors,
+            "flash_dir": flash_dir,
+        },
+    }
+    return dump_toml(tables)
 
-[nodes.A]
-address = "127.0.0.11"
-{via_a}[nodes.B]
-address = "127.0.0.12"
-{via_b}
-[fleet]
-panels = {panels}
-mode = "{mode}"
-rate = {rate}
-buffer = "{buffer}"
-batch = {batch}
-"""
-    )
+
+class PairSiteOptions(TypedDict, total=False):
+    """The keywords of ``pair_site_toml`` (its defaults are there)."""
+
+    pki_dir: Path | str
+    port: int
+    panels: int
+    mode: str
+    buffer: str | int
+    batch: int
+    rate: float
+    name: str
+    heartbeat_proxies: bool
+    insecure: bool
+    db: Path | str
+    first_id: int | None
+    policy: OverflowPolicy | None
+    doors: int | None
+    flash_dir: Path | str | None
+
+
+def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:
+    """Write ``pair_site_toml(**options)`` to ``path``."""
+    path.write_text(pair_site_toml(**options))
     return path
 
 
