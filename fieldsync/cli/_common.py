@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import pydantic
 import trio
 
 from protocol.streams import LinkError
@@ -31,10 +32,21 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except pydantic.ValidationError as exc:  # a flag's value a model refused (the site file names its own)
+            raise click.ClickException(_flag_errors(exc)) from None
         except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError, ScenarioError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _flag_errors(exc: pydantic.ValidationError) -> str:
+    """One line: each refused value under the flag it came from, e.g. ``--panels: ... (got -1)``."""
+    parts = []
+    for error in exc.errors():
+        name = "--" + str(error["loc"][-1]).replace("_", "-") if error["loc"] else exc.title
+        parts.append(f"{name}: {error['msg'].lower()} (got {error.get('input')!r})")
+    return "; ".join(parts)
 
 
 db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False), help="SQLite store [site: site.db].")
