@@ -304,4 +304,6 @@ def test_status_watch_refreshes_until_sigterm(tmp_path: Path) -> None:
 def test_a_flag_value_a_model_refuses_is_one_line_naming_the_flag() -> None:
     result = CliRunner().invoke(main, ["emulate", "--panels", "-1"])
     assert result.exit_code == 1, result.output
-    assert result.output.strip().splitlines() == ["Error: --panels: input should be greater than or equal to 0 (got -1)"]
+    assert result.output.strip().splitlines() == [
+        "Error: --panels: input should be greater than or equal to 0 (got -1)"
+    ]
