@@ -57,6 +57,7 @@ from ._steps import PowerCycleStep as PowerCycleStep
 from ._steps import RemoveToxicStep as RemoveToxicStep
 from ._steps import ResetPeerStep as ResetPeerStep
 from ._steps import RestartStep as RestartStep
+from ._steps import RogueStep as RogueStep
 from ._steps import Step as Step
 from ._steps import StepBase as StepBase
 from ._steps import StopStep as StopStep
@@ -103,6 +104,7 @@ __all__ = [
     "Report",
     "ResetPeerStep",
     "RestartStep",
+    "RogueStep",
     "RunResult",
     "SERIES",
     "Sample",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -39,6 +40,7 @@ from ._checker import Report, check
 from ._fault_api import serve_api
 from ._flaws import flawed_command, flawed_node_class
 from ._proxy import FaultHub
+from ._rogue import RogueOutcome
 from ._scenario import Scenario, ScenarioError
 from ._steps import NODES_GROUP, FaultWindow
 
@@ -173,6 +175,8 @@ class ScenarioRun:
         self.cluster: ProcessCluster | InProcessCluster | None = None
         #: The open window of each toxic a step added, by (group, toxic name).
         self.toxic_windows: dict[tuple[str, str], FaultWindow] = {}
+        #: What each rogue peer of the run got (``RogueStep``), for P6 and P7.
+        self.rogues: list[RogueOutcome] = []
         self._t0 = 0.0
         self._next_card = 100_000
         self._mounted: Path | None = None
@@ -276,6 +280,11 @@ class ScenarioRun:
 
     # -- the run --------------------------------------------------------------------------
 
+    @property
+    def vip_address(self) -> tuple[str, int]:
+        """Where panels punch out to: the VIP on the run's port."""
+        return (VIP, self.port)
+
     def now(self) -> float:
         return trio.current_time() - self._t0
 
@@ -376,7 +385,9 @@ class ScenarioRun:
                 await fleet_done.wait()
                 panels = list(self.fleet.panels.values())
                 generated = [len(p.journal or ()) for p in panels]
-                self.report = await trio.to_thread.run_sync(check, self.site.db, panels)
+                self.report = await trio.to_thread.run_sync(
+                    functools.partial(check, rogues=self.rogues, crashes=self.cluster.crashes()), self.site.db, panels
+                )
                 if [v.generated for v in self.report.panels] != generated:
                     raise ScenarioError(f"{scenario.name}: a panel generated events while the checker read it")
                 nursery.cancel_scope.cancel()
@@ -599,6 +610,12 @@ class ProcessCluster:
     def starts(self) -> dict[str, int]:
         return {n: c.starts for n, c in self.children.items()}
 
+    def crashes(self) -> int:
+        """Node processes that ended by themselves: not by a signal of this run or of STONITH
+        (SIGKILL), not by the supervisor's stop at the end (SIGINT, or a clean exit)."""
+        expected = {0, -signal.SIGKILL, -signal.SIGINT, -signal.SIGTERM, 130}
+        return sum(1 for c in self.children.values() for code in c.exits if code not in expected)
+
 
 class InProcessCluster:
     """One sync-engine node inside this trio run: the fast tier (virtual time, no processes).
@@ -698,6 +715,9 @@ class InProcessCluster:
 
     def starts(self) -> dict[str, int]:
         return {"A": self._starts}
+
+    def crashes(self) -> int:
+        return 0  # a node that raised here has already ended the run with its exception
 
 
 async def _until(predicate: Callable[[], bool], poll: float = 0.05) -> None:

@@ -24,6 +24,8 @@ import protocol as p
 
 from ..site import TomlTable, refuse, toml_table
 from ._proxy import DatagramProxy, FaultError, Toxic
+from ._rogue import RogueKind
+from ._rogue import attempt as attempt_rogue
 
 if TYPE_CHECKING:
     from emulator import Panel
@@ -48,6 +50,7 @@ __all__ = [
     "RemoveToxicStep",
     "ResetPeerStep",
     "RestartStep",
+    "RogueStep",
     "Step",
     "StepBase",
     "StopStep",
@@ -692,6 +695,69 @@ class DiskFullStep(StepBase):
         run.note("store disk freed")
 
 
+def _punch_out(site: SiteSpec, pid: int) -> bool:
+    return site.mode == "punch-out" or (site.mode == "mixed" and pid % 2 == 1)
+
+
+@toml_table
+class RogueStep(StepBase):
+    """Rogue peers dial the VIP claiming to be ``panel`` (P7), or send garbage (P6); each
+    records what it got. ``replay`` sends a genuine session recorded on ``group``'s VIP
+    proxy (a group with punch-out panels) on a new connection."""
+
+    do: Literal["rogue"] = "rogue"
+    kinds: tuple[RogueKind, ...] = tuple(RogueKind)
+    #: The panel a rogue claims to be (default: the site's first).
+    panel: StrictInt | None = None
+    #: Where ``replay`` finds its recording (default: the first group with a punch-out panel).
+    group: StrictStr | None = None
+
+    def check(self, site: SiteSpec, duration: float) -> None:
+        super().check(site, duration)
+        if not self.kinds:
+            raise refuse("name at least one kind of rogue", "kinds")
+        if not site.tls and any(k.needs_tls for k in self.kinds):
+            tls_only = ", ".join(str(k) for k in self.kinds if k.needs_tls)
+            raise refuse(f"{tls_only} need a TLS site ([site] tls = true); without TLS only garbage applies", "kinds")
+        if self.panel is not None:
+            problem = _missing_panel((self.panel,), site.ids)
+            if problem:
+                raise refuse(problem, "panel")
+        if len(site.ids) < 2 and RogueKind.ID_MISMATCH in self.kinds:
+            raise refuse("id-mismatch needs a second panel whose certificate it presents", "kinds")
+
+    def _replay_group(self, run: ScenarioRun) -> str:
+        site = run.scenario.site
+        for group in run.scenario.groups:
+            if (self.group in (None, group.name)) and any(_punch_out(site, pid) for pid in group.panels):
+                return group.name
+        raise ValueError(
+            f"rogue replay: {'group ' + repr(self.group) if self.group else 'no group'} has a punch-out panel "
+            "whose session the VIP proxy could record"
+        )
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        site = run.scenario.site
+        claimed = self.panel if self.panel is not None else site.ids.start
+        other = next(pid for pid in site.ids if pid != claimed) if len(site.ids) > 1 else claimed
+        for index, kind in enumerate(self.kinds):
+            recording = b""
+            if kind is RogueKind.REPLAY:
+                recording = run.hub.proxy(f"{self._replay_group(run)}.vip").recording()
+            outcome = await attempt_rogue(
+                kind,
+                address=run.vip_address,
+                panel_id=claimed,
+                pki_dir=None if run.site.insecure else run.site.pki,
+                other_panel=other,
+                workdir=run.workdir,
+                recording=recording,
+                seed=run.seed * 100 + index,
+            )
+            run.rogues.append(outcome)
+            run.note(f"rogue {outcome.describe()}")
+
+
 _STEP_TYPES = (
     KillStep,
     StopStep,
@@ -710,6 +776,7 @@ _STEP_TYPES = (
     ConfigStormStep,
     BurstStep,
     DiskFullStep,
+    RogueStep,
 )
 
 #: A ``[[timeline]]`` entry: the type its ``do`` names.
@@ -730,7 +797,8 @@ Step = Annotated[
     | ConfigStep
     | ConfigStormStep
     | BurstStep
-    | DiskFullStep,
+    | DiskFullStep
+    | RogueStep,
     Field(discriminator="do"),
 ]
 
