@@ -24,7 +24,6 @@ import trio
 
 from protocol import (
     Ack,
-    Bye,
     ConfigAck,
     ConfigDelta,
     ConfigOp,
@@ -33,7 +32,6 @@ from protocol import (
     ErrorCode,
     EventBatch,
     EventKind,
-    Heartbeat,
     Hello,
     Message,
     PanelConnection,
@@ -43,16 +41,17 @@ from protocol import (
     Welcome,
 )
 from protocol.streams import (
+    EndReason,
     Link,
     LinkError,
     MessageStream,
-    PeerClosed,
     SerialLine,
+    SessionDriver,
+    SessionEnd,
     TlsError,
     TlsFiles,
     client_context,
     dial,
-    first_error,
     listen,
     open_serial,
     records_per_batch,
@@ -526,82 +525,29 @@ class Panel:
         self._session_epoch = welcome.epoch
         self._session_node = welcome.node_id
         self.disconnected = trio.Event()
+        end: SessionEnd | None = None  # None: a power-cycle or a newer session cancelled this one
         with trio.CancelScope() as scope:
             self._session_scope = scope
             self.connected.set()
             self.record(EventKind.HOST_ONLINE)
             try:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(ms.run_timers)
-                        nursery.start_soon(self._upload, ms, welcome.hwm + 1, self.boot_id)
-                        await self._read(ms, self.boot_id)
-                        nursery.cancel_scope.cancel()
-                except BaseExceptionGroup as group:
-                    raise first_error(group) from None
-            except PeerClosed:
-                pass  # the node went away; the link manager reconnects
-            except RemoteProtocolError as exc:
-                await ms.send_error(exc.code, exc.message)
-                raise
+                end = await SessionDriver(ms, _Uplink(self, ms, welcome.hwm + 1)).run()
             finally:
                 self._session_scope = None
                 self.connected = trio.Event()
                 self.record(EventKind.HOST_OFFLINE)
                 self.disconnected.set()
+        if end is not None and end.reason is EndReason.PEER_ERROR:
+            assert isinstance(end.message, Error)
+            raise SessionRefused(end.message)
 
-    async def _upload(self, ms: MessageStream, next_seq: int, boot: int) -> None:
-        window = self.settings.window
-        in_flight: deque[int] = deque()
-        self._in_flight = in_flight
-        while self.boot_id == boot:  # a power-cycle ends this boot's session: send nothing of the next
-            while in_flight and in_flight[0] <= self._acked_seq:
-                in_flight.popleft()
-            if len(in_flight) >= window:
-                await self._new_data.wait()
-                continue
-            data = self.buffer.read(next_seq, self._batch_records)
-            if not data:
-                await self._new_data.wait()
-                continue
-            batch = EventBatch(first_seq=int.from_bytes(data[:8], "big"), records=data)
-            await ms.send(batch)
-            self._batches_sent += 1
-            in_flight.append(batch.last_seq)
-            next_seq = batch.last_seq + 1
-
-    async def _read(self, ms: MessageStream, boot: int) -> None:
-        parts: list[ConfigOp] = []
-        while True:
-            message: Message = await ms.receive()
-            if self.boot_id != boot:
-                # The power went while this message was on its way: it speaks of the old boot's
-                # seqs, and an ACK applied to the new boot's buffer would free its unsent events.
-                return
-            if isinstance(message, Ack):
-                self.first_ack_at.setdefault(message.epoch, trio.current_time())
-                self._acked_seq = message.up_to_seq
-                self._promised_seq = max(self._promised_seq, message.up_to_seq)
-                if self.buffer.release(message.up_to_seq):
-                    self._room.set()
-                self._new_data.wake()
-            elif isinstance(message, ConfigDelta):
-                self.config.apply_delta(message.from_version, message.to_version, message.ops)
-                self._config_applied()
-                await ms.send(ConfigAck(version=message.to_version, digest=self.config.digest))
-            elif isinstance(message, ConfigSnapshot):
-                parts.extend(message.ops)
-                if message.part == message.parts - 1:
-                    self.config.apply_snapshot(message.version, parts)
-                    parts = []
-                    self._config_applied()
-                    await ms.send(ConfigAck(version=message.version, digest=self.config.digest))
-            elif isinstance(message, Heartbeat):
-                pass
-            elif isinstance(message, Error):
-                raise SessionRefused(message)
-            elif isinstance(message, Bye):
-                return
+    def _acked(self, ack: Ack) -> None:
+        self.first_ack_at.setdefault(ack.epoch, trio.current_time())
+        self._acked_seq = ack.up_to_seq
+        self._promised_seq = max(self._promised_seq, ack.up_to_seq)
+        if self.buffer.release(ack.up_to_seq):
+            self._room.set()
+        self._new_data.wake()
 
     def _config_applied(self) -> None:
         self.record(EventKind.CONFIG_APPLIED, card=self.config.version)
@@ -652,3 +598,67 @@ class Panel:
             dropped=b.dropped,
             refused=b.refused,
         )
+
+
+class _Uplink:
+    """The panel's side of one session, for the ``SessionDriver``: upload in seq order
+    with a window of batches in flight, free the buffer on ACK, apply configuration.
+
+    A power-cycle ends the boot it was started in: from then on it sends nothing and
+    takes nothing in, not even a message that was already on its way.
+    """
+
+    def __init__(self, panel: Panel, ms: MessageStream, next_seq: int) -> None:
+        self.panel = panel
+        self.ms = ms
+        self.boot = panel.boot_id
+        self.next_seq = next_seq
+        #: Last seq of each batch sent and not yet acknowledged, oldest first.
+        self.in_flight: deque[int] = deque()
+        self._parts: list[ConfigOp] = []
+
+    def __repr__(self) -> str:
+        return f"<_Uplink panel {self.panel.panel_id} next seq {self.next_seq} in flight {len(self.in_flight)}>"
+
+    async def send_loop(self) -> None:
+        panel, in_flight = self.panel, self.in_flight
+        window = panel.settings.window
+        while panel.boot_id == self.boot:  # a power-cycle ends this boot's session: send nothing of the next
+            while in_flight and in_flight[0] <= panel._acked_seq:
+                in_flight.popleft()
+            if len(in_flight) >= window:
+                await panel._new_data.wait()
+                continue
+            data = panel.buffer.read(self.next_seq, panel._batch_records)
+            if not data:
+                await panel._new_data.wait()
+                continue
+            batch = EventBatch(first_seq=int.from_bytes(data[:8], "big"), records=data)
+            await self.ms.send(batch)
+            panel._batches_sent += 1
+            in_flight.append(batch.last_seq)
+            self.next_seq = batch.last_seq + 1
+
+    async def handle(self, message: Message) -> bool:
+        panel = self.panel
+        if panel.boot_id != self.boot:
+            # The power went while this message was on its way: it speaks of the old boot's
+            # seqs, and an ACK applied to the new boot's buffer would free its unsent events.
+            return False
+        if isinstance(message, Ack):
+            panel._acked(message)
+        elif isinstance(message, ConfigDelta):
+            panel.config.apply_delta(message.from_version, message.to_version, message.ops)
+            panel._config_applied()
+            await self.ms.send(ConfigAck(version=message.to_version, digest=panel.config.digest))
+        elif isinstance(message, ConfigSnapshot):
+            self._parts.extend(message.ops)
+            if message.part == message.parts - 1:
+                panel.config.apply_snapshot(message.version, self._parts)
+                self._parts = []
+                panel._config_applied()
+                await self.ms.send(ConfigAck(version=message.version, digest=panel.config.digest))
+        return True
+
+    async def drain(self) -> None:
+        """A panel has nothing to store: its BYE can go at once."""

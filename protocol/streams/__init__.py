@@ -1,8 +1,12 @@
-"""The I/O edge of the protocol package: trio Streams in, messages out.
+"""The I/O edge of the protocol package: trio Streams in, messages out, one session driver.
 
 Shared by the emulator and the node. The sans-I/O core never imports this.
 """
 
+from ._driver import EndReason as EndReason
+from ._driver import SessionDriver as SessionDriver
+from ._driver import SessionEnd as SessionEnd
+from ._driver import SessionHandler as SessionHandler
 from ._errors import LinkError as LinkError
 from ._errors import PeerClosed as PeerClosed
 from ._errors import TlsError as TlsError
@@ -26,12 +30,16 @@ from ._tls import peer_identity as peer_identity
 from ._tls import server_context as server_context
 
 __all__ = [
+    "EndReason",
     "Link",
     "LinkError",
     "MessageStream",
     "PeerClosed",
     "SerialLine",
     "SerialStream",
+    "SessionDriver",
+    "SessionEnd",
+    "SessionHandler",
     "TlsError",
     "TlsFiles",
     "check_plaintext_allowed",

@@ -92,11 +92,10 @@ class MessageStream:
         try:
             return await self._receive()
         except RemoteProtocolError as exc:
-            self._ending = True
             # Tell the peer now, from the task that found it, before the caller's nursery
             # cancels a writer that may be half-way through a frame (which would leave the
             # stream unable to carry the ERROR: seen under TLS by the conformance battery).
-            await self.send_error(exc.code, exc.message)
+            await self.end_with_error(exc.code, exc.message)
             raise
 
     async def _receive(self) -> Message:
@@ -152,6 +151,8 @@ class MessageStream:
                 await self._timer_changed.wait()
                 continue
             async with self._send_lock:
+                if self._ending:
+                    break  # another task is ending the session: nothing more goes out
                 try:
                     data = conn.handle_timer(trio.current_time())
                 except PeerTimeout as exc:
@@ -161,6 +162,13 @@ class MessageStream:
                 if data:
                     with map_link_errors(f"{self.name}: sending HEARTBEAT"):
                         await self.stream.send_all(data)
+        await trio.sleep_forever()
+
+    async def end_with_error(self, code: ErrorCode, text: str) -> None:
+        """End the session from this task: every other send stops, then the ERROR goes out
+        (best effort, bounded in time, never raises)."""
+        self._ending = True
+        await self.send_error(code, text)
 
     async def send_error(self, code: ErrorCode, text: str) -> None:
         """Tell the peer why we stop: best effort, bounded in time, never raises.

@@ -1,0 +1,177 @@
+"""The node's ingest: one group-commit task for the batches of every session (P1, P2).
+
+**One envelope per batch.** A session's reader turns an EVENT_BATCH into a ``_Queued``
+(an ``IngestBatch`` that also names the session to answer), and that one object goes
+through the channel into ``EventStore.ingest`` and back to its session. Nothing
+re-checks it on the way: the records were checked when the frame was decoded, the
+batch's place in the session by the ``HostConnection``; the store checks only what it
+alone can, continuity with its durable hwm, inside the transaction.
+
+**Queue depth, counted once**, per panel (``queued``): a reader waits while its panel
+has ``window`` batches queued (TCP then pushes back on that panel alone), and a new
+session of a panel waits until its older session's batches are through, since its
+WELCOME's hwm must count them (docs/protocol.md 7.5). One session serves a panel at
+a time, so the panel's count is its session's.
+
+**The hwm lives here** (``hwm``), and only here in the process: read from the store
+once, after the node claimed its epoch, then set from every commit's result. It is
+authoritative because the store refuses any other epoch, so nobody else can move it.
+The store keeps no copy (it reads the row inside each transaction); a WELCOME's hwm
+and every ACK are read from this one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocol import RECORD_SIZE, ErrorCode, EventBatch
+from storage import IngestBatch, StaleEpoch, StoreError
+
+if TYPE_CHECKING:
+    from ._node import Node
+    from ._sessions import _Session
+
+__all__: list[str] = []
+
+log = logging.getLogger("fieldsync.node")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Queued(IngestBatch):
+    """A batch on its way from a session's reader to the commit, and whom to answer."""
+
+    session: _Session
+
+
+class _Ingest:
+    """The channel from every session to the one commit task, and what comes back."""
+
+    def __init__(self, node: Node) -> None:
+        s = node.settings
+        self.node = node
+        self.window = s.session_window
+        self.max_commit_events = s.max_commit_events
+        self._send, self._recv = trio.open_memory_channel[_Queued](s.ingest_queue)
+        self._hwms: dict[int, int] = {}
+        #: Batches queued for commit per panel, and who waits for a panel's count to fall.
+        self._queued: dict[int, int] = {}
+        self._waiting: dict[int, trio.Event] = {}
+        self.commits = 0
+        #: Seconds spent inside ingest transactions: the writer's busy time.
+        self.commit_s = 0.0
+        self.events_stored = 0
+        self.events_duplicate = 0
+        self.declared_lost = 0
+        self.refused_batches = 0
+
+    def __repr__(self) -> str:
+        return f"<Ingest {sum(self._queued.values())} batches of {len(self._queued)} panels queued>"
+
+    def hwm(self, panel_id: int) -> int:
+        """Everything of this panel up to here is durable in the store."""
+        return self._hwms.get(panel_id, 0)
+
+    async def load_hwms(self) -> None:
+        """Once the node's epoch is claimed: every panel's hwm, in one read."""
+        store = self.node.store
+        assert store is not None
+        self._hwms = await self.node.db(store.hwms)
+
+    def queued(self, panel_id: int) -> int:
+        return self._queued.get(panel_id, 0)
+
+    async def put(self, session: _Session, batch: EventBatch) -> None:
+        """Queue a batch for commit once its panel has room in its window."""
+        pid = session.panel_id
+        while self._queued.get(pid, 0) >= self.window:
+            await self._wait_change(pid)
+        self._queued[pid] = self._queued.get(pid, 0) + 1
+        queued = _Queued(
+            panel_id=pid,
+            first_seq=batch.first_seq,
+            last_seq=batch.last_seq,
+            records=batch.records,
+            received_us=self.node.now_us(),
+            session=session,
+        )
+        try:
+            await self._send.send(queued)
+        except BaseException:
+            self._through(pid)
+            raise
+
+    async def wait_drained(self, panel_id: int) -> None:
+        """Until every batch queued for this panel is committed or refused."""
+        while self._queued.get(panel_id, 0):
+            await self._wait_change(panel_id)
+
+    async def _wait_change(self, panel_id: int) -> None:
+        await self._waiting.setdefault(panel_id, trio.Event()).wait()
+
+    def _through(self, panel_id: int) -> None:
+        left = self._queued[panel_id] - 1
+        if left:
+            self._queued[panel_id] = left
+        else:
+            del self._queued[panel_id]
+        event = self._waiting.pop(panel_id, None)
+        if event is not None:
+            event.set()
+
+    async def run(self) -> None:
+        """Commit whatever is queued, from every session, in one transaction at a time.
+
+        No artificial delay: while a commit runs, the next batches queue up, so the
+        commit grows with the load (up to ``max_commit_events``).
+        """
+        node = self.node
+        store = node.store
+        assert store is not None
+        limit = self.max_commit_events
+        receive, receive_nowait = self._recv.receive, self._recv.receive_nowait
+        while True:
+            batches = [await receive()]
+            events = len(batches[0].records) // RECORD_SIZE
+            while events < limit:
+                try:
+                    batch = receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batches.append(batch)
+                events += len(batch.records) // RECORD_SIZE
+            try:
+                result = await node.db(store.ingest, batches, node.epoch)
+            except StaleEpoch as exc:
+                # Another node took over: nothing of ours may be stored or acked (P5).
+                node.last_error = str(exc)
+                log.error("fenced: %s", exc)
+                self._answer_all(batches, ErrorCode.STALE_EPOCH, str(exc))
+                node.fenced.set()
+                return
+            except StoreError as exc:
+                node.last_error = str(exc)
+                log.error("store refused a commit: %s", exc)
+                self._answer_all(batches, ErrorCode.STORE_REFUSED, str(exc))
+                continue
+            self.commits += 1
+            self.commit_s += result.commit_s
+            self._hwms.update(result.hwms)  # before any session is woken to ACK from it
+            for batch, outcome in zip(batches, result.outcomes, strict=True):
+                self.events_stored += outcome.stored
+                self.events_duplicate += outcome.duplicates
+                self.declared_lost += outcome.declared_lost
+                if outcome.error is not None:
+                    self.refused_batches += 1
+                    batch.session.fail(ErrorCode.SEQ_GAP, outcome.error)
+                else:
+                    batch.session.answered()
+                self._through(batch.panel_id)
+
+    def _answer_all(self, batches: list[_Queued], code: ErrorCode, text: str) -> None:
+        for batch in batches:
+            batch.session.fail(code, text)
+            self._through(batch.panel_id)

@@ -1,0 +1,328 @@
+"""The node's sessions: admission, one session per panel, and the node's side of each.
+
+A link comes in (accepted, dialed or a serial line); ``_Sessions.serve_link`` reads
+the HELLO, admits or refuses it (docs/protocol.md 6.2), retires an older session of
+the same panel (``_take_over``, the one place that replaces a session), sends WELCOME
+and hands the session to the ``SessionDriver``. The driver runs it (timers, the
+writer, the read loop, every way it ends); ``_Session`` only says what a message
+means to the node and what its writer sends: ACKs after commit, configuration pushes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from protocol import (
+    Ack,
+    ConfigAck,
+    ErrorCode,
+    EventBatch,
+    Hello,
+    HostConnection,
+    Message,
+    ProtocolError,
+    RemoteProtocolError,
+    Welcome,
+)
+from protocol.streams import Link, LinkError, MessageStream, SerialLine, SessionDriver
+from storage import StoreError
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+__all__: list[str] = []
+
+log = logging.getLogger("fieldsync.node")
+
+#: What ``store.write_status`` takes per panel: (panel, connected, node, epoch, acked,
+#: newest, config version, time).
+StatusRow = tuple[int, int, str, int, int, int, int, int]
+
+
+@dataclasses.dataclass(slots=True)
+class _Counts:
+    sessions_total: int = 0
+    rejected: int = 0
+    protocol_errors: int = 0
+    link_errors: int = 0
+    #: Line noise skipped and frames failing their CRC on serial lines.
+    bytes_skipped: int = 0
+    bad_frames: int = 0
+
+
+class _Session:
+    """One panel's session with this node: the driver's ``SessionHandler``.
+
+    The ingest answers its batches through ``answered`` (an ACK is owed) or ``fail``
+    (the session ends with that ERROR and acknowledges nothing more).
+    """
+
+    def __init__(self, node: Node, ms: MessageStream, hello: Hello) -> None:
+        self.node = node
+        self.ms = ms
+        self.hello = hello
+        self.panel_id = hello.panel_id
+        self.conn: HostConnection = ms.conn  # type: ignore[assignment]
+        self.driver = SessionDriver(ms, self)
+        #: A batch was answered by the store: an ACK is owed even if the hwm did not move.
+        self.ack_due = False
+        #: The highest ACK taken to send (it may not be written yet: ``conn.acked_seq`` lags).
+        self.ack_taken = 0
+        self.newest_seq = hello.newest_seq
+        #: The configuration the panel holds as far as this session knows (HELLO, then pushes).
+        self.config_sent = hello.config_version
+        self.digest_sent = hello.config_digest
+        #: A CONFIG_ACK after a delta showed another digest: the next push is a snapshot.
+        self.need_snapshot = False
+        self.wake = trio.Event()
+        self.wake.set()  # configuration sync starts right after WELCOME (docs/protocol.md 8.3)
+        #: WELCOME went out: the session is the panel's, and its status is worth reporting.
+        self.welcomed = False
+        self.done = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Session panel {self.panel_id} acked {self.conn.acked_seq} of {self.conn.sent_seq}>"
+
+    def answered(self) -> None:
+        """The store answered a batch of this session: an ACK is owed (7.4), duplicates too."""
+        self.ack_due = True
+        self.wake.set()
+
+    def fail(self, code: ErrorCode, text: str) -> None:
+        self.driver.end(code, text)
+
+    def take_ack(self) -> Ack | None:
+        """The ACK owed now, if any, up to the node's hwm (``_Ingest``, the one copy).
+
+        Taking it is what makes it no longer owed, so the writer and a stopping session
+        never both send the same one. The hwm may be ahead of this session (a replaced
+        session's batches): the ACK never goes past what this session received.
+        """
+        if self.driver.ending:
+            return None
+        taken = max(self.ack_taken, self.conn.acked_seq)
+        up_to = max(taken, min(self.node.ingest.hwm(self.panel_id), self.conn.sent_seq))
+        if not self.ack_due and up_to == taken:
+            return None
+        self.ack_due = False
+        self.ack_taken = up_to
+        return Ack(epoch=self.node.epoch, up_to_seq=up_to)
+
+    # -- SessionHandler ------------------------------------------------------------------
+
+    async def send_loop(self) -> None:
+        config = self.node.config
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            ack = self.take_ack()
+            if ack is not None:
+                await self.ms.send(ack)
+            if config.behind(self):
+                await config.push(self)
+
+    async def handle(self, message: Message) -> bool:
+        if isinstance(message, EventBatch):
+            self.newest_seq = max(self.newest_seq, message.last_seq)
+            with self.ms.reading_paused():  # waiting on our own commit capacity
+                await self.node.ingest.put(self, message)
+        elif isinstance(message, ConfigAck):
+            self.node.config.acked(self.panel_id, message.version)
+            push = self.conn.last_acked_push
+            if push is not None and message.digest != push.digest:
+                # docs/protocol.md 8.5: the panel holds other content than it was sent.
+                if push.snapshot:
+                    self.fail(
+                        ErrorCode.CONFIG_DIGEST,
+                        f"after the snapshot of version {push.version} the panel's digest is "
+                        f"{message.digest.hex()[:16]}..., not {push.digest.hex()[:16]}...",
+                    )
+                else:
+                    self.need_snapshot = True
+                    self.digest_sent = message.digest
+                    self.wake.set()
+        return True
+
+    async def drain(self) -> None:
+        """A planned stop: what the session received is stored and acknowledged (then the driver's BYE)."""
+        await self.node.ingest.wait_drained(self.panel_id)
+        ack = self.take_ack()
+        if ack is not None:
+            await self.ms.send(ack)
+
+
+class _Sessions:
+    """Every session of one node, at most one per panel."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.live: dict[int, _Session] = {}
+        self.counts = _Counts()
+        #: For the next status write: rows of sessions that ended, sessions that started.
+        self.ended: dict[int, StatusRow] = {}
+        self.started: list[tuple[int, int, int]] = []
+
+    def __repr__(self) -> str:
+        return f"<Sessions {len(self.live)} live, {self.counts.sessions_total} in all>"
+
+    async def serve_link(self, link: Link, *, expected: int | None = None, line: SerialLine | None = None) -> bool:
+        """Run one panel session; True if it reached STREAMING.
+
+        Over a serial ``line`` the session resynchronizes on noise and times out
+        a config push whose CONFIG_ACK never comes (a frame lost on the line).
+        """
+        node, counts = self.node, self.counts
+        s = node.settings
+        conn = HostConnection(
+            now=trio.current_time(),
+            handshake_timeout=s.handshake_timeout,
+            resync=line is not None,
+            reply_timeout=line.reply_timeout if line is not None else None,
+        )
+        ms = MessageStream(
+            link.stream,
+            conn,
+            name=f"node {node.node_id} <- {link.remote}",
+            inter_char_timeout=line.inter_char_timeout if line is not None else None,
+        )
+        try:
+            try:
+                with trio.fail_after(s.handshake_timeout):
+                    hello = await ms.receive()
+            except trio.TooSlowError:
+                await ms.send_error(ErrorCode.TIMEOUT, "no HELLO in time")
+                counts.protocol_errors += 1
+                return False
+            if not isinstance(hello, Hello):
+                # Only ERROR or BYE can come before HELLO: a peer giving up (on a serial
+                # line, often the tail of the previous session).
+                node.last_error = f"{link.remote}: {type(hello).__name__} instead of HELLO"
+                return False
+            refusal = self._admit(link, hello, expected)
+            if refusal is not None:
+                counts.rejected += 1
+                node.last_error = refusal[1]
+                log.warning("panel %d refused: %s", hello.panel_id, refusal[1])
+                await ms.send_error(*refusal)
+                return False
+            await self._serve(_Session(node, ms, hello))
+            return True
+        except RemoteProtocolError as exc:
+            counts.protocol_errors += 1
+            node.last_error = f"{link.remote}: {exc}"
+            return False
+        except (LinkError, ProtocolError) as exc:
+            counts.link_errors += 1
+            node.last_error = f"{link.remote}: {exc}"
+            return False
+        except StoreError as exc:
+            node.last_error = str(exc)
+            await ms.send_error(ErrorCode.STORE_REFUSED, str(exc))
+            return False
+        finally:
+            stats = ms.statistics()
+            counts.bytes_skipped += stats.bytes_skipped
+            counts.bad_frames += stats.bad_crc
+            await ms.aclose()
+
+    async def _serve(self, session: _Session) -> None:
+        node, pid = self.node, session.panel_id
+        try:
+            await self._take_over(session)
+            if node.stopping:
+                session.driver.stop()
+            # No store round trip per session: the node's hwm is authoritative while its
+            # epoch is the store's, and bookkeeping goes out with the status write.
+            hwm = node._resume_hwm(session.hello)
+            self.started.append((pid, session.hello.boot_id, node.now_us()))
+            await session.ms.send(
+                Welcome(
+                    node_id=node.node_id,
+                    epoch=node.epoch,
+                    hwm=hwm,
+                    config_version=node.config.version,
+                    config_digest=node.config.digest,
+                    heartbeat_ms=node.settings.heartbeat_ms,
+                )
+            )
+            session.welcomed = True
+            self.counts.sessions_total += 1
+            await session.driver.run()
+        finally:
+            if self.live.get(pid) is session:
+                del self.live[pid]
+                if session.welcomed:
+                    self.ended[pid] = self.status_row(session, connected=False)
+            session.done.set()
+
+    def _admit(self, link: Link, hello: Hello, expected: int | None) -> tuple[ErrorCode, str] | None:
+        """docs/protocol.md 6.2 step 3: the first refusal that applies, in the spec's order."""
+        node, pid = self.node, hello.panel_id
+        s = node.settings
+        if s.tls is not None and link.peer != f"panel-{pid}":
+            return ErrorCode.PANEL_ID_MISMATCH, f"HELLO says panel {pid} but the certificate is {link.peer!r}"
+        if expected is not None and pid != expected:
+            return ErrorCode.PANEL_ID_MISMATCH, f"dialed panel {expected} but panel {pid} answered"
+        if s.known_panels is not None and pid not in s.known_panels:
+            return ErrorCode.UNKNOWN_PANEL, f"panel {pid} is not in this site"
+        if hello.max_epoch > node.epoch:
+            return ErrorCode.STALE_EPOCH, f"panel {pid} has seen epoch {hello.max_epoch}; this node has {node.epoch}"
+        if node.stopping:
+            return ErrorCode.SHUTTING_DOWN, f"node {node.node_id} is stopping"
+        return None
+
+    async def _take_over(self, session: _Session) -> None:
+        """Make ``session`` its panel's one session (docs/protocol.md 7.5).
+
+        An older session of the panel ends with REPLACED, and every batch it queued
+        is committed (or refused) before this returns: the WELCOME's hwm must count
+        them, or the panel would number new events into seqs they take. Taking the
+        slot happens with no wait between the last look and the claim, so of two
+        sessions racing for one panel the later always replaces the earlier.
+        """
+        pid = session.panel_id
+        ingest = self.node.ingest
+        while True:
+            old = self.live.get(pid)
+            if old is not None:
+                old.fail(ErrorCode.REPLACED, f"a newer session of panel {pid} replaced this one")
+                with trio.move_on_after(2):
+                    await old.done.wait()
+                if self.live.get(pid) is old:  # it did not end in time: it no longer counts
+                    del self.live[pid]
+            with trio.move_on_after(self.node.settings.handshake_timeout):
+                await ingest.wait_drained(pid)
+            if pid not in self.live:
+                break
+        self.live[pid] = session
+
+    async def stop_all(self) -> None:
+        """A planned stop: every session stops reading, stores and acknowledges what it
+        received, says BYE(SHUTTING_DOWN); bounded by ``drain_timeout``."""
+        with trio.move_on_after(self.node.settings.drain_timeout):
+            for session in list(self.live.values()):
+                session.driver.stop()
+            for session in list(self.live.values()):
+                await session.done.wait()
+
+    def status_rows(self, *, final: bool) -> list[StatusRow]:
+        rows = list(self.ended.values())
+        rows += [self.status_row(s, connected=not final) for s in self.live.values() if s.welcomed]
+        return rows
+
+    def status_row(self, s: _Session, *, connected: bool) -> StatusRow:
+        node = self.node
+        return (
+            s.panel_id,
+            int(connected),
+            node.node_id,
+            node.epoch,
+            s.conn.acked_seq,
+            s.newest_seq,
+            s.config_sent,
+            node.now_us(),
+        )
