@@ -34,6 +34,7 @@ from fieldsync.harness import (
     RemoveToxicStep,
     ResetPeerStep,
     RestartStep,
+    RogueKind,
     RunResult,
     ScenarioError,
     ScenarioRun,
@@ -501,6 +502,45 @@ def test_a_broken_engine_is_caught_by_the_right_promise(flaw: str, promise: str)
     assert (t["duplicated"] if flaw == "no-dedupe" else t["lost"]) > 0, result.text()
 
 
+def test_an_engine_that_believes_the_hello_over_the_certificate_is_caught_by_p7() -> None:
+    """Another panel's genuine certificate speaking for panel 1: the real engine refuses it
+    (PANEL_ID_MISMATCH, the shipped scenario holds in both tiers); a build that checks the
+    certificate's chain but not whose it is lets the rogue store its events as panel 1's."""
+    scenario = load_scenario(Path(__file__).parent.parent / "scenarios" / "rogue-peers.toml")
+    result = run_fast(scenario, 31960, flaws=frozenset({"no-id-binding"}))
+    assert "P7" in broken(result), result.text()
+    assert result.report.totals()["rogue_rows"] > 0, result.text()
+    assert [r for r in result.report.rogues if r.kind is RogueKind.ID_MISMATCH and r.welcomed], result.text()
+
+
+INSECURE_GARBAGE = """
+name = "garbage at a plain-TCP node"
+duration = "6s"
+[site]
+panels = 4
+tls = false
+rate = 10.0
+[[timeline]]
+at = "2s"
+do = "rogue"
+kinds = ["garbage"]
+"""
+
+
+@pytest.mark.slow
+def test_an_engine_that_a_bad_frame_crashes_is_caught_by_p6() -> None:
+    """Garbage at a plain-TCP node gets an ERROR and a close from the real engine, and the node
+    serves on; a build in which a bad frame escapes as an exception loses its process (the
+    supervisor restarts it), and P6 counts the crash. Node processes: an in-process crash
+    would end the run itself."""
+    scenario = parse_scenario(INSECURE_GARBAGE)
+    held = trio.run(ScenarioRun(scenario, port=31970).run)
+    assert held.ok and held.report.crashes == 0, held.text()
+    result = trio.run(ScenarioRun(scenario, port=31980, flaws=frozenset({"crash-on-bad-frame"})).run)
+    assert "P6" in broken(result), result.text()
+    assert result.report.crashes >= 1, result.text()
+
+
 @pytest.mark.slow
 def test_an_engine_without_epoch_fencing_is_caught_by_p5() -> None:
     """The zombie wakes with STONITH off; without the fence it goes on writing under its
@@ -546,7 +586,7 @@ def test_the_shipped_cli_and_settings_cannot_break_a_promise() -> None:
         names = {f.name for f in dataclasses.fields(settings)}
         assert not names & {"unsafe", "flaws"}, names
     assert CliRunner().invoke(main, ["node", "--id", "A", "--unsafe-break", "no-dedupe"]).exit_code == 2
-    assert set(FLAWS.values()) == {"P1", "P2", "P5"}
+    assert set(FLAWS.values()) == {"P1", "P2", "P5", "P6", "P7"}
 
 
 @pytest.mark.parametrize("medium", ["ram", "flash"])

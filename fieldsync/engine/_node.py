@@ -28,8 +28,8 @@ from typing import Any, ClassVar, TypeVar
 
 import trio
 
-from protocol import Hello
-from protocol.streams import SerialLine, TlsFiles
+from protocol import ErrorCode, Hello, RemoteProtocolError
+from protocol.streams import Link, SerialLine, TlsFiles
 from storage import EventStore, StoreError
 
 from ._config_push import _ConfigFeed
@@ -110,9 +110,9 @@ class NodeStatistics:
 class Node:
     """A sync-engine node. ``await node.run()`` inside a nursery; it stops when cancelled.
 
-    ``store_class`` and ``_resume_hwm`` are where the harness's deliberately broken
-    builds (``fieldsync.harness``, for the checker's negative controls) plug in a
-    flaw by subclassing; nothing in the settings or the CLI can.
+    ``store_class``, ``_resume_hwm``, ``_admit`` and ``_peer_broke_protocol`` are where the
+    harness's deliberately broken builds (``fieldsync.harness``, for the checker's negative
+    controls) plug in a flaw by subclassing; nothing in the settings or the CLI can.
     """
 
     store_class: ClassVar[type[EventStore]] = EventStore
@@ -201,6 +201,26 @@ class Node:
     def _resume_hwm(self, hello: Hello) -> int:
         """Where the panel resumes: the node's hwm, never what the panel says it holds."""
         return self.ingest.hwm(hello.panel_id)
+
+    def _admit(self, link: Link, hello: Hello, expected: int | None) -> tuple[ErrorCode, str] | None:
+        """docs/protocol.md 6.2 step 3: the first refusal that applies, in the spec's order."""
+        pid, s = hello.panel_id, self.settings
+        if s.tls is not None and link.peer != f"panel-{pid}":
+            return ErrorCode.PANEL_ID_MISMATCH, f"HELLO says panel {pid} but the certificate is {link.peer!r}"
+        if expected is not None and pid != expected:
+            return ErrorCode.PANEL_ID_MISMATCH, f"dialed panel {expected} but panel {pid} answered"
+        if s.known_panels is not None and pid not in s.known_panels:
+            return ErrorCode.UNKNOWN_PANEL, f"panel {pid} is not in this site"
+        if hello.max_epoch > self.epoch:
+            return ErrorCode.STALE_EPOCH, f"panel {pid} has seen epoch {hello.max_epoch}; this node has {self.epoch}"
+        if self.stopping:
+            return ErrorCode.SHUTTING_DOWN, f"node {self.node_id} is stopping"
+        return None
+
+    def _peer_broke_protocol(self, link: Link, exc: RemoteProtocolError) -> None:
+        """A peer's bytes or messages broke the protocol: counted, and only that session ends (P6)."""
+        self.sessions_table.counts.protocol_errors += 1
+        self.last_error = f"{link.remote}: {exc}"
 
     # -- status ----------------------------------------------------------------------------
 

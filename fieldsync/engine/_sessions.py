@@ -202,7 +202,7 @@ class _Sessions:
                 # line, often the tail of the previous session).
                 node.last_error = f"{link.remote}: {type(hello).__name__} instead of HELLO"
                 return False
-            refusal = self._admit(link, hello, expected)
+            refusal = node._admit(link, hello, expected)
             if refusal is not None:
                 counts.rejected += 1
                 node.last_error = refusal[1]
@@ -212,8 +212,7 @@ class _Sessions:
             await self._serve(_Session(node, ms, hello))
             return True
         except RemoteProtocolError as exc:
-            counts.protocol_errors += 1
-            node.last_error = f"{link.remote}: {exc}"
+            node._peer_broke_protocol(link, exc)
             return False
         except (LinkError, ProtocolError) as exc:
             counts.link_errors += 1
@@ -258,22 +257,6 @@ class _Sessions:
                 if session.welcomed:
                     self.ended[pid] = self.status_row(session, connected=False)
             session.done.set()
-
-    def _admit(self, link: Link, hello: Hello, expected: int | None) -> tuple[ErrorCode, str] | None:
-        """docs/protocol.md 6.2 step 3: the first refusal that applies, in the spec's order."""
-        node, pid = self.node, hello.panel_id
-        s = node.settings
-        if s.tls is not None and link.peer != f"panel-{pid}":
-            return ErrorCode.PANEL_ID_MISMATCH, f"HELLO says panel {pid} but the certificate is {link.peer!r}"
-        if expected is not None and pid != expected:
-            return ErrorCode.PANEL_ID_MISMATCH, f"dialed panel {expected} but panel {pid} answered"
-        if s.known_panels is not None and pid not in s.known_panels:
-            return ErrorCode.UNKNOWN_PANEL, f"panel {pid} is not in this site"
-        if hello.max_epoch > node.epoch:
-            return ErrorCode.STALE_EPOCH, f"panel {pid} has seen epoch {hello.max_epoch}; this node has {node.epoch}"
-        if node.stopping:
-            return ErrorCode.SHUTTING_DOWN, f"node {node.node_id} is stopping"
-        return None
 
     async def _take_over(self, session: _Session) -> None:
         """Make ``session`` its panel's one session (docs/protocol.md 7.5).

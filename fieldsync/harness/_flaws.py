@@ -4,19 +4,23 @@ A check is only worth what its negative control shows, so each promise the check
 asserts has a build that breaks it. They live here, in the harness, and nowhere in
 the product: no setting and no flag of the shipped ``fieldsync`` can select one. The
 harness injects a flaw by subclassing the engine at its seams (``Node.store_class``,
-``Node._resume_hwm``, ``ClusterNode.node_class``, ``ClusterNode._step_down``,
-``EventStore._check_fence``, ``EventStore._ingest_one``), in-process for the fast tier
+``Node._resume_hwm``, ``Node._admit``, ``Node._peer_broke_protocol``,
+``ClusterNode.node_class``, ``ClusterNode._step_down``, ``EventStore._check_fence``,
+``EventStore._ingest_one``), in-process for the fast tier
 and through ``python -m fieldsync.harness.flawed`` for node processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import cast
 
-from protocol import GAP_KINDS, RECORD_SIZE, Hello
+from protocol import GAP_KINDS, RECORD_SIZE, ErrorCode, Hello, RemoteProtocolError
+from protocol.streams import Link
 from storage import EventStore, IngestBatch, IngestOutcome, IngestResult
 
 from ..engine import ClusterNode, Node
@@ -24,7 +28,13 @@ from ..engine import ClusterNode, Node
 __all__ = ["FLAWS", "flawed_cluster_class", "flawed_command", "flawed_node_class"]
 
 #: Each flaw and the promise whose check must catch it.
-FLAWS = {"ack-before-commit": "P1", "no-dedupe": "P2", "no-epoch-check": "P5"}
+FLAWS = {
+    "ack-before-commit": "P1",
+    "no-dedupe": "P2",
+    "no-epoch-check": "P5",
+    "crash-on-bad-frame": "P6",
+    "no-id-binding": "P7",
+}
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
 
 
@@ -89,6 +99,23 @@ def _trust_the_panel(self: Node, hello: Hello) -> int:
     return min(hwm, hello.oldest_seq - 1) if hello.oldest_seq else hwm
 
 
+def _believe_the_hello(self: Node, link: Link, hello: Hello, expected: int | None) -> tuple[ErrorCode, str] | None:
+    # Checks the certificate's chain (TLS did) but not whose it is: any genuine certificate
+    # may speak for any panel (P7).
+    if link.peer is not None:
+        link = Link(link.stream, f"panel-{hello.panel_id}", link.remote, lossy=link.lossy)
+    return Node._admit(self, link, hello, expected)
+
+
+def _crash(self: Node, link: Link, exc: RemoteProtocolError) -> None:
+    # A bad frame takes the whole node down at once (P6), as a fault in native code would.
+    # (An exception would do it too, but its unwinding can take long enough for the peer's
+    # STONITH to finish the process with SIGKILL: a kill, which P6 does not count.)
+    sys.stderr.write(f"flaw: {link.remote} sent a bad frame ({exc}): the node crashes\n")
+    sys.stderr.flush()
+    os._exit(70)
+
+
 def _keep_serving(self: ClusterNode, node: Node) -> bool:
     return False  # a node that lost its lease goes on serving under its old epoch
 
@@ -106,11 +133,16 @@ def flawed_node_class(flaws: Iterable[str]) -> type[Node]:
     chosen = _check(flaws)
     if not chosen:
         return Node
-    bases = tuple(_STORES[f] for f in sorted(chosen))
-    store = cast(type[EventStore], type("FlawedStore", bases, {}))
-    members: dict[str, object] = {"store_class": store}
+    members: dict[str, object] = {}
+    bases = tuple(_STORES[f] for f in sorted(chosen) if f in _STORES)
+    if bases:
+        members["store_class"] = cast(type[EventStore], type("FlawedStore", bases, {}))
     if "no-dedupe" in chosen:
         members["_resume_hwm"] = _trust_the_panel
+    if "no-id-binding" in chosen:
+        members["_admit"] = _believe_the_hello
+    if "crash-on-bad-frame" in chosen:
+        members["_peer_broke_protocol"] = _crash
     return cast(type[Node], type("FlawedNode", (Node,), members))
 
 

@@ -322,6 +322,8 @@ class ScenarioRun:
     async def run(self) -> RunResult:
         started = time.monotonic()
         scenario = self.scenario
+        if self.in_process and "crash-on-bad-frame" in self.flaws:
+            raise ScenarioError("the flaw crash-on-bad-frame ends its process: it needs node processes (not --fast)")
         if self.in_process and scenario.needs_two_nodes:
             raise ScenarioError(
                 f"{scenario.name}: SIGSTOP/SIGCONT, switchover and the heartbeat link (group 'nodes') need "
