@@ -22,9 +22,14 @@ from ._errors import StoreCorrupt as StoreCorrupt
 from ._errors import StoreError as StoreError
 from ._errors import StoreFull as StoreFull
 from ._errors import StoreLocked as StoreLocked
+from ._errors import StoreNotReplicated as StoreNotReplicated
+from ._errors import StoreUnreachable as StoreUnreachable
 from ._flash import FlashBackedBuffer as FlashBackedBuffer
 from ._gate import WriteGate as WriteGate
 from ._gate import write_gate as write_gate
+from ._interface import ConfigStoreInterface as ConfigStoreInterface
+from ._interface import EventStoreInterface as EventStoreInterface
+from ._interface import LeaseStoreInterface as LeaseStoreInterface
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import EventStore as EventStore
 from ._store import IngestBatch as IngestBatch
@@ -41,13 +46,16 @@ __all__ = [
     "ConfigChange",
     "ConfigState",
     "ConfigStore",
+    "ConfigStoreInterface",
     "EventBuffer",
     "EventStore",
+    "EventStoreInterface",
     "FlashBackedBuffer",
     "IngestBatch",
     "IngestOutcome",
     "IngestResult",
     "Lease",
+    "LeaseStoreInterface",
     "Loss",
     "NeedSnapshot",
     "NodeBeat",
@@ -59,6 +67,8 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "StoreLocked",
+    "StoreNotReplicated",
+    "StoreUnreachable",
     "StoredEvent",
     "WriteGate",
     "write_gate",
