@@ -2,6 +2,11 @@
 
 Reached from trio through ``trio.to_thread.run_sync`` with a CapacityLimiter(1):
 each object owns one connection opened with ``check_same_thread=False``.
+
+Two engines behind one interface (``EventStoreInterface`` and its siblings):
+SQLite (``EventStore``, the embedded default) and PostgreSQL (``storage.postgres``:
+``PgEventStore`` and its siblings, imported only when used). ``open_event_store``
+picks one from its target: a path or a ``postgresql://`` URL.
 """
 
 from ._buffer import BufferStatistics as BufferStatistics
@@ -30,6 +35,11 @@ from ._gate import write_gate as write_gate
 from ._interface import ConfigStoreInterface as ConfigStoreInterface
 from ._interface import EventStoreInterface as EventStoreInterface
 from ._interface import LeaseStoreInterface as LeaseStoreInterface
+from ._open import describe_target as describe_target
+from ._open import is_database_url as is_database_url
+from ._open import open_cluster_store as open_cluster_store
+from ._open import open_config_store as open_config_store
+from ._open import open_event_store as open_event_store
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import EventStore as EventStore
 from ._store import IngestBatch as IngestBatch
@@ -71,5 +81,10 @@ __all__ = [
     "StoreUnreachable",
     "StoredEvent",
     "WriteGate",
+    "describe_target",
+    "is_database_url",
+    "open_cluster_store",
+    "open_config_store",
+    "open_event_store",
     "write_gate",
 ]

@@ -157,3 +157,16 @@ if TYPE_CHECKING:  # mypy proves the SQLite classes satisfy the interfaces, unch
 
     def _sqlite_lease(store: ClusterStore) -> LeaseStoreInterface:
         return store
+
+    from ._pg_cluster import PgClusterStore
+    from ._pg_config import PgConfigStore
+    from ._pg_store import PgEventStore
+
+    def _pg_events(store: PgEventStore) -> EventStoreInterface:
+        return store
+
+    def _pg_config(store: PgConfigStore) -> ConfigStoreInterface:
+        return store
+
+    def _pg_lease(store: PgClusterStore) -> LeaseStoreInterface:
+        return store
