@@ -30,7 +30,11 @@ class PgClusterStore:
     def __init__(self, url: str, *, busy_timeout: float = 0.5, commit_timeout: float = 10.0) -> None:
         self._pg = PgConnection(url, what="the cluster state", busy_timeout=busy_timeout, commit_timeout=commit_timeout)
         self.where = self._pg.where
-        migrate_pg(self._pg)
+        try:
+            migrate_pg(self._pg)
+        except BaseException:
+            self._pg.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<PgClusterStore {self.where}>"

@@ -31,7 +31,11 @@ class PgConfigStore:
     def __init__(self, url: str, *, busy_timeout: float = 5.0, commit_timeout: float = 10.0) -> None:
         self._pg = PgConnection(url, what="the config store", busy_timeout=busy_timeout, commit_timeout=commit_timeout)
         self.where = self._pg.where
-        migrate_pg(self._pg)
+        try:
+            migrate_pg(self._pg)
+        except BaseException:
+            self._pg.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<PgConfigStore {self.where}>"

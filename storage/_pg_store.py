@@ -142,7 +142,11 @@ class PgEventStore:
             connect_timeout=connect_timeout,
         )
         self.where = self._pg.where
-        migrate_pg(self._pg)
+        try:
+            migrate_pg(self._pg)
+        except BaseException:
+            self._pg.close()
+            raise
         #: This call's COPY rows and losses, filled by ``_ingest_one`` inside the transaction.
         self._rows: list[bytes | bytearray] = []
         self._loss_rows: list[tuple[int, ...]] = []
