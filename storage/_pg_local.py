@@ -17,10 +17,19 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["LocalPostgres", "PostgresMissing", "find_pg_bindir", "free_port", "running_instance"]
+__all__ = [
+    "STANDBY_NAME",
+    "LocalPostgres",
+    "PostgresMissing",
+    "find_pg_bindir",
+    "free_port",
+    "running_instance",
+    "running_pair",
+]
 
 _SETTINGS_FILE = "fieldsync.conf"
 _RUN_AS = "postgres"
@@ -201,6 +210,24 @@ class LocalPostgres:
         """A standby becomes a primary (``pg_ctl promote -w``: returns once it accepts writes)."""
         self._run("pg_ctl", ["-D", str(self.datadir), "-w", "-t", str(int(timeout)), "promote"])
 
+    def wait_sync_standby(self, application_name: str, *, timeout: float = 30.0) -> None:
+        """Until ``pg_stat_replication`` shows that standby streaming with ``sync_state = 'sync'``."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        state: tuple[str, str] | None = None
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT state, sync_state FROM pg_stat_replication WHERE application_name = %s",
+                    (application_name,),
+                ).fetchone()
+                state = (str(row[0]), str(row[1])) if row is not None else None
+                if state == ("streaming", "sync"):
+                    return
+                time.sleep(0.02)
+        raise RuntimeError(f"{self}: standby {application_name!r} not streaming in sync after {timeout:g} s: {state}")
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")
@@ -235,4 +262,38 @@ def running_instance(
     finally:
         if node is not None and node.running():
             node.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+#: The standby's name in the primary's ``synchronous_standby_names``.
+STANDBY_NAME = "fieldsync_standby"
+
+
+@contextlib.contextmanager
+def running_pair(
+    *, synchronous_commit: str = "on", prefix: str = "fieldsync-pg-pair-"
+) -> Iterator[tuple[LocalPostgres, LocalPostgres]]:
+    """A primary and a ``pg_basebackup`` standby in sync with it, for the block; both removed after.
+
+    The primary lists the standby in ``synchronous_standby_names``: a commit waits
+    until the standby has flushed it (``on``) or applied it (``remote_apply``).
+    """
+    workdir = LocalPostgres.workdir(prefix)
+    nodes: list[LocalPostgres] = []
+    settings = {"synchronous_standby_names": STANDBY_NAME, "synchronous_commit": synchronous_commit}
+    try:
+        primary = LocalPostgres.init(workdir / "primary", port=free_port(), settings=settings)
+        nodes.append(primary)
+        primary.start()
+        standby = LocalPostgres.basebackup(
+            primary, workdir / "standby", port=free_port(), application_name=STANDBY_NAME, settings=settings
+        )
+        nodes.append(standby)
+        standby.start()
+        primary.wait_sync_standby(STANDBY_NAME)
+        yield primary, standby
+    finally:
+        for node in nodes:
+            if node.running():
+                node.stop(mode="immediate")
         shutil.rmtree(workdir, ignore_errors=True)

@@ -6,16 +6,19 @@ A module of its own so that ``import storage`` does not import psycopg (about 0.
 
 from ._pg_cluster import PgClusterStore as PgClusterStore
 from ._pg_config import PgConfigStore as PgConfigStore
+from ._pg_local import STANDBY_NAME as STANDBY_NAME
 from ._pg_local import LocalPostgres as LocalPostgres
 from ._pg_local import PostgresMissing as PostgresMissing
 from ._pg_local import find_pg_bindir as find_pg_bindir
 from ._pg_local import free_port as free_port
 from ._pg_local import running_instance as running_instance
+from ._pg_local import running_pair as running_pair
 from ._pg_schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
 from ._pg_store import PgEventStore as PgEventStore
 
 __all__ = [
     "PG_SCHEMA_VERSION",
+    "STANDBY_NAME",
     "LocalPostgres",
     "PgClusterStore",
     "PgConfigStore",
@@ -24,4 +27,5 @@ __all__ = [
     "find_pg_bindir",
     "free_port",
     "running_instance",
+    "running_pair",
 ]
