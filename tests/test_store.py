@@ -350,3 +350,26 @@ def test_the_lease_and_the_epoch_move_together_and_fence_the_old_holder(engine: 
     finally:
         cluster.close()
         store.close()
+
+
+def test_status_and_config_commands_open_either_engine_from_db(engine: StoreEngine) -> None:
+    from click.testing import CliRunner
+
+    from fieldsync.cli import main
+
+    store = open_event_store(engine.target)
+    store.ingest([batch(3, 1, 7)], store.advance_epoch())
+    store.close()
+    runner = CliRunner()
+    changed = runner.invoke(
+        main, ["config", "set-door-mode", "--db", str(engine.target), "--door", "1", "--mode", "locked"]
+    )
+    assert changed.exit_code == 0, changed.output
+    shown = runner.invoke(main, ["status", "--db", str(engine.target), "--json"])
+    assert shown.exit_code == 0, shown.output
+    got = json.loads(shown.output)
+    assert (got["epoch"], got["config_version"]) == (1, 1)
+    assert [(r["panel_id"], r["hwm"]) for r in got["panels"]] == [(3, 7)]
+    plain = runner.invoke(main, ["status", "--db", str(engine.target)])
+    assert plain.exit_code == 0 and "secret" not in plain.output
+    assert ("events.db" if engine.name == "sqlite" else "postgresql://postgres@127.0.0.1") in plain.output
