@@ -2,6 +2,11 @@
 
 Reached from trio through ``trio.to_thread.run_sync`` with a CapacityLimiter(1):
 each object owns one connection opened with ``check_same_thread=False``.
+
+Two engines behind one interface (``EventStoreInterface`` and its siblings):
+SQLite (``EventStore``, the embedded default) and PostgreSQL (``storage.postgres``:
+``PgEventStore`` and its siblings, imported only when used). ``open_event_store``
+picks one from its target: a path or a ``postgresql://`` URL.
 """
 
 from ._buffer import BufferStatistics as BufferStatistics
@@ -22,9 +27,19 @@ from ._errors import StoreCorrupt as StoreCorrupt
 from ._errors import StoreError as StoreError
 from ._errors import StoreFull as StoreFull
 from ._errors import StoreLocked as StoreLocked
+from ._errors import StoreNotReplicated as StoreNotReplicated
+from ._errors import StoreUnreachable as StoreUnreachable
 from ._flash import FlashBackedBuffer as FlashBackedBuffer
 from ._gate import WriteGate as WriteGate
 from ._gate import write_gate as write_gate
+from ._interface import ConfigStoreInterface as ConfigStoreInterface
+from ._interface import EventStoreInterface as EventStoreInterface
+from ._interface import LeaseStoreInterface as LeaseStoreInterface
+from ._open import describe_target as describe_target
+from ._open import is_database_url as is_database_url
+from ._open import open_cluster_store as open_cluster_store
+from ._open import open_config_store as open_config_store
+from ._open import open_event_store as open_event_store
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import EventStore as EventStore
 from ._store import IngestBatch as IngestBatch
@@ -41,13 +56,16 @@ __all__ = [
     "ConfigChange",
     "ConfigState",
     "ConfigStore",
+    "ConfigStoreInterface",
     "EventBuffer",
     "EventStore",
+    "EventStoreInterface",
     "FlashBackedBuffer",
     "IngestBatch",
     "IngestOutcome",
     "IngestResult",
     "Lease",
+    "LeaseStoreInterface",
     "Loss",
     "NeedSnapshot",
     "NodeBeat",
@@ -59,7 +77,14 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "StoreLocked",
+    "StoreNotReplicated",
+    "StoreUnreachable",
     "StoredEvent",
     "WriteGate",
+    "describe_target",
+    "is_database_url",
+    "open_cluster_store",
+    "open_config_store",
+    "open_event_store",
     "write_gate",
 ]

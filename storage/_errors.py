@@ -20,6 +20,8 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "StoreLocked",
+    "StoreNotReplicated",
+    "StoreUnreachable",
     "map_sqlite_errors",
 ]
 
@@ -43,6 +45,18 @@ class StoreLocked(StoreError):
 
 class StoreCorrupt(StoreError):
     """The file is not a usable SQLite database."""
+
+
+class StoreUnreachable(StoreError):
+    """The database server cannot be reached (refused, timed out, gone mid-call): nothing was acknowledged."""
+
+
+class StoreNotReplicated(StoreError):
+    """A commit was not confirmed by the synchronous standby in time; it must not be acknowledged.
+
+    The transaction may be committed on the primary alone: a resend finds its rows
+    there and counts them as duplicates, so nothing is stored twice.
+    """
 
 
 class SchemaTooNew(StoreError):

@@ -32,3 +32,32 @@ def site_pki(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     for panel in range(1, 41):
         pki.issue(directory, "panel", panel)
     return directory
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """One PostgreSQL server for the session (per xdist worker): initdb in a temp dir owned by
+    the postgres user, a free loopback port, stopped and removed at the end even after a failure."""
+    from tests.store_engines import ensure_postgres
+
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+    from storage.postgres import running_instance
+
+    with running_instance(prefix="fieldsync-test-pg-") as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+    """A fresh, empty store target on each engine: a SQLite file, or a database of its own."""
+    from tests.store_engines import PostgresEngine, SqliteEngine
+
+    chosen = (
+        SqliteEngine(tmp_path)
+        if request.param == "sqlite"
+        else PostgresEngine(request.getfixturevalue("postgres_server"))
+    )
+    yield chosen
+    chosen.close()

@@ -1,6 +1,6 @@
 """Child process for the crash test: ingest forever, report each committed hwm.
 
-Run as ``python -m tests.crash_child DB SEED``; prints one JSON line per commit
+Run as ``python -m tests.crash_child TARGET SEED`` (a SQLite path or a PostgreSQL URL); prints one JSON line per commit
 (the hwm of every panel it touched) after the commit returns.
 """
 
@@ -11,13 +11,13 @@ import random
 import sys
 
 import protocol as p
-from storage import EventStore, IngestBatch
+from storage import IngestBatch, open_event_store
 
 
 def main() -> None:
     path, seed = sys.argv[1], int(sys.argv[2])
     rng = random.Random(seed)
-    store = EventStore(path)
+    store = open_event_store(path)
     epoch = store.epoch
     hwms = store.hwms()
     while True:

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
-from storage import ConfigChange, ConfigState, ConfigStore, FlashBackedBuffer, NeedSnapshot, PanelConfig
+from storage import ConfigChange, ConfigState, FlashBackedBuffer, NeedSnapshot, PanelConfig, open_config_store
+from tests.store_engines import StoreEngine
 
 from .strategies import config_ops
 
@@ -114,38 +115,42 @@ def test_sigkill_keeps_every_event_before_the_last_sync_point(tmp_path: Path) ->
 
 
 @given(st.lists(st.lists(config_ops, min_size=1, max_size=5), min_size=1, max_size=12), st.data())
-@settings(max_examples=60)
-def test_snapshot_plus_delta_equals_latest(tmp_path_factory: pytest.TempPathFactory, history, data) -> None:  # type: ignore[no-untyped-def]
-    store = ConfigStore(tmp_path_factory.mktemp("cfg") / "site.db")
-    states = [ConfigState()]
-    for ops in history:
-        version = store.change(ops)
-        states.append(states[-1].apply(ops))
-        assert version == len(states) - 1
-    latest_version, latest = store.snapshot()
-    assert latest == states[-1]
-    v = data.draw(st.integers(0, latest_version))
-    change = store.delta(v)
-    assert isinstance(change, ConfigChange)
-    panel = PanelConfig()
-    panel.apply_snapshot(v, states[v].snapshot_ops())
-    if change.ops:
-        panel.apply_delta(change.from_version, change.to_version, change.ops)
-    assert panel.state == latest
-    assert panel.version == latest_version or not change.ops
-    # Compaction past v forces a snapshot.
-    if v + 1 < latest_version:
-        store.compact(v + 2)
-        assert isinstance(store.delta(v), NeedSnapshot)
-        assert isinstance(store.delta(v + 1), ConfigChange)
-    store.close()
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_snapshot_plus_delta_equals_latest(engine: StoreEngine, history, data) -> None:  # type: ignore[no-untyped-def]
+    # The engine fixture only hands out a fresh, empty store per example.
+    store = open_config_store(engine.fresh_target())
+    try:
+        states = [ConfigState()]
+        for ops in history:
+            version = store.change(ops)
+            states.append(states[-1].apply(ops))
+            assert version == len(states) - 1
+        latest_version, latest = store.snapshot()
+        assert latest == states[-1]
+        v = data.draw(st.integers(0, latest_version))
+        change = store.delta(v)
+        assert isinstance(change, ConfigChange)
+        panel = PanelConfig()
+        panel.apply_snapshot(v, states[v].snapshot_ops())
+        if change.ops:
+            panel.apply_delta(change.from_version, change.to_version, change.ops)
+        assert panel.state == latest
+        assert panel.version == latest_version or not change.ops
+        # Compaction past v forces a snapshot.
+        if v + 1 < latest_version:
+            store.compact(v + 2)
+            assert isinstance(store.delta(v), NeedSnapshot)
+            assert isinstance(store.delta(v + 1), ConfigChange)
+    finally:
+        store.close()
 
 
-def test_a_panel_ahead_of_the_server_needs_a_snapshot(tmp_path: Path) -> None:
-    store = ConfigStore(tmp_path / "site.db")
+def test_a_panel_ahead_of_the_server_needs_a_snapshot(engine: StoreEngine) -> None:
+    store = open_config_store(engine.target)
     store.change([p.PutDoor(door=p.Door(door=1))])
     need = store.delta(7)
     assert isinstance(need, NeedSnapshot) and "claims version 7" in need.reason
+    store.close()
 
 
 def test_panel_apply_is_atomic() -> None:
@@ -159,15 +164,17 @@ def test_panel_apply_is_atomic() -> None:
     assert panel.state is before and panel.version == 3
 
 
-def test_config_survives_reopen_and_big_cards(tmp_path: Path) -> None:
-    store = ConfigStore(tmp_path / "site.db")
+def test_config_survives_reopen_and_big_cards(engine: StoreEngine) -> None:
+    store = open_config_store(engine.target)
     big = p.Cardholder(card=2**64 - 1, levels=(1,), pin=1234)
     store.change([p.PutCardholder(cardholder=big)])
     store.change([p.DeleteCardholder(card=2**64 - 1), p.PutCardholder(cardholder=p.Cardholder(card=5, levels=()))])
     store.close()
-    again = ConfigStore(tmp_path / "site.db")
+    again = open_config_store(engine.target)
     assert again.version == 2
     assert set(again.state().cardholders) == {5}
+    assert again.current() == (2, again.digest_at(2)) and again.digest_at(1) != again.digest_at(2)
+    again.close()
 
 
 def test_a_power_cut_during_a_threaded_sync_is_safe(tmp_path: Path) -> None:

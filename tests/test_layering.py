@@ -64,6 +64,7 @@ PACKAGES = [
     "protocol",
     "protocol.streams",
     "storage",
+    "storage.postgres",
     "emulator",
     "fieldsync.engine",
     "fieldsync.site",

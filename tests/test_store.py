@@ -1,4 +1,8 @@
-"""EventStore: exactly once, in order, declared gaps, fencing, crashes, bad files."""
+"""The event store on each engine: exactly once, in order, declared gaps, fencing, crashes, faults.
+
+Tests that take ``engine`` run on SQLite and on PostgreSQL (tests/store_engines.py);
+the rest are about one engine's own parts (SQLite's file, its write gate).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ import protocol as p
 from storage import (
     ClusterStore,
     EventStore,
+    EventStoreInterface,
     IngestBatch,
     SchemaTooNew,
     StaleEpoch,
@@ -26,8 +31,12 @@ from storage import (
     StoreError,
     StoreFull,
     StoreLocked,
+    StoreUnreachable,
+    open_cluster_store,
+    open_event_store,
     write_gate,
 )
+from tests.store_engines import StoreEngine
 
 ROOT = Path(__file__).parent.parent
 
@@ -48,13 +57,14 @@ def batch(panel: int, first: int, last: int, *, gap_to: int | None = None, rx: i
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
-    s = EventStore(tmp_path / "events.db")
+def store(engine: StoreEngine) -> Iterator[EventStoreInterface]:
+    s = open_event_store(engine.target)
     s.advance_epoch()
-    return s
+    yield s
+    s.close()
 
 
-def test_reingest_is_idempotent(store: EventStore) -> None:
+def test_reingest_is_idempotent(store: EventStoreInterface) -> None:
     first = store.ingest([batch(1, 1, 100)], 1)
     again = store.ingest([batch(1, 1, 100), batch(1, 50, 120)], 1)
     assert first.hwms == {1: 100}
@@ -63,12 +73,14 @@ def test_reingest_is_idempotent(store: EventStore) -> None:
     assert store.seqs(1) == list(range(1, 121))
 
 
-def test_a_snapshot_reads_one_instant_while_another_writer_commits(store: EventStore, tmp_path: Path) -> None:
+def test_a_snapshot_reads_one_instant_while_another_writer_commits(
+    store: EventStoreInterface, engine: StoreEngine
+) -> None:
     """The checker's reads (rows, then losses, then the hwm) must agree with each other even
     while a node commits: without one read transaction, a seq committed between the reads
     counts in the hwm but not among the rows (an undeclared gap that is not there)."""
     store.ingest([batch(1, 1, 10)], 1)
-    writer = EventStore(tmp_path / "events.db")
+    writer = open_event_store(engine.target)
     try:
         with store.snapshot():
             rows_before = store.seqs(1)
@@ -83,7 +95,7 @@ def test_a_snapshot_reads_one_instant_while_another_writer_commits(store: EventS
         writer.close()
 
 
-def test_a_gap_is_refused_naming_the_expected_seq(store: EventStore) -> None:
+def test_a_gap_is_refused_naming_the_expected_seq(store: EventStoreInterface) -> None:
     store.ingest([batch(1, 1, 10)], 1)
     result = store.ingest([batch(1, 15, 20), batch(2, 1, 3)], 1)
     refused, other = result.outcomes
@@ -93,7 +105,7 @@ def test_a_gap_is_refused_naming_the_expected_seq(store: EventStore) -> None:
     assert store.hwm(1) == 10 and store.count_events(1) == 10
 
 
-def test_a_declared_gap_becomes_a_loss_and_moves_the_hwm(store: EventStore) -> None:
+def test_a_declared_gap_becomes_a_loss_and_moves_the_hwm(store: EventStoreInterface) -> None:
     store.ingest([batch(1, 1, 10)], 1)
     result = store.ingest([batch(1, 11, 60, gap_to=40)], 1)
     assert result.outcomes[0].declared_lost == 30
@@ -103,7 +115,7 @@ def test_a_declared_gap_becomes_a_loss_and_moves_the_hwm(store: EventStore) -> N
     assert store.seqs(1) == list(range(1, 11)) + list(range(41, 61))
 
 
-def test_a_marker_overlapping_stored_events_is_clipped(store: EventStore) -> None:
+def test_a_marker_overlapping_stored_events_is_clipped(store: EventStoreInterface) -> None:
     # The panel dropped 1..30 after sending 1..20, which the store already has.
     store.ingest([batch(1, 1, 20)], 1)
     store.ingest([batch(1, 1, 35, gap_to=30)], 1)
@@ -113,14 +125,14 @@ def test_a_marker_overlapping_stored_events_is_clipped(store: EventStore) -> Non
     assert stored + loss.count == 35  # every seq is stored or declared lost, once
 
 
-def test_many_panels_in_one_transaction(store: EventStore) -> None:
+def test_many_panels_in_one_transaction(store: EventStoreInterface) -> None:
     result = store.ingest([batch(panel, 1, 50 + panel) for panel in range(1, 101)], 1)
     assert result.stored == sum(50 + panel for panel in range(1, 101))
     assert store.hwms() == {panel: 50 + panel for panel in range(1, 101)}
 
 
-def test_a_stale_epoch_writes_nothing(store: EventStore, tmp_path: Path) -> None:
-    other = EventStore(tmp_path / "events.db")  # a second node on the shared file
+def test_a_stale_epoch_writes_nothing(store: EventStoreInterface, engine: StoreEngine) -> None:
+    other = open_event_store(engine.target)  # a second node on the shared store
     assert other.advance_epoch(expected=1) == 2
     with pytest.raises(StaleEpoch, match="epoch 1 refused: the store's epoch is 2"):
         store.ingest([batch(1, 1, 10)], 1)
@@ -129,9 +141,10 @@ def test_a_stale_epoch_writes_nothing(store: EventStore, tmp_path: Path) -> None
         store.advance_epoch(expected=1)  # the compare-and-set loses too
     other.ingest([batch(1, 1, 10)], 2)
     assert store.events(1)[0].epoch == 2
+    other.close()
 
 
-def test_queries_give_back_u64_fields_and_time_ranges(store: EventStore) -> None:
+def test_queries_give_back_u64_fields_and_time_ranges(store: EventStoreInterface) -> None:
     rec = p.EventRecord(seq=1, time_us=50, kind=p.EventKind.DOOR_FORCED, door=3, card=2**64 - 1, flags=p.EventFlags(3))
     body = rec.pack() + p.EventRecord(seq=2, time_us=10, kind=p.EventKind.TAMPER).pack()
     store.ingest([IngestBatch(panel_id=9, first_seq=1, last_seq=2, records=body, received_us=123)], 1)
@@ -141,7 +154,7 @@ def test_queries_give_back_u64_fields_and_time_ranges(store: EventStore) -> None
     assert [e.record.seq for e in store.events(9, since_us=11)] == [1]
 
 
-def test_a_time_beyond_2_63_is_stored_bit_for_bit_and_never_blocks_the_queue(store: EventStore) -> None:
+def test_a_time_beyond_2_63_is_stored_bit_for_bit_and_never_blocks_the_queue(store: EventStoreInterface) -> None:
     # docs/protocol.md 7.1: version 1 refused this batch on every try, so the panel's queue stuck.
     wild = p.EventRecord(seq=1, time_us=2**64 - 1, kind=p.EventKind.TAMPER)
     after = p.EventRecord(seq=2, time_us=2**63, kind=p.EventKind.DOOR_HELD)
@@ -153,9 +166,11 @@ def test_a_time_beyond_2_63_is_stored_bit_for_bit_and_never_blocks_the_queue(sto
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_loses_nothing_committed(tmp_path: Path) -> None:
-    db = tmp_path / "crash.db"
-    EventStore(db).advance_epoch()
+def test_sigkill_at_random_points_loses_nothing_committed(engine: StoreEngine) -> None:
+    db = engine.target
+    first = open_event_store(db)
+    first.advance_epoch()
+    first.close()
     rng = random.Random(20261125)
     committed: dict[int, int] = {}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -179,7 +194,7 @@ def test_sigkill_at_random_points_loses_nothing_committed(tmp_path: Path) -> Non
             os.kill(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
             child.stdout.close()
-        store = EventStore(db)
+        store = open_event_store(db)
         assert store.integrity_check() == "ok"
         for panel, hwm in committed.items():
             stored_hwm = store.hwm(panel)
@@ -196,50 +211,54 @@ def test_a_corrupt_file_is_named(tmp_path: Path) -> None:
     assert "corrupt or not a SQLite database" in str(info.value)
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "new.db"
-    EventStore(path).close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 99")
+def test_a_newer_schema_is_refused(engine: StoreEngine) -> None:
+    open_event_store(engine.target).close()
+    engine.make_schema_newer()
     with pytest.raises(SchemaTooNew, match="newer than this fieldsync's"):
-        EventStore(path)
+        open_event_store(engine.target)
 
 
-def test_a_full_disk_acknowledges_nothing(store: EventStore) -> None:
+def test_a_full_disk_acknowledges_nothing(store: EventStoreInterface, engine: StoreEngine) -> None:
     store.ingest([batch(1, 1, 10)], 1)
-    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-    store._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # the size limit SQLite enforces
-    with pytest.raises(StoreFull, match="disk or size limit full"):
+    with engine.full(store), pytest.raises(StoreFull, match=r"disk or size limit full|disk is full"):
         store.ingest([batch(1, 11, 20_000)], 1)
     assert store.hwm(1) == 10 and store.count_events() == 10
-    store._conn.execute("PRAGMA max_page_count = 1073741823")
-    assert store.ingest([batch(1, 11, 20)], 1).hwms == {1: 20}  # the in-memory hwm was not advanced
+    assert store.ingest([batch(1, 11, 20)], 1).hwms == {1: 20}  # the hwm was not advanced
 
 
-def test_a_lock_held_elsewhere_is_reported(tmp_path: Path) -> None:
-    path = tmp_path / "locked.db"
-    store = EventStore(path, busy_timeout=0.05)
+def test_a_lock_held_elsewhere_is_reported(engine: StoreEngine) -> None:
+    store = open_event_store(engine.target, busy_timeout=0.05)
     store.advance_epoch()
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        with pytest.raises(StoreLocked, match=r"locked\.db"):
-            store.ingest([batch(1, 1, 5)], 1)
-    finally:
-        holder.execute("ROLLBACK")
+    name = "events.db" if engine.name == "sqlite" else str(engine.target).rsplit("/", 1)[-1]
+    with engine.hold_write_lock(), pytest.raises(StoreLocked, match=name):
+        store.ingest([batch(1, 1, 5)], 1)
     assert store.ingest([batch(1, 1, 5)], 1).hwms == {1: 5}
+    store.close()
 
 
-def test_lease_renewals_go_before_back_to_back_group_commits(tmp_path: Path) -> None:
+def test_an_unreachable_database_is_named_with_its_cause() -> None:
+    from storage.postgres import free_port
+
+    url = f"postgresql://fieldsync:secret@127.0.0.1:{free_port()}/site"
+    with pytest.raises(
+        StoreUnreachable,
+        match=r"postgresql://fieldsync@127\.0\.0\.1:\d+/site: opening the event store: "
+        "cannot reach the database .*refused",
+    ) as info:
+        open_event_store(url)
+    assert "secret" not in str(info.value)
+
+
+def test_lease_renewals_go_before_back_to_back_group_commits(engine: StoreEngine) -> None:
     # A replay's writer commits back to back on its own connection while the heart thread
     # of the same process renews the lease on another. SQLite alone gives the lock to
     # whoever asks the instant it is free, and its busy handler sleeps between asks: the
     # renewals can miss gap after gap between commits (without the write gate, one or two
     # of these forty waited out the half-second busy timeout, in each of four runs) and a
     # one-second lease can lapse on a healthy node.
-    db = tmp_path / "site.db"
-    store = EventStore(db)
-    cluster = ClusterStore(db, busy_timeout=0.5)
+    # On PostgreSQL a renewal's UPDATE does not conflict with an ingest's FOR KEY SHARE.
+    store = open_event_store(engine.target)
+    cluster = open_cluster_store(engine.target, busy_timeout=0.5)
     epoch = cluster.acquire("A", pid=os.getpid(), address="127.0.0.11", now_us=0, lease_us=10**12)
     assert epoch is not None
     stop = threading.Event()
@@ -274,6 +293,8 @@ def test_lease_renewals_go_before_back_to_back_group_commits(tmp_path: Path) -> 
         writer.join()
     assert refused == []
     assert store.hwm(1) == 200 * commits
+    store.close()
+    cluster.close()
 
 
 def test_a_writer_of_the_same_process_that_does_not_finish_is_a_clear_error(tmp_path: Path) -> None:
@@ -303,3 +324,52 @@ def test_a_writer_of_the_same_process_that_does_not_finish_is_a_clear_error(tmp_
 def test_errors_name_file_and_cause(tmp_path: Path) -> None:
     err = StoreError(tmp_path / "x.db", "boom")
     assert str(err).endswith("x.db: boom")
+
+
+def test_the_lease_and_the_epoch_move_together_and_fence_the_old_holder(engine: StoreEngine) -> None:
+    cluster = open_cluster_store(engine.target)
+    store = open_event_store(engine.target)
+    try:
+        assert cluster.acquire("A", pid=1, address="127.0.0.11", now_us=0, lease_us=1000) == 1
+        assert cluster.acquire("B", pid=2, address="127.0.0.12", now_us=500, lease_us=1000) is None  # held
+        assert cluster.renew("A", 1, now_us=900, lease_us=1000) is not None
+        store.ingest([batch(1, 1, 5)], 1)
+        # A's lease lapsed: B takes it under epoch 2, and A's renewal and writes are refused.
+        assert cluster.acquire("B", pid=2, address="127.0.0.12", now_us=2000, lease_us=1000) == 2
+        assert cluster.renew("A", 1, now_us=2001, lease_us=1000) is None
+        with pytest.raises(StaleEpoch):
+            store.ingest([batch(1, 6, 10)], 1)
+        assert cluster.request_switchover("A").switchover_to == "A"
+        assert cluster.release("B", 2, hand_to="A") and not cluster.release("B", 2)
+        assert cluster.acquire("B", pid=2, address="127.0.0.12", now_us=2100, lease_us=1000) is None  # reserved
+        assert cluster.acquire("A", pid=1, address="127.0.0.11", now_us=2100, lease_us=1000) == 3
+        lease = cluster.lease()
+        assert (lease.holder, lease.epoch, lease.switchover_to, lease.held_at(2500)) == ("A", 3, None, True)
+        assert {n: b.role for n, b in cluster.nodes().items()} == {"A": "active", "B": "active"}
+        assert store.epoch == 3 and store.hwm(1) == 5
+    finally:
+        cluster.close()
+        store.close()
+
+
+def test_status_and_config_commands_open_either_engine_from_db(engine: StoreEngine) -> None:
+    from click.testing import CliRunner
+
+    from fieldsync.cli import main
+
+    store = open_event_store(engine.target)
+    store.ingest([batch(3, 1, 7)], store.advance_epoch())
+    store.close()
+    runner = CliRunner()
+    changed = runner.invoke(
+        main, ["config", "set-door-mode", "--db", str(engine.target), "--door", "1", "--mode", "locked"]
+    )
+    assert changed.exit_code == 0, changed.output
+    shown = runner.invoke(main, ["status", "--db", str(engine.target), "--json"])
+    assert shown.exit_code == 0, shown.output
+    got = json.loads(shown.output)
+    assert (got["epoch"], got["config_version"]) == (1, 1)
+    assert [(r["panel_id"], r["hwm"]) for r in got["panels"]] == [(3, 7)]
+    plain = runner.invoke(main, ["status", "--db", str(engine.target)])
+    assert plain.exit_code == 0 and "secret" not in plain.output
+    assert ("events.db" if engine.name == "sqlite" else "postgresql://postgres@127.0.0.1") in plain.output

@@ -14,7 +14,7 @@ import pydantic
 import trio
 
 from protocol.streams import LinkError
-from storage import StoreError
+from storage import StoreError, is_database_url
 
 from ..harness import FaultError, ScenarioError
 from ..site import Site, SiteError, load_site
@@ -49,7 +49,23 @@ def _flag_errors(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
-db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False), help="SQLite store [site: site.db].")
+class _StoreTarget(click.Path):
+    """A SQLite file (a path) or a PostgreSQL database (a ``postgresql://`` URL, kept as text)."""
+
+    name = "path|url"
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path, dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and is_database_url(value):
+            return value
+        return super().convert(value, param, ctx)
+
+
+db_option = click.option(
+    "--db", type=_StoreTarget(), help="The store: a SQLite file or a postgresql:// URL [site: site.db]."
+)
 
 
 def site_with(site_path: Path | None, *, pki_dir: Path | None, insecure: bool) -> Site:

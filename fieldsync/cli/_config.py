@@ -22,7 +22,7 @@ from protocol import (
     PutSchedule,
     Schedule,
 )
-from storage import ConfigStore
+from storage import ConfigStoreInterface, open_config_store
 
 from ..site import load_site
 from ._common import db_option, friendly
@@ -36,13 +36,16 @@ def config() -> None:
     """Operator changes to the site configuration (each one is a new version)."""
 
 
-def _config_store(site_path: Path | None, db: Path | None) -> ConfigStore:
-    return ConfigStore(db or load_site(site_path).db)
+def _config_store(site_path: Path | None, db: Path | str | None) -> ConfigStoreInterface:
+    return open_config_store(db or load_site(site_path).db)
 
 
-def _change(site_path: Path | None, db: Path | None, ops: list[Any]) -> None:
+def _change(site_path: Path | None, db: Path | str | None, ops: list[Any]) -> None:
     store = _config_store(site_path, db)
-    version = store.change(ops)
+    try:
+        version = store.change(ops)
+    finally:
+        store.close()
     click.echo(f"configuration version {version}")
 
 
@@ -55,7 +58,7 @@ def _change(site_path: Path | None, db: Path | None, ops: list[Any]) -> None:
 @click.option("--valid-until-us", type=int, default=0, help="Expiry, UTC microseconds (0 = never).")
 @friendly
 def add_cardholder(
-    site_path: Path | None, db: Path | None, card: int, levels: str, pin: int, valid_until_us: int
+    site_path: Path | None, db: Path | str | None, card: int, levels: str, pin: int, valid_until_us: int
 ) -> None:
     """Add or replace a cardholder."""
     level_ids = tuple(int(x) for x in levels.split(",") if x.strip())
@@ -68,7 +71,7 @@ def add_cardholder(
 @db_option
 @click.option("--card", type=int, required=True)
 @friendly
-def remove_cardholder(site_path: Path | None, db: Path | None, card: int) -> None:
+def remove_cardholder(site_path: Path | None, db: Path | str | None, card: int) -> None:
     """Remove a cardholder."""
     _change(site_path, db, [DeleteCardholder(card=card)])
 
@@ -79,7 +82,7 @@ def remove_cardholder(site_path: Path | None, db: Path | None, card: int) -> Non
 @click.option("--door", type=int, required=True)
 @click.option("--mode", type=click.Choice([m.name.lower() for m in DoorMode]), required=True)
 @friendly
-def set_door_mode(site_path: Path | None, db: Path | None, door: int, mode: str) -> None:
+def set_door_mode(site_path: Path | None, db: Path | str | None, door: int, mode: str) -> None:
     """Change a door's mode (card, card_and_pin, locked, unlocked)."""
     _change(site_path, db, [PutDoor(door=Door(door=door, mode=DoorMode[mode.upper()]))])
 
@@ -112,7 +115,7 @@ def _minute(text: str) -> int:
 @click.option("--from", "start", default="00:00", show_default=True)
 @click.option("--to", "end", default="24:00", show_default=True)
 @friendly
-def set_schedule(site_path: Path | None, db: Path | None, ident: int, days: str, start: str, end: str) -> None:
+def set_schedule(site_path: Path | None, db: Path | str | None, ident: int, days: str, start: str, end: str) -> None:
     """Set a schedule to one daily window."""
     try:
         interval = Interval(days=_days(days), start=_minute(start), end=_minute(end))
@@ -128,7 +131,7 @@ def set_schedule(site_path: Path | None, db: Path | None, ident: int, days: str,
 @click.option("--door", "doors", type=int, multiple=True, required=True)
 @click.option("--schedule", type=int, required=True)
 @friendly
-def set_level(site_path: Path | None, db: Path | None, ident: int, doors: tuple[int, ...], schedule: int) -> None:
+def set_level(site_path: Path | None, db: Path | str | None, ident: int, doors: tuple[int, ...], schedule: int) -> None:
     """Set an access level: these doors, during this schedule."""
     entries = tuple(LevelEntry(door=d, schedule=schedule) for d in doors)
     _change(site_path, db, [PutAccessLevel(level=AccessLevel(id=ident, entries=entries))])
@@ -139,7 +142,7 @@ def set_level(site_path: Path | None, db: Path | None, ident: int, doors: tuple[
 @db_option
 @click.option("--id", "ident", type=int, required=True)
 @friendly
-def remove_level(site_path: Path | None, db: Path | None, ident: int) -> None:
+def remove_level(site_path: Path | None, db: Path | str | None, ident: int) -> None:
     """Remove an access level."""
     _change(site_path, db, [DeleteAccessLevel(id=ident)])
 
@@ -148,9 +151,13 @@ def remove_level(site_path: Path | None, db: Path | None, ident: int) -> None:
 @site_option
 @db_option
 @friendly
-def config_show(site_path: Path | None, db: Path | None) -> None:
+def config_show(site_path: Path | None, db: Path | str | None) -> None:
     """Print the current configuration version and counts."""
-    version, state = _config_store(site_path, db).snapshot()
+    store = _config_store(site_path, db)
+    try:
+        version, state = store.snapshot()
+    finally:
+        store.close()
     click.echo(
         f"version {version}: {len(state.cardholders)} cardholders, {len(state.levels)} access levels, "
         f"{len(state.schedules)} schedules, {len(state.doors)} doors configured"

@@ -41,6 +41,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from storage import is_database_url
+
 __all__ = [
     "DefaultsError",
     "SiteCommand",
@@ -216,7 +218,7 @@ def _one(param: click.Option, value: object, base: Path) -> object:
         ok = isinstance(value, str)
     if not ok:
         raise ValueError(f"expected {_kind(param)}")
-    if isinstance(kind, click.Path):
+    if isinstance(kind, click.Path) and not is_database_url(str(value)):
         # Whether it exists is checked when it is used (click.Path), not for every command.
         return str(base / str(value))  # an absolute value stays what it is
     if param.is_bool_flag:

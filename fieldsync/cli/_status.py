@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from storage import ConfigStore, EventStore
+from storage import describe_target, open_config_store, open_event_store
 
 from ..site import load_site
 from ._common import db_option, friendly, show, watch_options
@@ -22,10 +22,11 @@ __all__ = ["status"]
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @watch_options
 @friendly
-def status(site_path: Path | None, db: Path | None, as_json: bool, watch: bool, every: float) -> None:
+def status(site_path: Path | None, db: Path | str | None, as_json: bool, watch: bool, every: float) -> None:
     """Per panel: connected, stored high-water mark, config version, backlog."""
-    store = EventStore(db or load_site(site_path).db)
-    config = ConfigStore(store.path)
+    target = db or load_site(site_path).db
+    store = open_event_store(target)
+    config = open_config_store(target)
 
     def render() -> str:
         rows = store.status()
@@ -33,7 +34,7 @@ def status(site_path: Path | None, db: Path | None, as_json: bool, watch: bool, 
         if as_json:
             return json.dumps({"epoch": store.epoch, "config_version": version, "panels": rows}, indent=2)
         lines = [
-            f"store {store.path}: epoch {store.epoch}, config version {version}, {len(rows)} panels",
+            f"store {describe_target(target)}: epoch {store.epoch}, config version {version}, {len(rows)} panels",
             f"{'panel':>7} {'conn':>5} {'node':>5} {'hwm':>10} {'backlog':>9} {'config':>7}",
         ]
         for r in rows:
@@ -44,4 +45,8 @@ def status(site_path: Path | None, db: Path | None, as_json: bool, watch: bool, 
             lines.append(f"{r['panel_id']:>7} {conn:>5} {node:>5} {r['hwm']:>10} {backlog:>9} {r['config_acked']:>7}")
         return "\n".join(lines)
 
-    show(render, watch=watch, every=every)
+    try:
+        show(render, watch=watch, every=every)
+    finally:
+        store.close()
+        config.close()

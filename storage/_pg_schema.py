@@ -1,0 +1,143 @@
+"""The server store's schema on PostgreSQL: the SQLite schema's tables, typed for PostgreSQL.
+
+The version is a row of ``fieldsync_schema``; a database written by a newer fieldsync
+is refused, as SQLite's ``user_version`` is. Migrations run in one transaction under
+an advisory lock, so two nodes opening a new database at once do not both create it.
+
+Column types: u64 fields (times, cards) are stored as the signed BIGINT with the same
+bits, as on SQLite; the four one-byte fields are SMALLINT and sit together between
+BIGINTs, so a row has no alignment padding. ``events`` keeps SQLite's column order:
+the ingest path writes it by binary COPY in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from protocol import EMPTY_DIGEST
+
+from ._errors import SchemaTooNew
+from ._pg_conn import PgConnection, map_pg_errors
+
+__all__ = ["PG_SCHEMA_VERSION", "migrate_pg"]
+
+_LOCK_KEY = 0x6669656C6473796E  # "fieldsyn": the advisory lock every migration takes
+
+_M001 = """
+CREATE TABLE events (
+    panel_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    time_us BIGINT NOT NULL,
+    kind SMALLINT NOT NULL,
+    door SMALLINT NOT NULL,
+    reader SMALLINT NOT NULL,
+    flags SMALLINT NOT NULL,
+    card BIGINT NOT NULL,
+    aux BIGINT NOT NULL,
+    received_us BIGINT NOT NULL,
+    epoch BIGINT NOT NULL,
+    PRIMARY KEY (panel_id, seq)
+);
+CREATE INDEX events_time ON events (panel_id, time_us);
+CREATE TABLE losses (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    panel_id BIGINT NOT NULL,
+    first_seq BIGINT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    kind SMALLINT NOT NULL,
+    time_us BIGINT NOT NULL,
+    received_us BIGINT NOT NULL,
+    epoch BIGINT NOT NULL
+);
+CREATE INDEX losses_panel ON losses (panel_id, first_seq);
+CREATE TABLE panels (
+    panel_id BIGINT PRIMARY KEY,
+    hwm BIGINT NOT NULL DEFAULT 0,
+    boot_id BIGINT,
+    config_version BIGINT DEFAULT 0,
+    first_seen_us BIGINT,
+    last_seen_us BIGINT
+);
+CREATE TABLE panel_status (
+    panel_id BIGINT PRIMARY KEY,
+    connected INTEGER,
+    node_id TEXT,
+    epoch BIGINT,
+    acked_seq BIGINT,
+    newest_seq BIGINT,
+    config_version BIGINT,
+    updated_us BIGINT
+);
+CREATE TABLE cluster (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch BIGINT NOT NULL,
+    holder TEXT,
+    holder_pid BIGINT,
+    holder_address TEXT,
+    lease_until_us BIGINT NOT NULL DEFAULT 0,
+    switchover_to TEXT
+);
+INSERT INTO cluster (id, epoch) VALUES (1, 0);
+CREATE TABLE cluster_nodes (
+    node_id TEXT PRIMARY KEY,
+    pid BIGINT,
+    address TEXT,
+    role TEXT,
+    epoch BIGINT,
+    heartbeat_us BIGINT
+);
+CREATE TABLE config_items (kind TEXT NOT NULL, key BIGINT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, key));
+CREATE TABLE config_log (version BIGINT PRIMARY KEY, ops TEXT NOT NULL, at_us BIGINT NOT NULL, digest BYTEA);
+CREATE TABLE config_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version BIGINT NOT NULL,
+    log_from BIGINT NOT NULL,
+    digest BYTEA NOT NULL
+);
+"""
+
+
+def _m001(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_M001)
+    conn.execute("INSERT INTO config_meta (id, version, log_from, digest) VALUES (1, 0, 1, %s)", (EMPTY_DIGEST,))
+
+
+_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001,)
+PG_SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def migrate_pg(pg: PgConnection) -> None:
+    """Bring the database to this version's schema, or refuse a newer one."""
+    conn = pg.get()
+    with map_pg_errors(pg.where, "migrating the schema"):
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS fieldsync_schema "
+                "(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+            )
+            row = conn.execute("SELECT version FROM fieldsync_schema WHERE id = 1").fetchone()
+            version = int(row[0]) if row is not None else 0
+            if version > PG_SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    pg.where,
+                    f"schema version {version} is newer than this fieldsync's {PG_SCHEMA_VERSION}; "
+                    "upgrade fieldsync instead of opening it with this one",
+                )
+            for number in range(version + 1, PG_SCHEMA_VERSION + 1):
+                _MIGRATIONS[number - 1](conn)
+            if version < PG_SCHEMA_VERSION:
+                conn.execute(
+                    "INSERT INTO fieldsync_schema (id, version) VALUES (1, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                    (PG_SCHEMA_VERSION,),
+                )
+        except BaseException:
+            pg.rollback()
+            raise
+    pg.commit("migrating the schema")

@@ -1,0 +1,31 @@
+"""The PostgreSQL engine of the stores (psycopg 3), and a local PostgreSQL instance.
+
+A module of its own so that ``import storage`` does not import psycopg (about 0.3 s):
+``storage.open_event_store`` imports it when it is given a ``postgresql://`` URL.
+"""
+
+from ._pg_cluster import PgClusterStore as PgClusterStore
+from ._pg_config import PgConfigStore as PgConfigStore
+from ._pg_local import STANDBY_NAME as STANDBY_NAME
+from ._pg_local import LocalPostgres as LocalPostgres
+from ._pg_local import PostgresMissing as PostgresMissing
+from ._pg_local import find_pg_bindir as find_pg_bindir
+from ._pg_local import free_port as free_port
+from ._pg_local import running_instance as running_instance
+from ._pg_local import running_pair as running_pair
+from ._pg_schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
+from ._pg_store import PgEventStore as PgEventStore
+
+__all__ = [
+    "PG_SCHEMA_VERSION",
+    "STANDBY_NAME",
+    "LocalPostgres",
+    "PgClusterStore",
+    "PgConfigStore",
+    "PgEventStore",
+    "PostgresMissing",
+    "find_pg_bindir",
+    "free_port",
+    "running_instance",
+    "running_pair",
+]

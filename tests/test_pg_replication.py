@@ -1,0 +1,153 @@
+"""PostgreSQL with a synchronous standby: an ack means the commit is on both nodes.
+
+Each test gets a fresh primary and a ``pg_basebackup`` standby listed in the
+primary's ``synchronous_standby_names`` (``synchronous_commit = on``: the standby has
+flushed the commit to its disk, which is what a failover needs; ``remote_apply``
+would also wait for it to be replayed, for reads on the standby that nothing here
+makes). Each test stays well under 30 s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from storage import StaleEpoch, StoreNotReplicated, open_event_store
+from tests.store_engines import ensure_postgres
+from tests.test_store import batch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pair():  # type: ignore[no-untyped-def]
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+    from storage.postgres import running_pair
+
+    with running_pair() as nodes:
+        yield nodes
+
+
+def _sql(url: str, statement: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture
+def bounded() -> Iterator[None]:
+    start = time.monotonic()
+    yield
+    assert time.monotonic() - start < 30
+
+
+def test_every_acknowledged_row_is_on_the_standby_when_the_primary_dies(pair, bounded) -> None:  # type: ignore[no-untyped-def]
+    primary, standby = pair
+    store = open_event_store(primary.url(), commit_timeout=5)
+    epoch = store.advance_epoch()
+    acked = 0
+    for first in range(1, 2001, 200):
+        acked = store.ingest([batch(1, first, first + 199), batch(2, first, first + 199)], epoch).hwms[1]
+    store.close()
+    primary.stop(mode="immediate")  # a crash: whatever was only in its memory is gone
+    standby.promote()
+    _sql(standby.url(), "ALTER SYSTEM SET synchronous_standby_names = ''")
+    _sql(standby.url(), "SELECT pg_reload_conf()")
+    promoted = open_event_store(standby.url())
+    assert promoted.hwms() == {1: acked, 2: acked}
+    assert promoted.seqs(1) == list(range(1, acked + 1)) and promoted.count_events() == 2 * acked
+    assert promoted.integrity_check() == "ok"
+    promoted.close()
+
+
+def test_with_the_standby_gone_a_commit_is_refused_after_the_timeout_and_never_acked(pair, bounded) -> None:  # type: ignore[no-untyped-def]
+    primary, standby = pair
+    store = open_event_store(primary.url(), commit_timeout=1.0)
+    epoch = store.advance_epoch()
+    assert store.ingest([batch(1, 1, 10)], epoch).hwms == {1: 10}
+    standby.stop(mode="immediate")
+    started = time.monotonic()
+    with pytest.raises(StoreNotReplicated, match=r"did not confirm the commit after 1 s; not acknowledged") as info:
+        store.ingest([batch(1, 11, 20)], epoch)
+    waited = time.monotonic() - started
+    assert 1.0 <= waited < 5.0
+    assert str(primary.port) in str(info.value) and "synchronous replication" in str(info.value)
+    # The primary alone holds 11..20: the panel, never acked, sends them again and the
+    # store counts them as duplicates (the resend's commit is refused in turn until a standby is back).
+    assert store.hwm(1) == 20
+    with pytest.raises(StoreNotReplicated):
+        store.ingest([batch(1, 11, 25)], epoch)
+    standby.start()
+    primary.wait_sync_standby("fieldsync_standby")
+    again = store.ingest([batch(1, 11, 30)], epoch)
+    assert again.outcomes[0].duplicates == 15 and again.outcomes[0].stored == 5 and again.hwms == {1: 30}
+    store.close()
+
+
+def test_a_cancel_from_anywhere_during_the_wait_is_a_failure_not_an_ack(pair, bounded) -> None:  # type: ignore[no-untyped-def]
+    """pg_cancel_backend makes COMMIT return success with only a WARNING: that must not ack."""
+    primary, standby = pair
+    store = open_event_store(primary.url(), commit_timeout=30)
+    epoch = store.advance_epoch()
+    standby.stop(mode="immediate")
+
+    def cancel_the_waiting_commit() -> None:
+        with psycopg.connect(primary.url(), autocommit=True) as admin:
+            for _ in range(200):
+                row = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'fieldsync' AND wait_event = 'SyncRep'"
+                ).fetchone()
+                if row is not None:
+                    admin.execute("SELECT pg_cancel_backend(%s)", (row[0],))
+                    return
+                time.sleep(0.02)
+
+    canceller = threading.Thread(target=cancel_the_waiting_commit)
+    canceller.start()
+    try:
+        with pytest.raises(StoreNotReplicated, match="canceling wait for synchronous replication") as info:
+            store.ingest([batch(1, 1, 10)], epoch)
+    finally:
+        canceller.join()
+    assert "after" not in info.value.cause.split(";")[0]  # cancelled by someone else, before our timeout
+    store.close()
+
+
+def test_after_promotion_the_new_primary_fences_the_old_one(pair, bounded) -> None:  # type: ignore[no-untyped-def]
+    primary, standby = pair
+    old = open_event_store(primary.url(), commit_timeout=1.0)
+    epoch = old.advance_epoch()
+    acked = old.ingest([batch(1, 1, 100)], epoch).hwms[1]
+
+    promote_started = time.monotonic()
+    standby.promote()
+    # The new primary inherits synchronous_standby_names: its first write waits for a
+    # standby it does not have, and is refused, until the setting is cleared.
+    new = open_event_store(standby.url(), commit_timeout=0.5)
+    with pytest.raises(StoreNotReplicated):
+        new.advance_epoch(expected=epoch)
+    _sql(standby.url(), "ALTER SYSTEM SET synchronous_standby_names = ''")
+    _sql(standby.url(), "SELECT pg_reload_conf()")
+    time.sleep(0.1)  # the reload reaches the backends at their next command
+    # The refused advance committed locally (the epoch is 2 already): take it from there.
+    new_epoch = new.advance_epoch()
+    assert new_epoch > epoch
+    assert new.ingest([batch(1, acked + 1, acked + 50)], new_epoch).hwms == {1: acked + 50}
+    took = time.monotonic() - promote_started
+
+    # The old primary's late commit: its standby is gone, so it is never acknowledged...
+    with pytest.raises(StoreNotReplicated):
+        old.ingest([batch(1, acked + 1, acked + 20)], epoch)
+    # ...and a write under the old epoch reaching the new primary is refused by the fence.
+    with pytest.raises(StaleEpoch, match=f"epoch {epoch} refused"):
+        new.ingest([batch(2, 1, 5)], epoch)
+    assert new.seqs(1) == list(range(1, acked + 51)) and new.hwms() == {1: acked + 50}
+    assert new.stale_writes() == 0
+    assert took < 10
+    old.close()
+    new.close()
