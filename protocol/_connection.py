@@ -10,6 +10,10 @@ Beyond the transition table in ``_state.py`` they enforce the sequencing rules
 the promises rest on: batches run in seq order with no undeclared gap, acks only
 move forward and never past what was sent, config versions chain, and a panel
 never accepts a node whose epoch is older than the newest it has seen (P5).
+
+Why one module of this size (as h11's ``_connection.py``): the two machines share one base
+class whose rules are the spec's sections 6-10 in order; the transition table itself is
+in ``_state.py``.
 """
 
 from __future__ import annotations

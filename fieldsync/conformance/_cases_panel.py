@@ -1,4 +1,8 @@
-"""Panel cases: the battery plays a node that dials a host-initiated panel (section 15: `--panel HOST:PORT`)."""
+"""Panel cases: the battery plays a node that dials a host-initiated panel (section 15: `--panel HOST:PORT`).
+
+Why one module of this size: a list of independent cases in the spec's section order (as
+in ``_cases_server``), each a short function named for the rule it tries.
+"""
 
 from __future__ import annotations
 

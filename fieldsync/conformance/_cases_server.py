@@ -1,4 +1,9 @@
-"""Server cases: the battery plays panels against a node (section 15: `--server HOST:PORT`)."""
+"""Server cases: the battery plays panels against a node (section 15: `--server HOST:PORT`).
+
+Why one module of this size: it is a list of about seventy independent cases, each a short
+function named for the spec rule it tries, in the spec's section order; split by topic they
+would scatter that order, which is how a reader checks the battery against docs/protocol.md.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 Sections: frame and reader rules (3), message types (4), messages (5), event records and batch checks
 (7.1, 7.2), configuration operations, canonical form and digest (8.1, 8.2). It shares no code with the
 implementation under test.
+
+Why one module of this size: the whole wire format written once, in the spec's section order,
+so that it can be read against docs/protocol.md side by side.
 """
 
 from __future__ import annotations
