@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -32,13 +31,12 @@ from typing import Any
 import trio
 
 from emulator import Fleet, PanelSettings, Workload
-from storage import ClusterStore, ConfigStore, Lease
+from storage import ConfigStore
 
-from ..engine import Supervised, Supervisor, node_command
 from ..site import Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
 from ._checker import Report, check
+from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until
 from ._fault_api import serve_api
-from ._flaws import flawed_command, flawed_node_class
 from ._proxy import FaultHub
 from ._rogue import RogueOutcome
 from ._scenario import Scenario, ScenarioError
@@ -172,7 +170,7 @@ class ScenarioRun:
         self.samples: list[Sample] = []
         self._reader: sqlite3.Connection | None = None
         self.hub = FaultHub(seed=self.seed)
-        self.cluster: ProcessCluster | InProcessCluster | None = None
+        self.cluster: ClusterBackend | None = None
         #: The open window of each toxic a step added, by (group, toxic name).
         self.toxic_windows: dict[tuple[str, str], FaultWindow] = {}
         #: What each rogue peer of the run got (``RogueStep``), for P6 and P7.
@@ -363,7 +361,7 @@ class ScenarioRun:
                 await self.cluster.start(nursery)
                 # Generous bounds: under a virtual clock a busy machine makes them pass fast.
                 with trio.fail_after(300):
-                    await _until(lambda: self._holder() is not None)
+                    await until(lambda: self._holder() is not None)
                 fleet_scope = trio.CancelScope()
                 fleet_done = trio.Event()
                 await nursery.start(self._run_fleet, fleet_scope, fleet_done)
@@ -481,260 +479,16 @@ class ScenarioRun:
         assert self.cluster is not None
         await self.cluster.all_up(restart=True)
         with trio.move_on_after(self.scenario.drain_timeout) as scope:
-            await _until(lambda: self._holder() is not None)
+            await until(lambda: self._holder() is not None)
             await self.fleet.wait_connected()
             await self.fleet.wait_drained()
             version = await self.in_config_thread(lambda: self.config.version)
-            await _until(lambda: all(pn.config.version == version for pn in self.fleet.panels.values()))
+            await until(lambda: all(pn.config.version == version for pn in self.fleet.panels.values()))
         if scope.cancelled_caught:
             self.note(f"drain incomplete after {self.scenario.drain_timeout:g}s")
             return False
         self.note("drained: every event acknowledged, every panel at the latest configuration")
         return True
-
-
-class ProcessCluster:
-    """Nodes A and B as OS processes under a supervisor, sharing the store (the real thing).
-
-    Process faults are signals to the pids this run started. Later cluster kinds
-    (keepalived in network namespaces, a PostgreSQL mirrored store) are more of
-    these: the runner only asks who holds the VIP, at which epoch, and to kill,
-    pause, resume or start a node.
-    """
-
-    kind = "process"
-    kill_words = "kill -9"
-
-    def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
-        scenario = run.scenario
-        self.db = run.site.db
-        extra = list(run.node_args)
-        if not scenario.cluster.stonith:
-            extra.append("--no-stonith")
-        if scenario.cluster.failback:
-            extra.append("--failback")
-        extra += ["--lease", str(scenario.cluster.lease)]
-        self.children = {
-            n: Supervised(
-                name=n,
-                command=flawed_command(node_command(n, str(site_path), *extra), run.flaws),
-                restart=scenario.cluster.restart,
-                restart_delay=scenario.cluster.restart_delay,
-            )
-            for n in ("A", "B")
-        }
-        self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
-        self.lease: Lease | None = None
-        self.stopped: set[str] = set()
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        nursery.start_soon(self._watch_lease)
-        await nursery.start(self.supervisor.run)
-
-    async def _watch_lease(self) -> None:
-        def read() -> Lease:
-            store = ClusterStore(self.db)
-            try:
-                return store.lease()
-            finally:
-                store.close()
-
-        while True:
-            with contextlib.suppress(Exception):  # a busy store now and then: the next read will do
-                self.lease = await trio.to_thread.run_sync(read)
-            await trio.sleep(0.1)
-
-    def holder(self) -> str | None:
-        lease = self.lease
-        if lease is None or not lease.held_at(time.time_ns() // 1000):
-            return None
-        return lease.holder
-
-    def epoch(self) -> int:
-        return self.lease.epoch if self.lease else 0
-
-    def resolve(self, target: str) -> str:
-        holder = self.holder() or (self.lease.holder if self.lease else None) or "A"
-        if target == "active":
-            return holder
-        if target == "standby":
-            return "B" if holder == "A" else "A"
-        return target
-
-    def _signal(self, name: str, sig: signal.Signals) -> bool:
-        pid = self.children[name].pid  # a process this run started
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
-
-    async def kill(self, name: str) -> bool:
-        self.stopped.discard(name)
-        return self._signal(name, signal.SIGKILL)
-
-    async def stop(self, name: str) -> bool:
-        if self._signal(name, signal.SIGSTOP):
-            self.stopped.add(name)
-            return True
-        return False
-
-    async def cont(self, name: str) -> None:
-        self._signal(name, signal.SIGCONT)
-        self.stopped.discard(name)
-
-    async def ensure_running(self, name: str) -> None:
-        child = self.children[name]
-        with trio.move_on_after(5):  # the supervisor may be about to restart it
-            await _until(lambda: not (child.kept and child.pid is None and child.restart))
-        if child.pid is None:
-            await self.supervisor.start(name)
-
-    async def all_down(self) -> None:
-        for child in self.children.values():
-            child.restart = False
-        for name in self.children:
-            await self.kill(name)
-
-    async def all_up(self, *, restart: bool) -> None:
-        for name in list(self.stopped):
-            await self.cont(name)
-        for child in self.children.values():
-            child.restart = restart
-        for name in self.children:
-            await self.ensure_running(name)
-
-    async def switchover(self, to: str) -> None:
-        await trio.to_thread.run_sync(_request_switchover, self.db, to)
-
-    def starts(self) -> dict[str, int]:
-        return {n: c.starts for n, c in self.children.items()}
-
-    def crashes(self) -> int:
-        """Node processes that ended by themselves: not by a signal of this run or of STONITH
-        (SIGKILL), not by the supervisor's stop at the end (SIGINT, or a clean exit)."""
-        expected = {0, -signal.SIGKILL, -signal.SIGINT, -signal.SIGTERM, 130}
-        return sum(1 for c in self.children.values() for code in c.exits if code not in expected)
-
-
-class InProcessCluster:
-    """One sync-engine node inside this trio run: the fast tier (virtual time, no processes).
-
-    A "kill" cancels the node at once (its in-flight acks never go out; what it
-    committed stays), and a new node starts after ``restart_delay`` with a new
-    epoch, like a takeover. There is no second node to hold the VIP meanwhile,
-    and no SIGSTOP: scenarios for this tier leave out ``stop``, ``cont`` and
-    ``switchover``.
-    """
-
-    kind = "in-process"
-    #: Named for what it is: the node's task is cancelled and its shielded clean-up (status
-    #: written, store closed) still runs. The process tier's kill is the real kill -9.
-    kill_words = "cancel (in-process, not kill -9)"
-
-    def __init__(self, run: ScenarioRun) -> None:
-        from ..engine import NodeSettings
-
-        site = run.site
-        self.run = run
-        self.settings = NodeSettings(
-            node_id="A",
-            db=site.db,
-            listen=(site.vip, site.port),
-            dial=site.dials(),
-            tls=site.tls_for("node", "A"),
-            bind_retry=5.0,
-            known_panels=frozenset(site.panel_ids()),
-        )
-        self.node_class = flawed_node_class(run.flaws)
-        self._nursery: trio.Nursery | None = None
-        self._scope: trio.CancelScope | None = None
-        self._starts = 0
-        self._epoch = 0
-        self.restart = run.scenario.cluster.restart
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        await self.ensure_running("A")
-
-    async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        node = self.node_class(self.settings)
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            # Started at once: a kill may cancel it while it is still opening the store.
-            task_status.started()
-            async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                self._starts += 1
-                self._epoch = node.epoch
-
-    def holder(self) -> str | None:
-        return "A" if self._scope is not None and not self._scope.cancel_called else None
-
-    def epoch(self) -> int:
-        return self._epoch
-
-    def resolve(self, target: str) -> str:
-        return "A"
-
-    async def kill(self, name: str) -> bool:
-        if self._scope is None or self._scope.cancel_called:
-            return False
-        self._scope.cancel()
-        self._scope = None
-        await trio.lowlevel.checkpoint()
-        if self.restart and self._nursery is not None:
-            self._nursery.start_soon(self._restart_later)
-        return True
-
-    async def _restart_later(self) -> None:
-        await trio.sleep(self.run.scenario.cluster.restart_delay)
-        if self.restart:
-            await self.ensure_running("A")
-
-    async def stop(self, name: str) -> bool:
-        raise ValueError("SIGSTOP needs the process cluster; the in-process tier cannot pause a node")
-
-    async def cont(self, name: str) -> None:
-        raise ValueError("SIGCONT needs the process cluster")
-
-    async def ensure_running(self, name: str) -> None:
-        if self.holder() is None and self._nursery is not None:
-            await self._nursery.start(self._serve)
-
-    async def all_down(self) -> None:
-        self.restart = False
-        await self.kill("A")
-
-    async def all_up(self, *, restart: bool) -> None:
-        self.restart = restart
-        await self.ensure_running("A")
-
-    async def switchover(self, to: str) -> None:
-        raise ValueError("switchover needs the process cluster (two nodes)")
-
-    def starts(self) -> dict[str, int]:
-        return {"A": self._starts}
-
-    def crashes(self) -> int:
-        return 0  # a node that raised here has already ended the run with its exception
-
-
-async def _until(predicate: Callable[[], bool], poll: float = 0.05) -> None:
-    # The run watches other processes (through the store) and a fleet's counters:
-    # polling is the point, bounded by the caller's timeout.
-    while not predicate():  # noqa: ASYNC110
-        await trio.sleep(poll)
-
-
-def _request_switchover(db: Path, to: str) -> None:
-    store = ClusterStore(db)
-    try:
-        store.request_switchover(to)
-    finally:
-        store.close()
 
 
 def run_scenario(scenario: Scenario, **kwargs: Any) -> RunResult:

@@ -34,7 +34,8 @@ from ._rogue import attempt as attempt_rogue
 if TYPE_CHECKING:
     from emulator import Panel
 
-    from ._runner import InProcessCluster, ProcessCluster, ScenarioRun
+    from ._clusters import ClusterBackend
+    from ._runner import ScenarioRun
     from ._scenario import SiteSpec
 
 __all__ = [
@@ -270,7 +271,7 @@ class StepBase(TomlTable):
         return f"{do}({shown})" if shown else str(do)
 
 
-def _cluster(run: ScenarioRun) -> ProcessCluster | InProcessCluster:
+def _cluster(run: ScenarioRun) -> ClusterBackend:
     assert run.cluster is not None, "steps run while the cluster does"
     return run.cluster
 
@@ -312,6 +313,9 @@ class StopStep(_NodeStep):
     """SIGSTOP: the node hangs (a zombie primary while its lease runs out)."""
 
     do: Literal["stop"] = "stop"
+    #: Pause only where the node holds no write lock on the shared store (so that, with
+    #: STONITH off, the other node can take over: the shared-disk limit).
+    outside_transaction: bool = False
 
     @property
     def needs_two_nodes(self) -> bool:
@@ -320,9 +324,10 @@ class StopStep(_NodeStep):
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         cluster = _cluster(run)
         name = cluster.resolve(self.node)
-        if await cluster.stop(name):
+        if await cluster.stop(name, outside_transaction=self.outside_transaction):
             run.open_window(f"SIGSTOP {name}")
-        run.note(f"SIGSTOP node {name}")
+        where = " (outside a write transaction)" if self.outside_transaction else ""
+        run.note(f"SIGSTOP node {name}{where}")
 
 
 @toml_table

@@ -1,0 +1,336 @@
+"""Where a scenario's nodes run: the cluster backends behind one ``ClusterBackend`` protocol.
+
+``ProcessCluster`` runs nodes A and B as OS processes under a supervisor, sharing the store
+(the real thing: kill -9 and SIGSTOP are signals to the pids this run started);
+``InProcessCluster`` runs one node inside the run's trio loop (the fast tier, virtual time).
+The runner and the steps only ask who holds the VIP, at which epoch, and to kill, pause,
+resume or start a node: a backend on network-namespace hosts with keepalived, or on a
+PostgreSQL mirrored store, is another class with these methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from storage import ClusterStore, Lease
+
+from ..engine import Supervised, Supervisor, node_command
+from ._flaws import flawed_command, flawed_node_class
+from ._scenario import ScenarioError
+
+if TYPE_CHECKING:
+    from ._runner import ScenarioRun
+
+__all__ = ["ClusterBackend", "InProcessCluster", "ProcessCluster"]
+
+
+class ClusterBackend(Protocol):
+    """What the runner and the steps need of a cluster, whatever runs it."""
+
+    kind: str
+    #: How the log names this backend's kill ("kill -9", or what it really is).
+    kill_words: str
+
+    async def start(self, nursery: trio.Nursery) -> None: ...
+    def holder(self) -> str | None: ...
+    def epoch(self) -> int: ...
+    def resolve(self, target: str) -> str: ...
+    async def kill(self, name: str) -> bool: ...
+    async def stop(self, name: str, *, outside_transaction: bool = False) -> bool: ...
+    async def cont(self, name: str) -> None: ...
+    async def ensure_running(self, name: str) -> None: ...
+    async def all_down(self) -> None: ...
+    async def all_up(self, *, restart: bool) -> None: ...
+    async def switchover(self, to: str) -> None: ...
+    def starts(self) -> dict[str, int]: ...
+    def crashes(self) -> int: ...
+
+
+class ProcessCluster:
+    """Nodes A and B as OS processes under a supervisor, sharing the store (the real thing).
+
+    Process faults are signals to the pids this run started. Later cluster kinds
+    (keepalived in network namespaces, a PostgreSQL mirrored store) are more of
+    these: the runner only asks who holds the VIP, at which epoch, and to kill,
+    pause, resume or start a node.
+    """
+
+    kind = "process"
+    kill_words = "kill -9"
+
+    def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
+        scenario = run.scenario
+        self.db = run.site.db
+        extra = list(run.node_args)
+        if not scenario.cluster.stonith:
+            extra.append("--no-stonith")
+        if scenario.cluster.failback:
+            extra.append("--failback")
+        extra += ["--lease", str(scenario.cluster.lease)]
+        self.children = {
+            n: Supervised(
+                name=n,
+                command=flawed_command(node_command(n, str(site_path), *extra), run.flaws),
+                restart=scenario.cluster.restart,
+                restart_delay=scenario.cluster.restart_delay,
+            )
+            for n in ("A", "B")
+        }
+        self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
+        self.lease: Lease | None = None
+        self.stopped: set[str] = set()
+        #: How many tries the last ``stop(outside_transaction=True)`` took.
+        self.pause_tries = 0
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._watch_lease)
+        await nursery.start(self.supervisor.run)
+
+    async def _watch_lease(self) -> None:
+        def read() -> Lease:
+            store = ClusterStore(self.db)
+            try:
+                return store.lease()
+            finally:
+                store.close()
+
+        while True:
+            with contextlib.suppress(Exception):  # a busy store now and then: the next read will do
+                self.lease = await trio.to_thread.run_sync(read)
+            await trio.sleep(0.1)
+
+    def holder(self) -> str | None:
+        lease = self.lease
+        if lease is None or not lease.held_at(time.time_ns() // 1000):
+            return None
+        return lease.holder
+
+    def epoch(self) -> int:
+        return self.lease.epoch if self.lease else 0
+
+    def resolve(self, target: str) -> str:
+        holder = self.holder() or (self.lease.holder if self.lease else None) or "A"
+        if target == "active":
+            return holder
+        if target == "standby":
+            return "B" if holder == "A" else "A"
+        return target
+
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        pid = self.children[name].pid  # a process this run started
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def kill(self, name: str) -> bool:
+        self.stopped.discard(name)
+        return self._signal(name, signal.SIGKILL)
+
+    async def stop(self, name: str, *, outside_transaction: bool = False) -> bool:
+        """SIGSTOP. ``outside_transaction``: keep the pause only where the paused process holds
+        no write lock on the shared store (the shared-disk limit: a sleeper inside a
+        transaction locks everyone out, docs/architecture.md); a pause that landed inside one
+        is lifted at once and tried again a moment later, at most 200 times."""
+        if not outside_transaction:
+            if self._signal(name, signal.SIGSTOP):
+                self.stopped.add(name)
+                return True
+            return False
+        for attempt in range(200):
+            if not self._signal(name, signal.SIGSTOP):
+                return False
+            if not await trio.to_thread.run_sync(_write_locked, self.db):
+                self.stopped.add(name)
+                self.pause_tries = attempt + 1
+                return True
+            await trio.sleep(0.05)  # the other node's own writes free the lock within milliseconds
+            if not await trio.to_thread.run_sync(_write_locked, self.db):
+                self.stopped.add(name)
+                self.pause_tries = attempt + 1
+                return True
+            self._signal(name, signal.SIGCONT)
+            await trio.sleep(0.003 * (attempt % 7))
+        raise ScenarioError(f"every pause of node {name} in 200 tries landed inside a write transaction")
+
+    async def cont(self, name: str) -> None:
+        self._signal(name, signal.SIGCONT)
+        self.stopped.discard(name)
+
+    async def ensure_running(self, name: str) -> None:
+        child = self.children[name]
+        with trio.move_on_after(5):  # the supervisor may be about to restart it
+            await until(lambda: not (child.kept and child.pid is None and child.restart))
+        if child.pid is None:
+            await self.supervisor.start(name)
+
+    async def all_down(self) -> None:
+        for child in self.children.values():
+            child.restart = False
+        for name in self.children:
+            await self.kill(name)
+
+    async def all_up(self, *, restart: bool) -> None:
+        for name in list(self.stopped):
+            await self.cont(name)
+        for child in self.children.values():
+            child.restart = restart
+        for name in self.children:
+            await self.ensure_running(name)
+
+    async def switchover(self, to: str) -> None:
+        await trio.to_thread.run_sync(_request_switchover, self.db, to)
+
+    def starts(self) -> dict[str, int]:
+        return {n: c.starts for n, c in self.children.items()}
+
+    def crashes(self) -> int:
+        """Node processes that ended by themselves: not by a signal of this run or of STONITH
+        (SIGKILL), not by the supervisor's stop at the end (SIGINT, or a clean exit)."""
+        expected = {0, -signal.SIGKILL, -signal.SIGINT, -signal.SIGTERM, 130}
+        return sum(1 for c in self.children.values() for code in c.exits if code not in expected)
+
+
+class InProcessCluster:
+    """One sync-engine node inside this trio run: the fast tier (virtual time, no processes).
+
+    A "kill" cancels the node at once (its in-flight acks never go out; what it
+    committed stays), and a new node starts after ``restart_delay`` with a new
+    epoch, like a takeover. There is no second node to hold the VIP meanwhile,
+    and no SIGSTOP: scenarios for this tier leave out ``stop``, ``cont`` and
+    ``switchover``.
+    """
+
+    kind = "in-process"
+    #: Named for what it is: the node's task is cancelled and its shielded clean-up (status
+    #: written, store closed) still runs. The process tier's kill is the real kill -9.
+    kill_words = "cancel (in-process, not kill -9)"
+
+    def __init__(self, run: ScenarioRun) -> None:
+        from ..engine import NodeSettings
+
+        site = run.site
+        self.run = run
+        self.settings = NodeSettings(
+            node_id="A",
+            db=site.db,
+            listen=(site.vip, site.port),
+            dial=site.dials(),
+            tls=site.tls_for("node", "A"),
+            bind_retry=5.0,
+            known_panels=frozenset(site.panel_ids()),
+        )
+        self.node_class = flawed_node_class(run.flaws)
+        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
+        self._starts = 0
+        self._epoch = 0
+        self.restart = run.scenario.cluster.restart
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        await self.ensure_running("A")
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        node = self.node_class(self.settings)
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            # Started at once: a kill may cancel it while it is still opening the store.
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                self._starts += 1
+                self._epoch = node.epoch
+
+    def holder(self) -> str | None:
+        return "A" if self._scope is not None and not self._scope.cancel_called else None
+
+    def epoch(self) -> int:
+        return self._epoch
+
+    def resolve(self, target: str) -> str:
+        return "A"
+
+    async def kill(self, name: str) -> bool:
+        if self._scope is None or self._scope.cancel_called:
+            return False
+        self._scope.cancel()
+        self._scope = None
+        await trio.lowlevel.checkpoint()
+        if self.restart and self._nursery is not None:
+            self._nursery.start_soon(self._restart_later)
+        return True
+
+    async def _restart_later(self) -> None:
+        await trio.sleep(self.run.scenario.cluster.restart_delay)
+        if self.restart:
+            await self.ensure_running("A")
+
+    async def stop(self, name: str, *, outside_transaction: bool = False) -> bool:
+        raise ValueError("SIGSTOP needs the process cluster; the in-process tier cannot pause a node")
+
+    async def cont(self, name: str) -> None:
+        raise ValueError("SIGCONT needs the process cluster")
+
+    async def ensure_running(self, name: str) -> None:
+        if self.holder() is None and self._nursery is not None:
+            await self._nursery.start(self._serve)
+
+    async def all_down(self) -> None:
+        self.restart = False
+        await self.kill("A")
+
+    async def all_up(self, *, restart: bool) -> None:
+        self.restart = restart
+        await self.ensure_running("A")
+
+    async def switchover(self, to: str) -> None:
+        raise ValueError("switchover needs the process cluster (two nodes)")
+
+    def starts(self) -> dict[str, int]:
+        return {"A": self._starts}
+
+    def crashes(self) -> int:
+        return 0  # a node that raised here has already ended the run with its exception
+
+
+async def until(predicate: Callable[[], bool], poll: float = 0.05) -> None:
+    # The run watches other processes (through the store) and a fleet's counters:
+    # polling is the point, bounded by the caller's timeout.
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(poll)
+
+
+def _write_locked(db: Path) -> bool:
+    """Does some process hold the store's write lock right now? (One try, no waiting.)"""
+    conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return True
+        raise
+    finally:
+        conn.close()
+
+
+def _request_switchover(db: Path, to: str) -> None:
+    store = ClusterStore(db)
+    try:
+        store.request_switchover(to)
+    finally:
+        store.close()
