@@ -73,6 +73,9 @@ class NodeSpec:
     address: str
     #: Where the other nodes send this node's heartbeats (a fault proxy); default: ``address``.
     heartbeat_via: str | None = None
+    # VRRP (issue 17): keepalived's notify script's state file and its VRRP process's pid file.
+    vrrp_state: Path | None = None
+    vrrp_pid: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +144,8 @@ class Site:
             heartbeat_ms=self.heartbeat_ms,
             stonith=stonith,
             failback=failback,
+            vrrp_state=spec.vrrp_state,
+            vrrp_pid=spec.vrrp_pid,
             lease=lease,
             dead_after=dead_after,
             beat_interval=min(0.1, dead_after / 3),
@@ -244,6 +249,18 @@ def _check_keys(where: str, table: dict[str, Any], allowed: set[str], path: Path
         raise SiteError(f"{path}: unknown key {where}{unknown[0]!r} (known: {', '.join(sorted(allowed))})")
 
 
+_VRRP_KEYS = ("vrrp_state", "vrrp_pid")
+
+
+def _vrrp_keys(path: Path, name: str, table: dict[str, Any]) -> dict[str, Path]:
+    """A node's VRRP source (issue 17): both files or neither, relative to the site file."""
+    given = [k for k in _VRRP_KEYS if k in table]
+    if given and len(given) != len(_VRRP_KEYS):
+        missing = next(k for k in _VRRP_KEYS if k not in table)
+        raise SiteError(f"{path}: nodes.{name}.{given[0]} needs nodes.{name}.{missing} too")
+    return {k: path.parent / str(table[k]) for k in given}
+
+
 def load_site(path: Path | str | None) -> Site:
     """Read a site file; None gives the embedded loopback default."""
     if path is None:
@@ -280,13 +297,14 @@ def load_site(path: Path | str | None) -> Site:
         raise SiteError(f"{path}: fleet.mode {fleet.mode!r} is not one of {', '.join(sorted(_MODES))}")
     nodes = []
     for name, table in data.get("nodes", {}).items():
-        _check_keys(f"nodes.{name}.", table, {"address", "heartbeat_via"}, path)
+        _check_keys(f"nodes.{name}.", table, {"address", "heartbeat_via", *_VRRP_KEYS}, path)
         via = table.get("heartbeat_via")
         nodes.append(
             NodeSpec(
                 name=name,
                 address=str(table.get("address", "127.0.0.1")),
                 heartbeat_via=None if via is None else str(via),
+                **_vrrp_keys(path, name, table),
             )
         )
     overrides: dict[int, dict[str, Any]] = {}
