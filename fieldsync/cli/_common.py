@@ -15,6 +15,7 @@ from protocol.streams import LinkError
 from storage import StoreError
 
 from ..harness import FaultError, ScenarioError
+from ..lab import LabError
 from ..site import Site, SiteError, load_site
 from ..site import pki as pki_mod
 
@@ -30,7 +31,7 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError, ScenarioError) as exc:
+        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError, ScenarioError, LabError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -156,8 +156,11 @@ class HostStatus:
 
     @property
     def master(self) -> bool:
-        """MASTER means the state file says so AND keepalived runs (a killed one leaves MASTER behind)."""
-        return self.vrrp_state == "MASTER" and self.keepalived
+        """MASTER means the state file says so AND keepalived runs (a killed one leaves MASTER behind).
+
+        A powered-off host is no MASTER whatever it last wrote: it cannot advertise.
+        """
+        return self.vrrp_state == "MASTER" and self.keepalived and not self.powered_off
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
