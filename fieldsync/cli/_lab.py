@@ -103,7 +103,10 @@ def lab_up(
         logs = f"{d}/keepalived-{host}.log, node-{host}.log"
         click.echo(f"  host    {ns(host)}: eth0 {node_address(host)}/16; logs {logs}")
     click.echo(f"  panels  {ns('panels')}: eth0 198.18.0.200/16, panels 198.18.1.1 .. {last} (:3001)")
-    click.echo(f"  VIP     {VIP}:{port} on {status.serving()} (VRRP MASTER), lease epoch {status.epoch}")
+    click.echo(
+        f"  VIP     {VIP}:{port} on {', '.join(status.masters())} (VRRP MASTER); "
+        f"lease held by {status.holder}, epoch {status.epoch}"
+    )
     click.echo(f"  site    {spec.site_path}")
     click.echo("run the panels in the panel host:")
     click.echo(f"  fieldsync lab exec panels --dir {d} -- fieldsync emulate --site {spec.site_path}")

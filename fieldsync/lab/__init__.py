@@ -13,6 +13,7 @@ from ._lab import describe as describe
 from ._lab import node_address as node_address
 from ._lab import panel_lab_address as panel_lab_address
 from ._system import LabError as LabError
+from ._system import find_keepalived as find_keepalived
 from ._system import missing_prerequisites as missing_prerequisites
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "LabSpec",
     "LabStatus",
     "describe",
+    "find_keepalived",
     "missing_prerequisites",
     "node_address",
     "panel_lab_address",

@@ -34,7 +34,16 @@ from storage import ClusterStore, Lease
 
 from ..engine import node_command
 from ..site import issue_pair_pki, load_site, seed_config
-from ._system import LabError, Recognised, missing_prerequisites, run, signal_group, spawn_detached, stop_group
+from ._system import (
+    LabError,
+    Recognised,
+    find_keepalived,
+    missing_prerequisites,
+    run,
+    signal_group,
+    spawn_detached,
+    stop_group,
+)
 
 __all__ = [
     "HOSTS",
@@ -193,7 +202,7 @@ class Lab:
 
     def __init__(self, spec: LabSpec, *, keepalived: str | None = None) -> None:
         self.spec = spec
-        self.keepalived = keepalived or shutil.which("keepalived") or _sbin("keepalived")
+        self.keepalived = keepalived or find_keepalived()
         self.namespaces: list[str] = []
         #: (host, kind, pid, pgid) of every process the lab started; kind: keepalived or node.
         self.processes: list[dict[str, Any]] = []
@@ -260,6 +269,8 @@ class Lab:
                 self._start(host, "keepalived")
             for host in NODE_HOSTS:
                 self._start(host, "node")
+            if not spec.vrrp_gate:  # the nodes ignore VRRP: the lease and the VIP may part from the start
+                return self.wait_started(timeout=timeout)
             return self.wait_serving(timeout=timeout, nodes_must_run=True)
         except BaseException:
             with contextlib.suppress(LabError):
@@ -450,6 +461,17 @@ class Lab:
                 raise LabError(f"no host served within {timeout:g} s: {describe(status)}")
             time.sleep(0.05)
 
+    def wait_started(self, *, timeout: float = 30.0) -> LabStatus:
+        """Wait until one host is MASTER and some node holds the lease, wherever the VIP is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if len(status.masters()) == 1 and status.holder is not None:
+                return status
+            if time.monotonic() > deadline:
+                raise LabError(f"the lab did not start within {timeout:g} s: {describe(status)}")
+            time.sleep(0.05)
+
     # -- status --------------------------------------------------------------------------
 
     def _alive(self, host: str, kind: str) -> bool:
@@ -608,8 +630,3 @@ def _mark(ns: str) -> str | None:
         return None
     alias = str(links[0].get("ifalias", "")) if links else ""
     return alias[len(_MARK) :] if alias.startswith(_MARK) else None
-
-
-def _sbin(program: str) -> str | None:
-    path = Path("/usr/sbin") / program
-    return str(path) if path.exists() else None

@@ -21,6 +21,7 @@ from pathlib import Path
 __all__ = [
     "LabError",
     "Recognised",
+    "find_keepalived",
     "group_members",
     "missing_prerequisites",
     "run",
@@ -50,6 +51,14 @@ def run(argv: Sequence[str], *, timeout: float = _COMMAND_TIMEOUT, stdin: str | 
         why = (done.stderr or done.stdout).strip().splitlines()
         raise LabError(f"`{' '.join(argv)}` failed: {why[-1] if why else f'exit {done.returncode}'}")
     return done.stdout
+
+
+def find_keepalived() -> str | None:
+    """keepalived on PATH, or in /usr/sbin (not on a plain user's PATH); None if neither."""
+    found = shutil.which("keepalived")
+    if found is None and os.access("/usr/sbin/keepalived", os.X_OK):
+        found = "/usr/sbin/keepalived"
+    return found
 
 
 def missing_prerequisites(keepalived: str | None) -> str | None:
