@@ -283,6 +283,12 @@ def test_up_removes_a_crashed_lab_of_the_same_name_and_down_removes_everything(
     assert _namespaces(lab_under_test.name) == []
     assert _live_processes(lab_under_test.dir, record) == []
     assert not (lab_under_test.dir / "lab.json").exists()
+    # A lab killed between adding a namespace and marking it: the record says it is ours.
+    sw = f"fsl-{lab_under_test.name}-sw"
+    subprocess.run(["ip", "netns", "add", sw], timeout=10, check=True)
+    (lab_under_test.dir / "lab.json").write_text(json.dumps(record | {"namespaces": [sw], "processes": []}))
+    lab_under_test.up(panels=1)
+    assert len(_namespaces(lab_under_test.name)) == 4
 
 
 @pytest.mark.slow

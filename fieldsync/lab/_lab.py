@@ -281,11 +281,16 @@ class Lab:
         """Refuse names that are not a lab's; remove what earlier labs of this name left."""
         existing = _namespaces()
         dirs = {self.spec.directory.resolve()}
+        recorded: set[str] = set()  # made by a lab here that died before it could mark them
+        with contextlib.suppress(LabError):
+            recorded = set(Lab.load(self.spec.directory).namespaces)
         for host in HOSTS:
             ns = self.spec.namespace(host)
             if ns not in existing:
                 continue
             mark = _mark(ns)
+            if mark is None and ns in recorded:
+                continue
             if mark is None:
                 raise LabError(
                     f"network namespace {ns} exists and is not a fieldsync lab's; "
@@ -321,9 +326,9 @@ class Lab:
         sw = spec.namespace("sw")
         for host in HOSTS:
             ns = spec.namespace(host)
-            run(["ip", "netns", "add", ns])
-            self.namespaces.append(ns)
+            self.namespaces.append(ns)  # recorded before it exists: an interrupted add is still ours
             self._save()
+            run(["ip", "netns", "add", ns])
             run(["ip", "-n", ns, "link", "set", "lo", "alias", _MARK + str(spec.directory.resolve())])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
         run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
@@ -595,7 +600,7 @@ class Lab:
         existing = _namespaces()
         for host in HOSTS:
             ns = self.spec.namespace(host)
-            if ns in existing and _mark(ns) is not None:
+            if ns in existing and (ns in self.namespaces or _mark(ns) is not None):
                 run(["ip", "netns", "del", ns])
                 removed.append(ns)
         self.namespaces = []
