@@ -73,12 +73,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 
         fault_at: float | None = None
         nursery.start_soon(watch)
-        with trio.fail_after(30):  # every panel served by the first node, and the replay under way
-            while not all(epoch in p.first_ack_at for p in fleet.panels.values()):
-                await trio.sleep(0.02)
-        with trio.fail_after(30):
-            while fleet.statistics().acked < fleet.statistics().emitted * 0.3:
-                await trio.sleep(0.01)
+        with trio.fail_after(30):  # the replay under way: a tenth acknowledged, most still buffered
+            while fleet.statistics().acked < fleet.statistics().emitted * 0.1:
+                await trio.sleep(0.002)
         lab = Lab.load(directory)
         buffered_at_fault = fleet.statistics().buffered_events
         fault_at = trio.current_time()
@@ -107,6 +104,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "buffered_at_fault": buffered_at_fault,
         "power_off_took_s": power_off_took,
         "max_epochs": {str(p.panel_id): p.max_epoch for p in fleet.panels.values()},
+        "modes": {str(pid): p.settings.mode.value for pid, p in fleet.panels.items()},
         "vip_moved_s": None if vip_at is None else vip_at - fault_at,
         "outage_s": {
             str(pid): p.first_ack_at[now.epoch] - last_old_ack.get(pid, fault_at) for pid, p in fleet.panels.items()
@@ -120,7 +118,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--backlog", type=int, default=3000)
+    parser.add_argument("--backlog", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)
     arguments = parser.parse_args()

@@ -211,11 +211,14 @@ def test_power_off_of_the_active_host_mid_replay_keeps_every_promise(lab_under_t
     status = lab_under_test.lab().status()  # the power-off was recorded by the CLI the panels ran
     assert status.serving() == result["new_holder"]
     assert {h.host: h.powered_off for h in status.hosts}[result["old_holder"]]
-    outages = sorted(result["outage_s"].values())
+    by_mode: dict[str, list[float]] = {}
+    for pid, outage in result["outage_s"].items():
+        by_mode.setdefault(result["modes"][pid], []).append(outage)
     print(
-        f"\npower-off of {result['old_holder']}: {result['new_holder']} turned MASTER after "
-        f"{result['vip_moved_s']:.3f} s; per panel, last ACK from the old node to first from the new: "
-        + ", ".join(f"{o:.3f}" for o in outages)
+        f"\npower-off of {result['old_holder']} with {result['buffered_at_fault']} events buffered: "
+        f"{result['new_holder']} turned MASTER after {result['vip_moved_s']:.3f} s; per panel, last ACK from the "
+        "old node to first from the new: "
+        + "; ".join(f"{mode} " + ", ".join(f"{o:.3f}" for o in sorted(v)) for mode, v in sorted(by_mode.items()))
         + f" s; power-off to first ACK: max {max(result['fault_to_first_ack_s'].values()):.3f} s "
         f"({result['totals']['stored']} events stored, {time.monotonic() - started:.1f} s in all)"
     )
