@@ -5,6 +5,8 @@ The package is cut into subpackages, each with its own small public API:
 - ``fieldsync.engine``: the product. A node (sessions, group-commit ingest, config push,
   listener and dialer), the cluster (lease, heartbeats, failover, STONITH), the supervisor.
 - ``fieldsync.site``: site files (TOML), what they mean for the engine, the site's PKI.
+- ``fieldsync.lab``: the pair on real hosts: network namespaces joined by a bridge, the VIP
+  moved by keepalived (VRRP), and the faults of real hosts (power lost, a NIC down, a crash).
 - ``fieldsync.harness``: what tests the product: fault proxies and toxics with their HTTP
   API, scenario files, the runner, the promise checker, reports, random schedules, the
   virtual clock, the virtual serial line. The engine never imports it.

@@ -12,15 +12,21 @@ import dataclasses
 import pytest
 
 from fieldsync.engine import (
+    ActiveView,
     FailoverRules,
+    HandOver,
     HolderProcess,
+    KeepServing,
+    LeaveVip,
     ReadStoreBeat,
     RequestFailback,
     StandbyView,
+    StepDown,
     Stonith,
     Take,
     Wait,
     beats_allowed,
+    decide_active,
     decide_standby,
 )
 from storage import Lease
@@ -143,3 +149,70 @@ def test_failback_is_asked_for_only_by_a_settled_standby_while_the_holder_lives(
 def test_the_loop_stall_rule() -> None:
     assert beats_allowed(now=105.0, loop_tick=100.0, loop_stall=5.0)
     assert not beats_allowed(now=105.001, loop_tick=100.0, loop_stall=5.0)
+
+
+# -- VRRP: the host's keepalived state gates both roles (issue 17) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "seen",
+    [
+        view(lease=lease(None)),  # a free lease
+        view(lease=lease(until_us=NOW)),  # an expired one
+        view(lease=lease(until_us=NOW, to="B")),  # a switchover to this node, released
+        view(holder_process=HolderProcess.GONE, udp_quiet=0.0),  # the holder exited
+        view(udp_quiet=0.5, store_read=True, store_beat_age=0.4),  # silent on both rings: would be shot
+    ],
+    ids=["free", "expired", "switchover to us", "holder exited", "holder silent"],
+)
+def test_a_standby_whose_host_is_not_master_takes_nothing_and_shoots_nobody(seen: StandbyView) -> None:
+    assert decide_standby(dataclasses.replace(seen, vrrp_master=False), RULES) == Wait(look_again_in=0.1)
+    assert decide_standby(dataclasses.replace(seen, vrrp_master=None), RULES) != Wait(look_again_in=0.1)
+
+
+def test_a_standby_whose_host_is_master_decides_as_without_vrrp() -> None:
+    for seen in (
+        view(lease=lease(None)),
+        view(holder_process=HolderProcess.GONE, udp_quiet=0.0),
+        view(udp_quiet=0.31),
+        view(udp_quiet=0.5, store_read=True, store_beat_age=0.4),
+        view(udp_quiet=0.25),
+    ):
+        assert decide_standby(dataclasses.replace(seen, vrrp_master=True), RULES) == decide_standby(seen, RULES)
+
+
+def test_a_master_standby_takes_a_lease_released_by_a_live_holder_at_once() -> None:
+    # The old active left the VIP and released the lease: no silence, no expiry to wait for.
+    released = view(lease=lease(None, until_us=0, pid=None), udp_quiet=0.0, vrrp_master=True)
+    assert decide_standby(released, RULES) == Take(force=False)
+
+
+def test_a_master_standby_waits_for_a_live_holder_that_still_holds_the_lease() -> None:
+    # The other host just lost MASTER; its node gives the lease up on its next look.
+    assert decide_standby(view(udp_quiet=0.05, vrrp_master=True), RULES) == Wait(look_again_in=0.1)
+
+
+def active(**kw: object) -> ActiveView:
+    fields: dict[str, object] = {"lease_lost": False, "switchover_to": None, **kw}
+    return ActiveView(**fields)  # type: ignore[arg-type]
+
+
+def test_an_active_keeps_serving_while_master_or_without_vrrp() -> None:
+    assert decide_active(active(vrrp_master=True), RULES) == KeepServing()
+    assert decide_active(active(vrrp_master=None), RULES) == KeepServing()
+
+
+def test_an_active_whose_host_left_master_leaves_the_vip_at_once() -> None:
+    assert decide_active(active(vrrp_master=False), RULES) == LeaveVip()
+    # Before a switchover it was asked for: the VIP has gone already, there is nobody to drain to.
+    assert decide_active(active(vrrp_master=False, switchover_to="A"), RULES) == LeaveVip()
+
+
+def test_a_lost_lease_is_a_step_down_whatever_vrrp_says() -> None:
+    for master in (True, False, None):
+        assert decide_active(active(lease_lost=True, vrrp_master=master), RULES) == StepDown()
+
+
+def test_an_active_hands_over_only_to_another_node() -> None:
+    assert decide_active(active(switchover_to="A"), RULES) == HandOver(to="A")
+    assert decide_active(active(switchover_to="B"), RULES) == KeepServing()  # the request names this node

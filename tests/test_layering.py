@@ -68,6 +68,7 @@ PACKAGES = [
     "emulator",
     "fieldsync.engine",
     "fieldsync.site",
+    "fieldsync.lab",
     "fieldsync.harness",
     "fieldsync.demo",
     "fieldsync.cli",

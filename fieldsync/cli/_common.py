@@ -17,6 +17,7 @@ from protocol.streams import LinkError
 from storage import StoreError, is_database_url
 
 from ..harness import FaultError, ScenarioError
+from ..lab import LabError
 from ..site import Site, SiteError, load_site
 from ..site import pki as pki_mod
 
@@ -34,7 +35,7 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except pydantic.ValidationError as exc:  # a flag's value a model refused (the site file names its own)
             raise click.ClickException(_flag_errors(exc)) from None
-        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError, ScenarioError) as exc:
+        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError, ScenarioError, LabError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from ._defaults import SiteCommand, SiteGroup, root_site_option
 from ._demo import demo
 from ._emulate import emulate
 from ._faults import faults_cmd
+from ._lab import lab
 from ._line import line_cmd
 from ._pki import pki
 from ._scenario import scenario
@@ -67,7 +68,7 @@ def main(log_level: str, log_format: str) -> None:
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
 
 
-for _command in (demo, pki, serve, line_cmd, node_cmd, cluster, emulate, scenario, faults_cmd, config, status):
+for _command in (demo, pki, serve, line_cmd, node_cmd, cluster, lab, emulate, scenario, faults_cmd, config, status):
     main.add_command(_command)
 # The battery shares no code with the rest (an import contract); it is built as a plain click
 # command and adopted here, so its --help names its [defaults.conformance] keys too.

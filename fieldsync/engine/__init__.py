@@ -7,16 +7,24 @@ from ._cluster import ClusterSettings as ClusterSettings
 from ._cluster import Role as Role
 from ._cluster import process_is_fieldsync as process_is_fieldsync
 from ._cluster import stonith as stonith
+from ._cluster import vrrp_master as vrrp_master
+from ._failover import ActiveDecision as ActiveDecision
+from ._failover import ActiveView as ActiveView
 from ._failover import FailoverRules as FailoverRules
+from ._failover import HandOver as HandOver
 from ._failover import HolderProcess as HolderProcess
+from ._failover import KeepServing as KeepServing
+from ._failover import LeaveVip as LeaveVip
 from ._failover import ReadStoreBeat as ReadStoreBeat
 from ._failover import RequestFailback as RequestFailback
 from ._failover import StandbyDecision as StandbyDecision
 from ._failover import StandbyView as StandbyView
+from ._failover import StepDown as StepDown
 from ._failover import Stonith as Stonith
 from ._failover import Take as Take
 from ._failover import Wait as Wait
 from ._failover import beats_allowed as beats_allowed
+from ._failover import decide_active as decide_active
 from ._failover import decide_standby as decide_standby
 from ._node import Node as Node
 from ._node import NodeSettings as NodeSettings
@@ -26,10 +34,15 @@ from ._supervisor import Supervisor as Supervisor
 from ._supervisor import node_command as node_command
 
 __all__ = [
+    "ActiveDecision",
+    "ActiveView",
     "ClusterNode",
     "ClusterSettings",
     "FailoverRules",
+    "HandOver",
     "HolderProcess",
+    "KeepServing",
+    "LeaveVip",
     "Node",
     "NodeSettings",
     "NodeStatistics",
@@ -38,14 +51,17 @@ __all__ = [
     "Role",
     "StandbyDecision",
     "StandbyView",
+    "StepDown",
     "Stonith",
     "Supervised",
     "Supervisor",
     "Take",
     "Wait",
     "beats_allowed",
+    "decide_active",
     "decide_standby",
     "node_command",
     "process_is_fieldsync",
     "stonith",
+    "vrrp_master",
 ]

@@ -15,6 +15,10 @@ its silence: with STONITH on, the node already relies on the lease's pid being a
 process on this machine, and a process that no longer exists can neither store
 nor hold the VIP. The standby watches that pid (a Linux pidfd, else /proc on
 every look) and takes over the moment it is gone.
+
+With VRRP (``vrrp_state`` / ``vrrp_pid``: the lab's keepalived on real hosts) the VIP is
+keepalived's to move: the node looks at its host's VRRP state every beat and serves only
+while the host is MASTER (``_failover.py`` has the rule).
 """
 
 from __future__ import annotations
@@ -39,15 +43,21 @@ from protocol.streams import LinkError, TlsFiles
 from storage import ClusterStore, Lease, NodeBeat, StoreLocked
 
 from ._failover import (
+    ActiveView,
     FailoverRules,
+    HandOver,
     HolderProcess,
+    KeepServing,
+    LeaveVip,
     ReadStoreBeat,
     RequestFailback,
     StandbyView,
+    StepDown,
     Stonith,
     Take,
     Wait,
     beats_allowed,
+    decide_active,
     decide_standby,
 )
 from ._node import Node, NodeSettings
@@ -58,6 +68,7 @@ __all__ = [
     "Role",
     "process_is_fieldsync",
     "stonith",
+    "vrrp_master",
 ]
 
 log = logging.getLogger("fieldsync.cluster")
@@ -105,10 +116,16 @@ class ClusterSettings:
     beat_port: int = 30007
     #: The site's panels; others are refused with UNKNOWN_PANEL (None admits any certified panel).
     known_panels: frozenset[int] | None = None
+    #: VRRP: the file keepalived's notify script writes the state to, and the pid file of
+    #: keepalived's VRRP process. Set, the node serves only while its host is MASTER.
+    vrrp_state: Path | None = None
+    vrrp_pid: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.beat_interval < self.dead_after <= self.lease:
             raise ValueError("need 0 < beat_interval < dead_after <= lease")
+        if (self.vrrp_state is None) != (self.vrrp_pid is None):
+            raise ValueError("vrrp_state and vrrp_pid go together")
 
 
 def _now_us() -> int:
@@ -127,6 +144,25 @@ def process_is_fieldsync(pid: int) -> bool:
     return state != b"Z" and b"fieldsync" in cmdline
 
 
+def vrrp_master(state_file: Path, pid_file: Path) -> bool:
+    """True if keepalived's state file says MASTER and the keepalived process of its pid file runs.
+
+    Two small reads and a /proc look, cheap enough for every beat. A keepalived killed with
+    SIGKILL leaves both MASTER in the file and the VIP on the interface: it is not MASTER.
+    """
+    try:
+        if state_file.read_text().strip() != "MASTER":
+            return False
+        pid = int(pid_file.read_text().split()[0])
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError, IndexError):
+        return False
+    return state != b"Z" and b"keepalived" in cmdline
+
+
 def stonith(pid: int, *, timeout: float = 2.0) -> bool:
     """SIGKILL a fieldsync node process and wait until it is gone; False if it was not one."""
     if pid == os.getpid() or not process_is_fieldsync(pid):
@@ -141,6 +177,21 @@ def stonith(pid: int, *, timeout: float = 2.0) -> bool:
             raise TimeoutError(f"process {pid} survived SIGKILL for {timeout} s")
         time.sleep(0.005)
     return True
+
+
+def _vrrp_words(s: ClusterSettings) -> str:
+    """What the VRRP files say, for the log: the state file's word and whether keepalived runs."""
+    assert s.vrrp_state is not None and s.vrrp_pid is not None
+    try:
+        state = s.vrrp_state.read_text().strip()
+    except OSError as exc:
+        state = f"no state file: {exc.strerror}"
+    try:
+        pid = int(s.vrrp_pid.read_text().split()[0])
+        alive = "keepalived runs" if os.path.exists(f"/proc/{pid}") else f"keepalived pid {pid} is gone"
+    except (OSError, ValueError, IndexError):
+        alive = "no keepalived pid file"
+    return f"state file says {state}, {alive}"
 
 
 class _Heart(threading.Thread):
@@ -281,6 +332,8 @@ class ClusterNode:
         self._standby_since = time.monotonic()
         #: (pid, pidfd) of the lease holder's process while standing by; no fd without pidfds.
         self._watched: tuple[int, int | None] | None = None
+        #: Set when the active stopped because its host left VRRP MASTER: release the lease after.
+        self._left_vip = False
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node_id} {self.role.value} epoch {self.epoch}>"
@@ -354,6 +407,7 @@ class ClusterNode:
                 holder_process=self._holder_process(lease),
                 udp_quiet=self._udp_quiet(lease),
                 standby_for=time.monotonic() - self._standby_since,
+                vrrp_master=self._vrrp_master(),
             )
             decision = decide_standby(view, rules)
             if isinstance(decision, ReadStoreBeat):
@@ -402,6 +456,12 @@ class ClusterNode:
                 case Stonith():  # still running after SIGKILL and its wait: look again
                     pass
             await self._nap(look_again_in, lease)
+
+    def _vrrp_master(self) -> bool | None:
+        s = self.settings
+        if s.vrrp_state is None or s.vrrp_pid is None:
+            return None
+        return vrrp_master(s.vrrp_state, s.vrrp_pid)
 
     def _holder_process(self, lease: Lease) -> HolderProcess:
         """With STONITH (pids are this machine's): is the holder's process running?"""
@@ -461,6 +521,7 @@ class ClusterNode:
             )
         )
         self.node = node
+        self._left_vip = False
         async with trio.open_nursery() as nursery:
             # Renew from the start: binding the VIP may wait for a zombie to let go of it.
             nursery.start_soon(self._keep_lease, node, nursery.cancel_scope)
@@ -472,6 +533,15 @@ class ClusterNode:
             nursery.cancel_scope.cancel()
         self.node = None
         self.became_active = trio.Event()
+        if self._left_vip:
+            # Stopped serving first; now the lease, so the new MASTER takes it without waiting for expiry.
+            assert self.cluster is not None
+            try:
+                released = await self._db(self.cluster.release, self.node_id, epoch)
+            except StoreLocked as exc:
+                self._note_locked(exc)
+                released = False
+            log.warning("node %s %s the lease (epoch %d)", self.node_id, "released" if released else "lost", epoch)
 
     async def _keep_lease(self, node: Node, scope: trio.CancelScope) -> None:
         """Watch what the heart thread learns while renewing: a lost lease, a switchover."""
@@ -479,20 +549,44 @@ class ClusterNode:
         assert self.cluster is not None
         heart = self.heart
         heart.switchover_to = None
+        rules = FailoverRules(
+            node_id=self.node_id,
+            stonith=s.stonith,
+            failback=s.failback,
+            beat_interval=s.beat_interval,
+            dead_after=s.dead_after,
+            failback_after=s.failback_after,
+        )
         while True:
             await trio.sleep(s.beat_interval)
-            if heart.lost_epoch == self.epoch and self._step_down(node):
-                return
-            hand_to = heart.requested_switchover()
-            if hand_to is None or hand_to == self.node_id:
-                continue
-            log.warning("node %s hands the VIP to %s (switchover)", self.node_id, hand_to)
-            node.stop()  # drain, acknowledge, BYE(SHUTTING_DOWN): docs/protocol.md 10
-            with trio.move_on_after(node.settings.drain_timeout + 1):
-                await node.stopped.wait()
-            await self._db(self.cluster.release, self.node_id, self.epoch, hand_to=hand_to)
-            scope.cancel()
-            return
+            view = ActiveView(
+                lease_lost=heart.lost_epoch == self.epoch,
+                switchover_to=heart.requested_switchover(),
+                vrrp_master=self._vrrp_master(),
+            )
+            match decide_active(view, rules):
+                case StepDown():
+                    if self._step_down(node):
+                        return
+                case LeaveVip():
+                    log.warning(
+                        "node %s: its host is no longer VRRP MASTER (%s): stops serving at once",
+                        self.node_id,
+                        _vrrp_words(s),
+                    )
+                    self._left_vip = True
+                    scope.cancel()  # the sessions go with the VIP; no BYE to panels we cannot reach
+                    return
+                case HandOver(to=hand_to):
+                    log.warning("node %s hands the VIP to %s (switchover)", self.node_id, hand_to)
+                    node.stop()  # drain, acknowledge, BYE(SHUTTING_DOWN): docs/protocol.md 10
+                    with trio.move_on_after(node.settings.drain_timeout + 1):
+                        await node.stopped.wait()
+                    await self._db(self.cluster.release, self.node_id, self.epoch, hand_to=hand_to)
+                    scope.cancel()
+                    return
+                case KeepServing():
+                    pass
 
     def _step_down(self, node: Node) -> bool:
         """The lease was lost (another node holds a newer epoch): stop serving."""

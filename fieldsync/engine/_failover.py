@@ -11,6 +11,14 @@ Two rings, like a cluster's network and disk heartbeats: the holder is silent on
 its UDP beats AND its heartbeat row in the shared store have both been quiet for
 ``dead_after``. A lost heartbeat link alone (a partition between the nodes) must not
 shoot a live, writing node.
+
+With VRRP (keepalived moves the VIP between real hosts), a third observation gates both
+roles: a node serves only while its host is MASTER, meaning keepalived's state file says
+MASTER *and* keepalived runs (a SIGKILLed keepalived leaves MASTER in its file and the VIP
+on the interface: a duplicate address the node must not serve on). A standby that is not
+MASTER takes nothing, whatever the lease says; an active that stops being MASTER stops
+serving and gives the lease up at once, so the new MASTER takes it without waiting for
+silence or expiry. ``vrrp_master=None`` is a site without VRRP: the rule is absent.
 """
 
 from __future__ import annotations
@@ -22,16 +30,23 @@ from typing import TypeAlias
 from storage import Lease
 
 __all__ = [
+    "ActiveDecision",
+    "ActiveView",
     "FailoverRules",
+    "HandOver",
     "HolderProcess",
+    "KeepServing",
+    "LeaveVip",
     "ReadStoreBeat",
     "RequestFailback",
     "StandbyDecision",
     "StandbyView",
+    "StepDown",
     "Stonith",
     "Take",
     "Wait",
     "beats_allowed",
+    "decide_active",
     "decide_standby",
 ]
 
@@ -72,6 +87,8 @@ class StandbyView:
     store_read: bool = False
     #: Seconds this node has been a healthy standby (failback waits for ``failback_after``).
     standby_for: float = 0.0
+    #: This host is VRRP MASTER (state file and a live keepalived); None: the site has no VRRP.
+    vrrp_master: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +128,8 @@ StandbyDecision: TypeAlias = Wait | ReadStoreBeat | Stonith | Take | RequestFail
 def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
     """What a standby does next, from what it observed."""
     lease, beat = view.lease, rules.beat_interval
+    if view.vrrp_master is False:  # the VIP is on the other host (or nowhere): nothing to serve on
+        return Wait(look_again_in=beat)
     free = lease.holder in (None, rules.node_id) or not lease.held_at(view.now_us)
     if lease.switchover_to == rules.node_id:
         return Take(force=False) if free else Wait(look_again_in=beat)  # the holder hands over by releasing
@@ -134,6 +153,54 @@ def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
     if rules.failback and lease.switchover_to is None and view.standby_for >= rules.failback_after:
         return RequestFailback(look_again_in=look_again_in)
     return Wait(look_again_in=look_again_in)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ActiveView:
+    """What an active node has observed since its last look (its heart thread renews the lease)."""
+
+    #: A renewal found the lease under another epoch: someone else holds it now.
+    lease_lost: bool
+    #: A switchover request in the lease row (None: none).
+    switchover_to: str | None
+    #: This host is VRRP MASTER; None: the site has no VRRP.
+    vrrp_master: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class KeepServing:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StepDown:
+    """The lease is another's (a newer epoch): stop; there is nothing to release."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LeaveVip:
+    """The host is no longer MASTER: stop serving at once (no drain: the VIP has gone), release the lease."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HandOver:
+    """A switchover: drain, say BYE, release the lease reserved for ``to``."""
+
+    to: str
+
+
+ActiveDecision: TypeAlias = KeepServing | StepDown | LeaveVip | HandOver
+
+
+def decide_active(view: ActiveView, rules: FailoverRules) -> ActiveDecision:
+    """What an active does next: a lost lease first (fenced), then a lost MASTER, then a switchover."""
+    if view.lease_lost:
+        return StepDown()
+    if view.vrrp_master is False:
+        return LeaveVip()
+    if view.switchover_to is not None and view.switchover_to != rules.node_id:
+        return HandOver(to=view.switchover_to)
+    return KeepServing()
 
 
 def beats_allowed(now: float, loop_tick: float, loop_stall: float) -> bool:

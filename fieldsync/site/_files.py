@@ -103,6 +103,17 @@ class _NodeTable(TomlTable):
     address: StrictStr = "127.0.0.1"
     #: Where the other nodes send this node's heartbeats (a fault proxy); default: ``address``.
     heartbeat_via: StrictStr | None = None
+    #: VRRP (issue 17): keepalived's notify script's state file and its VRRP process's pid
+    #: file, both or neither; relative to the site file's directory.
+    vrrp_state: Path | None = None
+    vrrp_pid: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_vrrp_files_or_neither(self) -> _NodeTable:
+        if (self.vrrp_state is None) != (self.vrrp_pid is None):
+            given, missing = ("vrrp_state", "vrrp_pid") if self.vrrp_pid is None else ("vrrp_pid", "vrrp_state")
+            raise refuse(f"{given} needs {missing} too (keepalived's state file and its pid file)", given)
+        return self
 
 
 @toml_table
@@ -257,6 +268,8 @@ class Site(_SiteTable):
             heartbeat_ms=self.heartbeat_ms,
             stonith=stonith,
             failback=failback,
+            vrrp_state=spec.vrrp_state,
+            vrrp_pid=spec.vrrp_pid,
             lease=lease,
             dead_after=dead_after,
             beat_interval=min(0.1, dead_after / 3),
@@ -371,7 +384,16 @@ def parse_site(text: str, path: Path) -> Site:
     fleet = file.fleet
     if fleet.flash_dir is not None:
         fleet = dataclasses.replace(fleet, flash_dir=base / fleet.flash_dir)
-    nodes = tuple(NodeSpec(name=n, address=t.address, heartbeat_via=t.heartbeat_via) for n, t in file.nodes.items())
+    nodes = tuple(
+        NodeSpec(
+            name=n,
+            address=t.address,
+            heartbeat_via=t.heartbeat_via,
+            vrrp_state=None if t.vrrp_state is None else base / t.vrrp_state,
+            vrrp_pid=None if t.vrrp_pid is None else base / t.vrrp_pid,
+        )
+        for n, t in file.nodes.items()
+    )
     return Site(
         **{**table, "db": base / file.site.db, "pki": base / file.site.pki},
         path=path,

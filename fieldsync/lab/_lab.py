@@ -1,0 +1,637 @@
+"""A pair of real hosts in network namespaces, the VIP moved by keepalived (VRRPv3).
+
+The trade-off first: namespaces give each host its own addresses, ARP and TCP stack, so a
+host that loses power is silent (no kernel answers with an RST) and the VIP moves on the
+wire; but the hosts still share one kernel, one filesystem (the shared SQLite store stands
+in for a shared disk) and one pid space (STONITH's SIGKILL reaches the other host's node,
+the lab's stand-in for power fencing).
+
+Topology (``docs/architecture.md`` draws it)::
+
+    fsl-N-sw:     br0, with ports A, B, panels (veth peers); nothing in the root namespace
+    fsl-N-A:      eth0 198.18.0.11/16 (+ the VIP while MASTER), keepalived, fieldsync node A
+    fsl-N-B:      eth0 198.18.0.12/16 (+ the VIP while MASTER), keepalived, fieldsync node B
+    fsl-N-panels: eth0 198.18.0.200/16 and one 198.18.x.y/16 per panel (host-initiated ones listen there)
+
+Everything the lab makes is recorded in ``DIR/lab.json`` as it is made, and every namespace
+carries a mark (its loopback's alias names the lab's directory), so a later ``up`` of the
+same name removes what a crashed one left, and never a namespace that is not a lab's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from storage import ClusterStore, Lease
+
+from ..engine import node_command
+from ..site import issue_pair_pki, load_site, seed_config
+from ._system import (
+    LabError,
+    Recognised,
+    find_keepalived,
+    missing_prerequisites,
+    run,
+    signal_group,
+    spawn_detached,
+    stop_group,
+)
+
+__all__ = [
+    "HOSTS",
+    "NODE_HOSTS",
+    "HostStatus",
+    "Lab",
+    "LabSpec",
+    "LabStatus",
+    "VIP",
+    "describe",
+    "node_address",
+    "panel_lab_address",
+]
+
+NODE_HOSTS = ("A", "B")
+HOSTS = ("sw", *NODE_HOSTS, "panels")
+VIP = "198.18.0.100"
+_PREFIX = 16
+_NODE_ADDRESS = {"A": "198.18.0.11", "B": "198.18.0.12"}
+_PANEL_HOST_ADDRESS = "198.18.0.200"
+#: A is preferred at a cold start; with ``nopreempt`` a returning A does not take the VIP back.
+_PRIORITY = {"A": 110, "B": 100}
+_MARK = "fieldsync-lab "
+_NAME = re.compile(r"^[a-z0-9]{1,12}$")
+_PANELS_PER_OCTET = 250
+_MAX_PANELS = _PANELS_PER_OCTET * 200
+
+
+def node_address(host: str) -> str:
+    return _NODE_ADDRESS[host]
+
+
+def panel_lab_address(panel_id: int) -> str:
+    """Panel N's own address on the panel host: 198.18.1.1 for panel 1, 250 panels per third octet."""
+    if not 0 < panel_id <= _MAX_PANELS:
+        raise LabError(f"panel id {panel_id} has no lab address (1..{_MAX_PANELS})")
+    return f"198.18.{1 + (panel_id - 1) // _PANELS_PER_OCTET}.{1 + (panel_id - 1) % _PANELS_PER_OCTET}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LabSpec:
+    """What lab to build: its name (namespaces ``fsl-<name>-<host>``), its directory, the panels."""
+
+    name: str
+    directory: Path
+    panels: int = 4
+    #: VRRP advertisement interval, seconds (VRRPv3: centiseconds, 0.01 .. 40.95).
+    advert_int: float = 0.1
+    virtual_router_id: int = 51
+    port: int = 30002
+    mode: str = "mixed"
+    stonith: bool = True
+    #: The nodes follow VRRP (serve only while their host is MASTER); False is the negative control.
+    vrrp_gate: bool = True
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise LabError(f"lab name {self.name!r}: use 1-12 lower-case letters or digits")
+        if not 0 < self.panels <= _MAX_PANELS:
+            raise LabError(f"--panels {self.panels}: a lab has 1..{_MAX_PANELS} panels")
+        if not 0.01 <= self.advert_int <= 40.95 or abs(round(self.advert_int * 100) - self.advert_int * 100) > 1e-6:
+            raise LabError(f"--advert-int {self.advert_int}: VRRPv3 takes 0.01 .. 40.95 s in steps of 0.01")
+        if not 1 <= self.virtual_router_id <= 255:
+            raise LabError(f"virtual_router_id {self.virtual_router_id}: VRRP takes 1 .. 255")
+        if self.mode not in ("punch-out", "host-initiated", "mixed"):
+            raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
+
+    def namespace(self, host: str) -> str:
+        return f"fsl-{self.name}-{host}"
+
+    def file(self, kind: str, host: str, suffix: str) -> Path:
+        return self.directory / f"{kind}-{host}.{suffix}"
+
+    @property
+    def site_path(self) -> Path:
+        return self.directory / "site.toml"
+
+    @property
+    def record_path(self) -> Path:
+        return self.directory / "lab.json"
+
+    def vrrp_state(self, host: str) -> Path:
+        return self.file("vrrp", host, "state")
+
+    def vrrp_pid(self, host: str) -> Path:
+        """The pid file of keepalived's VRRP process (``-r``): the process that speaks VRRP."""
+        return self.file("keepalived", host, "vrrp.pid")
+
+    def recognised_on(self, kind: str, host: str) -> Recognised:
+        if kind == "keepalived":
+            return Recognised(program="keepalived", marker=str(self.file("keepalived", host, "conf")))
+        return Recognised(program="fieldsync", marker=str(self.site_path))
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["directory"] = str(self.directory)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in data.items() if k in fields}
+        kept["directory"] = Path(kept["directory"])
+        return cls(**kept)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HostStatus:
+    host: str
+    namespace: str
+    #: The notify script's last word: MASTER, BACKUP, FAULT, STOP; INIT before keepalived spoke.
+    vrrp_state: str
+    keepalived: bool
+    vip: bool
+    node: bool
+    powered_off: bool
+    #: The host's switch port is up.
+    link: bool
+
+    @property
+    def master(self) -> bool:
+        """MASTER means the state file says so AND keepalived runs (a killed one leaves MASTER behind).
+
+        A powered-off host is no MASTER whatever it last wrote: it cannot advertise.
+        """
+        return self.vrrp_state == "MASTER" and self.keepalived and not self.powered_off
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LabStatus:
+    hosts: tuple[HostStatus, ...]
+    lease: Lease | None
+    lease_left: float
+
+    @property
+    def holder(self) -> str | None:
+        return self.lease.holder if self.lease is not None and self.lease_left > 0 else None
+
+    @property
+    def epoch(self) -> int:
+        return self.lease.epoch if self.lease is not None else 0
+
+    def masters(self) -> list[str]:
+        return [h.host for h in self.hosts if h.master]
+
+    def serving(self) -> str | None:
+        """The one host that is MASTER, has the VIP and holds the lease, with its node running."""
+        for h in self.hosts:
+            if h.master and h.vip and h.node and self.holder == h.host and len(self.masters()) == 1:
+                return h.host
+        return None
+
+
+class Lab:
+    """Build, inspect, fault and remove one lab; every step recorded in ``lab.json`` as it is taken."""
+
+    def __init__(self, spec: LabSpec, *, keepalived: str | None = None) -> None:
+        self.spec = spec
+        self.keepalived = keepalived or find_keepalived()
+        self.namespaces: list[str] = []
+        #: (host, kind, pid, pgid) of every process the lab started; kind: keepalived or node.
+        self.processes: list[dict[str, Any]] = []
+        self.powered_off: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.spec.name} in {self.spec.directory}: {len(self.namespaces)} namespaces>"
+
+    # -- the record ----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: Path) -> Lab:
+        """The lab recorded in ``directory/lab.json``."""
+        path = directory / "lab.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"{directory}: no lab here (no lab.json; `fieldsync lab up` makes one)") from None
+        except ValueError as exc:
+            raise LabError(f"{path}: not a lab record: {exc}") from None
+        lab = cls(LabSpec.from_json(data["spec"]))
+        lab.namespaces = list(data.get("namespaces", []))
+        lab.processes = list(data.get("processes", []))
+        lab.powered_off = set(data.get("powered_off", []))
+        return lab
+
+    def _save(self) -> None:
+        record = {
+            "spec": self.spec.to_json(),
+            "namespaces": self.namespaces,
+            "processes": self.processes,
+            "powered_off": sorted(self.powered_off),
+        }
+        tmp = self.spec.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(self.spec.record_path)
+
+    # -- up ------------------------------------------------------------------------------
+
+    def up(self, *, timeout: float = 30.0) -> LabStatus:
+        """Build the lab, start keepalived and a node on each node host, wait until one serves.
+
+        Whatever a crashed lab of this name left is removed first. On any failure (or
+        Ctrl-C) everything made so far is removed again.
+
+        Raises:
+            LabError: the machine cannot build it (one line naming why), or no host served in time.
+        """
+        spec = self.spec
+        why = missing_prerequisites(self.keepalived)
+        if why is not None:
+            raise LabError(why)
+        self._remove_leftovers()
+        self._check_addresses_free()
+        spec.directory.mkdir(parents=True, exist_ok=True)
+        spec.directory.chmod(0o755)  # keepalived runs only scripts no other user can change
+        try:
+            self._save()
+            self._build_network()
+            self._write_site()
+            for host in NODE_HOSTS:
+                self._write_keepalived(host)
+            for host in NODE_HOSTS:
+                self._start(host, "keepalived")
+            for host in NODE_HOSTS:
+                self._start(host, "node")
+            if not spec.vrrp_gate:  # the nodes ignore VRRP: the lease and the VIP may part from the start
+                return self.wait_started(timeout=timeout)
+            return self.wait_serving(timeout=timeout, nodes_must_run=True)
+        except BaseException:
+            with contextlib.suppress(LabError):
+                self.down()
+            raise
+
+    def _remove_leftovers(self) -> None:
+        """Refuse names that are not a lab's; remove what earlier labs of this name left."""
+        existing = _namespaces()
+        dirs = {self.spec.directory.resolve()}
+        recorded: set[str] = set()  # made by a lab here that died before it could mark them
+        with contextlib.suppress(LabError):
+            recorded = set(Lab.load(self.spec.directory).namespaces)
+        for host in HOSTS:
+            ns = self.spec.namespace(host)
+            if ns not in existing:
+                continue
+            mark = _mark(ns)
+            if mark is None and ns in recorded:
+                continue
+            if mark is None:
+                raise LabError(
+                    f"network namespace {ns} exists and is not a fieldsync lab's; "
+                    f"remove it (ip netns del {ns}) or choose another --name"
+                )
+            dirs.add(Path(mark))
+        for directory in sorted(dirs):
+            with contextlib.suppress(LabError):
+                old = Lab.load(directory)
+                if old.spec.name == self.spec.name:
+                    old._stop_processes()
+        for host in HOSTS:
+            ns = self.spec.namespace(host)
+            if ns in existing:
+                run(["ip", "netns", "del", ns])
+        with contextlib.suppress(FileNotFoundError):
+            self.spec.record_path.unlink()
+
+    def _check_addresses_free(self) -> None:
+        """The lab's addresses must not be taken in the root namespace: someone else would answer there."""
+        ours = {_NODE_ADDRESS["A"], _NODE_ADDRESS["B"], VIP, _PANEL_HOST_ADDRESS}
+        ours |= {panel_lab_address(p) for p in range(1, self.spec.panels + 1)}
+        for link in json.loads(run(["ip", "-j", "-4", "addr", "show"]) or "[]"):
+            for addr in link.get("addr_info", []):
+                if addr.get("local") in ours:
+                    raise LabError(
+                        f"address {addr['local']} is in use on {link.get('ifname')} in the root namespace; "
+                        "the lab needs 198.18.0.0/16 to itself"
+                    )
+
+    def _build_network(self) -> None:
+        spec = self.spec
+        sw = spec.namespace("sw")
+        for host in HOSTS:
+            ns = spec.namespace(host)
+            self.namespaces.append(ns)  # recorded before it exists: an interrupted add is still ours
+            self._save()
+            run(["ip", "netns", "add", ns])
+            run(["ip", "-n", ns, "link", "set", "lo", "alias", _MARK + str(spec.directory.resolve())])
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", sw, "link", "set", "br0", "up"])
+        addresses = {**_NODE_ADDRESS, "panels": _PANEL_HOST_ADDRESS}
+        for host, address in addresses.items():
+            ns = spec.namespace(host)
+            # Made in place: the veth's ends are born in the host's and the switch's namespaces.
+            run(["ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", host, "netns", sw])
+            run(["ip", "-n", sw, "link", "set", host, "master", "br0", "up"])
+            run(["ip", "-n", ns, "addr", "add", f"{address}/{_PREFIX}", "dev", "eth0"])
+            run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        batch = "".join(f"addr add {panel_lab_address(p)}/{_PREFIX} dev eth0\n" for p in range(1, spec.panels + 1))
+        run(["ip", "-n", spec.namespace("panels"), "-batch", "-"], stdin=batch, timeout=30)
+        for host in NODE_HOSTS:
+            # A node binds VIP:port while its host is not (yet) MASTER: keepalived adds the address.
+            run(["ip", "netns", "exec", spec.namespace(host), "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])
+
+    def _write_site(self) -> None:
+        spec = self.spec
+        nodes = []
+        for host in NODE_HOSTS:
+            vrrp = (
+                f'vrrp_state = "{spec.vrrp_state(host).name}"\nvrrp_pid = "{spec.vrrp_pid(host).name}"\n'
+                if spec.vrrp_gate
+                else ""
+            )
+            nodes.append(f'[nodes.{host}]\naddress = "{_NODE_ADDRESS[host]}"\n{vrrp}')
+        panels = "".join(
+            f'[[panels]]\nid = {p}\naddress = "{panel_lab_address(p)}"\n\n' for p in range(1, spec.panels + 1)
+        )
+        spec.site_path.write_text(
+            f"# Written by `fieldsync lab up` for lab {spec.name}: nodes on {spec.namespace('A')} and "
+            f"{spec.namespace('B')}, panels on {spec.namespace('panels')}.\n"
+            f'[site]\nname = "lab {spec.name}"\ndb = "site.db"\npki = "pki"\nvip = "{VIP}"\n'
+            f"port = {spec.port}\npanel_port = 3001\n\n"
+            + "\n".join(nodes)
+            + f'\n[fleet]\npanels = {spec.panels}\nmode = "{spec.mode}"\nbuffer = "2MiB"\nbatch = 512\n\n'
+            + panels
+        )
+        site = load_site(spec.site_path)
+        shutil.rmtree(site.pki, ignore_errors=True)  # a fresh CA for a fresh lab: EC keys cost little
+        issue_pair_pki(site, f"lab {spec.name}")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{site.db}{suffix}").unlink(missing_ok=True)
+        seed_config(site.db, doors=4, cardholders=100).close()
+        ClusterStore(site.db).close()
+
+    def _write_keepalived(self, host: str) -> None:
+        spec = self.spec
+        state, notify = spec.vrrp_state(host), spec.file("notify", host, "sh")
+        state.write_text("INIT\n")
+        notify.write_text(
+            "#!/bin/sh\n"
+            "# keepalived runs this on every VRRP transition; $3 is the new state (MASTER, BACKUP, FAULT, STOP).\n"
+            f"printf '%s\\n' \"$3\" > '{state}.tmp' && mv -f '{state}.tmp' '{state}'\n"
+        )
+        notify.chmod(0o755)
+        spec.file("keepalived", host, "conf").write_text(
+            "global_defs {\n"
+            f"    router_id fsl-{spec.name}-{host}\n"
+            "    vrrp_version 3\n"
+            "    enable_script_security\n"
+            "    script_user root\n"
+            "}\n"
+            "vrrp_instance VIP {\n"
+            "    state BACKUP\n"
+            "    nopreempt\n"
+            "    interface eth0\n"
+            f"    virtual_router_id {spec.virtual_router_id}\n"
+            f"    priority {_PRIORITY[host]}\n"
+            f"    advert_int {spec.advert_int:.2f}\n"
+            f"    virtual_ipaddress {{\n        {VIP}/{_PREFIX} dev eth0\n    }}\n"
+            f"    notify {notify}\n"
+            "}\n"
+        )
+
+    def _argv(self, host: str, kind: str) -> list[str]:
+        spec = self.spec
+        if kind == "keepalived":
+            assert self.keepalived is not None
+            return [
+                self.keepalived,
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--vrrp",
+                "-f",
+                str(spec.file("keepalived", host, "conf")),
+                "-p",
+                str(spec.file("keepalived", host, "pid")),
+                "-r",
+                str(spec.vrrp_pid(host)),
+            ]
+        extra = () if spec.stonith else ("--no-stonith",)
+        return node_command(host, str(spec.site_path), *extra)
+
+    def _start(self, host: str, kind: str) -> None:
+        spec = self.spec
+        if kind == "keepalived":
+            # Stale pid files keep keepalived from starting; ours are dead by now.
+            spec.file("keepalived", host, "pid").unlink(missing_ok=True)
+            spec.vrrp_pid(host).unlink(missing_ok=True)
+        pid = spawn_detached(
+            ["ip", "netns", "exec", spec.namespace(host), *self._argv(host, kind)],
+            log=spec.file(kind, host, "log"),
+            pid_file=spec.file(kind, host, "started"),
+        )
+        self.processes = [p for p in self.processes if (p["host"], p["kind"]) != (host, kind)]
+        self.processes.append({"host": host, "kind": kind, "pid": pid, "pgid": pid})
+        self._save()
+
+    def wait_serving(
+        self,
+        *,
+        timeout: float = 30.0,
+        other_than: str | None = None,
+        epoch_above: int = 0,
+        nodes_must_run: bool = False,
+    ) -> LabStatus:
+        """Wait until one host is MASTER, has the VIP and holds the lease (and its node runs).
+
+        ``nodes_must_run``: a node that exits meanwhile is an error (``up``: it could not start).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            host = status.serving()
+            if host is not None and host != other_than and status.epoch > epoch_above:
+                return status
+            for h in status.hosts:
+                if nodes_must_run and h.host in NODE_HOSTS and not h.node:
+                    raise LabError(f"node {h.host} exited; see {self.spec.file('node', h.host, 'log')}")
+            if time.monotonic() > deadline:
+                raise LabError(f"no host served within {timeout:g} s: {describe(status)}")
+            time.sleep(0.05)
+
+    def wait_started(self, *, timeout: float = 30.0) -> LabStatus:
+        """Wait until one host is MASTER and some node holds the lease, wherever the VIP is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if len(status.masters()) == 1 and status.holder is not None:
+                return status
+            if time.monotonic() > deadline:
+                raise LabError(f"the lab did not start within {timeout:g} s: {describe(status)}")
+            time.sleep(0.05)
+
+    # -- status --------------------------------------------------------------------------
+
+    def _alive(self, host: str, kind: str) -> bool:
+        recognised = self.spec.recognised_on(kind, host)
+        return any(recognised.matches(p["pid"]) for p in self.processes if (p["host"], p["kind"]) == (host, kind))
+
+    def status(self) -> LabStatus:
+        spec = self.spec
+        existing = _namespaces()
+        hosts = []
+        sw = spec.namespace("sw")
+        for host in (*NODE_HOSTS, "panels"):
+            ns = spec.namespace(host)
+            state = "-"
+            with contextlib.suppress(OSError):
+                state = spec.vrrp_state(host).read_text().strip() or "-"
+            vip = link = False
+            if ns in existing:
+                vip = any(
+                    a.get("local") == VIP
+                    for link_info in json.loads(run(["ip", "-j", "-n", ns, "-4", "addr", "show", "dev", "eth0"]))
+                    for a in link_info.get("addr_info", [])
+                )
+            if sw in existing:
+                port = json.loads(run(["ip", "-j", "-n", sw, "link", "show", "dev", host]))
+                link = bool(port) and "UP" in port[0].get("flags", [])
+            hosts.append(
+                HostStatus(
+                    host=host,
+                    namespace=ns,
+                    vrrp_state=state if host in NODE_HOSTS else "-",
+                    keepalived=host in NODE_HOSTS and self._alive(host, "keepalived"),
+                    vip=vip,
+                    node=host in NODE_HOSTS and self._alive(host, "node"),
+                    powered_off=host in self.powered_off,
+                    link=link,
+                )
+            )
+        lease, left = None, 0.0
+        db = spec.directory / "site.db"
+        if db.exists():
+            store = ClusterStore(db)
+            try:
+                lease = store.lease()
+            finally:
+                store.close()
+            left = max(0.0, (lease.lease_until_us - time.time_ns() // 1000) / 1e6)
+        return LabStatus(hosts=tuple(hosts), lease=lease, lease_left=left)
+
+    # -- faults --------------------------------------------------------------------------
+
+    def _groups(self, host: str) -> list[tuple[int, Recognised]]:
+        return [(p["pgid"], self.spec.recognised_on(p["kind"], host)) for p in self.processes if p["host"] == host]
+
+    def _node_host(self, host: str) -> None:
+        if host not in NODE_HOSTS:
+            raise LabError(f"host {host!r}: a node host is one of {', '.join(NODE_HOSTS)}")
+
+    def power_off(self, host: str) -> None:
+        """The host loses power: every process it runs freezes, then its switch port goes down.
+
+        In that order, so keepalived cannot see its carrier go and write FAULT: a host without
+        power says nothing. The panels see silence, not RSTs (the port is down).
+        """
+        self._node_host(host)
+        for pgid, recognised in self._groups(host):
+            signal_group(pgid, recognised, signal.SIGSTOP)
+        self._port(host, up=False)
+        self.powered_off.add(host)
+        self._save()
+
+    def power_on(self, host: str) -> None:
+        """The reverse of ``power_off``: its processes carry on where they froze, then its port comes up."""
+        self._node_host(host)
+        for pgid, recognised in self._groups(host):
+            signal_group(pgid, recognised, signal.SIGCONT)
+        self._port(host, up=True)
+        self.powered_off.discard(host)
+        self._save()
+
+    def nic(self, host: str, *, up: bool) -> None:
+        """The host's own NIC goes down or up (keepalived sees it and goes to FAULT)."""
+        if host not in (*NODE_HOSTS, "panels"):
+            raise LabError(f"host {host!r}: one of {', '.join((*NODE_HOSTS, 'panels'))}")
+        run(["ip", "-n", self.spec.namespace(host), "link", "set", "eth0", "up" if up else "down"])
+
+    def kill(self, host: str) -> list[int]:
+        """A crash: SIGKILL of the node's and keepalived's process groups (the VIP stays on eth0)."""
+        self._node_host(host)
+        killed = []
+        for pgid, recognised in self._groups(host):
+            killed += signal_group(pgid, recognised, signal.SIGKILL)
+        return killed
+
+    def start(self, host: str) -> list[str]:
+        """Start what of ``host`` is not running (after ``kill``, or a node shot by STONITH)."""
+        self._node_host(host)
+        started = []
+        for kind in ("keepalived", "node"):
+            if not self._alive(host, kind):
+                self._start(host, kind)
+                started.append(kind)
+        return started
+
+    def _port(self, host: str, *, up: bool) -> None:
+        run(["ip", "-n", self.spec.namespace("sw"), "link", "set", host, "up" if up else "down"])
+
+    # -- down ----------------------------------------------------------------------------
+
+    def _stop_processes(self) -> list[int]:
+        stopped = []
+        for proc in self.processes:
+            stopped += stop_group(proc["pgid"], self.spec.recognised_on(proc["kind"], proc["host"]))
+        self.processes = []
+        return stopped
+
+    def down(self) -> tuple[list[int], list[str]]:
+        """Stop every process the lab started (by recorded pid) and remove its namespaces."""
+        stopped = self._stop_processes()
+        removed = []
+        existing = _namespaces()
+        for host in HOSTS:
+            ns = self.spec.namespace(host)
+            if ns in existing and (ns in self.namespaces or _mark(ns) is not None):
+                run(["ip", "netns", "del", ns])
+                removed.append(ns)
+        self.namespaces = []
+        self.powered_off = set()
+        self.spec.record_path.unlink(missing_ok=True)
+        return stopped, removed
+
+
+def describe(status: LabStatus) -> str:
+    """One line: each node host's VRRP state and processes, and the lease."""
+    parts = []
+    for h in status.hosts:
+        if h.host in NODE_HOSTS:
+            parts.append(
+                f"{h.host} {h.vrrp_state}{'' if h.keepalived else ' (keepalived down)'}"
+                f"{' +VIP' if h.vip else ''}{'' if h.node else ' (no node)'}"
+            )
+    lease = f"lease {status.holder or 'free'} epoch {status.epoch}"
+    return "; ".join([*parts, lease])
+
+
+def _namespaces() -> set[str]:
+    out = run(["ip", "-j", "netns", "list"]).strip()
+    return {entry["name"] for entry in json.loads(out)} if out else set()
+
+
+def _mark(ns: str) -> str | None:
+    """The lab directory a namespace's mark names; None if it carries none (not a lab's)."""
+    try:
+        links = json.loads(run(["ip", "-j", "-n", ns, "link", "show", "lo"]))
+    except (LabError, ValueError):
+        return None
+    alias = str(links[0].get("ifalias", "")) if links else ""
+    return alias[len(_MARK) :] if alias.startswith(_MARK) else None
