@@ -145,18 +145,14 @@ def ensure_postgres() -> str | None:
         return None
     except PostgresMissing as exc:
         missing = str(exc)
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"PostgreSQL tests skipped: {missing}, and apt-get cannot install it (not root or no apt-get)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-    ):
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-        if done.returncode != 0:
-            return f"PostgreSQL tests skipped: {missing}; {' '.join(cmd)} failed: {done.stderr.strip()[-200:]}"
-    try:
-        find_pg_bindir()
-    except PostgresMissing as exc:
-        return f"PostgreSQL tests skipped: apt-get installed postgresql but {exc}"
-    return None
+    from .debian import install
+
+    def present() -> bool:
+        try:
+            find_pg_bindir()
+            return True
+        except PostgresMissing:
+            return False
+
+    problem = install("postgresql", present)
+    return None if problem is None else f"PostgreSQL tests skipped: {missing}; {problem}"
