@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -151,3 +152,68 @@ def test_after_promotion_the_new_primary_fences_the_old_one(pair, bounded) -> No
     assert took < 10
     old.close()
     new.close()
+
+
+def test_a_node_serves_on_postgresql_and_every_promise_holds(postgres_server, site_pki: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`fieldsync serve --db postgresql://...` as a user runs it (a real process, mutual TLS):
+    panels punch out, swipe, lose their session to a kill -9 of the node and come back to a
+    new one; the checker, reading the same database, finds every promise held."""
+    import signal
+    import subprocess
+    import sys
+
+    import psycopg
+    import trio
+
+    from emulator import Fleet, LinkMode, PanelSettings
+    from fieldsync.harness import check
+    from fieldsync.site import pki
+
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE served_node")
+    url = postgres_server.url("served_node")
+    port, vip = 31990, "127.0.0.100"
+    command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", url, "--listen", f"{vip}:{port}"]
+    command += ["--pki", str(site_pki)]
+
+    def start() -> subprocess.Popen[str]:
+        node = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert node.stdout is not None
+        line = node.stdout.readline()
+        assert "listening on" in line and "served_node" in line, line + (node.stderr.read() if node.stderr else "")
+        return node
+
+    settings = [
+        PanelSettings(
+            panel_id=pid, mode=LinkMode.PUNCH_OUT, server=(vip, port), tls=pki.tls_files(site_pki, "panel", pid)
+        )
+        for pid in (1, 2, 3)
+    ]
+    fleet = Fleet(settings, seed=3, journal=True)
+    nodes = [start()]
+    try:
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(fleet.run)
+                for round_ in range(2):
+                    for panel in fleet.panels.values():
+                        for i in range(300):
+                            panel.swipe(1000 + i, i % 4)
+                    with trio.fail_after(60):
+                        await fleet.wait_drained()
+                    if round_ == 0:
+                        nodes[0].send_signal(signal.SIGKILL)  # its acks were durable in PostgreSQL
+                        nodes[0].communicate()
+                        nodes.append(await trio.to_thread.run_sync(start))
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        report = check(url, list(fleet.panels.values()))
+        assert report.ok, report.promises()
+        assert report.store_epoch == 2 and report.totals()["stored"] >= 1800
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.terminate()
+                node.communicate(timeout=10)

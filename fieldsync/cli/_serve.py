@@ -11,7 +11,7 @@ import click
 import trio
 
 from ..site import SiteError, parse_address
-from ._common import friendly, run_trio, site_with
+from ._common import db_option, friendly, run_trio, site_with
 from ._defaults import SiteCommand, site_option
 
 __all__ = ["serve"]
@@ -20,7 +20,7 @@ __all__ = ["serve"]
 @click.command("serve", cls=SiteCommand)
 @site_option
 @click.option("--node-id", default="A", show_default=True)
-@click.option("--db", type=click.Path(path_type=Path, dir_okay=False), help="SQLite store [site: site.db].")
+@db_option
 @click.option("--listen", help="HOST:PORT panels punch out to [site: vip:port].")
 @click.option("--no-listen", is_flag=True, help="Accept no inbound sessions (dial only).")
 @click.option(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from protocol import EMPTY_DIGEST, ConfigDelta, ConfigSnapshot
-from storage import ConfigChange, ConfigStore
+from storage import ConfigChange, ConfigStoreInterface, open_config_store
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -32,7 +32,7 @@ class _ConfigFeed:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.store: ConfigStore | None = None
+        self.store: ConfigStoreInterface | None = None
         self._limiter = trio.CapacityLimiter(1)
         self.version = 0
         self.digest = EMPTY_DIGEST
@@ -45,8 +45,8 @@ class _ConfigFeed:
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    async def open(self, path: Path) -> None:
-        self.store = await self.run_sync(ConfigStore, path)
+    async def open(self, path: Path | str) -> None:
+        self.store = await self.run_sync(open_config_store, path)
 
     async def load(self) -> None:
         assert self.store is not None

@@ -30,7 +30,7 @@ import trio
 
 from protocol import ErrorCode, Hello, RemoteProtocolError
 from protocol.streams import Link, SerialLine, TlsFiles
-from storage import EventStore, StoreError
+from storage import EventStore, EventStoreInterface, StoreError, is_database_url, open_event_store
 
 from ._config_push import _ConfigFeed
 from ._ingest import _Ingest
@@ -50,7 +50,8 @@ T = TypeVar("T")
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSettings:
     node_id: str = "A"
-    db: Path = Path("fieldsync.db")
+    #: A SQLite file, or a ``postgresql://`` URL (the PostgreSQL engine).
+    db: Path | str = Path("fieldsync.db")
     #: Where panels punch out to (the VIP); None to accept no inbound sessions.
     listen: tuple[str, int] | None = ("127.0.0.100", 30002)
     #: Host-initiated panels this node dials: (panel id, address, port).
@@ -121,7 +122,7 @@ class Node:
         self.settings = settings
         self.node_id = settings.node_id
         self.now_us: Callable[[], int] = now_us or (lambda: time.time_ns() // 1000)
-        self.store: EventStore | None = None
+        self.store: EventStoreInterface | None = None
         self._store_limiter = trio.CapacityLimiter(1)
         self.epoch = 0
         self.ingest = _Ingest(self)
@@ -159,7 +160,9 @@ class Node:
             LinkError: the listen address cannot be bound (in use, not local).
         """
         s = self.settings
-        self.store = await self.db(self.store_class, s.db)
+        # A URL opens the PostgreSQL engine; the harness's broken stores subclass SQLite's.
+        opener = open_event_store if is_database_url(s.db) else self.store_class
+        self.store = await self.db(opener, s.db)
         await self.config.open(s.db)
         try:
             self.epoch = s.epoch if s.epoch is not None else await self.db(self.store.advance_epoch)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from emulator import Panel
 from protocol import EventKind
-from storage import ConfigStore, EventStore
+from storage import EventStoreInterface, open_config_store, open_event_store
 
 from ._rogue import ROGUE_CARD, RogueOutcome
 
@@ -174,8 +174,8 @@ class Report:
 
 def check(db: Path | str, panels: Iterable[Panel], *, rogues: Iterable[RogueOutcome] = (), crashes: int = 0) -> Report:
     """The verdict on a still world: the panels must not run while this reads them."""
-    store = EventStore(db)
-    config = ConfigStore(db)
+    store = open_event_store(db)  # a SQLite file or a postgresql:// URL
+    config = open_config_store(db)
     try:
         with store.snapshot():  # one instant of the store, however busy its writers
             verdicts = tuple(_panel(store, panel) for panel in panels)
@@ -197,7 +197,7 @@ def check(db: Path | str, panels: Iterable[Panel], *, rogues: Iterable[RogueOutc
         config.close()
 
 
-def _panel(store: EventStore, panel: Panel) -> PanelVerdict:
+def _panel(store: EventStoreInterface, panel: Panel) -> PanelVerdict:
     if panel.journal is None:
         raise ValueError(f"panel {panel.panel_id} keeps no journal; build it with journal=True")
     stats = panel.statistics()
