@@ -18,6 +18,6 @@ def test_the_demo_tells_its_story_and_every_promise_holds(tmp_path: Path, capsys
     assert held, out
     for step in ("kill -9", "holds the VIP with epoch 2", "every panel reconnected", "switchover", "Promise report"):
         assert step in out, (step, out)
-    assert len(re.findall(r"\bheld\b", out)) == 5 and "BROKEN" not in out
+    assert len(re.findall(r"\bheld\b", out)) == 7 and "BROKEN" not in out  # P1-P7
     assert re.search(r"takeover seen \d+\.\d+ s after the kill", out), out
     assert (tmp_path / "demo" / "site.db").exists()

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, TypeVar
 import trio
 
 from protocol.streams import LinkError, TlsFiles
-from storage import ClusterStore, Lease, NodeBeat, StoreLocked
+from storage import ClusterStore, Lease, NodeBeat, StoreError, StoreLocked
 
 from ._failover import (
     ActiveView,
@@ -213,6 +213,7 @@ class _Heart(threading.Thread):
         self.lost_epoch = 0
         self.switchover_to: str | None = None
         self.locked = 0
+        self.store_errors = 0
 
     def requested_switchover(self) -> str | None:
         return self.switchover_to
@@ -240,6 +241,17 @@ class _Heart(threading.Thread):
                     store.beat(owner._beat())
                 except StoreLocked:
                     self.locked += 1
+                except StoreError as exc:
+                    # A full disk, a store gone: this beat and renewal failed; the thread lives on
+                    # and tries again (dying here would stop the beats of a node that still serves).
+                    self.store_errors += 1
+                    if self.store_errors in (1, 10) or self.store_errors % 100 == 0:
+                        log.error(
+                            "node %s: cannot beat or renew the lease (%d times): %s",
+                            owner.node_id,
+                            self.store_errors,
+                            exc,
+                        )
                 if self.stop.wait(s.beat_interval):
                     return
         finally:
@@ -328,6 +340,7 @@ class ClusterNode:
         self.fenced_count = 0
         self.stonith_kills = 0
         self.lock_waits = 0
+        self.store_errors = 0
         self.became_active = trio.Event()
         self._standby_since = time.monotonic()
         #: (pid, pidfd) of the lease holder's process while standing by; no fd without pidfds.
@@ -441,8 +454,8 @@ class ClusterNode:
                             lease_us=lease_us,
                             force=force,
                         )
-                    except StoreLocked as exc:
-                        self._note_locked(exc)
+                    except StoreError as exc:  # locked by a sleeper, or full: look again later
+                        self._note_store_error(exc)
                         epoch = None
                     if epoch is not None:
                         self._unwatch()
@@ -450,7 +463,10 @@ class ClusterNode:
                 case RequestFailback(look_again_in=look_again_in):
                     # Back and in sync (shared store: always) for long enough: ask for the VIP back.
                     log.warning("node %s asks for failback", self.node_id)
-                    await self._db(self.cluster.request_switchover, self.node_id)
+                    try:
+                        await self._db(self.cluster.request_switchover, self.node_id)
+                    except StoreError as exc:
+                        self._note_store_error(exc)
                 case Wait(look_again_in=look_again_in):
                     pass
                 case Stonith():  # still running after SIGKILL and its wait: look again
@@ -538,8 +554,8 @@ class ClusterNode:
             assert self.cluster is not None
             try:
                 released = await self._db(self.cluster.release, self.node_id, epoch)
-            except StoreLocked as exc:
-                self._note_locked(exc)
+            except StoreError as exc:
+                self._note_store_error(exc)
                 released = False
             log.warning("node %s %s the lease (epoch %d)", self.node_id, "released" if released else "lost", epoch)
 
@@ -593,6 +609,14 @@ class ClusterNode:
         log.warning("node %s lost the lease (epoch %d): stepping down", self.node_id, self.epoch)
         node.fenced.set()
         return True
+
+    def _note_store_error(self, exc: StoreError) -> None:
+        if isinstance(exc, StoreLocked):
+            self._note_locked(exc)
+            return
+        self.store_errors += 1
+        if self.store_errors in (1, 10) or self.store_errors % 100 == 0:
+            log.error("node %s: the store refused a cluster write (%d times): %s", self.node_id, self.store_errors, exc)
 
     def _note_locked(self, exc: StoreLocked) -> None:
         self.lock_waits += 1
