@@ -70,7 +70,7 @@ def cluster_status(site_path: Path | None, as_json: bool, watch: bool, every: fl
     from storage import ClusterStore
 
     site = load_site(site_path)
-    store = ClusterStore(site.db)
+    store = ClusterStore(site.db_file)
 
     def render() -> str:
         lease, nodes = store.lease(), store.nodes()
@@ -114,7 +114,7 @@ def cluster_switchover(site_path: Path | None, to_node: str) -> None:
     site = load_site(site_path)
     if to_node not in {n.name for n in site.nodes}:
         raise SiteError(f"node {to_node!r} is not in the site")
-    lease = ClusterStore(site.db).request_switchover(to_node)
+    lease = ClusterStore(site.db_file).request_switchover(to_node)
     click.echo(f"switchover to {to_node} requested (holder {lease.holder}, epoch {lease.epoch})")
 
 

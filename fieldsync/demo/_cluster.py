@@ -85,7 +85,7 @@ async def _story(
     site = load_site(site_path)
     say(f"making a site CA and certificates for 2 nodes and {panels} panels in {workdir}")
     issue_pair_pki(site, "fieldsync demo")
-    config = seed_config(site.db, doors=4, cardholders=50)
+    config = seed_config(site.db_file, doors=4, cardholders=50)
     children = [
         Supervised(name=n, command=node_command(n, str(site_path)), restart=True, restart_delay=1.0) for n in ("A", "B")
     ]
@@ -96,7 +96,7 @@ async def _story(
 
     async def watch() -> None:
         while True:
-            state.lease = lease = await trio.to_thread.run_sync(_lease, site.db)
+            state.lease = lease = await trio.to_thread.run_sync(_lease, site.db_file)
             epoch_seen_at.setdefault(lease.epoch, trio.current_time())
             await trio.sleep(0.05)  # the takeover figure is read to within this
 
@@ -165,7 +165,7 @@ async def _story(
         await trio.sleep(3)
         state.phase = f"switchover back to {first}"
         say(f"switchover: the VIP goes back to {first}")
-        await trio.to_thread.run_sync(lambda: ClusterStore(site.db).request_switchover(first or "A"))
+        await trio.to_thread.run_sync(lambda: ClusterStore(site.db_file).request_switchover(first or "A"))
         await wait_for(lambda: holder() == first, 15, f"node {first} holds the VIP again")
         await wait_for(lambda: fleet.statistics().connected == len(fleet), 30, "every panel back online")
         state.phase = "draining"
@@ -173,7 +173,7 @@ async def _story(
         with trio.fail_after(30):
             await fleet.wait_drained()
         state.phase = "checking the promises"
-        report = await trio.to_thread.run_sync(check, site.db, list(fleet.panels.values()))
+        report = await trio.to_thread.run_sync(check, site.db_file, list(fleet.panels.values()))
         nursery.cancel_scope.cancel()
     return report, fleet, figures
 

@@ -69,7 +69,7 @@ class ProcessCluster:
 
     def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
         scenario = run.scenario
-        self.db = run.site.db
+        self.db = run.site.db_file
         extra = list(run.node_args)
         if not scenario.cluster.stonith:
             extra.append("--no-stonith")
@@ -225,7 +225,7 @@ class InProcessCluster:
         self.run = run
         self.settings = NodeSettings(
             node_id="A",
-            db=site.db,
+            db=site.db_file,
             listen=(site.vip, site.port),
             dial=site.dials(),
             tls=site.tls_for("node", "A"),

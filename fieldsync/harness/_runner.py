@@ -208,7 +208,7 @@ class ScenarioRun:
         site = parse_site(text, site_path)
         if s.tls:
             issue_pair_pki(site, self.scenario.name[:60] or "scenario")
-        config = seed_config(site.db, doors=s.doors, cardholders=s.cardholders)
+        config = seed_config(site.db_file, doors=s.doors, cardholders=s.cardholders)
         settings = [site.panel_settings(pid) for pid in site.panel_ids()]
         return site_path, site, settings, config
 
@@ -385,9 +385,8 @@ class ScenarioRun:
                 await fleet_done.wait()
                 panels = list(self.fleet.panels.values())
                 generated = [len(p.journal or ()) for p in panels]
-                self.report = await trio.to_thread.run_sync(
-                    functools.partial(check, rogues=self.rogues, crashes=self.cluster.crashes()), self.site.db, panels
-                )
+                verdict = functools.partial(check, rogues=self.rogues, crashes=self.cluster.crashes())
+                self.report = await trio.to_thread.run_sync(verdict, self.site.db_file, panels)
                 if [v.generated for v in self.report.panels] != generated:
                     raise ScenarioError(f"{scenario.name}: a panel generated events while the checker read it")
                 nursery.cancel_scope.cancel()

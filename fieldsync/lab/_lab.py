@@ -373,9 +373,9 @@ class Lab:
         shutil.rmtree(site.pki, ignore_errors=True)  # a fresh CA for a fresh lab: EC keys cost little
         issue_pair_pki(site, f"lab {spec.name}")
         for suffix in ("", "-wal", "-shm"):
-            Path(f"{site.db}{suffix}").unlink(missing_ok=True)
-        seed_config(site.db, doors=4, cardholders=100).close()
-        ClusterStore(site.db).close()
+            Path(f"{site.db_file}{suffix}").unlink(missing_ok=True)
+        seed_config(site.db_file, doors=4, cardholders=100).close()
+        ClusterStore(site.db_file).close()
 
     def _write_keepalived(self, host: str) -> None:
         spec = self.spec

@@ -26,7 +26,7 @@ from pydantic import (
 import protocol as p
 from emulator import LinkMode, PanelSettings, panel_address
 from protocol.streams import SerialLine, TlsFiles, check_plaintext_allowed, check_plaintext_serial
-from storage import ConfigStore, OverflowPolicy
+from storage import ConfigStore, OverflowPolicy, is_database_url
 
 from ..engine import ClusterSettings
 from . import pki
@@ -89,6 +89,15 @@ def _size(value: Any) -> Any:
         return parse_size(value) if isinstance(value, str | int) and not isinstance(value, bool) else value
     except SiteError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _resolved(base: Path, db: Path | str) -> Path | str:
+    return db if isinstance(db, str) else base / db
+
+
+def _store_target(value: Any) -> Any:
+    # A URL stays text (a Path would fold its "//"); anything else is a path.
+    return value if is_database_url(value) else Path(value) if isinstance(value, str) else value
 
 
 #: A size in bytes: ``65536``, ``"64KiB"``, ``"32MiB"``.
@@ -190,7 +199,8 @@ class _SiteTable(TomlTable):
     """``[site]``. Paths are relative to the site file's directory."""
 
     name: StrictStr = "fieldsync site"
-    db: Path = Path("fieldsync.db")
+    #: A SQLite file (relative to the site file's directory) or a ``postgresql://`` URL.
+    db: Annotated[Path | str, BeforeValidator(_store_target)] = Path("fieldsync.db")
     pki: Path = Path("pki")
     insecure: StrictBool = False
     vip: StrictStr = "127.0.0.100"
@@ -244,6 +254,20 @@ class Site(_SiteTable):
                 out.append((pid, ps.listen[0], ps.listen[1]))
         return tuple(out)
 
+    @property
+    def db_file(self) -> Path:
+        """The store as a SQLite file, for what runs only on one (the pair's shared store).
+
+        Raises:
+            SiteError: the site's store is a PostgreSQL URL.
+        """
+        if isinstance(self.db, str):
+            raise SiteError(
+                f"{self.path}: db is a PostgreSQL URL; the pair (node, cluster up, scenarios, the lab) runs on a "
+                "shared SQLite file for now (mirrored mode on PostgreSQL is not built): use fieldsync serve"
+            )
+        return self.db
+
     def cluster_settings(
         self, node_id: str, *, stonith: bool = True, failback: bool = False, lease: float = 1.0, dead_after: float = 0.3
     ) -> ClusterSettings:
@@ -260,7 +284,7 @@ class Site(_SiteTable):
         return ClusterSettings(
             node_id=node_id,
             address=spec.address,
-            db=self.db,
+            db=self.db_file,
             vip=self.vip,
             port=self.port,
             dial=dials,
@@ -395,7 +419,11 @@ def parse_site(text: str, path: Path) -> Site:
         for n, t in file.nodes.items()
     )
     return Site(
-        **{**table, "db": base / file.site.db, "pki": base / file.site.pki},
+        **{
+            **table,
+            "db": file.site.db if isinstance(file.site.db, str) else base / file.site.db,
+            "pki": base / file.site.pki,
+        },
         path=path,
         nodes=nodes or _PAIR_NODES,
         fleet=fleet,
