@@ -4,11 +4,11 @@ from ._decide import decide as decide
 from ._fleet import Fleet as Fleet
 from ._fleet import FleetStatistics as FleetStatistics
 from ._fleet import panel_address as panel_address
-from ._osdp import BusSwiper as BusSwiper
-from ._osdp import ReaderBus as ReaderBus
-from ._osdp import ReaderPort as ReaderPort
-from ._osdp import ReaderPortStatistics as ReaderPortStatistics
 from ._osdp import ReaderSpec as ReaderSpec
+from ._osdp_port import ReaderPort as ReaderPort
+from ._osdp_port import ReaderPortStatistics as ReaderPortStatistics
+from ._osdp_readers import BusSwiper as BusSwiper
+from ._osdp_readers import ReaderBus as ReaderBus
 from ._panel import BootSummary as BootSummary
 from ._panel import JournalEntry as JournalEntry
 from ._panel import LinkMode as LinkMode

@@ -1,88 +1,33 @@
 """An emulated field panel: decides locally, buffers, and resyncs with the host.
 
 The panel keeps working with or without a host: card swipes are decided from
-its own configuration and appended to its bounded buffer. A link manager keeps
-trying to reach the cluster (punch-out: dial the VIP; host-initiated: listen on
-the panel's own address and let the active node dial in). A session resumes
-from the store's high-water mark, uploads in seq order with several batches in
-flight, frees the buffer on ACK, applies configuration changes atomically and
-refuses any node whose epoch is older than the newest it has seen (P5).
+its own configuration and appended to its bounded buffer. Its link to the host
+(``HostLink``, in ``_uplink.py``) keeps trying to reach the cluster and runs one
+session at a time; the panel keeps what a session changes: on WELCOME it
+resumes from the store's high-water mark (renumbering after a RAM power-cycle),
+on ACK it frees the buffer, and it applies configuration changes atomically.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import random
-import ssl
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
-from protocol import (
-    Ack,
-    ConfigAck,
-    ConfigDelta,
-    ConfigOp,
-    ConfigSnapshot,
-    Error,
-    ErrorCode,
-    EventBatch,
-    EventKind,
-    Hello,
-    Message,
-    PanelConnection,
-    PeerTimeout,
-    ProtocolError,
-    RemoteProtocolError,
-    Welcome,
-)
-from protocol.streams import (
-    EndReason,
-    Link,
-    LinkError,
-    MessageStream,
-    SerialLine,
-    SessionDriver,
-    SessionEnd,
-    TlsError,
-    TlsFiles,
-    client_context,
-    dial,
-    listen,
-    open_serial,
-    records_per_batch,
-    serial_link,
-    server_context,
-)
+from protocol import Ack, EventKind
+from protocol.streams import Link, SerialLine, TlsFiles
 from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, PanelConfig, StoreError
 
 from ._decide import decide
-from ._osdp import ReaderPort, ReaderSpec
+from ._osdp import ReaderSpec
+from ._osdp_port import ReaderPort
+from ._uplink import HostLink, LinkMode, SessionRefused
 
 __all__ = ["BootSummary", "JournalEntry", "LinkMode", "Panel", "PanelSettings", "PanelStatistics", "SessionRefused"]
-
-FIRMWARE = "fieldsync-emu/0.1"
-
-
-class LinkMode(enum.Enum):
-    #: The panel dials the cluster's VIP on 30002 ("node punch-out").
-    PUNCH_OUT = "punch-out"
-    #: The panel listens on its own address, port 3001; the active node dials in.
-    HOST_INITIATED = "host-initiated"
-    #: The panel's host link is a serial line (RS-232/RS-485 style) to a node or comm server.
-    SERIAL = "serial"
-
-
-class SessionRefused(Exception):
-    """The node ended the session with an ERROR."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(f"node sent ERROR {error.code}: {error.text}")
-        self.error = error
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,39 +186,28 @@ class Panel:
         self.boot_id = self._rng.getrandbits(63)
         self._needs_rebase = False
         self.buffer: EventBuffer = self._new_buffer()
-        self._client_ctx: ssl.SSLContext | None = client_context(settings.tls) if settings.tls else None
-        self._server_ctx: ssl.SSLContext | None = server_context(settings.tls) if settings.tls else None
+        #: The link to the host: connections, the session, the link's counters.
+        self._link = HostLink(self, self._rng)
         self._new_data = _Signal()
         self._room = trio.Event()
-        self._session_scope: trio.CancelScope | None = None
-        self._session_epoch = 0
-        self._session_node: str | None = None
         self._acked_seq = 0
         #: The highest seq any node ever acknowledged in this boot: what the panel was
         #: promised is durable (a WELCOME may later say less: that is a broken promise).
         self._promised_seq = 0
         self._swipes = self._granted = self._denied = 0
-        self._sessions = self._link_errors = self._protocol_errors = self._refused_stale = 0
-        self._batches_sent = 0
-        self._bytes_skipped = self._bad_frames = 0
-        self._batch_records = settings.batch_records
-        if settings.serial is not None:
-            self._batch_records = min(settings.batch_records, records_per_batch(settings.serial))
         self.last_error: str | None = None
         #: trio time of the first ACK under each epoch: what failover is measured by.
         self.first_ack_at: dict[int, float] = {}
         #: trio time of the first WELCOME under each epoch (the session is up; the ACK follows a commit).
         self.welcome_at: dict[int, float] = {}
-        self.connected = trio.Event()
-        self.disconnected = trio.Event()
-        self.disconnected.set()
         #: The OSDP Control Panel on the reader bus, when the panel has one.
         self.reader_port: ReaderPort | None = None
         if settings.reader_line is not None:
             self.reader_port = ReaderPort(self, settings.reader_line, settings.readers)
 
     def __repr__(self) -> str:
-        state = f"connected to {self._session_node} epoch {self._session_epoch}" if self.is_connected else "offline"
+        link = self._link
+        state = f"connected to {link.session_node} epoch {link.session_epoch}" if self.is_connected else "offline"
         return f"<Panel {self.panel_id} {self.settings.mode.value} {state} {self.buffer!r}>"
 
     def _new_buffer(self) -> EventBuffer:
@@ -284,7 +218,17 @@ class Panel:
 
     @property
     def is_connected(self) -> bool:
-        return self._session_scope is not None and self.connected.is_set()
+        return self._link.is_connected
+
+    @property
+    def connected(self) -> trio.Event:
+        """Set while a session is up (a new event each session: read it when you wait)."""
+        return self._link.connected
+
+    @property
+    def disconnected(self) -> trio.Event:
+        """Set while no session is up (a new event each session: read it when you wait)."""
+        return self._link.disconnected
 
     def now_us(self) -> int:
         return self.wall_clock() + self.clock_skew_us
@@ -353,8 +297,7 @@ class Panel:
         The loss of a RAM buffer is declared by the new boot id and, once the
         host says where its store stands, by renumbering what was queued since.
         """
-        if self._session_scope is not None:
-            self._session_scope.cancel()
+        self._link.cancel_session()
         ram = not isinstance(self.buffer, FlashBackedBuffer)
         self.past_boots.append(BootSummary(boot_id=self.boot_id, promised_seq=self._promised_seq, ram=ram))
         if isinstance(self.buffer, FlashBackedBuffer):
@@ -370,6 +313,7 @@ class Panel:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a host session up for as long as this runs."""
+        link = self._link
         async with trio.open_nursery() as nursery:
             if isinstance(self.buffer, FlashBackedBuffer):
                 nursery.start_soon(self._flash_sync_loop)
@@ -377,169 +321,36 @@ class Panel:
                 await nursery.start(self.reader_port.run)
             if self.settings.mode is LinkMode.PUNCH_OUT:
                 task_status.started()
-                await self._reconnect_loop(self._dial_server)
+                await link.reconnect_loop(link.dial_server)
             elif self.settings.mode is LinkMode.SERIAL:
                 task_status.started()
-                await self._reconnect_loop(self._open_line)
+                await link.reconnect_loop(link.open_line)
             else:
                 host, port = self.settings.listen or ("", 0)
-                await nursery.start(self._listen, host, port)
+                await nursery.start(link.listen, host, port)
                 task_status.started()
 
-    async def _listen(
-        self,
-        host: str,
-        port: int,
-        *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        def refused(remote: str, exc: Exception) -> None:
-            self._link_errors += 1
-            self.last_error = f"refused {remote}: {exc}"
-
-        await listen(host, port, self._server_ctx, self._serve_link, on_refused=refused, task_status=task_status)
-
-    async def _serve_link(self, link: Link) -> None:
-        try:
-            await self._run_link(link)
-        except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
-            self._note_error(exc)
-
-    async def _dial_server(self) -> Link:
-        host, port = self.settings.server
-        return await dial(host, port, self._client_ctx)
-
-    async def _open_line(self) -> Link:
-        assert self.settings.serial is not None
-        stream = open_serial(self.settings.serial)
-        try:
-            return await serial_link(stream, self._client_ctx, server_side=False)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-
-    async def _reconnect_loop(self, connect: Callable[[], Awaitable[Link]]) -> None:
-        s = self.settings
-        delay = s.backoff_initial
-        lost_at = -float("inf")
-        while True:
-            try:
-                with trio.fail_after(s.connect_timeout):
-                    link = await connect()
-                if await self._run_link(link):
-                    delay = s.backoff_initial
-                    lost_at = trio.current_time()
-            except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
-                self._note_error(exc)
-            # Exponential backoff with jitter: a fleet must not reconnect in lockstep. Right
-            # after losing a working session the standby is about to take the VIP, and a
-            # refused connect costs nothing, so the cap stays low for a few seconds.
-            cap = s.fast_retry_cap if trio.current_time() - lost_at < s.fast_retry_window else s.backoff_cap
-            await trio.sleep(min(delay, cap) * (0.5 + self._rng.random() / 2))
-            delay = min(s.backoff_cap, delay * s.backoff_factor)
-
-    def _note_error(self, exc: BaseException) -> None:
-        self.last_error = str(exc)
-        if isinstance(exc, ProtocolError) and not isinstance(exc, PeerTimeout):
-            self._protocol_errors += 1
-            if exc.code is ErrorCode.STALE_EPOCH:
-                self._refused_stale += 1
-        else:
-            self._link_errors += 1
-
-    def _hello(self) -> Hello:
-        stats = self.buffer.statistics()
-        return Hello(
-            panel_id=self.panel_id,
-            boot_id=self.boot_id,
-            firmware=FIRMWARE,
-            oldest_seq=stats.oldest_seq,
-            newest_seq=stats.newest_seq,
-            config_version=self.config.version,
-            config_digest=self.config.digest,
-            max_epoch=self.max_epoch,
-        )
-
     async def _run_link(self, link: Link) -> bool:
-        """Run one session on an established link; True if it got as far as WELCOME."""
-        if link.peer is not None and not link.peer.startswith("node-"):
-            await link.stream.aclose()
-            raise TlsError(f"peer {link.remote} presents {link.peer!r}, not a node certificate")
-        line = self.settings.serial if link.lossy else None
-        conn = PanelConnection(
-            now=trio.current_time(),
-            epoch_floor=self.max_epoch,
-            handshake_timeout=self.settings.handshake_timeout,
-            resync=line is not None,
-            reply_timeout=line.reply_timeout if line is not None else None,
-        )
-        ms = MessageStream(
-            link.stream,
-            conn,
-            name=f"panel {self.panel_id}",
-            inter_char_timeout=line.inter_char_timeout if line is not None else None,
-        )
-        try:
-            try:
-                await ms.send(self._hello())
-                with trio.fail_after(self.settings.handshake_timeout):
-                    first = await ms.receive()
-            except RemoteProtocolError as exc:
-                await ms.send_error(exc.code, exc.message)
-                raise
-            if isinstance(first, Error):
-                raise SessionRefused(first)
-            if not isinstance(first, Welcome):
-                raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, f"expected WELCOME, got {type(first).__name__}")
-            if first.epoch < self.max_epoch:  # another session raised the floor meanwhile
-                await ms.send_error(ErrorCode.STALE_EPOCH, f"epoch {first.epoch} < {self.max_epoch}")
-                raise RemoteProtocolError(ErrorCode.STALE_EPOCH, f"node epoch {first.epoch} < {self.max_epoch}")
-            await self._streaming(ms, first)
-            return True
-        finally:
-            stats = ms.statistics()
-            self._bytes_skipped += stats.bytes_skipped
-            self._bad_frames += stats.bad_crc
-            await ms.aclose()
+        """Run one session on an established link (tests drive it over memory streams)."""
+        return await self._link.run_link(link)
 
-    async def _streaming(self, ms: MessageStream, welcome: Welcome) -> None:
-        # One host session at a time: an equal or newer epoch replaces the old one.
-        if self._session_scope is not None:
-            self._session_scope.cancel()
-            await self.disconnected.wait()
-        self.max_epoch = welcome.epoch
-        self.welcome_at.setdefault(welcome.epoch, trio.current_time())
-        if self._needs_rebase or welcome.hwm >= self.buffer.next_seq:
-            # This panel lost its counter (RAM power-cycle): continue after the store.
+    def _resume_at(self, hwm: int) -> None:
+        """A session is up and the store holds this panel's events to ``hwm``: free them.
+
+        A panel that lost its counter (RAM power-cycle) continues after the store,
+        and its journal is renumbered to match.
+        """
+        if self._needs_rebase or hwm >= self.buffer.next_seq:
             oldest = self.buffer.oldest_seq or self.buffer.next_seq
-            shift = self.buffer.rebase(welcome.hwm + 1)
+            shift = self.buffer.rebase(hwm + 1)
             self._needs_rebase = False
             if self.journal is not None and shift:
                 self.journal[:] = [
                     dataclasses.replace(e, seq=e.seq + shift) if e.boot_id == self.boot_id and e.seq >= oldest else e
                     for e in self.journal
                 ]
-        self.buffer.release(welcome.hwm)
-        self._acked_seq = welcome.hwm
-        self._sessions += 1
-        self._session_epoch = welcome.epoch
-        self._session_node = welcome.node_id
-        self.disconnected = trio.Event()
-        end: SessionEnd | None = None  # None: a power-cycle or a newer session cancelled this one
-        with trio.CancelScope() as scope:
-            self._session_scope = scope
-            self.connected.set()
-            self.record(EventKind.HOST_ONLINE)
-            try:
-                end = await SessionDriver(ms, _Uplink(self, ms, welcome.hwm + 1)).run()
-            finally:
-                self._session_scope = None
-                self.connected = trio.Event()
-                self.record(EventKind.HOST_OFFLINE)
-                self.disconnected.set()
-        if end is not None and end.reason is EndReason.PEER_ERROR:
-            assert isinstance(end.message, Error)
-            raise SessionRefused(end.message)
+        self.buffer.release(hwm)
+        self._acked_seq = hwm
 
     def _acked(self, ack: Ack) -> None:
         self.first_ack_at.setdefault(ack.epoch, trio.current_time())
@@ -569,25 +380,25 @@ class Panel:
     # -- introspection --------------------------------------------------------------
 
     def statistics(self) -> PanelStatistics:
-        b = self.buffer.statistics()
+        b, link = self.buffer.statistics(), self._link
         return PanelStatistics(
             panel_id=self.panel_id,
             connected=self.is_connected,
-            node=self._session_node if self.is_connected else None,
-            epoch=self._session_epoch,
+            node=link.session_node if self.is_connected else None,
+            epoch=link.session_epoch,
             max_epoch=self.max_epoch,
             boot_id=self.boot_id,
             config_version=self.config.version,
             swipes=self._swipes,
             granted=self._granted,
             denied=self._denied,
-            sessions=self._sessions,
-            link_errors=self._link_errors,
-            protocol_errors=self._protocol_errors,
-            refused_stale=self._refused_stale,
-            batches_sent=self._batches_sent,
-            bytes_skipped=self._bytes_skipped,
-            bad_frames=self._bad_frames,
+            sessions=link.sessions,
+            link_errors=link.link_errors,
+            protocol_errors=link.protocol_errors,
+            refused_stale=link.refused_stale,
+            batches_sent=link.batches_sent,
+            bytes_skipped=link.bytes_skipped,
+            bad_frames=link.bad_frames,
             acked_seq=self._acked_seq,
             promised_seq=self._promised_seq,
             last_error=self.last_error,
@@ -598,67 +409,3 @@ class Panel:
             dropped=b.dropped,
             refused=b.refused,
         )
-
-
-class _Uplink:
-    """The panel's side of one session, for the ``SessionDriver``: upload in seq order
-    with a window of batches in flight, free the buffer on ACK, apply configuration.
-
-    A power-cycle ends the boot it was started in: from then on it sends nothing and
-    takes nothing in, not even a message that was already on its way.
-    """
-
-    def __init__(self, panel: Panel, ms: MessageStream, next_seq: int) -> None:
-        self.panel = panel
-        self.ms = ms
-        self.boot = panel.boot_id
-        self.next_seq = next_seq
-        #: Last seq of each batch sent and not yet acknowledged, oldest first.
-        self.in_flight: deque[int] = deque()
-        self._parts: list[ConfigOp] = []
-
-    def __repr__(self) -> str:
-        return f"<_Uplink panel {self.panel.panel_id} next seq {self.next_seq} in flight {len(self.in_flight)}>"
-
-    async def send_loop(self) -> None:
-        panel, in_flight = self.panel, self.in_flight
-        window = panel.settings.window
-        while panel.boot_id == self.boot:  # a power-cycle ends this boot's session: send nothing of the next
-            while in_flight and in_flight[0] <= panel._acked_seq:
-                in_flight.popleft()
-            if len(in_flight) >= window:
-                await panel._new_data.wait()
-                continue
-            data = panel.buffer.read(self.next_seq, panel._batch_records)
-            if not data:
-                await panel._new_data.wait()
-                continue
-            batch = EventBatch(first_seq=int.from_bytes(data[:8], "big"), records=data)
-            await self.ms.send(batch)
-            panel._batches_sent += 1
-            in_flight.append(batch.last_seq)
-            self.next_seq = batch.last_seq + 1
-
-    async def handle(self, message: Message) -> bool:
-        panel = self.panel
-        if panel.boot_id != self.boot:
-            # The power went while this message was on its way: it speaks of the old boot's
-            # seqs, and an ACK applied to the new boot's buffer would free its unsent events.
-            return False
-        if isinstance(message, Ack):
-            panel._acked(message)
-        elif isinstance(message, ConfigDelta):
-            panel.config.apply_delta(message.from_version, message.to_version, message.ops)
-            panel._config_applied()
-            await self.ms.send(ConfigAck(version=message.to_version, digest=panel.config.digest))
-        elif isinstance(message, ConfigSnapshot):
-            self._parts.extend(message.ops)
-            if message.part == message.parts - 1:
-                panel.config.apply_snapshot(message.version, self._parts)
-                self._parts = []
-                panel._config_applied()
-                await self.ms.send(ConfigAck(version=message.version, digest=panel.config.digest))
-        return True
-
-    async def drain(self) -> None:
-        """A panel has nothing to store: its BYE can go at once."""
