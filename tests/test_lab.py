@@ -88,7 +88,7 @@ def test_the_site_file_gives_a_node_its_vrrp_files_both_or_neither(tmp_path: Pat
     assert (a.vrrp_state, a.vrrp_pid) == (tmp_path / "a.state", tmp_path / "a.pid")
     assert (b.vrrp_state, b.vrrp_pid) == (None, None)
     site.write_text('[nodes.A]\naddress = "127.0.0.11"\nvrrp_state = "a.state"\n')
-    with pytest.raises(SiteError, match=r"nodes\.A\.vrrp_state needs nodes\.A\.vrrp_pid too"):
+    with pytest.raises(SiteError, match=r"nodes\.A\.vrrp_state: vrrp_state needs vrrp_pid too"):
         load_site(site)
 
 
