@@ -40,13 +40,13 @@ from ._open import is_database_url as is_database_url
 from ._open import open_cluster_store as open_cluster_store
 from ._open import open_config_store as open_config_store
 from ._open import open_event_store as open_event_store
+from ._records import IngestBatch as IngestBatch
+from ._records import IngestOutcome as IngestOutcome
+from ._records import IngestResult as IngestResult
+from ._records import Loss as Loss
+from ._records import StoredEvent as StoredEvent
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import EventStore as EventStore
-from ._store import IngestBatch as IngestBatch
-from ._store import IngestOutcome as IngestOutcome
-from ._store import IngestResult as IngestResult
-from ._store import Loss as Loss
-from ._store import StoredEvent as StoredEvent
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -27,7 +27,7 @@ from protocol import ConfigOp
 from ._cluster import Lease, NodeBeat
 from ._config_model import ConfigState
 from ._config_store import ConfigChange, NeedSnapshot
-from ._store import IngestBatch, IngestResult, Loss, StoredEvent
+from ._records import IngestBatch, IngestResult, Loss, StoredEvent
 
 __all__ = ["ConfigStoreInterface", "EventStoreInterface", "LeaseStoreInterface"]
 

@@ -25,22 +25,21 @@ from __future__ import annotations
 import contextlib
 import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from protocol import GAP_KINDS, RECORD_SIZE, EventFlags, EventKind, EventRecord
+from protocol import GAP_KINDS, RECORD_SIZE
 
 from ._errors import StaleEpoch, StoreError
-from ._pg_conn import PgConnection, map_pg_errors
+from ._pg_conn import PgConnection
+from ._pg_queries import _one, _PgEventQueries
 from ._pg_schema import migrate_pg
-from ._store import IngestBatch, IngestOutcome, IngestResult, Loss, StoredEvent
+from ._records import MAX_STORED_SEQ, IngestBatch, IngestOutcome, IngestResult, signed
 
 __all__ = ["PgEventStore"]
 
-_MAX_STORED_SEQ = 2**63 - 1
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
 _MARKER = struct.Struct(">QQB3xQI")
 
@@ -104,15 +103,7 @@ def copy_rows(panel_id: int, received_us: int, epoch: int, records: bytes | memo
     return out
 
 
-def _signed(value: int) -> int:
-    return value - 2**64 if value >= 2**63 else value
-
-
-def _unsigned(value: int) -> int:
-    return value + 2**64 if value < 0 else value
-
-
-class PgEventStore:
+class PgEventStore(_PgEventQueries):
     """Durable, exactly-once, per-panel ordered event storage with epoch fencing, on PostgreSQL.
 
     Args:
@@ -164,9 +155,6 @@ class PgEventStore:
             raise StoreError(self.where, f"{doing}: not inside a read snapshot")
         with self._pg.transaction(doing) as conn:
             yield conn
-
-    def _read(self, doing: str) -> contextlib.AbstractContextManager[None]:
-        return map_pg_errors(self.where, doing)
 
     # -- epoch ------------------------------------------------------------------------
 
@@ -258,7 +246,7 @@ class PgEventStore:
     def _ingest_one(self, batch: IngestBatch, hwm: int, epoch: int) -> IngestOutcome:
         pid = batch.panel_id
         records = batch.records
-        if batch.last_seq > _MAX_STORED_SEQ:
+        if batch.last_seq > MAX_STORED_SEQ:
             return IngestOutcome(panel_id=pid, hwm=hwm, error=f"seq {batch.last_seq} is beyond 2**63-1")
         if batch.last_seq <= hwm:
             return IngestOutcome(panel_id=pid, hwm=hwm, duplicates=len(records) // RECORD_SIZE)
@@ -278,7 +266,7 @@ class PgEventStore:
             if last > hwm:
                 lo = max(first, hwm + 1)
                 lost = last - lo + 1
-                self._loss_rows.append((pid, lo, last, lost, kind, _signed(time_us), batch.received_us, epoch))
+                self._loss_rows.append((pid, lo, last, lost, kind, signed(time_us), batch.received_us, epoch))
             else:
                 duplicates += 1
             offset = RECORD_SIZE
@@ -317,7 +305,7 @@ class PgEventStore:
                     "INSERT INTO panels (panel_id, hwm, boot_id, first_seen_us, last_seen_us) "
                     "VALUES (%s, 0, %s, %s, %s) ON CONFLICT (panel_id) DO UPDATE "
                     "SET boot_id = excluded.boot_id, last_seen_us = excluded.last_seen_us",
-                    [(pid, _signed(boot), seen, seen) for pid, boot, seen in sessions],
+                    [(pid, signed(boot), seen, seen) for pid, boot, seen in sessions],
                 )
             if config_acks:
                 cur.executemany(
@@ -325,159 +313,3 @@ class PgEventStore:
                     "ON CONFLICT (panel_id) DO UPDATE SET config_version = excluded.config_version",
                     config_acks,
                 )
-
-    def status(self) -> list[dict[str, object]]:
-        """Per panel: what the store holds and what the serving node last reported."""
-        with self._read("reading panel status"):
-            cur = self._pg.get().cursor(row_factory=dict_row)
-            return list(
-                cur.execute(
-                    "SELECT p.panel_id, p.hwm, p.config_version AS config_acked, p.last_seen_us, "
-                    "s.connected, s.node_id, s.epoch, s.newest_seq, s.updated_us "
-                    "FROM panels p LEFT JOIN panel_status s USING (panel_id) ORDER BY p.panel_id"
-                )
-            )
-
-    # -- queries ----------------------------------------------------------------------
-
-    def hwm(self, panel_id: int) -> int:
-        with self._read("reading a high-water mark"):
-            row = self._pg.get().execute("SELECT hwm FROM panels WHERE panel_id = %s", (panel_id,)).fetchone()
-            return int(row[0]) if row else 0
-
-    def hwms(self) -> dict[int, int]:
-        with self._read("reading high-water marks"):
-            return {int(r[0]): int(r[1]) for r in self._pg.get().execute("SELECT panel_id, hwm FROM panels")}
-
-    def panels(self) -> list[dict[str, int | None]]:
-        with self._read("reading panels"):
-            cur = self._pg.get().cursor(row_factory=dict_row)
-            return list(cur.execute("SELECT * FROM panels ORDER BY panel_id"))
-
-    def count_events(self, panel_id: int | None = None) -> int:
-        with self._read("counting events"):
-            if panel_id is None:
-                return _one(self._pg.get().execute("SELECT count(*) FROM events"))
-            return _one(self._pg.get().execute("SELECT count(*) FROM events WHERE panel_id = %s", (panel_id,)))
-
-    def events(
-        self,
-        panel_id: int,
-        *,
-        from_seq: int = 0,
-        to_seq: int = _MAX_STORED_SEQ,
-        since_us: int | None = None,
-        until_us: int | None = None,
-        limit: int | None = None,
-    ) -> list[StoredEvent]:
-        """A panel's events in seq order, within a seq range and optionally a panel-time range."""
-        sql = "SELECT * FROM events WHERE panel_id = %s AND seq BETWEEN %s AND %s"
-        args: list[int] = [panel_id, from_seq, to_seq]
-        if since_us is not None:
-            sql += " AND time_us >= %s"
-            args.append(_signed(since_us))
-        if until_us is not None:
-            sql += " AND time_us < %s"
-            args.append(_signed(until_us))
-        sql += " ORDER BY seq"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args.append(limit)
-        with self._read("reading events"):
-            return [_event(row) for row in self._pg.get().execute(sql, args)]
-
-    def seqs(self, panel_id: int) -> list[int]:
-        with self._read("reading seqs"):
-            cur = self._pg.get().execute("SELECT seq FROM events WHERE panel_id = %s ORDER BY seq", (panel_id,))
-            return [int(r[0]) for r in cur]
-
-    def losses(self, panel_id: int | None = None) -> list[Loss]:
-        sql = "SELECT panel_id, first_seq, last_seq, count, kind, time_us, received_us, epoch FROM losses"
-        args: Iterable[int] = ()
-        if panel_id is not None:
-            sql += " WHERE panel_id = %s"
-            args = (panel_id,)
-        sql += " ORDER BY panel_id, first_seq"
-        with self._read("reading losses"):
-            return [
-                Loss(
-                    panel_id=r[0],
-                    first_seq=r[1],
-                    last_seq=r[2],
-                    count=r[3],
-                    kind=EventKind(r[4]),
-                    time_us=_unsigned(r[5]),
-                    received_us=r[6],
-                    epoch=r[7],
-                )
-                for r in self._pg.get().execute(sql, tuple(args))
-            ]
-
-    def stale_writes(self) -> int:
-        """Events committed under an older epoch after a newer epoch had committed (P5)."""
-        with self._read("checking epochs"):
-            return _one(
-                self._pg.get().execute(
-                    "SELECT count(*) FROM (SELECT epoch < max(epoch) OVER (ORDER BY received_us, panel_id, seq "
-                    "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stale FROM events) t WHERE stale"
-                )
-            )
-
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """Every read inside sees the store as of one instant (one REPEATABLE READ transaction)."""
-        conn = self._pg.get()
-        with self._read("starting a read snapshot"):
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            # The snapshot is taken at the first query: take it now.
-            conn.execute("SELECT epoch FROM cluster WHERE id = 1").fetchone()
-        self._in_snapshot = True
-        try:
-            yield
-        finally:
-            self._in_snapshot = False
-            with self._read("ending a read snapshot"):
-                conn.execute("COMMIT")
-
-    def integrity_check(self) -> str:
-        """``"ok"``, or the store's invariants that do not hold (no row past its panel's hwm, one cluster row)."""
-        with self._read("checking integrity"):
-            conn = self._pg.get()
-            problems = []
-            beyond = _one(
-                conn.execute("SELECT count(*) FROM events e JOIN panels p USING (panel_id) WHERE e.seq > p.hwm")
-            )
-            if beyond:
-                problems.append(f"{beyond} events beyond their panel's high-water mark")
-            orphans = _one(
-                conn.execute(
-                    "SELECT count(*) FROM (SELECT DISTINCT panel_id FROM events) e LEFT JOIN panels p "
-                    "USING (panel_id) WHERE p.panel_id IS NULL"
-                )
-            )
-            if orphans:
-                problems.append(f"{orphans} panels with events but no high-water mark")
-            if _one(conn.execute("SELECT count(*) FROM cluster")) != 1:
-                problems.append("the cluster table does not hold exactly one row")
-        return "; ".join(problems) or "ok"
-
-
-def _one(cur: psycopg.Cursor[Any]) -> int:
-    row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _event(row: tuple[int, ...]) -> StoredEvent:
-    pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch = row
-    record = EventRecord(
-        seq=seq,
-        time_us=_unsigned(time_us),
-        kind=EventKind(kind),
-        door=door,
-        reader=reader,
-        flags=EventFlags(flags),
-        card=_unsigned(card),
-        aux=aux,
-    )
-    return StoredEvent(panel_id=pid, record=record, received_us=received_us, epoch=epoch)

@@ -14,113 +14,27 @@ integers SQLite stores (the same bits); the query helpers turn them back.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlite_utils import Database
 
-from protocol import GAP_KINDS, RECORD_SIZE, EventFlags, EventKind, EventRecord
+from protocol import GAP_KINDS, RECORD_SIZE
 
 from ._errors import StaleEpoch, StoreError, map_sqlite_errors
 from ._gate import write_gate
+from ._records import IngestBatch, IngestOutcome, IngestResult, signed
 from ._schema import migrate
+from ._store_queries import _EventQueries
 
-__all__ = ["EventStore", "IngestBatch", "IngestOutcome", "IngestResult", "Loss", "StoredEvent"]
+__all__ = ["EventStore"]
 
-_MAX_STORED_SEQ = 2**63 - 1
 _CHUNKS = (256, 64, 16, 4, 1)
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
 _MARKER = struct.Struct(">QQB3xQI")
-
-
-def _signed(value: int) -> int:
-    return value - 2**64 if value >= 2**63 else value
-
-
-def _unsigned(value: int) -> int:
-    return value + 2**64 if value < 0 else value
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class IngestBatch:
-    """Records of one panel, checked by the protocol layer (``check_records``).
-
-    Building one checks only what the rows need (seqs within what SQLite stores,
-    whole records), so ``ingest`` trusts it and checks nothing of it again: the
-    records' content was checked when their EVENT_BATCH was decoded.
-
-    Raises:
-        ValueError: the seqs or the records' size are outside those bounds.
-    """
-
-    panel_id: int
-    first_seq: int
-    last_seq: int
-    records: bytes
-    received_us: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.first_seq <= self.last_seq <= _MAX_STORED_SEQ:
-            raise ValueError(
-                f"panel {self.panel_id}: batch seqs {self.first_seq}..{self.last_seq} are not "
-                f"an ascending range within 1..2**63-1"
-            )
-        if not self.records or len(self.records) % RECORD_SIZE:
-            raise ValueError(
-                f"panel {self.panel_id}: batch records are {len(self.records)} bytes, "
-                f"not a positive multiple of {RECORD_SIZE}"
-            )
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class IngestOutcome:
-    panel_id: int
-    #: The panel's high-water mark after this batch (everything up to it is durable).
-    hwm: int
-    stored: int = 0
-    duplicates: int = 0
-    #: Seqs of a declared gap recorded as lost by this batch.
-    declared_lost: int = 0
-    #: Set when the batch was refused: it would have left an undeclared gap.
-    error: str | None = None
-    expected_seq: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class IngestResult:
-    epoch: int
-    outcomes: tuple[IngestOutcome, ...]
-    #: Each panel's high-water mark after the commit.
-    hwms: dict[int, int]
-    stored: int
-    commit_s: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class StoredEvent:
-    panel_id: int
-    record: EventRecord
-    received_us: int
-    epoch: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Loss:
-    """A gap a panel declared: ``count`` events ``first_seq..last_seq`` never arrived."""
-
-    panel_id: int
-    first_seq: int
-    last_seq: int
-    count: int
-    kind: EventKind
-    time_us: int
-    received_us: int
-    epoch: int
 
 
 def _insert_sql(rows: int) -> str:
@@ -128,7 +42,7 @@ def _insert_sql(rows: int) -> str:
     return f"INSERT INTO events VALUES {values}"
 
 
-class EventStore:
+class EventStore(_EventQueries):
     """Durable, exactly-once, per-panel ordered event storage with epoch fencing.
 
     Args:
@@ -200,10 +114,6 @@ class EventStore:
             self._conn.execute("ROLLBACK")
 
     # -- ingest -----------------------------------------------------------------------
-
-    def _load_hwm(self, panel_id: int) -> int:
-        row = self._conn.execute("SELECT hwm FROM panels WHERE panel_id = ?", (panel_id,)).fetchone()
-        return int(row[0]) if row else 0
 
     def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
         """Store batches of many panels in one transaction; return each panel's new hwm.
@@ -288,7 +198,7 @@ class EventStore:
                 self._conn.execute(
                     "INSERT INTO losses (panel_id, first_seq, last_seq, count, kind, time_us, received_us, epoch) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (pid, lo, last, lost, kind, _signed(time_us), batch.received_us, epoch),
+                    (pid, lo, last, lost, kind, signed(time_us), batch.received_us, epoch),
                 )
             else:
                 duplicates += 1
@@ -332,146 +242,10 @@ class EventStore:
             self._conn.executemany(
                 "INSERT INTO panels (panel_id, hwm, boot_id, first_seen_us, last_seen_us) VALUES (?, 0, ?, ?, ?) "
                 "ON CONFLICT (panel_id) DO UPDATE SET boot_id = excluded.boot_id, last_seen_us = excluded.last_seen_us",
-                [(pid, _signed(boot), seen, seen) for pid, boot, seen in sessions],
+                [(pid, signed(boot), seen, seen) for pid, boot, seen in sessions],
             )
             self._conn.executemany(
                 "INSERT INTO panels (panel_id, hwm, config_version) VALUES (?, 0, ?) "
                 "ON CONFLICT (panel_id) DO UPDATE SET config_version = excluded.config_version",
                 config_acks,
             )
-
-    def status(self) -> list[dict[str, object]]:
-        """Per panel: what the store holds and what the serving node last reported."""
-        with map_sqlite_errors(self.path, "reading panel status"):
-            return list(
-                self.db.query(
-                    "SELECT p.panel_id, p.hwm, p.config_version AS config_acked, p.last_seen_us, "
-                    "s.connected, s.node_id, s.epoch, s.newest_seq, s.updated_us "
-                    "FROM panels p LEFT JOIN panel_status s USING (panel_id) ORDER BY p.panel_id"
-                )
-            )
-
-    # -- queries ----------------------------------------------------------------------
-
-    def hwm(self, panel_id: int) -> int:
-        with map_sqlite_errors(self.path, "reading a high-water mark"):
-            return self._load_hwm(panel_id)
-
-    def hwms(self) -> dict[int, int]:
-        with map_sqlite_errors(self.path, "reading high-water marks"):
-            return {int(r[0]): int(r[1]) for r in self._conn.execute("SELECT panel_id, hwm FROM panels")}
-
-    def panels(self) -> list[dict[str, int | None]]:
-        with map_sqlite_errors(self.path, "reading panels"):
-            return list(self.db.query("SELECT * FROM panels ORDER BY panel_id"))
-
-    def count_events(self, panel_id: int | None = None) -> int:
-        with map_sqlite_errors(self.path, "counting events"):
-            if panel_id is None:
-                return int(self._conn.execute("SELECT count(*) FROM events").fetchone()[0])
-            return int(self._conn.execute("SELECT count(*) FROM events WHERE panel_id = ?", (panel_id,)).fetchone()[0])
-
-    def events(
-        self,
-        panel_id: int,
-        *,
-        from_seq: int = 0,
-        to_seq: int = _MAX_STORED_SEQ,
-        since_us: int | None = None,
-        until_us: int | None = None,
-        limit: int | None = None,
-    ) -> list[StoredEvent]:
-        """A panel's events in seq order, within a seq range and optionally a panel-time range."""
-        sql = "SELECT * FROM events WHERE panel_id = ? AND seq BETWEEN ? AND ?"
-        args: list[int] = [panel_id, from_seq, to_seq]
-        if since_us is not None:
-            sql += " AND time_us >= ?"
-            args.append(since_us)
-        if until_us is not None:
-            sql += " AND time_us < ?"
-            args.append(until_us)
-        sql += " ORDER BY seq"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        with map_sqlite_errors(self.path, "reading events"):
-            return [self._event(row) for row in self._conn.execute(sql, args)]
-
-    def seqs(self, panel_id: int) -> list[int]:
-        with map_sqlite_errors(self.path, "reading seqs"):
-            return [
-                r[0] for r in self._conn.execute("SELECT seq FROM events WHERE panel_id = ? ORDER BY seq", (panel_id,))
-            ]
-
-    @staticmethod
-    def _event(row: tuple[int, ...]) -> StoredEvent:
-        pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch = row
-        record = EventRecord(
-            seq=seq,
-            time_us=_unsigned(time_us),
-            kind=EventKind(kind),
-            door=door,
-            reader=reader,
-            flags=EventFlags(flags),
-            card=_unsigned(card),
-            aux=aux,
-        )
-        return StoredEvent(panel_id=pid, record=record, received_us=received_us, epoch=epoch)
-
-    def losses(self, panel_id: int | None = None) -> list[Loss]:
-        sql = "SELECT panel_id, first_seq, last_seq, count, kind, time_us, received_us, epoch FROM losses"
-        args: Iterable[int] = ()
-        if panel_id is not None:
-            sql += " WHERE panel_id = ?"
-            args = (panel_id,)
-        sql += " ORDER BY panel_id, first_seq"
-        with map_sqlite_errors(self.path, "reading losses"):
-            return [
-                Loss(
-                    panel_id=r[0],
-                    first_seq=r[1],
-                    last_seq=r[2],
-                    count=r[3],
-                    kind=EventKind(r[4]),
-                    time_us=_unsigned(r[5]),
-                    received_us=r[6],
-                    epoch=r[7],
-                )
-                for r in self._conn.execute(sql, tuple(args))
-            ]
-
-    def stale_writes(self) -> int:
-        """Events committed under an older epoch after a newer epoch had committed (P5).
-
-        In commit order (arrival time) the epoch must never go back: a write that
-        does came from a fenced node that the store failed to refuse.
-        """
-        with map_sqlite_errors(self.path, "checking epochs"):
-            newest = stale = 0
-            for (epoch,) in self._conn.execute("SELECT epoch FROM events ORDER BY received_us, panel_id, seq"):
-                if epoch < newest:
-                    stale += 1
-                newest = max(newest, epoch)
-            return stale
-
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """Every read inside sees the store as of one instant (one WAL read transaction).
-
-        A checker reading a panel's rows, then its losses, then its hwm while a node
-        commits would see three different stores: a seq counted in the hwm but not
-        among the rows reads as an undeclared gap.
-        """
-        with map_sqlite_errors(self.path, "starting a read snapshot"):
-            self._conn.execute("BEGIN")
-            # A deferred transaction takes its snapshot at the first read: take it now.
-            self._conn.execute("SELECT epoch FROM cluster WHERE id = 1").fetchone()
-        try:
-            yield
-        finally:
-            with map_sqlite_errors(self.path, "ending a read snapshot"):
-                self._conn.execute("COMMIT")
-
-    def integrity_check(self) -> str:
-        with map_sqlite_errors(self.path, "checking integrity"):
-            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])

@@ -3,11 +3,8 @@ failover; the supervisor that restarts node processes. It never imports the harn
 """
 
 from ._cluster import ClusterNode as ClusterNode
-from ._cluster import ClusterSettings as ClusterSettings
-from ._cluster import Role as Role
-from ._cluster import process_is_fieldsync as process_is_fieldsync
-from ._cluster import stonith as stonith
-from ._cluster import vrrp_master as vrrp_master
+from ._cluster_settings import ClusterSettings as ClusterSettings
+from ._cluster_settings import Role as Role
 from ._failover import ActiveDecision as ActiveDecision
 from ._failover import ActiveView as ActiveView
 from ._failover import FailoverRules as FailoverRules
@@ -29,6 +26,9 @@ from ._failover import decide_standby as decide_standby
 from ._node import Node as Node
 from ._node import NodeSettings as NodeSettings
 from ._node import NodeStatistics as NodeStatistics
+from ._processes import process_is_fieldsync as process_is_fieldsync
+from ._processes import stonith as stonith
+from ._processes import vrrp_master as vrrp_master
 from ._supervisor import Supervised as Supervised
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import node_command as node_command

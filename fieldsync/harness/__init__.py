@@ -27,10 +27,10 @@ from ._rogue import RogueKind as RogueKind
 from ._rogue import RogueOutcome as RogueOutcome
 from ._rogue import attempt as attempt_rogue
 from ._runner import RunResult as RunResult
-from ._runner import Sample as Sample
 from ._runner import ScenarioRun as ScenarioRun
 from ._runner import run_scenario as run_scenario
 from ._runner import write_reports as write_reports
+from ._sampling import Sample as Sample
 from ._scenario import ClusterSpec as ClusterSpec
 from ._scenario import GroupSpec as GroupSpec
 from ._scenario import Scenario as Scenario

@@ -13,15 +13,11 @@ processes this run started, by their pid.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
 import json
 import os
 import random
-import shutil
-import sqlite3
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,49 +26,24 @@ from typing import Any
 
 import trio
 
-from emulator import Fleet, PanelSettings, Workload
-from storage import ConfigStore
+from emulator import Fleet, Workload
 
-from ..site import Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
 from ._checker import Report, check
 from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until
 from ._fault_api import serve_api
 from ._proxy import FaultHub
 from ._rogue import RogueOutcome
+from ._run_setup import VIP, RunSetup
+from ._sampling import Sample, Sampler
 from ._scenario import Scenario, ScenarioError
-from ._steps import NODES_GROUP, FaultWindow
+from ._steps import FaultWindow
 
 __all__ = [
     "RunResult",
-    "Sample",
     "ScenarioRun",
     "run_scenario",
     "write_reports",
 ]
-
-VIP = "127.0.0.100"
-
-
-def _shadow_address(panel_id: int) -> str:
-    """Where a grouped host-initiated panel really listens; its proxy takes 127.1.x.y."""
-    return f"127.2.{panel_id >> 8}.{panel_id & 0xFF}"
-
-
-def _group_address(index: int) -> str:
-    return f"127.0.0.{150 + index}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Sample:
-    t: float
-    #: Events the store holds up to the panels' high-water marks: monotonic, whatever the
-    #: panels' power does (their own ack counters restart with a boot).
-    stored: int
-    acked: int
-    buffered: int
-    connected: int
-    holder: str | None
-    epoch: int
 
 
 @dataclasses.dataclass(slots=True)
@@ -168,7 +139,6 @@ class ScenarioRun:
         self.log: list[tuple[float, str]] = []
         self.windows: list[FaultWindow] = []
         self.samples: list[Sample] = []
-        self._reader: sqlite3.Connection | None = None
         self.hub = FaultHub(seed=self.seed)
         self.cluster: ClusterBackend | None = None
         #: The open window of each toxic a step added, by (group, toxic name).
@@ -177,104 +147,8 @@ class ScenarioRun:
         self.rogues: list[RogueOutcome] = []
         self._t0 = 0.0
         self._next_card = 100_000
-        self._mounted: Path | None = None
-
-    # -- set-up -------------------------------------------------------------------------
-
-    def _prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStore]:
-        s = self.scenario.site
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if s.flash:
-            (self.workdir / "flash").mkdir(exist_ok=True)
-        store_dir = self._mount_store(s.store_size) if s.store_size else None
-        site_path = self.workdir / "site.toml"
-        # The node processes read the site from this file; this run reads the same text.
-        text = pair_site_toml(
-            port=self.port,
-            panels=s.panels,
-            first_id=s.first_id,
-            mode=s.mode,
-            buffer=s.buffer,
-            policy=s.policy,
-            doors=s.doors,
-            rate=s.rate,
-            flash_dir="flash" if s.flash else None,
-            insecure=not s.tls,
-            db=f"{store_dir.name}/site.db" if store_dir is not None else "site.db",
-            name=self.scenario.name,
-            heartbeat_proxies=not self.in_process,  # the group "nodes"
-        )
-        site_path.write_text(text)
-        site = parse_site(text, site_path)
-        if s.tls:
-            issue_pair_pki(site, self.scenario.name[:60] or "scenario")
-        config = seed_config(site.db_file, doors=s.doors, cardholders=s.cardholders)
-        settings = [site.panel_settings(pid) for pid in site.panel_ids()]
-        return site_path, site, settings, config
-
-    def _mount_store(self, size: int) -> Path:
-        """A tmpfs of ``size`` bytes for the store: a disk that can really fill up."""
-        store_dir = self.workdir / "store"
-        store_dir.mkdir(exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "fieldsync-store", str(store_dir)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            raise ScenarioError(
-                f"[site] store_size needs a size-limited tmpfs (root and mount): {done.stderr.strip() or done.stdout}"
-            )
-        self._mounted = store_dir
-        return store_dir
-
-    def _unmount_store(self) -> None:
-        if self._mounted is None:
-            return
-        kept = self.workdir / "store-copy"  # a tmpfs forgets: keep the store for a post-mortem
-        kept.mkdir(exist_ok=True)
-        for file in self._mounted.glob("site.db*"):
-            with contextlib.suppress(OSError):
-                shutil.copy2(file, kept / file.name)
-        subprocess.run(["umount", "-l", str(self._mounted)], capture_output=True)
-        self._mounted = None
-
-    async def _make_heartbeat_proxies(self, site: Site) -> None:
-        """The heartbeat link between the nodes as the group "nodes": a UDP proxy where the site
-        says each node's beats arrive (``heartbeat_via``), forwarding to the node itself."""
-        beat_port = heartbeat_port(self.port)
-        names = []
-        for node in site.nodes:
-            if node.heartbeat_via is not None:
-                names.append(f"nodes.{node.name}")
-                await self.hub.create(
-                    names[-1], (node.heartbeat_via, beat_port), (node.address, beat_port), protocol="udp"
-                )
-        self.hub.define_group(NODES_GROUP, names)
-
-    async def _make_proxies(self, settings: list[PanelSettings]) -> list[PanelSettings]:
-        by_id = {st.panel_id: st for st in settings}
-        for index, group in enumerate(self.scenario.groups):
-            members: list[str] = []
-            punch = [pid for pid in group.panels if by_id[pid].mode.value == "punch-out"]
-            if punch:
-                name = f"{group.name}.vip"
-                address = (_group_address(index), self.port)
-                await self.hub.create(name, address, (VIP, self.port))
-                members.append(name)
-                for pid in punch:
-                    by_id[pid] = dataclasses.replace(by_id[pid], server=address)
-            for pid in group.panels:
-                st = by_id[pid]
-                if st.mode.value != "host-initiated" or st.listen is None:
-                    continue
-                name = f"{group.name}.panel-{pid}"
-                shadow = (_shadow_address(pid), st.listen[1])
-                await self.hub.create(name, st.listen, shadow)
-                members.append(name)
-                by_id[pid] = dataclasses.replace(st, listen=shadow)
-            self.hub.define_group(group.name, members)
-        return [by_id[st.panel_id] for st in settings]
+        self._setup = RunSetup(scenario, workdir=self.workdir, port=self.port, in_process=self.in_process, hub=self.hub)
+        self._sampler = Sampler(self.samples)
 
     # -- the run --------------------------------------------------------------------------
 
@@ -306,7 +180,7 @@ class ScenarioRun:
     @property
     def store_dir(self) -> Path | None:
         """The store's size-limited filesystem (``[site] store_size``), while it is mounted."""
-        return self._mounted
+        return self._setup.mounted
 
     def new_card(self) -> int:
         """A card number no cardholder has had in this run."""
@@ -328,9 +202,9 @@ class ScenarioRun:
                 "the two node processes; run it without --fast"
             )
         try:
-            site_path, self.site, settings, config = self._prepare()
+            site_path, self.site, settings, config = self._setup.prepare()
         except BaseException:
-            self._unmount_store()
+            self._setup.unmount_store()
             raise
         self.config = config
         # One connection, one thread at a time (a storm and a step may overlap).
@@ -350,9 +224,9 @@ class ScenarioRun:
                 if self.api_port is not None:
                     await nursery.start(serve_api, self.hub, "127.0.0.1", self.api_port)
                     self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
-                settings = await self._make_proxies(settings)
+                settings = await self._setup.make_proxies(settings)
                 if not self.in_process:
-                    await self._make_heartbeat_proxies(self.site)
+                    await self._setup.make_heartbeat_proxies(self.site)
                 self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
                 if self.in_process:
                     self.cluster = InProcessCluster(self)
@@ -370,7 +244,7 @@ class ScenarioRun:
                 self._check_all_connected()
                 self._t0 = trio.current_time()
                 self.note(f"{len(self.fleet)} panels online, node {self._holder()} holds the VIP")
-                nursery.start_soon(self._sample)
+                nursery.start_soon(self._sampler.run, self)
                 async with trio.open_nursery() as steps:
                     for step in scenario.timeline:
                         await trio.sleep_until(self._t0 + step.at)
@@ -393,9 +267,8 @@ class ScenarioRun:
         finally:
             os.close(log_fd)
             config.close()
-            if self._reader is not None:
-                self._reader.close()
-            self._unmount_store()
+            self._sampler.close()
+            self._setup.unmount_store()
         return RunResult(
             scenario=scenario,
             seed=self.seed,
@@ -435,36 +308,8 @@ class ScenarioRun:
             f"(panels {ids}; last errors: {common}); see {self.workdir / 'nodes.log'}"
         )
 
-    def _stored(self) -> int:
-        """The sum of the store's high-water marks: O(panels), read-only, never goes back."""
-        if self._reader is None:
-            try:
-                self._reader = sqlite3.connect(f"file:{self.config.path}?mode=ro", uri=True, check_same_thread=False)
-            except sqlite3.Error:
-                return self.samples[-1].stored if self.samples else 0
-        try:
-            return int(self._reader.execute("SELECT coalesce(sum(hwm), 0) FROM panels").fetchone()[0])
-        except sqlite3.Error:  # a writer holds the lock for a moment: keep the last figure
-            return self.samples[-1].stored if self.samples else 0
-
     def _holder(self) -> str | None:
         return self.cluster.holder() if self.cluster is not None else None
-
-    async def _sample(self) -> None:
-        while True:
-            s = self.fleet.statistics()
-            self.samples.append(
-                Sample(
-                    t=self.now(),
-                    stored=self._stored(),
-                    acked=s.acked,
-                    buffered=s.buffered_events,
-                    connected=s.connected,
-                    holder=self._holder(),
-                    epoch=self.cluster.epoch() if self.cluster is not None else 0,
-                )
-            )
-            await trio.sleep(0.25)
 
     # -- the end --------------------------------------------------------------------------
 

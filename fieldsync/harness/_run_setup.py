@@ -1,0 +1,150 @@
+"""A scenario run's set-up: the site file, its PKI and configuration, the store's disk, the fault proxies.
+
+``ScenarioRun`` (``_runner``) owns one ``RunSetup`` and runs the cluster, the
+fleet and the timeline on what it prepared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import subprocess
+from pathlib import Path
+
+from emulator import PanelSettings
+from storage import ConfigStore
+
+from ..site import Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
+from ._proxy import FaultHub
+from ._scenario import Scenario, ScenarioError
+from ._steps import NODES_GROUP
+
+__all__ = ["VIP", "RunSetup"]
+
+VIP = "127.0.0.100"
+
+
+def _shadow_address(panel_id: int) -> str:
+    """Where a grouped host-initiated panel really listens; its proxy takes 127.1.x.y."""
+    return f"127.2.{panel_id >> 8}.{panel_id & 0xFF}"
+
+
+def _group_address(index: int) -> str:
+    return f"127.0.0.{150 + index}"
+
+
+class RunSetup:
+    """What a run builds before its cluster starts, and the tmpfs it unmounts at the end.
+
+    Args:
+        scenario: the scenario being run.
+        workdir: the run's directory (created if missing).
+        port: the cluster's port; the heartbeat port follows from it.
+        in_process: the fast tier (no heartbeat proxies: one in-process node).
+        hub: the run's fault proxies.
+    """
+
+    def __init__(self, scenario: Scenario, *, workdir: Path, port: int, in_process: bool, hub: FaultHub) -> None:
+        self.scenario = scenario
+        self.workdir = workdir
+        self.port = port
+        self.in_process = in_process
+        self.hub = hub
+        #: The store's size-limited filesystem (``[site] store_size``), while it is mounted.
+        self.mounted: Path | None = None
+
+    def prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStore]:
+        s = self.scenario.site
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if s.flash:
+            (self.workdir / "flash").mkdir(exist_ok=True)
+        store_dir = self.mount_store(s.store_size) if s.store_size else None
+        site_path = self.workdir / "site.toml"
+        # The node processes read the site from this file; this run reads the same text.
+        text = pair_site_toml(
+            port=self.port,
+            panels=s.panels,
+            first_id=s.first_id,
+            mode=s.mode,
+            buffer=s.buffer,
+            policy=s.policy,
+            doors=s.doors,
+            rate=s.rate,
+            flash_dir="flash" if s.flash else None,
+            insecure=not s.tls,
+            db=f"{store_dir.name}/site.db" if store_dir is not None else "site.db",
+            name=self.scenario.name,
+            heartbeat_proxies=not self.in_process,  # the group "nodes"
+        )
+        site_path.write_text(text)
+        site = parse_site(text, site_path)
+        if s.tls:
+            issue_pair_pki(site, self.scenario.name[:60] or "scenario")
+        config = seed_config(site.db_file, doors=s.doors, cardholders=s.cardholders)
+        settings = [site.panel_settings(pid) for pid in site.panel_ids()]
+        return site_path, site, settings, config
+
+    def mount_store(self, size: int) -> Path:
+        """A tmpfs of ``size`` bytes for the store: a disk that can really fill up."""
+        store_dir = self.workdir / "store"
+        store_dir.mkdir(exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "fieldsync-store", str(store_dir)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise ScenarioError(
+                f"[site] store_size needs a size-limited tmpfs (root and mount): {done.stderr.strip() or done.stdout}"
+            )
+        self.mounted = store_dir
+        return store_dir
+
+    def unmount_store(self) -> None:
+        if self.mounted is None:
+            return
+        kept = self.workdir / "store-copy"  # a tmpfs forgets: keep the store for a post-mortem
+        kept.mkdir(exist_ok=True)
+        for file in self.mounted.glob("site.db*"):
+            with contextlib.suppress(OSError):
+                shutil.copy2(file, kept / file.name)
+        subprocess.run(["umount", "-l", str(self.mounted)], capture_output=True)
+        self.mounted = None
+
+    async def make_heartbeat_proxies(self, site: Site) -> None:
+        """The heartbeat link between the nodes as the group "nodes": a UDP proxy where the site
+        says each node's beats arrive (``heartbeat_via``), forwarding to the node itself."""
+        beat_port = heartbeat_port(self.port)
+        names = []
+        for node in site.nodes:
+            if node.heartbeat_via is not None:
+                names.append(f"nodes.{node.name}")
+                await self.hub.create(
+                    names[-1], (node.heartbeat_via, beat_port), (node.address, beat_port), protocol="udp"
+                )
+        self.hub.define_group(NODES_GROUP, names)
+
+    async def make_proxies(self, settings: list[PanelSettings]) -> list[PanelSettings]:
+        by_id = {st.panel_id: st for st in settings}
+        for index, group in enumerate(self.scenario.groups):
+            members: list[str] = []
+            punch = [pid for pid in group.panels if by_id[pid].mode.value == "punch-out"]
+            if punch:
+                name = f"{group.name}.vip"
+                address = (_group_address(index), self.port)
+                await self.hub.create(name, address, (VIP, self.port))
+                members.append(name)
+                for pid in punch:
+                    by_id[pid] = dataclasses.replace(by_id[pid], server=address)
+            for pid in group.panels:
+                st = by_id[pid]
+                if st.mode.value != "host-initiated" or st.listen is None:
+                    continue
+                name = f"{group.name}.panel-{pid}"
+                shadow = (_shadow_address(pid), st.listen[1])
+                await self.hub.create(name, st.listen, shadow)
+                members.append(name)
+                by_id[pid] = dataclasses.replace(st, listen=shadow)
+            self.hub.define_group(group.name, members)
+        return [by_id[st.panel_id] for st in settings]

@@ -1,0 +1,109 @@
+"""The event store's records, shared by both engines (SQLite and PostgreSQL).
+
+u64 fields are stored as the signed 64-bit integers both engines hold (the same
+bits): ``signed`` on the way in, ``unsigned`` on the way out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from protocol import RECORD_SIZE, EventKind, EventRecord
+
+__all__ = [
+    "MAX_STORED_SEQ",
+    "IngestBatch",
+    "IngestOutcome",
+    "IngestResult",
+    "Loss",
+    "StoredEvent",
+    "signed",
+    "unsigned",
+]
+
+MAX_STORED_SEQ = 2**63 - 1
+
+
+def signed(value: int) -> int:
+    return value - 2**64 if value >= 2**63 else value
+
+
+def unsigned(value: int) -> int:
+    return value + 2**64 if value < 0 else value
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IngestBatch:
+    """Records of one panel, checked by the protocol layer (``check_records``).
+
+    Building one checks only what the rows need (seqs within what SQLite stores,
+    whole records), so ``ingest`` trusts it and checks nothing of it again: the
+    records' content was checked when their EVENT_BATCH was decoded.
+
+    Raises:
+        ValueError: the seqs or the records' size are outside those bounds.
+    """
+
+    panel_id: int
+    first_seq: int
+    last_seq: int
+    records: bytes
+    received_us: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.first_seq <= self.last_seq <= MAX_STORED_SEQ:
+            raise ValueError(
+                f"panel {self.panel_id}: batch seqs {self.first_seq}..{self.last_seq} are not "
+                f"an ascending range within 1..2**63-1"
+            )
+        if not self.records or len(self.records) % RECORD_SIZE:
+            raise ValueError(
+                f"panel {self.panel_id}: batch records are {len(self.records)} bytes, "
+                f"not a positive multiple of {RECORD_SIZE}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IngestOutcome:
+    panel_id: int
+    #: The panel's high-water mark after this batch (everything up to it is durable).
+    hwm: int
+    stored: int = 0
+    duplicates: int = 0
+    #: Seqs of a declared gap recorded as lost by this batch.
+    declared_lost: int = 0
+    #: Set when the batch was refused: it would have left an undeclared gap.
+    error: str | None = None
+    expected_seq: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IngestResult:
+    epoch: int
+    outcomes: tuple[IngestOutcome, ...]
+    #: Each panel's high-water mark after the commit.
+    hwms: dict[int, int]
+    stored: int
+    commit_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StoredEvent:
+    panel_id: int
+    record: EventRecord
+    received_us: int
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Loss:
+    """A gap a panel declared: ``count`` events ``first_seq..last_seq`` never arrived."""
+
+    panel_id: int
+    first_seq: int
+    last_seq: int
+    count: int
+    kind: EventKind
+    time_us: int
+    received_us: int
+    epoch: int
