@@ -2,16 +2,16 @@
 keepalived (VRRPv3), and the faults of real hosts (power lost, a NIC down, a crash).
 """
 
-from ._lab import HOSTS as HOSTS
-from ._lab import NODE_HOSTS as NODE_HOSTS
-from ._lab import VIP as VIP
 from ._lab import HostStatus as HostStatus
 from ._lab import Lab as Lab
-from ._lab import LabSpec as LabSpec
 from ._lab import LabStatus as LabStatus
 from ._lab import describe as describe
-from ._lab import node_address as node_address
-from ._lab import panel_lab_address as panel_lab_address
+from ._spec import HOSTS as HOSTS
+from ._spec import NODE_HOSTS as NODE_HOSTS
+from ._spec import VIP as VIP
+from ._spec import LabSpec as LabSpec
+from ._spec import node_address as node_address
+from ._spec import panel_lab_address as panel_lab_address
 from ._system import LabError as LabError
 from ._system import find_keepalived as find_keepalived
 from ._system import missing_prerequisites as missing_prerequisites

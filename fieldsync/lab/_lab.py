@@ -23,131 +23,35 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
-import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from storage import ClusterStore, Lease
 
-from ..engine import node_command
-from ..site import issue_pair_pki, load_site, seed_config
+from ._faults import _HostFaults
+from ._lab_files import argv, write_keepalived, write_site
+from ._spec import (
+    _MARK,
+    _NODE_ADDRESS,
+    _PANEL_HOST_ADDRESS,
+    _PREFIX,
+    HOSTS,
+    NODE_HOSTS,
+    VIP,
+    LabSpec,
+    panel_lab_address,
+)
 from ._system import (
     LabError,
-    Recognised,
     find_keepalived,
     missing_prerequisites,
     run,
-    signal_group,
     spawn_detached,
     stop_group,
 )
 
-__all__ = [
-    "HOSTS",
-    "NODE_HOSTS",
-    "HostStatus",
-    "Lab",
-    "LabSpec",
-    "LabStatus",
-    "VIP",
-    "describe",
-    "node_address",
-    "panel_lab_address",
-]
-
-NODE_HOSTS = ("A", "B")
-HOSTS = ("sw", *NODE_HOSTS, "panels")
-VIP = "198.18.0.100"
-_PREFIX = 16
-_NODE_ADDRESS = {"A": "198.18.0.11", "B": "198.18.0.12"}
-_PANEL_HOST_ADDRESS = "198.18.0.200"
-#: A is preferred at a cold start; with ``nopreempt`` a returning A does not take the VIP back.
-_PRIORITY = {"A": 110, "B": 100}
-_MARK = "fieldsync-lab "
-_NAME = re.compile(r"^[a-z0-9]{1,12}$")
-_PANELS_PER_OCTET = 250
-_MAX_PANELS = _PANELS_PER_OCTET * 200
-
-
-def node_address(host: str) -> str:
-    return _NODE_ADDRESS[host]
-
-
-def panel_lab_address(panel_id: int) -> str:
-    """Panel N's own address on the panel host: 198.18.1.1 for panel 1, 250 panels per third octet."""
-    if not 0 < panel_id <= _MAX_PANELS:
-        raise LabError(f"panel id {panel_id} has no lab address (1..{_MAX_PANELS})")
-    return f"198.18.{1 + (panel_id - 1) // _PANELS_PER_OCTET}.{1 + (panel_id - 1) % _PANELS_PER_OCTET}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LabSpec:
-    """What lab to build: its name (namespaces ``fsl-<name>-<host>``), its directory, the panels."""
-
-    name: str
-    directory: Path
-    panels: int = 4
-    #: VRRP advertisement interval, seconds (VRRPv3: centiseconds, 0.01 .. 40.95).
-    advert_int: float = 0.1
-    virtual_router_id: int = 51
-    port: int = 30002
-    mode: str = "mixed"
-    stonith: bool = True
-    #: The nodes follow VRRP (serve only while their host is MASTER); False is the negative control.
-    vrrp_gate: bool = True
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise LabError(f"lab name {self.name!r}: use 1-12 lower-case letters or digits")
-        if not 0 < self.panels <= _MAX_PANELS:
-            raise LabError(f"--panels {self.panels}: a lab has 1..{_MAX_PANELS} panels")
-        if not 0.01 <= self.advert_int <= 40.95 or abs(round(self.advert_int * 100) - self.advert_int * 100) > 1e-6:
-            raise LabError(f"--advert-int {self.advert_int}: VRRPv3 takes 0.01 .. 40.95 s in steps of 0.01")
-        if not 1 <= self.virtual_router_id <= 255:
-            raise LabError(f"virtual_router_id {self.virtual_router_id}: VRRP takes 1 .. 255")
-        if self.mode not in ("punch-out", "host-initiated", "mixed"):
-            raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
-
-    def namespace(self, host: str) -> str:
-        return f"fsl-{self.name}-{host}"
-
-    def file(self, kind: str, host: str, suffix: str) -> Path:
-        return self.directory / f"{kind}-{host}.{suffix}"
-
-    @property
-    def site_path(self) -> Path:
-        return self.directory / "site.toml"
-
-    @property
-    def record_path(self) -> Path:
-        return self.directory / "lab.json"
-
-    def vrrp_state(self, host: str) -> Path:
-        return self.file("vrrp", host, "state")
-
-    def vrrp_pid(self, host: str) -> Path:
-        """The pid file of keepalived's VRRP process (``-r``): the process that speaks VRRP."""
-        return self.file("keepalived", host, "vrrp.pid")
-
-    def recognised_on(self, kind: str, host: str) -> Recognised:
-        if kind == "keepalived":
-            return Recognised(program="keepalived", marker=str(self.file("keepalived", host, "conf")))
-        return Recognised(program="fieldsync", marker=str(self.site_path))
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["directory"] = str(self.directory)
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LabSpec:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kept = {k: v for k, v in data.items() if k in fields}
-        kept["directory"] = Path(kept["directory"])
-        return cls(**kept)
+__all__ = ["HostStatus", "Lab", "LabStatus", "describe"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,7 +101,7 @@ class LabStatus:
         return None
 
 
-class Lab:
+class Lab(_HostFaults):
     """Build, inspect, fault and remove one lab; every step recorded in ``lab.json`` as it is taken."""
 
     def __init__(self, spec: LabSpec, *, keepalived: str | None = None) -> None:
@@ -348,83 +252,13 @@ class Lab:
             run(["ip", "netns", "exec", spec.namespace(host), "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])
 
     def _write_site(self) -> None:
-        spec = self.spec
-        nodes = []
-        for host in NODE_HOSTS:
-            vrrp = (
-                f'vrrp_state = "{spec.vrrp_state(host).name}"\nvrrp_pid = "{spec.vrrp_pid(host).name}"\n'
-                if spec.vrrp_gate
-                else ""
-            )
-            nodes.append(f'[nodes.{host}]\naddress = "{_NODE_ADDRESS[host]}"\n{vrrp}')
-        panels = "".join(
-            f'[[panels]]\nid = {p}\naddress = "{panel_lab_address(p)}"\n\n' for p in range(1, spec.panels + 1)
-        )
-        spec.site_path.write_text(
-            f"# Written by `fieldsync lab up` for lab {spec.name}: nodes on {spec.namespace('A')} and "
-            f"{spec.namespace('B')}, panels on {spec.namespace('panels')}.\n"
-            f'[site]\nname = "lab {spec.name}"\ndb = "site.db"\npki = "pki"\nvip = "{VIP}"\n'
-            f"port = {spec.port}\npanel_port = 3001\n\n"
-            + "\n".join(nodes)
-            + f'\n[fleet]\npanels = {spec.panels}\nmode = "{spec.mode}"\nbuffer = "2MiB"\nbatch = 512\n\n'
-            + panels
-        )
-        site = load_site(spec.site_path)
-        shutil.rmtree(site.pki, ignore_errors=True)  # a fresh CA for a fresh lab: EC keys cost little
-        issue_pair_pki(site, f"lab {spec.name}")
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{site.db_file}{suffix}").unlink(missing_ok=True)
-        seed_config(site.db_file, doors=4, cardholders=100).close()
-        ClusterStore(site.db_file).close()
+        write_site(self.spec)
 
     def _write_keepalived(self, host: str) -> None:
-        spec = self.spec
-        state, notify = spec.vrrp_state(host), spec.file("notify", host, "sh")
-        state.write_text("INIT\n")
-        notify.write_text(
-            "#!/bin/sh\n"
-            "# keepalived runs this on every VRRP transition; $3 is the new state (MASTER, BACKUP, FAULT, STOP).\n"
-            f"printf '%s\\n' \"$3\" > '{state}.tmp' && mv -f '{state}.tmp' '{state}'\n"
-        )
-        notify.chmod(0o755)
-        spec.file("keepalived", host, "conf").write_text(
-            "global_defs {\n"
-            f"    router_id fsl-{spec.name}-{host}\n"
-            "    vrrp_version 3\n"
-            "    enable_script_security\n"
-            "    script_user root\n"
-            "}\n"
-            "vrrp_instance VIP {\n"
-            "    state BACKUP\n"
-            "    nopreempt\n"
-            "    interface eth0\n"
-            f"    virtual_router_id {spec.virtual_router_id}\n"
-            f"    priority {_PRIORITY[host]}\n"
-            f"    advert_int {spec.advert_int:.2f}\n"
-            f"    virtual_ipaddress {{\n        {VIP}/{_PREFIX} dev eth0\n    }}\n"
-            f"    notify {notify}\n"
-            "}\n"
-        )
+        write_keepalived(self.spec, host)
 
     def _argv(self, host: str, kind: str) -> list[str]:
-        spec = self.spec
-        if kind == "keepalived":
-            assert self.keepalived is not None
-            return [
-                self.keepalived,
-                "--dont-fork",
-                "--log-console",
-                "--log-detail",
-                "--vrrp",
-                "-f",
-                str(spec.file("keepalived", host, "conf")),
-                "-p",
-                str(spec.file("keepalived", host, "pid")),
-                "-r",
-                str(spec.vrrp_pid(host)),
-            ]
-        extra = () if spec.stonith else ("--no-stonith",)
-        return node_command(host, str(spec.site_path), *extra)
+        return argv(self.spec, host, kind, self.keepalived)
 
     def _start(self, host: str, kind: str) -> None:
         spec = self.spec
@@ -527,62 +361,6 @@ class Lab:
         return LabStatus(hosts=tuple(hosts), lease=lease, lease_left=left)
 
     # -- faults --------------------------------------------------------------------------
-
-    def _groups(self, host: str) -> list[tuple[int, Recognised]]:
-        return [(p["pgid"], self.spec.recognised_on(p["kind"], host)) for p in self.processes if p["host"] == host]
-
-    def _node_host(self, host: str) -> None:
-        if host not in NODE_HOSTS:
-            raise LabError(f"host {host!r}: a node host is one of {', '.join(NODE_HOSTS)}")
-
-    def power_off(self, host: str) -> None:
-        """The host loses power: every process it runs freezes, then its switch port goes down.
-
-        In that order, so keepalived cannot see its carrier go and write FAULT: a host without
-        power says nothing. The panels see silence, not RSTs (the port is down).
-        """
-        self._node_host(host)
-        for pgid, recognised in self._groups(host):
-            signal_group(pgid, recognised, signal.SIGSTOP)
-        self._port(host, up=False)
-        self.powered_off.add(host)
-        self._save()
-
-    def power_on(self, host: str) -> None:
-        """The reverse of ``power_off``: its processes carry on where they froze, then its port comes up."""
-        self._node_host(host)
-        for pgid, recognised in self._groups(host):
-            signal_group(pgid, recognised, signal.SIGCONT)
-        self._port(host, up=True)
-        self.powered_off.discard(host)
-        self._save()
-
-    def nic(self, host: str, *, up: bool) -> None:
-        """The host's own NIC goes down or up (keepalived sees it and goes to FAULT)."""
-        if host not in (*NODE_HOSTS, "panels"):
-            raise LabError(f"host {host!r}: one of {', '.join((*NODE_HOSTS, 'panels'))}")
-        run(["ip", "-n", self.spec.namespace(host), "link", "set", "eth0", "up" if up else "down"])
-
-    def kill(self, host: str) -> list[int]:
-        """A crash: SIGKILL of the node's and keepalived's process groups (the VIP stays on eth0)."""
-        self._node_host(host)
-        killed = []
-        for pgid, recognised in self._groups(host):
-            killed += signal_group(pgid, recognised, signal.SIGKILL)
-        return killed
-
-    def start(self, host: str) -> list[str]:
-        """Start what of ``host`` is not running (after ``kill``, or a node shot by STONITH)."""
-        self._node_host(host)
-        started = []
-        for kind in ("keepalived", "node"):
-            if not self._alive(host, kind):
-                self._start(host, kind)
-                started.append(kind)
-        return started
-
-    def _port(self, host: str, *, up: bool) -> None:
-        run(["ip", "-n", self.spec.namespace("sw"), "link", "set", host, "up" if up else "down"])
 
     # -- down ----------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""What lab to build (``LabSpec``) and where everything of it lives: namespaces, files, addresses."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from ._system import LabError, Recognised
+
+__all__ = ["HOSTS", "NODE_HOSTS", "VIP", "LabSpec", "node_address", "panel_lab_address"]
+
+NODE_HOSTS = ("A", "B")
+HOSTS = ("sw", *NODE_HOSTS, "panels")
+VIP = "198.18.0.100"
+_PREFIX = 16
+_NODE_ADDRESS = {"A": "198.18.0.11", "B": "198.18.0.12"}
+_PANEL_HOST_ADDRESS = "198.18.0.200"
+#: A is preferred at a cold start; with ``nopreempt`` a returning A does not take the VIP back.
+_PRIORITY = {"A": 110, "B": 100}
+_MARK = "fieldsync-lab "
+_NAME = re.compile(r"^[a-z0-9]{1,12}$")
+_PANELS_PER_OCTET = 250
+_MAX_PANELS = _PANELS_PER_OCTET * 200
+
+
+def node_address(host: str) -> str:
+    return _NODE_ADDRESS[host]
+
+
+def panel_lab_address(panel_id: int) -> str:
+    """Panel N's own address on the panel host: 198.18.1.1 for panel 1, 250 panels per third octet."""
+    if not 0 < panel_id <= _MAX_PANELS:
+        raise LabError(f"panel id {panel_id} has no lab address (1..{_MAX_PANELS})")
+    return f"198.18.{1 + (panel_id - 1) // _PANELS_PER_OCTET}.{1 + (panel_id - 1) % _PANELS_PER_OCTET}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LabSpec:
+    """What lab to build: its name (namespaces ``fsl-<name>-<host>``), its directory, the panels."""
+
+    name: str
+    directory: Path
+    panels: int = 4
+    #: VRRP advertisement interval, seconds (VRRPv3: centiseconds, 0.01 .. 40.95).
+    advert_int: float = 0.1
+    virtual_router_id: int = 51
+    port: int = 30002
+    mode: str = "mixed"
+    stonith: bool = True
+    #: The nodes follow VRRP (serve only while their host is MASTER); False is the negative control.
+    vrrp_gate: bool = True
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise LabError(f"lab name {self.name!r}: use 1-12 lower-case letters or digits")
+        if not 0 < self.panels <= _MAX_PANELS:
+            raise LabError(f"--panels {self.panels}: a lab has 1..{_MAX_PANELS} panels")
+        if not 0.01 <= self.advert_int <= 40.95 or abs(round(self.advert_int * 100) - self.advert_int * 100) > 1e-6:
+            raise LabError(f"--advert-int {self.advert_int}: VRRPv3 takes 0.01 .. 40.95 s in steps of 0.01")
+        if not 1 <= self.virtual_router_id <= 255:
+            raise LabError(f"virtual_router_id {self.virtual_router_id}: VRRP takes 1 .. 255")
+        if self.mode not in ("punch-out", "host-initiated", "mixed"):
+            raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
+
+    def namespace(self, host: str) -> str:
+        return f"fsl-{self.name}-{host}"
+
+    def file(self, kind: str, host: str, suffix: str) -> Path:
+        return self.directory / f"{kind}-{host}.{suffix}"
+
+    @property
+    def site_path(self) -> Path:
+        return self.directory / "site.toml"
+
+    @property
+    def record_path(self) -> Path:
+        return self.directory / "lab.json"
+
+    def vrrp_state(self, host: str) -> Path:
+        return self.file("vrrp", host, "state")
+
+    def vrrp_pid(self, host: str) -> Path:
+        """The pid file of keepalived's VRRP process (``-r``): the process that speaks VRRP."""
+        return self.file("keepalived", host, "vrrp.pid")
+
+    def recognised_on(self, kind: str, host: str) -> Recognised:
+        if kind == "keepalived":
+            return Recognised(program="keepalived", marker=str(self.file("keepalived", host, "conf")))
+        return Recognised(program="fieldsync", marker=str(self.site_path))
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["directory"] = str(self.directory)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in data.items() if k in fields}
+        kept["directory"] = Path(kept["directory"])
+        return cls(**kept)
