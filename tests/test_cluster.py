@@ -208,8 +208,9 @@ def write_locked(db: Path) -> bool:
 def test_the_shared_disk_limit_a_paused_writer_without_stonith_keeps_the_vip(site_pki: Path, tmp_path: Path) -> None:
     """The limit docs/architecture.md states, asserted: on a shared disk with STONITH off, an
     active paused inside a write transaction holds the store's lock, so nobody can take over
-    for as long as it sleeps; the standby says why; the woken node carries on as active with
-    its epoch, and nothing is lost or stored twice."""
+    for as long as it sleeps; the standby says why; after the wake one node serves (the woken one
+    with its epoch, or the standby, whose takeover was waiting for the lock), and nothing is lost
+    or stored twice."""
     log_path = tmp_path / "nodes.log"
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     h = Harness(write_site(tmp_path, site_pki, 31260, panels=6), restart=False, extra=("--no-stonith",), log_fd=log_fd)
@@ -237,8 +238,11 @@ def test_the_shared_disk_limit_a_paused_writer_without_stonith_keeps_the_vip(sit
             assert (lease.holder, lease.epoch) == (first, epoch), "someone took over from a writer holding the lock"
             assert time.monotonic() - paused_at >= 4
             await h.drain(60)
+            # At the wake the lock is free again, and the race is open: the woken node renews and
+            # carries on, or the standby's waiting takeover gets in first (its lease had run out) and
+            # the woken node is fenced. Either way one node serves and nothing is lost (h.check()).
             lease = await trio.to_thread.run_sync(h.lease)
-            assert (lease.holder, lease.epoch, lease.holder_pid) == (first, epoch, pid)  # it carried on
+            assert (lease.holder, lease.epoch, lease.holder_pid) == (first, epoch, pid) or lease.epoch == epoch + 1
             nursery.cancel_scope.cancel()
         h.check()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypedDict, Unpack
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -23,14 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-import protocol as p
 from emulator import LinkMode, PanelSettings, panel_address
 from protocol.streams import SerialLine, TlsFiles, check_plaintext_allowed, check_plaintext_serial
-from storage import ConfigStore, OverflowPolicy, is_database_url
+from storage import OverflowPolicy, is_database_url
 
 from ..engine import ClusterSettings
 from . import pki
-from ._toml import TomlDocument, TomlFileError, TomlTable, dump_toml, refuse, toml_table
+from ._toml import TomlDocument, TomlFileError, TomlTable, refuse, toml_table
 
 __all__ = [
     "FleetSpec",
@@ -40,14 +39,10 @@ __all__ = [
     "SiteError",
     "Size",
     "heartbeat_port",
-    "issue_pair_pki",
     "load_site",
-    "pair_site_toml",
     "parse_address",
     "parse_site",
     "parse_size",
-    "seed_config",
-    "write_pair_site",
 ]
 
 
@@ -431,101 +426,3 @@ def parse_site(text: str, path: Path) -> Site:
         defaults=file.defaults,
         defaults_lines={k[1:]: line for k, line in doc.lines.items() if k[:1] == ("defaults",) and len(k) > 1},
     )
-
-
-def pair_site_toml(
-    *,
-    pki_dir: Path | str = "pki",
-    port: int = 30002,
-    panels: int = 10,
-    mode: str = "mixed",
-    buffer: str | int = "1MiB",
-    batch: int = 1024,
-    rate: float = 1.0,
-    name: str = "fieldsync site",
-    heartbeat_proxies: bool = False,
-    insecure: bool = False,
-    db: Path | str = "site.db",
-    first_id: int | None = None,
-    policy: OverflowPolicy | None = None,
-    doors: int | None = None,
-    flash_dir: Path | str | None = None,
-) -> str:
-    """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
-    (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
-    ``heartbeat_proxies`` each node's beats reach it through 127.0.0.21/.22 (a fault proxy).
-    ``None``: the site file's default."""
-    via = {"A": "127.0.0.21", "B": "127.0.0.22"} if heartbeat_proxies else {}
-    tables = {
-        "site": {
-            "name": name,
-            "db": db,
-            "pki": pki_dir,
-            "insecure": insecure or None,
-            "port": port,
-            "panel_port": port + 1,
-        },
-        "nodes": {n: {"address": address, "heartbeat_via": via.get(n)} for n, address in _PAIR.items()},
-        "fleet": {
-            "panels": panels,
-            "first_id": first_id,
-            "mode": mode,
-            "rate": rate,
-            "buffer": buffer,
-            "batch": batch,
-            "policy": policy,
-            "doors": doors,
-            "flash_dir": flash_dir,
-        },
-    }
-    return dump_toml(tables)
-
-
-class PairSiteOptions(TypedDict, total=False):
-    """The keywords of ``pair_site_toml`` (its defaults are there)."""
-
-    pki_dir: Path | str
-    port: int
-    panels: int
-    mode: str
-    buffer: str | int
-    batch: int
-    rate: float
-    name: str
-    heartbeat_proxies: bool
-    insecure: bool
-    db: Path | str
-    first_id: int | None
-    policy: OverflowPolicy | None
-    doors: int | None
-    flash_dir: Path | str | None
-
-
-def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:
-    """Write ``pair_site_toml(**options)`` to ``path``."""
-    path.write_text(pair_site_toml(**options))
-    return path
-
-
-def issue_pair_pki(site: Site, name: str) -> None:
-    """A site CA and certificates for nodes A and B and every panel of the site."""
-    pki.init_ca(site.pki, site=name)
-    for node in ("A", "B"):
-        pki.issue(site.pki, "node", node)
-    for pid in site.panel_ids():
-        pki.issue(site.pki, "panel", pid)
-
-
-def seed_config(db: Path, *, doors: int, cardholders: int) -> ConfigStore:
-    """The starting configuration: an always-open schedule, a level to every door, cardholders."""
-    config = ConfigStore(db)
-    config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
-    config.change(
-        [
-            p.PutAccessLevel(
-                level=p.AccessLevel(id=1, entries=tuple(p.LevelEntry(door=d, schedule=1) for d in range(doors)))
-            )
-        ]
-    )
-    config.change([p.PutCardholder(cardholder=p.Cardholder(card=1000 + i, levels=(1,))) for i in range(cardholders)])
-    return config
