@@ -11,7 +11,7 @@ import click
 import trio
 
 from ..site import SiteError, load_site
-from ._common import friendly, run_trio, show, watch_options
+from ._common import friendly, metrics_address, metrics_options, run_trio, show, watch_options
 from ._defaults import SiteCommand, SiteGroup, site_option
 
 __all__ = ["cluster", "node_cmd"]
@@ -26,6 +26,7 @@ __all__ = ["cluster", "node_cmd"]
 @click.option(
     "--dead-after", type=float, default=0.3, show_default=True, help="Heartbeat silence that makes a node dead."
 )
+@metrics_options
 @friendly
 def node_cmd(
     node_id: str,
@@ -34,10 +35,13 @@ def node_cmd(
     failback: bool,
     lease: float,
     dead_after: float,
+    metrics: str | None,
+    metrics_anywhere: bool,
 ) -> None:
     """Run one node of the active/standby pair (shared store, VIP on 30002)."""
-    from ..engine import ClusterNode
+    from ..engine import ClusterNode, metrics_registry, serve_metrics
 
+    metrics_at = metrics_address(metrics, anywhere=metrics_anywhere)
     site = load_site(site_path)
     settings = site.cluster_settings(
         node_id, stonith=not no_stonith, failback=failback, lease=lease, dead_after=dead_after
@@ -46,8 +50,13 @@ def node_cmd(
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
+            if metrics_at is not None:
+                await nursery.start(serve_metrics, metrics_registry(node), *metrics_at)
             await nursery.start(node.run)
-            click.echo(f"node {node_id} (pid {os.getpid()}) up as standby; VIP {site.vip}:{site.port}")
+            click.echo(
+                f"node {node_id} (pid {os.getpid()}) up as standby; VIP {site.vip}:{site.port}"
+                + (f"; metrics on http://{metrics_at[0]}:{metrics_at[1]}/metrics" if metrics_at else "")
+            )
             sys.stdout.flush()
 
     run_trio(run)

@@ -13,15 +13,25 @@ import click
 import pydantic
 import trio
 
-from protocol.streams import LinkError
+from protocol.streams import LinkError, is_loopback
 from storage import StoreError, is_database_url
 
+from ..engine import MetricsError
 from ..harness import FaultError, ScenarioError
 from ..lab import LabError
-from ..site import Site, SiteError, load_site
+from ..site import Site, SiteError, load_site, parse_address
 from ..site import pki as pki_mod
 
-__all__ = ["db_option", "friendly", "run_trio", "show", "site_with", "watch_options"]
+__all__ = [
+    "db_option",
+    "friendly",
+    "metrics_address",
+    "metrics_options",
+    "run_trio",
+    "show",
+    "site_with",
+    "watch_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,7 +45,16 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except pydantic.ValidationError as exc:  # a flag's value a model refused (the site file names its own)
             raise click.ClickException(_flag_errors(exc)) from None
-        except (SiteError, StoreError, LinkError, pki_mod.PkiError, ValueError, ScenarioError, LabError) as exc:
+        except (
+            SiteError,
+            StoreError,
+            LinkError,
+            pki_mod.PkiError,
+            ValueError,
+            ScenarioError,
+            LabError,
+            MetricsError,
+        ) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -69,6 +88,33 @@ db_option = click.option(
 )
 
 
+def metrics_options(fn: F) -> F:
+    """--metrics and --metrics-anywhere: the node's Prometheus endpoint."""
+    fn = click.option(
+        "--metrics-anywhere",
+        is_flag=True,
+        help="Allow --metrics on an address other than loopback (the endpoint has no authentication).",
+    )(fn)
+    return click.option(
+        "--metrics", "metrics", metavar="HOST:PORT", help="Serve Prometheus metrics on http://HOST:PORT/metrics."
+    )(fn)
+
+
+def metrics_address(text: str | None, *, anywhere: bool) -> tuple[str, int] | None:
+    """The --metrics address; loopback only unless --metrics-anywhere (no authentication)."""
+    if text is None:
+        return None
+    if ":" not in text:
+        raise SiteError(f"--metrics {text!r}: expected HOST:PORT")
+    host, port = parse_address(text, 0)
+    if not (anywhere or is_loopback(host)):
+        raise SiteError(
+            f"--metrics {text}: {host} is not a loopback address and the endpoint has no authentication; "
+            "add --metrics-anywhere to serve it there"
+        )
+    return host, port
+
+
 def site_with(site_path: Path | None, *, pki_dir: Path | None, insecure: bool) -> Site:
     """The site file (or the loopback default) with --pki and --insecure applied."""
     site = load_site(site_path)
@@ -79,7 +125,7 @@ def site_with(site_path: Path | None, *, pki_dir: Path | None, insecure: bool) -
     return site
 
 
-_USER_ERRORS = (StoreError, LinkError, SiteError, pki_mod.PkiError, ScenarioError, FaultError)
+_USER_ERRORS = (StoreError, LinkError, SiteError, pki_mod.PkiError, ScenarioError, FaultError, MetricsError)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

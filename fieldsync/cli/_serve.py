@@ -11,7 +11,7 @@ import click
 import trio
 
 from ..site import SiteError, parse_address
-from ._common import db_option, friendly, run_trio, site_with
+from ._common import db_option, friendly, metrics_address, metrics_options, run_trio, site_with
 from ._defaults import SiteCommand, site_option
 
 __all__ = ["serve"]
@@ -47,6 +47,7 @@ __all__ = ["serve"]
 )
 @click.option("--heartbeat-ms", type=int)
 @click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
+@metrics_options
 @friendly
 def serve(
     site_path: Path | None,
@@ -62,13 +63,16 @@ def serve(
     insecure: bool,
     heartbeat_ms: int | None,
     duration: float | None,
+    metrics: str | None,
+    metrics_anywhere: bool,
 ) -> None:
     """Run a sync-engine node: accept panels on :30002, dial host-initiated ones on :3001,
     serve panels on serial lines."""
     from protocol.streams import SerialLine
 
-    from ..engine import Node, NodeSettings
+    from ..engine import Node, NodeSettings, metrics_registry, serve_metrics
 
+    metrics_at = metrics_address(metrics, anywhere=metrics_anywhere)
     site = site_with(site_path, pki_dir=pki_dir, insecure=insecure)
     lines: list[tuple[int | None, SerialLine]] = []
     for item in serial_paths:
@@ -129,11 +133,14 @@ def serve(
         # stores and acknowledges what it received and says BYE(SHUTTING_DOWN) to every panel.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+                if metrics_at is not None:  # first: a port in use fails before any panel is served
+                    await nursery.start(serve_metrics, metrics_registry(node), *metrics_at)
                 await nursery.start(node.run)
                 click.echo(
                     f"node {node_id} epoch {node.epoch}: listening on {listen_addr or '-'}, "
                     f"dialing {len(dials)} panel(s), {len(lines)} serial line(s), "
                     f"{'plain (loopback)' if settings.tls is None else 'mutual TLS'}, store {settings.db}"
+                    + (f", metrics on http://{metrics_at[0]}:{metrics_at[1]}/metrics" if metrics_at else "")
                 )
                 sys.stdout.flush()
                 reporting = await nursery.start(report)

@@ -23,6 +23,9 @@ from ._failover import Wait as Wait
 from ._failover import beats_allowed as beats_allowed
 from ._failover import decide_active as decide_active
 from ._failover import decide_standby as decide_standby
+from ._metrics import MetricsError as MetricsError
+from ._metrics import metrics_registry as metrics_registry
+from ._metrics import serve_metrics as serve_metrics
 from ._node import Node as Node
 from ._node import NodeSettings as NodeSettings
 from ._node import NodeStatistics as NodeStatistics
@@ -43,6 +46,7 @@ __all__ = [
     "HolderProcess",
     "KeepServing",
     "LeaveVip",
+    "MetricsError",
     "Node",
     "NodeSettings",
     "NodeStatistics",
@@ -60,8 +64,10 @@ __all__ = [
     "beats_allowed",
     "decide_active",
     "decide_standby",
+    "metrics_registry",
     "node_command",
     "process_is_fieldsync",
+    "serve_metrics",
     "stonith",
     "vrrp_master",
 ]

@@ -22,6 +22,7 @@ and every ACK are read from this one.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 from typing import TYPE_CHECKING
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 log = logging.getLogger("fieldsync.node")
+
+#: Upper bounds, seconds, of the commit-latency histogram's buckets: an fsync'd commit takes
+#: about 1-10 ms on a disk, a PostgreSQL commit waiting on a synchronous standby more.
+COMMIT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +68,9 @@ class _Ingest:
         self.commits = 0
         #: Seconds spent inside ingest transactions: the writer's busy time.
         self.commit_s = 0.0
+        #: Commits per bucket of ``COMMIT_BUCKETS`` (not cumulative), the last one past them all.
+        #: Observed once per commit with plain ints: no lock, the metrics read it in this thread.
+        self.commit_buckets = [0] * (len(COMMIT_BUCKETS) + 1)
         self.events_stored = 0
         self.events_duplicate = 0
         self.declared_lost = 0
@@ -83,6 +91,10 @@ class _Ingest:
 
     def queued(self, panel_id: int) -> int:
         return self._queued.get(panel_id, 0)
+
+    def queued_total(self) -> int:
+        """Batches queued for commit, every panel together."""
+        return sum(self._queued.values())
 
     async def put(self, session: _Session, batch: EventBatch) -> None:
         """Queue a batch for commit once its panel has room in its window."""
@@ -159,6 +171,7 @@ class _Ingest:
                 continue
             self.commits += 1
             self.commit_s += result.commit_s
+            self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, result.commit_s)] += 1
             self._hwms.update(result.hwms)  # before any session is woken to ACK from it
             for batch, outcome in zip(batches, result.outcomes, strict=True):
                 self.events_stored += outcome.stored

@@ -97,6 +97,10 @@ class NodeStatistics:
     commits: int
     #: Seconds spent inside ingest transactions: the writer's busy time.
     commit_s: float
+    #: Commits per bucket of ``COMMIT_BUCKETS`` (not cumulative), the last one past them all.
+    commit_buckets: tuple[int, ...]
+    #: Batches queued for commit now, every panel together.
+    queued_batches: int
     events_stored: int
     events_duplicate: int
     declared_lost: int
@@ -104,6 +108,8 @@ class NodeStatistics:
     #: Line noise skipped and frames failing their CRC on serial lines.
     bytes_skipped: int
     bad_frames: int
+    #: ``protocol_errors`` by the code that ended the session: (code, count), in code order.
+    protocol_error_codes: tuple[tuple[ErrorCode, int], ...]
     config_version: int
     fenced: bool
 
@@ -222,7 +228,7 @@ class Node:
 
     def _peer_broke_protocol(self, link: Link, exc: RemoteProtocolError) -> None:
         """A peer's bytes or messages broke the protocol: counted, and only that session ends (P6)."""
-        self.sessions_table.counts.protocol_errors += 1
+        self.sessions_table.counts.protocol_error(exc.code)
         self.last_error = f"{link.remote}: {exc}"
 
     # -- status ----------------------------------------------------------------------------
@@ -261,12 +267,15 @@ class Node:
             link_errors=c.link_errors,
             commits=i.commits,
             commit_s=i.commit_s,
+            commit_buckets=tuple(i.commit_buckets),
+            queued_batches=i.queued_total(),
             events_stored=i.events_stored,
             events_duplicate=i.events_duplicate,
             declared_lost=i.declared_lost,
             refused_batches=i.refused_batches,
             bytes_skipped=c.bytes_skipped,
             bad_frames=c.bad_frames,
+            protocol_error_codes=tuple(sorted(c.protocol_error_codes.items())),
             config_version=self.config.version,
             fenced=self.fenced.is_set(),
         )

@@ -52,6 +52,12 @@ class _Counts:
     #: Line noise skipped and frames failing their CRC on serial lines.
     bytes_skipped: int = 0
     bad_frames: int = 0
+    #: ``protocol_errors`` by the code that ended the session (the metrics' label).
+    protocol_error_codes: dict[ErrorCode, int] = dataclasses.field(default_factory=dict)
+
+    def protocol_error(self, code: ErrorCode) -> None:
+        self.protocol_errors += 1
+        self.protocol_error_codes[code] = self.protocol_error_codes.get(code, 0) + 1
 
 
 class _Session:
@@ -195,7 +201,7 @@ class _Sessions:
                     hello = await ms.receive()
             except trio.TooSlowError:
                 await ms.send_error(ErrorCode.TIMEOUT, "no HELLO in time")
-                counts.protocol_errors += 1
+                counts.protocol_error(ErrorCode.TIMEOUT)
                 return False
             if not isinstance(hello, Hello):
                 # Only ERROR or BYE can come before HELLO: a peer giving up (on a serial

@@ -1,0 +1,147 @@
+"""The node's Prometheus endpoint: a real ``fieldsync serve --metrics``, real panels, a real scrape."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from emulator import LinkMode, Panel, PanelSettings
+from storage import EventStore
+
+CLI = [sys.executable, "-m", "fieldsync.cli"]
+LISTEN = ("127.0.0.51", 35110)
+METRICS = ("127.0.0.1", 35111)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Path]:
+    db = tmp_path / "node.db"
+    process = subprocess.Popen(
+        [
+            *CLI,
+            "serve",
+            "--insecure",
+            "--listen",
+            f"{LISTEN[0]}:{LISTEN[1]}",
+            "--db",
+            str(db),
+            "--metrics",
+            f"{METRICS[0]}:{METRICS[1]}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"metrics on http://{METRICS[0]}:{METRICS[1]}/metrics" in line, line
+        yield db
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def _scrape() -> tuple[dict[str, dict[tuple[tuple[str, str], ...], float]], str]:
+    """Every sample by name and labels, and the content type it came with."""
+    with urllib.request.urlopen(f"http://{METRICS[0]}:{METRICS[1]}/metrics", timeout=5) as response:
+        text = response.read().decode()
+        content_type = response.headers["content-type"]
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples, content_type
+
+
+def test_a_scrape_counts_what_the_store_holds_and_the_panels_connected(node: Path) -> None:
+    panels = [Panel(PanelSettings(panel_id=pid, mode=LinkMode.PUNCH_OUT, server=LISTEN)) for pid in (1, 2, 3)]
+
+    async def main() -> tuple[dict[str, dict[tuple[tuple[str, str], ...], float]], str, float]:
+        async with trio.open_nursery() as nursery:
+            for panel in panels:
+                await nursery.start(panel.run)
+            for i in range(60):
+                for panel in panels:
+                    panel.swipe(1000 + i, 1)
+            with trio.fail_after(30):
+                while any(len(p.buffer) or not p.is_connected for p in panels):
+                    await trio.sleep(0.05)
+            started = time.perf_counter()
+            samples, content_type = await trio.to_thread.run_sync(_scrape)
+            took = time.perf_counter() - started
+            nursery.cancel_scope.cancel()
+        return samples, content_type, took
+
+    samples, content_type, took = trio.run(main)
+    print(f"scrape took {took * 1000:.1f} ms")
+    assert content_type.startswith("text/plain; version=")  # the Prometheus text format
+    store = EventStore(node)
+    try:
+        stored = store.count_events()
+    finally:
+        store.close()
+    assert stored >= 180
+    assert samples["fieldsync_events_stored_total"][()] == stored
+    assert samples["fieldsync_sessions_live"][()] == 3
+    assert samples["fieldsync_sessions_total"][()] == 3
+    assert samples["fieldsync_node_info"] == {(("node", "A"),): 1}
+    assert samples["fieldsync_epoch"][()] >= 1
+    assert samples["fieldsync_ingest_queue_batches"][()] == 0  # every buffer emptied: all committed
+    commits = samples["fieldsync_commits_total"][()]
+    histogram = samples["fieldsync_commit_duration_seconds_bucket"]
+    assert commits >= 1
+    assert samples["fieldsync_commit_duration_seconds_count"][()] == commits == histogram[(("le", "+Inf"),)]
+    assert samples["fieldsync_commit_duration_seconds_sum"][()] > 0
+    counts = [histogram[key] for key in sorted(histogram, key=lambda k: float(k[0][1]))]
+    assert counts == sorted(counts), "buckets are cumulative"
+    assert "fieldsync_protocol_errors_total" not in samples  # none happened; the family has no samples
+
+
+def test_a_port_in_use_is_named(tmp_path: Path) -> None:
+    taken = ("127.0.0.1", 35112)
+    with socket.socket() as holder:
+        holder.bind(taken)
+        holder.listen()
+        result = subprocess.run(
+            [
+                *CLI,
+                "serve",
+                "--insecure",
+                "--listen",
+                "127.0.0.51:35113",
+                "--db",
+                str(tmp_path / "n.db"),
+                "--metrics",
+                f"{taken[0]}:{taken[1]}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error: the metrics endpoint cannot listen on 127.0.0.1:35112: Address already in use"
+    ), result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--insecure"], ["node", "--id", "A"]])
+def test_a_non_loopback_address_needs_the_flag(command: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CLI, *command, "--metrics", "0.0.0.0:35114"], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error: --metrics 0.0.0.0:35114: 0.0.0.0 is not a loopback address and the endpoint has no "
+        "authentication; add --metrics-anywhere to serve it there"
+    ), result.stderr
