@@ -145,3 +145,24 @@ def test_a_non_loopback_address_needs_the_flag(command: list[str], tmp_path: Pat
         "Error: --metrics 0.0.0.0:35114: 0.0.0.0 is not a loopback address and the endpoint has no "
         "authentication; add --metrics-anywhere to serve it there"
     ), result.stderr
+
+
+def test_a_standby_cluster_node_reports_its_role_and_no_sessions(tmp_path: Path) -> None:
+    """Before it takes the lease: the role gauge says standby, no VIP, no node families."""
+    from prometheus_client import generate_latest
+
+    from fieldsync.engine import ClusterNode, ClusterSettings, metrics_registry
+
+    cluster = ClusterNode(ClusterSettings(node_id="B", address="127.0.0.12", db=tmp_path / "c.db"))
+    text = generate_latest(metrics_registry(cluster)).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("fieldsync_node_role", (("role", "standby"),))] == 1
+    assert samples[("fieldsync_node_role", (("role", "active"),))] == 0
+    assert samples[("fieldsync_node_vip_held", ())] == 0
+    assert samples[("fieldsync_node_takeovers_total", ())] == 0
+    assert samples[("fieldsync_node_info", (("node", "B"),))] == 1
+    assert not any(name == "fieldsync_sessions_live" for name, _ in samples)
