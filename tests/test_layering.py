@@ -103,4 +103,4 @@ def test_the_ci_hypothesis_profile_draws_new_examples_and_says_how_to_replay_the
 
     ci = settings.get_profile("ci")
     assert ci.derandomize is False and ci.print_blob is True
-    assert ci.max_examples >= 1000
+    assert ci.max_examples >= 500  # new ones every run: they add up over runs
