@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import trio
 
 from emulator import Fleet
 from fieldsync.engine import Supervised, Supervisor, node_command
+from fieldsync.harness._clusters import _write_locked as write_locked
 from fieldsync.site import load_site, write_pair_site
 from storage import ClusterStore, EventStore
 
@@ -188,21 +188,6 @@ def test_sigstop_without_stonith_the_woken_node_is_fenced(site_pki: Path, tmp_pa
         store.close()
 
     trio.run(main)
-
-
-def write_locked(db: Path) -> bool:
-    """Does some process hold the store's write lock right now? (One try, no waiting.)"""
-    conn = sqlite3.connect(db, timeout=0, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-        return False
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return True
-        raise
-    finally:
-        conn.close()
 
 
 def test_the_shared_disk_limit_a_paused_writer_without_stonith_keeps_the_vip(site_pki: Path, tmp_path: Path) -> None:

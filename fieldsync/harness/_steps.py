@@ -288,10 +288,16 @@ class KillStep(_NodeStep):
     do: Literal["kill"] = "kill"
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        await self.kill(run, self.node)
+
+    @staticmethod
+    async def kill(run: ScenarioRun, target: str) -> str:
+        """Kill ``target``'s node now and log it; returns the node's name."""
         cluster = _cluster(run)
-        name = cluster.resolve(self.node)
+        name = cluster.resolve(target)
         done = await cluster.kill(name)
         run.note(f"{cluster.kill_words} node {name}" + ("" if done else " (not running)"))
+        return name
 
 
 @toml_table
@@ -301,11 +307,7 @@ class RestartStep(_NodeStep):
     do: Literal["restart"] = "restart"
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
-        cluster = _cluster(run)
-        name = cluster.resolve(self.node)
-        done = await cluster.kill(name)
-        run.note(f"{cluster.kill_words} node {name}" + ("" if done else " (not running)"))
-        await cluster.ensure_running(name)
+        await _cluster(run).ensure_running(await KillStep.kill(run, self.node))
 
 
 @toml_table
