@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from fieldsync.engine import vrrp_master
-from fieldsync.lab import VIP, Lab, LabError, LabSpec, find_keepalived, missing_prerequisites
+from fieldsync.lab import VIP, Lab, LabError, LabSpec
 from fieldsync.site import SiteError, load_site
 
-from .debian import install
+from .lab_support import lab_namespaces, needs_lab
 
 HERE = Path(__file__).parent
 CLI = [sys.executable, "-m", "fieldsync.cli"]
@@ -111,20 +111,12 @@ def test_a_lab_spec_names_what_is_wrong(tmp_path: Path, kw: dict[str, object], m
 
 # -- slow: real labs ------------------------------------------------------------------------------
 
-# keepalived is installed for these tests when it is missing and apt-get can (CI runs as root).
-_MISSING = install("keepalived", lambda: find_keepalived() is not None) or missing_prerequisites(find_keepalived())
-needs_lab = pytest.mark.skipif(_MISSING is not None, reason=f"no lab on this machine: {_MISSING}")
 
 
 def _lab(*args: str, timeout: float = 60) -> str:
     done = subprocess.run([*CLI, "lab", *args], capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"fieldsync lab {' '.join(args)}: {done.stderr or done.stdout}"
     return done.stdout
-
-
-def _namespaces(name: str) -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(f"fsl-{name}-")]
 
 
 def _live_processes(directory: Path, record: dict[str, object]) -> list[int]:
@@ -166,7 +158,7 @@ def lab_under_test(tmp_path: Path) -> Iterator[LabUnderTest]:
             directory = Path(str(record["spec"]["directory"]))  # type: ignore[index]
             if (directory / "lab.json").exists():
                 _lab("down", "--dir", str(directory))
-        left = _namespaces(under_test.name)
+        left = lab_namespaces(under_test.name)
         alive = [pid for record in under_test.records for pid in _live_processes(under_test.dir, record)]
         for ns in left:  # never leave a machine worse than found, even when the assertion below fails
             subprocess.run(["ip", "netns", "del", ns], timeout=10, check=False)
@@ -281,12 +273,12 @@ def test_up_removes_a_crashed_lab_of_the_same_name_and_down_removes_everything(
     assert len(old_pids) == 4  # keepalived and a node on each node host
     lab_under_test.up(panels=2)  # the same name, another directory: found through the namespaces' mark
     assert not _live_processes(crashed_dir, crashed), "up left the crashed lab's processes running"
-    assert len(_namespaces(lab_under_test.name)) == 4
+    assert len(lab_namespaces(lab_under_test.name)) == 4
     lab = lab_under_test.lab()
     lab.power_off("A")  # frozen processes must go too
     record = json.loads((lab_under_test.dir / "lab.json").read_text())
     _lab("down", "--dir", str(lab_under_test.dir))
-    assert _namespaces(lab_under_test.name) == []
+    assert lab_namespaces(lab_under_test.name) == []
     assert _live_processes(lab_under_test.dir, record) == []
     assert not (lab_under_test.dir / "lab.json").exists()
     # A lab killed between adding a namespace and marking it: the record says it is ours.
@@ -294,7 +286,7 @@ def test_up_removes_a_crashed_lab_of_the_same_name_and_down_removes_everything(
     subprocess.run(["ip", "netns", "add", sw], timeout=10, check=True)
     (lab_under_test.dir / "lab.json").write_text(json.dumps(record | {"namespaces": [sw], "processes": []}))
     lab_under_test.up(panels=1)
-    assert len(_namespaces(lab_under_test.name)) == 4
+    assert len(lab_namespaces(lab_under_test.name)) == 4
 
 
 @pytest.mark.slow
@@ -314,7 +306,7 @@ def test_a_namespace_that_is_not_a_labs_is_refused_and_left_alone(lab_under_test
             f"Error: network namespace {foreign} exists and is not a fieldsync lab's; "
             f"remove it (ip netns del {foreign}) or choose another --name"
         ]
-        assert _namespaces(lab_under_test.name) == [foreign]
+        assert lab_namespaces(lab_under_test.name) == [foreign]
         assert not lab_under_test.dir.exists()
     finally:
         subprocess.run(["ip", "netns", "del", foreign], timeout=10, check=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ def scenario_check(files: tuple[Path, ...]) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="JSON report path.")
 @click.option("--png", "png_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the PNG timeline here.")
 @click.option("--keep", type=click.Path(path_type=Path, file_okay=False), help="Work in this directory and keep it.")
+@click.option(
+    "--backend",
+    type=click.Choice(["process", "netns"]),
+    help="Where the nodes run: processes on loopback, or the lab's namespace hosts with keepalived (root) "
+    "[file: cluster.backend].",
+)
 @friendly
 def scenario_run(
     file: Path,
@@ -49,6 +56,7 @@ def scenario_run(
     json_path: Path | None,
     png_path: Path | None,
     keep: Path | None,
+    backend: str | None,
 ) -> None:
     """Run a scenario and print the verdict; the exit code is 0 only if every promise held."""
     from ..harness import ScenarioRun, load_scenario, write_reports
@@ -59,10 +67,18 @@ def scenario_run(
         click.echo(text)
         sys.stdout.flush()
 
-    run = ScenarioRun(loaded, seed=seed, workdir=keep, port=port, api_port=api_port, say=say)
+    run = ScenarioRun(loaded, seed=seed, workdir=keep, port=port, api_port=api_port, say=say, backend=backend)
 
     async def main_run() -> Any:
         async with trio.open_nursery() as nursery:
+
+            async def on_sigterm() -> None:
+                # SIGTERM ends the run like Ctrl-C: everything it started is stopped on the way out.
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        raise KeyboardInterrupt
+
+            nursery.start_soon(on_sigterm)
 
             async def progress() -> None:
                 while True:

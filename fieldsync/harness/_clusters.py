@@ -30,7 +30,7 @@ from ._scenario import ScenarioError
 if TYPE_CHECKING:
     from ._runner import ScenarioRun
 
-__all__ = ["ClusterBackend", "InProcessCluster", "ProcessCluster"]
+__all__ = ["ClusterBackend", "InProcessCluster", "ProcessCluster", "StoreWatchedCluster"]
 
 
 class ClusterBackend(Protocol):
@@ -55,45 +55,31 @@ class ClusterBackend(Protocol):
     def crashes(self) -> int: ...
 
 
-class ProcessCluster:
-    """Nodes A and B as OS processes under a supervisor, sharing the store (the real thing).
+def run_node_command(run: ScenarioRun, name: str, site_path: Path) -> list[str]:
+    """Node ``name``'s command line in this run: the scenario's cluster options, the run's
+    extra node arguments, and the run's deliberately broken build if it has one."""
+    cluster = run.scenario.cluster
+    extra = list(run.node_args)
+    if not cluster.stonith:
+        extra.append("--no-stonith")
+    if cluster.failback:
+        extra.append("--failback")
+    extra += ["--lease", str(cluster.lease)]
+    return flawed_command(node_command(name, str(site_path), *extra), run.flaws)
 
-    Process faults are signals to the pids this run started. Later cluster kinds
-    (keepalived in network namespaces, a PostgreSQL mirrored store) are more of
-    these: the runner only asks who holds the VIP, at which epoch, and to kill,
-    pause, resume or start a node.
-    """
 
-    kind = "process"
-    kill_words = "kill -9"
+class StoreWatchedCluster:
+    """What the two-node backends share: the lease read from the shared store every 0.1 s, and
+    pauses kept only outside a write transaction. A subclass signals its own nodes."""
 
-    def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
-        scenario = run.scenario
-        self.db = run.site.db_file
-        extra = list(run.node_args)
-        if not scenario.cluster.stonith:
-            extra.append("--no-stonith")
-        if scenario.cluster.failback:
-            extra.append("--failback")
-        extra += ["--lease", str(scenario.cluster.lease)]
-        self.children = {
-            n: Supervised(
-                name=n,
-                command=flawed_command(node_command(n, str(site_path), *extra), run.flaws),
-                restart=scenario.cluster.restart,
-                restart_delay=scenario.cluster.restart_delay,
-            )
-            for n in ("A", "B")
-        }
-        self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
-        self.lease: Lease | None = None
-        self.stopped: set[str] = set()
-        #: How many tries the last ``stop(outside_transaction=True)`` took.
-        self.pause_tries = 0
+    db: Path
+    lease: Lease | None
+    stopped: set[str]
+    #: How many tries the last ``stop(outside_transaction=True)`` took.
+    pause_tries: int
 
-    async def start(self, nursery: trio.Nursery) -> None:
-        nursery.start_soon(self._watch_lease)
-        await nursery.start(self.supervisor.run)
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        raise NotImplementedError
 
     async def _watch_lease(self) -> None:
         def read() -> Lease:
@@ -125,20 +111,6 @@ class ProcessCluster:
             return "B" if holder == "A" else "A"
         return target
 
-    def _signal(self, name: str, sig: signal.Signals) -> bool:
-        pid = self.children[name].pid  # a process this run started
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
-
-    async def kill(self, name: str) -> bool:
-        self.stopped.discard(name)
-        return self._signal(name, signal.SIGKILL)
-
     async def stop(self, name: str, *, outside_transaction: bool = False) -> bool:
         """SIGSTOP. ``outside_transaction``: keep the pause only where the paused process holds
         no write lock on the shared store (the shared-disk limit: a sleeper inside a
@@ -169,6 +141,58 @@ class ProcessCluster:
         self._signal(name, signal.SIGCONT)
         self.stopped.discard(name)
 
+    async def switchover(self, to: str) -> None:
+        await trio.to_thread.run_sync(_request_switchover, self.db, to)
+
+
+class ProcessCluster(StoreWatchedCluster):
+    """Nodes A and B as OS processes under a supervisor, sharing the store (the real thing).
+
+    Process faults are signals to the pids this run started. Later cluster kinds
+    (keepalived in network namespaces, a PostgreSQL mirrored store) are more of
+    these: the runner only asks who holds the VIP, at which epoch, and to kill,
+    pause, resume or start a node.
+    """
+
+    kind = "process"
+    kill_words = "kill -9"
+
+    def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
+        scenario = run.scenario
+        self.db = run.site.db_file
+        self.children = {
+            n: Supervised(
+                name=n,
+                command=run_node_command(run, n, site_path),
+                restart=scenario.cluster.restart,
+                restart_delay=scenario.cluster.restart_delay,
+            )
+            for n in ("A", "B")
+        }
+        self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
+        self.lease: Lease | None = None
+        self.stopped: set[str] = set()
+        #: How many tries the last ``stop(outside_transaction=True)`` took.
+        self.pause_tries = 0
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._watch_lease)
+        await nursery.start(self.supervisor.run)
+
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        pid = self.children[name].pid  # a process this run started
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def kill(self, name: str) -> bool:
+        self.stopped.discard(name)
+        return self._signal(name, signal.SIGKILL)
+
     async def ensure_running(self, name: str) -> None:
         child = self.children[name]
         with trio.move_on_after(5):  # the supervisor may be about to restart it
@@ -189,9 +213,6 @@ class ProcessCluster:
             child.restart = restart
         for name in self.children:
             await self.ensure_running(name)
-
-    async def switchover(self, to: str) -> None:
-        await trio.to_thread.run_sync(_request_switchover, self.db, to)
 
     def starts(self) -> dict[str, int]:
         return {n: c.starts for n, c in self.children.items()}

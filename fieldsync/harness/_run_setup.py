@@ -15,14 +15,12 @@ from pathlib import Path
 from emulator import PanelSettings
 from storage import ConfigStore
 
-from ..site import Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
+from ..site import PairHosts, Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
 from ._proxy import FaultHub
 from ._scenario import Scenario, ScenarioError
 from ._steps import NODES_GROUP
 
-__all__ = ["VIP", "RunSetup"]
-
-VIP = "127.0.0.100"
+__all__ = ["RunSetup"]
 
 
 def _shadow_address(panel_id: int) -> str:
@@ -43,10 +41,22 @@ class RunSetup:
         port: the cluster's port; the heartbeat port follows from it.
         in_process: the fast tier (no heartbeat proxies: one in-process node).
         hub: the run's fault proxies.
+        hosts: the netns backend's addresses (``LabSpec.pair_hosts``); None: loopback.
     """
 
-    def __init__(self, scenario: Scenario, *, workdir: Path, port: int, in_process: bool, hub: FaultHub) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        workdir: Path,
+        port: int,
+        in_process: bool,
+        hub: FaultHub,
+        hosts: PairHosts | None = None,
+    ) -> None:
         self.scenario = scenario
+        #: The lab's addresses (the netns backend): real links, so no heartbeat proxies.
+        self.hosts = hosts
         self.workdir = workdir
         self.port = port
         self.in_process = in_process
@@ -63,6 +73,7 @@ class RunSetup:
         site_path = self.workdir / "site.toml"
         # The node processes read the site from this file; this run reads the same text.
         text = pair_site_toml(
+            hosts=self.hosts,
             port=self.port,
             panels=s.panels,
             first_id=s.first_id,
@@ -75,7 +86,7 @@ class RunSetup:
             insecure=not s.tls,
             db=f"{store_dir.name}/site.db" if store_dir is not None else "site.db",
             name=self.scenario.name,
-            heartbeat_proxies=not self.in_process,  # the group "nodes"
+            heartbeat_proxies=not self.in_process and self.hosts is None,  # the group "nodes"
         )
         site_path.write_text(text)
         site = parse_site(text, site_path)
@@ -125,7 +136,7 @@ class RunSetup:
                 )
         self.hub.define_group(NODES_GROUP, names)
 
-    async def make_proxies(self, settings: list[PanelSettings]) -> list[PanelSettings]:
+    async def make_proxies(self, settings: list[PanelSettings], vip: str) -> list[PanelSettings]:
         by_id = {st.panel_id: st for st in settings}
         for index, group in enumerate(self.scenario.groups):
             members: list[str] = []
@@ -133,7 +144,7 @@ class RunSetup:
             if punch:
                 name = f"{group.name}.vip"
                 address = (_group_address(index), self.port)
-                await self.hub.create(name, address, (VIP, self.port))
+                await self.hub.create(name, address, (vip, self.port))
                 members.append(name)
                 for pid in punch:
                     by_id[pid] = dataclasses.replace(by_id[pid], server=address)

@@ -13,6 +13,7 @@ processes this run started, by their pid.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -26,14 +27,17 @@ from typing import Any
 
 import trio
 
-from emulator import Fleet, Workload
+from emulator import Fleet, PanelSettings, Workload
+from storage import ConfigStore
 
 from ._checker import Report, check
 from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until
 from ._fault_api import serve_api
+from ._lab_cluster import LabCluster, entered, run_lab_spec
+from ._lab_cluster import lab_name as new_lab_name
 from ._proxy import FaultHub
 from ._rogue import RogueOutcome
-from ._run_setup import VIP, RunSetup
+from ._run_setup import RunSetup
 from ._sampling import Sample, Sampler
 from ._scenario import Scenario, ScenarioError
 from ._steps import FaultWindow
@@ -109,6 +113,9 @@ class ScenarioRun:
     Args:
         in_process: the fast tier: one in-process node instead of two node
             processes (run it under a MockClock for virtual time).
+        backend: ``process`` or ``netns`` (the lab's hosts, root); None: the scenario's
+            ``[cluster] backend``.
+        lab_name: the netns backend's lab name (namespaces ``fsl-<name>-*``); None: a fresh one.
     """
 
     def __init__(
@@ -123,6 +130,8 @@ class ScenarioRun:
         node_args: tuple[str, ...] = (),
         in_process: bool = False,
         flaws: frozenset[str] = frozenset(),
+        backend: str | None = None,
+        lab_name: str | None = None,
     ) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
@@ -147,7 +156,20 @@ class ScenarioRun:
         self.rogues: list[RogueOutcome] = []
         self._t0 = 0.0
         self._next_card = 100_000
-        self._setup = RunSetup(scenario, workdir=self.workdir, port=self.port, in_process=self.in_process, hub=self.hub)
+        self.backend = "in-process" if in_process else backend or scenario.cluster.backend
+        self.lab_spec = (
+            run_lab_spec(scenario, directory=self.workdir, port=port, name=lab_name or new_lab_name())
+            if self.backend == "netns"
+            else None
+        )
+        self._setup = RunSetup(
+            scenario,
+            workdir=self.workdir,
+            port=self.port,
+            in_process=self.in_process,
+            hub=self.hub,
+            hosts=self.lab_spec.pair_hosts() if self.lab_spec is not None else None,
+        )
         self._sampler = Sampler(self.samples)
 
     # -- the run --------------------------------------------------------------------------
@@ -155,7 +177,7 @@ class ScenarioRun:
     @property
     def vip_address(self) -> tuple[str, int]:
         """Where panels punch out to: the VIP on the run's port."""
-        return (VIP, self.port)
+        return (self.site.vip, self.port)
 
     def now(self) -> float:
         return trio.current_time() - self._t0
@@ -196,6 +218,12 @@ class ScenarioRun:
         scenario = self.scenario
         if self.in_process and "crash-on-bad-frame" in self.flaws:
             raise ScenarioError("the flaw crash-on-bad-frame ends its process: it needs node processes (not --fast)")
+        if self.backend not in ("process", "netns", "in-process"):
+            raise ScenarioError(f"backend {self.backend!r}: process or netns")
+        for step in scenario.timeline:
+            problem = step.backend_problem(self.backend)
+            if problem is not None:
+                raise ScenarioError(f"{scenario.name}: {step.describe()} at {step.at:g}s: {problem}")
         if self.in_process and scenario.needs_two_nodes:
             raise ScenarioError(
                 f"{scenario.name}: SIGSTOP/SIGCONT, switchover and the heartbeat link (group 'nodes') need "
@@ -210,60 +238,19 @@ class ScenarioRun:
         # One connection, one thread at a time (a storm and a step may overlap).
         self._config_limiter = trio.CapacityLimiter(1)
         self.say(f"scenario {scenario.name!r}, seed {self.seed}, work in {self.workdir}")
-        extra = list(self.node_args)
-        if not scenario.cluster.stonith:
-            extra.append("--no-stonith")
-        if scenario.cluster.failback:
-            extra.append("--failback")
-        extra += ["--lease", str(scenario.cluster.lease)]
         log_fd = os.open(self.workdir / "nodes.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         drained = False
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.hub.run)
-                if self.api_port is not None:
-                    await nursery.start(serve_api, self.hub, "127.0.0.1", self.api_port)
-                    self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
-                settings = await self._setup.make_proxies(settings)
-                if not self.in_process:
-                    await self._setup.make_heartbeat_proxies(self.site)
-                self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
-                if self.in_process:
-                    self.cluster = InProcessCluster(self)
-                else:
-                    self.cluster = ProcessCluster(self, site_path, log_fd)
-                await self.cluster.start(nursery)
-                # Generous bounds: under a virtual clock a busy machine makes them pass fast.
-                with trio.fail_after(300):
-                    await until(lambda: self._holder() is not None)
-                fleet_scope = trio.CancelScope()
-                fleet_done = trio.Event()
-                await nursery.start(self._run_fleet, fleet_scope, fleet_done)
-                with trio.move_on_after(300):
-                    await self.fleet.wait_connected()
-                self._check_all_connected()
-                self._t0 = trio.current_time()
-                self.note(f"{len(self.fleet)} panels online, node {self._holder()} holds the VIP")
-                nursery.start_soon(self._sampler.run, self)
-                async with trio.open_nursery() as steps:
-                    for step in scenario.timeline:
-                        await trio.sleep_until(self._t0 + step.at)
-                        await step.apply(self, steps)
-                    await trio.sleep_until(self._t0 + scenario.duration)
-                    steps.cancel_scope.cancel()
-                drained = await self._heal_and_drain()
-                # The check needs a still world: panels that go on deciding and uploading
-                # while it reads would count a row committed between two of its reads as
-                # a gap (seen in CI). The fleet stops first; the store is read as one snapshot.
-                fleet_scope.cancel()
-                await fleet_done.wait()
-                panels = list(self.fleet.panels.values())
-                generated = [len(p.journal or ()) for p in panels]
-                verdict = functools.partial(check, rogues=self.rogues, crashes=self.cluster.crashes())
-                self.report = await trio.to_thread.run_sync(verdict, self.site.db_file, panels)
-                if [v.generated for v in self.report.panels] != generated:
-                    raise ScenarioError(f"{scenario.name}: a panel generated events while the checker read it")
-                nursery.cancel_scope.cancel()
+            with contextlib.ExitStack() as panel_host:
+                async with trio.open_nursery() as nursery:
+                    if self.lab_spec is not None:
+                        # The lab first: this thread then enters its panel host, where every
+                        # proxy and panel socket of the run is opened.
+                        self.cluster = LabCluster(self, site_path, self.lab_spec)
+                        self.say(f"netns backend: lab {self.lab_spec.name} (namespaces fsl-{self.lab_spec.name}-*)")
+                        await self.cluster.start(nursery)
+                        panel_host.enter_context(entered(self.lab_spec.namespace("panels")))
+                    drained = await self._run_in(nursery, site_path, settings, config, log_fd)
         finally:
             os.close(log_fd)
             config.close()
@@ -281,6 +268,55 @@ class ScenarioRun:
             drained=drained,
             node_starts=self.cluster.starts() if self.cluster is not None else {},
         )
+
+    async def _run_in(
+        self, nursery: trio.Nursery, site_path: Path, settings: list[PanelSettings], config: ConfigStore, log_fd: int
+    ) -> bool:
+        """The run inside its nursery: proxies, cluster, fleet, timeline, drain, verdict."""
+        scenario = self.scenario
+        await nursery.start(self.hub.run)
+        if self.api_port is not None:
+            await nursery.start(serve_api, self.hub, "127.0.0.1", self.api_port)
+            self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
+        settings = await self._setup.make_proxies(settings, self.site.vip)
+        if self.cluster is None and not self.in_process:
+            await self._setup.make_heartbeat_proxies(self.site)
+        self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
+        if self.cluster is None:
+            self.cluster = InProcessCluster(self) if self.in_process else ProcessCluster(self, site_path, log_fd)
+            await self.cluster.start(nursery)
+        # Generous bounds: under a virtual clock a busy machine makes them pass fast.
+        with trio.fail_after(300):
+            await until(lambda: self._holder() is not None)
+        fleet_scope = trio.CancelScope()
+        fleet_done = trio.Event()
+        await nursery.start(self._run_fleet, fleet_scope, fleet_done)
+        with trio.move_on_after(300):
+            await self.fleet.wait_connected()
+        self._check_all_connected()
+        self._t0 = trio.current_time()
+        self.note(f"{len(self.fleet)} panels online, node {self._holder()} holds the VIP")
+        nursery.start_soon(self._sampler.run, self)
+        async with trio.open_nursery() as steps:
+            for step in scenario.timeline:
+                await trio.sleep_until(self._t0 + step.at)
+                await step.apply(self, steps)
+            await trio.sleep_until(self._t0 + scenario.duration)
+            steps.cancel_scope.cancel()
+        drained = await self._heal_and_drain()
+        # The check needs a still world: panels that go on deciding and uploading
+        # while it reads would count a row committed between two of its reads as
+        # a gap (seen in CI). The fleet stops first; the store is read as one snapshot.
+        fleet_scope.cancel()
+        await fleet_done.wait()
+        panels = list(self.fleet.panels.values())
+        generated = [len(p.journal or ()) for p in panels]
+        verdict = functools.partial(check, rogues=self.rogues, crashes=self.cluster.crashes())
+        self.report = await trio.to_thread.run_sync(verdict, self.site.db_file, panels)
+        if [v.generated for v in self.report.panels] != generated:
+            raise ScenarioError(f"{scenario.name}: a panel generated events while the checker read it")
+        nursery.cancel_scope.cancel()
+        return drained
 
     async def _run_fleet(
         self,
@@ -321,6 +357,8 @@ class ScenarioRun:
             if w.end is None:
                 w.end = self.now()
         assert self.cluster is not None
+        if isinstance(self.cluster, LabCluster):
+            await self.cluster.heal_hosts()
         await self.cluster.all_up(restart=True)
         with trio.move_on_after(self.scenario.drain_timeout) as scope:
             await until(lambda: self._holder() is not None)

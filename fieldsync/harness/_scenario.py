@@ -122,6 +122,18 @@ class ClusterSpec(TomlTable):
     restart: StrictBool = True
     restart_delay: Time = 1.0
     lease: Time = 1.0
+    #: Where the nodes run: ``process`` (two processes on loopback) or ``netns`` (the lab's
+    #: hosts, keepalived moving the VIP; root). ``fieldsync scenario run --backend`` overrides it.
+    backend: Literal["process", "netns"] = "process"
+    #: The netns backend's VRRP advertisement interval (VRRPv3: 0.01 .. 40.95 s).
+    advert_int: Time = 0.1
+
+    @field_validator("advert_int")
+    @classmethod
+    def _a_vrrp_interval(cls, value: float) -> float:
+        if not 0.01 <= value <= 40.95:
+            raise ValueError("VRRPv3 advertises every 0.01 .. 40.95 s")
+        return round(value, 2)
 
 
 @toml_table

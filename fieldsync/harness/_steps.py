@@ -6,7 +6,7 @@ union), so the runner never looks at a string to decide what to do: it awaits
 ``step.apply(run, nursery)``. Work that outlasts the step (a toxic's expiry, an outage,
 a burst) goes to ``nursery``, which the runner cancels at the end of the timeline.
 
-Why one module of this size: eighteen small step types, each 10-50 lines, the value types
+Why one module of this size: twenty-five small step types, each 10-50 lines, the value types
 they share, and the union that must list every one (asserted at the bottom); one module keeps
 the union and its members in one view.
 """
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from emulator import Panel
 
     from ._clusters import ClusterBackend
+    from ._lab_cluster import LabCluster
     from ._runner import ScenarioRun
     from ._scenario import SiteSpec
 
@@ -48,9 +49,16 @@ __all__ = [
     "DiskFullStep",
     "DownStep",
     "FaultWindow",
+    "HealStep",
+    "KillKeepalivedStep",
     "KillStep",
     "NODES_GROUP",
+    "NicDownStep",
+    "NicUpStep",
     "OutageStep",
+    "PartitionStep",
+    "PowerOffStep",
+    "PowerOnStep",
     "PowerCycleStep",
     "RemoveToxicStep",
     "ResetPeerStep",
@@ -231,6 +239,10 @@ class StepBase(TomlTable):
         """Only the process cluster can take this step (SIGSTOP/SIGCONT, switchover, the heartbeat link)."""
         return False
 
+    def backend_problem(self, backend: str) -> str | None:
+        """Why the cluster backend ``backend`` (process, in-process, netns) cannot take this step; None if it can."""
+        return None
+
     def check(self, site: SiteSpec, duration: float) -> None:
         """What the step needs of its scenario.
 
@@ -274,6 +286,15 @@ class StepBase(TomlTable):
 def _cluster(run: ScenarioRun) -> ClusterBackend:
     assert run.cluster is not None, "steps run while the cluster does"
     return run.cluster
+
+
+def _hosts(run: ScenarioRun) -> LabCluster:
+    """The run's lab (the netns backend): the runner refused host steps on any other."""
+    from ._lab_cluster import LabCluster
+
+    cluster = _cluster(run)
+    assert isinstance(cluster, LabCluster), "the runner refuses host steps without the netns backend"
+    return cluster
 
 
 @toml_table
@@ -411,7 +432,10 @@ class DownStep(_GroupStep):
     do: Literal["down"] = "down"
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
-        await run.hub.set_group_enabled(self.group, False)
+        if self.group == NODES_GROUP and _cluster(run).kind == "netns":
+            await _hosts(run).partition("A", "B")  # the heartbeat link is the switch between them
+        else:
+            await run.hub.set_group_enabled(self.group, False)
         run.open_window(f"{self.group} down")
         run.note(f"group {self.group} down")
 
@@ -423,7 +447,10 @@ class UpStep(_GroupStep):
     do: Literal["up"] = "up"
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
-        await run.hub.set_group_enabled(self.group, True)
+        if self.group == NODES_GROUP and _cluster(run).kind == "netns":
+            await _hosts(run).heal()
+        else:
+            await run.hub.set_group_enabled(self.group, True)
         run.close_windows(f"{self.group} down")
         run.note(f"group {self.group} up")
 
@@ -463,6 +490,14 @@ class ToxicStep(_GroupStep):
         if self.group == NODES_GROUP and self.type not in DatagramProxy.toxic_types:
             kinds = ", ".join(sorted(DatagramProxy.toxic_types))
             raise refuse(f"the heartbeat link between the nodes is UDP: a toxic there is one of {kinds}", "type")
+
+    def backend_problem(self, backend: str) -> str | None:
+        if backend == "netns" and self.group == NODES_GROUP:
+            return (
+                "on the netns backend the heartbeat link is the lab's switch between hosts A and B: "
+                "'down'/'up' (a partition) work there; toxics act on the run's own proxies, and none sits on that link"
+            )
+        return None
 
     def toxic(self) -> Toxic:
         given = self.file_items()
@@ -518,6 +553,131 @@ class ResetPeerStep(_GroupStep):
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         run.hub.reset_peers(self.group)
         run.note(f"TCP reset of every connection of {self.group}")
+
+
+# -- the faults of real hosts (the netns backend) -----------------------------------------------
+
+HostTarget = Literal["active", "standby", "A", "B", "panels"]
+
+
+@toml_table
+class _HostStep(StepBase):
+    """A fault of one of the lab's hosts: only the netns backend has hosts."""
+
+    def backend_problem(self, backend: str) -> str | None:
+        if backend != "netns":
+            return f'{self.noun()} needs hosts: the netns backend ([cluster] backend = "netns", or --backend netns)'
+        return None
+
+
+@toml_table
+class PowerOffStep(_HostStep):
+    """The node's host loses power: every process on it freezes and its switch port goes down, so
+    the panels and the other host hear nothing (no RST). Its processes resume at ``power-on``."""
+
+    do: Literal["power-off"] = "power-off"
+    node: NodeTarget = "active"
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        hosts = _hosts(run)
+        name = hosts.resolve(self.node)
+        await hosts.power(name, on=False)
+        run.open_window(f"power off {name}")
+        run.note(f"host {name} lost power (its processes frozen, its link down)")
+
+
+@toml_table
+class PowerOnStep(_HostStep):
+    """Power back: the host's processes carry on where they froze, its port comes up."""
+
+    do: Literal["power-on"] = "power-on"
+    node: NodeTarget
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        await _hosts(run).power(self.node, on=True)
+        run.close_windows(f"power off {self.node}")
+        run.note(f"host {self.node} powered on")
+
+
+@toml_table
+class NicDownStep(_HostStep):
+    """The host's own NIC goes down (keepalived sees it and goes to FAULT; the node stays up)."""
+
+    do: Literal["nic-down"] = "nic-down"
+    host: HostTarget = "active"
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        hosts = _hosts(run)
+        name = self.host if self.host == "panels" else hosts.resolve(self.host)
+        await hosts.nic(name, up=False)
+        run.open_window(f"NIC down {name}")
+        run.note(f"host {name}: NIC down")
+
+
+@toml_table
+class NicUpStep(_HostStep):
+    do: Literal["nic-up"] = "nic-up"
+    host: Literal["A", "B", "panels"]
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        await _hosts(run).nic(self.host, up=True)
+        run.close_windows(f"NIC down {self.host}")
+        run.note(f"host {self.host}: NIC up")
+
+
+@toml_table
+class PartitionStep(_HostStep):
+    """The switch stops forwarding between two hosts, both ways; each still reaches the third.
+    ``between = ["A", "B"]`` is a split brain (both become MASTER); ``["panels", "active"]``
+    cuts the panels off the VIP's host. One partition at a time; ``heal`` ends it."""
+
+    do: Literal["partition"] = "partition"
+    between: tuple[HostTarget, HostTarget]
+
+    @pydantic.field_validator("between")
+    @classmethod
+    def _two_hosts(cls, between: tuple[str, str]) -> tuple[str, str]:
+        if between[0] == between[1]:
+            raise ValueError("a partition is between two different hosts")
+        return between
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        hosts = _hosts(run)
+        a, b = (h if h == "panels" else hosts.resolve(h) for h in self.between)
+        if a == b:
+            raise ValueError(f"partition {self.between}: both name host {a} now")
+        await hosts.partition(a, b)
+        run.open_window(f"partition {a}|{b}")
+        run.note(f"partition between hosts {a} and {b}")
+
+
+@toml_table
+class HealStep(_HostStep):
+    """The switch forwards between every pair of hosts again."""
+
+    do: Literal["heal"] = "heal"
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        joined = await _hosts(run).heal()
+        for w in run.windows:
+            if w.end is None and w.label.startswith("partition "):
+                w.end = run.now()
+        run.note(f"partition healed ({' and '.join(joined) or 'none'})")
+
+
+@toml_table
+class KillKeepalivedStep(_HostStep):
+    """SIGKILL of keepalived on the node's host (not of the node): the VIP stays on its NIC, the
+    other host becomes MASTER, and the node must stop serving on its own (the VRRP gate)."""
+
+    do: Literal["kill-keepalived"] = "kill-keepalived"
+    node: NodeTarget = "active"
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        hosts = _hosts(run)
+        name = hosts.resolve(self.node)
+        killed = await hosts.kill_keepalived(name)
+        run.note(f"kill -9 keepalived on host {name}" + ("" if killed else " (not running)"))
 
 
 @toml_table
@@ -788,6 +948,13 @@ _STEP_TYPES = (
     BurstStep,
     DiskFullStep,
     RogueStep,
+    PowerOffStep,
+    PowerOnStep,
+    NicDownStep,
+    NicUpStep,
+    PartitionStep,
+    HealStep,
+    KillKeepalivedStep,
 )
 
 #: A ``[[timeline]]`` entry: the type its ``do`` names.
@@ -809,7 +976,14 @@ Step = Annotated[
     | ConfigStormStep
     | BurstStep
     | DiskFullStep
-    | RogueStep,
+    | RogueStep
+    | PowerOffStep
+    | PowerOnStep
+    | NicDownStep
+    | NicUpStep
+    | PartitionStep
+    | HealStep
+    | KillKeepalivedStep,
     Field(discriminator="do"),
 ]
 

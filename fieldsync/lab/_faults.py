@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import Any
 
 from ._spec import NODE_HOSTS, LabSpec
-from ._system import LabError, Recognised, run, signal_group
+from ._system import LabError, Recognised, run, signal_group, stop_group
 
 __all__: list[str] = []
 
@@ -21,10 +22,10 @@ class _HostFaults:
     def _save(self) -> None:
         raise NotImplementedError
 
-    def _alive(self, host: str, kind: str) -> bool:
+    def is_running(self, host: str, kind: str) -> bool:
         raise NotImplementedError
 
-    def _start(self, host: str, kind: str) -> None:
+    def start_process(self, host: str, kind: str) -> None:
         raise NotImplementedError
 
     def _groups(self, host: str) -> list[tuple[int, Recognised]]:
@@ -75,10 +76,68 @@ class _HostFaults:
         self._node_host(host)
         started = []
         for kind in ("keepalived", "node"):
-            if not self._alive(host, kind):
-                self._start(host, kind)
+            if not self.is_running(host, kind):
+                self.start_process(host, kind)
                 started.append(kind)
         return started
+
+    def signal_node(self, host: str, signum: signal.Signals) -> bool:
+        """``signum`` to the node on ``host`` only (its keepalived is left alone); False if none runs."""
+        self._node_host(host)
+        recognised = self.spec.recognised_on("node", host)
+        groups = [p["pgid"] for p in self.processes if (p["host"], p["kind"]) == (host, "node")]
+        return any([signal_group(pgid, recognised, signum) for pgid in groups])
+
+    def kill_keepalived(self, host: str) -> list[int]:
+        """SIGKILL of keepalived alone (parent and VRRP child at once): the VIP stays on eth0."""
+        self._node_host(host)
+        recognised = self.spec.recognised_on("keepalived", host)
+        killed = []
+        for p in self.processes:
+            if (p["host"], p["kind"]) == (host, "keepalived"):
+                killed += signal_group(p["pgid"], recognised, signal.SIGKILL)
+        return killed
+
+    def stop_keepalived(self, host: str) -> list[int]:
+        """A graceful stop of keepalived (SIGTERM): it hands the VIP over at once (priority 0)."""
+        self._node_host(host)
+        recognised = self.spec.recognised_on("keepalived", host)
+        stopped = []
+        for p in self.processes:
+            if (p["host"], p["kind"]) == (host, "keepalived"):
+                stopped += stop_group(p["pgid"], recognised)
+        return stopped
+
+    def partition(self, a: str, b: str) -> None:
+        """Cut the switch between hosts ``a`` and ``b`` only, both ways (each still reaches the third).
+
+        The switch's ports of ``a`` and ``b`` become isolated bridge ports: isolated ports do
+        not forward to each other, and do to every other port. One partition at a time.
+        """
+        hosts = (*NODE_HOSTS, "panels")
+        if a not in hosts or b not in hosts or a == b:
+            raise LabError(f"partition {a}|{b}: two different hosts of {', '.join(hosts)}")
+        isolated = self.isolated()
+        if isolated and isolated != {a, b}:
+            raise LabError(f"hosts {' and '.join(sorted(isolated))} are already partitioned: heal first")
+        for host in (a, b):
+            self._isolate(host, on=True)
+
+    def heal(self) -> list[str]:
+        """Undo ``partition``: every port of the switch forwards to every other again; the hosts it joined."""
+        isolated = sorted(self.isolated())
+        for host in isolated:
+            self._isolate(host, on=False)
+        return isolated
+
+    def isolated(self) -> set[str]:
+        """The hosts whose switch ports are isolated (the two sides of a partition)."""
+        out = run(["bridge", "-n", self.spec.namespace("sw"), "-d", "-j", "link", "show"])
+        return {link["ifname"] for link in json.loads(out or "[]") if link.get("isolated")}
+
+    def _isolate(self, host: str, *, on: bool) -> None:
+        sw = self.spec.namespace("sw")
+        run(["bridge", "-n", sw, "link", "set", "dev", host, "isolated", "on" if on else "off"])
 
     def _port(self, host: str, *, up: bool) -> None:
         run(["ip", "-n", self.spec.namespace("sw"), "link", "set", host, "up" if up else "down"])

@@ -23,12 +23,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from storage import ClusterStore, Lease
 
+from ..site import SiteError, load_site
 from ._faults import _HostFaults
 from ._lab_files import argv, write_keepalived, write_site
 from ._spec import (
@@ -104,9 +107,21 @@ class LabStatus:
 class Lab(_HostFaults):
     """Build, inspect, fault and remove one lab; every step recorded in ``lab.json`` as it is taken."""
 
-    def __init__(self, spec: LabSpec, *, keepalived: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: LabSpec,
+        *,
+        keepalived: str | None = None,
+        node_argv: Callable[[str], list[str]] | None = None,
+        owner: int | None = None,
+    ) -> None:
+        """``node_argv(host)``: the node's command line instead of the lab's own (a scenario
+        run's options, a deliberately broken build). ``owner``: the pid of the process the lab
+        lives and dies with (a scenario run): a later lab removes it once that process is gone."""
         self.spec = spec
         self.keepalived = keepalived or find_keepalived()
+        self.node_argv = node_argv
+        self.owner = owner
         self.namespaces: list[str] = []
         #: (host, kind, pid, pgid) of every process the lab started; kind: keepalived or node.
         self.processes: list[dict[str, Any]] = []
@@ -127,7 +142,7 @@ class Lab(_HostFaults):
             raise LabError(f"{directory}: no lab here (no lab.json; `fieldsync lab up` makes one)") from None
         except ValueError as exc:
             raise LabError(f"{path}: not a lab record: {exc}") from None
-        lab = cls(LabSpec.from_json(data["spec"]))
+        lab = cls(LabSpec.from_json(data["spec"]), owner=data.get("owner"))
         lab.namespaces = list(data.get("namespaces", []))
         lab.processes = list(data.get("processes", []))
         lab.powered_off = set(data.get("powered_off", []))
@@ -139,6 +154,7 @@ class Lab(_HostFaults):
             "namespaces": self.namespaces,
             "processes": self.processes,
             "powered_off": sorted(self.powered_off),
+            "owner": self.owner,
         }
         tmp = self.spec.record_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -146,11 +162,13 @@ class Lab(_HostFaults):
 
     # -- up ------------------------------------------------------------------------------
 
-    def up(self, *, timeout: float = 30.0) -> LabStatus:
+    def up(self, *, timeout: float = 30.0, write_site: bool = True) -> LabStatus:
         """Build the lab, start keepalived and a node on each node host, wait until one serves.
 
-        Whatever a crashed lab of this name left is removed first. On any failure (or
-        Ctrl-C) everything made so far is removed again.
+        Whatever a crashed lab of this name left is removed first, and every lab whose owner
+        process is gone. On any failure (or Ctrl-C) everything made so far is removed again.
+        ``write_site=False``: the site file (with ``spec.pair_hosts()``'s addresses), its PKI
+        and its store are already there (a scenario run wrote them).
 
         Raises:
             LabError: the machine cannot build it (one line naming why), or no host served in time.
@@ -160,19 +178,21 @@ class Lab(_HostFaults):
         if why is not None:
             raise LabError(why)
         self._remove_leftovers()
+        remove_orphans()
         self._check_addresses_free()
         spec.directory.mkdir(parents=True, exist_ok=True)
         spec.directory.chmod(0o755)  # keepalived runs only scripts no other user can change
         try:
             self._save()
             self._build_network()
-            self._write_site()
+            if write_site:
+                self._write_site()
             for host in NODE_HOSTS:
                 self._write_keepalived(host)
             for host in NODE_HOSTS:
-                self._start(host, "keepalived")
+                self.start_process(host, "keepalived")
             for host in NODE_HOSTS:
-                self._start(host, "node")
+                self.start_process(host, "node")
             if not spec.vrrp_gate:  # the nodes ignore VRRP: the lease and the VIP may part from the start
                 return self.wait_started(timeout=timeout)
             return self.wait_serving(timeout=timeout, nodes_must_run=True)
@@ -216,7 +236,7 @@ class Lab(_HostFaults):
     def _check_addresses_free(self) -> None:
         """The lab's addresses must not be taken in the root namespace: someone else would answer there."""
         ours = {_NODE_ADDRESS["A"], _NODE_ADDRESS["B"], VIP, _PANEL_HOST_ADDRESS}
-        ours |= {panel_lab_address(p) for p in range(1, self.spec.panels + 1)}
+        ours |= {panel_lab_address(p) for p in self.spec.panel_ids()}
         for link in json.loads(run(["ip", "-j", "-4", "addr", "show"]) or "[]"):
             for addr in link.get("addr_info", []):
                 if addr.get("local") in ours:
@@ -245,7 +265,7 @@ class Lab(_HostFaults):
             run(["ip", "-n", sw, "link", "set", host, "master", "br0", "up"])
             run(["ip", "-n", ns, "addr", "add", f"{address}/{_PREFIX}", "dev", "eth0"])
             run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        batch = "".join(f"addr add {panel_lab_address(p)}/{_PREFIX} dev eth0\n" for p in range(1, spec.panels + 1))
+        batch = "".join(f"addr add {panel_lab_address(p)}/{_PREFIX} dev eth0\n" for p in spec.panel_ids())
         run(["ip", "-n", spec.namespace("panels"), "-batch", "-"], stdin=batch, timeout=30)
         for host in NODE_HOSTS:
             # A node binds VIP:port while its host is not (yet) MASTER: keepalived adds the address.
@@ -258,16 +278,24 @@ class Lab(_HostFaults):
         write_keepalived(self.spec, host)
 
     def _argv(self, host: str, kind: str) -> list[str]:
+        if kind == "node" and self.node_argv is not None:
+            return self.node_argv(host)
         return argv(self.spec, host, kind, self.keepalived)
 
-    def _start(self, host: str, kind: str) -> None:
+    def start_process(self, host: str, kind: str) -> None:
         spec = self.spec
         if kind == "keepalived":
             # Stale pid files keep keepalived from starting; ours are dead by now.
             spec.file("keepalived", host, "pid").unlink(missing_ok=True)
             spec.vrrp_pid(host).unlink(missing_ok=True)
+        command = self._argv(host, kind)
+        if kind == "node":
+            # The node runs under a shell that appends its exit status to node-HOST.exits: the
+            # node is no child of ours (a lab outlives `lab up`), and a crash must be told from
+            # a kill. Both are one process group, so every signal of the lab reaches both.
+            command = ["sh", "-c", '"$@"; echo $? >> "$0"', str(spec.file("node", host, "exits")), *command]
         pid = spawn_detached(
-            ["ip", "netns", "exec", spec.namespace(host), *self._argv(host, kind)],
+            ["ip", "netns", "exec", spec.namespace(host), *command],
             log=spec.file(kind, host, "log"),
             pid_file=spec.file(kind, host, "started"),
         )
@@ -313,7 +341,7 @@ class Lab(_HostFaults):
 
     # -- status --------------------------------------------------------------------------
 
-    def _alive(self, host: str, kind: str) -> bool:
+    def is_running(self, host: str, kind: str) -> bool:
         recognised = self.spec.recognised_on(kind, host)
         return any(recognised.matches(p["pid"]) for p in self.processes if (p["host"], p["kind"]) == (host, kind))
 
@@ -342,16 +370,16 @@ class Lab(_HostFaults):
                     host=host,
                     namespace=ns,
                     vrrp_state=state if host in NODE_HOSTS else "-",
-                    keepalived=host in NODE_HOSTS and self._alive(host, "keepalived"),
+                    keepalived=host in NODE_HOSTS and self.is_running(host, "keepalived"),
                     vip=vip,
-                    node=host in NODE_HOSTS and self._alive(host, "node"),
+                    node=host in NODE_HOSTS and self.is_running(host, "node"),
                     powered_off=host in self.powered_off,
                     link=link,
                 )
             )
         lease, left = None, 0.0
-        db = spec.directory / "site.db"
-        if db.exists():
+        db = self.store_path()
+        if db is not None and db.exists():
             store = ClusterStore(db)
             try:
                 lease = store.lease()
@@ -360,7 +388,20 @@ class Lab(_HostFaults):
             left = max(0.0, (lease.lease_until_us - time.time_ns() // 1000) / 1e6)
         return LabStatus(hosts=tuple(hosts), lease=lease, lease_left=left)
 
-    # -- faults --------------------------------------------------------------------------
+    def node_exits(self, host: str) -> list[int]:
+        """The exit status of every node that ended on ``host`` (128 + N: killed by signal N)."""
+        try:
+            text = self.spec.file("node", host, "exits").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(word) for word in text.split() if word.isdigit()]
+
+    def store_path(self) -> Path | None:
+        """The site's SQLite store (None before the site file is written)."""
+        try:
+            return load_site(self.spec.site_path).db_file
+        except (SiteError, OSError):
+            return None
 
     # -- down ----------------------------------------------------------------------------
 
@@ -385,6 +426,35 @@ class Lab(_HostFaults):
         self.powered_off = set()
         self.spec.record_path.unlink(missing_ok=True)
         return stopped, removed
+
+
+def remove_orphans() -> list[str]:
+    """Remove every lab whose owner process is gone (a scenario run that was killed); its names."""
+    removed = []
+    for ns in sorted(_namespaces()):
+        mark = _mark(ns) if ns.startswith("fsl-") else None
+        if mark is None:
+            continue
+        try:
+            lab = Lab.load(Path(mark))
+        except LabError:
+            continue
+        if lab.owner is None or _alive(lab.owner) or lab.spec.namespace("sw") != ns:
+            continue
+        with contextlib.suppress(LabError):
+            lab.down()
+            removed.append(lab.spec.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def describe(status: LabStatus) -> str:

@@ -9,31 +9,27 @@ from pathlib import Path
 from storage import ClusterStore
 
 from ..engine import node_command
-from ..site import issue_pair_pki, load_site, seed_config
-from ._spec import _NODE_ADDRESS, _PREFIX, _PRIORITY, NODE_HOSTS, VIP, LabSpec, panel_lab_address
+from ..site import issue_pair_pki, load_site, pair_site_toml, seed_config
+from ._spec import _PREFIX, _PRIORITY, VIP, LabSpec
 
 __all__ = ["argv", "write_keepalived", "write_site"]
 
 
 def write_site(spec: LabSpec) -> None:
     """The lab's site file, its PKI (a fresh CA) and an empty store with a seeded configuration."""
-    nodes = []
-    for host in NODE_HOSTS:
-        vrrp = (
-            f'vrrp_state = "{spec.vrrp_state(host).name}"\nvrrp_pid = "{spec.vrrp_pid(host).name}"\n'
-            if spec.vrrp_gate
-            else ""
-        )
-        nodes.append(f'[nodes.{host}]\naddress = "{_NODE_ADDRESS[host]}"\n{vrrp}')
-    panels = "".join(f'[[panels]]\nid = {p}\naddress = "{panel_lab_address(p)}"\n\n' for p in range(1, spec.panels + 1))
+    text = pair_site_toml(
+        hosts=spec.pair_hosts(),
+        name=f"lab {spec.name}",
+        port=spec.port,
+        panels=spec.panels,
+        first_id=spec.first_id,
+        mode=spec.mode,
+        buffer="2MiB",
+        batch=512,
+    )
     spec.site_path.write_text(
         f"# Written by `fieldsync lab up` for lab {spec.name}: nodes on {spec.namespace('A')} and "
-        f"{spec.namespace('B')}, panels on {spec.namespace('panels')}.\n"
-        f'[site]\nname = "lab {spec.name}"\ndb = "site.db"\npki = "pki"\nvip = "{VIP}"\n'
-        f"port = {spec.port}\npanel_port = 3001\n\n"
-        + "\n".join(nodes)
-        + f'\n[fleet]\npanels = {spec.panels}\nmode = "{spec.mode}"\nbuffer = "2MiB"\nbatch = 512\n\n'
-        + panels
+        f"{spec.namespace('B')}, panels on {spec.namespace('panels')}.\n" + text
     )
     site = load_site(spec.site_path)
     shutil.rmtree(site.pki, ignore_errors=True)  # a fresh CA for a fresh lab: EC keys cost little
@@ -45,8 +41,16 @@ def write_site(spec: LabSpec) -> None:
 
 
 def write_keepalived(spec: LabSpec, host: str) -> None:
-    """keepalived's config for ``host`` and the notify script that writes its VRRP state to a file."""
-    state, notify = spec.vrrp_state(host), spec.file("notify", host, "sh")
+    """keepalived's config for ``host``, the notify script that writes its VRRP state to a file,
+    and the track script that ties the VRRP state to the host's node.
+
+    The track script (every second, keepalived's finest ``interval``) asks whether the node
+    this lab started on the host still runs: a node that died alone puts its host in FAULT,
+    which gives up the VIP, so the other host's node can take over (without it, the VIP
+    would stay on a host with no node behind it and the other node would, rightly, never
+    serve while its host is BACKUP).
+    """
+    state, notify, check = spec.vrrp_state(host), spec.file("notify", host, "sh"), spec.file("check", host, "sh")
     state.write_text("INIT\n")
     notify.write_text(
         "#!/bin/sh\n"
@@ -54,12 +58,27 @@ def write_keepalived(spec: LabSpec, host: str) -> None:
         f"printf '%s\\n' \"$3\" > '{state}.tmp' && mv -f '{state}.tmp' '{state}'\n"
     )
     notify.chmod(0o755)
+    started = spec.file("node", host, "started")
+    check.write_text(
+        "#!/bin/sh\n"
+        "# keepalived's track script: does the node the lab started on this host still run?\n"
+        "# (its recorded pid, and that pid's command line naming this lab's site file: not a recycled pid)\n"
+        f"pid=$(cat '{started}' 2>/dev/null) || exit 1\n"
+        f"tr '\\0' '\\n' < /proc/\"$pid\"/cmdline 2>/dev/null | grep -qxF -- '{spec.site_path}'\n"
+    )
+    check.chmod(0o755)
     spec.file("keepalived", host, "conf").write_text(
         "global_defs {\n"
         f"    router_id fsl-{spec.name}-{host}\n"
         "    vrrp_version 3\n"
         "    enable_script_security\n"
         "    script_user root\n"
+        "}\n"
+        "vrrp_script node_alive {\n"
+        f"    script {check}\n"
+        "    interval 1\n"
+        "    fall 1\n"
+        "    rise 1\n"
         "}\n"
         "vrrp_instance VIP {\n"
         "    state BACKUP\n"
@@ -70,6 +89,11 @@ def write_keepalived(spec: LabSpec, host: str) -> None:
         f"    advert_int {spec.advert_int:.2f}\n"
         f"    virtual_ipaddress {{\n        {VIP}/{_PREFIX} dev eth0\n    }}\n"
         f"    notify {notify}\n"
+        # A gratuitous ARP every second while MASTER: after a split brain heals, or beside a
+        # killed keepalived's leftover VIP, the panels' ARP caches point at the MASTER again
+        # within a second instead of at the loser until the cache entry expires.
+        "    garp_master_refresh 1\n"
+        "    track_script {\n        node_alive\n    }\n"
         "}\n"
     )
 

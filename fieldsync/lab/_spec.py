@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..site import PairHosts
 from ._system import LabError, Recognised
 
 __all__ = ["HOSTS", "NODE_HOSTS", "VIP", "LabSpec", "node_address", "panel_lab_address"]
@@ -43,6 +44,8 @@ class LabSpec:
     name: str
     directory: Path
     panels: int = 4
+    #: The first panel's id (panels ``first_id .. first_id + panels - 1``).
+    first_id: int = 1
     #: VRRP advertisement interval, seconds (VRRPv3: centiseconds, 0.01 .. 40.95).
     advert_int: float = 0.1
     virtual_router_id: int = 51
@@ -55,14 +58,27 @@ class LabSpec:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise LabError(f"lab name {self.name!r}: use 1-12 lower-case letters or digits")
-        if not 0 < self.panels <= _MAX_PANELS:
-            raise LabError(f"--panels {self.panels}: a lab has 1..{_MAX_PANELS} panels")
+        if self.panels < 1 or self.first_id < 1 or self.first_id + self.panels - 1 > _MAX_PANELS:
+            raise LabError(f"--panels {self.panels}: a lab has panel ids 1..{_MAX_PANELS}")
         if not 0.01 <= self.advert_int <= 40.95 or abs(round(self.advert_int * 100) - self.advert_int * 100) > 1e-6:
             raise LabError(f"--advert-int {self.advert_int}: VRRPv3 takes 0.01 .. 40.95 s in steps of 0.01")
         if not 1 <= self.virtual_router_id <= 255:
             raise LabError(f"virtual_router_id {self.virtual_router_id}: VRRP takes 1 .. 255")
         if self.mode not in ("punch-out", "host-initiated", "mixed"):
             raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
+
+    def panel_ids(self) -> range:
+        return range(self.first_id, self.first_id + self.panels)
+
+    def pair_hosts(self) -> PairHosts:
+        """The lab's addresses and VRRP files as a site file says them (``pair_site_toml(hosts=)``)."""
+        vrrp = {h: (self.vrrp_state(h).name, self.vrrp_pid(h).name) for h in NODE_HOSTS} if self.vrrp_gate else {}
+        return PairHosts(
+            vip=VIP,
+            nodes=dict(_NODE_ADDRESS),
+            panels={p: panel_lab_address(p) for p in self.panel_ids()},
+            vrrp=vrrp,
+        )
 
     def namespace(self, host: str) -> str:
         return f"fsl-{self.name}-{host}"

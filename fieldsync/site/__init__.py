@@ -15,6 +15,7 @@ from ._files import load_site as load_site
 from ._files import parse_address as parse_address
 from ._files import parse_site as parse_site
 from ._files import parse_size as parse_size
+from ._pair import PairHosts as PairHosts
 from ._pair import issue_pair_pki as issue_pair_pki
 from ._pair import pair_site_toml as pair_site_toml
 from ._pair import seed_config as seed_config
@@ -41,6 +42,7 @@ __all__ = [
     "TomlTable",
     "dump_toml",
     "heartbeat_port",
+    "PairHosts",
     "issue_pair_pki",
     "key_lines",
     "load_site",

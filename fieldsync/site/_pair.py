@@ -3,8 +3,10 @@ and a store seeded with a configuration (what the harness, the demo and the test
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import protocol as p
 from storage import ConfigStore, OverflowPolicy
@@ -13,11 +15,28 @@ from . import pki
 from ._files import _PAIR, Site
 from ._toml import dump_toml
 
-__all__ = ["PairSiteOptions", "issue_pair_pki", "pair_site_toml", "seed_config", "write_pair_site"]
+__all__ = ["PairHosts", "PairSiteOptions", "issue_pair_pki", "pair_site_toml", "seed_config", "write_pair_site"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PairHosts:
+    """Where the pair lives when it is not on loopback: the lab's hosts (``fieldsync.lab``).
+
+    Each panel has an address of its own (host-initiated ones are dialed there on
+    ``panel_port``); a node with VRRP files serves only while its host is MASTER.
+    """
+
+    vip: str
+    nodes: Mapping[str, str]
+    panels: Mapping[int, str]
+    #: Node -> (keepalived's state file, its VRRP process's pid file), relative to the site file.
+    vrrp: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    panel_port: int = 3001
 
 
 def pair_site_toml(
     *,
+    hosts: PairHosts | None = None,
     pki_dir: Path | str = "pki",
     port: int = 30002,
     panels: int = 10,
@@ -37,18 +56,30 @@ def pair_site_toml(
     """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
     (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
     ``heartbeat_proxies`` each node's beats reach it through 127.0.0.21/.22 (a fault proxy).
-    ``None``: the site file's default."""
+    ``hosts``: the pair on the lab's hosts instead (its addresses, VRRP files, a ``[[panels]]``
+    entry per panel). ``None``: the site file's default."""
     via = {"A": "127.0.0.21", "B": "127.0.0.22"} if heartbeat_proxies else {}
-    tables = {
+    addresses = dict(hosts.nodes) if hosts is not None else _PAIR
+    vrrp = dict(hosts.vrrp) if hosts is not None else {}
+    tables: dict[str, Any] = {
         "site": {
             "name": name,
             "db": db,
             "pki": pki_dir,
             "insecure": insecure or None,
+            "vip": hosts.vip if hosts is not None else None,
             "port": port,
-            "panel_port": port + 1,
+            "panel_port": hosts.panel_port if hosts is not None else port + 1,
         },
-        "nodes": {n: {"address": address, "heartbeat_via": via.get(n)} for n, address in _PAIR.items()},
+        "nodes": {
+            n: {
+                "address": address,
+                "heartbeat_via": via.get(n),
+                "vrrp_state": vrrp[n][0] if n in vrrp else None,
+                "vrrp_pid": vrrp[n][1] if n in vrrp else None,
+            }
+            for n, address in addresses.items()
+        },
         "fleet": {
             "panels": panels,
             "first_id": first_id,
@@ -61,12 +92,15 @@ def pair_site_toml(
             "flash_dir": flash_dir,
         },
     }
+    if hosts is not None:
+        tables["panels"] = [{"id": pid, "address": address} for pid, address in sorted(hosts.panels.items())]
     return dump_toml(tables)
 
 
 class PairSiteOptions(TypedDict, total=False):
     """The keywords of ``pair_site_toml`` (its defaults are there)."""
 
+    hosts: PairHosts | None
     pki_dir: Path | str
     port: int
     panels: int

@@ -1,0 +1,248 @@
+"""The netns backend: a scenario's nodes on the lab's hosts, the VIP moved by keepalived.
+
+``LabCluster`` builds a lab (``fieldsync.lab``) for the run in the run's directory, with the
+run's own site file (the lab's addresses), and runs the run's fleet and fault proxies inside
+the lab's panel host: the runner's thread enters that network namespace (``entered``) for
+the run, so every panel socket and every proxy lives there, and reaches the nodes over the
+lab's switch. The scenario file is unchanged; the faults of real hosts are steps of their
+own (``power-off``, ``nic-down``, ``partition``, ``kill-keepalived``), and the heartbeat link
+(group ``nodes``) is the switch between hosts A and B: ``down nodes`` partitions them.
+
+What differs from the process backend, and why:
+
+- ``kill`` is SIGKILL of the node's process only; its host's keepalived notices through its
+  track script (within its 1 s interval) and gives up the VIP.
+- ``stop`` pauses the node only: keepalived still sees a process and keeps the VIP, so the
+  other node, BACKUP, rightly takes nothing until the pause ends (the hung service that a
+  pid check cannot see).
+- ``switchover`` is what an operator does on such a pair: keepalived on the active host
+  stops gracefully (it hands the VIP over at once), the switchover is asked of the store,
+  and keepalived starts again as BACKUP (``nopreempt``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from storage import Lease
+
+from ..lab import NODE_HOSTS, Lab, LabError, LabSpec
+from ._clusters import StoreWatchedCluster, run_node_command, until
+from ._scenario import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from ._runner import ScenarioRun
+
+__all__ = ["LabCluster", "entered", "lab_name", "run_lab_spec"]
+
+_CLONE_NEWNET = 0x40000000
+
+
+def lab_name() -> str:
+    """A fresh lab name for one run: namespaces ``fsl-r<10 hex>-<host>``."""
+    return "r" + secrets.token_hex(5)
+
+
+def run_lab_spec(scenario: Scenario, *, directory: Path, port: int, name: str) -> LabSpec:
+    """The lab a scenario runs on: its panels, its VRRP interval, its STONITH, in ``directory``."""
+    return LabSpec(
+        name=name,
+        directory=directory,
+        panels=scenario.site.panels,
+        first_id=scenario.site.first_id,
+        advert_int=scenario.cluster.advert_int,
+        port=port,
+        mode=scenario.site.mode,
+        stonith=scenario.cluster.stonith,
+    )
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def entered(namespace: str) -> Iterator[None]:
+    """The calling thread in network namespace ``namespace`` (``ip netns``'s), and back after.
+
+    Only this thread moves (a network namespace is per thread): the sockets it opens meanwhile
+    live in ``namespace``; threads it starts meanwhile start there too.
+    """
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            target = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        except FileNotFoundError:
+            raise LabError(f"network namespace {namespace} is gone") from None
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+class LabCluster(StoreWatchedCluster):
+    """Nodes A and B on the lab's hosts A and B, each with its keepalived; the run's panels on
+    the lab's panel host. See the module's notes for how its faults differ."""
+
+    kind = "netns"
+    kill_words = "kill -9 (the node's process; its keepalived stays)"
+
+    def __init__(self, run: ScenarioRun, site_path: Path, spec: LabSpec) -> None:
+        scenario = run.scenario
+        self.run = run
+        self.db = run.site.db_file
+        self.spec = spec
+        self.lab = Lab(self.spec, node_argv=lambda host: run_node_command(run, host, site_path), owner=os.getpid())
+        self.lease: Lease | None = None
+        self.stopped: set[str] = set()
+        self.pause_tries = 0
+        self.restart = scenario.cluster.restart
+        #: Nodes this run keeps down (``all_down``) or that are restarting now.
+        self._held: set[str] = set()
+        self._starts = dict.fromkeys(NODE_HOSTS, 0)
+        self._nics_down: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def panel_namespace(self) -> str:
+        return self.spec.namespace("panels")
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        await nursery.start(self._own_lab)
+        for host in NODE_HOSTS:
+            self._starts[host] += 1
+        nursery.start_soon(self._watch_lease)
+        nursery.start_soon(self._restart_dead)
+
+    async def _own_lab(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await trio.to_thread.run_sync(lambda: self.lab.up(write_site=False, timeout=60))
+        except LabError as exc:
+            raise ScenarioError(f"{self.run.scenario.name}: the netns backend could not build its lab: {exc}") from None
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.lab.down)
+
+    async def _restart_dead(self) -> None:
+        assert self._nursery is not None
+        """The supervisor's part: a node that died (a kill, STONITH, a crash) starts again after
+        ``restart_delay``, unless the run holds it down or its host has no power."""
+        delay = self.run.scenario.cluster.restart_delay
+        while True:
+            await trio.sleep(0.1)
+            for host in NODE_HOSTS:
+                if self._may_restart(host) and host not in self._held and not self.lab.is_running(host, "node"):
+                    self._held.add(host)
+                    self._nursery.start_soon(self._start_later, host, delay)
+
+    async def _start_later(self, host: str, delay: float) -> None:
+        try:
+            await trio.sleep(delay)
+            if self._may_restart(host) and not self.lab.is_running(host, "node"):
+                await self._start_node(host)
+        finally:
+            self._held.discard(host)
+
+    def _may_restart(self, host: str) -> bool:
+        return self.restart and host not in self.lab.powered_off
+
+    async def _start_node(self, host: str) -> None:
+        await trio.to_thread.run_sync(self.lab.start_process, host, "node")
+        self._starts[host] += 1
+
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        return self.lab.signal_node(name, sig)
+
+    async def kill(self, name: str) -> bool:
+        self.stopped.discard(name)
+        return await trio.to_thread.run_sync(self._signal, name, signal.SIGKILL)
+
+    async def ensure_running(self, name: str) -> None:
+        if self.lab.is_running(name, "node"):
+            return
+        with trio.move_on_after(5):  # the restart watcher may be about to start it
+            await until(lambda: name not in self._held or self.lab.is_running(name, "node"))
+        if not self.lab.is_running(name, "node"):
+            await self._start_node(name)
+
+    async def all_down(self) -> None:
+        self.restart = False
+        for name in NODE_HOSTS:
+            await self.kill(name)
+
+    async def all_up(self, *, restart: bool) -> None:
+        """Every paused node resumed, every node running (on a host with power)."""
+        for name in list(self.stopped):
+            await self.cont(name)
+        self.restart = restart
+        for host in NODE_HOSTS:
+            if host not in self.lab.powered_off:
+                await self.ensure_running(host)
+
+    async def heal_hosts(self) -> None:
+        """Every host's fault healed: power back, NICs up, no partition, keepalived running."""
+        for host in sorted(self.lab.powered_off):
+            await self.power(host, on=True)
+        for host in sorted(self._nics_down):
+            await self.nic(host, up=True)
+        await self.heal()
+        for host in NODE_HOSTS:
+            if not self.lab.is_running(host, "keepalived"):
+                await trio.to_thread.run_sync(self.lab.start_process, host, "keepalived")
+
+    async def switchover(self, to: str) -> None:
+        """keepalived on the other host stops gracefully (the VIP goes to ``to`` at once), the
+        switchover is asked of the store, and that keepalived starts again as BACKUP."""
+        other = "B" if to == "A" else "A"
+        await trio.to_thread.run_sync(self.lab.stop_keepalived, other)
+        await super().switchover(to)
+        await trio.to_thread.run_sync(self.lab.start_process, other, "keepalived")
+
+    # -- the faults of hosts (the steps of ``_host_steps``) ------------------------------------
+
+    async def power(self, host: str, *, on: bool) -> None:
+        await trio.to_thread.run_sync(self.lab.power_on if on else self.lab.power_off, host)
+
+    async def nic(self, host: str, *, up: bool) -> None:
+        await trio.to_thread.run_sync(lambda: self.lab.nic(host, up=up))
+        (self._nics_down.discard if up else self._nics_down.add)(host)
+
+    async def partition(self, a: str, b: str) -> None:
+        await trio.to_thread.run_sync(self.lab.partition, a, b)
+
+    async def heal(self) -> list[str]:
+        return await trio.to_thread.run_sync(self.lab.heal)
+
+    async def kill_keepalived(self, host: str) -> list[int]:
+        return await trio.to_thread.run_sync(self.lab.kill_keepalived, host)
+
+    def starts(self) -> dict[str, int]:
+        return dict(self._starts)
+
+    def crashes(self) -> int:
+        """Nodes that ended by themselves: not killed by SIGKILL (this run, STONITH), not stopped
+        by SIGTERM or SIGINT (the lab's ``down``), no clean exit."""
+        expected = {0, 128 + signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGINT, 130}
+        return sum(1 for host in NODE_HOSTS for code in self.lab.node_exits(host) if code not in expected)
