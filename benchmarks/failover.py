@@ -7,6 +7,10 @@ to its first ACK under the new epoch. Percentiles are over all panels of all
 runs.
 
     python benchmarks/failover.py [--runs 10] [--panels 200] [--json OUT]
+
+On real hosts (network namespaces, keepalived moving the VIP; root), each fault beside the
+time keepalived took to move the VIP: ``--backend netns`` runs ``benchmarks/failover_hosts.py``
+with the remaining arguments.
 """
 
 from __future__ import annotations
@@ -110,6 +114,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--backend", "netns"]:
+        from benchmarks import failover_hosts
+
+        return failover_hosts.main(argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--panels", type=int, default=200)

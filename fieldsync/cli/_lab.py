@@ -55,6 +55,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option("--mode", type=click.Choice(["punch-out", "host-initiated", "mixed"]), default="mixed", show_default=True)
 @click.option("--advert-int", type=float, default=0.1, show_default=True, help="VRRP advertisement interval, s.")
 @click.option("--vrid", type=click.IntRange(1, 255), default=51, show_default=True, help="VRRP virtual router id.")
+@click.option(
+    "--heartbeat-ms",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="The sessions' heartbeat interval; a panel gives up on a silent node after 3 of them.",
+)
 @click.option("--port", type=int, default=30002, show_default=True, help="The VIP's port.")
 @click.option("--no-stonith", is_flag=True, help="The nodes never SIGKILL each other (the lease is the only fence).")
 @click.option(
@@ -69,6 +76,7 @@ def lab_up(
     mode: str,
     advert_int: float,
     vrid: int,
+    heartbeat_ms: int,
     port: int,
     no_stonith: bool,
     no_vrrp_gate: bool,
@@ -82,6 +90,7 @@ def lab_up(
         mode=mode,
         advert_int=advert_int,
         virtual_router_id=vrid,
+        heartbeat_ms=heartbeat_ms,
         port=port,
         stonith=not no_stonith,
         vrrp_gate=not no_vrrp_gate,

@@ -19,8 +19,13 @@ class CaseResult:
     seconds: float
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "section": self.section, "result": self.result, "detail": self.detail,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "name": self.name,
+            "section": self.section,
+            "result": self.result,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 class Fail(Exception):

@@ -33,8 +33,11 @@ def _fail(msg: str) -> None:
 @click.command("conformance", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--server", metavar="HOST:PORT", help="Play panels against the node listening here.")
 @click.option("--panel", metavar="HOST:PORT", help="Play a node against the (host-initiated) panel listening here.")
-@click.option("--pki", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="DIR with ca.pem and panel-<id>.pem/.key (server mode) or node-<name>.pem/.key (panel mode).")
+@click.option(
+    "--pki",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="DIR with ca.pem and panel-<id>.pem/.key (server mode) or node-<name>.pem/.key (panel mode).",
+)
 @click.option("--insecure", is_flag=True, help="Plain TCP (the default without --pki); loopback targets only.")
 @click.option("--panel-ids", default="1-4", show_default=True, help="Panel ids the battery may use (server mode).")
 @click.option("--unknown-panel-id", type=int, help="A panel id the node must refuse with UNKNOWN_PANEL.")
@@ -44,9 +47,20 @@ def _fail(msg: str) -> None:
 @click.option("--case", "patterns", multiple=True, metavar="PATTERN", help="Run only matching cases (repeatable).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON.")
 @click.option("--list", "list_only", is_flag=True, help="List the cases with their sections and exit.")
-def command(server: str | None, panel: str | None, pki: Path | None, insecure: bool, panel_ids: str,
-            unknown_panel_id: int | None, panel_id: int | None, node_name: str, epoch: int | None,
-            patterns: tuple[str, ...], json_path: Path | None, list_only: bool) -> None:
+def command(
+    server: str | None,
+    panel: str | None,
+    pki: Path | None,
+    insecure: bool,
+    panel_ids: str,
+    unknown_panel_id: int | None,
+    panel_id: int | None,
+    node_name: str,
+    epoch: int | None,
+    patterns: tuple[str, ...],
+    json_path: Path | None,
+    list_only: bool,
+) -> None:
     """Check a node (--server) or a panel (--panel) against docs/protocol.md, version 2, and that page alone.
 
     Prints `section | case | result | detail` and a count; exit code 0 only if no case failed, 2 if the target
@@ -86,17 +100,22 @@ def command(server: str | None, panel: str | None, pki: Path | None, insecure: b
                 ids = parse_ids(panel_ids)
             except ValueError as exc:
                 _fail(str(exc))
-            results = trio.run(lambda: run_server_cases(server, pki=pki, panel_ids=ids,
-                                                        unknown_panel_id=unknown_panel_id, cases=patterns,
-                                                        progress=progress))
+            results = trio.run(
+                lambda: run_server_cases(
+                    server, pki=pki, panel_ids=ids, unknown_panel_id=unknown_panel_id, cases=patterns, progress=progress
+                )
+            )
             mode = "server"
         else:
             assert panel is not None
             if panel_id is None:
                 _fail("--panel needs --panel-id N")
             assert panel_id is not None
-            results = trio.run(lambda: run_panel_cases(panel, panel_id, pki=pki, node_name=node_name, epoch=epoch,
-                                                       cases=patterns, progress=progress))
+            results = trio.run(
+                lambda: run_panel_cases(
+                    panel, panel_id, pki=pki, node_name=node_name, epoch=epoch, cases=patterns, progress=progress
+                )
+            )
             mode = "panel"
     except TargetUnreachable as exc:
         _fail(str(exc))

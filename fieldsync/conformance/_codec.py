@@ -29,27 +29,73 @@ EMPTY_DIGEST = hashlib.sha256(b"").digest()
 
 HELLO, WELCOME, EVENT_BATCH, ACK, CONFIG_DELTA, CONFIG_SNAPSHOT, CONFIG_ACK, HEARTBEAT, ERROR, BYE = range(1, 11)
 TYPE_NAMES = {
-    1: "HELLO", 2: "WELCOME", 3: "EVENT_BATCH", 4: "ACK", 5: "CONFIG_DELTA", 6: "CONFIG_SNAPSHOT",
-    7: "CONFIG_ACK", 8: "HEARTBEAT", 9: "ERROR", 10: "BYE",
+    1: "HELLO",
+    2: "WELCOME",
+    3: "EVENT_BATCH",
+    4: "ACK",
+    5: "CONFIG_DELTA",
+    6: "CONFIG_SNAPSHOT",
+    7: "CONFIG_ACK",
+    8: "HEARTBEAT",
+    9: "ERROR",
+    10: "BYE",
 }
 
 # Section 11.
 CODES = {
-    "BAD_MAGIC": 100, "UNSUPPORTED_VERSION": 101, "FRAME_TOO_LARGE": 102, "BAD_CRC": 103, "UNKNOWN_TYPE": 104,
-    "BAD_FLAGS": 105, "TRUNCATED": 106, "MALFORMED": 200, "FIELD_OUT_OF_RANGE": 201, "UNKNOWN_EVENT_KIND": 202,
-    "UNKNOWN_CONFIG_OP": 203, "ILLEGAL_IN_STATE": 300, "SEQ_GAP": 301, "SEQ_ORDER": 302, "BAD_ACK": 303,
-    "STALE_EPOCH": 304, "EPOCH_MISMATCH": 305, "CONFIG_VERSION": 306, "TIMEOUT": 307, "CONFIG_DIGEST": 308,
-    "UNAUTHENTICATED": 400, "PANEL_ID_MISMATCH": 401, "UNKNOWN_PANEL": 402, "REPLACED": 403,
-    "STORE_REFUSED": 500, "OVERLOADED": 501, "SHUTTING_DOWN": 502, "INTERNAL": 503,
+    "BAD_MAGIC": 100,
+    "UNSUPPORTED_VERSION": 101,
+    "FRAME_TOO_LARGE": 102,
+    "BAD_CRC": 103,
+    "UNKNOWN_TYPE": 104,
+    "BAD_FLAGS": 105,
+    "TRUNCATED": 106,
+    "MALFORMED": 200,
+    "FIELD_OUT_OF_RANGE": 201,
+    "UNKNOWN_EVENT_KIND": 202,
+    "UNKNOWN_CONFIG_OP": 203,
+    "ILLEGAL_IN_STATE": 300,
+    "SEQ_GAP": 301,
+    "SEQ_ORDER": 302,
+    "BAD_ACK": 303,
+    "STALE_EPOCH": 304,
+    "EPOCH_MISMATCH": 305,
+    "CONFIG_VERSION": 306,
+    "TIMEOUT": 307,
+    "CONFIG_DIGEST": 308,
+    "UNAUTHENTICATED": 400,
+    "PANEL_ID_MISMATCH": 401,
+    "UNKNOWN_PANEL": 402,
+    "REPLACED": 403,
+    "STORE_REFUSED": 500,
+    "OVERLOADED": 501,
+    "SHUTTING_DOWN": 502,
+    "INTERNAL": 503,
 }
 CODE_NAMES = {v: k for k, v in CODES.items()}
 
 # Section 7.1.
 KINDS = {
-    1: "ACCESS_GRANTED", 2: "DENIED_UNKNOWN_CARD", 3: "DENIED_SCHEDULE", 4: "DENIED_DOOR_MODE", 5: "DENIED_EXPIRED",
-    6: "DENIED_PIN", 7: "DOOR_FORCED", 8: "DOOR_HELD", 9: "TAMPER", 10: "POWER_FAIL", 11: "POWER_RESTORE",
-    12: "HOST_OFFLINE", 13: "HOST_ONLINE", 14: "BUFFER_OVERFLOW", 15: "EVENTS_REFUSED", 16: "BUFFER_LOST",
-    17: "CONFIG_APPLIED", 18: "READER_OFFLINE", 19: "READER_ONLINE", 20: "READER_AUTH_FAILED",
+    1: "ACCESS_GRANTED",
+    2: "DENIED_UNKNOWN_CARD",
+    3: "DENIED_SCHEDULE",
+    4: "DENIED_DOOR_MODE",
+    5: "DENIED_EXPIRED",
+    6: "DENIED_PIN",
+    7: "DOOR_FORCED",
+    8: "DOOR_HELD",
+    9: "TAMPER",
+    10: "POWER_FAIL",
+    11: "POWER_RESTORE",
+    12: "HOST_OFFLINE",
+    13: "HOST_ONLINE",
+    14: "BUFFER_OVERFLOW",
+    15: "EVENTS_REFUSED",
+    16: "BUFFER_LOST",
+    17: "CONFIG_APPLIED",
+    18: "READER_OFFLINE",
+    19: "READER_ONLINE",
+    20: "READER_AUTH_FAILED",
 }
 GAP_KINDS = frozenset({14, 16})
 
@@ -75,8 +121,9 @@ class ProtocolError(Exception):
 # ---------------------------------------------------------------------------------------------- frames (3)
 
 
-def header(mtype: int, length: int, *, version: int = VERSION, flags: int = 0, magic: bytes = MAGIC,
-           bad_hcrc: bool = False) -> bytes:
+def header(
+    mtype: int, length: int, *, version: int = VERSION, flags: int = 0, magic: bytes = MAGIC, bad_hcrc: bool = False
+) -> bytes:
     head = magic + bytes((version, mtype, flags)) + struct.pack(">I", length)
     hcrc = crc32c(head) & 0xFFFF
     if bad_hcrc:
@@ -84,10 +131,20 @@ def header(mtype: int, length: int, *, version: int = VERSION, flags: int = 0, m
     return head + struct.pack(">H", hcrc)
 
 
-def encode_frame(mtype: int, payload: bytes, *, version: int = VERSION, flags: int = 0, magic: bytes = MAGIC,
-                 length: int | None = None, bad_hcrc: bool = False, bad_crc: bool = False) -> bytes:
-    head = header(mtype, len(payload) if length is None else length, version=version, flags=flags, magic=magic,
-                  bad_hcrc=bad_hcrc)
+def encode_frame(
+    mtype: int,
+    payload: bytes,
+    *,
+    version: int = VERSION,
+    flags: int = 0,
+    magic: bytes = MAGIC,
+    length: int | None = None,
+    bad_hcrc: bool = False,
+    bad_crc: bool = False,
+) -> bytes:
+    head = header(
+        mtype, len(payload) if length is None else length, version=version, flags=flags, magic=magic, bad_hcrc=bad_hcrc
+    )
     crc = crc32c(head + payload)
     if bad_crc:
         crc ^= 0xDEADBEEF
@@ -211,8 +268,9 @@ class PutCardholder:
     levels: tuple[int, ...] = ()
 
     def body(self) -> bytes:
-        return struct.pack(">QIQQB", self.card, self.pin, self.valid_from_us, self.valid_until_us,
-                           len(self.levels)) + b"".join(struct.pack(">H", lv) for lv in self.levels)
+        return struct.pack(
+            ">QIQQB", self.card, self.pin, self.valid_from_us, self.valid_until_us, len(self.levels)
+        ) + b"".join(struct.pack(">H", lv) for lv in self.levels)
 
     def check(self) -> None:
         _range(self.card >= 1, "PutCardholder card 0")
@@ -241,7 +299,8 @@ class PutSchedule:
 
     def body(self) -> bytes:
         return struct.pack(">HB", self.id, len(self.intervals)) + b"".join(
-            struct.pack(">BHH", *iv) for iv in self.intervals)
+            struct.pack(">BHH", *iv) for iv in self.intervals
+        )
 
     def check(self) -> None:
         _range(self.id >= 1, "PutSchedule id 0")
@@ -283,8 +342,7 @@ class PutAccessLevel:
     entries: tuple[tuple[int, int], ...] = ()  # (door, schedule)
 
     def body(self) -> bytes:
-        return struct.pack(">HB", self.id, len(self.entries)) + b"".join(
-            struct.pack(">BH", *en) for en in self.entries)
+        return struct.pack(">HB", self.id, len(self.entries)) + b"".join(struct.pack(">BH", *en) for en in self.entries)
 
     def check(self) -> None:
         _range(self.id >= 1, "PutAccessLevel id 0")
@@ -305,8 +363,10 @@ class DeleteAccessLevel:
 
 
 Op = PutCardholder | DeleteCardholder | PutSchedule | DeleteSchedule | PutDoor | PutAccessLevel | DeleteAccessLevel
-OP_CLASSES: dict[int, type[Any]] = {c.OP: c for c in (
-    PutCardholder, DeleteCardholder, PutSchedule, DeleteSchedule, PutDoor, PutAccessLevel, DeleteAccessLevel)}
+OP_CLASSES: dict[int, type[Any]] = {
+    c.OP: c
+    for c in (PutCardholder, DeleteCardholder, PutSchedule, DeleteSchedule, PutDoor, PutAccessLevel, DeleteAccessLevel)
+}
 OP_NAMES = {c.__name__: n for n, c in OP_CLASSES.items()}
 
 
@@ -447,9 +507,13 @@ class Hello:
     max_epoch: int = 0
 
     def encode(self) -> bytes:
-        return (struct.pack(">IQ", self.panel_id, self.boot_id) + _str8(self.firmware, "ascii")
-                + struct.pack(">QQQ", self.oldest_seq, self.newest_seq, self.config_version)
-                + self.config_digest + struct.pack(">Q", self.max_epoch))
+        return (
+            struct.pack(">IQ", self.panel_id, self.boot_id)
+            + _str8(self.firmware, "ascii")
+            + struct.pack(">QQQ", self.oldest_seq, self.newest_seq, self.config_version)
+            + self.config_digest
+            + struct.pack(">Q", self.max_epoch)
+        )
 
     @classmethod
     def decode(cls, c: _Cur) -> Hello:
@@ -475,8 +539,12 @@ class Welcome:
     heartbeat_ms: int
 
     def encode(self) -> bytes:
-        return (_str8(self.node_id, "utf-8") + struct.pack(">QQQ", self.epoch, self.hwm, self.config_version)
-                + self.config_digest + struct.pack(">I", self.heartbeat_ms))
+        return (
+            _str8(self.node_id, "utf-8")
+            + struct.pack(">QQQ", self.epoch, self.hwm, self.config_version)
+            + self.config_digest
+            + struct.pack(">I", self.heartbeat_ms)
+        )
 
     @classmethod
     def decode(cls, c: _Cur) -> Welcome:
@@ -533,8 +601,10 @@ class EventBatch:
         # 6: a leading gap marker's card/aux.
         g = recs[0]
         if g.is_gap:
-            _range(g.seq <= g.card <= MAX_SEQ and g.aux == g.card - g.seq + 1,
-                   f"gap marker seq {g.seq} card {g.card} aux {g.aux}")
+            _range(
+                g.seq <= g.card <= MAX_SEQ and g.aux == g.card - g.seq + 1,
+                f"gap marker seq {g.seq} card {g.card} aux {g.aux}",
+            )
         # 7: consecutive.
         prev = recs[0].last
         for r in recs[1:]:
@@ -596,8 +666,12 @@ class ConfigSnapshot:
     ops: tuple[Op, ...]
 
     def encode(self) -> bytes:
-        return (struct.pack(">QQ", self.epoch, self.version) + self.digest
-                + struct.pack(">HH", self.part, self.parts) + encode_ops(self.ops))
+        return (
+            struct.pack(">QQ", self.epoch, self.version)
+            + self.digest
+            + struct.pack(">HH", self.part, self.parts)
+            + encode_ops(self.ops)
+        )
 
     @classmethod
     def decode(cls, c: _Cur) -> ConfigSnapshot:
@@ -678,8 +752,9 @@ class Bye:
 
 
 Message = Hello | Welcome | EventBatch | Ack | ConfigDelta | ConfigSnapshot | ConfigAck | Heartbeat | Error | Bye
-MESSAGE_CLASSES: dict[int, Any] = {c.TYPE: c for c in (
-    Hello, Welcome, EventBatch, Ack, ConfigDelta, ConfigSnapshot, ConfigAck, Heartbeat, Error, Bye)}
+MESSAGE_CLASSES: dict[int, Any] = {
+    c.TYPE: c for c in (Hello, Welcome, EventBatch, Ack, ConfigDelta, ConfigSnapshot, ConfigAck, Heartbeat, Error, Bye)
+}
 
 
 def decode_payload(mtype: int, payload: bytes) -> Message:
@@ -719,8 +794,11 @@ def fields_of(obj: Any) -> Any:
     if isinstance(obj, Record):
         return {k: getattr(obj, k) for k in ("seq", "time_us", "kind", "door", "reader", "flags", "card", "aux")}
     if isinstance(obj, PutSchedule):
-        return {"op": obj.OP, "id": obj.id,
-                "intervals": [{"days": d, "start": s, "end": e} for d, s, e in obj.intervals]}
+        return {
+            "op": obj.OP,
+            "id": obj.id,
+            "intervals": [{"days": d, "start": s, "end": e} for d, s, e in obj.intervals],
+        }
     if isinstance(obj, PutAccessLevel):
         return {"op": obj.OP, "id": obj.id, "entries": [{"door": d, "schedule": s} for d, s in obj.entries]}
     if isinstance(obj, EventBatch):

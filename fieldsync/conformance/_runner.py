@@ -66,8 +66,12 @@ async def _reachable(host: str, port: int, what: str) -> None:
     await trio.aclose_forcefully(stream)
 
 
-async def _run(cases: Sequence[Case], make_ctx: Callable[[trio.Nursery], Any], tls: bool,
-               progress: Callable[[CaseResult], None] | None) -> list[CaseResult]:
+async def _run(
+    cases: Sequence[Case],
+    make_ctx: Callable[[trio.Nursery], Any],
+    tls: bool,
+    progress: Callable[[CaseResult], None] | None,
+) -> list[CaseResult]:
     results: list[CaseResult] = []
     for case in cases:
         t0 = trio.current_time()
@@ -103,28 +107,43 @@ async def _run(cases: Sequence[Case], make_ctx: Callable[[trio.Nursery], Any], t
     return results
 
 
-async def run_server_cases(server: str, *, pki: Path | str | None = None, panel_ids: Sequence[int] = (1, 2, 3, 4),
-                           unknown_panel_id: int | None = None, cases: Sequence[str] = (),
-                           progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+async def run_server_cases(
+    server: str,
+    *,
+    pki: Path | str | None = None,
+    panel_ids: Sequence[int] = (1, 2, 3, 4),
+    unknown_panel_id: int | None = None,
+    cases: Sequence[str] = (),
+    progress: Callable[[CaseResult], None] | None = None,
+) -> list[CaseResult]:
     """Play panels against the node at `server` (HOST:PORT); raises TargetUnreachable if it cannot be reached."""
     host, port = parse_hostport(server)
     target = ServerTarget(host, port, Path(pki) if pki is not None else None, tuple(panel_ids), unknown_panel_id)
     await _reachable(host, port, "node")
     state = ServerState()
-    return await _run(server_case.select(list(cases)), lambda n: ServerCtx(target, state, n), target.pki is not None,
-                      progress)
+    return await _run(
+        server_case.select(list(cases)), lambda n: ServerCtx(target, state, n), target.pki is not None, progress
+    )
 
 
-async def run_panel_cases(panel: str, panel_id: int, *, pki: Path | str | None = None, node_name: str = "A",
-                          epoch: int | None = None, cases: Sequence[str] = (),
-                          progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+async def run_panel_cases(
+    panel: str,
+    panel_id: int,
+    *,
+    pki: Path | str | None = None,
+    node_name: str = "A",
+    epoch: int | None = None,
+    cases: Sequence[str] = (),
+    progress: Callable[[CaseResult], None] | None = None,
+) -> list[CaseResult]:
     """Play a node against the host-initiated panel at `panel` (HOST:PORT)."""
     host, port = parse_hostport(panel)
     target = PanelTarget(host, port, panel_id, Path(pki) if pki is not None else None, node_name, epoch)
     await _reachable(host, port, "panel")
     state = PanelState()
-    return await _run(panel_case.select(list(cases)), lambda n: PanelCtx(target, state, n), target.pki is not None,
-                      progress)
+    return await _run(
+        panel_case.select(list(cases)), lambda n: PanelCtx(target, state, n), target.pki is not None, progress
+    )
 
 
 def table(results: Sequence[CaseResult]) -> str:
@@ -136,12 +155,21 @@ def table(results: Sequence[CaseResult]) -> str:
 
 
 def summary(results: Sequence[CaseResult]) -> tuple[int, int, int]:
-    return (sum(r.result == "pass" for r in results), sum(r.result == "fail" for r in results),
-            sum(r.result == "skip" for r in results))
+    return (
+        sum(r.result == "pass" for r in results),
+        sum(r.result == "fail" for r in results),
+        sum(r.result == "skip" for r in results),
+    )
 
 
 def write_json(path: Path, target: str, mode: str, results: Sequence[CaseResult]) -> None:
     p, f, s = summary(results)
-    doc = {"target": target, "mode": mode, "cases": [r.as_json() for r in results], "passed": p, "failed": f,
-           "skipped": s}
+    doc = {
+        "target": target,
+        "mode": mode,
+        "cases": [r.as_json() for r in results],
+        "passed": p,
+        "failed": f,
+        "skipped": s,
+    }
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -21,8 +21,9 @@ class Identity:
     key: Path
 
 
-def context(ca: Path | None, ident: Identity | None, *, tls12_only: bool = False,
-            verify: bool = True) -> ssl.SSLContext:
+def context(
+    ca: Path | None, ident: Identity | None, *, tls12_only: bool = False, verify: bool = True
+) -> ssl.SSLContext:
     """A client context (the battery always dials): TLS 1.3 only, unless `tls12_only`."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # 2.2: host names and subjectAltName are not checked
@@ -39,8 +40,6 @@ def context(ca: Path | None, ident: Identity | None, *, tls12_only: bool = False
     if ident is not None:
         ctx.load_cert_chain(str(ident.cert), str(ident.key))
     return ctx
-
-
 
 
 _rogue_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -69,13 +68,15 @@ def rogue_identity(cn: str) -> Identity:
     )
     cert_path, key_path = base / f"{cn}.pem", base / f"{cn}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return Identity(cert_path, key_path)
 
 
-async def send_then_close_notify(host: str, port: int, ctx: ssl.SSLContext, data: bytes, *,
-                                 wait: float = 4.0) -> tuple[bytes, str]:
+async def send_then_close_notify(
+    host: str, port: int, ctx: ssl.SSLContext, data: bytes, *, wait: float = 4.0
+) -> tuple[bytes, str]:
     """TLS up, `data` sent, then close_notify (the TLS end of the stream) while still reading.
 
     Returns what the peer sent after it (plain bytes) and how its side ended. trio's SSLStream cannot half-close,

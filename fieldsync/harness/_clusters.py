@@ -252,6 +252,7 @@ class InProcessCluster:
             tls=site.tls_for("node", "A"),
             bind_retry=5.0,
             known_panels=frozenset(site.panel_ids()),
+            heartbeat_ms=site.heartbeat_ms,
         )
         self.node_class = flawed_node_class(run.flaws)
         self._nursery: trio.Nursery | None = None

@@ -42,7 +42,7 @@ from ._scenario import Scenario, ScenarioError
 if TYPE_CHECKING:
     from ._runner import ScenarioRun
 
-__all__ = ["LabCluster", "entered", "lab_name", "run_lab_spec"]
+__all__ = ["LabCluster", "crashed", "entered", "lab_name", "run_lab_spec"]
 
 _CLONE_NEWNET = 0x40000000
 
@@ -242,7 +242,11 @@ class LabCluster(StoreWatchedCluster):
         return dict(self._starts)
 
     def crashes(self) -> int:
-        """Nodes that ended by themselves: not killed by SIGKILL (this run, STONITH), not stopped
-        by SIGTERM or SIGINT (the lab's ``down``), no clean exit."""
-        expected = {0, 128 + signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGINT, 130}
-        return sum(1 for host in NODE_HOSTS for code in self.lab.node_exits(host) if code not in expected)
+        """Nodes that ended by themselves (``crashed``), from the exit statuses the lab recorded."""
+        return sum(1 for host in NODE_HOSTS for code in self.lab.node_exits(host) if crashed(code))
+
+
+def crashed(status: int) -> bool:
+    """A node's exit status (a shell's: 128 + N for signal N) that no one asked for: not SIGKILL
+    (this run, STONITH), not SIGTERM or SIGINT (the lab's ``down``), not a clean exit."""
+    return status not in {0, 128 + signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGINT}

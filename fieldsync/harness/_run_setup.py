@@ -87,6 +87,7 @@ class RunSetup:
             db=f"{store_dir.name}/site.db" if store_dir is not None else "site.db",
             name=self.scenario.name,
             heartbeat_proxies=not self.in_process and self.hosts is None,  # the group "nodes"
+            heartbeat_ms=s.heartbeat_ms if s.heartbeat_ms != 1000 else None,
         )
         site_path.write_text(text)
         site = parse_site(text, site_path)

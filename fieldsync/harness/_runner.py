@@ -220,6 +220,11 @@ class ScenarioRun:
             raise ScenarioError("the flaw crash-on-bad-frame ends its process: it needs node processes (not --fast)")
         if self.backend not in ("process", "netns", "in-process"):
             raise ScenarioError(f"backend {self.backend!r}: process or netns")
+        if self.backend == "netns" and not scenario.site.tls:
+            raise ScenarioError(
+                f"{scenario.name}: [site] tls = false on the netns backend: plain TCP runs on loopback only, "
+                "and the lab's hosts have addresses of their own (198.18.0.0/16)"
+            )
         for step in scenario.timeline:
             problem = step.backend_problem(self.backend)
             if problem is not None:

@@ -77,6 +77,9 @@ class SiteSpec(TomlTable):
     doors: StrictInt = Field(default=4, ge=1)
     #: The store on a tmpfs of this many bytes (root only); 0: the work directory's disk.
     store_size: Size = 0
+    #: The sessions' heartbeat interval (the node's WELCOME); an end that hears nothing for 3
+    #: intervals gives up: how soon a panel notices a silent server.
+    heartbeat_ms: StrictInt = Field(default=1000, ge=10, le=60_000)
     groups: tuple[GroupSpec, ...] = ()
 
     @property

@@ -14,6 +14,7 @@ from ._spec import node_address as node_address
 from ._spec import panel_lab_address as panel_lab_address
 from ._system import LabError as LabError
 from ._system import find_keepalived as find_keepalived
+from ._system import group_members as group_members
 from ._system import missing_prerequisites as missing_prerequisites
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LabStatus",
     "describe",
     "find_keepalived",
+    "group_members",
     "missing_prerequisites",
     "node_address",
     "panel_lab_address",

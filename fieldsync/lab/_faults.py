@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 from typing import Any
 
 from ._spec import NODE_HOSTS, LabSpec
-from ._system import LabError, Recognised, run, signal_group, stop_group
+from ._system import LabError, Recognised, group_members, run, signal_group, stop_group
 
 __all__: list[str] = []
 
@@ -82,11 +84,26 @@ class _HostFaults:
         return started
 
     def signal_node(self, host: str, signum: signal.Signals) -> bool:
-        """``signum`` to the node on ``host`` only (its keepalived is left alone); False if none runs."""
+        """``signum`` to the node on ``host`` only (its keepalived is left alone); False if none runs.
+
+        SIGKILL goes to the node's process, not its wrapper shell (the group's leader), which
+        then tells keepalived through the track file; a pause or a resume goes to both.
+        """
         self._node_host(host)
         recognised = self.spec.recognised_on("node", host)
-        groups = [p["pgid"] for p in self.processes if (p["host"], p["kind"]) == (host, "node")]
-        return any([signal_group(pgid, recognised, signum) for pgid in groups])
+        hit = False
+        for p in self.processes:
+            if (p["host"], p["kind"]) != (host, "node"):
+                continue
+            if signum != signal.SIGKILL:
+                hit = bool(signal_group(p["pgid"], recognised, signum)) or hit
+                continue
+            for pid in group_members(p["pgid"], recognised):
+                if pid != p["pgid"]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signum)
+                    hit = True
+        return hit
 
     def kill_keepalived(self, host: str) -> list[int]:
         """SIGKILL of keepalived alone (parent and VRRP child at once): the VIP stays on eth0."""

@@ -290,10 +290,14 @@ class Lab(_HostFaults):
             spec.vrrp_pid(host).unlink(missing_ok=True)
         command = self._argv(host, kind)
         if kind == "node":
-            # The node runs under a shell that appends its exit status to node-HOST.exits: the
-            # node is no child of ours (a lab outlives `lab up`), and a crash must be told from
-            # a kill. Both are one process group, so every signal of the lab reaches both.
-            command = ["sh", "-c", '"$@"; echo $? >> "$0"', str(spec.file("node", host, "exits")), *command]
+            # The node runs under a shell that, when it ends, writes 1 to its host's track file
+            # (keepalived watches it by inotify: FAULT at once) and appends its exit status to
+            # node-HOST.exits (the node is no child of ours, and a crash must be told from a
+            # kill). Both are one process group: the lab's signals reach both, but a kill of
+            # the node alone (`signal_node`) leaves the shell to tell keepalived.
+            # (sh -c's $0 is the track file, $1 the exits file, the rest the node's command.)
+            script = 'echo 0 > "$0"; exits=$1; shift; "$@"; status=$?; echo 1 > "$0"; echo $status >> "$exits"'
+            command = ["sh", "-c", script, str(spec.node_track(host)), str(spec.file("node", host, "exits")), *command]
         pid = spawn_detached(
             ["ip", "netns", "exec", spec.namespace(host), *command],
             log=spec.file(kind, host, "log"),

@@ -26,6 +26,7 @@ def write_site(spec: LabSpec) -> None:
         mode=spec.mode,
         buffer="2MiB",
         batch=512,
+        heartbeat_ms=spec.heartbeat_ms,
     )
     spec.site_path.write_text(
         f"# Written by `fieldsync lab up` for lab {spec.name}: nodes on {spec.namespace('A')} and "
@@ -44,11 +45,13 @@ def write_keepalived(spec: LabSpec, host: str) -> None:
     """keepalived's config for ``host``, the notify script that writes its VRRP state to a file,
     and the track script that ties the VRRP state to the host's node.
 
-    The track script (every second, keepalived's finest ``interval``) asks whether the node
-    this lab started on the host still runs: a node that died alone puts its host in FAULT,
-    which gives up the VIP, so the other host's node can take over (without it, the VIP
-    would stay on a host with no node behind it and the other node would, rightly, never
-    serve while its host is BACKUP).
+    Two trackers tie the host's VRRP state to its node: a track file that the node's wrapper
+    sets to 1 when the node ends (keepalived reads it on inotify: FAULT at once), and a track
+    script (every second, keepalived's finest ``interval``) asking whether the node's recorded
+    process still runs, for a node whose wrapper died with it. A node that died alone puts its
+    host in FAULT, which gives up the VIP, so the other host's node can take over (without
+    them, the VIP would stay on a host with no node behind it and the other node would,
+    rightly, never serve while its host is BACKUP).
     """
     state, notify, check = spec.vrrp_state(host), spec.file("notify", host, "sh"), spec.file("check", host, "sh")
     state.write_text("INIT\n")
@@ -74,6 +77,13 @@ def write_keepalived(spec: LabSpec, host: str) -> None:
         "    enable_script_security\n"
         "    script_user root\n"
         "}\n"
+        # At once: the node's wrapper writes 1 here when the node ends (inotify, no polling).
+        "track_file node_ended {\n"
+        f'    file "{spec.node_track(host)}"\n'
+        "    weight 0\n"
+        "    init_file 0 overwrite\n"
+        "}\n"
+        # Every second, a backstop: the node's recorded process still runs.
         "vrrp_script node_alive {\n"
         f"    script {check}\n"
         "    interval 1\n"
@@ -93,6 +103,7 @@ def write_keepalived(spec: LabSpec, host: str) -> None:
         # killed keepalived's leftover VIP, the panels' ARP caches point at the MASTER again
         # within a second instead of at the loser until the cache entry expires.
         "    garp_master_refresh 1\n"
+        "    track_file {\n        node_ended weight 0\n    }\n"
         "    track_script {\n        node_alive\n    }\n"
         "}\n"
     )

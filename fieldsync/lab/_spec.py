@@ -54,6 +54,8 @@ class LabSpec:
     stonith: bool = True
     #: The nodes follow VRRP (serve only while their host is MASTER); False is the negative control.
     vrrp_gate: bool = True
+    #: The sessions' heartbeat interval (the WELCOME's); an end gives up after 3 silent intervals.
+    heartbeat_ms: int = 1000
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -64,6 +66,8 @@ class LabSpec:
             raise LabError(f"--advert-int {self.advert_int}: VRRPv3 takes 0.01 .. 40.95 s in steps of 0.01")
         if not 1 <= self.virtual_router_id <= 255:
             raise LabError(f"virtual_router_id {self.virtual_router_id}: VRRP takes 1 .. 255")
+        if not 10 <= self.heartbeat_ms <= 60_000:
+            raise LabError(f"--heartbeat-ms {self.heartbeat_ms}: 10 .. 60000")
         if self.mode not in ("punch-out", "host-initiated", "mixed"):
             raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
 
@@ -96,6 +100,10 @@ class LabSpec:
 
     def vrrp_state(self, host: str) -> Path:
         return self.file("vrrp", host, "state")
+
+    def node_track(self, host: str) -> Path:
+        """keepalived's track file for ``host``: 0 while its node runs, 1 once it ended."""
+        return self.file("node", host, "track")
 
     def vrrp_pid(self, host: str) -> Path:
         """The pid file of keepalived's VRRP process (``-r``): the process that speaks VRRP."""

@@ -52,6 +52,7 @@ def pair_site_toml(
     policy: OverflowPolicy | None = None,
     doors: int | None = None,
     flash_dir: Path | str | None = None,
+    heartbeat_ms: int | None = None,
 ) -> str:
     """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
     (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
@@ -70,6 +71,7 @@ def pair_site_toml(
             "vip": hosts.vip if hosts is not None else None,
             "port": port,
             "panel_port": hosts.panel_port if hosts is not None else port + 1,
+            "heartbeat_ms": heartbeat_ms,
         },
         "nodes": {
             n: {
@@ -116,6 +118,7 @@ class PairSiteOptions(TypedDict, total=False):
     policy: OverflowPolicy | None
     doors: int | None
     flash_dir: Path | str | None
+    heartbeat_ms: int | None
 
 
 def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:

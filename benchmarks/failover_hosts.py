@@ -1,0 +1,264 @@
+"""Failover on real hosts: each panel's outage beside the time keepalived took to move the VIP.
+
+For each VRRP advertisement interval a lab is built (``fieldsync.lab``: hosts A and B in
+network namespaces, keepalived VRRPv3 ``nopreempt``, the node on each host gated by its
+VRRP state) with a fleet inside its panel host, swiping steadily. Then, ``--runs`` times per
+fault, the host that serves loses power (its processes frozen, its link down), or its NIC
+goes down, or its keepalived is killed (``kill -9`` of its process group); the bench
+records, in the same run:
+
+- **VIP move**: from the fault until the other host's keepalived says MASTER (its notify
+  script's state file, polled every 2 ms): what keepalived itself takes;
+- **outage** per panel: from its last ACK under the old epoch to its first ACK under the
+  new one (what the panel lives through);
+
+and prints, per fault and interval, the outage's p50/p99/max and its ratio to the VIP move
+of the same cycle (the figure that matters: how much fieldsync adds to keepalived). After
+each cycle the fault is healed and the lab settles (one host serving, both nodes and both
+keepalived running) before the next.
+
+    python benchmarks/failover_hosts.py [--runs 10] [--panels 24] [--advert-int 1 0.1 0.05]
+        [--faults power-off nic-down kill-keepalived] [--json OUT]
+
+Root only (namespaces, keepalived); ``benchmarks/failover.py --backend netns`` runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+from benchmarks import write_json
+from emulator import Fleet, Workload
+from fieldsync.harness._lab_cluster import entered
+from fieldsync.lab import NODE_HOSTS, Lab, LabError, LabSpec, find_keepalived, missing_prerequisites
+from fieldsync.site import load_site
+from storage import ClusterStore
+
+FAULTS = ("power-off", "nic-down", "kill-keepalived")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def _state(lab: Lab, host: str) -> str:
+    try:
+        return lab.spec.vrrp_state(host).read_text().strip()
+    except OSError:
+        return "-"
+
+
+def _fault(lab: Lab, fault: str, host: str) -> None:
+    if fault == "power-off":
+        lab.power_off(host)
+    elif fault == "nic-down":
+        lab.nic(host, up=False)
+    else:
+        lab.kill_keepalived(host)
+
+
+def _heal(lab: Lab, fault: str, host: str) -> None:
+    if fault == "power-off":
+        lab.power_on(host)
+    elif fault == "nic-down":
+        lab.nic(host, up=True)
+    lab.start(host)  # what STONITH or the fault left stopped: keepalived, the node
+
+
+def _settled(lab: Lab) -> str | None:
+    """The host that serves once everything runs again (one MASTER, VIP, lease, both nodes)."""
+    status = lab.status()
+    if not all(h.node and h.keepalived for h in status.hosts if h.host in NODE_HOSTS):
+        return None
+    return status.serving()
+
+
+async def _until(predicate: Callable[[], object], bound: float, what: str) -> None:
+    """Poll ``predicate`` (other processes' state: polling is the point) for at most ``bound`` s."""
+    with trio.move_on_after(bound) as scope:
+        while not predicate():
+            await trio.sleep(0.01)
+    if scope.cancelled_caught:
+        raise SystemExit(f"{what} within {bound:g} s")
+
+
+async def one_interval(lab: Lab, args: argparse.Namespace) -> list[dict[str, object]]:
+    """Every fault ``args.runs`` times on one lab; a record per cycle."""
+    site = load_site(lab.spec.site_path)
+    store = ClusterStore(site.db_file)
+    cycles: list[dict[str, object]] = []
+    with entered(lab.spec.namespace("panels")):
+        fleet = Fleet([site.panel_settings(p) for p in site.panel_ids()], Workload(rate=args.rate), seed=1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fleet.run)
+            with trio.fail_after(60):
+                await fleet.wait_connected()
+            for fault in args.faults:
+                for run in range(args.runs):
+                    cycles.append(await _cycle(lab, store, fleet, fault, run))
+                    c = cycles[-1]
+                    print(
+                        f"advert_int {lab.spec.advert_int:g} s, {fault:<15} run {run + 1:>2}: VIP moved in "
+                        f"{c['vip_move_s']:.3f} s, outage p50 {c['outage_p50_s']:.3f} s max {c['outage_max_s']:.3f} s "
+                        f"({c['epoch_from']} -> {c['epoch_to']} on {c['new_host']})",
+                        flush=True,
+                    )
+            nursery.cancel_scope.cancel()
+    store.close()
+    return cycles
+
+
+async def _cycle(lab: Lab, store: ClusterStore, fleet: Fleet, fault: str, run: int) -> dict[str, object]:
+    await _until(lambda: _settled(lab), 60, "the lab did not settle (one host serving, every process up)")
+    old = _settled(lab)
+    assert old is not None
+    epoch = store.lease().epoch
+    await _until(lambda: all(epoch in p.first_ack_at for p in fleet.panels.values()), 60, "not every panel acked")
+    other = "B" if old == "A" else "A"
+    last_old_ack = {pid: trio.current_time() for pid in fleet.panels}
+    acked = {pid: p.statistics().acked_seq for pid, p in fleet.panels.items()}
+    fault_at = vip_at = None
+
+    async def watch() -> None:
+        nonlocal vip_at
+        while True:
+            now = trio.current_time()
+            for pid, panel in fleet.panels.items():
+                s = panel.statistics()
+                if s.acked_seq != acked[pid] and s.epoch == epoch:
+                    last_old_ack[pid] = now
+                acked[pid] = s.acked_seq
+            if fault_at is not None and vip_at is None and _state(lab, other) == "MASTER":
+                vip_at = now
+            await trio.sleep(0.002)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.sleep(0.3)  # a steady stream of ACKs from the old node first
+        fault_at = trio.current_time()
+        await trio.to_thread.run_sync(_fault, lab, fault, old)
+
+        def moved() -> bool:
+            new = store.lease().epoch
+            return new > epoch and vip_at is not None and all(new in p.first_ack_at for p in fleet.panels.values())
+
+        await _until(moved, 60, f"{fault} of {old}: not every panel acked under a new epoch")
+        nursery.cancel_scope.cancel()
+    new_epoch = store.lease().epoch
+    assert vip_at is not None
+    outages = [p.first_ack_at[new_epoch] - last_old_ack[pid] for pid, p in fleet.panels.items()]
+    await trio.to_thread.run_sync(_heal, lab, fault, old)
+    vip_move = vip_at - fault_at
+    return {
+        "fault": fault,
+        "run": run,
+        "old_host": old,
+        "new_host": store.lease().holder,
+        "epoch_from": epoch,
+        "epoch_to": new_epoch,
+        "vip_move_s": vip_move,
+        "outage_s": outages,
+        "outage_p50_s": statistics.median(outages),
+        "outage_max_s": max(outages),
+    }
+
+
+def _summary(cycles: list[dict[str, object]], fault: str) -> dict[str, float]:
+    mine = [c for c in cycles if c["fault"] == fault]
+    outages = [o for c in mine for o in c["outage_s"]]  # type: ignore[attr-defined]
+    moves = [float(c["vip_move_s"]) for c in mine]  # type: ignore[arg-type]
+    ratios = [o / float(c["vip_move_s"]) for c in mine for o in c["outage_s"]]  # type: ignore[attr-defined, arg-type]
+    return {
+        "runs": len(mine),
+        "vip_move_p50_s": statistics.median(moves),
+        "vip_move_max_s": max(moves),
+        "outage_p50_s": _percentile(outages, 50),
+        "outage_p99_s": _percentile(outages, 99),
+        "outage_max_s": max(outages),
+        "ratio_p50": _percentile(ratios, 50),
+        "ratio_p99": _percentile(ratios, 99),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10, help="cycles per fault and interval")
+    parser.add_argument("--panels", type=int, default=24)
+    parser.add_argument("--mode", default="mixed", choices=["punch-out", "host-initiated", "mixed"])
+    parser.add_argument("--rate", type=float, default=10.0, help="swipes per second per panel")
+    parser.add_argument("--advert-int", type=float, nargs="+", default=[1.0, 0.1, 0.05])
+    parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
+    parser.add_argument(
+        "--heartbeat-ms", type=int, default=1000, help="the sessions' heartbeat (a panel gives up after 3 silent ones)"
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    why = missing_prerequisites(find_keepalived())
+    if why is not None:
+        raise SystemExit(f"failover on hosts needs a lab: {why}")
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    every: list[dict[str, object]] = []
+    started = time.monotonic()
+    for advert in args.advert_int:
+        with tempfile.TemporaryDirectory(prefix="fieldsync-failover-hosts-") as tmp:
+            spec = LabSpec(
+                name=f"fb{int(advert * 100)}",
+                directory=Path(tmp),
+                panels=args.panels,
+                mode=args.mode,
+                advert_int=advert,
+                heartbeat_ms=args.heartbeat_ms,
+            )
+            lab = Lab(spec)
+            try:
+                lab.up(timeout=60)
+                cycles = trio.run(one_interval, lab, args)
+            except LabError as exc:
+                raise SystemExit(str(exc)) from None
+            finally:
+                lab.down()
+        for c in cycles:
+            c["advert_int_s"] = advert
+        every += cycles
+        results[f"{advert:g}"] = {fault: _summary(cycles, fault) for fault in args.faults}
+    print(
+        f"\nfailover on hosts, {args.panels} panels ({args.mode}), heartbeat {args.heartbeat_ms} ms, "
+        f"{args.runs} runs per cell, "
+        f"{time.monotonic() - started:.0f} s in all. outage = last ACK from the old node -> first from the new;"
+    )
+    print("VIP move = the fault -> the other host's keepalived MASTER; ratio = outage / VIP move of the same cycle")
+    print(
+        f"{'advert_int':>10} {'fault':<16} {'VIP move p50':>12} {'outage p50':>10} {'p99':>7} {'max':>7} "
+        f"{'ratio p50':>9} {'p99':>6}"
+    )
+    for advert, per_fault in results.items():
+        for fault, s in per_fault.items():
+            print(
+                f"{advert + ' s':>10} {fault:<16} {s['vip_move_p50_s']:>10.3f} s {s['outage_p50_s']:>8.3f} s "
+                f"{s['outage_p99_s']:>5.2f} s {s['outage_max_s']:>5.2f} s {s['ratio_p50']:>9.2f} {s['ratio_p99']:>6.2f}"
+            )
+    result: dict[str, object] = {
+        "heartbeat_ms": args.heartbeat_ms,
+        "panels": args.panels,
+        "mode": args.mode,
+        "runs": args.runs,
+        "summary": results,
+        "cycles": every,
+    }
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
