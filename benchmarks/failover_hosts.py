@@ -153,7 +153,16 @@ async def _cycle(lab: Lab, store: ClusterStore, fleet: Fleet, fault: str, run: i
             new = store.lease().epoch
             return new > epoch and vip_at is not None and all(new in p.first_ack_at for p in fleet.panels.values())
 
-        await _until(moved, 60, f"{fault} of {old}: not every panel acked under a new epoch")
+        with trio.move_on_after(60):
+            await _until(moved, 60, "")
+        if not moved():
+            new = store.lease()
+            waiting = [p for p in fleet.panels.values() if new.epoch not in p.first_ack_at]
+            raise SystemExit(
+                f"{fault} of {old}: {len(waiting)} panels never acked under a new epoch within 60 s "
+                f"(lease {new.holder} epoch {new.epoch}, VIP moved: {vip_at is not None}); e.g. panel "
+                f"{waiting[0].settings.panel_id if waiting else '-'}: {waiting[0].last_error if waiting else '-'}"
+            )
         nursery.cancel_scope.cancel()
     new_epoch = store.lease().epoch
     assert vip_at is not None

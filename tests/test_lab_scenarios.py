@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fieldsync.harness import RunResult, ScenarioError, ScenarioRun, load_scenario, parse_scenario
+from fieldsync.harness import RunResult, ScenarioError, ScenarioRun, load_scenario, parse_scenario, random_scenario
 from fieldsync.harness._lab_cluster import crashed, entered
 from fieldsync.lab import Lab, LabError, LabSpec, group_members
 
@@ -125,6 +125,19 @@ def test_a_broken_engine_is_caught_on_real_hosts(tmp_path: Path) -> None:
     result, _ = _run(scenario, tmp_path, flaws=frozenset({"ack-before-commit"}))
     assert "P1" in broken(result), result.text()
     assert result.report.totals()["lost"] > 0, result.text()
+
+
+@needs_lab
+@pytest.mark.slow
+def test_a_random_schedule_with_host_faults_holds_every_promise(tmp_path: Path) -> None:
+    """`fieldsync scenario fuzz --backend netns`'s schedules: seed 3 draws a paused active, a killed
+    keepalived, a NIC down and a power loss of host A, with a power-cycle and an outage."""
+    scenario = random_scenario(3, hosts=True, panels=6, duration=10.0)
+    host_steps = [s.describe() for s in scenario.timeline if s.backend_problem("process") is not None]
+    assert len(host_steps) >= 4, host_steps
+    result, _ = _run(scenario, tmp_path)
+    assert result.ok, result.text()
+    assert result.drained, result.text()
 
 
 def test_plain_tcp_is_refused_on_real_hosts(tmp_path: Path) -> None:

@@ -115,6 +115,13 @@ def scenario_run(
 @click.option("--duration", type=float, default=15.0, show_default=True, help="Timeline length, seconds.")
 @click.option("--port", type=int, default=30002, show_default=True)
 @click.option("--save", type=click.Path(path_type=Path, file_okay=False), help="Write each schedule's TOML here.")
+@click.option(
+    "--backend",
+    type=click.Choice(["process", "netns"]),
+    default="process",
+    show_default=True,
+    help="netns: on the lab's hosts (root), with the faults of hosts in the schedules.",
+)
 @friendly
 def scenario_fuzz(
     count: int,
@@ -124,9 +131,15 @@ def scenario_fuzz(
     duration: float,
     port: int,
     save: Path | None,
+    backend: str,
 ) -> None:
     """Run seeded random fault schedules; print any failing seed with the command that replays it."""
     from ..harness import fuzz
 
-    if fuzz(count, seed, fast=fast, panels=panels, duration=duration, port=port, save=save, echo=click.echo):
+    if fast and backend == "netns":
+        raise click.UsageError("--fast is the in-process tier: it has no hosts (leave out --backend netns)")
+    hosts = backend == "netns"
+    if fuzz(
+        count, seed, fast=fast, panels=panels, duration=duration, port=port, save=save, echo=click.echo, hosts=hosts
+    ):
         raise SystemExit(1)

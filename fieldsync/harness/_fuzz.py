@@ -4,7 +4,10 @@
 toxics and group outages on two panel groups, resets, power-cycles, clock
 skews and jumps, operator changes and storms, shift-change bursts, faults of
 the heartbeat link between the nodes). The in-process tier leaves out what
-needs two node processes (SIGSTOP/SIGCONT, switchover, the heartbeat link).
+needs two node processes (SIGSTOP/SIGCONT, switchover, the heartbeat link); on real
+hosts (``hosts=True``: the netns backend) the faults of hosts join in (power lost, a NIC
+down, a partition between two of the three hosts, keepalived killed), and the heartbeat
+link is cut by a partition between the node hosts rather than by toxics.
 A failing seed is replayed with the command ``replay_command`` prints.
 """
 
@@ -13,12 +16,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
 from ..site import dump_toml
-from ._scenario import GroupSpec, Scenario, SiteSpec
+from ._scenario import ClusterSpec, GroupSpec, Scenario, SiteSpec
 from ._steps import (
     BurstStep,
     ClockStep,
@@ -26,10 +29,18 @@ from ._steps import (
     ConfigStormStep,
     ContStep,
     DownStep,
+    HealStep,
+    HostTarget,
+    KillKeepalivedStep,
     KillStep,
+    NicDownStep,
+    NicUpStep,
     NodeTarget,
     OutageStep,
+    PartitionStep,
     PowerCycleStep,
+    PowerOffStep,
+    PowerOnStep,
     ResetPeerStep,
     RestartStep,
     Step,
@@ -58,7 +69,13 @@ _TOXICS: list[tuple[str, dict[str, tuple[float, float]]]] = [
 
 
 def random_scenario(
-    seed: int, *, in_process: bool = False, panels: int = 8, duration: float = 15.0, tls: bool | None = None
+    seed: int,
+    *,
+    in_process: bool = False,
+    panels: int = 8,
+    duration: float = 15.0,
+    tls: bool | None = None,
+    hosts: bool = False,
 ) -> Scenario:
     rng = random.Random(seed)
     half = max(1, panels // 2)
@@ -72,7 +89,7 @@ def random_scenario(
         buffer=rng.choice([16 * 1024, 64 * 1024, 256 * 1024]),
         policy=_policy(rng),
         flash=rng.random() < 0.3,
-        tls=(not in_process) if tls is None else tls,
+        tls=(not in_process or hosts) if tls is None else tls,
         rate=rng.choice([2.0, 10.0, 40.0]),
         cardholders=20,
         groups=groups,
@@ -80,9 +97,12 @@ def random_scenario(
     kinds = ["kill", "restart", "outage", "toxic", "toxic", "toxic", "partition", "reset_peer", "power_cycle"]
     kinds += ["clock", "config", "config_storm", "burst"]
     if not in_process:
-        kinds += ["pause", "switchover", "heartbeat_link"]
+        kinds += ["pause", "switchover"] + (
+            ["power", "nic", "host_partition", "keepalived"] if hosts else ["heartbeat_link"]
+        )
     steps: list[Step] = []
     last = duration - 2.0
+    cut_until = -1.0  # one host partition at a time
     for _ in range(rng.randint(3, 7)):
         at = round(rng.uniform(0.5, last), 2)
         kind = rng.choice(kinds)
@@ -129,6 +149,27 @@ def random_scenario(
             steps.append(ContStep(at=round(min(at + span, last + 1), 2), node=node))
         elif kind == "switchover":
             steps.append(SwitchoverStep(at=at, to=rng.choice(["A", "B"])))
+        elif kind == "power":
+            host: Literal["A", "B"] = rng.choice(["A", "B"])
+            steps.append(PowerOffStep(at=at, node=host))
+            steps.append(PowerOnStep(at=round(min(at + span, last + 1), 2), node=host))
+        elif kind == "nic":
+            where: Literal["A", "B", "panels"] = rng.choice(["A", "B", "panels"])
+            steps.append(NicDownStep(at=at, host=where))
+            steps.append(NicUpStep(at=round(min(at + span, last + 1), 2), host=where))
+        elif kind == "host_partition" and at > cut_until:
+            pairs: list[tuple[HostTarget, HostTarget]] = [
+                ("A", "B"),
+                ("panels", "A"),
+                ("panels", "B"),
+                ("panels", "active"),
+            ]
+            between = rng.choice(pairs)
+            cut_until = round(min(at + span, last + 1), 2)
+            steps.append(PartitionStep(at=at, between=between))
+            steps.append(HealStep(at=cut_until))
+        elif kind == "keepalived":
+            steps.append(KillKeepalivedStep(at=at, node=rng.choice(["active", "standby"])))
         elif kind == "heartbeat_link":
             toxic, attributes = rng.choice(
                 [
@@ -149,12 +190,13 @@ def random_scenario(
                 )
             )
     return Scenario(
-        name=f"fuzz seed {seed}" + (" (in-process)" if in_process else ""),
+        name=f"fuzz seed {seed}" + (" (in-process)" if in_process else " (hosts)" if hosts else ""),
         path=None,
         duration=duration,
         seed=seed,
         drain_timeout=90.0,
         site=site,
+        cluster=ClusterSpec(backend="netns") if hosts else ClusterSpec(),
         timeline=tuple(sorted(steps, key=lambda s: s.at)),
     )
 
@@ -173,6 +215,7 @@ def replay_command(
     duration: float = 15.0,
     port: int = 30002,
     flaws: tuple[str, ...] | frozenset[str] = (),
+    hosts: bool = False,
 ) -> str:
     """The command that runs this one schedule again, with every option that shapes it.
 
@@ -186,6 +229,8 @@ def replay_command(
         parts = [f"fieldsync scenario fuzz --seed {seed} --count 1"]
     if in_process:
         parts.append("--fast")
+    if hosts:
+        parts.append("--backend netns")
     if panels != 8:
         parts.append(f"--panels {panels}")
     if duration != 15.0:
@@ -206,6 +251,7 @@ def fuzz(
     save: Path | None = None,
     flaws: frozenset[str] = frozenset(),
     echo: Callable[[str], None] = print,
+    hosts: bool = False,
 ) -> list[int]:
     """Run ``count`` seeded random schedules from ``seed`` on; return the seeds that broke a promise.
 
@@ -217,7 +263,7 @@ def fuzz(
 
     failed: list[int] = []
     for s in range(seed, seed + count):
-        generated = random_scenario(s, in_process=fast, panels=panels, duration=duration)
+        generated = random_scenario(s, in_process=fast, panels=panels, duration=duration, hosts=hosts)
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
             (save / f"fuzz-{s}.toml").write_text(scenario_toml(generated))
@@ -233,7 +279,9 @@ def fuzz(
         if not result.ok:
             failed.append(s)
             echo(result.text())
-            replay = replay_command(s, in_process=fast, panels=panels, duration=duration, port=port, flaws=flaws)
+            replay = replay_command(
+                s, in_process=fast, panels=panels, duration=duration, port=port, flaws=flaws, hosts=hosts
+            )
             echo(f"replay: {replay}")
     echo(f"{count - len(failed)} of {count} schedules held every promise")
     return failed
