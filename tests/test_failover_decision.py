@@ -60,6 +60,21 @@ def test_a_free_lease_is_taken_without_force() -> None:
     assert decide_standby(view(lease=lease("B")), RULES) == Take(force=False)  # our own old lease
 
 
+def test_a_silent_holder_still_running_is_fenced_even_after_its_lease_ran_out() -> None:
+    """On VRRP hosts the standby may look only once its host is MASTER, after the lease ran
+    out; a holder frozen there may hold the shared store's write lock, so it is fenced
+    first (as before expiry), and only a holder that still beats is left to step down."""
+    expired = lease(until_us=NOW - 1)
+    assert decide_standby(view(lease=expired, udp_quiet=2.0), RULES) == ReadStoreBeat()
+    silent = view(lease=expired, udp_quiet=2.0, store_read=True, store_beat_age=2.0)
+    assert decide_standby(silent, RULES) == Stonith(pid=4242)
+    writing = view(lease=expired, udp_quiet=2.0, store_read=True, store_beat_age=0.05)
+    assert decide_standby(writing, RULES) == Take(force=False)  # the heartbeat link is cut, not the holder
+    gone = view(lease=expired, udp_quiet=2.0, holder_process=HolderProcess.GONE)
+    assert decide_standby(gone, RULES) == Take(force=False)
+    assert decide_standby(silent, dataclasses.replace(RULES, stonith=False)) == Take(force=False)
+
+
 def test_a_lease_held_one_microsecond_more_is_not_free() -> None:
     assert decide_standby(view(lease=lease(until_us=NOW + 1)), RULES) == Wait(look_again_in=0.1)
 

@@ -134,7 +134,25 @@ def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
     if lease.switchover_to == rules.node_id:
         return Take(force=False) if free else Wait(look_again_in=beat)  # the holder hands over by releasing
     if free:
-        return Take(force=False) if lease.switchover_to is None else Wait(look_again_in=beat)
+        if lease.switchover_to is not None:
+            return Wait(look_again_in=beat)
+        expired_holder = lease.holder not in (None, rules.node_id)  # it did not release: it ran out
+        if expired_holder and rules.stonith and view.holder_process is HolderProcess.ALIVE and lease.holder_pid:
+            # Its lease ran out while it still runs: if it is silent too (frozen, hung), fence
+            # it before taking over, also after expiry. A holder frozen inside a write
+            # transaction on the shared store locks every writer out until it dies (seen on
+            # the lab's hosts, where this node may look only once its host is MASTER, after
+            # the lease has run out). One that still beats is only slow: it will find the
+            # lease taken and step down.
+            silence = view.udp_quiet
+            if silence > rules.dead_after:
+                if not view.store_read:
+                    return ReadStoreBeat()
+                if view.store_beat_age is not None:
+                    silence = min(silence, view.store_beat_age)
+            if silence > rules.dead_after:
+                return Stonith(pid=lease.holder_pid)
+        return Take(force=False)
     if rules.stonith and view.holder_process is HolderProcess.GONE:
         return Take(force=True)
     silence = view.udp_quiet
