@@ -13,6 +13,11 @@ from ._pg_local import find_pg_bindir as find_pg_bindir
 from ._pg_local import free_port as free_port
 from ._pg_local import running_instance as running_instance
 from ._pg_local import running_pair as running_pair
+from ._pg_mirror import Mirror as Mirror
+from ._pg_mirror import MirrorError as MirrorError
+from ._pg_mirror import RejoinReport as RejoinReport
+from ._pg_mirror import Replica as Replica
+from ._pg_mirror import running_mirror as running_mirror
 from ._pg_schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
 from ._pg_store import PgEventStore as PgEventStore
 
@@ -20,12 +25,17 @@ __all__ = [
     "PG_SCHEMA_VERSION",
     "STANDBY_NAME",
     "LocalPostgres",
+    "Mirror",
+    "MirrorError",
     "PgClusterStore",
     "PgConfigStore",
     "PgEventStore",
     "PostgresMissing",
+    "RejoinReport",
+    "Replica",
     "find_pg_bindir",
     "free_port",
     "running_instance",
+    "running_mirror",
     "running_pair",
 ]

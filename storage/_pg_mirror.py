@@ -1,0 +1,312 @@
+"""Mirrored storage: one PostgreSQL per node, the active's the primary, the other's a streaming replica.
+
+The seed's recommended layout (ExpressCluster's data mirroring, on PostgreSQL streaming
+replication): each node has its own disk; the primary lists the standby in
+``synchronous_standby_names`` (sync mode: a commit returns once the standby has flushed
+it, ``synchronous_commit = on``) or does not (async, the WAN edition: a commit returns
+after the local flush, and what was not yet streamed is lost at a failover: the RPO).
+
+``Mirror`` does what the pair's nodes and its operator need of their databases:
+
+- ``promote(node)``: the standby becomes the primary, and lists nobody as its sync standby
+  until the other comes back (its commits would block otherwise). The old primary's own
+  commits keep blocking: it still lists the promoted node, which no longer streams from it,
+  and nothing here ever removes that while it is the old primary (it never degrades itself
+  to async).
+- ``rejoin(node)``: a returning node becomes the standby of the current primary by
+  ``pg_rewind`` of only what diverged (the seed's FastSync), after a CHECKPOINT on the
+  source (without it pg_rewind can read an old timeline and wrongly answer "no rewind
+  required"), falling back to a fresh base backup when the rewind cannot be done; its own
+  settings are written back (pg_rewind copies the source's configuration files), and the
+  primary lists it again in sync mode. It is reported in sync only once
+  ``pg_stat_replication`` says ``streaming`` and ``sync``.
+- ``replication()``: the primary's view of each standby (state, sync state, lag in bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from ._pg_local import LocalPostgres, free_port
+
+__all__ = ["Mirror", "MirrorError", "RejoinReport", "Replica", "running_mirror"]
+
+Mode = Literal["sync", "async"]
+
+
+class MirrorError(RuntimeError):
+    """A mirrored pair's database cannot do what was asked; the message names the node and the cause."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Replica:
+    """One standby as the primary's ``pg_stat_replication`` shows it."""
+
+    node: str
+    #: ``startup``, ``catchup``, ``streaming``, ...
+    state: str
+    #: ``sync``, ``async``, ``potential``, ``quorum``.
+    sync_state: str
+    #: WAL the primary has written that the standby has not yet flushed / replayed, bytes.
+    flush_lag_bytes: int
+    replay_lag_bytes: int
+
+    @property
+    def in_sync(self) -> bool:
+        return self.state == "streaming" and self.sync_state == "sync"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RejoinReport:
+    node: str
+    source: str
+    #: ``rewind`` (only what diverged was copied) or ``basebackup`` (a full copy).
+    how: str
+    #: Why the rewind was not used (None when it was).
+    fallback_reason: str | None
+    #: From the start of the rejoin until the copy (rewind or base backup) was done.
+    seconds: float
+    #: From the start of the rejoin until ``pg_stat_replication`` showed it streaming (and
+    #: sync, in sync mode).
+    in_sync_after: float
+
+
+def application_name(node: str) -> str:
+    """How node ``node``'s replica names itself to the primary (``synchronous_standby_names``)."""
+    return f"fieldsync_{node}"
+
+
+class Mirror:
+    """The databases of a mirrored pair: ``servers`` by node name, one of them the primary.
+
+    Args:
+        servers: each node's own PostgreSQL (``LocalPostgres``: this machine's binaries).
+        mode: ``sync`` or ``async`` (see the module's notes).
+        settings: PostgreSQL settings every server gets besides the mirror's own.
+    """
+
+    def __init__(self, servers: Mapping[str, LocalPostgres], *, mode: Mode = "sync", settings: Mapping[str, str] = {}):
+        if len(servers) != 2:
+            raise MirrorError(f"a mirrored pair has two databases, not {len(servers)}")
+        if mode not in ("sync", "async"):
+            raise MirrorError(f"mirror mode {mode!r}: sync or async")
+        self.servers = dict(servers)
+        self.mode = mode
+        self.settings = dict(settings)
+
+    def __repr__(self) -> str:
+        return f"<Mirror {self.mode} {', '.join(f'{n}={s.host}:{s.port}' for n, s in self.servers.items())}>"
+
+    def other(self, node: str) -> str:
+        self._known(node)
+        return next(n for n in self.servers if n != node)
+
+    def _known(self, node: str) -> LocalPostgres:
+        try:
+            return self.servers[node]
+        except KeyError:
+            raise MirrorError(f"node {node!r}: the pair's nodes are {', '.join(self.servers)}") from None
+
+    def _own_settings(self, node: str, *, primary: bool) -> dict[str, str]:
+        """What ``node``'s server runs with as the primary (listing the other as its sync standby
+        in sync mode) or as a standby (naming itself to its primary)."""
+        listed = application_name(self.other(node)) if primary and self.mode == "sync" else ""
+        return {
+            **self.settings,
+            "wal_log_hints": "on",  # pg_rewind needs it (or data checksums)
+            "synchronous_standby_names": listed,
+            "synchronous_commit": "on" if self.mode == "sync" else "local",
+            "cluster_name": application_name(node),
+        }
+
+    # -- what each server is --------------------------------------------------------------------
+
+    def _query(self, node: str, sql: str, *, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        server = self._known(node)
+        try:
+            with psycopg.connect(server.url(), autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+                cursor = conn.execute(sql)  # type: ignore[arg-type]
+                return list(cursor.fetchall()) if cursor.description is not None else []
+        except psycopg.OperationalError as exc:
+            raise MirrorError(f"node {node}'s database at {server.host}:{server.port}: {_first_line(exc)}") from None
+
+    def role(self, node: str) -> Literal["primary", "standby", "down"]:
+        """What ``node``'s server is now (``down``: it does not answer)."""
+        try:
+            (in_recovery,) = self._query(node, "SELECT pg_is_in_recovery()")[0]
+        except MirrorError:
+            return "down"
+        return "standby" if in_recovery else "primary"
+
+    def primary(self) -> str | None:
+        """The node whose server is the primary now (None if neither answers as one)."""
+        found = [n for n in self.servers if self.role(n) == "primary"]
+        return found[0] if len(found) == 1 else None
+
+    def replication(self, node: str) -> list[Replica]:
+        """The standbys streaming from ``node``'s server, as its ``pg_stat_replication`` says."""
+        rows = self._query(
+            node,
+            "SELECT application_name, state, sync_state,"
+            " COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn), 0)::bigint,"
+            " COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint"
+            " FROM pg_stat_replication",
+        )
+        names = {application_name(n): n for n in self.servers}
+        return [
+            Replica(
+                node=names.get(str(name), str(name)),
+                state=str(state),
+                sync_state=str(sync),
+                flush_lag_bytes=int(flush),
+                replay_lag_bytes=int(replay),
+            )
+            for name, state, sync, flush, replay in rows
+        ]
+
+    def wait_replicating(self, primary: str, standby: str, *, timeout: float = 30.0) -> Replica:
+        """Until ``standby`` streams from ``primary`` (and is its sync standby in sync mode)."""
+        deadline = time.monotonic() + timeout
+        seen: Replica | None = None
+        while time.monotonic() < deadline:
+            seen = next((r for r in self.replication(primary) if r.node == standby), None)
+            if seen is not None and seen.state == "streaming" and (self.mode == "async" or seen.sync_state == "sync"):
+                return seen
+            time.sleep(0.02)
+        raise MirrorError(
+            f"node {standby}'s database is not streaming{' in sync' if self.mode == 'sync' else ''} from node "
+            f"{primary}'s after {timeout:g} s (pg_stat_replication: {seen})"
+        )
+
+    def wait_replayed(self, primary: str, standby: str, *, timeout: float = 30.0) -> None:
+        """Until ``standby`` has replayed all the WAL ``primary`` has written (so reads there see it).
+
+        Sync mode's ``synchronous_commit = on`` waits for the standby's flush, not its replay:
+        a read on the standby right after an ack may not see the row yet.
+        """
+        deadline = time.monotonic() + timeout
+        seen: Replica | None = None
+        while time.monotonic() < deadline:
+            seen = next((r for r in self.replication(primary) if r.node == standby), None)
+            if seen is not None and seen.replay_lag_bytes == 0:
+                return
+            time.sleep(0.01)
+        raise MirrorError(
+            f"node {standby}'s database has not replayed node {primary}'s WAL after {timeout:g} s: {seen}"
+        )
+
+    # -- failover and return --------------------------------------------------------------------
+
+    def promote(self, node: str, *, timeout: float = 30.0) -> None:
+        """``node``'s standby becomes the primary, with no sync standby until the other rejoins."""
+        server = self._known(node)
+        if self.role(node) != "standby":
+            raise MirrorError(f"node {node}'s database is not a standby ({self.role(node)}): nothing to promote")
+        settings = self._own_settings(node, primary=True)
+        settings["synchronous_standby_names"] = ""  # nobody streams from it yet
+        server.configure(settings)
+        self._query(node, f"SELECT pg_promote(true, {int(timeout)})", timeout=timeout)
+        self._query(node, "SELECT pg_reload_conf()")
+
+    def rejoin(self, node: str, *, timeout: float = 60.0) -> RejoinReport:
+        """``node`` (its server stopped or running, diverged or not) becomes the standby of the
+        other node's primary: pg_rewind, or a base backup when the rewind cannot be done."""
+        started = time.monotonic()
+        source = self.other(node)
+        if self.role(source) != "primary":
+            raise MirrorError(f"node {node} cannot rejoin: node {source}'s database is not a primary")
+        target, origin = self._known(node), self._known(source)
+        if target.running():
+            target.stop(mode="fast")
+        # Without a checkpoint the source's control file may still show the old timeline,
+        # and pg_rewind answers "no rewind required" for a target that has diverged.
+        self._query(source, "CHECKPOINT", timeout=timeout)
+        how, reason = "rewind", None
+        conninfo = (
+            f"host={origin.host} port={origin.port} user=postgres dbname=postgres "
+            f"application_name={application_name(node)}"
+        )
+        try:
+            target._run(
+                "pg_rewind",
+                ["--target-pgdata", str(target.datadir), "--source-server", conninfo, "--write-recovery-conf"],
+                timeout=timeout,
+            )
+        except RuntimeError as exc:
+            how, reason = "basebackup", _first_line(exc)
+            self._basebackup(node, source, timeout=timeout)
+        copied = time.monotonic() - started
+        # pg_rewind copied the source's settings file: this node's own go back.
+        target.configure(self._own_settings(node, primary=False))
+        target.start(timeout=timeout)
+        origin.configure(self._own_settings(source, primary=True))
+        self._query(source, "SELECT pg_reload_conf()")
+        self.wait_replicating(source, node, timeout=timeout)
+        return RejoinReport(
+            node=node,
+            source=source,
+            how=how,
+            fallback_reason=reason,
+            seconds=copied,
+            in_sync_after=time.monotonic() - started,
+        )
+
+    def _basebackup(self, node: str, source: str, *, timeout: float) -> None:
+        target, origin = self._known(node), self._known(source)
+        moved = target.datadir.with_name(target.datadir.name + ".diverged")
+        shutil.rmtree(moved, ignore_errors=True)
+        if target.datadir.exists():
+            target.datadir.rename(moved)  # kept for a post-mortem until the next fallback
+        LocalPostgres.basebackup(
+            origin,
+            target.datadir,
+            port=target.port,
+            application_name=application_name(node),
+            settings=self._own_settings(node, primary=False),
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def running_mirror(
+    *, mode: Mode = "sync", primary: str = "A", prefix: str = "fieldsync-mirror-", settings: Mapping[str, str] = {}
+) -> Iterator[Mirror]:
+    """Nodes A and B's databases on loopback for the block, ``primary``'s the primary and the
+    other its standby (in sync in sync mode); both stopped and removed after."""
+    workdir = LocalPostgres.workdir(prefix)
+    servers: dict[str, LocalPostgres] = {}
+    try:
+        standby = "B" if primary == "A" else "A"
+        first = LocalPostgres.init(workdir / f"pg-{primary}", port=free_port())
+        servers[primary] = first
+        servers[standby] = LocalPostgres(workdir / f"pg-{standby}", port=free_port(), bindir=first.bindir)
+        mirror = Mirror(servers, mode=mode, settings=settings)
+        first.configure(mirror._own_settings(primary, primary=True))
+        first.start()
+        servers[standby] = LocalPostgres.basebackup(
+            first,
+            workdir / f"pg-{standby}",
+            port=servers[standby].port,
+            application_name=application_name(standby),
+            settings=mirror._own_settings(standby, primary=False),
+        )
+        mirror.servers[standby] = servers[standby]
+        servers[standby].start()
+        mirror.wait_replicating(primary, standby)
+        yield mirror
+    finally:
+        for server in servers.values():
+            if server.running():
+                server.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""Mirrored storage: each node's own PostgreSQL, promotion, and rejoin by pg_rewind (FastSync).
+
+Each test gets nodes A and B's databases on loopback (``running_mirror``: A the primary, B
+its synchronous standby), removed at the end whatever happened. Each stays under 30 s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from storage import StoreNotReplicated, open_event_store
+from tests.store_engines import ensure_postgres
+from tests.test_store import batch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def mirror() -> Iterator[object]:
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+    from storage.postgres import running_mirror
+
+    started = time.monotonic()
+    with running_mirror() as pair:
+        yield pair
+    assert time.monotonic() - started < 30
+
+
+def _count(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM events").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _ingest(url: str, panel: int, first: int, last: int, *, new_epoch: bool = False) -> int:
+    store = open_event_store(url, commit_timeout=5)
+    try:
+        epoch = store.advance_epoch() if new_epoch else store.epoch
+        return store.ingest([batch(panel, first, last)], epoch).hwms[panel]
+    finally:
+        store.close()
+
+
+def test_the_standby_streams_in_sync_and_holds_every_acknowledged_row(mirror) -> None:  # type: ignore[no-untyped-def]
+    from storage.postgres import MirrorError
+
+    assert mirror.role("A") == "primary" and mirror.role("B") == "standby" and mirror.primary() == "A"
+    (replica,) = mirror.replication("A")
+    assert replica.node == "B" and replica.in_sync
+    assert _ingest(mirror.servers["A"].url(), 1, 1, 500, new_epoch=True) == 500
+    mirror.wait_replayed("A", "B")  # acked means flushed on both; a read on the replica needs its replay too
+    assert _count(mirror.servers["B"].url()) == 500
+    with pytest.raises(MirrorError, match=r"node A's database is not a standby \(primary\): nothing to promote"):
+        mirror.promote("A")
+
+
+def test_a_crashed_primary_rejoins_by_rewind_and_is_in_sync_again(mirror) -> None:  # type: ignore[no-untyped-def]
+    a, b = mirror.servers["A"], mirror.servers["B"]
+    _ingest(a.url(), 1, 1, 1000, new_epoch=True)
+    a.stop(mode="immediate")  # kill -9 of the active's host: whatever was only in memory is gone
+    promoted_at = time.monotonic()
+    mirror.promote("B")
+    assert mirror.role("B") == "primary"
+    assert _ingest(b.url(), 1, 1001, 2000, new_epoch=True) == 2000  # no sync standby: not blocked
+    promote_took = time.monotonic() - promoted_at
+
+    report = mirror.rejoin("A")
+    assert report.how == "rewind" and report.fallback_reason is None, report
+    assert mirror.role("A") == "standby"
+    (replica,) = mirror.replication("B")
+    assert replica.node == "A" and replica.in_sync
+    mirror.wait_replayed("B", "A")
+    assert _count(a.url()) == 2000  # what B stored while A was away is on A now
+    # In sync again: B's commits wait for A, and with A gone they are refused, never acked.
+    a.stop(mode="immediate")
+    store = open_event_store(b.url(), commit_timeout=1.0)
+    with pytest.raises(StoreNotReplicated):
+        store.ingest([batch(1, 2001, 2010)], store.epoch)
+    store.close()
+    assert promote_took < 10 and report.in_sync_after < 20
+
+
+def test_rewind_discards_what_the_old_primary_wrote_after_the_promotion(mirror) -> None:  # type: ignore[no-untyped-def]
+    """The old primary, still running after the promotion, commits a row that blocks (its sync
+    standby no longer streams from it) and is cancelled: a WARNING, a commit on its disk alone,
+    never acknowledged. The rejoin rewinds it away; every acknowledged row is on both."""
+    a, b = mirror.servers["A"], mirror.servers["B"]
+    _ingest(a.url(), 1, 1, 300, new_epoch=True)
+    mirror.promote("B")
+    old = open_event_store(a.url(), commit_timeout=0.5)
+    with pytest.raises(StoreNotReplicated):
+        old.ingest([batch(2, 1, 50)], old.epoch)  # committed on A's disk, never acked
+    old.close()
+    with psycopg.connect(a.url(), autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE panel_id = 2").fetchone()
+    assert row is not None and row[0] == 50  # diverged: A holds rows B never had
+    _ingest(b.url(), 1, 301, 400, new_epoch=True)
+
+    report = mirror.rejoin("A")
+    assert report.how == "rewind", report
+    mirror.wait_replayed("B", "A")
+    with psycopg.connect(a.url(), autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE panel_id = 2").fetchone()
+    assert row is not None and row[0] == 0
+    assert _count(a.url()) == _count(b.url()) == 400
+
+
+def test_a_node_that_cannot_be_rewound_rejoins_by_a_base_backup(mirror) -> None:  # type: ignore[no-untyped-def]
+    a, b = mirror.servers["A"], mirror.servers["B"]
+    _ingest(a.url(), 1, 1, 200, new_epoch=True)
+    a.stop(mode="immediate")
+    mirror.promote("B")
+    _ingest(b.url(), 1, 201, 300, new_epoch=True)
+    (a.datadir / "global" / "pg_control").unlink()  # a data directory pg_rewind cannot read
+
+    report = mirror.rejoin("A")
+    assert report.how == "basebackup" and "pg_rewind" in (report.fallback_reason or ""), report
+    assert mirror.role("A") == "standby" and mirror.replication("B")[0].in_sync
+    mirror.wait_replayed("B", "A")
+    assert _count(a.url()) == 300
+    assert (a.datadir.parent / "pg-A.diverged").is_dir()  # the old directory, kept for a post-mortem
+
+
+def test_a_rejoin_without_a_primary_names_the_cause(mirror) -> None:  # type: ignore[no-untyped-def]
+    from storage.postgres import MirrorError
+
+    mirror.servers["A"].stop(mode="immediate")
+    with pytest.raises(MirrorError, match="node B cannot rejoin: node A's database is not a primary"):
+        mirror.rejoin("B")
+    assert mirror.role("A") == "down"
+    with pytest.raises(MirrorError, match=r"node A's database at 127\.0\.0\.1:\d+: "):
+        mirror.replication("A")
+
+
+def test_waiting_for_a_standby_that_is_gone_ends_with_a_clear_error(mirror) -> None:  # type: ignore[no-untyped-def]
+    from storage.postgres import MirrorError
+
+    mirror.servers["B"].stop(mode="immediate")
+    assert mirror.replication("A") == []
+    with pytest.raises(MirrorError, match=r"node B's database is not streaming in sync from node A's after 0\.5 s"):
+        mirror.wait_replicating("A", "B", timeout=0.5)
