@@ -26,6 +26,7 @@ Root only (namespaces, keepalived); ``benchmarks/failover.py --backend netns`` r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -99,7 +100,10 @@ async def one_interval(lab: Lab, args: argparse.Namespace) -> list[dict[str, obj
     store = ClusterStore(site.db_file)
     cycles: list[dict[str, object]] = []
     with entered(lab.spec.namespace("panels")):
-        fleet = Fleet([site.panel_settings(p) for p in site.panel_ids()], Workload(rate=args.rate), seed=1)
+        settings = [site.panel_settings(p) for p in site.panel_ids()]
+        if args.connect_timeout is not None:  # the panels' own liveness rule: how long one dial may take
+            settings = [dataclasses.replace(st, connect_timeout=args.connect_timeout) for st in settings]
+        fleet = Fleet(settings, Workload(rate=args.rate), seed=1)
         async with trio.open_nursery() as nursery:
             await nursery.start(fleet.run)
             with trio.fail_after(60):
@@ -209,6 +213,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--advert-int", type=float, nargs="+", default=[1.0, 0.1, 0.05])
     parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
     parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        help="each panel's bound on one TCP connect (default: PanelSettings', 5 s): a SYN lost to a host "
+        "without power is otherwise retransmitted by the kernel after 1 s, then 3 s",
+    )
+    parser.add_argument(
         "--heartbeat-ms", type=int, default=1000, help="the sessions' heartbeat (a panel gives up after 3 silent ones)"
     )
     parser.add_argument("--json", type=Path)
@@ -243,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         results[f"{advert:g}"] = {fault: _summary(cycles, fault) for fault in args.faults}
     print(
         f"\nfailover on hosts, {args.panels} panels ({args.mode}), heartbeat {args.heartbeat_ms} ms, "
+        f"connect timeout {args.connect_timeout or 'default'}, "
         f"{args.runs} runs per cell, "
         f"{time.monotonic() - started:.0f} s in all. outage = last ACK from the old node -> first from the new;"
     )
@@ -259,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             )
     result: dict[str, object] = {
         "heartbeat_ms": args.heartbeat_ms,
+        "connect_timeout_s": args.connect_timeout,
         "panels": args.panels,
         "mode": args.mode,
         "runs": args.runs,
