@@ -30,11 +30,23 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from ._pg_local import LocalPostgres, free_port
 
-__all__ = ["Mirror", "MirrorError", "RejoinReport", "Replica", "running_mirror"]
+__all__ = [
+    "Mirror",
+    "MirrorError",
+    "RejoinReport",
+    "Replica",
+    "application_name",
+    "database_role",
+    "list_sync_standby",
+    "promote_database",
+    "query",
+    "running_mirror",
+]
 
 Mode = Literal["sync", "async"]
 
@@ -81,6 +93,54 @@ def application_name(node: str) -> str:
     return f"fieldsync_{node}"
 
 
+def query(url: str, sql: str, *, what: str, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+    """Run one statement on the database at ``url`` (autocommit); its rows (none for a command).
+
+    Raises:
+        MirrorError: the database does not answer or refuses, named by ``what``.
+    """
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+            cursor = conn.execute(sql)
+            return list(cursor.fetchall()) if cursor.description is not None else []
+    except psycopg.Error as exc:
+        raise MirrorError(f"{what}: {_first_line(exc)}") from None
+
+
+def database_role(url: str, *, what: str) -> Literal["primary", "standby", "down"]:
+    """What the server at ``url`` is now (``down``: it does not answer)."""
+    try:
+        (in_recovery,) = query(url, "SELECT pg_is_in_recovery()", what=what)[0]
+    except MirrorError:
+        return "down"
+    return "standby" if in_recovery else "primary"
+
+
+def list_sync_standby(url: str, names: str, *, what: str) -> None:
+    """The primary at ``url`` waits for ``names`` at every commit (``''``: for nobody).
+
+    ``ALTER SYSTEM`` (postgresql.auto.conf, which wins over the settings file) and a reload:
+    the setting follows the role, not the node's configuration.
+    """
+    quoted = names.replace("'", "''")
+    query(url, f"ALTER SYSTEM SET synchronous_standby_names = '{quoted}'", what=what)
+    query(url, "SELECT pg_reload_conf()", what=what)
+
+
+def promote_database(url: str, *, what: str, timeout: float = 30.0) -> bool:
+    """The standby at ``url`` becomes a primary waiting for nobody; False if it already was one."""
+    if database_role(url, what=what) == "primary":
+        list_sync_standby(url, "", what=what)
+        return False
+    # Cleared first: a promoted server inherits the old primary's list, and its first commit
+    # would wait for a standby it does not have.
+    list_sync_standby(url, "", what=what)
+    query(url, f"SELECT pg_promote(true, {int(timeout)})", what=what, timeout=timeout)
+    return True
+
+
 class Mirror:
     """The databases of a mirrored pair: ``servers`` by node name, one of them the primary.
 
@@ -98,6 +158,32 @@ class Mirror:
         self.servers = dict(servers)
         self.mode = mode
         self.settings = dict(settings)
+        #: The nodes whose data directory is on this machine (all, unless made ``from_urls``).
+        self.local = set(self.servers)
+
+    @classmethod
+    def from_urls(
+        cls,
+        urls: Mapping[str, str],
+        data: Mapping[str, Path | None],
+        *,
+        mode: Mode = "sync",
+        settings: Mapping[str, str] = {},
+    ) -> Mirror:
+        """The pair as a node sees it: each database by its URL, and the data directory of the
+        ones on this machine (a rejoin rewinds only a server whose directory is given)."""
+        from urllib.parse import urlsplit
+
+        servers = {}
+        for node, url in urls.items():
+            parts = urlsplit(url)
+            if parts.hostname is None or parts.port is None:
+                raise MirrorError(f"node {node}'s database {url!r}: a mirrored node's URL names its host and port")
+            where = data.get(node) or Path(f"/nonexistent/fieldsync-{node}")  # never touched: not ours
+            servers[node] = LocalPostgres(where, port=parts.port, host=parts.hostname)
+        mirror = cls(servers, mode=mode, settings=settings)
+        mirror.local = {n for n, d in data.items() if d is not None}
+        return mirror
 
     def __repr__(self) -> str:
         return f"<Mirror {self.mode} {', '.join(f'{n}={s.host}:{s.port}' for n, s in self.servers.items())}>"
@@ -113,37 +199,32 @@ class Mirror:
             raise MirrorError(f"node {node!r}: the pair's nodes are {', '.join(self.servers)}") from None
 
     def _own_settings(self, node: str, *, primary: bool) -> dict[str, str]:
-        """What ``node``'s server runs with as the primary (listing the other as its sync standby
-        in sync mode) or as a standby (naming itself to its primary)."""
-        listed = application_name(self.other(node)) if primary and self.mode == "sync" else ""
+        """What ``node``'s server runs with, whatever its role (who a primary waits for is set
+        by ``list_sync_standby``, which follows the role)."""
         return {
             **self.settings,
             "wal_log_hints": "on",  # pg_rewind needs it (or data checksums)
-            "synchronous_standby_names": listed,
             "synchronous_commit": "on" if self.mode == "sync" else "local",
             "cluster_name": application_name(node),
         }
 
     # -- what each server is --------------------------------------------------------------------
 
-    def _query(self, node: str, sql: str, *, timeout: float = 5.0) -> list[tuple[Any, ...]]:
-        import psycopg
-
+    def _what(self, node: str) -> str:
         server = self._known(node)
-        try:
-            with psycopg.connect(server.url(), autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
-                cursor = conn.execute(sql)  # type: ignore[arg-type]
-                return list(cursor.fetchall()) if cursor.description is not None else []
-        except psycopg.OperationalError as exc:
-            raise MirrorError(f"node {node}'s database at {server.host}:{server.port}: {_first_line(exc)}") from None
+        return f"node {node}'s database at {server.host}:{server.port}"
+
+    def _query(self, node: str, sql: str, *, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+        return query(self._known(node).url(), sql, what=self._what(node), timeout=timeout)
 
     def role(self, node: str) -> Literal["primary", "standby", "down"]:
         """What ``node``'s server is now (``down``: it does not answer)."""
-        try:
-            (in_recovery,) = self._query(node, "SELECT pg_is_in_recovery()")[0]
-        except MirrorError:
-            return "down"
-        return "standby" if in_recovery else "primary"
+        return database_role(self._known(node).url(), what=self._what(node))
+
+    def wait_for_standby(self, node: str) -> None:
+        """The primary ``node`` waits for the other node's replica at every commit (sync mode)."""
+        listed = application_name(self.other(node)) if self.mode == "sync" else ""
+        list_sync_standby(self._known(node).url(), listed, what=self._what(node))
 
     def primary(self) -> str | None:
         """The node whose server is the primary now (None if neither answers as one)."""
@@ -206,20 +287,17 @@ class Mirror:
 
     def promote(self, node: str, *, timeout: float = 30.0) -> None:
         """``node``'s standby becomes the primary, with no sync standby until the other rejoins."""
-        server = self._known(node)
         if self.role(node) != "standby":
             raise MirrorError(f"node {node}'s database is not a standby ({self.role(node)}): nothing to promote")
-        settings = self._own_settings(node, primary=True)
-        settings["synchronous_standby_names"] = ""  # nobody streams from it yet
-        server.configure(settings)
-        self._query(node, f"SELECT pg_promote(true, {int(timeout)})", timeout=timeout)
-        self._query(node, "SELECT pg_reload_conf()")
+        promote_database(self._known(node).url(), what=self._what(node), timeout=timeout)
 
     def rejoin(self, node: str, *, timeout: float = 60.0) -> RejoinReport:
         """``node`` (its server stopped or running, diverged or not) becomes the standby of the
         other node's primary: pg_rewind, or a base backup when the rewind cannot be done."""
         started = time.monotonic()
         source = self.other(node)
+        if node not in self.local:
+            raise MirrorError(f"node {node} cannot rejoin from here: its data directory is not on this machine")
         if self.role(source) != "primary":
             raise MirrorError(f"node {node} cannot rejoin: node {source}'s database is not a primary")
         target, origin = self._known(node), self._known(source)
@@ -246,8 +324,7 @@ class Mirror:
         # pg_rewind copied the source's settings file: this node's own go back.
         target.configure(self._own_settings(node, primary=False))
         target.start(timeout=timeout)
-        origin.configure(self._own_settings(source, primary=True))
-        self._query(source, "SELECT pg_reload_conf()")
+        self.wait_for_standby(source)
         self.wait_replicating(source, node, timeout=timeout)
         return RejoinReport(
             node=node,
@@ -294,6 +371,7 @@ def running_mirror(
         mirror = Mirror(servers, mode=mode, settings=settings)
         first.configure(mirror._own_settings(primary, primary=True))
         first.start()
+        mirror.wait_for_standby(primary)
         servers[standby] = LocalPostgres.basebackup(
             first,
             workdir / f"pg-{standby}",

@@ -111,8 +111,33 @@ PG_SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 def migrate_pg(pg: PgConnection) -> None:
-    """Bring the database to this version's schema, or refuse a newer one."""
+    """Bring the database to this version's schema, or refuse a newer one.
+
+    A hot standby (a mirrored pair's replica) is read-only: its schema is the primary's,
+    replicated; it is only checked, and must be there.
+    """
     conn = pg.get()
+    with map_pg_errors(pg.where, "reading the schema"):
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        in_recovery = bool(row and row[0])
+        if in_recovery:
+            exists = conn.execute("SELECT to_regclass('fieldsync_schema') IS NOT NULL").fetchone()
+            found = (
+                conn.execute("SELECT version FROM fieldsync_schema WHERE id = 1").fetchone()
+                if exists and exists[0]
+                else None
+            )
+        pg.rollback()
+    if in_recovery:
+        if found is None:
+            raise SchemaTooNew(pg.where, "a standby without fieldsync's schema: open the primary with fieldsync first")
+        if int(found[0]) > PG_SCHEMA_VERSION:
+            raise SchemaTooNew(
+                pg.where,
+                f"schema version {found[0]} is newer than this fieldsync's {PG_SCHEMA_VERSION}; "
+                "upgrade fieldsync instead of opening it with this one",
+            )
+        return
     with map_pg_errors(pg.where, "migrating the schema"):
         conn.execute("BEGIN")
         try:

@@ -17,6 +17,11 @@ from ._pg_mirror import Mirror as Mirror
 from ._pg_mirror import MirrorError as MirrorError
 from ._pg_mirror import RejoinReport as RejoinReport
 from ._pg_mirror import Replica as Replica
+from ._pg_mirror import application_name as application_name
+from ._pg_mirror import database_role as database_role
+from ._pg_mirror import list_sync_standby as list_sync_standby
+from ._pg_mirror import promote_database as promote_database
+from ._pg_mirror import query as query
 from ._pg_mirror import running_mirror as running_mirror
 from ._pg_schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
 from ._pg_store import PgEventStore as PgEventStore
@@ -36,6 +41,11 @@ __all__ = [
     "find_pg_bindir",
     "free_port",
     "running_instance",
+    "application_name",
+    "database_role",
+    "list_sync_standby",
+    "promote_database",
+    "query",
     "running_mirror",
     "running_pair",
 ]

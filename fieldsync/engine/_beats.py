@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from protocol.streams import LinkError
-from storage import ClusterStore, StoreError, StoreLocked
+from storage import StoreError, StoreLocked, open_cluster_store
 
 from ._cluster_settings import Role
 from ._failover import beats_allowed
@@ -50,6 +50,9 @@ class _Heart(threading.Thread):
         self.switchover_to: str | None = None
         self.locked = 0
         self.store_errors = 0
+        #: When a renewal last succeeded (monotonic): an active that cannot renew for a whole
+        #: lease length has lost it, whoever else can tell (mirrored: a broken mirror).
+        self.renewed_at = time.monotonic()
 
     def requested_switchover(self) -> str | None:
         return self.switchover_to
@@ -57,7 +60,8 @@ class _Heart(threading.Thread):
     def run(self) -> None:
         owner, s = self.owner, self.owner.settings
         # Long enough to get between our own group commits; short enough to beat on time.
-        store = ClusterStore(s.db, busy_timeout=s.dead_after / 2)
+        # A renewal must not wait longer than the lease for a sync standby that is gone.
+        store = open_cluster_store(s.db, busy_timeout=s.dead_after / 2, commit_timeout=s.lease / 2)
         lease_us = int(s.lease * 1e6)
         try:
             while True:
@@ -74,7 +78,9 @@ class _Heart(threading.Thread):
                             self.lost_epoch = epoch
                         else:
                             self.switchover_to = lease.switchover_to
-                    store.beat(owner._beat())
+                            self.renewed_at = time.monotonic()
+                    if role is Role.ACTIVE or s.mirror is None:  # a mirrored standby's replica is read-only
+                        store.beat(owner._beat())
                 except StoreLocked:
                     self.locked += 1
                 except StoreError as exc:

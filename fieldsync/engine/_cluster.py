@@ -35,7 +35,7 @@ from typing import ClassVar
 
 import trio
 
-from storage import ClusterStore, NodeBeat, StoreError
+from storage import LeaseStoreInterface, NodeBeat, StoreError, open_cluster_store
 
 from ._beats import _Ears, _Heart
 from ._cluster_settings import ClusterSettings, Role, _now_us
@@ -62,7 +62,7 @@ class ClusterNode(_StandbyLoop):
         self.node_id = settings.node_id
         self._now_us = now_us
         self._limiter = trio.CapacityLimiter(1)
-        self.cluster: ClusterStore | None = None
+        self.cluster: LeaseStoreInterface | None = None
         self.role = Role.STANDBY
         self.epoch = 0
         self.node: Node | None = None
@@ -92,7 +92,9 @@ class ClusterNode(_StandbyLoop):
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.cluster = await self._db(ClusterStore, self.settings.db)
+        if self.settings.mirror is not None:
+            await self._settle_mirror()  # a stale primary rejoins before it opens anything
+        self.cluster = await self._db(open_cluster_store, self.settings.db)
         self.heart = _Heart(self)
         self.ears = _Ears(self, self.settings.address, self.settings.beat_port)
         self._started = time.monotonic()
@@ -129,6 +131,7 @@ class ClusterNode(_StandbyLoop):
         self.role = Role.ACTIVE
         self.takeovers += 1
         log.warning("node %s is active with epoch %d", self.node_id, epoch)
+        self.heart.renewed_at = time.monotonic()
         node = self.node_class(
             NodeSettings(
                 node_id=self.node_id,
@@ -178,9 +181,17 @@ class ClusterNode(_StandbyLoop):
                 lease_lost=heart.lost_epoch == self.epoch,
                 switchover_to=heart.requested_switchover(),
                 vrrp_master=self._vrrp_master(),
+                unrenewed_for=time.monotonic() - heart.renewed_at if s.mirror is not None else None,
+                lease=s.lease,
             )
             match decide_active(view, rules):
                 case StepDown():
+                    if view.unrenewed_for is not None and view.unrenewed_for > view.lease:
+                        log.warning(
+                            "node %s could not renew its lease for %.1f s (its database confirmed no commit)",
+                            self.node_id,
+                            view.unrenewed_for,
+                        )
                     if self._step_down(node):
                         return
                 case LeaveVip():

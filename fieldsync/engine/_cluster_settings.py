@@ -22,7 +22,8 @@ class ClusterSettings:
     node_id: str
     #: This node's own address (127.0.0.11 / .12 on loopback).
     address: str
-    db: Path
+    #: The shared store (a SQLite file), or in mirrored mode this node's own PostgreSQL URL.
+    db: Path | str
     vip: str = "127.0.0.100"
     port: int = 30002
     dial: tuple[tuple[int, str, int], ...] = ()
@@ -49,12 +50,21 @@ class ClusterSettings:
     #: keepalived's VRRP process. Set, the node serves only while its host is MASTER.
     vrrp_state: Path | None = None
     vrrp_pid: Path | None = None
+    #: Mirrored storage (``_mirrored``): ``sync`` or ``async``; None: one shared store.
+    mirror: str | None = None
+    #: In mirrored mode, the other node's own PostgreSQL URL.
+    peer_db: str | None = None
+    #: In mirrored mode, this node's PostgreSQL data directory, when it is on this machine
+    #: (a stale primary rewinds it to rejoin); None: an operator rejoins it.
+    pg_data: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.beat_interval < self.dead_after <= self.lease:
             raise ValueError("need 0 < beat_interval < dead_after <= lease")
         if (self.vrrp_state is None) != (self.vrrp_pid is None):
             raise ValueError("vrrp_state and vrrp_pid go together")
+        if self.mirror is not None and (self.mirror not in ("sync", "async") or self.peer_db is None):
+            raise ValueError("a mirrored node needs mirror = sync or async and the other node's database")
 
 
 def _now_us() -> int:

@@ -183,6 +183,11 @@ class ActiveView:
     switchover_to: str | None
     #: This host is VRRP MASTER; None: the site has no VRRP.
     vrrp_master: bool | None = None
+    #: Seconds since the last renewal that succeeded; None: not watched (the shared store,
+    #: where a renewal fails only while the store is locked or full, and the standby's
+    #: takeover shows it).
+    unrenewed_for: float | None = None
+    lease: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,6 +218,10 @@ ActiveDecision: TypeAlias = KeepServing | StepDown | LeaveVip | HandOver
 def decide_active(view: ActiveView, rules: FailoverRules) -> ActiveDecision:
     """What an active does next: a lost lease first (fenced), then a lost MASTER, then a switchover."""
     if view.lease_lost:
+        return StepDown()
+    if view.unrenewed_for is not None and view.unrenewed_for > view.lease:
+        # Its lease has run out by its own clock: on mirrored storage the commits that would
+        # renew it are not confirmed (the mirror is gone), and the other node may be taking over.
         return StepDown()
     if view.vrrp_master is False:
         return LeaveVip()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from storage import ClusterStore, Lease, StoreError, StoreLocked
+from storage import Lease, LeaseStoreInterface, StoreError, StoreLocked
 
 from ._beats import _Ears
 from ._cluster_settings import ClusterSettings
@@ -43,7 +43,10 @@ class _StandbyLoop:
 
     settings: ClusterSettings
     node_id: str
-    cluster: ClusterStore | None
+    cluster: LeaseStoreInterface | None
+    #: Mirrored mode: where this node's database stands (``_mirrored.settle``); None: shared.
+    mirror_state: str | None = None
+    _settled_at: float = 0.0
     ears: _Ears
     stonith_kills: int
     lock_waits: int
@@ -79,6 +82,8 @@ class _StandbyLoop:
         rules = self._rules()
         lease_us = int(s.lease * 1e6)
         while True:
+            if s.mirror is not None and time.monotonic() - self._settled_at >= 1.0:
+                await self._settle_mirror()
             lease = await self._db(self.cluster.lease)
             view = StandbyView(
                 now_us=self._now_us(),
@@ -110,6 +115,17 @@ class _StandbyLoop:
                 case Take(force=force):
                     if force and view.holder_process is HolderProcess.GONE:
                         log.warning("node %s: %s (pid %s) has exited", self.node_id, lease.holder, lease.holder_pid)
+                    if s.mirror is not None:
+                        if self.mirror_state == "diverged":
+                            await self._nap(look_again_in, lease)  # the stale primary takes nothing
+                            continue
+                        try:
+                            await self._db(self._promote_mirror)
+                        except StoreError as exc:
+                            self._note_store_error(exc)
+                            await self._nap(look_again_in, lease)
+                            continue
+                        force = True  # the replica's lease is the old holder's, never renewed again
                     try:
                         epoch = await self._db(
                             self.cluster.acquire,
@@ -138,6 +154,30 @@ class _StandbyLoop:
                 case Stonith():  # still running after SIGKILL and its wait: look again
                     pass
             await self._nap(look_again_in, lease)
+
+    async def _settle_mirror(self) -> None:
+        """Mirrored mode: see where this node's database stands; a stale primary rejoins."""
+        from storage.postgres import MirrorError
+
+        from ._mirrored import settle
+
+        self._settled_at = time.monotonic()
+        try:
+            self.mirror_state = await self._db(settle, self.settings)
+        except MirrorError as exc:
+            self.mirror_state = "diverged"  # cannot tell: take nothing this round
+            log.error("node %s: %s", self.node_id, exc)
+
+    def _promote_mirror(self) -> None:
+        from storage.postgres import MirrorError
+
+        from ._mirrored import promote_own
+
+        try:
+            promote_own(self.settings)
+        except MirrorError as exc:
+            raise StoreError(str(self.settings.db), str(exc)) from None
+        self.mirror_state = "primary"
 
     def _vrrp_master(self) -> bool | None:
         s = self.settings

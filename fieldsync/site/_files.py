@@ -20,6 +20,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -111,6 +112,19 @@ class _NodeTable(TomlTable):
     #: file, both or neither; relative to the site file's directory.
     vrrp_state: Path | None = None
     vrrp_pid: Path | None = None
+    #: Mirrored storage (``[site] mirror``): this node's own PostgreSQL, a ``postgresql://`` URL
+    #: naming its host and port.
+    db: StrictStr | None = None
+    #: Mirrored storage: this node's PostgreSQL data directory when it is on the node's machine
+    #: (a stale primary rewinds it to rejoin); relative to the site file's directory.
+    pg_data: Path | None = None
+
+    @field_validator("db")
+    @classmethod
+    def _a_database_url(cls, value: str | None) -> str | None:
+        if value is not None and not is_database_url(value):
+            raise ValueError("a node's own database is a postgresql:// URL (mirrored storage)")
+        return value
 
     @model_validator(mode="after")
     def _both_vrrp_files_or_neither(self) -> _NodeTable:
@@ -202,6 +216,10 @@ class _SiteTable(TomlTable):
     port: StrictInt = Field(default=30002, ge=1, le=65535)
     panel_port: StrictInt = Field(default=3001, ge=1, le=65535)
     heartbeat_ms: StrictInt = Field(default=1000, ge=1)
+    #: Mirrored storage: each node on its own PostgreSQL (``[nodes.NAME] db``), the active's the
+    #: primary and the other's its replica: ``sync`` (an ACK once the commit is on both) or
+    #: ``async`` (once it is on the primary: the WAN edition). None: one shared store (``db``).
+    mirror: Literal["sync", "async"] | None = None
 
 
 @toml_table
@@ -256,12 +274,22 @@ class Site(_SiteTable):
         Raises:
             SiteError: the site's store is a PostgreSQL URL.
         """
+        if self.mirror is not None:
+            raise SiteError(f"{self.path}: mirrored storage: each node has its own database ([nodes.NAME] db)")
         if isinstance(self.db, str):
             raise SiteError(
-                f"{self.path}: db is a PostgreSQL URL; the pair (node, cluster up, scenarios, the lab) runs on a "
-                "shared SQLite file for now (mirrored mode on PostgreSQL is not built): use fieldsync serve"
+                f"{self.path}: db is a PostgreSQL URL; a pair on PostgreSQL is mirrored ([site] mirror, "
+                "[nodes.NAME] db); one PostgreSQL server under both nodes is not built: use fieldsync serve"
             )
         return self.db
+
+    def node_db(self, node_id: str) -> Path | str:
+        """Where node ``node_id`` keeps its events: the shared store, or its own database (mirrored)."""
+        if self.mirror is None:
+            return self.db_file
+        spec = {n.name: n for n in self.nodes}[node_id]
+        assert spec.db is not None  # parse_site checked it
+        return spec.db
 
     def cluster_settings(
         self, node_id: str, *, stonith: bool = True, failback: bool = False, lease: float = 1.0, dead_after: float = 0.3
@@ -276,10 +304,14 @@ class Site(_SiteTable):
             raise SiteError(f"node {node_id!r} is not in the site (nodes: {', '.join(n.name for n in self.nodes)})")
         dials = self.dials()
         self.check_transport(spec.address, *(h for _, h, _ in dials))
+        peer = next((n for n in self.nodes if n.name != node_id), None)
         return ClusterSettings(
             node_id=node_id,
             address=spec.address,
-            db=self.db_file,
+            db=self.node_db(node_id),
+            mirror=self.mirror,
+            peer_db=peer.db if self.mirror is not None and peer is not None else None,
+            pg_data=spec.pg_data if self.mirror is not None else None,
             vip=self.vip,
             port=self.port,
             dial=dials,
@@ -410,9 +442,18 @@ def parse_site(text: str, path: Path) -> Site:
             heartbeat_via=t.heartbeat_via,
             vrrp_state=None if t.vrrp_state is None else base / t.vrrp_state,
             vrrp_pid=None if t.vrrp_pid is None else base / t.vrrp_pid,
+            db=t.db,
+            pg_data=None if t.pg_data is None else base / t.pg_data,
         )
         for n, t in file.nodes.items()
     )
+    for n, t in file.nodes.items():
+        if file.site.mirror is not None and t.db is None:
+            raise doc.fail(("nodes", n), f"[site] mirror = {file.site.mirror!r}: node {n} needs its own database (db)")
+        if file.site.mirror is None and t.db is not None:
+            raise doc.fail(("nodes", n, "db"), 'a node\'s own database needs [site] mirror = "sync" or "async"')
+    if file.site.mirror is not None and len(file.nodes) != 2:
+        raise doc.fail(("site", "mirror"), "mirrored storage is a pair: exactly two [nodes]")
     return Site(
         **{
             **table,
