@@ -132,8 +132,7 @@ def list_sync_standby(url: str, names: str, *, what: str) -> None:
 def promote_database(url: str, *, what: str, timeout: float = 30.0) -> bool:
     """The standby at ``url`` becomes a primary waiting for nobody; False if it already was one."""
     if database_role(url, what=what) == "primary":
-        list_sync_standby(url, "", what=what)
-        return False
+        return False  # already one: whom it waits for stays as it is (never degraded to async here)
     # Cleared first: a promoted server inherits the old primary's list, and its first commit
     # would wait for a standby it does not have.
     list_sync_standby(url, "", what=what)

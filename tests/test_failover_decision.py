@@ -75,6 +75,17 @@ def test_a_silent_holder_still_running_is_fenced_even_after_its_lease_ran_out() 
     assert decide_standby(silent, dataclasses.replace(RULES, stonith=False)) == Take(force=False)
 
 
+def test_on_a_replica_a_free_lease_is_left_to_the_live_node_beside_the_primary() -> None:
+    """Mirrored storage: at a cold start (or a restart) both nodes see a free lease; the one on
+    the replica promoting it while the other (beside the primary) beats would split the pair."""
+    free = lease(None)
+    assert decide_standby(view(lease=free, peer_quiet=0.05), RULES) == Wait(look_again_in=0.1)
+    assert decide_standby(view(lease=free, peer_quiet=0.5), RULES) == Take(force=False)  # silent: take it
+    assert decide_standby(view(lease=free, peer_quiet=None), RULES) == Take(force=False)  # not on a replica
+    handed = lease(None, to="B")  # a switchover to this node goes ahead whoever beats
+    assert decide_standby(view(lease=handed, peer_quiet=0.05), RULES) == Take(force=False)
+
+
 def test_a_lease_held_one_microsecond_more_is_not_free() -> None:
     assert decide_standby(view(lease=lease(until_us=NOW + 1)), RULES) == Wait(look_again_in=0.1)
 

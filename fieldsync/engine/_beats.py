@@ -53,6 +53,9 @@ class _Heart(threading.Thread):
         #: When a renewal last succeeded (monotonic): an active that cannot renew for a whole
         #: lease length has lost it, whoever else can tell (mirrored: a broken mirror).
         self.renewed_at = time.monotonic()
+        #: Mirrored: when this node's own database last answered (monotonic). A node whose
+        #: database is gone sends no UDP beats: the other must not wait for it.
+        self.db_answered_at = time.monotonic()
 
     def requested_switchover(self) -> str | None:
         return self.switchover_to
@@ -81,6 +84,9 @@ class _Heart(threading.Thread):
                             self.renewed_at = time.monotonic()
                     if role is Role.ACTIVE or s.mirror is None:  # a mirrored standby's replica is read-only
                         store.beat(owner._beat())
+                    else:
+                        store.lease()  # it answers: this node is worth waiting for
+                    self.db_answered_at = time.monotonic()
                 except StoreLocked:
                     self.locked += 1
                 except StoreError as exc:
@@ -124,6 +130,8 @@ class _Ears(threading.Thread):
         s = owner.settings
         if not beats_allowed(time.monotonic(), owner.heart.loop_tick, s.loop_stall):
             return  # this node's event loop is wedged: let the peer see it as dead
+        if s.mirror is not None and time.monotonic() - owner.heart.db_answered_at > s.dead_after:
+            return  # its own database does not answer: nothing to wait for here
         payload = json.dumps(
             {"node": owner.node_id, "pid": os.getpid(), "role": owner.role.value, "epoch": owner.epoch}
         ).encode()

@@ -89,6 +89,10 @@ class StandbyView:
     standby_for: float = 0.0
     #: This host is VRRP MASTER (state file and a live keepalived); None: the site has no VRRP.
     vrrp_master: bool | None = None
+    #: Mirrored storage, this node's database a replica: seconds since the other node's last
+    #: UDP beat (it beats only while its own database answers). None: not mirrored, or this
+    #: node's database is a primary.
+    peer_quiet: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +139,10 @@ def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
         return Take(force=False) if free else Wait(look_again_in=beat)  # the holder hands over by releasing
     if free:
         if lease.switchover_to is not None:
+            return Wait(look_again_in=beat)
+        if view.peer_quiet is not None and view.peer_quiet <= rules.dead_after:
+            # Mirrored, on a replica, and the other node (beside the primary) is alive: a free
+            # lease is its to take (a cold start, a restart); promoting here would split the pair.
             return Wait(look_again_in=beat)
         expired_holder = lease.holder not in (None, rules.node_id)  # it did not release: it ran out
         if expired_holder and rules.stonith and view.holder_process is HolderProcess.ALIVE and lease.holder_pid:

@@ -37,6 +37,10 @@ __all__ = ["_StandbyLoop"]
 log = logging.getLogger("fieldsync.cluster")
 T = TypeVar("T")
 
+#: Mirrored: how long a node on a replica that has never heard the other node waits, at its
+#: start, before a free lease may be its (the other one, beside the primary, may be starting).
+_PEER_START_GRACE = 2.0
+
 
 class _StandbyLoop:
     """The standby half of ``ClusterNode``, which sets these attributes."""
@@ -92,6 +96,7 @@ class _StandbyLoop:
                 udp_quiet=self._udp_quiet(lease),
                 standby_for=time.monotonic() - self._standby_since,
                 vrrp_master=self._vrrp_master(),
+                peer_quiet=self._peer_quiet(),
             )
             decision = decide_standby(view, rules)
             if isinstance(decision, ReadStoreBeat):
@@ -178,6 +183,18 @@ class _StandbyLoop:
         except MirrorError as exc:
             raise StoreError(str(self.settings.db), str(exc)) from None
         self.mirror_state = "primary"
+
+    def _peer_quiet(self) -> float | None:
+        """Mirrored, on a replica: seconds since the other node's last UDP beat."""
+        if self.settings.mirror is None or self.mirror_state != "standby" or not self.settings.peers:
+            return None
+        peer = self.settings.peers[0][0]
+        quiet = self.ears.silent_for(peer)
+        if quiet is None:
+            # Never heard since this node started: the other may still be starting (a cold
+            # start of the pair); it counts as alive for a grace of 2 s first.
+            return max(0.0, time.monotonic() - self._started - _PEER_START_GRACE)
+        return quiet
 
     def _vrrp_master(self) -> bool | None:
         s = self.settings

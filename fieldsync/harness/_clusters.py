@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from storage import ClusterStore, Lease
+from storage import Lease, LeaseStoreInterface, open_cluster_store
 
 from ..engine import Supervised, Supervisor, node_command
 from ._flaws import flawed_command, flawed_node_class
@@ -68,11 +68,22 @@ def run_node_command(run: ScenarioRun, name: str, site_path: Path) -> list[str]:
     return flawed_command(node_command(name, str(site_path), *extra), run.flaws)
 
 
-class StoreWatchedCluster:
-    """What the two-node backends share: the lease read from the shared store every 0.1 s, and
-    pauses kept only outside a write transaction. A subclass signals its own nodes."""
+def lease_targets(run: ScenarioRun) -> list[Path | str]:
+    """Where the run's lease lives: the shared store, or each node's own database (mirrored)."""
+    if run.site.mirror is None:
+        return [run.site.db_file]
+    return [run.site.node_db(n.name) for n in run.site.nodes]
 
-    db: Path
+
+class StoreWatchedCluster:
+    """What the two-node backends share: the lease read every 0.1 s (from the shared store, or
+    the newest of the nodes' own databases on mirrored storage), and pauses kept only outside a
+    write transaction. A subclass signals its own nodes."""
+
+    #: The shared store (None on mirrored storage: no write lock is shared there).
+    db: Path | None
+    targets: list[Path | str]
+    store_target: Callable[[], Path | str]
     lease: Lease | None
     stopped: set[str]
     #: How many tries the last ``stop(outside_transaction=True)`` took.
@@ -82,17 +93,37 @@ class StoreWatchedCluster:
         raise NotImplementedError
 
     async def _watch_lease(self) -> None:
-        def read() -> Lease:
-            store = ClusterStore(self.db)
-            try:
-                return store.lease()
-            finally:
-                store.close()
+        stores: dict[Path | str, LeaseStoreInterface] = {}
 
-        while True:
-            with contextlib.suppress(Exception):  # a busy store now and then: the next read will do
-                self.lease = await trio.to_thread.run_sync(read)
-            await trio.sleep(0.1)
+        def read() -> Lease | None:
+            newest: Lease | None = None
+            for target in self.targets:
+                try:
+                    if target not in stores:
+                        stores[target] = open_cluster_store(target)
+                    lease = stores[target].lease()
+                except Exception:  # busy, or a database restarting for a rejoin: the next read will do
+                    stale = stores.pop(target, None)
+                    if stale is not None:
+                        with contextlib.suppress(Exception):
+                            stale.close()
+                    continue
+                if newest is None or lease.epoch > newest.epoch:
+                    newest = lease
+            return newest
+
+        try:
+            while True:
+                lease = await trio.to_thread.run_sync(read)
+                # Epochs only grow: a read that missed the newest database (restarting for a
+                # rejoin, say) must not bring back an older holder.
+                if lease is not None and (self.lease is None or lease.epoch >= self.lease.epoch):
+                    self.lease = lease
+                await trio.sleep(0.1)
+        finally:
+            for store in stores.values():
+                with contextlib.suppress(Exception):
+                    store.close()
 
     def holder(self) -> str | None:
         lease = self.lease
@@ -116,7 +147,7 @@ class StoreWatchedCluster:
         no write lock on the shared store (the shared-disk limit: a sleeper inside a
         transaction locks everyone out, docs/architecture.md); a pause that landed inside one
         is lifted at once and tried again a moment later, at most 200 times."""
-        if not outside_transaction:
+        if not outside_transaction or self.db is None:  # mirrored: no store lock is shared
             if self._signal(name, signal.SIGSTOP):
                 self.stopped.add(name)
                 return True
@@ -124,12 +155,13 @@ class StoreWatchedCluster:
         for attempt in range(200):
             if not self._signal(name, signal.SIGSTOP):
                 return False
-            if not await trio.to_thread.run_sync(_write_locked, self.db):
+            db = self.db
+            if not await trio.to_thread.run_sync(_write_locked, db):
                 self.stopped.add(name)
                 self.pause_tries = attempt + 1
                 return True
             await trio.sleep(0.05)  # the other node's own writes free the lock within milliseconds
-            if not await trio.to_thread.run_sync(_write_locked, self.db):
+            if not await trio.to_thread.run_sync(_write_locked, db):
                 self.stopped.add(name)
                 self.pause_tries = attempt + 1
                 return True
@@ -142,7 +174,8 @@ class StoreWatchedCluster:
         self.stopped.discard(name)
 
     async def switchover(self, to: str) -> None:
-        await trio.to_thread.run_sync(_request_switchover, self.db, to)
+        target = await trio.to_thread.run_sync(self.store_target)
+        await trio.to_thread.run_sync(_request_switchover, target, to)
 
 
 class ProcessCluster(StoreWatchedCluster):
@@ -159,7 +192,9 @@ class ProcessCluster(StoreWatchedCluster):
 
     def __init__(self, run: ScenarioRun, site_path: Path, log_fd: int) -> None:
         scenario = run.scenario
-        self.db = run.site.db_file
+        self.db = None if run.site.mirror is not None else run.site.db_file
+        self.targets = lease_targets(run)
+        self.store_target = run.store_target
         self.children = {
             n: Supervised(
                 name=n,
@@ -350,8 +385,8 @@ def _write_locked(db: Path) -> bool:
         conn.close()
 
 
-def _request_switchover(db: Path, to: str) -> None:
-    store = ClusterStore(db)
+def _request_switchover(db: Path | str, to: str) -> None:
+    store = open_cluster_store(db)
     try:
         store.request_switchover(to)
     finally:

@@ -108,7 +108,9 @@ class LabCluster(StoreWatchedCluster):
     def __init__(self, run: ScenarioRun, site_path: Path, spec: LabSpec) -> None:
         scenario = run.scenario
         self.run = run
-        self.db = run.site.db_file
+        self.db = run.site.db_file  # the lab's hosts share one filesystem: the shared store
+        self.targets = [self.db]
+        self.store_target = run.store_target
         self.spec = spec
         self.lab = Lab(self.spec, node_argv=lambda host: run_node_command(run, host, site_path), owner=os.getpid())
         self.lease: Lease | None = None

@@ -10,15 +10,24 @@ import contextlib
 import dataclasses
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from emulator import PanelSettings
-from storage import ConfigStore
+from storage import ConfigStoreInterface, open_config_store
 
 from ..site import PairHosts, Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
 from ._proxy import FaultHub
 from ._scenario import Scenario, ScenarioError
 from ._steps import NODES_GROUP
+
+if TYPE_CHECKING:
+    from protocol import ConfigOp
+    from storage import ConfigState
+    from storage.postgres import Mirror
+
+T = TypeVar("T")
 
 __all__ = ["RunSetup"]
 
@@ -30,6 +39,37 @@ def _shadow_address(panel_id: int) -> str:
 
 def _group_address(index: int) -> str:
     return f"127.0.0.{150 + index}"
+
+
+class PrimaryConfig:
+    """The operator's configuration store on mirrored storage: always the current primary's.
+
+    A run's configuration changes go where a site's operator's would: to the database that is
+    the primary when the change is made (after a failover, the promoted one).
+    """
+
+    def __init__(self, target: Callable[[], Path | str]) -> None:
+        self._target = target
+
+    def _using(self, fn: Callable[[ConfigStoreInterface], T]) -> T:
+        store = open_config_store(self._target())
+        try:
+            return fn(store)
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def version(self) -> int:
+        return self._using(lambda c: c.version)
+
+    def change(self, ops: Sequence[ConfigOp], *, at_us: int | None = None) -> int:
+        return self._using(lambda c: c.change(ops, at_us=at_us))
+
+    def snapshot(self) -> tuple[int, ConfigState]:
+        return self._using(lambda c: c.snapshot())
 
 
 class RunSetup:
@@ -63,13 +103,17 @@ class RunSetup:
         self.hub = hub
         #: The store's size-limited filesystem (``[site] store_size``), while it is mounted.
         self.mounted: Path | None = None
+        #: Mirrored storage (``[cluster] mirror``): the nodes' databases, while they run.
+        self.mirror: Mirror | None = None
+        self._mirror_dir: Path | None = None
 
-    def prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStore]:
+    def prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStoreInterface | PrimaryConfig]:
         s = self.scenario.site
         self.workdir.mkdir(parents=True, exist_ok=True)
         if s.flash:
             (self.workdir / "flash").mkdir(exist_ok=True)
         store_dir = self.mount_store(s.store_size) if s.store_size else None
+        mirrored = self.start_databases() if self.scenario.cluster.mirror is not None else None
         site_path = self.workdir / "site.toml"
         # The node processes read the site from this file; this run reads the same text.
         text = pair_site_toml(
@@ -88,14 +132,89 @@ class RunSetup:
             name=self.scenario.name,
             heartbeat_proxies=not self.in_process and self.hosts is None,  # the group "nodes"
             heartbeat_ms=s.heartbeat_ms if s.heartbeat_ms != 1000 else None,
+            mirror=self.scenario.cluster.mirror,
+            node_dbs={n: server.url() for n, server in mirrored.servers.items()} if mirrored else None,
+            pg_data={n: server.datadir for n, server in mirrored.servers.items()} if mirrored else None,
         )
         site_path.write_text(text)
         site = parse_site(text, site_path)
         if s.tls:
             issue_pair_pki(site, self.scenario.name[:60] or "scenario")
-        config = seed_config(site.db_file, doors=s.doors, cardholders=s.cardholders)
+        config: ConfigStoreInterface | PrimaryConfig
+        config = seed_config(self.store_target(site), doors=s.doors, cardholders=s.cardholders)
+        if self.mirror is not None:
+            config.close()
+            config = PrimaryConfig(lambda: self.store_target(site))
         settings = [site.panel_settings(pid) for pid in site.panel_ids()]
         return site_path, site, settings, config
+
+    def store_target(self, site: Site) -> Path | str:
+        """Where the site's events are now: the shared store, or the current primary's database."""
+        if self.mirror is None:
+            return site.db_file
+        return self.mirror.servers[self.primary()].url()
+
+    def primary(self) -> str:
+        """The mirrored node whose database is the primary with the newest epoch (after a
+        failover both may answer as primaries until the stale one rejoins)."""
+        from storage.postgres import MirrorError, query
+
+        assert self.mirror is not None
+        best, best_epoch = "A", -1
+        for name, server in self.mirror.servers.items():
+            if self.mirror.role(name) != "primary":
+                continue
+            try:
+                rows = query(server.url(), "SELECT epoch FROM cluster WHERE id = 1", what=f"node {name}'s database")
+            except MirrorError:
+                continue
+            epoch = int(rows[0][0]) if rows else 0
+            if epoch > best_epoch:
+                best, best_epoch = name, epoch
+        return best
+
+    def start_databases(self) -> Mirror:
+        """Nodes A and B's own PostgreSQL for the run: A's the primary, B's its replica."""
+        from storage.postgres import LocalPostgres, Mirror, application_name, free_port
+
+        mode = self.scenario.cluster.mirror
+        assert mode is not None
+        self._mirror_dir = LocalPostgres.workdir("fieldsync-scenario-pg-")
+        try:
+            first = LocalPostgres.init(self._mirror_dir / "pg-A", port=free_port())
+            other = LocalPostgres(self._mirror_dir / "pg-B", port=free_port(), bindir=first.bindir)
+            mirror = Mirror({"A": first, "B": other}, mode=mode)
+            self.mirror = mirror
+            first.configure(mirror._own_settings("A", primary=True))
+            first.start()
+            mirror.wait_for_standby("A")
+            mirror.servers["B"] = LocalPostgres.basebackup(
+                first,
+                other.datadir,
+                port=other.port,
+                application_name=application_name("B"),
+                settings=mirror._own_settings("B", primary=False),
+            )
+            mirror.servers["B"].start()
+            mirror.wait_replicating("A", "B")
+        except BaseException:
+            self.stop_databases()
+            raise
+        return mirror
+
+    def stop_databases(self) -> None:
+        """Stop the run's databases (their logs kept in the work directory) and remove them."""
+        if self._mirror_dir is None:
+            return
+        if self.mirror is not None:
+            for name, server in self.mirror.servers.items():
+                with contextlib.suppress(Exception):
+                    if server.running():
+                        server.stop(mode="immediate")
+                with contextlib.suppress(OSError):
+                    shutil.copy2(server.log, self.workdir / f"postgres-{name}.log")
+        shutil.rmtree(self._mirror_dir, ignore_errors=True)
+        self._mirror_dir = None
 
     def mount_store(self, size: int) -> Path:
         """A tmpfs of ``size`` bytes for the store: a disk that can really fill up."""

@@ -28,7 +28,6 @@ from typing import Any
 import trio
 
 from emulator import Fleet, PanelSettings, Workload
-from storage import ConfigStore
 
 from ._checker import Report, check
 from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until
@@ -209,6 +208,10 @@ class ScenarioRun:
         self._next_card += 1
         return self._next_card
 
+    def store_target(self) -> Path | str:
+        """Where the site's events are now: the shared store, or the current primary's database."""
+        return self._setup.store_target(self.site)
+
     async def in_config_thread(self, fn: Callable[[], Any]) -> Any:
         """``fn`` (which uses ``self.config``) in a worker thread, one at a time."""
         return await trio.to_thread.run_sync(fn, limiter=self._config_limiter)
@@ -220,6 +223,15 @@ class ScenarioRun:
             raise ScenarioError("the flaw crash-on-bad-frame ends its process: it needs node processes (not --fast)")
         if self.backend not in ("process", "netns", "in-process"):
             raise ScenarioError(f"backend {self.backend!r}: process or netns")
+        if scenario.cluster.mirror is not None and self.backend != "process":
+            raise ScenarioError(
+                f"{scenario.name}: [cluster] mirror runs on the process backend (two node processes, each on "
+                f"its own PostgreSQL on loopback), not {self.backend}"
+            )
+        if scenario.cluster.mirror is not None and scenario.site.store_size:
+            raise ScenarioError(
+                f"{scenario.name}: [site] store_size is the shared SQLite store's disk; not with a mirror"
+            )
         if self.backend == "netns" and not scenario.site.tls:
             raise ScenarioError(
                 f"{scenario.name}: [site] tls = false on the netns backend: plain TCP runs on loopback only, "
@@ -238,6 +250,7 @@ class ScenarioRun:
             site_path, self.site, settings, config = self._setup.prepare()
         except BaseException:
             self._setup.unmount_store()
+            self._setup.stop_databases()
             raise
         self.config = config
         # One connection, one thread at a time (a storm and a step may overlap).
@@ -261,6 +274,7 @@ class ScenarioRun:
             config.close()
             self._sampler.close()
             self._setup.unmount_store()
+            self._setup.stop_databases()
         return RunResult(
             scenario=scenario,
             seed=self.seed,
@@ -275,7 +289,7 @@ class ScenarioRun:
         )
 
     async def _run_in(
-        self, nursery: trio.Nursery, site_path: Path, settings: list[PanelSettings], config: ConfigStore, log_fd: int
+        self, nursery: trio.Nursery, site_path: Path, settings: list[PanelSettings], config: object, log_fd: int
     ) -> bool:
         """The run inside its nursery: proxies, cluster, fleet, timeline, drain, verdict."""
         scenario = self.scenario
@@ -317,7 +331,8 @@ class ScenarioRun:
         panels = list(self.fleet.panels.values())
         generated = [len(p.journal or ()) for p in panels]
         verdict = functools.partial(check, rogues=self.rogues, crashes=self.cluster.crashes())
-        self.report = await trio.to_thread.run_sync(verdict, self.site.db_file, panels)
+        target = await trio.to_thread.run_sync(self.store_target)
+        self.report = await trio.to_thread.run_sync(verdict, target, panels)
         if [v.generated for v in self.report.panels] != generated:
             raise ScenarioError(f"{scenario.name}: a panel generated events while the checker read it")
         nursery.cancel_scope.cancel()

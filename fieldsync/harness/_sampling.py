@@ -39,8 +39,10 @@ class Sampler:
         if self._reader is not None:
             self._reader.close()
 
-    def stored(self, path: Path) -> int:
+    def stored(self, path: Path | str) -> int:
         """The sum of the store's high-water marks: O(panels), read-only, never goes back."""
+        if isinstance(path, str):  # mirrored: the current primary's database
+            return self._stored_pg(path)
         if self._reader is None:
             try:
                 self._reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -51,13 +53,22 @@ class Sampler:
         except sqlite3.Error:  # a writer holds the lock for a moment: keep the last figure
             return self.samples[-1].stored if self.samples else 0
 
+    def _stored_pg(self, url: str) -> int:
+        from storage.postgres import MirrorError, query
+
+        try:
+            rows = query(url, "SELECT coalesce(sum(hwm), 0) FROM panels", what="the primary")
+        except MirrorError:  # a failover under way: keep the last figure
+            return self.samples[-1].stored if self.samples else 0
+        return int(rows[0][0])
+
     async def run(self, run: ScenarioRun) -> None:
         while True:
             s = run.fleet.statistics()
             self.samples.append(
                 Sample(
                     t=run.now(),
-                    stored=self.stored(run.config.path),
+                    stored=await trio.to_thread.run_sync(self.stored, run.store_target()),
                     acked=s.acked,
                     buffered=s.buffered_events,
                     connected=s.connected,

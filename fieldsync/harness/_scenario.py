@@ -130,6 +130,9 @@ class ClusterSpec(TomlTable):
     backend: Literal["process", "netns"] = "process"
     #: The netns backend's VRRP advertisement interval (VRRPv3: 0.01 .. 40.95 s).
     advert_int: Time = 0.1
+    #: Mirrored storage: each node on its own PostgreSQL (started for the run), ``sync`` or
+    #: ``async``; None: one shared SQLite store under both nodes.
+    mirror: Literal["sync", "async"] | None = None
 
     @field_validator("advert_int")
     @classmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import protocol as p
-from storage import ConfigStore, OverflowPolicy
+from storage import ConfigStoreInterface, OverflowPolicy, open_config_store
 
 from . import pki
 from ._files import _PAIR, Site
@@ -53,12 +53,17 @@ def pair_site_toml(
     doors: int | None = None,
     flash_dir: Path | str | None = None,
     heartbeat_ms: int | None = None,
+    mirror: str | None = None,
+    node_dbs: Mapping[str, str] | None = None,
+    pg_data: Mapping[str, Path | str] | None = None,
 ) -> str:
     """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
     (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
     ``heartbeat_proxies`` each node's beats reach it through 127.0.0.21/.22 (a fault proxy).
     ``hosts``: the pair on the lab's hosts instead (its addresses, VRRP files, a ``[[panels]]``
-    entry per panel). ``None``: the site file's default."""
+    entry per panel). ``mirror``: each node on its own PostgreSQL (``node_dbs``, their URLs, and
+    ``pg_data``, their data directories), mirrored ``sync`` or ``async``. ``None``: the site
+    file's default."""
     via = {"A": "127.0.0.21", "B": "127.0.0.22"} if heartbeat_proxies else {}
     addresses = dict(hosts.nodes) if hosts is not None else _PAIR
     vrrp = dict(hosts.vrrp) if hosts is not None else {}
@@ -72,6 +77,7 @@ def pair_site_toml(
             "port": port,
             "panel_port": hosts.panel_port if hosts is not None else port + 1,
             "heartbeat_ms": heartbeat_ms,
+            "mirror": mirror,
         },
         "nodes": {
             n: {
@@ -79,6 +85,8 @@ def pair_site_toml(
                 "heartbeat_via": via.get(n),
                 "vrrp_state": vrrp[n][0] if n in vrrp else None,
                 "vrrp_pid": vrrp[n][1] if n in vrrp else None,
+                "db": (node_dbs or {}).get(n),
+                "pg_data": str((pg_data or {})[n]) if n in (pg_data or {}) else None,
             }
             for n, address in addresses.items()
         },
@@ -119,6 +127,9 @@ class PairSiteOptions(TypedDict, total=False):
     doors: int | None
     flash_dir: Path | str | None
     heartbeat_ms: int | None
+    mirror: str | None
+    node_dbs: Mapping[str, str] | None
+    pg_data: Mapping[str, Path | str] | None
 
 
 def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:
@@ -136,9 +147,10 @@ def issue_pair_pki(site: Site, name: str) -> None:
         pki.issue(site.pki, "panel", pid)
 
 
-def seed_config(db: Path, *, doors: int, cardholders: int) -> ConfigStore:
-    """The starting configuration: an always-open schedule, a level to every door, cardholders."""
-    config = ConfigStore(db)
+def seed_config(db: Path | str, *, doors: int, cardholders: int) -> ConfigStoreInterface:
+    """The starting configuration: an always-open schedule, a level to every door, cardholders
+    (in a SQLite file, or a PostgreSQL database by its URL)."""
+    config = open_config_store(db)
     config.change([p.PutSchedule(schedule=p.Schedule(id=1, intervals=(p.Interval(days=0x7F, start=0, end=1440),)))])
     config.change(
         [
