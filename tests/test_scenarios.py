@@ -58,6 +58,18 @@ def _needs_processes(path: Path) -> bool:
     return load_scenario(path).needs_two_nodes
 
 
+def _tier(path: Path) -> str:
+    """Where a shipped file runs in the tests: ``fast`` (in-process, and with node processes in the
+    full tier), ``processes``, ``mirrored`` (each node on its own PostgreSQL) or ``netns`` (real
+    hosts: tests/test_lab_scenarios.py)."""
+    scenario = load_scenario(path)
+    if scenario.cluster.backend == "netns":
+        return "netns"
+    if scenario.cluster.mirror is not None:
+        return "mirrored"
+    return "processes" if scenario.needs_two_nodes else "fast"
+
+
 def run_fast(scenario_or_path: object, port: int, **kwargs: object) -> RunResult:
     scenario = load_scenario(scenario_or_path) if isinstance(scenario_or_path, Path) else scenario_or_path
     run = ScenarioRun(scenario, port=port, in_process=True, **kwargs)  # type: ignore[arg-type]
@@ -359,8 +371,9 @@ def test_random_schedules_are_repeatable_and_round_trip_through_the_file_format(
 
 # -- the shipped library -------------------------------------------------------------------
 
-FAST = [p for p in SHIPPED if not _needs_processes(p)]
-SLOW = [p for p in SHIPPED if _needs_processes(p)]
+FAST = [p for p in SHIPPED if _tier(p) == "fast"]
+SLOW = [p for p in SHIPPED if _tier(p) == "processes"]
+MIRRORED = [p for p in SHIPPED if _tier(p) == "mirrored"]
 
 
 def _can_mount_tmpfs() -> bool:
@@ -412,6 +425,29 @@ def test_shipped_scenario_with_node_processes(path: Path, tmp_path: Path) -> Non
         # the one takeover is the real kill -9.
         assert report["store_epoch"] == 2, report["faults"]
         assert sorted(report["node_starts"].values()) == [1, 2]  # the killed active came back once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", MIRRORED, ids=lambda p: p.stem)
+def test_shipped_mirrored_scenario(path: Path, tmp_path: Path) -> None:
+    """Through the CLI, as QA runs it: each node on its own PostgreSQL, started by the run."""
+    from tests.store_engines import ensure_postgres
+
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+    out = tmp_path / "report.json"
+    port = 32420 + 10 * MIRRORED.index(path)
+    command = [sys.executable, "-m", "fieldsync.cli", "scenario", "run", str(path), "--port", str(port)]
+    command += ["--json", str(out), "--keep", str(tmp_path / "work")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["drained"], report["promises"]
+    if path.stem == "mirrored-kill-active-during-replay":
+        assert report["store_epoch"] >= 4, report["faults"]  # two takeovers, each promoting a replica
+        log = (tmp_path / "work" / "nodes.log").read_text()
+        assert log.count("promoted its database to primary") >= 2 and log.count("rejoined by pg_rewind") >= 2, log
 
 
 @pytest.mark.slow
