@@ -198,6 +198,9 @@ class Panel:
         self.last_error: str | None = None
         #: trio time of the first ACK under each epoch: what failover is measured by.
         self.first_ack_at: dict[int, float] = {}
+        #: Events acknowledged to this panel that a server later no longer held, declared with
+        #: SERVER_LOST markers (an asynchronous mirror's failover).
+        self.server_lost = 0
         #: trio time of the first WELCOME under each epoch (the session is up; the ACK follows a commit).
         self.welcome_at: dict[int, float] = {}
         #: The OSDP Control Panel on the reader bus, when the panel has one.

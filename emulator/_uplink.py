@@ -31,6 +31,7 @@ from protocol import (
     ErrorCode,
     EventBatch,
     EventKind,
+    EventRecord,
     Hello,
     Message,
     PanelConnection,
@@ -300,6 +301,10 @@ class _UplinkSession:
             if len(in_flight) >= window:
                 await panel._new_data.wait()
                 continue
+            oldest = panel.buffer.oldest_seq if len(panel.buffer) else panel.buffer.next_seq
+            if self.next_seq < oldest:
+                await self._declare_server_lost(oldest - 1)
+                continue
             data = panel.buffer.read(self.next_seq, link.batch_records)
             if not data:
                 await panel._new_data.wait()
@@ -309,6 +314,19 @@ class _UplinkSession:
             link.batches_sent += 1
             in_flight.append(batch.last_seq)
             self.next_seq = batch.last_seq + 1
+
+    async def _declare_server_lost(self, last: int) -> None:
+        """The server holds this panel's events only to ``next_seq - 1``, yet the panel was
+        acknowledged up to ``last`` and freed them (an asynchronous mirror's failover lost
+        them): they can only be declared (docs/protocol.md 7.3), as one ``SERVER_LOST`` marker."""
+        first, panel = self.next_seq, self.panel
+        count = last - first + 1
+        marker = EventRecord(seq=first, time_us=panel.now_us(), kind=EventKind.SERVER_LOST, card=last, aux=count)
+        await self.ms.send(EventBatch(first_seq=first, records=marker.pack()))
+        self.link.batches_sent += 1
+        self.in_flight.append(last)
+        self.next_seq = last + 1
+        panel.server_lost += count
 
     async def handle(self, message: Message) -> bool:
         panel = self.panel

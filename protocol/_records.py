@@ -58,10 +58,14 @@ class EventKind(enum.IntEnum):
     READER_OFFLINE = 18
     READER_ONLINE = 19
     READER_AUTH_FAILED = 20
+    #: Gap marker: seq ``seq..card`` were acknowledged to the panel and the server no longer
+    #: holds them (its WELCOME's hwm is below them: an asynchronous mirror's failover). The
+    #: panel freed them at the ACK, so it can only declare them.
+    SERVER_LOST = 21
 
 
 #: Kinds whose record stands for a declared gap ``seq..card`` instead of one event.
-GAP_KINDS = frozenset({EventKind.BUFFER_OVERFLOW, EventKind.BUFFER_LOST})
+GAP_KINDS = frozenset({EventKind.BUFFER_OVERFLOW, EventKind.BUFFER_LOST, EventKind.SERVER_LOST})
 
 #: Byte string of every valid kind value; ``bytes.translate`` deletes them so an
 #: empty remainder proves every kind in a batch is known (checked at C speed).

@@ -21,6 +21,7 @@ from ._config_store import ConfigStore as ConfigStore
 from ._config_store import NeedSnapshot as NeedSnapshot
 from ._config_store import PanelConfig as PanelConfig
 from ._errors import BufferFull as BufferFull
+from ._errors import MirrorError as MirrorError
 from ._errors import SchemaTooNew as SchemaTooNew
 from ._errors import StaleEpoch as StaleEpoch
 from ._errors import StoreCorrupt as StoreCorrupt
@@ -66,6 +67,7 @@ __all__ = [
     "IngestResult",
     "Lease",
     "LeaseStoreInterface",
+    "MirrorError",
     "Loss",
     "NeedSnapshot",
     "NodeBeat",

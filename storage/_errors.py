@@ -14,6 +14,7 @@ from pathlib import Path
 
 __all__ = [
     "BufferFull",
+    "MirrorError",
     "SchemaTooNew",
     "StaleEpoch",
     "StoreCorrupt",
@@ -93,3 +94,7 @@ def map_sqlite_errors(path: Path | str, doing: str) -> Iterator[None]:
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             raise StoreCorrupt(path, f"{doing}: the file is corrupt or not a SQLite database ({text})") from exc
         raise StoreError(path, f"{doing}: {text}") from exc
+
+
+class MirrorError(RuntimeError):
+    """A mirrored pair's database cannot do what was asked; the message names the node and the cause."""

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from ._errors import MirrorError
 from ._pg_local import LocalPostgres, free_port
 
 __all__ = [
@@ -46,13 +47,11 @@ __all__ = [
     "promote_database",
     "query",
     "running_mirror",
+    "start_mirror",
+    "stop_mirror",
 ]
 
 Mode = Literal["sync", "async"]
-
-
-class MirrorError(RuntimeError):
-    """A mirrored pair's database cannot do what was asked; the message names the node and the cause."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -354,36 +353,59 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def start_mirror(workdir: Path, *, mode: Mode = "sync", primary: str = "A", settings: Mapping[str, str] = {}) -> Mirror:
+    """Nodes A and B's databases in ``workdir`` (the server user's), started: ``primary``'s the
+    primary, the other its replica (in sync in sync mode). If it fails halfway, what it had
+    started is stopped again (the caller removes ``workdir``)."""
+    standby = "B" if primary == "A" else "A"
+    first = LocalPostgres(workdir / f"pg-{primary}", port=free_port())
+    mirror = Mirror(
+        {primary: first, standby: LocalPostgres(workdir / f"pg-{standby}", port=free_port(), bindir=first.bindir)},
+        mode=mode,
+        settings=settings,
+    )
+    try:
+        LocalPostgres.init(first.datadir, port=first.port, settings=mirror._own_settings(primary, primary=True))
+        first.start()
+        mirror.wait_for_standby(primary)
+        replica = mirror.servers[standby]
+        LocalPostgres.basebackup(
+            first,
+            replica.datadir,
+            port=replica.port,
+            application_name=application_name(standby),
+            settings=mirror._own_settings(standby, primary=False),
+        )
+        replica.start()
+        mirror.wait_replicating(primary, standby)
+    except BaseException:
+        for server in mirror.servers.values():
+            with contextlib.suppress(Exception):
+                if server.running():
+                    server.stop(mode="immediate")
+        raise
+    return mirror
+
+
+def stop_mirror(mirror: Mirror | None, workdir: Path) -> None:
+    """Stop whatever of the pair runs (immediately) and remove ``workdir``."""
+    for server in mirror.servers.values() if mirror is not None else ():
+        with contextlib.suppress(Exception):
+            if server.running():
+                server.stop(mode="immediate")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def running_mirror(
     *, mode: Mode = "sync", primary: str = "A", prefix: str = "fieldsync-mirror-", settings: Mapping[str, str] = {}
 ) -> Iterator[Mirror]:
-    """Nodes A and B's databases on loopback for the block, ``primary``'s the primary and the
-    other its standby (in sync in sync mode); both stopped and removed after."""
+    """Nodes A and B's databases on loopback for the block (``start_mirror``); both stopped and
+    removed after."""
     workdir = LocalPostgres.workdir(prefix)
-    servers: dict[str, LocalPostgres] = {}
+    mirror: Mirror | None = None
     try:
-        standby = "B" if primary == "A" else "A"
-        first = LocalPostgres.init(workdir / f"pg-{primary}", port=free_port())
-        servers[primary] = first
-        servers[standby] = LocalPostgres(workdir / f"pg-{standby}", port=free_port(), bindir=first.bindir)
-        mirror = Mirror(servers, mode=mode, settings=settings)
-        first.configure(mirror._own_settings(primary, primary=True))
-        first.start()
-        mirror.wait_for_standby(primary)
-        servers[standby] = LocalPostgres.basebackup(
-            first,
-            workdir / f"pg-{standby}",
-            port=servers[standby].port,
-            application_name=application_name(standby),
-            settings=mirror._own_settings(standby, primary=False),
-        )
-        mirror.servers[standby] = servers[standby]
-        servers[standby].start()
-        mirror.wait_replicating(primary, standby)
+        mirror = start_mirror(workdir, mode=mode, primary=primary, settings=settings)
         yield mirror
     finally:
-        for server in servers.values():
-            if server.running():
-                server.stop(mode="immediate")
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_mirror(mirror, workdir)

@@ -23,6 +23,8 @@ from ._pg_mirror import list_sync_standby as list_sync_standby
 from ._pg_mirror import promote_database as promote_database
 from ._pg_mirror import query as query
 from ._pg_mirror import running_mirror as running_mirror
+from ._pg_mirror import start_mirror as start_mirror
+from ._pg_mirror import stop_mirror as stop_mirror
 from ._pg_schema import PG_SCHEMA_VERSION as PG_SCHEMA_VERSION
 from ._pg_store import PgEventStore as PgEventStore
 
@@ -48,4 +50,6 @@ __all__ = [
     "query",
     "running_mirror",
     "running_pair",
+    "start_mirror",
+    "stop_mirror",
 ]

@@ -112,7 +112,6 @@ def test_a_lab_spec_names_what_is_wrong(tmp_path: Path, kw: dict[str, object], m
 # -- slow: real labs ------------------------------------------------------------------------------
 
 
-
 def _lab(*args: str, timeout: float = 60) -> str:
     done = subprocess.run([*CLI, "lab", *args], capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"fieldsync lab {' '.join(args)}: {done.stderr or done.stdout}"

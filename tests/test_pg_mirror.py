@@ -6,6 +6,7 @@ its synchronous standby), removed at the end whatever happened. Each stays under
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -235,6 +236,16 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
                 nursery.cancel_scope.cancel()
 
         trio.run(main)
+        status = subprocess.run(
+            [sys.executable, "-m", "fieldsync.cli", "cluster", "status", "--site", str(site_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "held by A; epoch 3" in status.stdout, status.stdout
+        assert "database A: primary" in status.stdout and "replicas: B streaming sync" in status.stdout, status.stdout
+        assert "database B: standby" in status.stdout, status.stdout
         final = mirror.primary()
         assert final == "A"
         report = check(mirror.servers[final].url(), list(fleet.panels.values()))
@@ -250,3 +261,37 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
                 proc.wait(10)
         for out in logs.values():
             out.close()
+
+
+def _mirrored_site(mirror, path, site_pki) -> None:  # type: ignore[no-untyped-def]
+    nodes = "".join(
+        f'[nodes.{n}]\naddress = "127.0.0.{11 + i}"\ndb = "{mirror.servers[n].url()}"\n'
+        f'pg_data = "{mirror.servers[n].datadir}"\n'
+        for i, n in enumerate(("A", "B"))
+    )
+    path.write_text(f'[site]\nname = "mirrored"\npki = "{site_pki}"\nmirror = "sync"\nport = 32440\n{nodes}')
+
+
+def test_cluster_rejoin_rewinds_a_stale_primary_from_the_command_line(mirror, site_pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    site_path = tmp_path / "site.toml"
+    _mirrored_site(mirror, site_path, site_pki)
+    _ingest(mirror.servers["A"].url(), 1, 1, 100, new_epoch=True)
+    mirror.servers["A"].stop(mode="immediate")
+    mirror.promote("B")
+    _ingest(mirror.servers["B"].url(), 1, 101, 200, new_epoch=True)
+    cli = [sys.executable, "-m", "fieldsync.cli", "cluster"]
+    done = subprocess.run([*cli, "rejoin", "A", "--site", str(site_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "node A's database rejoined node B's by pg_rewind" in done.stdout and "streaming in sync" in done.stdout
+    assert mirror.role("A") == "standby"
+    again = subprocess.run([*cli, "rejoin", "B", "--site", str(site_path)], capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "node B cannot rejoin: node A's database is not a primary" in again.stderr
+    status = subprocess.run(
+        [*cli, "status", "--site", str(site_path), "--json"], capture_output=True, text=True, timeout=60
+    )
+    report = json.loads(status.stdout)
+    assert report["databases"]["B"]["role"] == "primary" and report["databases"]["A"]["role"] == "standby"
+    assert report["databases"]["B"]["replicas"][0]["node"] == "A" and report["lease"]["epoch"] == 2

@@ -311,12 +311,13 @@ def test_a_flag_value_a_model_refuses_is_one_line_naming_the_flag() -> None:
 
 def test_a_site_whose_store_is_postgresql_serves_and_the_pair_says_it_cannot(tmp_path: Path) -> None:
     """`db = "postgresql://..."` stays a URL (a path would fold its "//"); `serve` takes it, and the
-    pair, which runs on a shared SQLite file for now, refuses it with a line that says so."""
+    pair, which is mirrored on PostgreSQL (each node its own database), refuses one server under
+    both nodes with a line that says so."""
     site_file = tmp_path / "site.toml"
     site_file.write_text('[site]\ndb = "postgresql://fieldsync@127.0.0.1:5432/site"\n')
     site = load_site(site_file)
     assert site.db == "postgresql://fieldsync@127.0.0.1:5432/site"
-    with pytest.raises(SiteError, match=r"PostgreSQL URL; the pair .* shared SQLite file"):
+    with pytest.raises(SiteError, match=r"PostgreSQL URL; a pair on PostgreSQL is mirrored \(\[site\] mirror"):
         site.cluster_settings("A")
     result = CliRunner().invoke(main, ["cluster", "status", "--site", str(site_file)])
     assert result.exit_code == 1 and "db is a PostgreSQL URL" in result.output, result.output

@@ -6,13 +6,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import trio
 
-from ..site import SiteError, load_site
+from ..site import Site, SiteError, load_site
 from ._common import friendly, metrics_address, metrics_options, run_trio, show, watch_options
 from ._defaults import SiteCommand, SiteGroup, site_option
+
+if TYPE_CHECKING:
+    from storage import Lease, NodeBeat
+    from storage.postgres import Mirror
 
 __all__ = ["cluster", "node_cmd"]
 
@@ -79,15 +84,25 @@ def cluster_status(site_path: Path | None, as_json: bool, watch: bool, every: fl
     from storage import ClusterStore
 
     site = load_site(site_path)
-    store = ClusterStore(site.db_file)
+    mirror = _site_mirror(site) if site.mirror is not None else None
+    store = ClusterStore(site.db_file) if mirror is None else None
 
     def render() -> str:
-        lease, nodes = store.lease(), store.nodes()
+        if mirror is not None:
+            lease, nodes, databases = _mirrored_view(site, mirror)
+        else:
+            assert store is not None
+            lease, nodes, databases = store.lease(), store.nodes(), {}
         now = _time.time_ns() // 1000
         if as_json:
             lease_d = dataclasses_asdict(lease)
             return json.dumps(
-                {"lease": lease_d, "nodes": {k: dataclasses_asdict(v) for k, v in nodes.items()}}, indent=2
+                {
+                    "lease": lease_d,
+                    "nodes": {k: dataclasses_asdict(v) for k, v in nodes.items()},
+                    "databases": databases,
+                },
+                indent=2,
             )
         holder = lease.holder if lease.held_at(now) else "nobody"
         left = max(0, lease.lease_until_us - now) / 1e6
@@ -101,9 +116,57 @@ def cluster_status(site_path: Path | None, as_json: bool, watch: bool, every: fl
             lines.append(
                 f"  node {name}: {beat.role:<8} pid {beat.pid:<7} {beat.address:<12} epoch {beat.epoch:<4} {health}"
             )
+        for name, db in sorted(databases.items()):
+            replicas: list[dict[str, object]] = db["replicas"]  # type: ignore[assignment]
+            streams = ", ".join(
+                f"{r['node']} {r['state']} {r['sync_state']}, {r['flush_lag_bytes']} B behind" for r in replicas
+            )
+            lines.append(
+                f"  database {name}: {db['role']:<8} {db['where']:<21} epoch {db['epoch']}"
+                + (f"; replicas: {streams}" if streams else "; no replica streaming" if db["role"] == "primary" else "")
+            )
         return "\n".join(lines)
 
     show(render, watch=watch, every=every)
+
+
+def _site_mirror(site: Site) -> Mirror:
+    from storage.postgres import Mirror
+
+    urls = {n.name: str(site.node_db(n.name)) for n in site.nodes}
+    return Mirror.from_urls(urls, {n.name: n.pg_data for n in site.nodes}, mode=site.mirror or "sync")
+
+
+def _mirrored_view(site: Site, mirror: Mirror) -> tuple[Lease, dict[str, NodeBeat], dict[str, dict[str, object]]]:
+    """The newest lease and beats of the two databases, and each database's role and replicas."""
+    from storage import StoreError, open_cluster_store
+    from storage.postgres import MirrorError
+
+    lease: Lease | None = None
+    beats: dict[str, NodeBeat] = {}
+    databases: dict[str, dict[str, object]] = {}
+    for name, server in mirror.servers.items():
+        role: str = mirror.role(name)
+        epoch: int | None = None
+        replicas: list[dict[str, object]] = []
+        if role != "down":
+            try:
+                store = open_cluster_store(server.url())
+                try:
+                    here = store.lease()
+                    epoch = here.epoch
+                    if lease is None or here.epoch > lease.epoch:
+                        lease, beats = here, store.nodes()
+                finally:
+                    store.close()
+                if role == "primary":
+                    replicas = [dataclasses_asdict(r) for r in mirror.replication(name)]
+            except (StoreError, MirrorError) as exc:
+                role = f"{role} ({exc})"
+        databases[name] = {"role": role, "where": f"{server.host}:{server.port}", "epoch": epoch, "replicas": replicas}
+    if lease is None:
+        raise SiteError(f"{site.path}: neither node's database answers ({', '.join(databases)})")
+    return lease, beats, databases
 
 
 def dataclasses_asdict(obj: object) -> dict[str, object]:
@@ -123,8 +186,40 @@ def cluster_switchover(site_path: Path | None, to_node: str) -> None:
     site = load_site(site_path)
     if to_node not in {n.name for n in site.nodes}:
         raise SiteError(f"node {to_node!r} is not in the site")
-    lease = ClusterStore(site.db_file).request_switchover(to_node)
+    if site.mirror is not None:
+        from storage import open_cluster_store
+
+        primary = _site_mirror(site).primary()
+        if primary is None:
+            raise SiteError(f"{site.path}: no node's database answers as the one primary")
+        store = open_cluster_store(site.node_db(primary))
+        try:
+            lease = store.request_switchover(to_node)
+        finally:
+            store.close()
+    else:
+        lease = ClusterStore(site.db_file).request_switchover(to_node)
     click.echo(f"switchover to {to_node} requested (holder {lease.holder}, epoch {lease.epoch})")
+
+
+@cluster.command("rejoin")
+@site_option
+@click.argument("node_name", metavar="NODE")
+@friendly
+def cluster_rejoin(site_path: Path | None, node_name: str) -> None:
+    """Mirrored storage: make NODE's database the replica of the other's primary again
+    (pg_rewind of what diverged, or a base backup), on the machine that holds its pg_data."""
+    site = load_site(site_path)
+    if site.mirror is None:
+        raise SiteError(f"{site.path}: cluster rejoin is for mirrored storage ([site] mirror)")
+    if node_name not in {n.name for n in site.nodes}:
+        raise SiteError(f"node {node_name!r} is not in the site")
+    report = _site_mirror(site).rejoin(node_name)
+    how = "pg_rewind" if report.how == "rewind" else f"a base backup ({report.fallback_reason})"
+    click.echo(
+        f"node {node_name}'s database rejoined node {report.source}'s by {how} in {report.seconds:.2f} s; "
+        f"streaming{' in sync' if site.mirror == 'sync' else ''} after {report.in_sync_after:.2f} s"
+    )
 
 
 @cluster.command("up")

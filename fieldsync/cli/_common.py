@@ -14,7 +14,7 @@ import pydantic
 import trio
 
 from protocol.streams import LinkError, is_loopback
-from storage import StoreError, is_database_url
+from storage import MirrorError, StoreError, is_database_url
 
 from ..engine import MetricsError
 from ..harness import FaultError, ScenarioError
@@ -125,7 +125,16 @@ def site_with(site_path: Path | None, *, pki_dir: Path | None, insecure: bool) -
     return site
 
 
-_USER_ERRORS = (StoreError, LinkError, SiteError, pki_mod.PkiError, ScenarioError, FaultError, MetricsError)
+_USER_ERRORS = (
+    StoreError,
+    MirrorError,
+    LinkError,
+    SiteError,
+    pki_mod.PkiError,
+    ScenarioError,
+    FaultError,
+    MetricsError,
+)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -96,8 +96,9 @@ KINDS = {
     18: "READER_OFFLINE",
     19: "READER_ONLINE",
     20: "READER_AUTH_FAILED",
+    21: "SERVER_LOST",
 }
-GAP_KINDS = frozenset({14, 16})
+GAP_KINDS = frozenset({14, 16, 21})
 
 
 def code_name(code: int) -> str:

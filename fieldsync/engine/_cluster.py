@@ -93,7 +93,12 @@ class ClusterNode(_StandbyLoop):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.settings.mirror is not None:
-            await self._settle_mirror()  # a stale primary rejoins before it opens anything
+            # A stale primary rejoins before it opens anything; a node whose own database does
+            # not answer yet (starting, being rewound) waits for it rather than exiting.
+            await self._settle_mirror()
+            while self.mirror_state == "down":
+                await trio.sleep(0.5)
+                await self._settle_mirror()
         self.cluster = await self._db(open_cluster_store, self.settings.db)
         self.heart = _Heart(self)
         self.ears = _Ears(self, self.settings.address, self.settings.beat_port)

@@ -29,7 +29,8 @@ __all__ = ["MirrorState", "promote_own", "settle"]
 
 log = logging.getLogger("fieldsync.cluster")
 
-MirrorState = Literal["standby", "primary", "stale", "diverged"]
+#: ``down`` is the standby loop's own: its database did not answer (``settle`` raised).
+MirrorState = Literal["standby", "primary", "stale", "diverged", "down"]
 
 
 def _what(settings: ClusterSettings, node: str | None = None) -> str:

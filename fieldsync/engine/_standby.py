@@ -121,7 +121,7 @@ class _StandbyLoop:
                     if force and view.holder_process is HolderProcess.GONE:
                         log.warning("node %s: %s (pid %s) has exited", self.node_id, lease.holder, lease.holder_pid)
                     if s.mirror is not None:
-                        if self.mirror_state == "diverged":
+                        if self.mirror_state in ("diverged", "down"):
                             await self._nap(look_again_in, lease)  # the stale primary takes nothing
                             continue
                         try:
@@ -170,8 +170,11 @@ class _StandbyLoop:
         try:
             self.mirror_state = await self._db(settle, self.settings)
         except MirrorError as exc:
-            self.mirror_state = "diverged"  # cannot tell: take nothing this round
-            log.error("node %s: %s", self.node_id, exc)
+            # Its own database does not answer, or a rejoin failed: take nothing this round.
+            self.mirror_state = "down"
+            self.store_errors += 1
+            if self.store_errors in (1, 10) or self.store_errors % 100 == 0:
+                log.error("node %s: %s", self.node_id, exc)
 
     def _promote_mirror(self) -> None:
         from storage.postgres import MirrorError

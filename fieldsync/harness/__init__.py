@@ -48,12 +48,20 @@ from ._steps import ClockStep as ClockStep
 from ._steps import ConfigStep as ConfigStep
 from ._steps import ConfigStormStep as ConfigStormStep
 from ._steps import ContStep as ContStep
+from ._steps import CrashStep as CrashStep
 from ._steps import DiskFullStep as DiskFullStep
 from ._steps import DownStep as DownStep
 from ._steps import FaultWindow as FaultWindow
+from ._steps import HealStep as HealStep
+from ._steps import KillKeepalivedStep as KillKeepalivedStep
 from ._steps import KillStep as KillStep
+from ._steps import NicDownStep as NicDownStep
+from ._steps import NicUpStep as NicUpStep
 from ._steps import OutageStep as OutageStep
+from ._steps import PartitionStep as PartitionStep
 from ._steps import PowerCycleStep as PowerCycleStep
+from ._steps import PowerOffStep as PowerOffStep
+from ._steps import PowerOnStep as PowerOnStep
 from ._steps import RemoveToxicStep as RemoveToxicStep
 from ._steps import ResetPeerStep as ResetPeerStep
 from ._steps import RestartStep as RestartStep
@@ -79,6 +87,7 @@ __all__ = [
     "ConfigStep",
     "ConfigStormStep",
     "ContStep",
+    "CrashStep",
     "DEFAULT_API_PORT",
     "DatagramProxy",
     "Direction",
@@ -90,20 +99,27 @@ __all__ = [
     "FaultHub",
     "FaultWindow",
     "GroupSpec",
+    "HealStep",
+    "KillKeepalivedStep",
     "KillStep",
     "LineCounters",
     "NODES_GROUP",
+    "NicDownStep",
+    "NicUpStep",
     "OutageStep",
     "PanelVerdict",
-    "ROGUE_CARD",
-    "RogueKind",
-    "RogueOutcome",
+    "PartitionStep",
     "PowerCycleStep",
+    "PowerOffStep",
+    "PowerOnStep",
     "Proxy",
+    "ROGUE_CARD",
     "RemoveToxicStep",
     "Report",
     "ResetPeerStep",
     "RestartStep",
+    "RogueKind",
+    "RogueOutcome",
     "RogueStep",
     "RunResult",
     "SERIES",
@@ -113,10 +129,10 @@ __all__ = [
     "ScenarioRun",
     "SiteSpec",
     "Step",
-    "TOXIC_CLASSES",
     "StepBase",
     "StopStep",
     "SwitchoverStep",
+    "TOXIC_CLASSES",
     "TOXIC_TYPES",
     "Toxic",
     "ToxicStep",

@@ -205,6 +205,9 @@ class ProcessCluster(StoreWatchedCluster):
             for n in ("A", "B")
         }
         self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
+        self.run = run
+        #: Mirrored: the nodes whose database a crash stopped (started again before their node).
+        self.crashed_databases: set[str] = set()
         self.lease: Lease | None = None
         self.stopped: set[str] = set()
         #: How many tries the last ``stop(outside_transaction=True)`` took.
@@ -228,7 +231,32 @@ class ProcessCluster(StoreWatchedCluster):
         self.stopped.discard(name)
         return self._signal(name, signal.SIGKILL)
 
+    async def crash(self, name: str) -> None:
+        """Mirrored storage: the host crashes: kill -9 of the node, an immediate stop of its database."""
+        mirror = self.run._setup.mirror
+        assert mirror is not None, "a crash step needs mirrored storage (the runner checks)"
+        server = mirror.servers[name]
+        self.stopped.discard(name)
+        # The host is down until it is started again (a restart step, or the end's heal): its
+        # node must not be restarted onto a database that is not there.
+        self.children[name].restart = False
+        self._signal(name, signal.SIGKILL)
+        await trio.to_thread.run_sync(lambda: server.stop(mode="immediate"))
+        self.crashed_databases.add(name)
+
+    async def _restart_database(self, name: str) -> None:
+        """After a host crash, the node's database starts again before its node does."""
+        mirror = self.run._setup.mirror
+        if mirror is None or name not in self.crashed_databases:
+            return
+        server = mirror.servers[name]
+        if not await trio.to_thread.run_sync(server.running):
+            await trio.to_thread.run_sync(server.start)
+        self.crashed_databases.discard(name)
+        self.children[name].restart = self.run.scenario.cluster.restart
+
     async def ensure_running(self, name: str) -> None:
+        await self._restart_database(name)
         child = self.children[name]
         with trio.move_on_after(5):  # the supervisor may be about to restart it
             await until(lambda: not (child.kept and child.pid is None and child.restart))
@@ -244,6 +272,8 @@ class ProcessCluster(StoreWatchedCluster):
     async def all_up(self, *, restart: bool) -> None:
         for name in list(self.stopped):
             await self.cont(name)
+        for name in self.children:
+            await self._restart_database(name)  # a crashed host's database before its node
         for child in self.children.values():
             child.restart = restart
         for name in self.children:

@@ -14,13 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import trio
+
 from emulator import PanelSettings
 from storage import ConfigStoreInterface, open_config_store
 
 from ..site import PairHosts, Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
 from ._proxy import FaultHub
 from ._scenario import Scenario, ScenarioError
-from ._steps import NODES_GROUP
+from ._steps import NODES_GROUP, REPLICATION_GROUP
 
 if TYPE_CHECKING:
     from protocol import ConfigOp
@@ -175,45 +177,54 @@ class RunSetup:
 
     def start_databases(self) -> Mirror:
         """Nodes A and B's own PostgreSQL for the run: A's the primary, B's its replica."""
-        from storage.postgres import LocalPostgres, Mirror, application_name, free_port
+        from storage.postgres import LocalPostgres, start_mirror
 
         mode = self.scenario.cluster.mirror
         assert mode is not None
         self._mirror_dir = LocalPostgres.workdir("fieldsync-scenario-pg-")
         try:
-            first = LocalPostgres.init(self._mirror_dir / "pg-A", port=free_port())
-            other = LocalPostgres(self._mirror_dir / "pg-B", port=free_port(), bindir=first.bindir)
-            mirror = Mirror({"A": first, "B": other}, mode=mode)
-            self.mirror = mirror
-            first.configure(mirror._own_settings("A", primary=True))
-            first.start()
-            mirror.wait_for_standby("A")
-            mirror.servers["B"] = LocalPostgres.basebackup(
-                first,
-                other.datadir,
-                port=other.port,
-                application_name=application_name("B"),
-                settings=mirror._own_settings("B", primary=False),
-            )
-            mirror.servers["B"].start()
-            mirror.wait_replicating("A", "B")
+            self.mirror = start_mirror(self._mirror_dir, mode=mode)
         except BaseException:
             self.stop_databases()
             raise
-        return mirror
+        return self.mirror
+
+    async def make_replication_proxy(self) -> None:
+        """The group "replication": node B's replica streams from node A's database through a
+        TCP fault proxy on 127.0.0.31 (the first direction; after a failover the rejoined
+        node streams directly)."""
+        from storage.postgres import application_name, query
+
+        assert self.mirror is not None
+        primary, replica = self.mirror.servers["A"], self.mirror.servers["B"]
+        name = f"{REPLICATION_GROUP}.A"
+        await self.hub.create(name, ("127.0.0.31", primary.port), (primary.host, primary.port))
+        self.hub.define_group(REPLICATION_GROUP, [name])
+        conninfo = f"host=127.0.0.31 port={primary.port} user=postgres application_name={application_name('B')}"
+        what = "node B's database"
+
+        def through_the_proxy() -> None:
+            query(replica.url(), f"ALTER SYSTEM SET primary_conninfo = '{conninfo}'", what=what)
+            query(replica.url(), "SELECT pg_reload_conf()", what=what)
+
+        await trio.to_thread.run_sync(through_the_proxy)
+        proxy = self.hub.proxy(name)
+        with trio.fail_after(30):  # the replica's walreceiver reconnects within a second or so
+            while proxy._connection_count() == 0:  # noqa: ASYNC110 (another process's connection)
+                await trio.sleep(0.05)
+        await trio.to_thread.run_sync(lambda: self.mirror.wait_replicating("A", "B") if self.mirror else None)
 
     def stop_databases(self) -> None:
         """Stop the run's databases (their logs kept in the work directory) and remove them."""
+        from storage.postgres import stop_mirror
+
         if self._mirror_dir is None:
             return
         if self.mirror is not None:
             for name, server in self.mirror.servers.items():
-                with contextlib.suppress(Exception):
-                    if server.running():
-                        server.stop(mode="immediate")
                 with contextlib.suppress(OSError):
                     shutil.copy2(server.log, self.workdir / f"postgres-{name}.log")
-        shutil.rmtree(self._mirror_dir, ignore_errors=True)
+        stop_mirror(self.mirror, self._mirror_dir)
         self._mirror_dir = None
 
     def mount_store(self, size: int) -> Path:

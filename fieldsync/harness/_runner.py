@@ -29,7 +29,7 @@ import trio
 
 from emulator import Fleet, PanelSettings, Workload
 
-from ._checker import Report, check
+from ._checker import RPO, Report, check
 from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until
 from ._fault_api import serve_api
 from ._lab_cluster import LabCluster, entered, run_lab_spec
@@ -100,7 +100,8 @@ class RunResult:
         if not self.drained:
             lines.append("  the backlog did not drain within drain_timeout")
         for name, (ok, detail) in self.report.promises().items():
-            lines.append(f"  {name:<34} {'held' if ok else 'BROKEN'}  ({detail})")
+            word = "counted" if name == RPO else "held" if ok else "BROKEN"
+            lines.append(f"  {name:<34} {word}  ({detail})")
         lines.append("  faults:")
         lines.extend(f"    {t_:7.2f}s  {what}" for t_, what in self.log)
         return "\n".join(lines)
@@ -223,6 +224,9 @@ class ScenarioRun:
             raise ScenarioError("the flaw crash-on-bad-frame ends its process: it needs node processes (not --fast)")
         if self.backend not in ("process", "netns", "in-process"):
             raise ScenarioError(f"backend {self.backend!r}: process or netns")
+        needs_mirror = [s.describe() for s in scenario.timeline if s.needs_mirror]
+        if needs_mirror and scenario.cluster.mirror is None:
+            raise ScenarioError(f"{scenario.name}: {', '.join(needs_mirror)} needs mirrored storage ([cluster] mirror)")
         if scenario.cluster.mirror is not None and self.backend != "process":
             raise ScenarioError(
                 f"{scenario.name}: [cluster] mirror runs on the process backend (two node processes, each on "
@@ -298,6 +302,8 @@ class ScenarioRun:
             await nursery.start(serve_api, self.hub, "127.0.0.1", self.api_port)
             self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
         settings = await self._setup.make_proxies(settings, self.site.vip)
+        if self._setup.mirror is not None:
+            await self._setup.make_replication_proxy()
         if self.cluster is None and not self.in_process:
             await self._setup.make_heartbeat_proxies(self.site)
         self.fleet = Fleet(settings, Workload(rate=scenario.site.rate), seed=self.seed, journal=True)
@@ -330,7 +336,9 @@ class ScenarioRun:
         await fleet_done.wait()
         panels = list(self.fleet.panels.values())
         generated = [len(p.journal or ()) for p in panels]
-        verdict = functools.partial(check, rogues=self.rogues, crashes=self.cluster.crashes())
+        verdict = functools.partial(
+            check, rogues=self.rogues, crashes=self.cluster.crashes(), mirror=scenario.cluster.mirror
+        )
         target = await trio.to_thread.run_sync(self.store_target)
         self.report = await trio.to_thread.run_sync(verdict, target, panels)
         if [v.generated for v in self.report.panels] != generated:

@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 from storage import OverflowPolicy
 
 from ..site import Size, TomlDocument, TomlFileError, TomlTable, refuse, toml_table
-from ._steps import ACTIONS, NODES_GROUP, Step, Time, parse_panels, parse_time
+from ._steps import ACTIONS, NODES_GROUP, REPLICATION_GROUP, Step, Time, parse_panels, parse_time
 
 __all__ = [
     "ClusterSpec",
@@ -58,6 +58,8 @@ class GroupSpec(TomlTable):
             raise ValueError("a group needs a name of letters, digits, '_', '.', '-'")
         if name == NODES_GROUP:
             raise ValueError(f"{NODES_GROUP!r} is the heartbeat link between the nodes")
+        if name == REPLICATION_GROUP:
+            raise ValueError(f"{REPLICATION_GROUP!r} is mirrored storage's replication link")
         return name
 
 

@@ -6,7 +6,7 @@ union), so the runner never looks at a string to decide what to do: it awaits
 ``step.apply(run, nursery)``. Work that outlasts the step (a toxic's expiry, an outage,
 a burst) goes to ``nursery``, which the runner cancels at the end of the timeline.
 
-Why one module of this size: twenty-five small step types, each 10-50 lines, the value types
+Why one module of this size: twenty-six small step types, each 10-50 lines, the value types
 they share, and the union that must list every one (asserted at the bottom); one module keeps
 the union and its members in one view.
 """
@@ -46,6 +46,7 @@ __all__ = [
     "ConfigStep",
     "ConfigStormStep",
     "ContStep",
+    "CrashStep",
     "DiskFullStep",
     "DownStep",
     "FaultWindow",
@@ -53,6 +54,7 @@ __all__ = [
     "KillKeepalivedStep",
     "KillStep",
     "NODES_GROUP",
+    "REPLICATION_GROUP",
     "NicDownStep",
     "NicUpStep",
     "OutageStep",
@@ -76,6 +78,9 @@ __all__ = [
 
 #: The built-in group of the heartbeat link between the nodes (UDP fault proxies).
 NODES_GROUP = "nodes"
+#: Mirrored storage's built-in group: the replication link from node A's database to node B's
+#: replica (a TCP fault proxy the replica streams through).
+REPLICATION_GROUP = "replication"
 
 
 @dataclasses.dataclass(slots=True)
@@ -243,6 +248,11 @@ class StepBase(TomlTable):
         """Why the cluster backend ``backend`` (process, in-process, netns) cannot take this step; None if it can."""
         return None
 
+    @property
+    def needs_mirror(self) -> bool:
+        """Only mirrored storage (``[cluster] mirror``) has what this step acts on."""
+        return False
+
     def check(self, site: SiteSpec, duration: float) -> None:
         """What the step needs of its scenario.
 
@@ -372,6 +382,29 @@ class ContStep(_NodeStep):
 
 
 @toml_table
+class CrashStep(_NodeStep):
+    """The node's host crashes on mirrored storage: ``kill -9`` of the node and an immediate stop
+    of its own database (what was only in the host's memory, and what the mirror had not yet
+    received, is gone). Both start again if ``restart``; the database, now the stale primary,
+    is rewound by its node to rejoin."""
+
+    do: Literal["crash"] = "crash"
+
+    @property
+    def needs_mirror(self) -> bool:
+        return True
+
+    async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
+        from ._clusters import ProcessCluster
+
+        cluster = _cluster(run)
+        name = cluster.resolve(self.node)
+        assert isinstance(cluster, ProcessCluster), "the runner refuses a mirror on other backends"
+        await cluster.crash(name)
+        run.note(f"crash of node {name}'s host: kill -9 of the node, immediate stop of its database")
+
+
+@toml_table
 class OutageStep(StepBase):
     """Every node killed and kept down for ``for``, then started: the server outage."""
 
@@ -415,11 +448,15 @@ class _GroupStep(StepBase):
 
     @property
     def needs_two_nodes(self) -> bool:
-        return self.group == NODES_GROUP
+        return self.group in (NODES_GROUP, REPLICATION_GROUP)
+
+    @property
+    def needs_mirror(self) -> bool:
+        return self.group == REPLICATION_GROUP
 
     def check(self, site: SiteSpec, duration: float) -> None:
         super().check(site, duration)
-        groups = {g.name for g in site.groups} | {NODES_GROUP}
+        groups = {g.name for g in site.groups} | {NODES_GROUP, REPLICATION_GROUP}
         if self.group not in groups:
             known = ", ".join(sorted(groups))
             raise refuse(f"no panel group {self.group!r} (groups: {known}; define others in [[site.groups]])", "group")
@@ -955,6 +992,7 @@ _STEP_TYPES = (
     PartitionStep,
     HealStep,
     KillKeepalivedStep,
+    CrashStep,
 )
 
 #: A ``[[timeline]]`` entry: the type its ``do`` names.
@@ -983,7 +1021,8 @@ Step = Annotated[
     | NicUpStep
     | PartitionStep
     | HealStep
-    | KillKeepalivedStep,
+    | KillKeepalivedStep
+    | CrashStep,
     Field(discriminator="do"),
 ]
 
