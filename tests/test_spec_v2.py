@@ -346,3 +346,59 @@ def test_serve_from_a_site_file_refuses_strangers_and_says_bye_on_sigterm(tmp_pa
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_a_panel_whose_acknowledged_events_the_server_lost_declares_them_and_moves_on(tmp_path: Path) -> None:
+    """docs/protocol.md 7.3: after a failover onto an asynchronous mirror the WELCOME's hwm is
+    below what the panel saw acknowledged. The panel freed those events, so it sends a
+    SERVER_LOST marker for exactly them (never a SEQ_GAP that would refuse its queue forever)
+    and goes on; the checker still counts them as acknowledged and lost (P1, or the RPO)."""
+    import sqlite3
+
+    from emulator import Fleet, LinkMode, PanelSettings, Workload
+    from fieldsync.harness import check
+
+    db, port = tmp_path / "site.db", 31180
+    settings = PanelSettings(panel_id=9, mode=LinkMode.PUNCH_OUT, server=(VIP, port))
+    fleet = Fleet([settings], Workload(rate=0), seed=1, journal=True)
+    panel = fleet.panels[9]
+    acked: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fleet.run)
+            async with serving(db, port):
+                for i in range(10):
+                    panel.swipe(1000 + i, 0)
+                with trio.fail_after(30):
+                    await fleet.wait_drained()
+            acked.append(panel.statistics().acked_seq)  # the swipes and the panel's HOST_ONLINE
+            assert acked[0] >= 10
+            # The replica that is promoted next never received 5 and on.
+            conn = sqlite3.connect(db)
+            with conn:
+                conn.execute("DELETE FROM events WHERE panel_id = 9 AND seq > 4")
+                conn.execute("UPDATE panels SET hwm = 4 WHERE panel_id = 9")
+            conn.close()
+            async with serving(db, port):
+                for i in range(5):
+                    panel.swipe(2000 + i, 1)
+                with trio.fail_after(30):
+                    await fleet.wait_drained()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock())
+    lost = acked[0] - 4
+    assert panel.server_lost == lost
+    store = EventStore(db)
+    try:
+        losses = store.losses(9)
+        assert [(x.first_seq, x.last_seq, x.kind) for x in losses] == [(5, acked[0], p.EventKind.SERVER_LOST)]
+        assert store.hwm(9) == panel.statistics().acked_seq > acked[0] + 5  # the queue moved on
+    finally:
+        store.close()
+    report = check(db, [panel])
+    assert report.totals()["lost"] == lost and report.totals()["undeclared_gaps"] == 0
+    assert not report.promises()["P1 nothing acknowledged is lost"][0]
+    rpo = check(db, [panel], mirror="async").promises()
+    assert "P1 nothing acknowledged is lost" not in rpo and rpo["RPO asynchronous mirror"][1].startswith(f"{lost} ")

@@ -301,6 +301,37 @@ async def resume(ctx: PanelCtx) -> str:
     return f"ACK {acked}, BYE; new session hwm {acked}: first batch {b2[0].first_seq}..{b2[0].last}"
 
 
+@panel_case("server-lost", "7.1, 7.3")
+async def server_lost(ctx: PanelCtx) -> str:
+    """A new session whose WELCOME hwm is below what the panel saw acknowledged (an asynchronous
+    mirror's failover lost it): the first batch is a SERVER_LOST marker (kind 21) for exactly
+    hwm+1 .. the acknowledged seq, alone; after its ACK the panel goes on from there."""
+    s = await ctx.session()
+    hwm = s.welcome.hwm
+    bs = await ctx.batches(s, 1, 4.0)
+    check(len(bs) >= 1, "no EVENT_BATCH within 4 s")
+    acked = await _ack_all(ctx, s, bs)
+    await trio.sleep(0.1)
+    await ctx.bye(s)
+    check(acked > hwm, f"the ACK {acked} freed nothing above the first WELCOME's hwm {hwm}")
+    s2 = await ctx.session(hwm=hwm)  # the new server holds nothing of what was acknowledged
+    b2 = await ctx.batches(s2, 1, 4.0)
+    check(len(b2) >= 1, "no EVENT_BATCH in the second session within 4 s")
+    first = b2[0]
+    head = first.records[0]
+    check(
+        head.kind == 21 and first.first_seq == hwm + 1 and head.card == acked and len(first.records) == 1,
+        f"first batch {first.first_seq}..{first.last} of kinds {[r.kind for r in first.records][:3]}: expected a "
+        f"lone SERVER_LOST marker {hwm + 1}..{acked} (7.3)",
+    )
+    await _ack_all(ctx, s2, b2[:1])
+    more = await ctx.batches(s2, 1, 4.0, prev_last=acked)
+    check(len(more) >= 1, f"no batch after the marker's ACK up to {acked} within 4 s")
+    await _ack_all(ctx, s2, more)
+    await ctx.bye(s2)
+    return f"acked {hwm + 1}..{acked}; WELCOME hwm {hwm}: SERVER_LOST {hwm + 1}..{acked}, then {more[0].first_seq}.."
+
+
 @panel_case("ack-beyond-sent", "7.4")
 async def ack_beyond(ctx: PanelCtx) -> str:
     """An ACK above every seq sent (and above hwm) is BAD_ACK."""
