@@ -88,7 +88,14 @@ class _StandbyLoop:
         while True:
             if s.mirror is not None and time.monotonic() - self._settled_at >= 1.0:
                 await self._settle_mirror()
-            lease = await self._db(self.cluster.lease)
+            try:
+                lease = await self._db(self.cluster.lease)
+            except StoreError as exc:
+                # Its database restarting (a rejoin rewinds it), or gone for a moment: a standby
+                # waits and reads again (the connection is opened anew), it does not exit.
+                self._note_store_error(exc)
+                await trio.sleep(s.beat_interval)
+                continue
             view = StandbyView(
                 now_us=self._now_us(),
                 lease=lease,

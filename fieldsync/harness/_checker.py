@@ -234,6 +234,15 @@ def _panel(store: EventStoreInterface, panel: Panel) -> PanelVerdict:
     rows = [(e.record.time_us, int(e.record.kind), e.record.door, e.record.card) for e in events]
     losses = store.losses(panel.panel_id)
     declared = {s for loss in losses for s in range(loss.first_seq, loss.last_seq + 1)}
+    # What the panel itself dropped or lost (drop_oldest, a power loss) is declared; what it
+    # declares the server lost (SERVER_LOST, after an asynchronous mirror's failover) had been
+    # acknowledged: saying so honestly does not make it any less lost (P1, or the RPO).
+    dropped = {
+        s
+        for loss in losses
+        if loss.kind != EventKind.SERVER_LOST
+        for s in range(loss.first_seq, loss.last_seq + 1)
+    }
     # Identity, not the store's key: an event stored twice under two seqs is a duplicate.
     in_store = collections.Counter(rows)
     generated_ids = collections.Counter(e.identity for e in panel.journal)
@@ -259,13 +268,10 @@ def _panel(store: EventStoreInterface, panel: Panel) -> PanelVerdict:
         if unmatched[entry.identity] > 0:
             unmatched[entry.identity] -= 1
             counts["stored"] += 1
-        elif entry.seq <= promised[entry.boot_id]:
-            # Acknowledged and not stored: lost, even where the panel declared it (a
-            # SERVER_LOST marker, after an asynchronous mirror's failover, says it honestly;
-            # it does not make the loss any smaller). A panel drops or loses only unacked events.
-            counts["lost"] += 1
-        elif entry.seq in declared:
+        elif entry.seq in dropped:
             counts["declared"] += 1
+        elif entry.seq <= promised[entry.boot_id]:
+            counts["lost"] += 1
         elif entry.boot_id in alive and entry.seq >= buffered_from:
             counts["buffered"] += 1
         elif entry.boot_id in died:
