@@ -757,3 +757,36 @@ def test_the_timeline_shows_its_series_and_shades_every_fault_window(tmp_path: P
     tint = (1 - 0.12) + 0.12 * red, (1 - 0.12) + 0.12 * green, (1 - 0.12) + 0.12 * blue
     close = abs(pixels[:, :, 0] - tint[0]) + abs(pixels[:, :, 1] - tint[1]) + abs(pixels[:, :, 2] - tint[2]) < 0.03
     assert close.sum() > 1000, "no shaded fault window in the picture"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_scenario_run_and_everything_it_started(tmp_path: Path) -> None:
+    """`fieldsync scenario run` under SIGTERM (a service manager, a CI job's timeout): the node
+    processes it started are gone, and it says so in one line with exit code 130."""
+    import signal as _signal
+    import time as _time
+
+    path = Path(__file__).parent.parent / "scenarios" / "kill-active-during-replay.toml"
+    work = tmp_path / "work"
+    command = [sys.executable, "-m", "fieldsync.cli", "scenario", "run", str(path), "--port", "32470"]
+
+    def nodes_of_the_run() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", str(work / "site.toml")], capture_output=True, text=True)
+        return found.stdout.split()
+
+    run = subprocess.Popen([*command, "--keep", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = _time.monotonic() + 60
+        while len(nodes_of_the_run()) < 2:
+            assert run.poll() is None and _time.monotonic() < deadline, "the run's two nodes never started"
+            _time.sleep(0.1)
+        _time.sleep(2)  # the fleet connects, the timeline begins
+        run.send_signal(_signal.SIGTERM)
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 130, out[-2000:] + err[-2000:]
+    assert "stopped: everything the run started is stopped" in err
+    assert nodes_of_the_run() == []

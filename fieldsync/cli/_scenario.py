@@ -10,7 +10,7 @@ from typing import Any
 import click
 import trio
 
-from ._common import friendly
+from ._common import _leaves, friendly
 from ._defaults import SiteGroup
 
 __all__ = ["scenario"]
@@ -97,7 +97,14 @@ def scenario_run(
             nursery.cancel_scope.cancel()
         return result
 
-    result = trio.run(main_run)
+    try:
+        result = trio.run(main_run)
+    except BaseException as exc:
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc)):
+            # Ctrl-C or SIGTERM: the run's nodes, proxies and lab are stopped on the way out.
+            click.echo("stopped: everything the run started is stopped (no verdict)", err=True)
+            raise SystemExit(130) from None
+        raise
     written = write_reports(result, json_path=json_path, png_path=png_path)
     click.echo(result.text())
     click.echo(f"reports: {', '.join(map(str, written))}")
