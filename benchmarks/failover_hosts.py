@@ -40,7 +40,7 @@ import trio
 
 from benchmarks import write_json
 from emulator import Fleet, Workload
-from fieldsync.harness._lab_cluster import entered
+from fieldsync.harness._lab_cluster import sockets_in
 from fieldsync.lab import NODE_HOSTS, Lab, LabError, LabSpec, find_keepalived, missing_prerequisites
 from fieldsync.site import load_site
 from storage import ClusterStore
@@ -99,7 +99,7 @@ async def one_interval(lab: Lab, args: argparse.Namespace) -> list[dict[str, obj
     site = load_site(lab.spec.site_path)
     store = ClusterStore(site.db_file)
     cycles: list[dict[str, object]] = []
-    with entered(lab.spec.namespace("panels")):
+    with sockets_in(lab.spec.namespace("panels")):
         settings = [site.panel_settings(p) for p in site.panel_ids()]
         if args.connect_timeout is not None:  # the panels' own liveness rule: how long one dial may take
             settings = [dataclasses.replace(st, connect_timeout=args.connect_timeout) for st in settings]

@@ -317,11 +317,17 @@ class Mirror:
             )
         except RuntimeError as exc:
             how, reason = "basebackup", _first_line(exc)
-            self._basebackup(node, source, timeout=timeout)
+            try:
+                self._basebackup(node, source, timeout=timeout)
+            except RuntimeError as again:  # the source went away meanwhile, say: try again later
+                raise MirrorError(f"node {node} cannot rejoin from node {source}: {_first_line(again)}") from None
         copied = time.monotonic() - started
         # pg_rewind copied the source's settings file: this node's own go back.
         target.configure(self._own_settings(node, primary=False))
-        target.start(timeout=timeout)
+        try:
+            target.start(timeout=timeout)
+        except RuntimeError as exc:
+            raise MirrorError(f"node {node}'s database did not start after its rejoin: {_first_line(exc)}") from None
         self.wait_for_standby(source)
         self.wait_replicating(source, node, timeout=timeout)
         return RejoinReport(

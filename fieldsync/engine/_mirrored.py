@@ -63,16 +63,21 @@ def settle(settings: ClusterSettings) -> MirrorState:
     """
     own = str(settings.db)
     role = database_role(own, what=_what(settings))
-    if role == "down":
-        raise MirrorError(f"{_what(settings)} ({own}) does not answer")
-    if role == "standby":
-        return "standby"
     peer, peer_url = _peer(settings)
-    if database_role(peer_url, what=_what(settings, peer)) != "primary":
-        return "primary"
-    mine, theirs = _epoch(own, what=_what(settings)), _epoch(peer_url, what=_what(settings, peer))
-    if mine is not None and theirs is not None and mine > theirs:
-        return "primary"  # the other one is stale: it rejoins us
+    if role == "down":
+        # A rejoin that failed halfway (its source went away) leaves this node's server
+        # stopped: with a primary beside it, it rejoins again; else it waits for its database.
+        if settings.pg_data is None or database_role(peer_url, what=_what(settings, peer)) != "primary":
+            raise MirrorError(f"{_what(settings)} ({own}) does not answer")
+        mine, theirs = None, _epoch(peer_url, what=_what(settings, peer))
+    else:
+        if role == "standby":
+            return "standby"
+        if database_role(peer_url, what=_what(settings, peer)) != "primary":
+            return "primary"
+        mine, theirs = _epoch(own, what=_what(settings)), _epoch(peer_url, what=_what(settings, peer))
+        if mine is not None and theirs is not None and mine > theirs:
+            return "primary"  # the other one is stale: it rejoins us
     # Two primaries, and the other's epoch is newer (or equal: it took over from this one
     # before writing anything): this one is the stale side of a failover.
     if settings.pg_data is None:

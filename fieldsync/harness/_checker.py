@@ -238,10 +238,7 @@ def _panel(store: EventStoreInterface, panel: Panel) -> PanelVerdict:
     # declares the server lost (SERVER_LOST, after an asynchronous mirror's failover) had been
     # acknowledged: saying so honestly does not make it any less lost (P1, or the RPO).
     dropped = {
-        s
-        for loss in losses
-        if loss.kind != EventKind.SERVER_LOST
-        for s in range(loss.first_seq, loss.last_seq + 1)
+        s for loss in losses if loss.kind != EventKind.SERVER_LOST for s in range(loss.first_seq, loss.last_seq + 1)
     }
     # Identity, not the store's key: an event stored twice under two seqs is a duplicate.
     in_store = collections.Counter(rows)

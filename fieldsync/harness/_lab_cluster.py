@@ -2,9 +2,9 @@
 
 ``LabCluster`` builds a lab (``fieldsync.lab``) for the run in the run's directory, with the
 run's own site file (the lab's addresses), and runs the run's fleet and fault proxies inside
-the lab's panel host: the runner's thread enters that network namespace (``entered``) for
-the run, so every panel socket and every proxy lives there, and reaches the nodes over the
-lab's switch. The scenario file is unchanged; the faults of real hosts are steps of their
+the lab's panel host: every trio socket of the run is made in that network namespace
+(``sockets_in``), so every panel socket and every proxy lives there, and reaches the nodes
+over the lab's switch. The scenario file is unchanged; the faults of real hosts are steps of their
 own (``power-off``, ``nic-down``, ``partition``, ``kill-keepalived``), and the heartbeat link
 (group ``nodes``) is the switch between hosts A and B: ``down nodes`` partitions them.
 
@@ -27,9 +27,10 @@ import ctypes
 import os
 import secrets
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -42,9 +43,10 @@ from ._scenario import Scenario, ScenarioError
 if TYPE_CHECKING:
     from ._runner import ScenarioRun
 
-__all__ = ["LabCluster", "crashed", "entered", "lab_name", "run_lab_spec"]
+__all__ = ["LabCluster", "crashed", "entered", "lab_name", "run_lab_spec", "sockets_in"]
 
 _CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 def lab_name() -> str:
@@ -98,6 +100,51 @@ def entered(namespace: str) -> Iterator[None]:
         os.close(home)
 
 
+class _SocketsIn(trio.abc.SocketFactory):
+    """trio's sockets of this run, each made inside one network namespace (``sockets_in``)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def socket(
+        self,
+        family: socket.AddressFamily | int = socket.AF_INET,
+        type: socket.SocketKind | int = socket.SOCK_STREAM,
+        proto: int = 0,
+    ) -> trio.socket.SocketType:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            _setns(self.fd)
+            try:
+                made = socket.socket(family, type, proto)
+            finally:
+                _setns(home)
+        finally:
+            os.close(home)
+        return trio.socket.from_stdlib_socket(made)
+
+
+@contextlib.contextmanager
+def sockets_in(namespace: str) -> Iterator[None]:
+    """Every trio socket this trio run opens meanwhile lives in network namespace ``namespace``.
+
+    Only the creation of each socket steps into the namespace (and straight back), on the
+    thread that creates it: no thread stays there. (Moving the run's thread for the whole run,
+    as ``entered`` does, leaves the worker threads it starts meanwhile in the namespace, and
+    trio keeps them for later runs: a later test's thread found only a dead namespace.)
+    """
+    try:
+        fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+    except FileNotFoundError:
+        raise LabError(f"network namespace {namespace} is gone") from None
+    previous = trio.socket.set_custom_socket_factory(_SocketsIn(fd))
+    try:
+        yield
+    finally:
+        trio.socket.set_custom_socket_factory(previous)
+        os.close(fd)
+
+
 class LabCluster(StoreWatchedCluster):
     """Nodes A and B on the lab's hosts A and B, each with its keepalived; the run's panels on
     the lab's panel host. See the module's notes for how its faults differ."""
@@ -122,6 +169,8 @@ class LabCluster(StoreWatchedCluster):
         self._starts = dict.fromkeys(NODE_HOSTS, 0)
         self._nics_down: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        #: One lab operation at a time (a restart and a step may meet: one record, one start).
+        self._lab_lock = trio.Lock()
 
     @property
     def panel_namespace(self) -> str:
@@ -170,16 +219,26 @@ class LabCluster(StoreWatchedCluster):
     def _may_restart(self, host: str) -> bool:
         return self.restart and host not in self.lab.powered_off
 
+    async def _in_lab(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._lab_lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
     async def _start_node(self, host: str) -> None:
-        await trio.to_thread.run_sync(self.lab.start_process, host, "node")
-        self._starts[host] += 1
+        def start_unless_running() -> bool:
+            if self.lab.is_running(host, "node"):
+                return False
+            self.lab.start_process(host, "node")
+            return True
+
+        if await self._in_lab(start_unless_running):
+            self._starts[host] += 1
 
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         return self.lab.signal_node(name, sig)
 
     async def kill(self, name: str) -> bool:
         self.stopped.discard(name)
-        return await trio.to_thread.run_sync(self._signal, name, signal.SIGKILL)
+        return await self._in_lab(self._signal, name, signal.SIGKILL)
 
     async def ensure_running(self, name: str) -> None:
         if self.lab.is_running(name, "node"):
@@ -212,33 +271,33 @@ class LabCluster(StoreWatchedCluster):
         await self.heal()
         for host in NODE_HOSTS:
             if not self.lab.is_running(host, "keepalived"):
-                await trio.to_thread.run_sync(self.lab.start_process, host, "keepalived")
+                await self._in_lab(self.lab.start_process, host, "keepalived")
 
     async def switchover(self, to: str) -> None:
         """keepalived on the other host stops gracefully (the VIP goes to ``to`` at once), the
         switchover is asked of the store, and that keepalived starts again as BACKUP."""
         other = "B" if to == "A" else "A"
-        await trio.to_thread.run_sync(self.lab.stop_keepalived, other)
+        await self._in_lab(self.lab.stop_keepalived, other)
         await super().switchover(to)
-        await trio.to_thread.run_sync(self.lab.start_process, other, "keepalived")
+        await self._in_lab(self.lab.start_process, other, "keepalived")
 
     # -- the faults of hosts (the steps of ``_host_steps``) ------------------------------------
 
     async def power(self, host: str, *, on: bool) -> None:
-        await trio.to_thread.run_sync(self.lab.power_on if on else self.lab.power_off, host)
+        await self._in_lab(self.lab.power_on if on else self.lab.power_off, host)
 
     async def nic(self, host: str, *, up: bool) -> None:
-        await trio.to_thread.run_sync(lambda: self.lab.nic(host, up=up))
+        await self._in_lab(lambda: self.lab.nic(host, up=up))
         (self._nics_down.discard if up else self._nics_down.add)(host)
 
     async def partition(self, a: str, b: str) -> None:
-        await trio.to_thread.run_sync(self.lab.partition, a, b)
+        await self._in_lab(self.lab.partition, a, b)
 
     async def heal(self) -> list[str]:
-        return await trio.to_thread.run_sync(self.lab.heal)
+        return await self._in_lab(self.lab.heal)
 
     async def kill_keepalived(self, host: str) -> list[int]:
-        return await trio.to_thread.run_sync(self.lab.kill_keepalived, host)
+        return await self._in_lab(self.lab.kill_keepalived, host)
 
     def starts(self) -> dict[str, int]:
         return dict(self._starts)

@@ -32,7 +32,7 @@ from emulator import Fleet, PanelSettings, Workload
 from ._checker import RPO, Report, check
 from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until
 from ._fault_api import serve_api
-from ._lab_cluster import LabCluster, entered, run_lab_spec
+from ._lab_cluster import LabCluster, run_lab_spec, sockets_in
 from ._lab_cluster import lab_name as new_lab_name
 from ._proxy import FaultHub
 from ._rogue import RogueOutcome
@@ -266,12 +266,12 @@ class ScenarioRun:
             with contextlib.ExitStack() as panel_host:
                 async with trio.open_nursery() as nursery:
                     if self.lab_spec is not None:
-                        # The lab first: this thread then enters its panel host, where every
-                        # proxy and panel socket of the run is opened.
+                        # The lab first: then every proxy and panel socket of the run is
+                        # opened in its panel host.
                         self.cluster = LabCluster(self, site_path, self.lab_spec)
                         self.say(f"netns backend: lab {self.lab_spec.name} (namespaces fsl-{self.lab_spec.name}-*)")
                         await self.cluster.start(nursery)
-                        panel_host.enter_context(entered(self.lab_spec.namespace("panels")))
+                        panel_host.enter_context(sockets_in(self.lab_spec.namespace("panels")))
                     drained = await self._run_in(nursery, site_path, settings, config, log_fd)
         finally:
             os.close(log_fd)

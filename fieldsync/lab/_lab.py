@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -156,7 +157,8 @@ class Lab(_HostFaults):
             "powered_off": sorted(self.powered_off),
             "owner": self.owner,
         }
-        tmp = self.spec.record_path.with_suffix(".tmp")
+        # A name of its own per writer: two threads saving at once must not rename each other's file.
+        tmp = self.spec.record_path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         tmp.replace(self.spec.record_path)
 
