@@ -130,21 +130,14 @@ async def _cycle(lab: Lab, store: ClusterStore, fleet: Fleet, fault: str, run: i
     epoch = store.lease().epoch
     await _until(lambda: all(epoch in p.first_ack_at for p in fleet.panels.values()), 60, "not every panel acked")
     other = "B" if old == "A" else "A"
-    last_old_ack = {pid: trio.current_time() for pid in fleet.panels}
-    acked = {pid: p.statistics().acked_seq for pid, p in fleet.panels.items()}
     fault_at = vip_at = None
 
     async def watch() -> None:
+        """When the other host's keepalived says MASTER (its state file, every 2 ms)."""
         nonlocal vip_at
-        while True:
-            now = trio.current_time()
-            for pid, panel in fleet.panels.items():
-                s = panel.statistics()
-                if s.acked_seq != acked[pid] and s.epoch == epoch:
-                    last_old_ack[pid] = now
-                acked[pid] = s.acked_seq
-            if fault_at is not None and vip_at is None and _state(lab, other) == "MASTER":
-                vip_at = now
+        while vip_at is None:
+            if fault_at is not None and _state(lab, other) == "MASTER":
+                vip_at = trio.current_time()
             await trio.sleep(0.002)
 
     async with trio.open_nursery() as nursery:
@@ -170,7 +163,7 @@ async def _cycle(lab: Lab, store: ClusterStore, fleet: Fleet, fault: str, run: i
         nursery.cancel_scope.cancel()
     new_epoch = store.lease().epoch
     assert vip_at is not None
-    outages = [p.first_ack_at[new_epoch] - last_old_ack[pid] for pid, p in fleet.panels.items()]
+    outages = [p.first_ack_at[new_epoch] - p.last_ack_at.get(epoch, fault_at) for p in fleet.panels.values()]
     await trio.to_thread.run_sync(_heal, lab, fault, old)
     vip_move = vip_at - fault_at
     return {

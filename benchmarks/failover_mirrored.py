@@ -30,7 +30,7 @@ import trio
 
 from benchmarks import write_json
 from emulator import Fleet, Workload
-from fieldsync.site import load_site, pki
+from fieldsync.site import load_site, pki, write_pair_site
 from storage import open_cluster_store
 from storage.postgres import Mirror, running_mirror
 
@@ -41,14 +41,16 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _site(path: Path, mirror: Mirror, pki_dir: Path, panels: int, port: int) -> None:
-    nodes = "".join(
-        f'[nodes.{n}]\naddress = "127.0.0.{11 + i}"\ndb = "{mirror.servers[n].url()}"\n'
-        f'pg_data = "{mirror.servers[n].datadir}"\n'
-        for i, n in enumerate(("A", "B"))
-    )
-    path.write_text(
-        f'[site]\nname = "bench"\npki = "{pki_dir}"\nmirror = "sync"\nport = {port}\npanel_port = {port + 1}\n'
-        f'{nodes}[fleet]\npanels = {panels}\nmode = "punch-out"\n'
+    write_pair_site(
+        path,
+        name="bench",
+        pki_dir=pki_dir,
+        port=port,
+        panels=panels,
+        mode="punch-out",
+        mirror="sync",
+        node_dbs={n: s.url() for n, s in mirror.servers.items()},
+        pg_data={n: s.datadir for n, s in mirror.servers.items()},
     )
 
 
@@ -97,22 +99,7 @@ async def one_run(args: argparse.Namespace, fault: str, run: int, pki_dir: Path)
                 await until(
                     lambda: all(epoch in p.first_ack_at for p in fleet.panels.values()), "not every panel acked"
                 )
-                await trio.sleep(0.5)  # a steady stream of ACKs under the old epoch
-                last_old: dict[int, float] = {}
-                acked = {pid: p.statistics().acked_seq for pid, p in fleet.panels.items()}
-
-                async def watch() -> None:
-                    while True:
-                        now = trio.current_time()
-                        for pid, panel in fleet.panels.items():
-                            s = panel.statistics()
-                            if s.acked_seq != acked[pid] and s.epoch == epoch:
-                                last_old[pid] = now
-                            acked[pid] = s.acked_seq
-                        await trio.sleep(0.002)
-
-                nursery.start_soon(watch)
-                await trio.sleep(0.3)
+                await trio.sleep(0.8)  # a steady stream of ACKs under the old epoch
                 killed_at = trio.current_time()
                 procs["A"].kill()
                 if fault == "host":
@@ -124,7 +111,7 @@ async def one_run(args: argparse.Namespace, fault: str, run: int, pki_dir: Path)
                 await until(
                     lambda: all(new in p.first_ack_at for p in fleet.panels.values()), "not every panel acked B"
                 )
-                outages = [p.first_ack_at[new] - last_old.get(pid, killed_at) for pid, p in fleet.panels.items()]
+                outages = [p.first_ack_at[new] - p.last_ack_at.get(epoch, killed_at) for p in fleet.panels.values()]
                 stored_before = sum(p.statistics().acked for p in fleet.panels.values())
                 await trio.sleep(args.away)  # the old primary stays away while B takes events alone
                 taken = sum(p.statistics().acked for p in fleet.panels.values()) - stored_before

@@ -198,6 +198,8 @@ class Panel:
         self.last_error: str | None = None
         #: trio time of the first ACK under each epoch: what failover is measured by.
         self.first_ack_at: dict[int, float] = {}
+        #: When the last ACK under each epoch came (trio clock): where a failover's outage starts.
+        self.last_ack_at: dict[int, float] = {}
         #: Events acknowledged to this panel that a server later no longer held, declared with
         #: SERVER_LOST markers (an asynchronous mirror's failover).
         self.server_lost = 0
@@ -356,7 +358,9 @@ class Panel:
         self._acked_seq = hwm
 
     def _acked(self, ack: Ack) -> None:
-        self.first_ack_at.setdefault(ack.epoch, trio.current_time())
+        now = trio.current_time()
+        self.first_ack_at.setdefault(ack.epoch, now)
+        self.last_ack_at[ack.epoch] = now
         self._acked_seq = ack.up_to_seq
         self._promised_seq = max(self._promised_seq, ack.up_to_seq)
         if self.buffer.release(ack.up_to_seq):

@@ -43,6 +43,7 @@ __all__ = [
     "Replica",
     "application_name",
     "database_role",
+    "lease_epoch",
     "list_sync_standby",
     "promote_database",
     "query",
@@ -115,6 +116,15 @@ def database_role(url: str, *, what: str) -> Literal["primary", "standby", "down
     except MirrorError:
         return "down"
     return "standby" if in_recovery else "primary"
+
+
+def lease_epoch(url: str, *, what: str) -> int | None:
+    """The cluster epoch in the database at ``url`` (None: it does not answer, or has no lease yet)."""
+    try:
+        rows = query(url, "SELECT epoch FROM cluster WHERE id = 1", what=what)
+    except MirrorError:
+        return None
+    return int(rows[0][0]) if rows else None
 
 
 def list_sync_standby(url: str, names: str, *, what: str) -> None:
@@ -228,6 +238,17 @@ class Mirror:
         """The node whose server is the primary now (None if neither answers as one)."""
         found = [n for n in self.servers if self.role(n) == "primary"]
         return found[0] if len(found) == 1 else None
+
+    def newest_primary(self) -> str | None:
+        """The node whose database is a primary under the newest epoch: after a failover both
+        may answer as primaries until the stale one rejoins. None: no primary answers."""
+        best: tuple[int, str] | None = None
+        for node, server in self.servers.items():
+            if self.role(node) == "primary":
+                epoch = lease_epoch(server.url(), what=self._what(node)) or 0
+                if best is None or epoch > best[0]:
+                    best = (epoch, node)
+        return best[1] if best is not None else None
 
     def replication(self, node: str) -> list[Replica]:
         """The standbys streaming from ``node``'s server, as its ``pg_stat_replication`` says."""

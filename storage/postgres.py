@@ -19,6 +19,7 @@ from ._pg_mirror import RejoinReport as RejoinReport
 from ._pg_mirror import Replica as Replica
 from ._pg_mirror import application_name as application_name
 from ._pg_mirror import database_role as database_role
+from ._pg_mirror import lease_epoch as lease_epoch
 from ._pg_mirror import list_sync_standby as list_sync_standby
 from ._pg_mirror import promote_database as promote_database
 from ._pg_mirror import query as query
@@ -45,6 +46,7 @@ __all__ = [
     "running_instance",
     "application_name",
     "database_role",
+    "lease_epoch",
     "list_sync_standby",
     "promote_database",
     "query",

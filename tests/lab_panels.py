@@ -51,24 +51,16 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     old, epoch = before.holder, before.epoch
     assert old is not None, f"nobody holds the lease: {before}"
     other = next(n.name for n in site.nodes if n.name != old)
-    last_old_ack: dict[int, float] = {}
     vip_at: float | None = None
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.run)
 
         async def watch() -> None:
-            """Every 5 ms: each panel's last ACK from the old node; when the other host turned MASTER."""
+            """Every 5 ms: when the other host turned MASTER."""
             nonlocal vip_at
-            acked = {pid: 0 for pid in fleet.panels}
-            while True:
-                now = trio.current_time()
-                for pid, panel in fleet.panels.items():
-                    s = panel.statistics()
-                    if s.acked_seq != acked[pid] and s.epoch == epoch:
-                        last_old_ack[pid] = now
-                    acked[pid] = s.acked_seq
-                if fault_at is not None and vip_at is None and _state(directory, other) == "MASTER":
-                    vip_at = now
+            while vip_at is None:
+                if fault_at is not None and _state(directory, other) == "MASTER":
+                    vip_at = trio.current_time()
                 await trio.sleep(0.005)
 
         fault_at: float | None = None
@@ -107,7 +99,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "modes": {str(pid): p.settings.mode.value for pid, p in fleet.panels.items()},
         "vip_moved_s": None if vip_at is None else vip_at - fault_at,
         "outage_s": {
-            str(pid): p.first_ack_at[now.epoch] - last_old_ack.get(pid, fault_at) for pid, p in fleet.panels.items()
+            str(pid): p.first_ack_at[now.epoch] - p.last_ack_at.get(epoch, fault_at) for pid, p in fleet.panels.items()
         },
         "fault_to_first_ack_s": {str(pid): p.first_ack_at[now.epoch] - fault_at for pid, p in fleet.panels.items()},
         "totals": report.totals(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 import trio
 
 from fieldsync.harness import RunResult, ScenarioError, ScenarioRun, load_scenario, parse_scenario, random_scenario
-from fieldsync.harness._lab_cluster import crashed, entered
+from fieldsync.harness._lab_cluster import crashed, sockets_in
 from fieldsync.lab import Lab, LabError, LabSpec, group_members
 
 from .lab_support import lab_namespaces, needs_lab
@@ -180,21 +179,30 @@ def test_a_node_that_dies_by_itself_on_a_host_is_told_from_a_kill(tmp_path: Path
 
 
 @needs_lab
-def test_entered_moves_this_thread_into_the_namespace_and_back() -> None:
+def test_a_runs_sockets_are_made_in_the_namespace_and_no_thread_moves() -> None:
     name = f"fsl-t{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+
+    async def bind_here() -> None:
+        sock = trio.socket.socket()
+        try:
+            await sock.bind(("198.19.255.1", 0))  # an address only that namespace has
+        finally:
+            sock.close()
+
+    async def main() -> None:
+        home = os.stat("/proc/thread-self/ns/net").st_ino
+        with sockets_in(name):
+            await bind_here()
+            assert os.stat("/proc/thread-self/ns/net").st_ino == home  # this thread never moved
+        with pytest.raises(OSError):
+            await bind_here()
+
     try:
         subprocess.run(["ip", "-n", name, "addr", "add", "198.19.255.1/32", "dev", "lo"], check=True, timeout=10)
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
-        home = os.stat("/proc/thread-self/ns/net").st_ino
-        with entered(name):
-            assert os.stat("/proc/thread-self/ns/net").st_ino != home
-            with socket.socket() as s:
-                s.bind(("198.19.255.1", 0))  # an address only that namespace has
-        assert os.stat("/proc/thread-self/ns/net").st_ino == home
-        with socket.socket() as s, pytest.raises(OSError):
-            s.bind(("198.19.255.1", 0))
+        trio.run(main)
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True, timeout=10)
-    with pytest.raises(LabError, match=f"network namespace {name} is gone"), entered(name):
+    with pytest.raises(LabError, match=f"network namespace {name} is gone"), sockets_in(name):
         pass

@@ -168,15 +168,7 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
 
     port = 32410
     site_path = tmp_path / "site.toml"
-    nodes_text = "".join(
-        f'[nodes.{n}]\naddress = "127.0.0.{11 + i}"\ndb = "{mirror.servers[n].url()}"\n'
-        f'pg_data = "{mirror.servers[n].datadir}"\n'
-        for i, n in enumerate(("A", "B"))
-    )
-    site_path.write_text(
-        f'[site]\nname = "mirrored"\npki = "{site_pki}"\nmirror = "sync"\nport = {port}\npanel_port = {port + 1}\n'
-        f'{nodes_text}[fleet]\npanels = 4\nmode = "punch-out"\n'
-    )
+    _mirrored_site(mirror, site_path, site_pki, port=port)
     site = load_site(site_path)
     logs = {n: (tmp_path / f"node-{n}.log").open("w") for n in ("A", "B")}
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -263,13 +255,21 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
             out.close()
 
 
-def _mirrored_site(mirror, path, site_pki) -> None:  # type: ignore[no-untyped-def]
-    nodes = "".join(
-        f'[nodes.{n}]\naddress = "127.0.0.{11 + i}"\ndb = "{mirror.servers[n].url()}"\n'
-        f'pg_data = "{mirror.servers[n].datadir}"\n'
-        for i, n in enumerate(("A", "B"))
+def _mirrored_site(mirror, path, site_pki, *, port: int) -> None:  # type: ignore[no-untyped-def]
+    """The pair's site file on these two databases: nodes A and B on loopback, 4 punch-out panels."""
+    from fieldsync.site import write_pair_site
+
+    write_pair_site(
+        path,
+        name="mirrored",
+        pki_dir=site_pki,
+        port=port,
+        panels=4,
+        mode="punch-out",
+        mirror="sync",
+        node_dbs={n: s.url() for n, s in mirror.servers.items()},
+        pg_data={n: s.datadir for n, s in mirror.servers.items()},
     )
-    path.write_text(f'[site]\nname = "mirrored"\npki = "{site_pki}"\nmirror = "sync"\nport = 32440\n{nodes}')
 
 
 def test_cluster_rejoin_rewinds_a_stale_primary_from_the_command_line(mirror, site_pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -277,7 +277,7 @@ def test_cluster_rejoin_rewinds_a_stale_primary_from_the_command_line(mirror, si
     import sys
 
     site_path = tmp_path / "site.toml"
-    _mirrored_site(mirror, site_path, site_pki)
+    _mirrored_site(mirror, site_path, site_pki, port=32440)
     _ingest(mirror.servers["A"].url(), 1, 1, 100, new_epoch=True)
     mirror.servers["A"].stop(mode="immediate")
     mirror.promote("B")

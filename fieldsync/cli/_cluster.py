@@ -189,7 +189,7 @@ def cluster_switchover(site_path: Path | None, to_node: str) -> None:
     if site.mirror is not None:
         from storage import open_cluster_store
 
-        primary = _site_mirror(site).primary()
+        primary = _site_mirror(site).newest_primary()
         if primary is None:
             raise SiteError(f"{site.path}: no node's database answers as the one primary")
         store = open_cluster_store(site.node_db(primary))

@@ -129,6 +129,18 @@ class RequestFailback:
 StandbyDecision: TypeAlias = Wait | ReadStoreBeat | Stonith | Take | RequestFailback
 
 
+def _holder_silence(view: StandbyView, rules: FailoverRules) -> float | None:
+    """How long the holder has been silent on both rings; None: the UDP ring is quiet and its
+    heartbeat row in the store must be read first (a lost link alone is not death)."""
+    silence = view.udp_quiet
+    if silence > rules.dead_after:
+        if not view.store_read:
+            return None
+        if view.store_beat_age is not None:
+            silence = min(silence, view.store_beat_age)
+    return silence
+
+
 def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
     """What a standby does next, from what it observed."""
     lease, beat = view.lease, rules.beat_interval
@@ -152,23 +164,17 @@ def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
             # the lab's hosts, where this node may look only once its host is MASTER, after
             # the lease has run out). One that still beats is only slow: it will find the
             # lease taken and step down.
-            silence = view.udp_quiet
-            if silence > rules.dead_after:
-                if not view.store_read:
-                    return ReadStoreBeat()
-                if view.store_beat_age is not None:
-                    silence = min(silence, view.store_beat_age)
+            silence = _holder_silence(view, rules)
+            if silence is None:
+                return ReadStoreBeat()
             if silence > rules.dead_after:
                 return Stonith(pid=lease.holder_pid)
         return Take(force=False)
     if rules.stonith and view.holder_process is HolderProcess.GONE:
         return Take(force=True)
-    silence = view.udp_quiet
-    if silence > rules.dead_after:
-        if not view.store_read:
-            return ReadStoreBeat()
-        if view.store_beat_age is not None:
-            silence = min(silence, view.store_beat_age)
+    silence = _holder_silence(view, rules)
+    if silence is None:
+        return ReadStoreBeat()
     if silence > rules.dead_after and rules.stonith:  # without STONITH only lease expiry frees it
         if view.holder_process is HolderProcess.ALIVE and lease.holder_pid is not None:
             return Stonith(pid=lease.holder_pid)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from storage.postgres import Mirror, MirrorError, database_role, promote_database, query
+from storage.postgres import Mirror, MirrorError, database_role, lease_epoch, promote_database
 
 from ._cluster_settings import ClusterSettings
 
@@ -35,14 +35,6 @@ MirrorState = Literal["standby", "primary", "stale", "diverged", "down"]
 
 def _what(settings: ClusterSettings, node: str | None = None) -> str:
     return f"node {node or settings.node_id}'s database"
-
-
-def _epoch(url: str, *, what: str) -> int | None:
-    try:
-        rows = query(url, "SELECT epoch FROM cluster WHERE id = 1", what=what)
-    except MirrorError:
-        return None
-    return int(rows[0][0]) if rows else None
 
 
 def _peer(settings: ClusterSettings) -> tuple[str, str]:
@@ -69,13 +61,13 @@ def settle(settings: ClusterSettings) -> MirrorState:
         # stopped: with a primary beside it, it rejoins again; else it waits for its database.
         if settings.pg_data is None or database_role(peer_url, what=_what(settings, peer)) != "primary":
             raise MirrorError(f"{_what(settings)} ({own}) does not answer")
-        mine, theirs = None, _epoch(peer_url, what=_what(settings, peer))
+        mine, theirs = None, lease_epoch(peer_url, what=_what(settings, peer))
     else:
         if role == "standby":
             return "standby"
         if database_role(peer_url, what=_what(settings, peer)) != "primary":
             return "primary"
-        mine, theirs = _epoch(own, what=_what(settings)), _epoch(peer_url, what=_what(settings, peer))
+        mine, theirs = lease_epoch(own, what=_what(settings)), lease_epoch(peer_url, what=_what(settings, peer))
         if mine is not None and theirs is not None and mine > theirs:
             return "primary"  # the other one is stale: it rejoins us
     # Two primaries, and the other's epoch is newer (or equal: it took over from this one

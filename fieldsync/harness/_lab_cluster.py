@@ -43,7 +43,7 @@ from ._scenario import Scenario, ScenarioError
 if TYPE_CHECKING:
     from ._runner import ScenarioRun
 
-__all__ = ["LabCluster", "crashed", "entered", "lab_name", "run_lab_spec", "sockets_in"]
+__all__ = ["LabCluster", "crashed", "lab_name", "run_lab_spec", "sockets_in"]
 
 _CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -75,31 +75,6 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-@contextlib.contextmanager
-def entered(namespace: str) -> Iterator[None]:
-    """The calling thread in network namespace ``namespace`` (``ip netns``'s), and back after.
-
-    Only this thread moves (a network namespace is per thread): the sockets it opens meanwhile
-    live in ``namespace``; threads it starts meanwhile start there too.
-    """
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        try:
-            target = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-        except FileNotFoundError:
-            raise LabError(f"network namespace {namespace} is gone") from None
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-
-
 class _SocketsIn(trio.abc.SocketFactory):
     """trio's sockets of this run, each made inside one network namespace (``sockets_in``)."""
 
@@ -129,9 +104,9 @@ def sockets_in(namespace: str) -> Iterator[None]:
     """Every trio socket this trio run opens meanwhile lives in network namespace ``namespace``.
 
     Only the creation of each socket steps into the namespace (and straight back), on the
-    thread that creates it: no thread stays there. (Moving the run's thread for the whole run,
-    as ``entered`` does, leaves the worker threads it starts meanwhile in the namespace, and
-    trio keeps them for later runs: a later test's thread found only a dead namespace.)
+    thread that creates it: no thread stays there. (Moving the run's thread for the whole run
+    left the worker threads it started meanwhile in the namespace, and trio keeps them for
+    later runs: a later test's thread found only a dead namespace.)
     """
     try:
         fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)

@@ -157,23 +157,9 @@ class RunSetup:
         return self.mirror.servers[self.primary()].url()
 
     def primary(self) -> str:
-        """The mirrored node whose database is the primary with the newest epoch (after a
-        failover both may answer as primaries until the stale one rejoins)."""
-        from storage.postgres import MirrorError, query
-
+        """The mirrored node whose database is the primary with the newest epoch (A while none answers)."""
         assert self.mirror is not None
-        best, best_epoch = "A", -1
-        for name, server in self.mirror.servers.items():
-            if self.mirror.role(name) != "primary":
-                continue
-            try:
-                rows = query(server.url(), "SELECT epoch FROM cluster WHERE id = 1", what=f"node {name}'s database")
-            except MirrorError:
-                continue
-            epoch = int(rows[0][0]) if rows else 0
-            if epoch > best_epoch:
-                best, best_epoch = name, epoch
-        return best
+        return self.mirror.newest_primary() or "A"
 
     def start_databases(self) -> Mirror:
         """Nodes A and B's own PostgreSQL for the run: A's the primary, B's its replica."""
