@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -36,12 +37,11 @@ CLI = [sys.executable, "-m", "fieldsync.cli"]
 @pytest.fixture
 def fake_keepalived() -> Iterator[int]:
     """A real process whose command line says keepalived (``exec -a``), as the pid file's process."""
-    proc = subprocess.Popen(["bash", "-c", "exec -a keepalived sleep 60"])
+    # argv[0] set by the exec itself: Popen returns only once the exec has succeeded, so the
+    # command line never shows a shell that is about to become keepalived (a race seen in CI).
+    proc = subprocess.Popen(["keepalived", "60"], executable=shutil.which("sleep"))
     try:
-        deadline = time.monotonic() + 5
-        while b"keepalived" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"keepalived\0")
         yield proc.pid
     finally:
         proc.kill()
@@ -68,7 +68,7 @@ def test_master_is_the_state_file_and_a_live_keepalived(tmp_path: Path, fake_kee
 
 
 def test_master_with_a_killed_keepalived_is_not_master(tmp_path: Path) -> None:
-    proc = subprocess.Popen(["bash", "-c", "exec -a keepalived sleep 60"])
+    proc = subprocess.Popen(["keepalived", "60"], executable=shutil.which("sleep"))
     state, pid = tmp_path / "vrrp.state", tmp_path / "keepalived.pid"
     state.write_text("MASTER\n")  # what a SIGKILLed keepalived leaves behind
     pid.write_text(f"{proc.pid}\n")
