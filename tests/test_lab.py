@@ -36,7 +36,7 @@ CLI = [sys.executable, "-m", "fieldsync.cli"]
 
 @pytest.fixture
 def fake_keepalived() -> Iterator[int]:
-    """A real process whose command line says keepalived (``exec -a``), as the pid file's process."""
+    """A real process whose command line says keepalived (argv[0]), as the pid file's process."""
     # argv[0] set by the exec itself: Popen returns only once the exec has succeeded, so the
     # command line never shows a shell that is about to become keepalived (a race seen in CI).
     proc = subprocess.Popen(["keepalived", "60"], executable=shutil.which("sleep"))
