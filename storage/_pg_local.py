@@ -26,6 +26,7 @@ __all__ = [
     "LocalPostgres",
     "PostgresMissing",
     "find_pg_bindir",
+    "hand_over",
     "free_port",
     "running_instance",
     "running_pair",
@@ -85,7 +86,7 @@ def _run_as_prefix() -> list[str]:
     return [runuser, "-u", _RUN_AS, "--"]
 
 
-def _hand_over(path: Path) -> None:
+def hand_over(path: Path) -> None:
     """Make ``path`` the server user's, when we are root (the server will write there)."""
     if os.geteuid() == 0:
         entry = pwd.getpwnam(_RUN_AS)
@@ -103,12 +104,23 @@ class LocalPostgres:
     for tests, benchmarks and a node's private instance, never a shared server.
     """
 
-    def __init__(self, datadir: Path, *, port: int, host: str = "127.0.0.1", bindir: Path | None = None) -> None:
+    def __init__(
+        self,
+        datadir: Path,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        bindir: Path | None = None,
+        netns: str | None = None,
+    ) -> None:
+        """``netns``: the network namespace the server runs in (a lab host's, where ``host`` is
+        an address); its commands run there, and ``admin_url`` reaches it by its Unix socket."""
         self.datadir = datadir
         self.port = port
         self.host = host
         self.bindir = bindir if bindir is not None else find_pg_bindir()
-        self._prefix = _run_as_prefix()
+        self.netns = netns
+        self._prefix = (["ip", "netns", "exec", netns] if netns else []) + _run_as_prefix()
         self.log = datadir.with_name(datadir.name + ".log")
 
     def __repr__(self) -> str:
@@ -118,11 +130,43 @@ class LocalPostgres:
     def workdir(prefix: str = "fieldsync-pg-") -> Path:
         """A fresh directory the server user may write (under the system temp dir)."""
         path = Path(tempfile.mkdtemp(prefix=prefix))
-        _hand_over(path)
+        hand_over(path)
         return path
 
     def url(self, dbname: str = "postgres") -> str:
+        """Its TCP address (what the nodes use)."""
         return f"postgresql://postgres@{self.host}:{self.port}/{dbname}"
+
+    def admin_url(self, dbname: str = "postgres") -> str:
+        """A URL that reaches it from this process: its TCP address, or its Unix socket when it
+        runs in a network namespace of its own (a Unix socket is a file, in every namespace)."""
+        if self.netns is None:
+            return self.url(dbname)
+        return f"postgresql://postgres@/{dbname}?host={self.datadir.parent}&port={self.port}"
+
+    def postmaster_pids(self) -> list[int]:
+        """The running server's processes: the postmaster (its ``postmaster.pid``, whose command
+        line names this data directory) and its children; empty if it does not run.
+
+        Each child of a postmaster leads a session of its own, so a signal to the postmaster's
+        process group reaches the postmaster alone: a frozen host must freeze every one."""
+        try:
+            pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return []
+        if str(self.datadir).encode() not in argv:
+            return []  # a stale pid file, its pid reused by someone else
+        pids = [pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_bytes().rsplit(b")", 1)[-1].split()
+                except OSError:
+                    continue
+                if len(fields) > 1 and int(fields[1]) == pid:
+                    pids.append(int(entry.name))
+        return pids
 
     def _run(self, tool: str, args: Sequence[str], *, timeout: float = 60.0) -> str:
         cmd = [*self._prefix, str(self.bindir / tool), *args]
@@ -142,12 +186,21 @@ class LocalPostgres:
         settings: Mapping[str, str] = {},
         host: str = "127.0.0.1",
         bindir: Path | None = None,
+        netns: str | None = None,
+        trusted: Sequence[str] = (),
     ) -> LocalPostgres:
-        """initdb a new cluster in ``datadir`` (which must not exist yet; its parent is the server user's)."""
-        node = cls(datadir, port=port, host=host, bindir=bindir)
+        """initdb a new cluster in ``datadir`` (which must not exist yet; its parent is the server user's).
+
+        ``trusted``: addresses (a lab's hosts) allowed in, for sessions and replication, besides
+        loopback and the Unix socket (initdb's own ``trust`` lines).
+        """
+        node = cls(datadir, port=port, host=host, bindir=bindir, netns=netns)
         node._run("initdb", ["-D", str(datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-instructions"])
         with (datadir / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude_if_exists = {_quote(_SETTINGS_FILE)}\n")
+        with (datadir / "pg_hba.conf").open("a") as hba:
+            for address in trusted:
+                hba.write(f"host all all {address}/32 trust\nhost replication all {address}/32 trust\n")
         node.configure(settings)
         return node
 
@@ -160,12 +213,15 @@ class LocalPostgres:
         port: int,
         application_name: str,
         settings: Mapping[str, str] = {},
+        host: str | None = None,
+        netns: str | None = None,
     ) -> LocalPostgres:
         """A streaming standby of ``primary`` (running), made by ``pg_basebackup -R``.
 
         ``application_name`` is the name the primary's ``synchronous_standby_names`` lists.
+        ``host``: the standby's own address (None: the primary's, loopback); ``netns``: its namespace.
         """
-        node = cls(datadir, port=port, host=primary.host, bindir=primary.bindir)
+        node = cls(datadir, port=port, host=host or primary.host, bindir=primary.bindir, netns=netns)
         conninfo = f"host={primary.host} port={primary.port} user=postgres application_name={application_name}"
         node._run("pg_basebackup", ["-D", str(datadir), "-d", conninfo, "-R", "-X", "stream", "-c", "fast"])
         # The copy carries the primary's fieldsync.conf (its port); this node's own goes back.
@@ -210,23 +266,25 @@ class LocalPostgres:
         """A standby becomes a primary (``pg_ctl promote -w``: returns once it accepts writes)."""
         self._run("pg_ctl", ["-D", str(self.datadir), "-w", "-t", str(int(timeout)), "promote"])
 
-    def wait_sync_standby(self, application_name: str, *, timeout: float = 30.0) -> None:
-        """Until ``pg_stat_replication`` shows that standby streaming with ``sync_state = 'sync'``."""
+    def wait_sync_standby(self, application_name: str, *, sync_state: str = "sync", timeout: float = 30.0) -> None:
+        """Until ``pg_stat_replication`` shows that standby streaming with that ``sync_state``."""
         import psycopg
 
         deadline = time.monotonic() + timeout
         state: tuple[str, str] | None = None
-        with psycopg.connect(self.url(), autocommit=True) as conn:
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
             while time.monotonic() < deadline:
                 row = conn.execute(
                     "SELECT state, sync_state FROM pg_stat_replication WHERE application_name = %s",
                     (application_name,),
                 ).fetchone()
                 state = (str(row[0]), str(row[1])) if row is not None else None
-                if state == ("streaming", "sync"):
+                if state == ("streaming", sync_state):
                     return
                 time.sleep(0.02)
-        raise RuntimeError(f"{self}: standby {application_name!r} not streaming in sync after {timeout:g} s: {state}")
+        raise RuntimeError(
+            f"{self}: standby {application_name!r} not streaming {sync_state} after {timeout:g} s: {state}"
+        )
 
     def log_text(self) -> str:
         try:
@@ -271,16 +329,20 @@ STANDBY_NAME = "fieldsync_standby"
 
 @contextlib.contextmanager
 def running_pair(
-    *, synchronous_commit: str = "on", prefix: str = "fieldsync-pg-pair-"
+    *, synchronous_commit: str = "on", synchronous: bool = True, prefix: str = "fieldsync-pg-pair-"
 ) -> Iterator[tuple[LocalPostgres, LocalPostgres]]:
-    """A primary and a ``pg_basebackup`` standby in sync with it, for the block; both removed after.
+    """A primary and a streaming ``pg_basebackup`` standby, for the block; both removed after.
 
-    The primary lists the standby in ``synchronous_standby_names``: a commit waits
-    until the standby has flushed it (``on``) or applied it (``remote_apply``).
+    Synchronous (the default): the primary lists the standby in ``synchronous_standby_names``,
+    so a commit waits until the standby has flushed it (``on``) or applied it (``remote_apply``).
+    Otherwise the standby streams asynchronously and a commit waits for the local flush only.
     """
     workdir = LocalPostgres.workdir(prefix)
     nodes: list[LocalPostgres] = []
-    settings = {"synchronous_standby_names": STANDBY_NAME, "synchronous_commit": synchronous_commit}
+    settings = {
+        "synchronous_standby_names": STANDBY_NAME if synchronous else "",
+        "synchronous_commit": synchronous_commit,
+    }
     try:
         primary = LocalPostgres.init(workdir / "primary", port=free_port(), settings=settings)
         nodes.append(primary)
@@ -290,7 +352,7 @@ def running_pair(
         )
         nodes.append(standby)
         standby.start()
-        primary.wait_sync_standby(STANDBY_NAME)
+        primary.wait_sync_standby(STANDBY_NAME, sync_state="sync" if synchronous else "async")
         yield primary, standby
     finally:
         for node in nodes:

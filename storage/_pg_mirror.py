@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import MirrorError
-from ._pg_local import LocalPostgres, free_port
+from ._pg_local import LocalPostgres, find_pg_bindir, free_port
 
 __all__ = [
+    "DatabaseHost",
     "Mirror",
     "MirrorError",
     "RejoinReport",
@@ -45,6 +46,7 @@ __all__ = [
     "database_role",
     "lease_epoch",
     "list_sync_standby",
+    "mirror_servers",
     "promote_database",
     "query",
     "running_mirror",
@@ -223,16 +225,16 @@ class Mirror:
         return f"node {node}'s database at {server.host}:{server.port}"
 
     def _query(self, node: str, sql: str, *, timeout: float = 5.0) -> list[tuple[Any, ...]]:
-        return query(self._known(node).url(), sql, what=self._what(node), timeout=timeout)
+        return query(self._known(node).admin_url(), sql, what=self._what(node), timeout=timeout)
 
     def role(self, node: str) -> Literal["primary", "standby", "down"]:
         """What ``node``'s server is now (``down``: it does not answer)."""
-        return database_role(self._known(node).url(), what=self._what(node))
+        return database_role(self._known(node).admin_url(), what=self._what(node))
 
     def wait_for_standby(self, node: str) -> None:
         """The primary ``node`` waits for the other node's replica at every commit (sync mode)."""
         listed = application_name(self.other(node)) if self.mode == "sync" else ""
-        list_sync_standby(self._known(node).url(), listed, what=self._what(node))
+        list_sync_standby(self._known(node).admin_url(), listed, what=self._what(node))
 
     def primary(self) -> str | None:
         """The node whose server is the primary now (None if neither answers as one)."""
@@ -245,7 +247,7 @@ class Mirror:
         best: tuple[int, str] | None = None
         for node, server in self.servers.items():
             if self.role(node) == "primary":
-                epoch = lease_epoch(server.url(), what=self._what(node)) or 0
+                epoch = lease_epoch(server.admin_url(), what=self._what(node)) or 0
                 if best is None or epoch > best[0]:
                     best = (epoch, node)
         return best[1] if best is not None else None
@@ -308,7 +310,7 @@ class Mirror:
         """``node``'s standby becomes the primary, with no sync standby until the other rejoins."""
         if self.role(node) != "standby":
             raise MirrorError(f"node {node}'s database is not a standby ({self.role(node)}): nothing to promote")
-        promote_database(self._known(node).url(), what=self._what(node), timeout=timeout)
+        promote_database(self._known(node).admin_url(), what=self._what(node), timeout=timeout)
 
     def rejoin(self, node: str, *, timeout: float = 60.0) -> RejoinReport:
         """``node`` (its server stopped or running, diverged or not) becomes the standby of the
@@ -372,6 +374,8 @@ class Mirror:
             port=target.port,
             application_name=application_name(node),
             settings=self._own_settings(node, primary=False),
+            host=target.host,
+            netns=target.netns,
         )
 
 
@@ -380,28 +384,62 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def start_mirror(workdir: Path, *, mode: Mode = "sync", primary: str = "A", settings: Mapping[str, str] = {}) -> Mirror:
+@dataclasses.dataclass(frozen=True, slots=True)
+class DatabaseHost:
+    """Where a node's database runs when that is not loopback: a lab host's address, the
+    port, and the host's network namespace."""
+
+    address: str
+    port: int
+    netns: str
+
+
+def mirror_servers(workdir: Path, hosts: Mapping[str, DatabaseHost] | None = None) -> dict[str, LocalPostgres]:
+    """Nodes A and B's servers (not made yet): ``workdir/pg-A`` and ``pg-B``, on loopback ports
+    of their own, or on ``hosts``."""
+    bindir = find_pg_bindir()
+    if hosts is None:
+        return {n: LocalPostgres(workdir / f"pg-{n}", port=free_port(), bindir=bindir) for n in ("A", "B")}
+    return {
+        n: LocalPostgres(workdir / f"pg-{n}", port=h.port, host=h.address, bindir=bindir, netns=h.netns)
+        for n, h in hosts.items()
+    }
+
+
+def start_mirror(
+    workdir: Path,
+    *,
+    mode: Mode = "sync",
+    primary: str = "A",
+    settings: Mapping[str, str] = {},
+    hosts: Mapping[str, DatabaseHost] | None = None,
+) -> Mirror:
     """Nodes A and B's databases in ``workdir`` (the server user's), started: ``primary``'s the
-    primary, the other its replica (in sync in sync mode). If it fails halfway, what it had
-    started is stopped again (the caller removes ``workdir``)."""
+    primary, the other its replica (in sync in sync mode). ``hosts``: each in a lab host's
+    namespace at its address (None: loopback). If it fails halfway, what it had started is
+    stopped again (the caller removes ``workdir``)."""
     standby = "B" if primary == "A" else "A"
-    first = LocalPostgres(workdir / f"pg-{primary}", port=free_port())
-    mirror = Mirror(
-        {primary: first, standby: LocalPostgres(workdir / f"pg-{standby}", port=free_port(), bindir=first.bindir)},
-        mode=mode,
-        settings=settings,
-    )
+    mirror = Mirror(mirror_servers(workdir, hosts), mode=mode, settings=settings)
+    first, replica = mirror.servers[primary], mirror.servers[standby]
     try:
-        LocalPostgres.init(first.datadir, port=first.port, settings=mirror._own_settings(primary, primary=True))
+        LocalPostgres.init(
+            first.datadir,
+            port=first.port,
+            host=first.host,
+            netns=first.netns,
+            settings=mirror._own_settings(primary, primary=True),
+            trusted=[h.address for h in hosts.values()] if hosts else (),
+        )
         first.start()
         mirror.wait_for_standby(primary)
-        replica = mirror.servers[standby]
         LocalPostgres.basebackup(
             first,
             replica.datadir,
             port=replica.port,
             application_name=application_name(standby),
             settings=mirror._own_settings(standby, primary=False),
+            host=replica.host,
+            netns=replica.netns,
         )
         replica.start()
         mirror.wait_replicating(primary, standby)

@@ -11,8 +11,10 @@ from ._pg_local import LocalPostgres as LocalPostgres
 from ._pg_local import PostgresMissing as PostgresMissing
 from ._pg_local import find_pg_bindir as find_pg_bindir
 from ._pg_local import free_port as free_port
+from ._pg_local import hand_over as hand_over
 from ._pg_local import running_instance as running_instance
 from ._pg_local import running_pair as running_pair
+from ._pg_mirror import DatabaseHost as DatabaseHost
 from ._pg_mirror import Mirror as Mirror
 from ._pg_mirror import MirrorError as MirrorError
 from ._pg_mirror import RejoinReport as RejoinReport
@@ -21,6 +23,7 @@ from ._pg_mirror import application_name as application_name
 from ._pg_mirror import database_role as database_role
 from ._pg_mirror import lease_epoch as lease_epoch
 from ._pg_mirror import list_sync_standby as list_sync_standby
+from ._pg_mirror import mirror_servers as mirror_servers
 from ._pg_mirror import promote_database as promote_database
 from ._pg_mirror import query as query
 from ._pg_mirror import running_mirror as running_mirror
@@ -32,6 +35,7 @@ from ._pg_store import PgEventStore as PgEventStore
 __all__ = [
     "PG_SCHEMA_VERSION",
     "STANDBY_NAME",
+    "DatabaseHost",
     "LocalPostgres",
     "Mirror",
     "MirrorError",
@@ -43,11 +47,13 @@ __all__ = [
     "Replica",
     "find_pg_bindir",
     "free_port",
+    "hand_over",
     "running_instance",
     "application_name",
     "database_role",
     "lease_epoch",
     "list_sync_standby",
+    "mirror_servers",
     "promote_database",
     "query",
     "running_mirror",

@@ -67,6 +67,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option(
     "--no-vrrp-gate", is_flag=True, help="The nodes ignore VRRP (a negative control: the lease and the VIP part)."
 )
+@click.option(
+    "--mirror",
+    type=click.Choice(["sync", "async"]),
+    default=None,
+    help="Mirrored storage: each node host runs its own PostgreSQL (A's the primary, B's its replica); "
+    "default: the shared SQLite store.",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for a host to serve.")
 @friendly
 def lab_up(
@@ -80,6 +87,7 @@ def lab_up(
     port: int,
     no_stonith: bool,
     no_vrrp_gate: bool,
+    mirror: str | None,
     timeout: float,
 ) -> None:
     """Build the lab, start keepalived and a node on hosts A and B, wait until one serves on the VIP."""
@@ -94,6 +102,7 @@ def lab_up(
         port=port,
         stonith=not no_stonith,
         vrrp_gate=not no_vrrp_gate,
+        mirror=mirror,
     )
     started = time.monotonic()
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -111,6 +120,9 @@ def lab_up(
     for host in NODE_HOSTS:
         logs = f"{d}/keepalived-{host}.log, node-{host}.log"
         click.echo(f"  host    {ns(host)}: eth0 {node_address(host)}/16; logs {logs}")
+        if mirror is not None:
+            url = spec.database_urls()[host]
+            click.echo(f"          PostgreSQL {url} ({mirror} mirror), data {spec.pg_dir}/pg-{host}")
     click.echo(f"  panels  {ns('panels')}: eth0 198.18.0.200/16, panels 198.18.1.1 .. {last} (:3001)")
     click.echo(
         f"  VIP     {VIP}:{port} on {', '.join(status.masters())} (VRRP MASTER); "

@@ -30,6 +30,20 @@ class _HostFaults:
     def start_process(self, host: str, kind: str) -> None:
         raise NotImplementedError
 
+    def database_pids(self, host: str) -> list[int]:
+        raise NotImplementedError
+
+    def start_database(self, host: str) -> None:
+        raise NotImplementedError
+
+    def _signal_database(self, host: str, signum: signal.Signals) -> list[int]:
+        """``signum`` to every process of ``host``'s PostgreSQL (mirrored storage; none otherwise)."""
+        pids = self.database_pids(host)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return pids
+
     def _groups(self, host: str) -> list[tuple[int, Recognised]]:
         return [(p["pgid"], self.spec.recognised_on(p["kind"], host)) for p in self.processes if p["host"] == host]
 
@@ -46,6 +60,7 @@ class _HostFaults:
         self._node_host(host)
         for pgid, recognised in self._groups(host):
             signal_group(pgid, recognised, signal.SIGSTOP)
+        self._signal_database(host, signal.SIGSTOP)
         self._port(host, up=False)
         self.powered_off.add(host)
         self._save()
@@ -53,6 +68,7 @@ class _HostFaults:
     def power_on(self, host: str) -> None:
         """The reverse of ``power_off``: its processes carry on where they froze, then its port comes up."""
         self._node_host(host)
+        self._signal_database(host, signal.SIGCONT)
         for pgid, recognised in self._groups(host):
             signal_group(pgid, recognised, signal.SIGCONT)
         self._port(host, up=True)
@@ -66,17 +82,22 @@ class _HostFaults:
         run(["ip", "-n", self.spec.namespace(host), "link", "set", "eth0", "up" if up else "down"])
 
     def kill(self, host: str) -> list[int]:
-        """A crash: SIGKILL of the node's and keepalived's process groups (the VIP stays on eth0)."""
+        """A crash: SIGKILL of the node's and keepalived's process groups and of the host's
+        PostgreSQL (mirrored storage), all at once (the VIP stays on eth0)."""
         self._node_host(host)
-        killed = []
+        killed = self._signal_database(host, signal.SIGKILL)
         for pgid, recognised in self._groups(host):
             killed += signal_group(pgid, recognised, signal.SIGKILL)
         return killed
 
     def start(self, host: str) -> list[str]:
-        """Start what of ``host`` is not running (after ``kill``, or a node shot by STONITH)."""
+        """Start what of ``host`` is not running (after ``kill``, or a node shot by STONITH):
+        its PostgreSQL first (mirrored storage), then keepalived and the node."""
         self._node_host(host)
         started = []
+        if self.spec.mirror is not None and not self.database_pids(host):
+            self.start_database(host)
+            started.append("postgres")
         for kind in ("keepalived", "node"):
             if not self.is_running(host, kind):
                 self.start_process(host, kind)

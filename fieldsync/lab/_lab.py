@@ -24,17 +24,20 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from storage import ClusterStore, Lease
+from storage import Lease, MirrorError, open_cluster_store
+from storage.postgres import Mirror, hand_over, mirror_servers, start_mirror
 
 from ..site import SiteError, load_site
 from ._faults import _HostFaults
-from ._lab_files import argv, write_keepalived, write_site
+from ._lab_files import argv, seed_store, write_keepalived, write_site
 from ._spec import (
     _MARK,
     _NODE_ADDRESS,
@@ -127,6 +130,7 @@ class Lab(_HostFaults):
         #: (host, kind, pid, pgid) of every process the lab started; kind: keepalived or node.
         self.processes: list[dict[str, Any]] = []
         self.powered_off: set[str] = set()
+        self._mirror: Mirror | None = None
 
     def __repr__(self) -> str:
         return f"<Lab {self.spec.name} in {self.spec.directory}: {len(self.namespaces)} namespaces>"
@@ -164,13 +168,17 @@ class Lab(_HostFaults):
 
     # -- up ------------------------------------------------------------------------------
 
-    def up(self, *, timeout: float = 30.0, write_site: bool = True) -> LabStatus:
+    def up(
+        self, *, timeout: float = 30.0, write_site: bool = True, before_nodes: Callable[[], None] | None = None
+    ) -> LabStatus:
         """Build the lab, start keepalived and a node on each node host, wait until one serves.
 
         Whatever a crashed lab of this name left is removed first, and every lab whose owner
         process is gone. On any failure (or Ctrl-C) everything made so far is removed again.
         ``write_site=False``: the site file (with ``spec.pair_hosts()``'s addresses), its PKI
-        and its store are already there (a scenario run wrote them).
+        and its store are already there (a scenario run wrote them). On mirrored storage each
+        node host's PostgreSQL starts first (A's the primary, B's its replica), and
+        ``before_nodes`` (a scenario run's seeding of the primary) runs before any node starts.
 
         Raises:
             LabError: the machine cannot build it (one line naming why), or no host served in time.
@@ -189,6 +197,12 @@ class Lab(_HostFaults):
             self._build_network()
             if write_site:
                 self._write_site()
+            if spec.mirror is not None:
+                self._start_databases()
+                if write_site:
+                    seed_store(self.mirror().servers["A"].admin_url())
+            if before_nodes is not None:
+                before_nodes()
             for host in NODE_HOSTS:
                 self._write_keepalived(host)
             for host in NODE_HOSTS:
@@ -275,6 +289,64 @@ class Lab(_HostFaults):
 
     def _write_site(self) -> None:
         write_site(self.spec)
+
+    # -- mirrored storage: each node host's own PostgreSQL ---------------------------------
+
+    def mirror(self) -> Mirror:
+        """The node hosts' databases (mirrored storage), as this process reaches them (their sockets)."""
+        assert self.spec.mirror in ("sync", "async"), "a lab on the shared store has no databases"
+        if self._mirror is None:
+            mode: Literal["sync", "async"] = "sync" if self.spec.mirror == "sync" else "async"
+            self._mirror = Mirror(mirror_servers(self.spec.pg_dir, self.spec.database_hosts()), mode=mode)
+        return self._mirror
+
+    def _start_databases(self) -> None:
+        """initdb A's in its namespace, start it, make B's its replica by ``pg_basebackup``."""
+        pg_dir = self.spec.pg_dir
+        self._stop_databases()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+        pg_dir.mkdir()
+        hand_over(pg_dir)  # the server user's (it refuses to run as root); the lab's own files stay root's
+        mode: Literal["sync", "async"] = "sync" if self.spec.mirror == "sync" else "async"
+        try:
+            start_mirror(pg_dir, mode=mode, hosts=self.spec.database_hosts())
+        except (RuntimeError, MirrorError, OSError) as exc:
+            raise LabError(f"the node hosts' databases did not start: {str(exc).splitlines()[0]}") from None
+
+    def database_pids(self, host: str) -> list[int]:
+        """The processes of ``host``'s PostgreSQL, wherever it was started from (the lab, or its
+        node's rejoin, which restarts it): found by its data directory's ``postmaster.pid``."""
+        if self.spec.mirror is None:
+            return []
+        return self.mirror().servers[host].postmaster_pids()
+
+    def start_database(self, host: str) -> None:
+        """Start ``host``'s PostgreSQL in its namespace (after a crash: recovery, then it serves)."""
+        server = self.mirror().servers[host]
+        try:
+            server.start()
+        except RuntimeError as exc:
+            raise LabError(
+                f"host {host}'s PostgreSQL did not start: {str(exc).splitlines()[0]} (see {server.log})"
+            ) from None
+
+    def _stop_databases(self) -> list[int]:
+        """Every node host's PostgreSQL killed at once (a frozen one is frozen no more): no
+        shutdown to wait for, nothing of a lab's run is kept in them after it."""
+        stopped = []
+        for host in NODE_HOSTS:
+            pids = self.database_pids(host)
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while any(_alive(pid) and not _zombie(pid) for pid in pids):
+                if time.monotonic() > deadline:
+                    raise LabError(f"host {host}'s PostgreSQL survived SIGKILL: pids {pids}")
+                time.sleep(0.01)
+            stopped += pids
+        return stopped
 
     def _write_keepalived(self, host: str) -> None:
         write_keepalived(self.spec, host)
@@ -384,13 +456,19 @@ class Lab(_HostFaults):
                 )
             )
         lease, left = None, 0.0
-        db = self.store_path()
-        if db is not None and db.exists():
-            store = ClusterStore(db)
-            try:
-                lease = store.lease()
-            finally:
-                store.close()
+        target: Path | str | None = self.store_path()
+        if self.spec.mirror is not None:
+            with contextlib.suppress(MirrorError):
+                newest = self.mirror().newest_primary()
+                target = self.mirror().servers[newest].admin_url() if newest is not None else None
+        if target is not None and (self.spec.mirror is not None or Path(target).exists()):
+            with contextlib.suppress(Exception):  # a database going down meanwhile: no lease to show
+                store = open_cluster_store(target)
+                try:
+                    lease = store.lease()
+                finally:
+                    store.close()
+        if lease is not None:
             left = max(0.0, (lease.lease_until_us - time.time_ns() // 1000) / 1e6)
         return LabStatus(hosts=tuple(hosts), lease=lease, lease_left=left)
 
@@ -416,7 +494,7 @@ class Lab(_HostFaults):
         for proc in self.processes:
             stopped += stop_group(proc["pgid"], self.spec.recognised_on(proc["kind"], proc["host"]))
         self.processes = []
-        return stopped
+        return stopped + self._stop_databases()
 
     def down(self) -> tuple[list[int], list[str]]:
         """Stop every process the lab started (by recorded pid) and remove its namespaces."""
@@ -451,6 +529,13 @@ def remove_orphans() -> list[str]:
             lab.down()
             removed.append(lab.spec.name)
     return removed
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from storage import ClusterStore
+from storage import open_cluster_store
 
 from ..engine import node_command
 from ..site import issue_pair_pki, load_site, pair_site_toml, seed_config
-from ._spec import _PREFIX, _PRIORITY, VIP, LabSpec
+from ._spec import _PREFIX, _PRIORITY, NODE_HOSTS, VIP, LabSpec
 
-__all__ = ["argv", "write_keepalived", "write_site"]
+__all__ = ["argv", "seed_store", "write_keepalived", "write_site"]
 
 
 def write_site(spec: LabSpec) -> None:
@@ -27,6 +27,9 @@ def write_site(spec: LabSpec) -> None:
         buffer="2MiB",
         batch=512,
         heartbeat_ms=spec.heartbeat_ms,
+        mirror=spec.mirror,
+        node_dbs=spec.database_urls() if spec.mirror else None,
+        pg_data={h: spec.pg_dir / f"pg-{h}" for h in NODE_HOSTS} if spec.mirror else None,
     )
     spec.site_path.write_text(
         f"# Written by `fieldsync lab up` for lab {spec.name}: nodes on {spec.namespace('A')} and "
@@ -35,10 +38,16 @@ def write_site(spec: LabSpec) -> None:
     site = load_site(spec.site_path)
     shutil.rmtree(site.pki, ignore_errors=True)  # a fresh CA for a fresh lab: EC keys cost little
     issue_pair_pki(site, f"lab {spec.name}")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{site.db_file}{suffix}").unlink(missing_ok=True)
-    seed_config(site.db_file, doors=4, cardholders=100).close()
-    ClusterStore(site.db_file).close()
+    if spec.mirror is None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{site.db_file}{suffix}").unlink(missing_ok=True)
+        seed_store(site.db_file)
+
+
+def seed_store(target: Path | str) -> None:
+    """A lab's starting configuration and an empty lease, in the shared store or the primary."""
+    seed_config(target, doors=4, cardholders=100).close()
+    open_cluster_store(target).close()
 
 
 def write_keepalived(spec: LabSpec, host: str) -> None:

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from storage.postgres import DatabaseHost
+
 from ..site import PairHosts
 from ._system import LabError, Recognised
 
@@ -18,6 +20,9 @@ VIP = "198.18.0.100"
 _PREFIX = 16
 _NODE_ADDRESS = {"A": "198.18.0.11", "B": "198.18.0.12"}
 _PANEL_HOST_ADDRESS = "198.18.0.200"
+#: Each node host's PostgreSQL (mirrored storage) listens on its address at its own port: the
+#: two Unix sockets share the lab's ``pg`` directory, where the harness reaches them.
+_PG_PORT = {"A": 5441, "B": 5442}
 #: A is preferred at a cold start; with ``nopreempt`` a returning A does not take the VIP back.
 _PRIORITY = {"A": 110, "B": 100}
 _MARK = "fieldsync-lab "
@@ -56,6 +61,9 @@ class LabSpec:
     vrrp_gate: bool = True
     #: The sessions' heartbeat interval (the WELCOME's); an end gives up after 3 silent intervals.
     heartbeat_ms: int = 1000
+    #: Mirrored storage: ``sync`` or ``async``, each node host with its own PostgreSQL; None:
+    #: the shared SQLite store (one filesystem under both hosts).
+    mirror: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -70,6 +78,8 @@ class LabSpec:
             raise LabError(f"--heartbeat-ms {self.heartbeat_ms}: 10 .. 60000")
         if self.mode not in ("punch-out", "host-initiated", "mixed"):
             raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
+        if self.mirror not in (None, "sync", "async"):
+            raise LabError(f"--mirror {self.mirror!r}: sync or async")
 
     def panel_ids(self) -> range:
         return range(self.first_id, self.first_id + self.panels)
@@ -86,6 +96,19 @@ class LabSpec:
 
     def namespace(self, host: str) -> str:
         return f"fsl-{self.name}-{host}"
+
+    @property
+    def pg_dir(self) -> Path:
+        """The node hosts' PostgreSQL data directories (``pg-A``, ``pg-B``) and sockets (mirrored)."""
+        return self.directory / "pg"
+
+    def database_hosts(self) -> dict[str, DatabaseHost]:
+        """Where each node host's PostgreSQL listens, and in which namespace it runs."""
+        return {h: DatabaseHost(_NODE_ADDRESS[h], _PG_PORT[h], self.namespace(h)) for h in NODE_HOSTS}
+
+    def database_urls(self) -> dict[str, str]:
+        """Each node's database as its node reaches it (its site file's ``db``)."""
+        return {h: f"postgresql://postgres@{d.address}:{d.port}/postgres" for h, d in self.database_hosts().items()}
 
     def file(self, kind: str, host: str, suffix: str) -> Path:
         return self.directory / f"{kind}-{host}.{suffix}"
