@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ __all__ = [
     "RejoinReport",
     "Replica",
     "application_name",
+    "cancel_sync_waits",
     "database_role",
     "lease_epoch",
     "list_sync_standby",
@@ -127,6 +128,23 @@ def lease_epoch(url: str, *, what: str) -> int | None:
     except MirrorError:
         return None
     return int(rows[0][0]) if rows else None
+
+
+def cancel_sync_waits(url: str, *, what: str) -> int:
+    """End every commit at ``url`` still waiting for its synchronous standby; how many.
+
+    Each such COMMIT then returns with the WARNING that it "might not have been replicated",
+    which the stores count as not acknowledged (``StoreNotReplicated``). A node stepping down
+    does this so that its sessions' commits, waiting for a standby that is gone, end now and
+    not at their ``commit_timeout`` (its rejoin waits for them).
+    """
+    rows = query(
+        url,
+        "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity"
+        " WHERE wait_event = 'SyncRep' AND pid <> pg_backend_pid()",
+        what=what,
+    )
+    return int(rows[0][0]) if rows else 0
 
 
 def list_sync_standby(url: str, names: str, *, what: str) -> None:
@@ -241,12 +259,13 @@ class Mirror:
         found = [n for n in self.servers if self.role(n) == "primary"]
         return found[0] if len(found) == 1 else None
 
-    def newest_primary(self) -> str | None:
+    def newest_primary(self, *, besides: Collection[str] = ()) -> str | None:
         """The node whose database is a primary under the newest epoch: after a failover both
-        may answer as primaries until the stale one rejoins. None: no primary answers."""
+        may answer as primaries until the stale one rejoins. None: no primary answers.
+        ``besides``: nodes not to ask (a frozen host's server would keep a caller waiting)."""
         best: tuple[int, str] | None = None
         for node, server in self.servers.items():
-            if self.role(node) == "primary":
+            if node not in besides and self.role(node) == "primary":
                 epoch = lease_epoch(server.admin_url(), what=self._what(node)) or 0
                 if best is None or epoch > best[0]:
                     best = (epoch, node)

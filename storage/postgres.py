@@ -20,6 +20,7 @@ from ._pg_mirror import MirrorError as MirrorError
 from ._pg_mirror import RejoinReport as RejoinReport
 from ._pg_mirror import Replica as Replica
 from ._pg_mirror import application_name as application_name
+from ._pg_mirror import cancel_sync_waits as cancel_sync_waits
 from ._pg_mirror import database_role as database_role
 from ._pg_mirror import lease_epoch as lease_epoch
 from ._pg_mirror import list_sync_standby as list_sync_standby
@@ -50,6 +51,7 @@ __all__ = [
     "hand_over",
     "running_instance",
     "application_name",
+    "cancel_sync_waits",
     "database_role",
     "lease_epoch",
     "list_sync_standby",

@@ -22,3 +22,19 @@ def lab_namespaces(name: str) -> list[str]:
     """The namespaces of lab ``name`` that exist now."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(f"fsl-{name}-")]
+
+
+def needs_postgres() -> None:
+    """Skip the calling test, with one line, when the PostgreSQL server binaries are missing."""
+    from .store_engines import ensure_postgres
+
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+
+
+def postgres_of(directory: str) -> list[int]:
+    """The pids of every postgres process whose command line names a path under ``directory``."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=10, check=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "postgres" in line and directory in line]
+

@@ -86,6 +86,19 @@ def test_on_a_replica_a_free_lease_is_left_to_the_live_node_beside_the_primary()
     assert decide_standby(view(lease=handed, peer_quiet=0.05), RULES) == Take(force=False)
 
 
+def test_on_a_replica_whose_host_vrrp_made_master_the_free_lease_is_taken_after_a_while() -> None:
+    """The other node, beside the primary, is alive but its host is BACKUP: it can never serve,
+    so the node that has the VIP promotes its replica, once it has stood by past dead_after
+    (both hosts are MASTER for a few adverts when keepalived starts: no promotion then)."""
+    free = lease(None)
+    settled = view(lease=free, peer_quiet=0.05, vrrp_master=True, standby_for=RULES.dead_after + 0.1)
+    assert decide_standby(settled, RULES) == Take(force=False)
+    starting = dataclasses.replace(settled, standby_for=RULES.dead_after / 2)
+    assert decide_standby(starting, RULES) == Wait(look_again_in=0.1)
+    no_vrrp = dataclasses.replace(settled, vrrp_master=None)  # loopback: the peer can serve, leave it
+    assert decide_standby(no_vrrp, RULES) == Wait(look_again_in=0.1)
+
+
 def test_a_lease_held_one_microsecond_more_is_not_free() -> None:
     assert decide_standby(view(lease=lease(until_us=NOW + 1)), RULES) == Wait(look_again_in=0.1)
 

@@ -22,7 +22,7 @@ from fieldsync.harness import RunResult, ScenarioError, ScenarioRun, load_scenar
 from fieldsync.harness._lab_cluster import crashed, sockets_in
 from fieldsync.lab import Lab, LabError, LabSpec, group_members
 
-from .lab_support import lab_namespaces, needs_lab
+from .lab_support import lab_namespaces, needs_lab, needs_postgres, postgres_of
 from .test_scenarios import broken
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
@@ -33,7 +33,12 @@ NETNS = sorted(p for p in SCENARIOS.glob("*.toml") if load_scenario(p).cluster.b
 
 
 def test_the_shipped_library_has_host_scenarios() -> None:
-    assert [p.stem for p in NETNS] == ["host-power-loss", "nic-down-during-replay", "split-brain-partition"]
+    assert [p.stem for p in NETNS] == [
+        "host-power-loss",
+        "mirrored-hosts-power-loss-and-partition",
+        "nic-down-during-replay",
+        "split-brain-partition",
+    ]
 
 
 def test_host_steps_need_the_netns_backend(tmp_path: Path) -> None:
@@ -48,6 +53,13 @@ def test_host_steps_need_the_netns_backend(tmp_path: Path) -> None:
 def test_toxics_on_the_heartbeat_link_are_refused_on_netns(tmp_path: Path) -> None:
     scenario = load_scenario(SCENARIOS / "heartbeat-link-partition.toml")
     with pytest.raises(ScenarioError, match="on the netns backend the heartbeat link is the lab's switch"):
+        trio.run(ScenarioRun(scenario, backend="netns", workdir=tmp_path).run)
+    assert not (tmp_path / "site.toml").exists()
+
+
+def test_the_replication_link_has_no_proxy_on_real_hosts(tmp_path: Path) -> None:
+    scenario = load_scenario(SCENARIOS / "mirrored-async-wan.toml")
+    with pytest.raises(ScenarioError, match="on the netns backend the replication link is the lab's switch"):
         trio.run(ScenarioRun(scenario, backend="netns", workdir=tmp_path).run)
     assert not (tmp_path / "site.toml").exists()
 
@@ -68,9 +80,10 @@ def _run(scenario: object, tmp_path: Path, **kwargs: object) -> tuple[RunResult,
     try:
         return trio.run(run.run), run.lab_spec.name
     finally:
-        # Whatever the run did, its lab is gone: no namespace, no process of it.
+        # Whatever the run did, its lab is gone: no namespace, no process of it, no database.
         assert lab_namespaces(run.lab_spec.name) == []
         assert not (tmp_path / "work" / "lab.json").exists()
+        assert postgres_of(str(run.lab_spec.pg_dir)) == [] and not run.lab_spec.pg_dir.exists()
 
 
 def _epochs_before(result: RunResult, t: float) -> set[int]:
@@ -81,7 +94,10 @@ def _epochs_before(result: RunResult, t: float) -> set[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NETNS, ids=lambda p: p.stem)
 def test_host_scenario_holds_every_promise(path: Path, tmp_path: Path) -> None:
-    result, _ = _run(load_scenario(path), tmp_path)
+    scenario = load_scenario(path)
+    if scenario.cluster.mirror is not None:
+        needs_postgres()
+    result, _ = _run(scenario, tmp_path)
     assert result.ok, result.text()
     assert result.drained, result.text()
     if path.stem in ("host-power-loss", "nic-down-during-replay"):
@@ -94,6 +110,14 @@ def test_host_scenario_holds_every_promise(path: Path, tmp_path: Path) -> None:
         # every promise holds). keepalived killed beside the active: the other took over.
         assert max(_epochs_before(result, 9.5)) <= 2, result.samples
         assert result.report.store_epoch >= 2, result.text()
+    if path.stem == "mirrored-hosts-power-loss-and-partition":
+        # Each host's own PostgreSQL: the power loss and the partition each promoted the
+        # other host's replica, and each stale primary rewound itself over the switch.
+        assert result.report.store_epoch >= 3, result.text()
+        logs = "".join((tmp_path / "work" / f"node-{h}.log").read_text() for h in "AB")
+        assert logs.count("promoted its database to primary") >= 2, logs[-3000:]
+        assert "rejoined by pg_rewind" in logs, logs[-3000:]
+        assert (tmp_path / "work" / "postgres-A.log").exists()  # the servers' logs stay with the run
 
 
 @needs_lab
@@ -124,6 +148,21 @@ def test_a_broken_engine_is_caught_on_real_hosts(tmp_path: Path) -> None:
     random instant almost never lands between a commit and its ACK, so nothing is resent.)"""
     scenario = load_scenario(SCENARIOS / "host-power-loss.toml")
     result, _ = _run(scenario, tmp_path, flaws=frozenset({"ack-before-commit"}))
+    assert "P1" in broken(result), result.text()
+    assert result.report.totals()["lost"] > 0, result.text()
+
+
+@needs_lab
+@pytest.mark.slow
+def test_a_mirror_that_degrades_to_async_is_caught_on_real_hosts(tmp_path: Path) -> None:
+    """The negative control of mirrored storage on real hosts: a build whose active stops
+    waiting for its synchronous standby whenever a commit waits for it (what a pair that
+    favours availability does) keeps acknowledging through the partition, on a primary
+    whose writes the rewind at the heal discards; P1 counts them. The real engine holds in
+    this very scenario (above): its commits wait, it acknowledges nothing alone, it steps down."""
+    needs_postgres()
+    scenario = load_scenario(SCENARIOS / "mirrored-hosts-power-loss-and-partition.toml")
+    result, _ = _run(scenario, tmp_path, flaws=frozenset({"degrade-to-async"}))
     assert "P1" in broken(result), result.text()
     assert result.report.totals()["lost"] > 0, result.text()
 

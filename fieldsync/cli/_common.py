@@ -56,6 +56,11 @@ def friendly(fn: F) -> F:
             MetricsError,
         ) as exc:
             raise click.ClickException(str(exc)) from None
+        except BaseExceptionGroup as group:  # raised inside a nursery (a scenario run's, say)
+            user = [leaf for leaf in _leaves(group) if isinstance(leaf, (*_USER_ERRORS, LabError))]
+            if user and not any(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(group)):
+                raise click.ClickException("; ".join(str(e) for e in user)) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 

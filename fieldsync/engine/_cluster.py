@@ -77,6 +77,9 @@ class ClusterNode(_StandbyLoop):
         self._watched: tuple[int, int | None] | None = None
         #: Set when the active stopped because its host left VRRP MASTER: release the lease after.
         self._left_vip = False
+        #: Set while an active is stopping (fenced, stepped down, left the VIP): on mirrored
+        #: storage its sessions' commits still waiting for a standby that is gone are ended.
+        self._stopping = trio.Event()
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node_id} {self.role.value} epoch {self.epoch}>"
@@ -108,6 +111,8 @@ class ClusterNode(_StandbyLoop):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._tick)
+                if self.settings.mirror is not None:
+                    nursery.start_soon(self._end_stuck_commits)
                 task_status.started()
                 while True:
                     self.role = Role.STANDBY
@@ -122,6 +127,27 @@ class ClusterNode(_StandbyLoop):
                 await trio.to_thread.run_sync(self.heart.join)
                 await trio.to_thread.run_sync(self.ears.join)
                 await self._db(self.cluster.close)
+
+    async def _end_stuck_commits(self) -> None:
+        """While an active stops on mirrored storage: end its commits that wait for the
+        standby (they return not replicated: never acknowledged), every beat until it has
+        stopped. Otherwise each waits out its ``commit_timeout`` before the node can stand by
+        and see that its database is the stale primary (found on the lab's hosts: a node back
+        from a power loss took 20 s to rejoin)."""
+        from storage.postgres import MirrorError, cancel_sync_waits
+
+        while True:
+            await self._stopping.wait()
+            try:
+                # Not through the store's limiter: the commits to end may be holding it.
+                ended = await trio.to_thread.run_sync(
+                    lambda: cancel_sync_waits(str(self.settings.db), what=f"node {self.node_id}'s database")
+                )
+            except MirrorError:
+                ended = 0
+            if ended:
+                log.warning("node %s: ended %d commits waiting for the standby (not acknowledged)", self.node_id, ended)
+            await trio.sleep(self.settings.beat_interval)
 
     async def _tick(self) -> None:
         while True:
@@ -160,7 +186,9 @@ class ClusterNode(_StandbyLoop):
             await node.fenced.wait()
             self.fenced_count += 1
             log.warning("node %s fenced at epoch %d: stepping down", self.node_id, epoch)
+            self._stopping.set()
             nursery.cancel_scope.cancel()
+        self._stopping = trio.Event()
         self.node = None
         self.became_active = trio.Event()
         if self._left_vip:
@@ -206,6 +234,7 @@ class ClusterNode(_StandbyLoop):
                         _vrrp_words(s),
                     )
                     self._left_vip = True
+                    self._stopping.set()
                     scope.cancel()  # the sessions go with the VIP; no BYE to panels we cannot reach
                     return
                 case HandOver(to=hand_to):

@@ -141,6 +141,15 @@ def _holder_silence(view: StandbyView, rules: FailoverRules) -> float | None:
     return silence
 
 
+def _vip_left_here(view: StandbyView, rules: FailoverRules) -> bool:
+    """VRRP put the VIP on this host, and this node has stood by for longer than ``dead_after``
+    since: the other node, gated by its host's BACKUP state, can never take the free lease, so
+    this one must, promoting its replica (found on the lab's hosts: keepalived made the
+    replica's host MASTER at a cold start, and neither node ever served). The wait keeps a
+    moment when both hosts are MASTER (keepalived's own start, a few adverts) from promoting."""
+    return view.vrrp_master is True and view.standby_for > rules.dead_after
+
+
 def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
     """What a standby does next, from what it observed."""
     lease, beat = view.lease, rules.beat_interval
@@ -152,7 +161,7 @@ def decide_standby(view: StandbyView, rules: FailoverRules) -> StandbyDecision:
     if free:
         if lease.switchover_to is not None:
             return Wait(look_again_in=beat)
-        if view.peer_quiet is not None and view.peer_quiet <= rules.dead_after:
+        if view.peer_quiet is not None and view.peer_quiet <= rules.dead_after and not _vip_left_here(view, rules):
             # Mirrored, on a replica, and the other node (beside the primary) is alive: a free
             # lease is its to take (a cold start, a restart); promoting here would split the pair.
             return Wait(look_again_in=beat)

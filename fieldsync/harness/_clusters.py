@@ -69,10 +69,12 @@ def run_node_command(run: ScenarioRun, name: str, site_path: Path) -> list[str]:
 
 
 def lease_targets(run: ScenarioRun) -> list[Path | str]:
-    """Where the run's lease lives: the shared store, or each node's own database (mirrored)."""
-    if run.site.mirror is None:
+    """Where the run's lease lives: the shared store, or each node's own database (mirrored),
+    as this process reaches it (a lab host's by its Unix socket)."""
+    mirror = run._setup.mirror
+    if mirror is None:
         return [run.site.db_file]
-    return [run.site.node_db(n.name) for n in run.site.nodes]
+    return [mirror.servers[n.name].admin_url() for n in run.site.nodes]
 
 
 class StoreWatchedCluster:
@@ -88,16 +90,26 @@ class StoreWatchedCluster:
     stopped: set[str]
     #: How many tries the last ``stop(outside_transaction=True)`` took.
     pause_tries: int
+    #: Held while the lease is read: a host is frozen only between two reads (the netns backend).
+    lease_reads: trio.Lock
 
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         raise NotImplementedError
+
+    def lease_sources(self) -> list[Path | str]:
+        """The targets the lease is read from now (the netns backend leaves out a frozen host's)."""
+        return self.targets
 
     async def _watch_lease(self) -> None:
         stores: dict[Path | str, LeaseStoreInterface] = {}
 
         def read() -> Lease | None:
             newest: Lease | None = None
-            for target in self.targets:
+            sources = self.lease_sources()
+            for target in [t for t in stores if t not in sources]:
+                with contextlib.suppress(Exception):
+                    stores.pop(target).close()
+            for target in sources:
                 try:
                     if target not in stores:
                         stores[target] = open_cluster_store(target)
@@ -114,7 +126,8 @@ class StoreWatchedCluster:
 
         try:
             while True:
-                lease = await trio.to_thread.run_sync(read)
+                async with self.lease_reads:
+                    lease = await trio.to_thread.run_sync(read)
                 # Epochs only grow: a read that missed the newest database (restarting for a
                 # rejoin, say) must not bring back an older holder.
                 if lease is not None and (self.lease is None or lease.epoch >= self.lease.epoch):
@@ -212,6 +225,7 @@ class ProcessCluster(StoreWatchedCluster):
         self.stopped: set[str] = set()
         #: How many tries the last ``stop(outside_transaction=True)`` took.
         self.pause_tries = 0
+        self.lease_reads = trio.Lock()
 
     async def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._watch_lease)

@@ -5,19 +5,22 @@ asserts has a build that breaks it. They live here, in the harness, and nowhere 
 the product: no setting and no flag of the shipped ``fieldsync`` can select one. The
 harness injects a flaw by subclassing the engine at its seams (``Node.store_class``,
 ``Node._resume_hwm``, ``Node._admit``, ``Node._peer_broke_protocol``,
-``ClusterNode.node_class``, ``ClusterNode._step_down``, ``EventStore._check_fence``,
+``ClusterNode.node_class``, ``ClusterNode._step_down``, ``ClusterNode._serve``, ``EventStore._check_fence``,
 ``EventStore._ingest_one``), in-process for the fast tier
 and through ``python -m fieldsync.harness.flawed`` for node processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import cast
+
+import trio
 
 from protocol import GAP_KINDS, RECORD_SIZE, ErrorCode, Hello, RemoteProtocolError
 from protocol.streams import Link
@@ -30,6 +33,7 @@ __all__ = ["FLAWS", "flawed_cluster_class", "flawed_command", "flawed_node_class
 #: Each flaw and the promise whose check must catch it.
 FLAWS = {
     "ack-before-commit": "P1",
+    "degrade-to-async": "P1",
     "no-dedupe": "P2",
     "no-epoch-check": "P5",
     "crash-on-bad-frame": "P6",
@@ -120,6 +124,36 @@ def _keep_serving(self: ClusterNode, node: Node) -> bool:
     return False  # a node that lost its lease goes on serving under its old epoch
 
 
+async def _serve_degrading(self: ClusterNode, epoch: int) -> None:
+    # Mirrored storage: while active, whenever a commit waits for the synchronous standby
+    # (gone, or cut off by a partition), stop waiting for it: clear synchronous_standby_names.
+    # The waiting commits then succeed, and every later one is acknowledged from the primary's
+    # disk alone: the availability a naive pair buys with acknowledged events (P1).
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_degrade_when_waiting, self)
+        await ClusterNode._serve(self, epoch)
+        nursery.cancel_scope.cancel()
+
+
+async def _degrade_when_waiting(self: ClusterNode) -> None:
+    from storage.postgres import MirrorError, list_sync_standby, query
+
+    url, what = str(self.settings.db), f"node {self.node_id}'s database"
+
+    def degrade() -> bool:
+        waiting = query(url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'", what=what)
+        if not waiting[0][0]:
+            return False
+        list_sync_standby(url, "", what=what)
+        return True
+
+    while True:
+        await trio.sleep(0.1)
+        with contextlib.suppress(MirrorError):
+            if await trio.to_thread.run_sync(degrade):
+                sys.stderr.write(f"flaw: node {self.node_id} stopped waiting for its standby (async)\n")
+
+
 def _check(flaws: Iterable[str]) -> frozenset[str]:
     chosen = frozenset(flaws)
     unknown = chosen - set(FLAWS)
@@ -154,6 +188,8 @@ def flawed_cluster_class(flaws: Iterable[str]) -> type[ClusterNode]:
     members: dict[str, object] = {"node_class": flawed_node_class(chosen)}
     if "no-epoch-check" in chosen:
         members["_step_down"] = _keep_serving
+    if "degrade-to-async" in chosen:
+        members["_serve"] = _serve_degrading
     return cast(type[ClusterNode], type("FlawedClusterNode", (ClusterNode,), members))
 
 

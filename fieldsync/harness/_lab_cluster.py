@@ -37,7 +37,7 @@ import trio
 from storage import Lease
 
 from ..lab import NODE_HOSTS, Lab, LabError, LabSpec
-from ._clusters import StoreWatchedCluster, run_node_command, until
+from ._clusters import StoreWatchedCluster, lease_targets, run_node_command, until
 from ._scenario import Scenario, ScenarioError
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def run_lab_spec(scenario: Scenario, *, directory: Path, port: int, name: str) -
         port=port,
         mode=scenario.site.mode,
         stonith=scenario.cluster.stonith,
+        mirror=scenario.cluster.mirror,
     )
 
 
@@ -130,15 +131,20 @@ class LabCluster(StoreWatchedCluster):
     def __init__(self, run: ScenarioRun, site_path: Path, spec: LabSpec) -> None:
         scenario = run.scenario
         self.run = run
-        self.db = run.site.db_file  # the lab's hosts share one filesystem: the shared store
-        self.targets = [self.db]
+        mirrored = scenario.cluster.mirror is not None
+        # The lab's hosts share one filesystem: the shared store; or each host's own database.
+        self.db = None if mirrored else run.site.db_file
+        self.targets = lease_targets(run)
         self.store_target = run.store_target
         self.spec = spec
         self.lab = Lab(self.spec, node_argv=lambda host: run_node_command(run, host, site_path), owner=os.getpid())
         self.lease: Lease | None = None
         self.stopped: set[str] = set()
         self.pause_tries = 0
+        self.lease_reads = trio.Lock()
         self.restart = scenario.cluster.restart
+        #: Hosts that crashed (``crash``): down, database and all, until a step or the end starts them.
+        self._crashed: set[str] = set()
         #: Nodes this run keeps down (``all_down``) or that are restarting now.
         self._held: set[str] = set()
         self._starts = dict.fromkeys(NODE_HOSTS, 0)
@@ -161,7 +167,8 @@ class LabCluster(StoreWatchedCluster):
 
     async def _own_lab(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await trio.to_thread.run_sync(lambda: self.lab.up(write_site=False, timeout=60))
+            seed = self.run._setup.seed if self.run.scenario.cluster.mirror is not None else None
+            await trio.to_thread.run_sync(lambda: self.lab.up(write_site=False, timeout=60, before_nodes=seed))
         except LabError as exc:
             raise ScenarioError(f"{self.run.scenario.name}: the netns backend could not build its lab: {exc}") from None
         try:
@@ -192,7 +199,14 @@ class LabCluster(StoreWatchedCluster):
             self._held.discard(host)
 
     def _may_restart(self, host: str) -> bool:
-        return self.restart and host not in self.lab.powered_off
+        return self.restart and host not in self.lab.powered_off and host not in self._crashed
+
+    def lease_sources(self) -> list[Path | str]:
+        if self.db is not None:
+            return self.targets
+        mirror = self.run._setup.mirror
+        assert mirror is not None
+        return [mirror.servers[h].admin_url() for h in NODE_HOSTS if h not in self.lab.powered_off]
 
     async def _in_lab(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lab_lock:
@@ -215,7 +229,19 @@ class LabCluster(StoreWatchedCluster):
         self.stopped.discard(name)
         return await self._in_lab(self._signal, name, signal.SIGKILL)
 
+    async def crash(self, name: str) -> None:
+        """Mirrored storage: the host crashes: SIGKILL of its node, keepalived and PostgreSQL at
+        once. It stays down until a step or the end's heal starts it again."""
+        self.stopped.discard(name)
+        self._crashed.add(name)
+        await self._in_lab(self.lab.kill, name)
+
     async def ensure_running(self, name: str) -> None:
+        if name in self._crashed:
+            await self._in_lab(self.lab.start, name)
+            self._crashed.discard(name)
+            self._starts[name] += 1
+            return
         if self.lab.is_running(name, "node"):
             return
         with trio.move_on_after(5):  # the restart watcher may be about to start it
@@ -258,8 +284,20 @@ class LabCluster(StoreWatchedCluster):
 
     # -- the faults of hosts (the steps of ``_host_steps``) ------------------------------------
 
+    def powered_off(self) -> list[str]:
+        """The hosts without power now."""
+        return sorted(self.lab.powered_off)
+
     async def power(self, host: str, *, on: bool) -> None:
-        await self._in_lab(self.lab.power_on if on else self.lab.power_off, host)
+        frozen = self.run._setup.frozen
+        if on:
+            await self._in_lab(self.lab.power_on, host)
+            frozen.discard(host)
+            return
+        # Frozen only between two reads of the lease: a read of a frozen database never ends.
+        async with self.lease_reads:
+            frozen.add(host)
+            await self._in_lab(self.lab.power_off, host)
 
     async def nic(self, host: str, *, up: bool) -> None:
         await self._in_lab(lambda: self.lab.nic(host, up=up))

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from storage import ConfigState
     from storage.postgres import Mirror
 
+    from ..lab import LabSpec
+
 T = TypeVar("T")
 
 __all__ = ["RunSetup"]
@@ -95,8 +97,11 @@ class RunSetup:
         in_process: bool,
         hub: FaultHub,
         hosts: PairHosts | None = None,
+        lab: LabSpec | None = None,
     ) -> None:
         self.scenario = scenario
+        #: The netns backend's lab: on mirrored storage its hosts run the databases.
+        self.lab = lab
         #: The lab's addresses (the netns backend): real links, so no heartbeat proxies.
         self.hosts = hosts
         self.workdir = workdir
@@ -107,6 +112,8 @@ class RunSetup:
         self.mounted: Path | None = None
         #: Mirrored storage (``[cluster] mirror``): the nodes' databases, while they run.
         self.mirror: Mirror | None = None
+        #: Nodes whose database must not be asked now: their host is frozen (powered off).
+        self.frozen: set[str] = set()
         self._mirror_dir: Path | None = None
 
     def prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStoreInterface | PrimaryConfig]:
@@ -116,6 +123,7 @@ class RunSetup:
             (self.workdir / "flash").mkdir(exist_ok=True)
         store_dir = self.mount_store(s.store_size) if s.store_size else None
         mirrored = self.start_databases() if self.scenario.cluster.mirror is not None else None
+        in_lab = mirrored is not None and self.lab is not None
         site_path = self.workdir / "site.toml"
         # The node processes read the site from this file; this run reads the same text.
         text = pair_site_toml(
@@ -143,8 +151,11 @@ class RunSetup:
         if s.tls:
             issue_pair_pki(site, self.scenario.name[:60] or "scenario")
         config: ConfigStoreInterface | PrimaryConfig
-        config = seed_config(self.store_target(site), doors=s.doors, cardholders=s.cardholders)
-        if self.mirror is not None:
+        if in_lab:  # the lab's databases start with the lab, which seeds them then (``seed``)
+            config = PrimaryConfig(lambda: self.store_target(site))
+        else:
+            config = seed_config(self.store_target(site), doors=s.doors, cardholders=s.cardholders)
+        if self.mirror is not None and not in_lab:
             config.close()
             config = PrimaryConfig(lambda: self.store_target(site))
         settings = [site.panel_settings(pid) for pid in site.panel_ids()]
@@ -154,19 +165,29 @@ class RunSetup:
         """Where the site's events are now: the shared store, or the current primary's database."""
         if self.mirror is None:
             return site.db_file
-        return self.mirror.servers[self.primary()].url()
+        return self.mirror.servers[self.primary()].admin_url()
 
     def primary(self) -> str:
         """The mirrored node whose database is the primary with the newest epoch (A while none answers)."""
         assert self.mirror is not None
-        return self.mirror.newest_primary() or "A"
+        return self.mirror.newest_primary(besides=self.frozen) or "A"
+
+    def seed(self) -> None:
+        """The run's starting configuration in the lab's primary, once the lab's databases run."""
+        assert self.mirror is not None, "only the lab's databases are seeded late"
+        s = self.scenario.site
+        seed_config(self.mirror.servers[self.primary()].admin_url(), doors=s.doors, cardholders=s.cardholders).close()
 
     def start_databases(self) -> Mirror:
-        """Nodes A and B's own PostgreSQL for the run: A's the primary, B's its replica."""
+        """Nodes A and B's own PostgreSQL for the run: A's the primary, B's its replica. On the
+        netns backend they are the lab's hosts' (``LabSpec.databases``), started by the lab."""
         from storage.postgres import LocalPostgres, start_mirror
 
         mode = self.scenario.cluster.mirror
         assert mode is not None
+        if self.lab is not None:
+            self.mirror = self.lab.databases()
+            return self.mirror
         self._mirror_dir = LocalPostgres.workdir("fieldsync-scenario-pg-")
         try:
             self.mirror = start_mirror(self._mirror_dir, mode=mode)

@@ -169,6 +169,7 @@ class ScenarioRun:
             in_process=self.in_process,
             hub=self.hub,
             hosts=self.lab_spec.pair_hosts() if self.lab_spec is not None else None,
+            lab=self.lab_spec,
         )
         self._sampler = Sampler(self.samples)
 
@@ -227,10 +228,10 @@ class ScenarioRun:
         needs_mirror = [s.describe() for s in scenario.timeline if s.needs_mirror]
         if needs_mirror and scenario.cluster.mirror is None:
             raise ScenarioError(f"{scenario.name}: {', '.join(needs_mirror)} needs mirrored storage ([cluster] mirror)")
-        if scenario.cluster.mirror is not None and self.backend != "process":
+        if scenario.cluster.mirror is not None and self.backend == "in-process":
             raise ScenarioError(
-                f"{scenario.name}: [cluster] mirror runs on the process backend (two node processes, each on "
-                f"its own PostgreSQL on loopback), not {self.backend}"
+                f"{scenario.name}: [cluster] mirror needs the two node processes, each on its own PostgreSQL "
+                "(the process or netns backend); run it without --fast"
             )
         if scenario.cluster.mirror is not None and scenario.site.store_size:
             raise ScenarioError(
@@ -302,7 +303,7 @@ class ScenarioRun:
             await nursery.start(serve_api, self.hub, "127.0.0.1", self.api_port)
             self.say(f"fault API on http://127.0.0.1:{self.api_port}/proxies")
         settings = await self._setup.make_proxies(settings, self.site.vip)
-        if self._setup.mirror is not None:
+        if self._setup.mirror is not None and self.lab_spec is None:
             await self._setup.make_replication_proxy()
         if self.cluster is None and not self.in_process:
             await self._setup.make_heartbeat_proxies(self.site)

@@ -385,8 +385,9 @@ class ContStep(_NodeStep):
 class CrashStep(_NodeStep):
     """The node's host crashes on mirrored storage: ``kill -9`` of the node and an immediate stop
     of its own database (what was only in the host's memory, and what the mirror had not yet
-    received, is gone). Both start again if ``restart``; the database, now the stale primary,
-    is rewound by its node to rejoin."""
+    received, is gone); on the netns backend, kill -9 of everything the host runs (node,
+    keepalived, PostgreSQL). The host stays down until a ``restart`` step or the end starts it;
+    its database, now the stale primary, is then rewound by its node to rejoin."""
 
     do: Literal["crash"] = "crash"
 
@@ -396,12 +397,16 @@ class CrashStep(_NodeStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         from ._clusters import ProcessCluster
+        from ._lab_cluster import LabCluster
 
         cluster = _cluster(run)
         name = cluster.resolve(self.node)
-        assert isinstance(cluster, ProcessCluster), "the runner refuses a mirror on other backends"
+        assert isinstance(cluster, ProcessCluster | LabCluster), "the runner refuses a mirror in-process"
         await cluster.crash(name)
-        run.note(f"crash of node {name}'s host: kill -9 of the node, immediate stop of its database")
+        if isinstance(cluster, LabCluster):
+            run.note(f"crash of host {name}: kill -9 of its node, keepalived and PostgreSQL at once")
+        else:
+            run.note(f"crash of node {name}'s host: kill -9 of the node, immediate stop of its database")
 
 
 @toml_table
@@ -453,6 +458,14 @@ class _GroupStep(StepBase):
     @property
     def needs_mirror(self) -> bool:
         return self.group == REPLICATION_GROUP
+
+    def backend_problem(self, backend: str) -> str | None:
+        if backend == "netns" and self.group == REPLICATION_GROUP:
+            return (
+                "on the netns backend the replication link is the lab's switch between hosts A and B, "
+                "with no proxy on it: 'partition' (or 'down nodes') cuts it with the heartbeat link"
+            )
+        return super().backend_problem(backend)
 
     def check(self, site: SiteSpec, duration: float) -> None:
         super().check(site, duration)
@@ -534,7 +547,7 @@ class ToxicStep(_GroupStep):
                 "on the netns backend the heartbeat link is the lab's switch between hosts A and B: "
                 "'down'/'up' (a partition) work there; toxics act on the run's own proxies, and none sits on that link"
             )
-        return None
+        return super().backend_problem(backend)
 
     def toxic(self) -> Toxic:
         given = self.file_items()
@@ -625,15 +638,18 @@ class PowerOffStep(_HostStep):
 
 @toml_table
 class PowerOnStep(_HostStep):
-    """Power back: the host's processes carry on where they froze, its port comes up."""
+    """Power back: the host's processes carry on where they froze, its port comes up. No
+    ``node``: every host without power (the one a ``power-off`` of the active took down)."""
 
     do: Literal["power-on"] = "power-on"
-    node: NodeTarget
+    node: Literal["A", "B"] | None = None
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
-        await _hosts(run).power(self.node, on=True)
-        run.close_windows(f"power off {self.node}")
-        run.note(f"host {self.node} powered on")
+        hosts = _hosts(run)
+        for name in [self.node] if self.node is not None else hosts.powered_off():
+            await hosts.power(name, on=True)
+            run.close_windows(f"power off {name}")
+            run.note(f"host {name} powered on")
 
 
 @toml_table

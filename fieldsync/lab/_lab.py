@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from storage import Lease, MirrorError, open_cluster_store
-from storage.postgres import Mirror, hand_over, mirror_servers, start_mirror
+from storage.postgres import Mirror, hand_over, start_mirror
 
 from ..site import SiteError, load_site
 from ._faults import _HostFaults
@@ -296,8 +296,7 @@ class Lab(_HostFaults):
         """The node hosts' databases (mirrored storage), as this process reaches them (their sockets)."""
         assert self.spec.mirror in ("sync", "async"), "a lab on the shared store has no databases"
         if self._mirror is None:
-            mode: Literal["sync", "async"] = "sync" if self.spec.mirror == "sync" else "async"
-            self._mirror = Mirror(mirror_servers(self.spec.pg_dir, self.spec.database_hosts()), mode=mode)
+            self._mirror = self.spec.databases()
         return self._mirror
 
     def _start_databases(self) -> None:
@@ -459,7 +458,7 @@ class Lab(_HostFaults):
         target: Path | str | None = self.store_path()
         if self.spec.mirror is not None:
             with contextlib.suppress(MirrorError):
-                newest = self.mirror().newest_primary()
+                newest = self.mirror().newest_primary(besides=self.powered_off)  # a frozen server never answers
                 target = self.mirror().servers[newest].admin_url() if newest is not None else None
         if target is not None and (self.spec.mirror is not None or Path(target).exists()):
             with contextlib.suppress(Exception):  # a database going down meanwhile: no lease to show
@@ -490,15 +489,23 @@ class Lab(_HostFaults):
     # -- down ----------------------------------------------------------------------------
 
     def _stop_processes(self) -> list[int]:
+        """The nodes first: keepalived stopping under a serving node hands the VIP over, and
+        the other node would take over (promote, rewind) while the lab is coming down."""
         stopped = []
-        for proc in self.processes:
+        for proc in sorted(self.processes, key=lambda p: p["kind"] != "node"):
             stopped += stop_group(proc["pgid"], self.spec.recognised_on(proc["kind"], proc["host"]))
         self.processes = []
         return stopped + self._stop_databases()
 
     def down(self) -> tuple[list[int], list[str]]:
-        """Stop every process the lab started (by recorded pid) and remove its namespaces."""
+        """Stop every process the lab started (by recorded pid) and remove its namespaces (and
+        its databases' directory, their logs kept in the lab's)."""
         stopped = self._stop_processes()
+        if self.spec.mirror is not None and self.spec.pg_dir.exists():
+            for log in self.spec.pg_dir.glob("pg-*.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copy2(log, self.spec.directory / f"postgres-{log.stem[3:]}.log")
+            shutil.rmtree(self.spec.pg_dir, ignore_errors=True)
         removed = []
         existing = _namespaces()
         for host in HOSTS:

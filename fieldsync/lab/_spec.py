@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from storage.postgres import DatabaseHost
+from storage.postgres import DatabaseHost, Mirror, mirror_servers
 
 from ..site import PairHosts
 from ._system import LabError, Recognised
@@ -99,12 +100,22 @@ class LabSpec:
 
     @property
     def pg_dir(self) -> Path:
-        """The node hosts' PostgreSQL data directories (``pg-A``, ``pg-B``) and sockets (mirrored)."""
-        return self.directory / "pg"
+        """The node hosts' PostgreSQL data directories (``pg-A``, ``pg-B``) and sockets (mirrored).
+
+        In the system's temp directory, by the lab's name: the server user must reach it
+        (the lab's own directory may sit below one only root can enter, pytest's for one),
+        and a Unix socket's path must stay under 108 bytes. ``down`` removes it, keeping the
+        servers' logs in the lab's directory."""
+        return Path(tempfile.gettempdir()) / f"fieldsync-lab-{self.name}-pg"
 
     def database_hosts(self) -> dict[str, DatabaseHost]:
         """Where each node host's PostgreSQL listens, and in which namespace it runs."""
         return {h: DatabaseHost(_NODE_ADDRESS[h], _PG_PORT[h], self.namespace(h)) for h in NODE_HOSTS}
+
+    def databases(self) -> Mirror:
+        """The node hosts' databases as a ``Mirror`` that this process reaches (their Unix sockets)."""
+        mode: Literal["sync", "async"] = "sync" if self.mirror == "sync" else "async"
+        return Mirror(mirror_servers(self.pg_dir, self.database_hosts()), mode=mode)
 
     def database_urls(self) -> dict[str, str]:
         """Each node's database as its node reaches it (its site file's ``db``)."""
