@@ -37,11 +37,15 @@ CLI = [sys.executable, "-m", "fieldsync.cli"]
 @pytest.fixture
 def fake_keepalived() -> Iterator[int]:
     """A real process whose command line says keepalived (argv[0]), as the pid file's process."""
-    # argv[0] set by the exec itself: Popen returns only once the exec has succeeded, so the
-    # command line never shows a shell that is about to become keepalived (a race seen in CI).
+    # argv[0] set by the exec itself, so the command line never shows a shell about to become
+    # keepalived (accepted too early, a race seen in CI). Popen returns once the exec closed
+    # its error pipe, which the kernel does before it sets up the new command line: wait for it.
     proc = subprocess.Popen(["keepalived", "60"], executable=shutil.which("sleep"))
     try:
-        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"keepalived\0")
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"keepalived\0"):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
         yield proc.pid
     finally:
         proc.kill()
