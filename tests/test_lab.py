@@ -16,16 +16,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fieldsync.engine import vrrp_master
-from fieldsync.lab import VIP, Lab, LabError, LabSpec
+from fieldsync.lab import VIP, Lab, LabError, LabSpec, describe
 from fieldsync.site import SiteError, load_site
+from storage import open_config_store
 
-from .lab_support import lab_namespaces, needs_lab
+from .lab_support import lab_namespaces, needs_lab, needs_postgres, postgres_of
 
 HERE = Path(__file__).parent
 CLI = [sys.executable, "-m", "fieldsync.cli"]
@@ -220,6 +221,56 @@ def test_power_off_of_the_active_host_mid_replay_keeps_every_promise(lab_under_t
         + f" s; power-off to first ACK: max {max(result['fault_to_first_ack_s'].values()):.3f} s "
         f"({result['totals']['stored']} events stored, {time.monotonic() - started:.1f} s in all)"
     )
+
+
+def _wait(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@needs_lab
+def test_a_mirrored_lab_fails_over_by_promotion_and_rejoins_by_rewind(lab_under_test: LabUnderTest) -> None:
+    """`lab up --mirror sync` as a user runs it: each node host's own PostgreSQL, A's the
+    primary, B's its synchronous replica over the switch; the active's host loses power, the
+    other promotes its replica and serves under a new epoch; power back and the node started
+    again, the old primary rewinds itself and streams in sync; `lab down` leaves no server."""
+    needs_postgres()
+    out = lab_under_test.up("--mirror", "sync", panels=2)
+    assert "PostgreSQL postgresql://postgres@198.18.0.11:5441/postgres (sync mirror)" in out, out
+    lab = lab_under_test.lab()
+    mirror = lab.mirror()
+    first = lab.status()
+    holder = first.serving()
+    assert holder is not None and first.epoch >= 1, describe(first)
+    other = "B" if holder == "A" else "A"
+    assert mirror.role(holder) == "primary" and mirror.role(other) == "standby"
+    assert [(r.node, r.state, r.sync_state) for r in mirror.replication(holder)] == [(other, "streaming", "sync")]
+    config = open_config_store(mirror.servers[holder].admin_url())  # the lab seeded the primary
+    try:
+        assert config.version >= 3
+    finally:
+        config.close()
+
+    _lab("power-off", holder, "--dir", str(lab_under_test.dir))
+    _wait("the other host serves", lambda: lab_under_test.lab().status().serving() == other)
+    assert lab_under_test.lab().status().epoch > first.epoch
+    assert mirror.role(other) == "primary"
+    _lab("power-on", holder, "--dir", str(lab_under_test.dir))
+    _lab("start", holder, "--dir", str(lab_under_test.dir))  # its node, if STONITH shot it while frozen
+    _wait("the old primary rejoins", lambda: mirror.role(holder) == "standby", timeout=60)
+    _wait(
+        "it streams in sync",
+        lambda: [(r.node, r.sync_state) for r in mirror.replication(other)] == [(holder, "sync")],
+    )
+    log = (lab_under_test.dir / f"node-{holder}.log").read_text()
+    assert "its database was the stale primary" in log, log[-2000:]
+    pg_dir = lab.spec.pg_dir
+    _lab("down", "--dir", str(lab_under_test.dir))
+    assert postgres_of(str(pg_dir)) == [] and not pg_dir.exists()
+    assert (lab_under_test.dir / f"postgres-{holder}.log").exists()
 
 
 @pytest.mark.slow

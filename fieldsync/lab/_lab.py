@@ -205,10 +205,20 @@ class Lab(_HostFaults):
                 before_nodes()
             for host in NODE_HOSTS:
                 self._write_keepalived(host)
-            for host in NODE_HOSTS:
-                self.start_process(host, "keepalived")
-            for host in NODE_HOSTS:
-                self.start_process(host, "node")
+            if spec.mirror is not None:
+                # Host A (its database the primary) first, until it serves: with the VIP on
+                # the replica's host, that node would promote at once and the primary would
+                # rewind itself (a needless failover before the lab is even up).
+                self.start_process("A", "keepalived")
+                self.start_process("A", "node")
+                self.wait_serving(timeout=timeout)
+                self.start_process("B", "keepalived")
+                self.start_process("B", "node")
+            else:
+                for host in NODE_HOSTS:
+                    self.start_process(host, "keepalived")
+                for host in NODE_HOSTS:
+                    self.start_process(host, "node")
             if not spec.vrrp_gate:  # the nodes ignore VRRP: the lease and the VIP may part from the start
                 return self.wait_started(timeout=timeout)
             return self.wait_serving(timeout=timeout, nodes_must_run=True)
