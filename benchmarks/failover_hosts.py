@@ -17,8 +17,13 @@ of the same cycle (the figure that matters: how much fieldsync adds to keepalive
 each cycle the fault is healed and the lab settles (one host serving, both nodes and both
 keepalived running) before the next.
 
+``--mirror sync|async``: each host runs its own PostgreSQL (the lab's mirrored storage), so
+every takeover promotes the other host's replica; the cycle also records the **rejoin**:
+from the heal until the old primary, rewound, streams in sync again (the lab settles only
+then: a fault before it would find no standby in sync, and rightly no takeover).
+
     python benchmarks/failover_hosts.py [--runs 10] [--panels 24] [--advert-int 1 0.1 0.05]
-        [--faults power-off nic-down kill-keepalived] [--json OUT]
+        [--faults power-off nic-down kill-keepalived] [--mirror sync] [--json OUT]
 
 Root only (namespaces, keepalived); ``benchmarks/failover.py --backend netns`` runs this.
 """
@@ -43,7 +48,7 @@ from emulator import Fleet, Workload
 from fieldsync.harness._lab_cluster import sockets_in
 from fieldsync.lab import NODE_HOSTS, Lab, LabError, LabSpec, find_keepalived, missing_prerequisites
 from fieldsync.site import load_site
-from storage import ClusterStore
+from storage import Lease, LeaseStoreInterface, open_cluster_store
 
 FAULTS = ("power-off", "nic-down", "kill-keepalived")
 
@@ -77,12 +82,59 @@ def _heal(lab: Lab, fault: str, host: str) -> None:
     lab.start(host)  # what STONITH or the fault left stopped: keepalived, the node
 
 
+class _Leases:
+    """The lease, read where it lives: the shared store, or the newest of the hosts' own
+    databases (mirrored; never a frozen host's: its server would keep the read waiting)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.stores: dict[str, LeaseStoreInterface] = {}
+
+    def _targets(self) -> dict[str, Path | str]:
+        if self.lab.spec.mirror is None:
+            return {"shared": load_site(self.lab.spec.site_path).db_file}
+        servers = self.lab.mirror().servers
+        return {h: servers[h].admin_url() for h in NODE_HOSTS if h not in self.lab.powered_off}
+
+    def lease(self) -> Lease:
+        newest: Lease | None = None
+        targets = self._targets()
+        for key in [k for k in self.stores if k not in targets]:
+            self.stores.pop(key).close()
+        for key, target in targets.items():
+            try:
+                if key not in self.stores:
+                    self.stores[key] = open_cluster_store(target)
+                lease = self.stores[key].lease()
+            except Exception:  # a database restarting for its rejoin: the other one answers
+                stale = self.stores.pop(key, None)
+                if stale is not None:
+                    stale.close()
+                continue
+            if newest is None or lease.epoch > newest.epoch:
+                newest = lease
+        if newest is None:
+            raise SystemExit(f"no database of the lab answers: {', '.join(map(str, targets.values()))}")
+        return newest
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+
+
 def _settled(lab: Lab) -> str | None:
-    """The host that serves once everything runs again (one MASTER, VIP, lease, both nodes)."""
+    """The host that serves once everything runs again (one MASTER, VIP, lease, both nodes;
+    on mirrored storage, the other host's database its replica, streaming in sync)."""
     status = lab.status()
     if not all(h.node and h.keepalived for h in status.hosts if h.host in NODE_HOSTS):
         return None
-    return status.serving()
+    serving = status.serving()
+    if serving is None or lab.spec.mirror is None:
+        return serving
+    other = "B" if serving == "A" else "A"
+    mirror = lab.mirror()
+    in_sync = any(r.node == other and r.in_sync for r in mirror.replication(serving))
+    return serving if in_sync and mirror.role(other) == "standby" else None
 
 
 async def _until(predicate: Callable[[], object], bound: float, what: str) -> None:
@@ -97,7 +149,7 @@ async def _until(predicate: Callable[[], object], bound: float, what: str) -> No
 async def one_interval(lab: Lab, args: argparse.Namespace) -> list[dict[str, object]]:
     """Every fault ``args.runs`` times on one lab; a record per cycle."""
     site = load_site(lab.spec.site_path)
-    store = ClusterStore(site.db_file)
+    store = _Leases(lab)
     cycles: list[dict[str, object]] = []
     with sockets_in(lab.spec.namespace("panels")):
         settings = [site.panel_settings(p) for p in site.panel_ids()]
@@ -115,7 +167,8 @@ async def one_interval(lab: Lab, args: argparse.Namespace) -> list[dict[str, obj
                     print(
                         f"advert_int {lab.spec.advert_int:g} s, {fault:<15} run {run + 1:>2}: VIP moved in "
                         f"{c['vip_move_s']:.3f} s, outage p50 {c['outage_p50_s']:.3f} s max {c['outage_max_s']:.3f} s "
-                        f"({c['epoch_from']} -> {c['epoch_to']} on {c['new_host']})",
+                        f"({c['epoch_from']} -> {c['epoch_to']} on {c['new_host']})"
+                        + (f"; rejoined in sync {c['rejoin_s']:.2f} s after the heal" if "rejoin_s" in c else ""),
                         flush=True,
                     )
             nursery.cancel_scope.cancel()
@@ -123,7 +176,7 @@ async def one_interval(lab: Lab, args: argparse.Namespace) -> list[dict[str, obj
     return cycles
 
 
-async def _cycle(lab: Lab, store: ClusterStore, fleet: Fleet, fault: str, run: int) -> dict[str, object]:
+async def _cycle(lab: Lab, store: _Leases, fleet: Fleet, fault: str, run: int) -> dict[str, object]:
     await _until(lambda: _settled(lab), 60, "the lab did not settle (one host serving, every process up)")
     old = _settled(lab)
     assert old is not None
@@ -164,9 +217,15 @@ async def _cycle(lab: Lab, store: ClusterStore, fleet: Fleet, fault: str, run: i
     new_epoch = store.lease().epoch
     assert vip_at is not None
     outages = [p.first_ack_at[new_epoch] - p.last_ack_at.get(epoch, fault_at) for p in fleet.panels.values()]
+    healed_at = trio.current_time()
     await trio.to_thread.run_sync(_heal, lab, fault, old)
     vip_move = vip_at - fault_at
+    rejoin: dict[str, float] = {}
+    if lab.spec.mirror is not None:
+        await _until(lambda: _settled(lab), 90, f"{old} did not rejoin in sync after the heal")
+        rejoin["rejoin_s"] = trio.current_time() - healed_at
     return {
+        **rejoin,
         "fault": fault,
         "run": run,
         "old_host": old,
@@ -185,6 +244,7 @@ def _summary(cycles: list[dict[str, object]], fault: str) -> dict[str, float]:
     outages = [o for c in mine for o in c["outage_s"]]  # type: ignore[attr-defined]
     moves = [float(c["vip_move_s"]) for c in mine]  # type: ignore[arg-type]
     ratios = [o / float(c["vip_move_s"]) for c in mine for o in c["outage_s"]]  # type: ignore[attr-defined, arg-type]
+    rejoins = [float(c["rejoin_s"]) for c in mine if "rejoin_s" in c]  # type: ignore[arg-type]
     return {
         "runs": len(mine),
         "vip_move_p50_s": statistics.median(moves),
@@ -194,6 +254,7 @@ def _summary(cycles: list[dict[str, object]], fault: str) -> dict[str, float]:
         "outage_max_s": max(outages),
         "ratio_p50": _percentile(ratios, 50),
         "ratio_p99": _percentile(ratios, 99),
+        **({"rejoin_p50_s": _percentile(rejoins, 50), "rejoin_max_s": max(rejoins)} if rejoins else {}),
     }
 
 
@@ -214,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--heartbeat-ms", type=int, default=1000, help="the sessions' heartbeat (a panel gives up after 3 silent ones)"
     )
+    parser.add_argument(
+        "--mirror", choices=["sync", "async"], help="each host on its own PostgreSQL (default: the shared store)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     why = missing_prerequisites(find_keepalived())
@@ -231,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 mode=args.mode,
                 advert_int=advert,
                 heartbeat_ms=args.heartbeat_ms,
+                mirror=args.mirror,
             )
             lab = Lab(spec)
             try:
@@ -245,7 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         every += cycles
         results[f"{advert:g}"] = {fault: _summary(cycles, fault) for fault in args.faults}
     print(
-        f"\nfailover on hosts, {args.panels} panels ({args.mode}), heartbeat {args.heartbeat_ms} ms, "
+        f"\nfailover on hosts, {args.panels} panels ({args.mode}), "
+        f"{'the shared store' if args.mirror is None else args.mirror + ' mirror (PostgreSQL per host)'}, "
+        f"heartbeat {args.heartbeat_ms} ms, "
         f"connect timeout {args.connect_timeout or 'default'}, "
         f"{args.runs} runs per cell, "
         f"{time.monotonic() - started:.0f} s in all. outage = last ACK from the old node -> first from the new;"
@@ -260,8 +327,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             print(
                 f"{advert + ' s':>10} {fault:<16} {s['vip_move_p50_s']:>10.3f} s {s['outage_p50_s']:>8.3f} s "
                 f"{s['outage_p99_s']:>5.2f} s {s['outage_max_s']:>5.2f} s {s['ratio_p50']:>9.2f} {s['ratio_p99']:>6.2f}"
+                + (
+                    f"  rejoin p50 {s['rejoin_p50_s']:.2f} s, max {s['rejoin_max_s']:.2f} s"
+                    if "rejoin_p50_s" in s
+                    else ""
+                )
             )
     result: dict[str, object] = {
+        "mirror": args.mirror,
         "heartbeat_ms": args.heartbeat_ms,
         "connect_timeout_s": args.connect_timeout,
         "panels": args.panels,
