@@ -419,7 +419,9 @@ def test_random_schedules_are_repeatable_and_round_trip_through_the_file_format(
 
 FAST = [p for p in SHIPPED if _tier(p) == "fast"]
 SLOW = [p for p in SHIPPED if _tier(p) == "processes"]
-MIRRORED = [p for p in SHIPPED if _tier(p) == "mirrored"]
+WITNESSED = SHIPPED[0].parent / "mirrored-standby-crash-with-witness.toml"
+#: Run through the CLI; the witness file has a test of its own (with and without the witness).
+MIRRORED = [p for p in SHIPPED if _tier(p) == "mirrored" and p != WITNESSED]
 
 
 def _can_mount_tmpfs() -> bool:
@@ -503,6 +505,41 @@ def test_shipped_mirrored_scenario(path: Path, tmp_path: Path) -> None:
         assert "P1 nothing acknowledged is lost" not in report["promises"]
         assert report["totals"]["lost"] > 0, report["totals"]
         assert "RPO asynchronous mirror" in done.stdout and " counted " in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("witness", [True, False], ids=["with-witness", "without-witness"])
+def test_a_crashed_standby_stops_a_sync_pair_unless_a_witness_lets_the_primary_go_on(
+    witness: bool, tmp_path: Path
+) -> None:
+    """The standby's host crashes at 3 s and is back at 8 s. Without a witness a synchronous
+    primary can only wait for it: the store takes nothing meanwhile (the control). With one
+    (the shipped file) the witness takes the standby out of sync and the primary goes on alone;
+    the standby comes back in sync, and when the active is killed at 14 s it promotes. Every
+    promise holds either way."""
+    from tests.store_engines import ensure_postgres
+
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+    scenario = load_scenario(WITNESSED)
+    if not witness:
+        scenario = dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster, witness=False))
+    port = 32480 + (0 if witness else 5)
+    result = trio.run(ScenarioRun(scenario, port=port, workdir=tmp_path / "work").run)
+    assert result.ok and result.drained, result.text()
+
+    def stored(t: float) -> int:
+        return max(s.stored for s in result.samples if s.t <= t)
+
+    during = stored(7.5) - stored(4.0)  # the standby's host is down from 3.1 s to 8 s
+    log = (tmp_path / "work" / "nodes.log").read_text()
+    if witness:
+        assert during > 500, (during, result.samples)  # 12 panels at 20 swipes/s: ~840 in 3.5 s
+        assert "the witness agreed: acknowledging alone" in log and "in sync again" in log, log[-3000:]
+        assert result.report.store_epoch == 2, result.text()  # the kill at 14 s: B, in sync, promoted
+    else:
+        assert during == 0, (during, result.samples)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from storage import Lease, NodeBeat
     from storage.postgres import Mirror
 
-__all__ = ["cluster", "node_cmd"]
+__all__ = ["cluster", "node_cmd", "witness_cmd"]
 
 
 @click.command("node", cls=SiteCommand)
@@ -65,6 +65,40 @@ def node_cmd(
             sys.stdout.flush()
 
     run_trio(run)
+
+
+@click.command("witness", cls=SiteCommand)
+@click.option(
+    "--listen",
+    required=True,
+    help="HOST:PORT to serve on (a third host's address; the site file's [site] witness names it).",
+)
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The file the witness keeps its record in (written before every answer).",
+)
+@friendly
+def witness_cmd(listen: str, state_file: Path) -> None:
+    """The witness of a mirrored pair: says which node's database may serve alone (docs/architecture.md)."""
+    from ..engine import WitnessError, serve_witness
+
+    host, colon, port = listen.rpartition(":")
+    if not colon or not port.isdigit():
+        raise click.BadParameter(f"{listen!r}: HOST:PORT", param_hint="--listen")
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_witness, host, int(port), state_file)
+            click.echo(f"witness (pid {os.getpid()}) on {host}:{port}, its record in {state_file}")
+            sys.stdout.flush()
+
+    try:
+        run_trio(run)
+    except WitnessError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group("cluster", cls=SiteGroup)

@@ -74,6 +74,11 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     help="Mirrored storage: each node host runs its own PostgreSQL (A's the primary, B's its replica); "
     "default: the shared SQLite store.",
 )
+@click.option(
+    "--witness",
+    is_flag=True,
+    help="With --mirror: a witness on the panel host (198.18.0.200:5440), so the primary may serve alone.",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for a host to serve.")
 @friendly
 def lab_up(
@@ -88,6 +93,7 @@ def lab_up(
     no_stonith: bool,
     no_vrrp_gate: bool,
     mirror: str | None,
+    witness: bool,
     timeout: float,
 ) -> None:
     """Build the lab, start keepalived and a node on hosts A and B, wait until one serves on the VIP."""
@@ -103,6 +109,7 @@ def lab_up(
         stonith=not no_stonith,
         vrrp_gate=not no_vrrp_gate,
         mirror=mirror,
+        witness=witness,
     )
     started = time.monotonic()
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -124,6 +131,8 @@ def lab_up(
             url = spec.database_urls()[host]
             click.echo(f"          PostgreSQL {url} ({mirror} mirror), data {spec.pg_dir}/pg-{host}")
     click.echo(f"  panels  {ns('panels')}: eth0 198.18.0.200/16, panels 198.18.1.1 .. {last} (:3001)")
+    if witness:
+        click.echo(f"          witness {spec.witness_address()}; its record {spec.file('witness', 'panels', 'json')}")
     click.echo(
         f"  VIP     {VIP}:{port} on {', '.join(status.masters())} (VRRP MASTER); "
         f"lease held by {status.holder}, epoch {status.epoch}"

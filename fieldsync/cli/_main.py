@@ -14,7 +14,7 @@ import sys
 import click
 
 from ..conformance import command as conformance_command
-from ._cluster import cluster, node_cmd
+from ._cluster import cluster, node_cmd, witness_cmd
 from ._config import config
 from ._defaults import SiteCommand, SiteGroup, root_site_option
 from ._demo import demo
@@ -68,7 +68,21 @@ def main(log_level: str, log_format: str) -> None:
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
 
 
-for _command in (demo, pki, serve, line_cmd, node_cmd, cluster, lab, emulate, scenario, faults_cmd, config, status):
+for _command in (
+    demo,
+    pki,
+    serve,
+    line_cmd,
+    node_cmd,
+    witness_cmd,
+    cluster,
+    lab,
+    emulate,
+    scenario,
+    faults_cmd,
+    config,
+    status,
+):
     main.add_command(_command)
 # The battery shares no code with the rest (an import contract); it is built as a plain click
 # command and adopted here, so its --help names its [defaults.conformance] keys too.

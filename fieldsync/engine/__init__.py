@@ -35,6 +35,11 @@ from ._processes import vrrp_master as vrrp_master
 from ._supervisor import Supervised as Supervised
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import node_command as node_command
+from ._witness import WitnessError as WitnessError
+from ._witness import WitnessRecord as WitnessRecord
+from ._witness import serve_witness as serve_witness
+from ._witness import witness_cas as witness_cas
+from ._witness import witness_get as witness_get
 
 __all__ = [
     "ActiveDecision",
@@ -61,6 +66,8 @@ __all__ = [
     "Supervisor",
     "Take",
     "Wait",
+    "WitnessError",
+    "WitnessRecord",
     "beats_allowed",
     "decide_active",
     "decide_standby",
@@ -68,6 +75,9 @@ __all__ = [
     "node_command",
     "process_is_fieldsync",
     "serve_metrics",
+    "serve_witness",
     "stonith",
     "vrrp_master",
+    "witness_cas",
+    "witness_get",
 ]

@@ -80,6 +80,8 @@ class ClusterNode(_StandbyLoop):
         #: Set while an active is stopping (fenced, stepped down, left the VIP): on mirrored
         #: storage its sessions' commits still waiting for a standby that is gone are ended.
         self._stopping = trio.Event()
+        #: Takeovers the witness refused (this node not in sync by its record), and errors.
+        self.witness_refusals = 0
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node_id} {self.role.value} epoch {self.epoch}>"
@@ -127,6 +129,37 @@ class ClusterNode(_StandbyLoop):
                 await trio.to_thread.run_sync(self.heart.join)
                 await trio.to_thread.run_sync(self.ears.join)
                 await self._db(self.cluster.close)
+
+    async def _keep_mirror(self) -> None:
+        """While active with a witness: serve alone once the witness took the standby out of
+        sync (it can then never promote), and count it in sync again once it streams in sync
+        (``_mirrored.decide_mirror``). Every beat; a witness or database that does not
+        answer changes nothing (the pair stays strict)."""
+        from storage.postgres import MirrorError
+
+        from ._mirrored import act_on_mirror, decide_mirror, look_at_mirror
+        from ._witness import WitnessError
+
+        s = self.settings
+        peer = next((n for n, _ in s.peers), "peer")
+        grace = max(0.5, s.dead_after)
+        waiting_since: float | None = None
+        errors = 0
+        while True:
+            await trio.sleep(s.beat_interval)
+            try:
+                # Not through the store's limiter: the commits that wait may be holding it.
+                look = await trio.to_thread.run_sync(look_at_mirror, s)
+                now = time.monotonic()
+                waiting_since = (waiting_since or now) if look.waiting else None
+                waited = now - waiting_since if waiting_since is not None else 0.0
+                action = decide_mirror(look, me=self.node_id, peer=peer, waited=waited, grace=grace)
+                if action != "none":
+                    await trio.to_thread.run_sync(act_on_mirror, s, look, action)
+            except (WitnessError, MirrorError) as exc:
+                errors += 1
+                if errors in (1, 10) or errors % 100 == 0:
+                    log.error("node %s: keeping its mirror: %s (%d times)", self.node_id, exc, errors)
 
     async def _end_stuck_commits(self) -> None:
         """While an active stops on mirrored storage: end its commits that wait for the
@@ -181,6 +214,8 @@ class ClusterNode(_StandbyLoop):
         async with trio.open_nursery() as nursery:
             # Renew from the start: binding the VIP may wait for a zombie to let go of it.
             nursery.start_soon(self._keep_lease, node, nursery.cancel_scope)
+            if s.mirror is not None and s.witness is not None:
+                nursery.start_soon(self._keep_mirror)
             await nursery.start(node.run)
             self.became_active.set()
             await node.fenced.wait()

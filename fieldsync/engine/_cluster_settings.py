@@ -57,6 +57,9 @@ class ClusterSettings:
     #: In mirrored mode, this node's PostgreSQL data directory, when it is on this machine
     #: (a stale primary rewinds it to rejoin); None: an operator rejoins it.
     pg_data: Path | None = None
+    #: In mirrored mode, the witness's (host, port) (``_witness``): the primary may then serve
+    #: alone, and a standby promotes only while the witness lists it in sync. None: strict.
+    witness: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.beat_interval < self.dead_after <= self.lease:

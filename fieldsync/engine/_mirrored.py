@@ -18,14 +18,35 @@ from its own database. What the node does beyond the shared mode, all here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Literal
 
-from storage.postgres import Mirror, MirrorError, database_role, lease_epoch, promote_database
+from storage.postgres import (
+    Mirror,
+    MirrorError,
+    application_name,
+    database_role,
+    lease_epoch,
+    list_sync_standby,
+    promote_database,
+    query,
+)
 
 from ._cluster_settings import ClusterSettings
+from ._witness import WitnessRecord, witness_cas, witness_get
 
-__all__ = ["MirrorState", "promote_own", "settle"]
+__all__ = [
+    "MirrorAction",
+    "MirrorLook",
+    "MirrorState",
+    "act_on_mirror",
+    "claim_primary",
+    "decide_mirror",
+    "look_at_mirror",
+    "promote_own",
+    "settle",
+]
 
 log = logging.getLogger("fieldsync.cluster")
 
@@ -100,6 +121,113 @@ def settle(settings: ClusterSettings) -> MirrorState:
         f" ({report.fallback_reason})" if report.fallback_reason else "",
     )
     return "stale"
+
+
+# -- with a witness (``_witness``): who may serve alone --------------------------------------------
+
+
+def claim_primary(settings: ClusterSettings) -> str | None:
+    """Before this node promotes its replica: take ``primary`` at the witness, which it may
+    only while the witness lists it in sync (it then holds every acknowledged commit).
+    None: granted; else why not, in a phrase.
+
+    Raises:
+        WitnessError: the witness does not answer (the node promotes nothing then).
+    """
+    assert settings.witness is not None
+    me = settings.node_id
+    seen = witness_get(settings.witness)
+    if seen.primary == me:
+        return None
+    if seen.generation > 0 and me not in seen.in_sync:
+        return f"the witness does not list it in sync (generation {seen.generation}: primary {seen.primary})"
+    if not witness_cas(settings.witness, seen, primary=me, in_sync=(me,)):
+        return "the witness's record changed meanwhile"
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorLook:
+    """What the active's node sees of its mirror: the witness's record and its own primary."""
+
+    record: WitnessRecord
+    #: The standby streams from this primary (``pg_stat_replication``), and does so in sync.
+    streaming: bool
+    in_sync: bool
+    #: The primary lists the standby in ``synchronous_standby_names``.
+    listed: bool
+    #: Commits waiting for the standby now.
+    waiting: int
+
+
+MirrorAction = Literal["none", "record", "degrade", "list", "restore"]
+
+
+def decide_mirror(look: MirrorLook, *, me: str, peer: str, waited: float, grace: float) -> MirrorAction:
+    """What the active's node does about its mirror (with a witness), from what it saw.
+
+    ``waited``: how long commits have been seen waiting for the standby without a break.
+    """
+    record = look.record
+    if record.primary not in (None, me):
+        return "none"  # the witness gave the pair to the other node: never serve alone
+    if record.primary is None:
+        return "record"  # the first record: this primary, and the standby if it is in sync
+    if peer in record.in_sync:
+        if look.listed and (not look.streaming or waited >= grace):
+            return "degrade"
+        return "none"
+    if look.streaming and not look.listed:
+        return "list"  # back and streaming: wait for it again, then count it in sync
+    if look.in_sync and look.listed:
+        return "restore"
+    return "none"
+
+
+def look_at_mirror(settings: ClusterSettings) -> MirrorLook:
+    """Raises: WitnessError, MirrorError (the witness or this node's database does not answer)."""
+    assert settings.witness is not None
+    own, what = str(settings.db), _what(settings)
+    peer, _ = _peer(settings)
+    record = witness_get(settings.witness)
+    rows = query(
+        own,
+        f"SELECT state, sync_state FROM pg_stat_replication WHERE application_name = '{application_name(peer)}'",
+        what=what,
+    )
+    listed = query(own, "SELECT current_setting('synchronous_standby_names') <> ''", what=what)[0][0]
+    waiting = query(own, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'", what=what)[0][0]
+    return MirrorLook(
+        record=record,
+        streaming=any(state == "streaming" for state, _ in rows),
+        in_sync=any(state == "streaming" and sync == "sync" for state, sync in rows),
+        listed=bool(listed),
+        waiting=int(waiting),
+    )
+
+
+def act_on_mirror(settings: ClusterSettings, look: MirrorLook, action: MirrorAction) -> None:
+    """Carry out ``decide_mirror``'s answer. Raises: WitnessError, MirrorError."""
+    assert settings.witness is not None
+    me, (peer, _) = settings.node_id, _peer(settings)
+    own, what = str(settings.db), _what(settings)
+    if action == "record":
+        in_sync = (me, peer) if look.in_sync and look.listed else (me,)
+        witness_cas(settings.witness, look.record, primary=me, in_sync=in_sync)
+    elif action == "degrade":
+        # The witness first: once it no longer lists the standby, that one can never promote.
+        if witness_cas(settings.witness, look.record, primary=me, in_sync=(me,)):
+            list_sync_standby(own, "", what=what)
+            log.warning(
+                "node %s: node %s's database is out of sync (%s); the witness agreed: acknowledging alone",
+                me,
+                peer,
+                "gone" if not look.streaming else f"{look.waiting} commits waiting",
+            )
+    elif action == "list":
+        list_sync_standby(own, application_name(peer), what=what)
+    elif action == "restore" and witness_cas(settings.witness, look.record, primary=me, in_sync=(me, peer)):
+        log.warning("node %s: node %s's database is in sync again (the witness counts it)", me, peer)
 
 
 def promote_own(settings: ClusterSettings) -> bool:

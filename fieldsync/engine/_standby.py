@@ -55,6 +55,7 @@ class _StandbyLoop:
     stonith_kills: int
     lock_waits: int
     store_errors: int
+    witness_refusals: int
     _now_us: Callable[[], int]
     _limiter: trio.CapacityLimiter
     _standby_since: float
@@ -131,6 +132,9 @@ class _StandbyLoop:
                         if self.mirror_state in ("diverged", "down"):
                             await self._nap(look_again_in, lease)  # the stale primary takes nothing
                             continue
+                        if s.witness is not None and not await self._witness_grants():
+                            await self._nap(look_again_in, lease)  # not in sync by the witness: no promotion
+                            continue
                         try:
                             await self._db(self._promote_mirror)
                         except StoreError as exc:
@@ -182,6 +186,23 @@ class _StandbyLoop:
             self.store_errors += 1
             if self.store_errors in (1, 10) or self.store_errors % 100 == 0:
                 log.error("node %s: %s", self.node_id, exc)
+
+    async def _witness_grants(self) -> bool:
+        """With a witness: may this node take over (promote its replica)? It may only while the
+        witness lists it in sync, taking ``primary`` there first (``_mirrored.claim_primary``)."""
+        from ._mirrored import claim_primary
+        from ._witness import WitnessError
+
+        try:
+            refused = await self._db(claim_primary, self.settings)
+        except WitnessError as exc:
+            refused = str(exc)
+        if refused is None:
+            return True
+        self.witness_refusals += 1
+        if self.witness_refusals in (1, 10) or self.witness_refusals % 100 == 0:
+            log.warning("node %s takes nothing: %s (%d times)", self.node_id, refused, self.witness_refusals)
+        return False
 
     def _promote_mirror(self) -> None:
         from storage.postgres import MirrorError

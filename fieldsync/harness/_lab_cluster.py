@@ -66,6 +66,7 @@ def run_lab_spec(scenario: Scenario, *, directory: Path, port: int, name: str) -
         mode=scenario.site.mode,
         stonith=scenario.cluster.stonith,
         mirror=scenario.cluster.mirror,
+        witness=scenario.cluster.witness,
     )
 
 

@@ -10,6 +10,8 @@ import contextlib
 import dataclasses
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -19,6 +21,7 @@ import trio
 from emulator import PanelSettings
 from storage import ConfigStoreInterface, open_config_store
 
+from ..engine import WitnessError, witness_get
 from ..site import PairHosts, Site, heartbeat_port, issue_pair_pki, pair_site_toml, parse_site, seed_config
 from ._proxy import FaultHub
 from ._scenario import Scenario, ScenarioError
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
     from ..lab import LabSpec
 
 T = TypeVar("T")
+
+#: Where the process backend's witness listens (its port is the run's).
+WITNESS_HOST = "127.0.0.33"
 
 __all__ = ["RunSetup"]
 
@@ -114,6 +120,8 @@ class RunSetup:
         self.mirror: Mirror | None = None
         #: Nodes whose database must not be asked now: their host is frozen (powered off).
         self.frozen: set[str] = set()
+        #: The witness process of the process backend (``[cluster] witness``; the lab runs its own).
+        self._witness: subprocess.Popen[bytes] | None = None
         self._mirror_dir: Path | None = None
 
     def prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStoreInterface | PrimaryConfig]:
@@ -124,6 +132,7 @@ class RunSetup:
         store_dir = self.mount_store(s.store_size) if s.store_size else None
         mirrored = self.start_databases() if self.scenario.cluster.mirror is not None else None
         in_lab = mirrored is not None and self.lab is not None
+        witness = self.start_witness() if self.scenario.cluster.witness else None
         site_path = self.workdir / "site.toml"
         # The node processes read the site from this file; this run reads the same text.
         text = pair_site_toml(
@@ -145,6 +154,7 @@ class RunSetup:
             mirror=self.scenario.cluster.mirror,
             node_dbs={n: server.url() for n, server in mirrored.servers.items()} if mirrored else None,
             pg_data={n: server.datadir for n, server in mirrored.servers.items()} if mirrored else None,
+            witness=witness,
         )
         site_path.write_text(text)
         site = parse_site(text, site_path)
@@ -221,9 +231,45 @@ class RunSetup:
                 await trio.sleep(0.05)
         await trio.to_thread.run_sync(lambda: self.mirror.wait_replicating("A", "B") if self.mirror else None)
 
+    def start_witness(self) -> str:
+        """The witness of mirrored storage, ``HOST:PORT``: the lab's on its panel host, or on the
+        process backend a ``fieldsync witness`` process of this run on 127.0.0.33 (the run's port)."""
+        if self.lab is not None:
+            address = self.lab.witness_address()
+            assert address is not None
+            return address
+        address = f"{WITNESS_HOST}:{self.port}"
+        state = self.workdir / "witness.json"
+        command = [sys.executable, "-m", "fieldsync.cli", "witness", "--listen", address, "--state", str(state)]
+        log = (self.workdir / "witness.log").open("ab")
+        try:
+            self._witness = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+        deadline = time.monotonic() + 10
+        while True:  # until it answers (or says why it cannot: a port in use)
+            try:
+                witness_get((WITNESS_HOST, self.port))
+                return address
+            except WitnessError:
+                if self._witness.poll() is not None or time.monotonic() > deadline:
+                    why = (self.workdir / "witness.log").read_text(errors="replace").strip().splitlines()
+                    raise ScenarioError(f"the witness did not start: {why[-1] if why else 'no answer'}") from None
+                time.sleep(0.05)
+
     def stop_databases(self) -> None:
-        """Stop the run's databases (their logs kept in the work directory) and remove them."""
+        """Stop the run's databases (their logs kept in the work directory) and remove them,
+        and the run's witness process."""
         from storage.postgres import stop_mirror
+
+        if self._witness is not None:
+            self._witness.terminate()
+            try:
+                self._witness.wait(10)
+            except subprocess.TimeoutExpired:
+                self._witness.kill()
+                self._witness.wait()
+            self._witness = None
 
         if self._mirror_dir is None:
             return

@@ -16,7 +16,16 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from storage import OverflowPolicy
@@ -135,6 +144,15 @@ class ClusterSpec(TomlTable):
     #: Mirrored storage: each node on its own PostgreSQL (started for the run), ``sync`` or
     #: ``async``; None: one shared SQLite store under both nodes.
     mirror: Literal["sync", "async"] | None = None
+    #: Mirrored storage with a witness (``fieldsync witness``, a process of the run on a third
+    #: address: 127.0.0.33, or the lab's panel host): the primary may then serve alone.
+    witness: StrictBool = False
+
+    @model_validator(mode="after")
+    def _witness_needs_a_mirror(self) -> ClusterSpec:
+        if self.witness and self.mirror is None:
+            raise ValueError('a witness serves mirrored storage: mirror = "sync"')
+        return self
 
     @field_validator("advert_int")
     @classmethod

@@ -205,6 +205,8 @@ class Lab(_HostFaults):
                 before_nodes()
             for host in NODE_HOSTS:
                 self._write_keepalived(host)
+            if spec.witness:
+                self.start_process("panels", "witness")
             if spec.mirror is not None:
                 # Host A (its database the primary) first, until it serves: with the VIP on
                 # the replica's host, that node would promote at once and the primary would

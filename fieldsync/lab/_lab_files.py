@@ -4,6 +4,7 @@ notify script per node host, and the command line of each process it starts."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from storage import open_cluster_store
@@ -30,6 +31,7 @@ def write_site(spec: LabSpec) -> None:
         mirror=spec.mirror,
         node_dbs=spec.database_urls() if spec.mirror else None,
         pg_data={h: spec.pg_dir / f"pg-{h}" for h in NODE_HOSTS} if spec.mirror else None,
+        witness=spec.witness_address(),
     )
     spec.site_path.write_text(
         f"# Written by `fieldsync lab up` for lab {spec.name}: nodes on {spec.namespace('A')} and "
@@ -134,6 +136,18 @@ def argv(spec: LabSpec, host: str, kind: str, keepalived: str | None) -> list[st
             str(spec.file("keepalived", host, "pid")),
             "-r",
             str(spec.vrrp_pid(host)),
+        ]
+    if kind == "witness":
+        state = spec.file("witness", host, "json")
+        return [
+            sys.executable,
+            "-m",
+            "fieldsync.cli",
+            "witness",
+            "--listen",
+            str(spec.witness_address()),
+            "--state",
+            str(state),
         ]
     extra = () if spec.stonith else ("--no-stonith",)
     return node_command(host, str(spec.site_path), *extra)

@@ -24,6 +24,8 @@ _PANEL_HOST_ADDRESS = "198.18.0.200"
 #: Each node host's PostgreSQL (mirrored storage) listens on its address at its own port: the
 #: two Unix sockets share the lab's ``pg`` directory, where the harness reaches them.
 _PG_PORT = {"A": 5441, "B": 5442}
+#: The witness of mirrored storage listens on the panel host's address at this port.
+WITNESS_PORT = 5440
 #: A is preferred at a cold start; with ``nopreempt`` a returning A does not take the VIP back.
 _PRIORITY = {"A": 110, "B": 100}
 _MARK = "fieldsync-lab "
@@ -65,6 +67,9 @@ class LabSpec:
     #: Mirrored storage: ``sync`` or ``async``, each node host with its own PostgreSQL; None:
     #: the shared SQLite store (one filesystem under both hosts).
     mirror: str | None = None
+    #: Mirrored storage with a witness (``fieldsync witness``) on the panel host, the third
+    #: place both node hosts reach (``WITNESS_PORT``).
+    witness: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -81,6 +86,8 @@ class LabSpec:
             raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
         if self.mirror not in (None, "sync", "async"):
             raise LabError(f"--mirror {self.mirror!r}: sync or async")
+        if self.witness and self.mirror is None:
+            raise LabError("--witness serves mirrored storage: add --mirror sync")
 
     def panel_ids(self) -> range:
         return range(self.first_id, self.first_id + self.panels)
@@ -117,6 +124,10 @@ class LabSpec:
         mode: Literal["sync", "async"] = "sync" if self.mirror == "sync" else "async"
         return Mirror(mirror_servers(self.pg_dir, self.database_hosts()), mode=mode)
 
+    def witness_address(self) -> str | None:
+        """The witness's ``HOST:PORT`` (on the panel host), as the site file names it."""
+        return f"{_PANEL_HOST_ADDRESS}:{WITNESS_PORT}" if self.witness else None
+
     def database_urls(self) -> dict[str, str]:
         """Each node's database as its node reaches it (its site file's ``db``)."""
         return {h: f"postgresql://postgres@{d.address}:{d.port}/postgres" for h, d in self.database_hosts().items()}
@@ -146,6 +157,8 @@ class LabSpec:
     def recognised_on(self, kind: str, host: str) -> Recognised:
         if kind == "keepalived":
             return Recognised(program="keepalived", marker=str(self.file("keepalived", host, "conf")))
+        if kind == "witness":
+            return Recognised(program="fieldsync", marker=str(self.file("witness", host, "json")))
         return Recognised(program="fieldsync", marker=str(self.site_path))
 
     def to_json(self) -> dict[str, Any]:

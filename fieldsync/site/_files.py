@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     StrictBool,
@@ -203,6 +204,13 @@ class PanelSpec(TomlTable):
         return {k: getattr(self, k) for k in ("baud", "parity", "throttle") if getattr(self, k) is not None}
 
 
+def _host_port(value: str) -> str:
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: HOST:PORT, e.g. 198.18.0.200:5440")
+    return value
+
+
 @toml_table
 class _SiteTable(TomlTable):
     """``[site]``. Paths are relative to the site file's directory."""
@@ -220,6 +228,16 @@ class _SiteTable(TomlTable):
     #: primary and the other's its replica: ``sync`` (an ACK once the commit is on both) or
     #: ``async`` (once it is on the primary: the WAN edition). None: one shared store (``db``).
     mirror: Literal["sync", "async"] | None = None
+    #: Mirrored storage's witness (``fieldsync witness``), ``HOST:PORT`` on a third host: with
+    #: one, the primary may serve alone when its standby is gone, and a standby promotes only
+    #: if the witness says it is in sync. None: the pair waits for both (strict).
+    witness: Annotated[str, AfterValidator(_host_port)] | None = None
+
+    def witness_address(self) -> tuple[str, int] | None:
+        if self.witness is None:
+            return None
+        host, _, port = self.witness.rpartition(":")
+        return host, int(port)
 
 
 @toml_table
@@ -312,6 +330,7 @@ class Site(_SiteTable):
             mirror=self.mirror,
             peer_db=peer.db if self.mirror is not None and peer is not None else None,
             pg_data=spec.pg_data if self.mirror is not None else None,
+            witness=self.witness_address() if self.mirror is not None else None,
             vip=self.vip,
             port=self.port,
             dial=dials,
@@ -454,6 +473,8 @@ def parse_site(text: str, path: Path) -> Site:
             raise doc.fail(("nodes", n, "db"), 'a node\'s own database needs [site] mirror = "sync" or "async"')
     if file.site.mirror is not None and len(file.nodes) != 2:
         raise doc.fail(("site", "mirror"), "mirrored storage is a pair: exactly two [nodes]")
+    if file.site.witness is not None and file.site.mirror is None:
+        raise doc.fail(("site", "witness"), 'a witness serves mirrored storage: [site] mirror = "sync"')
     return Site(
         **{
             **table,

@@ -56,14 +56,15 @@ def pair_site_toml(
     mirror: str | None = None,
     node_dbs: Mapping[str, str] | None = None,
     pg_data: Mapping[str, Path | str] | None = None,
+    witness: str | None = None,
 ) -> str:
     """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
     (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
     ``heartbeat_proxies`` each node's beats reach it through 127.0.0.21/.22 (a fault proxy).
     ``hosts``: the pair on the lab's hosts instead (its addresses, VRRP files, a ``[[panels]]``
     entry per panel). ``mirror``: each node on its own PostgreSQL (``node_dbs``, their URLs, and
-    ``pg_data``, their data directories), mirrored ``sync`` or ``async``. ``None``: the site
-    file's default."""
+    ``pg_data``, their data directories), mirrored ``sync`` or ``async``, with ``witness``
+    (``HOST:PORT``) if given. ``None``: the site file's default."""
     via = {"A": "127.0.0.21", "B": "127.0.0.22"} if heartbeat_proxies else {}
     addresses = dict(hosts.nodes) if hosts is not None else _PAIR
     vrrp = dict(hosts.vrrp) if hosts is not None else {}
@@ -78,6 +79,7 @@ def pair_site_toml(
             "panel_port": hosts.panel_port if hosts is not None else port + 1,
             "heartbeat_ms": heartbeat_ms,
             "mirror": mirror,
+            "witness": witness,
         },
         "nodes": {
             n: {
@@ -130,6 +132,7 @@ class PairSiteOptions(TypedDict, total=False):
     mirror: str | None
     node_dbs: Mapping[str, str] | None
     pg_data: Mapping[str, Path | str] | None
+    witness: str | None
 
 
 def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:
