@@ -232,6 +232,9 @@ class Mirror:
         return {
             **self.settings,
             "wal_log_hints": "on",  # pg_rewind needs it (or data checksums)
+            # A replica replies at least every second, so its primary (and a witness's keeper,
+            # reading reply_time) can tell a standby that streams from one cut off by a partition.
+            "wal_receiver_status_interval": "1s",
             "synchronous_commit": "on" if self.mode == "sync" else "local",
             "cluster_name": application_name(node),
         }

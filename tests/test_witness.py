@@ -85,7 +85,7 @@ def test_a_witness_that_cannot_answer_is_an_error_naming_it(tmp_path: Path) -> N
 
 
 def _look(record: WitnessRecord, **kw: object) -> MirrorLook:
-    values: dict[str, object] = {"streaming": True, "in_sync": True, "listed": True, "waiting": 0}
+    values: dict[str, object] = {"streaming": True, "in_sync": True, "listed": True, "waiting": 0, "reply_age": 0.1}
     values.update(kw)
     return MirrorLook(record=record, **values)  # type: ignore[arg-type]
 
@@ -93,8 +93,8 @@ def _look(record: WitnessRecord, **kw: object) -> MirrorLook:
 def test_the_primary_serves_alone_only_with_the_witness_and_counts_the_standby_back() -> None:
     both, alone = WitnessRecord(3, "A", ("A", "B")), WitnessRecord(4, "A", ("A",))
 
-    def decide(look: MirrorLook, waited: float = 0.0) -> str:
-        return decide_mirror(look, me="A", peer="B", waited=waited, grace=0.5)
+    def decide(look: MirrorLook, waited: float = 0.0, mark: int | None = None) -> str:
+        return decide_mirror(look, me="A", peer="B", waited=waited, grace=0.5, mark=mark)
 
     assert decide(_look(WitnessRecord())) == "record"
     assert decide(_look(both)) == "none"
@@ -102,8 +102,17 @@ def test_the_primary_serves_alone_only_with_the_witness_and_counts_the_standby_b
     assert decide(_look(both, waiting=3), waited=0.6) == "degrade"
     assert decide(_look(both, streaming=False, in_sync=False)) == "degrade"
     assert decide(_look(alone, listed=False, in_sync=False)) == "list"  # it streams again: wait for it
+    # ... but only on a reply sent after this node stopped waiting (a partition's last one is not).
+    stale = decide_mirror(
+        _look(alone, listed=False, reply_age=1.5), me="A", peer="B", waited=0, grace=0.5, since_degrade=0.4
+    )
+    assert stale == "none"
     assert decide(_look(alone, in_sync=False)) == "none"  # catching up
-    assert decide(_look(alone)) == "restore"
+    # Waited for again: counted in sync only once it has flushed past where the primary was
+    # then (what was acknowledged while it was out), whatever the walsender calls it.
+    assert decide(_look(alone, current_lsn=900)) == "mark"
+    assert decide(_look(alone, flush_lsn=800), mark=900) == "none"
+    assert decide(_look(alone, flush_lsn=900), mark=900) == "restore"
     taken = WitnessRecord(5, "B", ("B",))  # the standby promoted: never serve alone, even waiting
     assert decide(_look(taken, streaming=False, in_sync=False, waiting=9), waited=9) == "none"
 

@@ -144,6 +144,8 @@ class ClusterNode(_StandbyLoop):
         peer = next((n for n, _ in s.peers), "peer")
         grace = max(0.5, s.dead_after)
         waiting_since: float | None = None
+        mark: int | None = None  # the primary's WAL once the standby was waited for again
+        degraded_at: float | None = None
         errors = 0
         while True:
             await trio.sleep(s.beat_interval)
@@ -153,9 +155,23 @@ class ClusterNode(_StandbyLoop):
                 now = time.monotonic()
                 waiting_since = (waiting_since or now) if look.waiting else None
                 waited = now - waiting_since if waiting_since is not None else 0.0
-                action = decide_mirror(look, me=self.node_id, peer=peer, waited=waited, grace=grace)
-                if action != "none":
+                if not (look.listed and look.in_sync) or peer in look.record.in_sync:
+                    mark = None
+                action = decide_mirror(
+                    look,
+                    me=self.node_id,
+                    peer=peer,
+                    waited=waited,
+                    grace=grace,
+                    mark=mark,
+                    since_degrade=now - degraded_at if degraded_at is not None else None,
+                )
+                if action == "mark":
+                    mark = look.current_lsn
+                elif action != "none":
                     await trio.to_thread.run_sync(act_on_mirror, s, look, action)
+                    if action == "degrade":
+                        degraded_at = time.monotonic()
             except (WitnessError, MirrorError) as exc:
                 errors += 1
                 if errors in (1, 10) or errors % 100 == 0:

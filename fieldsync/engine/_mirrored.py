@@ -151,36 +151,63 @@ class MirrorLook:
     """What the active's node sees of its mirror: the witness's record and its own primary."""
 
     record: WitnessRecord
-    #: The standby streams from this primary (``pg_stat_replication``), and does so in sync.
+    #: The standby streams from this primary (``pg_stat_replication``, with a reply from it
+    #: within the last 2 s: a partition leaves the walsender "streaming" until its timeout),
+    #: and does so as the sync standby.
     streaming: bool
     in_sync: bool
     #: The primary lists the standby in ``synchronous_standby_names``.
     listed: bool
     #: Commits waiting for the standby now.
     waiting: int
+    #: The WAL the standby has flushed (its last reply), and the primary's WAL now (bytes).
+    flush_lsn: int = 0
+    current_lsn: int = 0
+    #: Seconds since the standby's last reply (inf: none).
+    reply_age: float = float("inf")
 
 
-MirrorAction = Literal["none", "record", "degrade", "list", "restore"]
+MirrorAction = Literal["none", "record", "degrade", "list", "mark", "restore"]
 
 
-def decide_mirror(look: MirrorLook, *, me: str, peer: str, waited: float, grace: float) -> MirrorAction:
+def decide_mirror(
+    look: MirrorLook,
+    *,
+    me: str,
+    peer: str,
+    waited: float,
+    grace: float,
+    mark: int | None = None,
+    since_degrade: float | None = None,
+) -> MirrorAction:
     """What the active's node does about its mirror (with a witness), from what it saw.
 
     ``waited``: how long commits have been seen waiting for the standby without a break.
+    ``mark``: the primary's WAL position once the standby was waited for again (``mark``,
+    the action, sets it): a standby that has flushed past it holds everything acknowledged
+    while it was out, and every commit since waited for it; only then is it in sync again
+    (a walsender that calls a standby "sync" says nothing of the WAL it missed).
+    ``since_degrade``: seconds since this node stopped waiting for the standby; it is waited
+    for again only on a reply sent after that (a partition leaves the last reply of before
+    it looking fresh for a while: waiting on it again made the active step down).
     """
     record = look.record
     if record.primary not in (None, me):
         return "none"  # the witness gave the pair to the other node: never serve alone
     if record.primary is None:
-        return "record"  # the first record: this primary, and the standby if it is in sync
+        return "record"  # the first record: this primary alone (the standby is counted in below)
     if peer in record.in_sync:
         if look.listed and (not look.streaming or waited >= grace):
             return "degrade"
         return "none"
-    if look.streaming and not look.listed:
+    replied_since = since_degrade if since_degrade is not None else 0.5
+    if look.streaming and not look.listed and look.reply_age < replied_since:
         return "list"  # back and streaming: wait for it again, then count it in sync
     if look.in_sync and look.listed:
-        return "restore"
+        if mark is None:
+            return "mark"
+        if look.flush_lsn >= mark:
+            return "restore"
     return "none"
 
 
@@ -192,17 +219,28 @@ def look_at_mirror(settings: ClusterSettings) -> MirrorLook:
     record = witness_get(settings.witness)
     rows = query(
         own,
-        f"SELECT state, sync_state FROM pg_stat_replication WHERE application_name = '{application_name(peer)}'",
+        "SELECT state, sync_state, COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint,"
+        " COALESCE(EXTRACT(EPOCH FROM now() - reply_time), 1e9)::float8"
+        f" FROM pg_stat_replication WHERE application_name = '{application_name(peer)}'",
         what=what,
     )
-    listed = query(own, "SELECT current_setting('synchronous_standby_names') <> ''", what=what)[0][0]
-    waiting = query(own, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'", what=what)[0][0]
+    ((listed, waiting, current),) = query(
+        own,
+        "SELECT current_setting('synchronous_standby_names') <> '',"
+        " (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'),"
+        " pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
+        what=what,
+    )
+    live = [(sync, int(flush), float(age)) for state, sync, flush, age in rows if state == "streaming" and age < 2]
     return MirrorLook(
         record=record,
-        streaming=any(state == "streaming" for state, _ in rows),
-        in_sync=any(state == "streaming" and sync == "sync" for state, sync in rows),
+        streaming=bool(live),
+        in_sync=any(sync == "sync" for sync, _, _ in live),
         listed=bool(listed),
         waiting=int(waiting),
+        flush_lsn=max((flush for _, flush, _ in live), default=0),
+        current_lsn=int(current),
+        reply_age=min((age for _, _, age in live), default=float("inf")),
     )
 
 
@@ -212,8 +250,7 @@ def act_on_mirror(settings: ClusterSettings, look: MirrorLook, action: MirrorAct
     me, (peer, _) = settings.node_id, _peer(settings)
     own, what = str(settings.db), _what(settings)
     if action == "record":
-        in_sync = (me, peer) if look.in_sync and look.listed else (me,)
-        witness_cas(settings.witness, look.record, primary=me, in_sync=in_sync)
+        witness_cas(settings.witness, look.record, primary=me, in_sync=(me,))
     elif action == "degrade":
         # The witness first: once it no longer lists the standby, that one can never promote.
         if witness_cas(settings.witness, look.record, primary=me, in_sync=(me,)):
