@@ -295,13 +295,17 @@ class Mirror:
             for name, state, sync, flush, replay in rows
         ]
 
-    def wait_replicating(self, primary: str, standby: str, *, timeout: float = 30.0) -> Replica:
-        """Until ``standby`` streams from ``primary`` (and is its sync standby in sync mode)."""
+    def wait_replicating(
+        self, primary: str, standby: str, *, timeout: float = 30.0, in_sync: bool | None = None
+    ) -> Replica:
+        """Until ``standby`` streams from ``primary`` (and is its sync standby: in sync mode,
+        unless ``in_sync`` says otherwise)."""
+        sync = self.mode == "sync" if in_sync is None else in_sync
         deadline = time.monotonic() + timeout
         seen: Replica | None = None
         while time.monotonic() < deadline:
             seen = next((r for r in self.replication(primary) if r.node == standby), None)
-            if seen is not None and seen.state == "streaming" and (self.mode == "async" or seen.sync_state == "sync"):
+            if seen is not None and seen.state == "streaming" and (not sync or seen.sync_state == "sync"):
                 return seen
             time.sleep(0.02)
         raise MirrorError(
@@ -373,6 +377,10 @@ class Mirror:
             target.start(timeout=timeout)
         except RuntimeError as exc:
             raise MirrorError(f"node {node}'s database did not start after its rejoin: {_first_line(exc)}") from None
+        # Listed as the source's sync standby only once it streams (it has caught up): listed
+        # while it still recovers and catches up, it would hold every commit of the source
+        # that long (under load, past the active's lease: it stepped down).
+        self.wait_replicating(source, node, timeout=timeout, in_sync=False)
         self.wait_for_standby(source)
         self.wait_replicating(source, node, timeout=timeout)
         return RejoinReport(

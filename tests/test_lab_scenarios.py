@@ -7,6 +7,7 @@ missing) and check that the run removed it again, namespaces and processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -163,6 +164,39 @@ def test_a_mirror_that_degrades_to_async_is_caught_on_real_hosts(tmp_path: Path)
     needs_postgres()
     scenario = load_scenario(SCENARIOS / "mirrored-hosts-power-loss-and-partition.toml")
     result, _ = _run(scenario, tmp_path, flaws=frozenset({"degrade-to-async"}))
+    assert "P1" in broken(result), result.text()
+    assert result.report.totals()["lost"] > 0, result.text()
+
+
+def _with_witness() -> object:
+    scenario = load_scenario(SCENARIOS / "mirrored-hosts-power-loss-and-partition.toml")
+    return dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster, witness=True))
+
+
+@needs_lab
+@pytest.mark.slow
+def test_a_witness_on_the_panel_host_lets_one_side_of_a_partition_serve(tmp_path: Path) -> None:
+    """The same file with a witness on the panel host, which both node hosts still reach in
+    the partition: the active has it take the standby out of sync and goes on alone (or, had
+    the standby asked first, the standby promotes and the active steps down): nothing
+    acknowledged is lost, and the witness recorded each change of the pair."""
+    needs_postgres()
+    result, _ = _run(_with_witness(), tmp_path)
+    assert result.ok and result.drained, result.text()
+    record = (tmp_path / "work" / "witness-panels.log").read_text()
+    assert record.count("witness: generation") >= 4, record  # first record, in sync, power loss, partition
+    logs = "".join((tmp_path / "work" / f"node-{h}.log").read_text() for h in "AB")
+    assert "the witness agreed: acknowledging alone" in logs or logs.count("promoted its database") >= 2, logs[-3000:]
+
+
+@needs_lab
+@pytest.mark.slow
+def test_a_witness_keeper_that_trusts_the_walsender_is_caught(tmp_path: Path) -> None:
+    """The negative control of the witness: a build that counts the standby in sync again as
+    soon as the walsender calls it streaming and sync (a partitioned standby looks just so)
+    lets the standby promote without what the active acknowledged alone: P1 counts them."""
+    needs_postgres()
+    result, _ = _run(_with_witness(), tmp_path, flaws=frozenset({"trust-the-walsender"}))
     assert "P1" in broken(result), result.text()
     assert result.report.totals()["lost"] > 0, result.text()
 

@@ -85,7 +85,14 @@ def test_a_witness_that_cannot_answer_is_an_error_naming_it(tmp_path: Path) -> N
 
 
 def _look(record: WitnessRecord, **kw: object) -> MirrorLook:
-    values: dict[str, object] = {"streaming": True, "in_sync": True, "listed": True, "waiting": 0, "reply_age": 0.1}
+    values: dict[str, object] = {
+        "own_primary": True,
+        "streaming": True,
+        "in_sync": True,
+        "listed": True,
+        "waiting": 0,
+        "reply_age": 0.1,
+    }
     values.update(kw)
     return MirrorLook(record=record, **values)  # type: ignore[arg-type]
 
@@ -113,6 +120,7 @@ def test_the_primary_serves_alone_only_with_the_witness_and_counts_the_standby_b
     assert decide(_look(alone, current_lsn=900)) == "mark"
     assert decide(_look(alone, flush_lsn=800), mark=900) == "none"
     assert decide(_look(alone, flush_lsn=900), mark=900) == "restore"
+    assert decide(_look(alone, own_primary=False, streaming=False), waited=9) == "none"  # a replica's node
     taken = WitnessRecord(5, "B", ("B",))  # the standby promoted: never serve alone, even waiting
     assert decide(_look(taken, streaming=False, in_sync=False, waiting=9), waited=9) == "none"
 

@@ -151,6 +151,8 @@ class MirrorLook:
     """What the active's node sees of its mirror: the witness's record and its own primary."""
 
     record: WitnessRecord
+    #: This node's database is a primary (not a replica in recovery).
+    own_primary: bool
     #: The standby streams from this primary (``pg_stat_replication``, with a reply from it
     #: within the last 2 s: a partition leaves the walsender "streaming" until its timeout),
     #: and does so as the sync standby.
@@ -192,8 +194,8 @@ def decide_mirror(
     it looking fresh for a while: waiting on it again made the active step down).
     """
     record = look.record
-    if record.primary not in (None, me):
-        return "none"  # the witness gave the pair to the other node: never serve alone
+    if not look.own_primary or record.primary not in (None, me):
+        return "none"  # a replica's node, or the witness gave the pair to the other: never alone
     if record.primary is None:
         return "record"  # the first record: this primary alone (the standby is counted in below)
     if peer in record.in_sync:
@@ -224,16 +226,18 @@ def look_at_mirror(settings: ClusterSettings) -> MirrorLook:
         f" FROM pg_stat_replication WHERE application_name = '{application_name(peer)}'",
         what=what,
     )
-    ((listed, waiting, current),) = query(
+    ((recovering, listed, waiting, current),) = query(
         own,
-        "SELECT current_setting('synchronous_standby_names') <> '',"
+        "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names') <> '',"
         " (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'),"
-        " pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
+        " CASE WHEN pg_is_in_recovery() THEN 0"
+        " ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END",
         what=what,
     )
     live = [(sync, int(flush), float(age)) for state, sync, flush, age in rows if state == "streaming" and age < 2]
     return MirrorLook(
         record=record,
+        own_primary=not recovering,
         streaming=bool(live),
         in_sync=any(sync == "sync" for sync, _, _ in live),
         listed=bool(listed),

@@ -5,7 +5,8 @@ asserts has a build that breaks it. They live here, in the harness, and nowhere 
 the product: no setting and no flag of the shipped ``fieldsync`` can select one. The
 harness injects a flaw by subclassing the engine at its seams (``Node.store_class``,
 ``Node._resume_hwm``, ``Node._admit``, ``Node._peer_broke_protocol``,
-``ClusterNode.node_class``, ``ClusterNode._step_down``, ``ClusterNode._serve``, ``EventStore._check_fence``,
+``ClusterNode.node_class``, ``ClusterNode._step_down``, ``ClusterNode._serve``,
+``ClusterNode._mirror_action``, ``EventStore._check_fence``,
 ``EventStore._ingest_one``), in-process for the fast tier
 and through ``python -m fieldsync.harness.flawed`` for node processes.
 """
@@ -18,7 +19,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import trio
 
@@ -34,6 +35,7 @@ __all__ = ["FLAWS", "flawed_cluster_class", "flawed_command", "flawed_node_class
 FLAWS = {
     "ack-before-commit": "P1",
     "degrade-to-async": "P1",
+    "trust-the-walsender": "P1",
     "no-dedupe": "P2",
     "no-epoch-check": "P5",
     "crash-on-bad-frame": "P6",
@@ -135,6 +137,16 @@ async def _serve_degrading(self: ClusterNode, epoch: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _trust_the_walsender(self: ClusterNode, look: Any, **given: Any) -> Any:
+    # With a witness: count the standby in sync again as soon as the primary's walsender calls
+    # it streaming and sync, and wait for it again on any reply: no catch-up past what was
+    # acknowledged alone. A partition leaves the walsender saying both, so the standby is
+    # counted back, promotes by the witness, and the events acknowledged alone are lost (P1).
+    from ..engine._mirrored import decide_mirror
+
+    return decide_mirror(look, **{**given, "mark": 0, "since_degrade": float("inf")})
+
+
 async def _degrade_when_waiting(self: ClusterNode) -> None:
     from storage.postgres import MirrorError, list_sync_standby, query
 
@@ -190,6 +202,8 @@ def flawed_cluster_class(flaws: Iterable[str]) -> type[ClusterNode]:
         members["_step_down"] = _keep_serving
     if "degrade-to-async" in chosen:
         members["_serve"] = _serve_degrading
+    if "trust-the-walsender" in chosen:
+        members["_mirror_action"] = _trust_the_walsender
     return cast(type[ClusterNode], type("FlawedClusterNode", (ClusterNode,), members))
 
 
