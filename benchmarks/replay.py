@@ -6,13 +6,22 @@ stops when every panel's buffer is empty, i.e. every event is committed and
 acknowledged. The bound is the storage benchmark's raw insert of the same number
 of rows into the same schema with the same pragmas, measured in the same run.
 
+``--engine``: the store the node replays into, several side by side in one run: ``sqlite``
+(the shared store's SQLite file), ``pg-local`` (one PostgreSQL), ``pg-sync`` (PostgreSQL
+with a synchronous standby: an ACK once the commit is on both), ``pg-async`` (with an
+asynchronous standby: the WAN edition's). Each PostgreSQL engine's bound is a raw binary
+COPY of the same number of rows into the same table on the same server, in transactions
+of ``--bound-txn`` rows (benchmarks/engines.py's ``pg_bound``).
+
     python benchmarks/replay.py --panels 1 --backlog 1000000 [--tls/--no-tls] [--json OUT]
     python benchmarks/replay.py --panels 1000 --backlog 10000
+    python benchmarks/replay.py --panels 10 --backlog 100000 --engine sqlite pg-sync pg-async
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sqlite3
@@ -30,7 +39,7 @@ from benchmarks import cpu_seconds, node_process, write_json
 from benchmarks.storage import _fresh_schema
 from emulator import Fleet, LinkMode, PanelSettings
 from fieldsync.site import pki
-from storage import EventStore
+from storage import open_event_store
 
 VIP = "127.0.0.100"
 
@@ -76,9 +85,10 @@ def bound_rows_per_s(rows: int, panels: int, workdir: Path, per_txn: int) -> flo
     return rows / elapsed
 
 
-async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+async def replay(args: argparse.Namespace, workdir: Path, db: Path | str | None = None) -> dict[str, object]:
+    """One replay into ``db`` (a SQLite file, default ``workdir/site.db``, or a PostgreSQL URL)."""
     port = args.port
-    db = workdir / "site.db"
+    db = db if db is not None else workdir / "site.db"
     pki_dir = workdir / "pki"
     settings = []
     if args.tls:
@@ -131,7 +141,7 @@ async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             nursery.cancel_scope.cancel()
     # The node prints its writer's busy share every 5 s: where the drain's time went.
     busy = [int(m) for m in re.findall(r"writer busy (\d+)%", log_path.read_text())]
-    store = EventStore(db)
+    store = open_event_store(db)
     stored = store.count_events()
     store.close()
     if stored < total - 2 * args.panels:  # HOST_ONLINE/OFFLINE events come and go
@@ -148,6 +158,66 @@ async def replay(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     }
 
 
+ENGINES = {
+    "sqlite": "SQLite (the shared store)",
+    "pg-local": "PostgreSQL, one server",
+    "pg-sync": "PostgreSQL + sync standby",
+    "pg-async": "PostgreSQL + async standby",
+}
+
+
+def _pg_replay(args: argparse.Namespace, engine: str, workdir: Path) -> tuple[dict[str, object], float]:
+    """One replay into a fresh database of the engine's server(s), then its COPY bound there."""
+    from benchmarks.engines import _fresh_database, pg_bound
+    from benchmarks.storage import _batches
+    from storage.postgres import running_instance, running_pair
+
+    per_panel = args.backlog
+    per_txn = max(1, args.bound_txn // args.panels)
+    with contextlib.ExitStack() as stack:
+        if engine == "pg-local":
+            server = stack.enter_context(running_instance(prefix="fieldsync-replay-pg-"))
+        else:
+            server, _standby = stack.enter_context(
+                running_pair(synchronous=engine == "pg-sync", prefix="fieldsync-replay-pair-")
+            )
+        result = dict(trio.run(replay, args, workdir, _fresh_database(server)))
+        bound = pg_bound(_batches(args.panels, per_panel, per_txn), server)
+    return result, bound
+
+
+def side_by_side(args: argparse.Namespace) -> dict[str, object]:
+    """``--engine``: the same replay into each engine in turn, each against its own bound."""
+    results: dict[str, dict[str, object]] = {}
+    for engine in args.engine:
+        with tempfile.TemporaryDirectory(prefix=f"fieldsync-replay-{engine}-") as tmp:
+            workdir = Path(tmp)
+            if engine == "sqlite":
+                result = dict(trio.run(replay, args, workdir))
+                for leftover in workdir.glob("site.db*"):
+                    leftover.unlink()
+                os.sync()
+                bound = bound_rows_per_s(int(result["events"]), args.panels, workdir, args.bound_txn)  # type: ignore[call-overload]
+            else:
+                result, bound = _pg_replay(args, engine, workdir)
+        result["bound_per_s"] = bound
+        result["ratio_to_bound"] = float(result["acked_events_per_s"]) / bound  # type: ignore[arg-type]
+        results[engine] = result
+        print(
+            f"  {ENGINES[engine]:<28} acked {float(result['acked_events_per_s']):>10,.0f} events/s "  # type: ignore[arg-type]
+            f"(drain {float(result['drain_s']):.2f} s), bound {bound:>10,.0f} rows/s, "  # type: ignore[arg-type]
+            f"ratio {float(result['ratio_to_bound']):.3f}",  # type: ignore[arg-type]
+            flush=True,
+        )
+    print(
+        f"replay: {args.panels} panel(s) x {args.backlog:,} events, {'TLS 1.3' if args.tls else 'plain TCP'}, "
+        f"batch {args.batch}, window {args.window}; bounds: SQLite raw multi-row INSERT, PostgreSQL raw binary COPY"
+    )
+    out: dict[str, object] = {"engines": results, "panels": args.panels, "backlog": args.backlog, "tls": args.tls}
+    write_json(args.json, out, sqlite=sqlite3.sqlite_version)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--panels", type=int, default=1)
@@ -158,8 +228,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--port", type=int, default=30002)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--bound-txn", type=int, default=16_384, help="rows per transaction for the bound")
+    parser.add_argument(
+        "--engine",
+        nargs="+",
+        choices=list(ENGINES),
+        default=["sqlite"],
+        help="the stores to replay into, side by side, each against its own bound",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.engine != ["sqlite"]:
+        return side_by_side(args)
     with tempfile.TemporaryDirectory(prefix="fieldsync-replay-") as tmp:
         workdir = Path(tmp)
         result: dict[str, object] = dict(trio.run(replay, args, workdir))

@@ -188,6 +188,9 @@ class Mirror:
         self.settings = dict(settings)
         #: The nodes whose data directory is on this machine (all, unless made ``from_urls``).
         self.local = set(self.servers)
+        #: A witness keeps the pair (``fieldsync.engine._witness``): its keeper, not a rejoin,
+        #: lists a returning standby.
+        self.witnessed = False
 
     @classmethod
     def from_urls(
@@ -377,12 +380,17 @@ class Mirror:
             target.start(timeout=timeout)
         except RuntimeError as exc:
             raise MirrorError(f"node {node}'s database did not start after its rejoin: {_first_line(exc)}") from None
-        # Listed as the source's sync standby only once it streams (it has caught up): listed
-        # while it still recovers and catches up, it would hold every commit of the source
-        # that long (under load, past the active's lease: it stepped down).
-        self.wait_replicating(source, node, timeout=timeout, in_sync=False)
-        self.wait_for_standby(source)
-        self.wait_replicating(source, node, timeout=timeout)
+        if self.witnessed:
+            # The witness's keeper on the source waits for it again and counts it in sync once
+            # it has caught up past a mark (listed here, it would bypass the mark, and hold
+            # every commit of the source while it recovers: past the lease, under load).
+            self.wait_replicating(source, node, timeout=timeout, in_sync=False)
+        else:
+            # Without a witness the source acknowledges alone until it is listed: listed at
+            # once, before it streams, so no commit goes by without it (the source's commits
+            # wait while it catches up; it is never counted a standby while it lags).
+            self.wait_for_standby(source)
+            self.wait_replicating(source, node, timeout=timeout)
         return RejoinReport(
             node=node,
             source=source,

@@ -37,4 +37,3 @@ def postgres_of(directory: str) -> list[int]:
     """The pids of every postgres process whose command line names a path under ``directory``."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=10, check=True).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "postgres" in line and directory in line]
-

@@ -7,7 +7,6 @@ missing) and check that the run removed it again, namespaces and processes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -112,12 +111,16 @@ def test_host_scenario_holds_every_promise(path: Path, tmp_path: Path) -> None:
         assert max(_epochs_before(result, 9.5)) <= 2, result.samples
         assert result.report.store_epoch >= 2, result.text()
     if path.stem == "mirrored-hosts-power-loss-and-partition":
-        # Each host's own PostgreSQL: the power loss and the partition each promoted the
-        # other host's replica, and each stale primary rewound itself over the switch.
-        assert result.report.store_epoch >= 3, result.text()
+        # Each host's own PostgreSQL and a witness: the power loss promoted the other host's
+        # replica and the stale primary rewound itself over the switch; through the partition
+        # one side went on alone by the witness (had the standby asked first, it promoted).
+        assert result.report.store_epoch >= 2, result.text()
         logs = "".join((tmp_path / "work" / f"node-{h}.log").read_text() for h in "AB")
-        assert logs.count("promoted its database to primary") >= 2, logs[-3000:]
-        assert "rejoined by pg_rewind" in logs, logs[-3000:]
+        promotions = logs.count("promoted its database to primary")
+        assert promotions >= 1 and "rejoined by pg_rewind" in logs, logs[-3000:]
+        assert "the witness agreed: acknowledging alone" in logs or promotions >= 2, logs[-3000:]
+        record = (tmp_path / "work" / "witness-panels.log").read_text()
+        assert record.count("witness: generation") >= 4, record  # first record, in sync, power loss, partition
         assert (tmp_path / "work" / "postgres-A.log").exists()  # the servers' logs stay with the run
 
 
@@ -157,36 +160,16 @@ def test_a_broken_engine_is_caught_on_real_hosts(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_mirror_that_degrades_to_async_is_caught_on_real_hosts(tmp_path: Path) -> None:
     """The negative control of mirrored storage on real hosts: a build whose active stops
-    waiting for its synchronous standby whenever a commit waits for it (what a pair that
-    favours availability does) keeps acknowledging through the partition, on a primary
-    whose writes the rewind at the heal discards; P1 counts them. The real engine holds in
-    this very scenario (above): its commits wait, it acknowledges nothing alone, it steps down."""
+    waiting for its synchronous standby whenever a commit waits for it, without asking the
+    witness (what a pair that favours availability does), keeps acknowledging through the
+    partition while the witness still lists the standby in sync: the standby promotes, the
+    rewind at the heal discards those writes, and P1 counts them. The real engine holds in
+    this very scenario (above)."""
     needs_postgres()
     scenario = load_scenario(SCENARIOS / "mirrored-hosts-power-loss-and-partition.toml")
     result, _ = _run(scenario, tmp_path, flaws=frozenset({"degrade-to-async"}))
     assert "P1" in broken(result), result.text()
     assert result.report.totals()["lost"] > 0, result.text()
-
-
-def _with_witness() -> object:
-    scenario = load_scenario(SCENARIOS / "mirrored-hosts-power-loss-and-partition.toml")
-    return dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster, witness=True))
-
-
-@needs_lab
-@pytest.mark.slow
-def test_a_witness_on_the_panel_host_lets_one_side_of_a_partition_serve(tmp_path: Path) -> None:
-    """The same file with a witness on the panel host, which both node hosts still reach in
-    the partition: the active has it take the standby out of sync and goes on alone (or, had
-    the standby asked first, the standby promotes and the active steps down): nothing
-    acknowledged is lost, and the witness recorded each change of the pair."""
-    needs_postgres()
-    result, _ = _run(_with_witness(), tmp_path)
-    assert result.ok and result.drained, result.text()
-    record = (tmp_path / "work" / "witness-panels.log").read_text()
-    assert record.count("witness: generation") >= 4, record  # first record, in sync, power loss, partition
-    logs = "".join((tmp_path / "work" / f"node-{h}.log").read_text() for h in "AB")
-    assert "the witness agreed: acknowledging alone" in logs or logs.count("promoted its database") >= 2, logs[-3000:]
 
 
 @needs_lab
@@ -196,7 +179,8 @@ def test_a_witness_keeper_that_trusts_the_walsender_is_caught(tmp_path: Path) ->
     soon as the walsender calls it streaming and sync (a partitioned standby looks just so)
     lets the standby promote without what the active acknowledged alone: P1 counts them."""
     needs_postgres()
-    result, _ = _run(_with_witness(), tmp_path, flaws=frozenset({"trust-the-walsender"}))
+    scenario = load_scenario(SCENARIOS / "mirrored-hosts-power-loss-and-partition.toml")
+    result, _ = _run(scenario, tmp_path, flaws=frozenset({"trust-the-walsender"}))
     assert "P1" in broken(result), result.text()
     assert result.report.totals()["lost"] > 0, result.text()
 

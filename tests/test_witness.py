@@ -90,7 +90,7 @@ def _look(record: WitnessRecord, **kw: object) -> MirrorLook:
         "streaming": True,
         "in_sync": True,
         "listed": True,
-        "waiting": 0,
+        "oldest_wait": 0.0,
         "reply_age": 0.1,
     }
     values.update(kw)
@@ -100,29 +100,30 @@ def _look(record: WitnessRecord, **kw: object) -> MirrorLook:
 def test_the_primary_serves_alone_only_with_the_witness_and_counts_the_standby_back() -> None:
     both, alone = WitnessRecord(3, "A", ("A", "B")), WitnessRecord(4, "A", ("A",))
 
-    def decide(look: MirrorLook, waited: float = 0.0, mark: int | None = None) -> str:
-        return decide_mirror(look, me="A", peer="B", waited=waited, grace=0.5, mark=mark)
+    def decide(look: MirrorLook, mark: int | None = None, since_degrade: float | None = None) -> str:
+        return decide_mirror(look, me="A", peer="B", grace=0.5, mark=mark, since_degrade=since_degrade)
 
     assert decide(_look(WitnessRecord())) == "record"
     assert decide(_look(both)) == "none"
-    assert decide(_look(both, waiting=3), waited=0.2) == "none"  # a slow flush is not a lost standby
-    assert decide(_look(both, waiting=3), waited=0.6) == "degrade"
+    assert decide(_look(both, oldest_wait=0.2)) == "none"  # a slow flush is not a lost standby
+    assert decide(_look(both, oldest_wait=0.6)) == "degrade"
     assert decide(_look(both, streaming=False, in_sync=False)) == "degrade"
+    assert decide(_look(both, reply_age=2.5)) == "degrade"  # "streaming", but silent: a partition
+    # Out of sync by the witness yet still waited for (a degrade cut short, a standby gone
+    # between list and restore): stop waiting, no CAS needed.
+    assert decide(_look(alone, streaming=False, in_sync=False)) == "unlist"
     assert decide(_look(alone, listed=False, in_sync=False)) == "list"  # it streams again: wait for it
     # ... but only on a reply sent after this node stopped waiting (a partition's last one is not).
-    stale = decide_mirror(
-        _look(alone, listed=False, reply_age=1.5), me="A", peer="B", waited=0, grace=0.5, since_degrade=0.4
-    )
-    assert stale == "none"
+    assert decide(_look(alone, listed=False, reply_age=1.5), since_degrade=0.4) == "none"
     assert decide(_look(alone, in_sync=False)) == "none"  # catching up
     # Waited for again: counted in sync only once it has flushed past where the primary was
     # then (what was acknowledged while it was out), whatever the walsender calls it.
     assert decide(_look(alone, current_lsn=900)) == "mark"
     assert decide(_look(alone, flush_lsn=800), mark=900) == "none"
     assert decide(_look(alone, flush_lsn=900), mark=900) == "restore"
-    assert decide(_look(alone, own_primary=False, streaming=False), waited=9) == "none"  # a replica's node
+    assert decide(_look(alone, own_primary=False, streaming=False, oldest_wait=9)) == "none"  # a replica's node
     taken = WitnessRecord(5, "B", ("B",))  # the standby promoted: never serve alone, even waiting
-    assert decide(_look(taken, streaming=False, in_sync=False, waiting=9), waited=9) == "none"
+    assert decide(_look(taken, streaming=False, in_sync=False, oldest_wait=9)) == "none"
 
 
 def test_a_site_names_its_witness_at_its_line(tmp_path: Path) -> None:
@@ -136,5 +137,7 @@ def test_a_site_names_its_witness_at_its_line(tmp_path: Path) -> None:
     assert site.cluster_settings("A").witness == ("127.0.0.33", 5440)
     with pytest.raises(SiteError, match=r":4: .*HOST:PORT"):
         parse_site(f'[site]\ninsecure = true\nmirror = "sync"\nwitness = "nowhere"\n{pair}', tmp_path / "site.toml")
-    with pytest.raises(SiteError, match="a witness serves mirrored storage"):
+    with pytest.raises(SiteError, match="a witness serves a synchronous mirror"):
         parse_site('[site]\ninsecure = true\nwitness = "127.0.0.33:5440"\n', tmp_path / "site.toml")
+    with pytest.raises(SiteError, match="a witness serves a synchronous mirror"):  # async: no
+        parse_site(f'[site]\ninsecure = true\nmirror = "async"\nwitness = "127.0.0.33:5440"\n{pair}', tmp_path / "s")

@@ -27,6 +27,7 @@ Here: ``ClusterNode``, the active side (serving, keeping the lease). Around it:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -150,9 +151,9 @@ class ClusterNode(_StandbyLoop):
         s = self.settings
         peer = next((n for n, _ in s.peers), "peer")
         grace = max(0.5, s.dead_after)
-        waiting_since: float | None = None
         mark: int | None = None  # the primary's WAL once the standby was waited for again
         degraded_at: float | None = None
+        stamp: tuple[float | None, float] = (None, time.monotonic())  # the last reply, when first seen
         errors = 0
         while True:
             await trio.sleep(s.beat_interval)
@@ -160,15 +161,17 @@ class ClusterNode(_StandbyLoop):
                 # Not through the store's limiter: the commits that wait may be holding it.
                 look = await trio.to_thread.run_sync(look_at_mirror, s)
                 now = time.monotonic()
-                waiting_since = (waiting_since or now) if look.waiting else None
-                waited = now - waiting_since if waiting_since is not None else 0.0
+                if look.reply_stamp != stamp[0]:
+                    stamp = (look.reply_stamp, now)
+                look = dataclasses.replace(
+                    look, reply_age=now - stamp[1] if look.reply_stamp is not None else float("inf")
+                )
                 if not (look.listed and look.in_sync) or peer in look.record.in_sync:
                     mark = None
                 action = self._mirror_action(
                     look,
                     me=self.node_id,
                     peer=peer,
-                    waited=waited,
                     grace=grace,
                     mark=mark,
                     since_degrade=now - degraded_at if degraded_at is not None else None,
@@ -176,9 +179,10 @@ class ClusterNode(_StandbyLoop):
                 if action == "mark":
                     mark = look.current_lsn
                 elif action != "none":
-                    await trio.to_thread.run_sync(act_on_mirror, s, look, action)
-                    if action == "degrade":
+                    acted = await trio.to_thread.run_sync(act_on_mirror, s, look, action)
+                    if action == "degrade" and acted:
                         degraded_at = time.monotonic()
+                errors = 0
             except (WitnessError, MirrorError) as exc:
                 errors += 1
                 if errors in (1, 10) or errors % 100 == 0:

@@ -13,7 +13,9 @@ from its own database. What the node does beyond the shared mode, all here:
   until an operator rejoins it (``fieldsync cluster rejoin``).
 - **Losing the mirror** (the active's commits no longer confirmed by a sync standby): its
   lease renewals fail like every other commit, and an active that could not renew for a
-  whole lease length steps down (``_cluster``), never degrading itself to async.
+  whole lease length steps down (``_cluster``), never degrading itself to async; unless a
+  witness (``_witness``) takes the standby out of sync first, which lets the primary go on
+  alone (``decide_mirror``) and keeps the standby from promoting (``claim_primary``).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def settle(settings: ClusterSettings) -> MirrorState:
         {settings.node_id: settings.pg_data, peer: None},
         mode="sync" if settings.mirror == "sync" else "async",
     )
+    mirror.witnessed = settings.witness is not None
     report = mirror.rejoin(settings.node_id)
     log.warning(
         "node %s: its database was the stale primary (epoch %s, node %s's %s): rejoined by %s in %.2f s%s",
@@ -139,7 +142,11 @@ def claim_primary(settings: ClusterSettings) -> str | None:
     seen = witness_get(settings.witness)
     if seen.primary == me:
         return None
-    if seen.generation > 0 and me not in seen.in_sync:
+    if seen.generation == 0:
+        # Only a primary's node makes the first record; a witness whose record is gone (a new
+        # state file) must not let a replica that may be behind promote.
+        return "the witness has no record of the pair yet (the primary's node makes it)"
+    if me not in seen.in_sync:
         return f"the witness does not list it in sync (generation {seen.generation}: primary {seen.primary})"
     if not witness_cas(settings.witness, seen, primary=me, in_sync=(me,)):
         return "the witness's record changed meanwhile"
@@ -148,28 +155,34 @@ def claim_primary(settings: ClusterSettings) -> str | None:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class MirrorLook:
-    """What the active's node sees of its mirror: the witness's record and its own primary."""
+    """What a node whose database is the primary sees of its mirror: the witness's record, its
+    own database, and the standby as its walsender reports it."""
 
     record: WitnessRecord
     #: This node's database is a primary (not a replica in recovery).
     own_primary: bool
-    #: The standby streams from this primary (``pg_stat_replication``, with a reply from it
-    #: within the last 2 s: a partition leaves the walsender "streaming" until its timeout),
-    #: and does so as the sync standby.
+    #: The walsender to the standby says ``streaming``, and the standby is the sync one. A
+    #: partition leaves it saying both until its timeout: ``reply_age`` tells.
     streaming: bool
     in_sync: bool
     #: The primary lists the standby in ``synchronous_standby_names``.
     listed: bool
-    #: Commits waiting for the standby now.
-    waiting: int
+    #: How long the oldest commit waiting for the standby has waited, s (0: none waits).
+    oldest_wait: float = 0.0
     #: The WAL the standby has flushed (its last reply), and the primary's WAL now (bytes).
     flush_lsn: int = 0
     current_lsn: int = 0
-    #: Seconds since the standby's last reply (inf: none).
+    #: The standby's last reply: its send time as the standby stamped it (None: no reply).
+    reply_stamp: float | None = None
+    #: Seconds since that stamp last changed, on this node's own clock (the keeper's: the
+    #: standby's clock may be off); inf: no reply.
     reply_age: float = float("inf")
 
 
-MirrorAction = Literal["none", "record", "degrade", "list", "mark", "restore"]
+#: A standby whose last reply is older than this is not streaming (it replies every second).
+_REPLY_SILENCE = 2.0
+
+MirrorAction = Literal["none", "record", "degrade", "unlist", "list", "mark", "restore"]
 
 
 def decide_mirror(
@@ -177,14 +190,13 @@ def decide_mirror(
     *,
     me: str,
     peer: str,
-    waited: float,
     grace: float,
     mark: int | None = None,
     since_degrade: float | None = None,
 ) -> MirrorAction:
-    """What the active's node does about its mirror (with a witness), from what it saw.
+    """What the node does about its mirror (with a witness), from what it saw.
 
-    ``waited``: how long commits have been seen waiting for the standby without a break.
+    ``grace``: how long a commit may wait for the standby before the standby is out of sync.
     ``mark``: the primary's WAL position once the standby was waited for again (``mark``,
     the action, sets it): a standby that has flushed past it holds everything acknowledged
     while it was out, and every commit since waited for it; only then is it in sync again
@@ -198,14 +210,19 @@ def decide_mirror(
         return "none"  # a replica's node, or the witness gave the pair to the other: never alone
     if record.primary is None:
         return "record"  # the first record: this primary alone (the standby is counted in below)
+    alive = look.streaming and look.reply_age < _REPLY_SILENCE
+    stuck = look.listed and (not alive or look.oldest_wait >= grace)
     if peer in record.in_sync:
-        if look.listed and (not look.streaming or waited >= grace):
-            return "degrade"
-        return "none"
+        return "degrade" if stuck else "none"
+    if stuck:
+        # Out of sync by the witness (it can never promote) and still waited for: a degrade
+        # that stopped between its CAS and the setting, a standby gone between "list" and
+        # "restore", a rejoin that listed it and failed. Waiting on would stop the site.
+        return "unlist"
     replied_since = since_degrade if since_degrade is not None else 0.5
-    if look.streaming and not look.listed and look.reply_age < replied_since:
+    if alive and not look.listed and look.reply_age < replied_since:
         return "list"  # back and streaming: wait for it again, then count it in sync
-    if look.in_sync and look.listed:
+    if alive and look.in_sync and look.listed:
         if mark is None:
             return "mark"
         if look.flush_lsn >= mark:
@@ -221,54 +238,71 @@ def look_at_mirror(settings: ClusterSettings) -> MirrorLook:
     record = witness_get(settings.witness)
     rows = query(
         own,
-        "SELECT state, sync_state, COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint,"
-        " COALESCE(EXTRACT(EPOCH FROM now() - reply_time), 1e9)::float8"
-        f" FROM pg_stat_replication WHERE application_name = '{application_name(peer)}'",
+        "SELECT sync_state, COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint,"
+        " EXTRACT(EPOCH FROM reply_time)::float8"
+        f" FROM pg_stat_replication WHERE application_name = '{application_name(peer)}' AND state = 'streaming'",
         what=what,
     )
-    ((recovering, listed, waiting, current),) = query(
+    ((recovering, listed, oldest, current),) = query(
         own,
         "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names') <> '',"
-        " (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'),"
+        " (SELECT COALESCE(EXTRACT(EPOCH FROM max(now() - state_change)), 0)::float8"
+        "  FROM pg_stat_activity WHERE wait_event = 'SyncRep'),"
         " CASE WHEN pg_is_in_recovery() THEN 0"
         " ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END",
         what=what,
     )
-    live = [(sync, int(flush), float(age)) for state, sync, flush, age in rows if state == "streaming" and age < 2]
+    stamps = [float(stamp) for _, _, stamp in rows if stamp is not None]
     return MirrorLook(
         record=record,
         own_primary=not recovering,
-        streaming=bool(live),
-        in_sync=any(sync == "sync" for sync, _, _ in live),
+        streaming=bool(rows),
+        in_sync=any(sync == "sync" for sync, _, _ in rows),
         listed=bool(listed),
-        waiting=int(waiting),
-        flush_lsn=max((flush for _, flush, _ in live), default=0),
+        oldest_wait=float(oldest),
+        flush_lsn=max((int(flush) for _, flush, _ in rows), default=0),
         current_lsn=int(current),
-        reply_age=min((age for _, _, age in live), default=float("inf")),
+        reply_stamp=max(stamps) if stamps else None,
     )
 
 
-def act_on_mirror(settings: ClusterSettings, look: MirrorLook, action: MirrorAction) -> None:
-    """Carry out ``decide_mirror``'s answer. Raises: WitnessError, MirrorError."""
+def act_on_mirror(settings: ClusterSettings, look: MirrorLook, action: MirrorAction) -> bool:
+    """Carry out ``decide_mirror``'s answer; False if the witness refused it (it moved on).
+    Raises: WitnessError, MirrorError."""
     assert settings.witness is not None
     me, (peer, _) = settings.node_id, _peer(settings)
     own, what = str(settings.db), _what(settings)
     if action == "record":
-        witness_cas(settings.witness, look.record, primary=me, in_sync=(me,))
-    elif action == "degrade":
+        return witness_cas(settings.witness, look.record, primary=me, in_sync=(me,))
+    if action == "degrade":
         # The witness first: once it no longer lists the standby, that one can never promote.
-        if witness_cas(settings.witness, look.record, primary=me, in_sync=(me,)):
-            list_sync_standby(own, "", what=what)
-            log.warning(
-                "node %s: node %s's database is out of sync (%s); the witness agreed: acknowledging alone",
-                me,
-                peer,
-                "gone" if not look.streaming else f"{look.waiting} commits waiting",
-            )
-    elif action == "list":
+        if not witness_cas(settings.witness, look.record, primary=me, in_sync=(me,)):
+            return False
+        list_sync_standby(own, "", what=what)
+        log.warning(
+            "node %s: node %s's database is out of sync (%s); the witness agreed: acknowledging alone",
+            me,
+            peer,
+            f"a commit waited {look.oldest_wait:.1f} s" if look.oldest_wait else "no reply from it",
+        )
+        return True
+    if action == "unlist":
+        list_sync_standby(own, "", what=what)  # out of sync by the witness already: no CAS
+        log.warning("node %s: node %s's database, out of sync, is no longer waited for", me, peer)
+        return True
+    if action == "list":
         list_sync_standby(own, application_name(peer), what=what)
-    elif action == "restore" and witness_cas(settings.witness, look.record, primary=me, in_sync=(me, peer)):
+        # A barrier: CHECKPOINT returns once the checkpointer has passed the top of its loop,
+        # where it takes in the reload, and only then do commits wait for the standby. The
+        # mark (the next look's WAL position) comes after it.
+        query(own, "CHECKPOINT", what=what, timeout=30.0)
+        return True
+    if action == "restore":
+        if not witness_cas(settings.witness, look.record, primary=me, in_sync=(me, peer)):
+            return False
         log.warning("node %s: node %s's database is in sync again (the witness counts it)", me, peer)
+        return True
+    return False
 
 
 def promote_own(settings: ClusterSettings) -> bool:

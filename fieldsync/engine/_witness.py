@@ -11,7 +11,10 @@ one record, ``(generation, primary, in_sync)``, changed only by compare-and-set,
   only after the witness took the standby out of ``in_sync``;
 - a standby may promote its replica only while the witness lists it in ``in_sync``, and
   only by taking ``primary`` for itself in the same compare-and-set;
-- the primary puts a standby back in ``in_sync`` only once it streams in sync again.
+- the primary puts a standby back in ``in_sync`` only once it has flushed past the WAL
+  position the primary had when it was waited for again (``_mirrored.decide_mirror``);
+- a standby may not promote before the first record: only a primary's node makes it (a
+  witness whose state file is gone must not let a replica that may be behind promote).
 
 The two sides of a partition race for the same generation and exactly one wins: the
 primary keeps serving alone and the standby promotes nothing, or the standby promotes and
@@ -139,7 +142,9 @@ async def serve_witness(
         WitnessError: the state file is unreadable, or the address cannot be bound (in use).
     """
     state = _State(state_file)
-    lock = trio.Lock()  # one change at a time: the compare-and-set is the point
+    # One change at a time: ``answer`` does not yield (its fsync blocks the loop for a moment,
+    # which a witness, one small record, can afford), and the lock keeps it so if it ever does.
+    lock = trio.Lock()
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:

@@ -150,8 +150,8 @@ class ClusterSpec(TomlTable):
 
     @model_validator(mode="after")
     def _witness_needs_a_mirror(self) -> ClusterSpec:
-        if self.witness and self.mirror is None:
-            raise ValueError('a witness serves mirrored storage: mirror = "sync"')
+        if self.witness and self.mirror != "sync":
+            raise ValueError('a witness serves a synchronous mirror: mirror = "sync"')
         return self
 
     @field_validator("advert_int")

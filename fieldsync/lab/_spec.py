@@ -86,8 +86,8 @@ class LabSpec:
             raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
         if self.mirror not in (None, "sync", "async"):
             raise LabError(f"--mirror {self.mirror!r}: sync or async")
-        if self.witness and self.mirror is None:
-            raise LabError("--witness serves mirrored storage: add --mirror sync")
+        if self.witness and self.mirror != "sync":
+            raise LabError("--witness serves a synchronous mirror: add --mirror sync")
 
     def panel_ids(self) -> range:
         return range(self.first_id, self.first_id + self.panels)

@@ -473,8 +473,8 @@ def parse_site(text: str, path: Path) -> Site:
             raise doc.fail(("nodes", n, "db"), 'a node\'s own database needs [site] mirror = "sync" or "async"')
     if file.site.mirror is not None and len(file.nodes) != 2:
         raise doc.fail(("site", "mirror"), "mirrored storage is a pair: exactly two [nodes]")
-    if file.site.witness is not None and file.site.mirror is None:
-        raise doc.fail(("site", "witness"), 'a witness serves mirrored storage: [site] mirror = "sync"')
+    if file.site.witness is not None and file.site.mirror != "sync":
+        raise doc.fail(("site", "witness"), 'a witness serves a synchronous mirror: [site] mirror = "sync"')
     return Site(
         **{
             **table,
