@@ -41,8 +41,12 @@ class Supervised:
 
 
 class Supervisor:
-    def __init__(self, children: Sequence[Supervised], *, stdout: int | None = None) -> None:
+    def __init__(
+        self, children: Sequence[Supervised], *, stdout: int | None = None, first: Sequence[str] | None = None
+    ) -> None:
+        """``first``: the children ``run`` starts (None: all); ``start`` starts the others."""
         self.children = {c.name: c for c in children}
+        self._first = list(first) if first is not None else list(self.children)
         self._stdout = stdout
         self.restarted = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -50,8 +54,8 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for child in self.children.values():
-                await nursery.start(self._keep, child)
+            for name in self._first:
+                await nursery.start(self._keep, self.children[name])
             task_status.started()
             await trio.sleep_forever()  # start() may add children's keepers later
 

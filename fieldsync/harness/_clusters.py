@@ -217,7 +217,13 @@ class ProcessCluster(StoreWatchedCluster):
             )
             for n in ("A", "B")
         }
-        self.supervisor = Supervisor(list(self.children.values()), stdout=log_fd)
+        # Mirrored: node A (beside the primary) first, B once A holds the lease. Started
+        # together, B could find no beat from a slow-starting A and promote its replica (a
+        # needless failover that moved the replication off the run's proxy: a WAN run lost
+        # nothing, and its RPO check failed, on a loaded machine).
+        self.supervisor = Supervisor(
+            list(self.children.values()), stdout=log_fd, first=["A"] if run.site.mirror is not None else None
+        )
         self.run = run
         #: Mirrored: the nodes whose database a crash stopped (started again before their node).
         self.crashed_databases: set[str] = set()
@@ -230,6 +236,10 @@ class ProcessCluster(StoreWatchedCluster):
     async def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._watch_lease)
         await nursery.start(self.supervisor.run)
+        if self.run.site.mirror is not None:
+            with trio.fail_after(120):
+                await until(lambda: self.holder() == "A")
+            await self.supervisor.start("B")
 
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         pid = self.children[name].pid  # a process this run started
