@@ -145,11 +145,11 @@ class ClusterNode(_StandbyLoop):
         changes nothing (the pair stays strict)."""
         from storage.postgres import MirrorError
 
-        from ._mirrored import act_on_mirror, look_at_mirror
+        from ._mirrored import _peer, act_on_mirror, look_at_mirror
         from ._witness import WitnessError
 
         s = self.settings
-        peer = next((n for n, _ in s.peers), "peer")
+        peer, _ = _peer(s)
         grace = max(0.5, s.dead_after)
         mark: int | None = None  # the primary's WAL once the standby was waited for again
         degraded_at: float | None = None
