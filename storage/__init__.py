@@ -44,6 +44,7 @@ from ._open import open_event_store as open_event_store
 from ._records import IngestBatch as IngestBatch
 from ._records import IngestOutcome as IngestOutcome
 from ._records import IngestResult as IngestResult
+from ._records import LogBacklog as LogBacklog
 from ._records import Loss as Loss
 from ._records import StoredEvent as StoredEvent
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
@@ -67,6 +68,7 @@ __all__ = [
     "IngestResult",
     "Lease",
     "LeaseStoreInterface",
+    "LogBacklog",
     "MirrorError",
     "Loss",
     "NeedSnapshot",

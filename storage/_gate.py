@@ -12,8 +12,11 @@ often enough in a row for its one-second lease to lapse).
 
 Writers of one process therefore take turns here before they ask SQLite: an
 ``urgent`` writer (the lease, the node heartbeat row) goes before any waiting
-``bulk`` one (ingest, bookkeeping). Other processes still meet at SQLite's own
-lock; between two nodes, the standby writes only its heartbeat row.
+``bulk`` one (ingest, bookkeeping), and a ``background`` writer (the batch log's
+materializer, ``EventStore.materialize``) only when no other writer waits: the
+materializer works in the gaps between commits and never delays an ACK by more
+than one of its own (short) transactions. Other processes still meet at SQLite's
+own lock; between two nodes, the standby writes only its heartbeat row.
 """
 
 from __future__ import annotations
@@ -29,18 +32,34 @@ __all__ = ["WriteGate", "write_gate"]
 
 
 class WriteGate:
-    """One writer at a time; urgent writers before bulk ones."""
+    """One writer at a time; urgent writers before bulk ones, bulk before background ones."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._held = False
         self._urgent_waiting = 0
+        self._bulk_waiting = 0
 
     @contextlib.contextmanager
     def bulk(self) -> Iterator[None]:
         """Hold the turn for a bulk transaction, after every urgent writer waiting."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._held and not self._urgent_waiting)
+            self._bulk_waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._held and not self._urgent_waiting)
+            finally:
+                self._bulk_waiting -= 1
+            self._held = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        """Hold the turn for a background transaction, once no other writer waits."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._held and not self._urgent_waiting and not self._bulk_waiting)
             self._held = True
         try:
             yield

@@ -15,6 +15,7 @@ __all__ = [
     "IngestBatch",
     "IngestOutcome",
     "IngestResult",
+    "LogBacklog",
     "Loss",
     "StoredEvent",
     "signed",
@@ -85,6 +86,17 @@ class IngestResult:
     hwms: dict[int, int]
     stored: int
     commit_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LogBacklog:
+    """What the batch log holds (acknowledged, not yet in ``events``), or what one
+    ``materialize`` moved out of it."""
+
+    batches: int = 0
+    events: int = 0
+    #: The oldest such batch's receive time (µs since the epoch), None when there is none.
+    oldest_received_us: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

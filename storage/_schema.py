@@ -160,11 +160,31 @@ def _m005(db: Database) -> None:
     db.execute("PRAGMA user_version = 5")
 
 
-SCHEMA_VERSION = 5
+@migrations(name="m006_batch_log")
+def _m006(db: Database) -> None:
+    # The log-structured ingest (``EventStore.append``): one row per acknowledged batch,
+    # materialized into ``events`` behind the ACK and deleted in the same transaction.
+    db.execute(
+        """
+        CREATE TABLE batch_log (
+            id INTEGER PRIMARY KEY,
+            panel_id INTEGER NOT NULL,
+            received_us INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            events INTEGER NOT NULL,
+            records BLOB NOT NULL
+        )
+        """
+    )
+    db.execute("PRAGMA user_version = 6")
+
+
+SCHEMA_VERSION = 6
 _KNOWN = {
     "m001_events_losses_panels_cluster",
     "m002_config",
     "m003_panel_status",
     "m004_cluster_lease",
     "m005_config_digest",
+    "m006_batch_log",
 }

@@ -5,6 +5,15 @@ committed transaction on power loss, and an ACK promises the event survives).
 ``ingest`` takes batches of many panels and commits them in ONE transaction, so
 a single fsync serves them all (group commit).
 
+Two ways in, one store: ``ingest`` writes every event's row before it returns (an
+ACK means the row is there); ``append`` (the log-structured ingest) writes each
+batch as ONE row of ``batch_log`` and returns, and ``materialize`` moves logged
+batches into ``events`` behind the ACK, each step in one transaction that inserts
+the rows and deletes their log rows together, so a kill at any point neither
+loses nor repeats an event. Both check continuity and move the hwm the same way,
+inside the write transaction. docs/architecture.md ("The batch log") has the
+design and its measured lag.
+
 Hot path: records stay packed until a multi-row INSERT binds them. The panel
 id, receive time and epoch are numbered parameters shared by every row of a
 statement, and one ``struct.unpack_from`` per chunk yields the other eight
@@ -26,7 +35,7 @@ from protocol import GAP_KINDS, RECORD_SIZE
 
 from ._errors import StaleEpoch, StoreError, map_sqlite_errors
 from ._gate import write_gate
-from ._records import IngestBatch, IngestOutcome, IngestResult, signed
+from ._records import IngestBatch, IngestOutcome, IngestResult, LogBacklog, signed
 from ._schema import migrate
 from ._store_queries import _EventQueries
 
@@ -48,9 +57,13 @@ class EventStore(_EventQueries):
     Args:
         path: the SQLite file (created if missing).
         busy_timeout: seconds to wait for another writer's lock before ``StoreLocked``.
+        durable: False for a connection that only materializes the batch log: its
+            commits are not fsynced one by one (``synchronous = NORMAL``). What they
+            move is already durable in the log, and a step lost to a power cut is
+            undone whole (WAL recovery) and done again.
     """
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: Path | str, *, busy_timeout: float = 5.0, durable: bool = True) -> None:
         self.path = Path(path)
         with map_sqlite_errors(self.path, "opening the event store"):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -59,13 +72,15 @@ class EventStore(_EventQueries):
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(self.path, f"cannot switch to WAL journal mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self.db = Database(conn)
             self._migrate()
         self._sql = {n: _insert_sql(n) for n in _CHUNKS}
         self._rows = {n: struct.Struct(">" + "qqBBBBqI" * n) for n in _CHUNKS}
         #: Writes take a bulk turn: this process's lease renewals go first (see ``_gate``).
         self._gate = write_gate(self.path)
+        #: Within one ingest transaction: the batches go to ``batch_log`` (``append``).
+        self._to_log = False
 
     def _migrate(self) -> None:
         for attempt in range(3):
@@ -128,7 +143,20 @@ class EventStore(_EventQueries):
             StaleEpoch: ``epoch`` is not the store's epoch; nothing was written.
             StoreFull, StoreLocked, StoreError: nothing was written.
         """
+        return self._commit(batches, epoch, to_log=False)
+
+    def append(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+        """``ingest``, with each batch's new records as one row of the batch log.
+
+        Every check and the hwm are as in ``ingest``, in the same one transaction, so
+        what this returns is as durable as an ``ingest``'s: its events reach the
+        ``events`` table through ``materialize``. ``stored`` counts the events logged.
+        """
+        return self._commit(batches, epoch, to_log=True)
+
+    def _commit(self, batches: Sequence[IngestBatch], epoch: int, *, to_log: bool) -> IngestResult:
         start = time.perf_counter()
+        self._to_log = to_log
         conn = self._conn
         outcomes: list[IngestOutcome] = []
         new_hwm: dict[int, int] = {}
@@ -208,10 +236,20 @@ class EventStore(_EventQueries):
             skip = hwm - next_seq + 1
             duplicates += skip
             offset += skip * RECORD_SIZE
-        rows = (len(records) - offset) // RECORD_SIZE
-        stored = rows
+        stored = (len(records) - offset) // RECORD_SIZE
+        if stored and self._to_log:
+            self._conn.execute(
+                "INSERT INTO batch_log (panel_id, received_us, epoch, events, records) VALUES (?, ?, ?, ?, ?)",
+                (pid, batch.received_us, epoch, stored, records[offset:] if offset else records),
+            )
+        elif stored:
+            self._insert_rows(pid, batch.received_us, epoch, records, offset)
+        return IngestOutcome(panel_id=pid, hwm=batch.last_seq, stored=stored, duplicates=duplicates, declared_lost=lost)
+
+    def _insert_rows(self, pid: int, received_us: int, epoch: int, records: bytes, offset: int) -> None:
         conn = self._conn
-        head = (pid, batch.received_us, epoch)
+        rows = (len(records) - offset) // RECORD_SIZE
+        head = (pid, received_us, epoch)
         for size in _CHUNKS:
             statement = self._sql[size]
             layout = self._rows[size]
@@ -219,7 +257,68 @@ class EventStore(_EventQueries):
                 conn.execute(statement, head + layout.unpack_from(records, offset))
                 offset += size * RECORD_SIZE
                 rows -= size
-        return IngestOutcome(panel_id=pid, hwm=batch.last_seq, stored=stored, duplicates=duplicates, declared_lost=lost)
+
+    # -- the batch log ------------------------------------------------------------------
+
+    def log_backlog(self) -> LogBacklog:
+        """What is acknowledged but not yet in ``events``."""
+        with map_sqlite_errors(self.path, "reading the batch log"):
+            batches, events, oldest = self._conn.execute(
+                "SELECT count(*), coalesce(sum(events), 0), min(received_us) FROM batch_log"
+            ).fetchone()
+        return LogBacklog(batches=int(batches), events=int(events), oldest_received_us=oldest)
+
+    def materialize(self, max_events: int = 16_384) -> LogBacklog:
+        """Move the oldest logged batches, about ``max_events`` events, into ``events``.
+
+        One transaction inserts their rows and deletes their log rows, so a kill at any
+        point leaves each batch either in the log or in ``events``, never both, never
+        neither. The log is read inside the transaction: two materializers of one file
+        (a fenced node's and its successor's) take turns and never move a batch twice.
+        Returns what it moved (``LogBacklog()`` when the log was empty).
+
+        Raises:
+            StoreFull, StoreLocked, StoreError: nothing was moved.
+        """
+        conn = self._conn
+        with map_sqlite_errors(self.path, "materializing the batch log"), self._gate.background():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = conn.execute(
+                    "SELECT id, panel_id, received_us, epoch, events, records FROM batch_log ORDER BY id"
+                )
+                taken: list[tuple[int, int, int, int, int, bytes]] = []
+                events = 0
+                while events < max_events:
+                    row = cursor.fetchone()
+                    if row is None:
+                        break
+                    taken.append(row)
+                    events += row[4]
+                cursor.close()
+                if not taken:
+                    conn.execute("COMMIT")
+                    return LogBacklog()
+                for _id, pid, received_us, epoch, _n, records in taken:
+                    self._insert_rows(pid, received_us, epoch, records, 0)
+                conn.execute("DELETE FROM batch_log WHERE id <= ?", (taken[-1][0],))
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return LogBacklog(batches=len(taken), events=events, oldest_received_us=min(r[2] for r in taken))
+
+    def materialize_all(self) -> LogBacklog:
+        """Materialize until the log is empty (what a restart or the checker finishes)."""
+        batches = events = 0
+        oldest: int | None = None
+        while True:
+            step = self.materialize()
+            if not step.batches:
+                return LogBacklog(batches=batches, events=events, oldest_received_us=oldest)
+            batches += step.batches
+            events += step.events
+            oldest = step.oldest_received_us if oldest is None else oldest
 
     # -- panel bookkeeping --------------------------------------------------------------
 

@@ -46,6 +46,11 @@ __all__ = ["serve"]
     "--insecure", is_flag=True, help="Plain text; refused unless every address is loopback and every line a pty."
 )
 @click.option("--heartbeat-ms", type=int)
+@click.option(
+    "--ingest",
+    type=click.Choice(["rows", "log"]),
+    help="What an ACK waits for: every event's row, or the batch in the batch log (SQLite) [site: ingest].",
+)
 @click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
 @metrics_options
 @friendly
@@ -62,6 +67,7 @@ def serve(
     parity: str,
     insecure: bool,
     heartbeat_ms: int | None,
+    ingest: str | None,
     duration: float | None,
     metrics: str | None,
     metrics_anywhere: bool,
@@ -106,6 +112,7 @@ def serve(
         serial=tuple(lines),
         tls=site.tls_for("node", node_id),
         heartbeat_ms=heartbeat_ms or site.heartbeat_ms,
+        ingest=ingest or site.ingest,
         # A site file lists the panels; without one, any panel with a site certificate is served.
         known_panels=frozenset(site.panel_ids()) if site.path is not None else None,
     )

@@ -237,6 +237,8 @@ class ClusterNode(_StandbyLoop):
                 dial=s.dial,
                 tls=s.tls,
                 heartbeat_ms=s.heartbeat_ms,
+                ingest=s.ingest,
+                materialize_idle=s.materialize_idle,
                 epoch=epoch,
                 bind_retry=float("inf"),  # a zombie may hold the VIP until it wakes
                 known_panels=s.known_panels,

@@ -29,6 +29,9 @@ class ClusterSettings:
     dial: tuple[tuple[int, str, int], ...] = ()
     tls: TlsFiles | None = None
     heartbeat_ms: int = 1000
+    #: ``NodeSettings.ingest``: ``rows`` or ``log`` (the batch log, SQLite).
+    ingest: str = "rows"
+    materialize_idle: float = 0.0
     #: Node-to-node heartbeat (through the shared store) and lease timing.
     beat_interval: float = 0.1
     dead_after: float = 0.3

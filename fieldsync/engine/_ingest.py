@@ -13,6 +13,11 @@ session of a panel waits until its older session's batches are through, since it
 WELCOME's hwm must count them (docs/protocol.md 7.5). One session serves a panel at
 a time, so the panel's count is its session's.
 
+**Two ingest modes** (``NodeSettings.ingest``): ``rows`` commits every event's row before
+the ACK (``EventStore.ingest``); ``log`` commits each batch as one row of the batch log
+(``EventStore.append``) and leaves the rows to the materializer (``_materialize``), whose
+bounded lag this task waits on before a commit that would pass it.
+
 **The hwm lives here** (``hwm``), and only here in the process: read from the store
 once, after the node claimed its epoch, then set from every commit's result. It is
 authoritative because the store refuses any other epoch, so nobody else can move it.
@@ -30,7 +35,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from protocol import RECORD_SIZE, ErrorCode, EventBatch
-from storage import IngestBatch, StaleEpoch, StoreError
+from storage import EventStore, IngestBatch, StaleEpoch, StoreError
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -144,6 +149,9 @@ class _Ingest:
         store = node.store
         assert store is not None
         limit = self.max_commit_events
+        to_log = node.settings.ingest == "log"
+        commit = store.append if to_log and isinstance(store, EventStore) else store.ingest
+        materializer = node.materializer
         receive, receive_nowait = self._recv.receive, self._recv.receive_nowait
         while True:
             batches = [await receive()]
@@ -155,8 +163,10 @@ class _Ingest:
                     break
                 batches.append(batch)
                 events += len(batch.records) // RECORD_SIZE
+            if to_log:
+                await materializer.room(events)  # the lag's bound: push back, never drop
             try:
-                result = await node.db(store.ingest, batches, node.epoch)
+                result = await node.db(commit, batches, node.epoch)
             except StaleEpoch as exc:
                 # Another node took over: nothing of ours may be stored or acked (P5).
                 node.last_error = str(exc)
@@ -173,6 +183,8 @@ class _Ingest:
             self.commit_s += result.commit_s
             self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, result.commit_s)] += 1
             self._hwms.update(result.hwms)  # before any session is woken to ACK from it
+            if to_log:
+                materializer.logged(result.stored)
             for batch, outcome in zip(batches, result.outcomes, strict=True):
                 self.events_stored += outcome.stored
                 self.events_duplicate += outcome.duplicates

@@ -35,9 +35,11 @@ from storage import EventStore, EventStoreInterface, StoreError, is_database_url
 from ._config_push import _ConfigFeed
 from ._ingest import _Ingest
 from ._links import _Links
+from ._materialize import _Materializer
 from ._sessions import _Session, _Sessions
 
 __all__ = [
+    "INGEST_MODES",
     "Node",
     "NodeSettings",
     "NodeStatistics",
@@ -45,6 +47,9 @@ __all__ = [
 
 log = logging.getLogger("fieldsync.node")
 T = TypeVar("T")
+
+#: ``NodeSettings.ingest``: what an ACK waits for (docs/architecture.md, "The batch log").
+INGEST_MODES = ("rows", "log")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +75,16 @@ class NodeSettings:
     #: Most events one group commit takes.
     #: (Small enough that the write lock is never held long: the lease renews through it.)
     max_commit_events: int = 20_000
+    #: ``rows``: an ACK once every event's row is in ``events``. ``log`` (SQLite): once the
+    #: batch is one row of the batch log, its rows materialized behind the ACK (``_materialize``).
+    ingest: str = "rows"
+    #: ``log``: the most events acknowledged and not yet materialized; past it commits wait.
+    max_log_lag: int = 4_000_000
+    #: Events one materializing transaction moves (a commit waits at most one such step).
+    materialize_step: int = 16_384
+    #: Seconds without a commit before the materializer takes a step (0: whenever the lock
+    #: is free); a commit waiting for room under ``max_log_lag`` lets it go at once.
+    materialize_idle: float = 0.0
     #: Batches one session may have queued for commit before its reads pause.
     session_window: int = 8
     ingest_queue: int = 4096
@@ -83,6 +98,14 @@ class NodeSettings:
     bind_retry: float = 0.0
     #: On ``stop()``: how long sessions get to store and acknowledge what they received before BYE.
     drain_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.ingest not in INGEST_MODES:
+            raise ValueError(f"ingest {self.ingest!r}: one of {', '.join(INGEST_MODES)}")
+        if self.ingest == "log" and is_database_url(self.db):
+            raise ValueError("ingest = log (the batch log) is built on the SQLite store only, not on PostgreSQL")
+        if self.max_log_lag < self.max_commit_events or self.materialize_step < 1 or self.materialize_idle < 0:
+            raise ValueError("need max_log_lag >= max_commit_events, materialize_step >= 1, materialize_idle >= 0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +135,12 @@ class NodeStatistics:
     protocol_error_codes: tuple[tuple[ErrorCode, int], ...]
     config_version: int
     fenced: bool
+    #: The batch log (``ingest = log``): events acknowledged and not yet in ``events`` now, at
+    #: most, moved so far, and the oldest batch's age when it was moved (seconds).
+    log_lag_events: int = 0
+    log_lag_peak: int = 0
+    materialized: int = 0
+    materialize_lag_s: float = 0.0
 
 
 class Node:
@@ -132,6 +161,7 @@ class Node:
         self._store_limiter = trio.CapacityLimiter(1)
         self.epoch = 0
         self.ingest = _Ingest(self)
+        self.materializer = _Materializer(self)
         self.config = _ConfigFeed(self)
         self.sessions_table = _Sessions(self)
         self.links = _Links(self)
@@ -176,6 +206,8 @@ class Node:
             await self.config.load()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.ingest.run)
+                if isinstance(self.store, EventStore):  # a log left by any node is finished
+                    nursery.start_soon(self.materializer.run)
                 nursery.start_soon(self.config.watch)
                 nursery.start_soon(self._status_loop)
                 # Dial first: host-initiated panels can be served even while a fenced
@@ -278,6 +310,10 @@ class Node:
             protocol_error_codes=tuple(sorted(c.protocol_error_codes.items())),
             config_version=self.config.version,
             fenced=self.fenced.is_set(),
+            log_lag_events=self.materializer.lag,
+            log_lag_peak=self.materializer.peak,
+            materialized=self.materializer.materialized,
+            materialize_lag_s=self.materializer.lag_s_max,
         )
 
 

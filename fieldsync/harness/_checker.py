@@ -17,7 +17,7 @@ from pathlib import Path
 
 from emulator import Panel
 from protocol import EventKind
-from storage import EventStoreInterface, open_config_store, open_event_store
+from storage import EventStore, EventStoreInterface, open_config_store, open_event_store
 
 from ._rogue import ROGUE_CARD, RogueOutcome
 
@@ -97,6 +97,9 @@ class Report:
     #: nothing promises that an acknowledged event survives a failover: what is missing is
     #: the run's RPO, reported under that name in place of P1.
     mirror: str | None = None
+    #: Acknowledged events the batch log still held when the run ended (``ingest = log``): the
+    #: check first finishes them as any node's restart does, then reads ``events``.
+    log_finished: int = 0
 
     def totals(self) -> dict[str, int]:
         keys = (
@@ -205,6 +208,8 @@ def check(
     store = open_event_store(db)  # a SQLite file or a postgresql:// URL
     config = open_config_store(db)
     try:
+        # What the batch log holds is acknowledged and durable: finished here as a restart would.
+        finished = store.materialize_all().events if isinstance(store, EventStore) else 0
         with store.snapshot():  # one instant of the store, however busy its writers
             verdicts = tuple(_panel(store, panel) for panel in panels)
             store_epoch = store.epoch
@@ -220,6 +225,7 @@ def check(
             rogues=tuple(rogues),
             crashes=crashes,
             mirror=mirror,
+            log_finished=finished,
         )
     finally:
         store.close()

@@ -342,6 +342,8 @@ class InProcessCluster:
             bind_retry=5.0,
             known_panels=frozenset(site.panel_ids()),
             heartbeat_ms=site.heartbeat_ms,
+            ingest=site.ingest,
+            materialize_idle=float(site.materialize_idle),
         )
         self.node_class = flawed_node_class(run.flaws)
         self._nursery: trio.Nursery | None = None

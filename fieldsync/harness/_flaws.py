@@ -7,7 +7,7 @@ harness injects a flaw by subclassing the engine at its seams (``Node.store_clas
 ``Node._resume_hwm``, ``Node._admit``, ``Node._peer_broke_protocol``,
 ``ClusterNode.node_class``, ``ClusterNode._step_down``, ``ClusterNode._serve``,
 ``ClusterNode._mirror_action``, ``EventStore._check_fence``,
-``EventStore._ingest_one``), in-process for the fast tier
+``EventStore._ingest_one``, ``EventStore.materialize``), in-process for the fast tier
 and through ``python -m fieldsync.harness.flawed`` for node processes.
 """
 
@@ -25,7 +25,7 @@ import trio
 
 from protocol import GAP_KINDS, RECORD_SIZE, ErrorCode, Hello, RemoteProtocolError
 from protocol.streams import Link
-from storage import EventStore, IngestBatch, IngestOutcome, IngestResult
+from storage import EventStore, IngestBatch, IngestOutcome, IngestResult, LogBacklog
 
 from ..engine import ClusterNode, Node
 
@@ -34,6 +34,7 @@ __all__ = ["FLAWS", "flawed_cluster_class", "flawed_command", "flawed_node_class
 #: Each flaw and the promise whose check must catch it.
 FLAWS = {
     "ack-before-commit": "P1",
+    "fence-the-log": "P1",
     "degrade-to-async": "P1",
     "trust-the-walsender": "P1",
     "no-dedupe": "P2",
@@ -48,7 +49,7 @@ class _AckBeforeCommit(EventStore):
     """Answers every ingest as committed but writes each call's batches only on the next
     call: an ACK then goes out for events that are not yet durable (P1)."""
 
-    def __init__(self, path: Path | str, **kw: float) -> None:
+    def __init__(self, path: Path | str, **kw: Any) -> None:
         super().__init__(path, **kw)
         self._pending: list[IngestBatch] = []
 
@@ -92,8 +93,20 @@ class _NoEpochCheck(EventStore):
         return None
 
 
+class _FenceTheLog(EventStore):
+    """Takes batch-log rows written under an older epoch for a fenced node's and drops them
+    instead of materializing them: what the previous active acknowledged and had not yet
+    materialized when it died is lost at the takeover (P1)."""
+
+    def materialize(self, max_events: int = 16_384) -> LogBacklog:
+        with self._gate.bulk():
+            self._conn.execute("DELETE FROM batch_log WHERE epoch < (SELECT epoch FROM cluster WHERE id = 1)")
+        return super().materialize(max_events)
+
+
 _STORES: dict[str, type[EventStore]] = {
     "ack-before-commit": _AckBeforeCommit,
+    "fence-the-log": _FenceTheLog,
     "no-dedupe": _NoDedupe,
     "no-epoch-check": _NoEpochCheck,
 }

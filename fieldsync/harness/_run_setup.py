@@ -155,6 +155,8 @@ class RunSetup:
             node_dbs={n: server.url() for n, server in mirrored.servers.items()} if mirrored else None,
             pg_data={n: server.datadir for n, server in mirrored.servers.items()} if mirrored else None,
             witness=witness,
+            ingest=self.scenario.cluster.ingest if self.scenario.cluster.ingest != "rows" else None,
+            materialize_idle=self.scenario.cluster.materialize_idle or None,
         )
         site_path.write_text(text)
         site = parse_site(text, site_path)

@@ -224,6 +224,11 @@ class _SiteTable(TomlTable):
     port: StrictInt = Field(default=30002, ge=1, le=65535)
     panel_port: StrictInt = Field(default=3001, ge=1, le=65535)
     heartbeat_ms: StrictInt = Field(default=1000, ge=1)
+    #: What an ACK waits for: ``rows`` (every event's row in the store) or ``log`` (the batch
+    #: in the store's batch log, its rows materialized behind it; SQLite only).
+    ingest: Literal["rows", "log"] = "rows"
+    #: ``log``: seconds without a commit before the materializer takes a step (0: at once).
+    materialize_idle: StrictFloat | StrictInt = Field(default=0.0, ge=0)
     #: Mirrored storage: each node on its own PostgreSQL (``[nodes.NAME] db``), the active's the
     #: primary and the other's its replica: ``sync`` (an ACK once the commit is on both) or
     #: ``async`` (once it is on the primary: the WAN edition). None: one shared store (``db``).
@@ -336,6 +341,8 @@ class Site(_SiteTable):
             dial=dials,
             tls=self.tls_for("node", node_id),
             heartbeat_ms=self.heartbeat_ms,
+            ingest=self.ingest,
+            materialize_idle=float(self.materialize_idle),
             stonith=stonith,
             failback=failback,
             vrrp_state=spec.vrrp_state,
@@ -475,6 +482,8 @@ def parse_site(text: str, path: Path) -> Site:
         raise doc.fail(("site", "mirror"), "mirrored storage is a pair: exactly two [nodes]")
     if file.site.witness is not None and file.site.mirror != "sync":
         raise doc.fail(("site", "witness"), 'a witness serves a synchronous mirror: [site] mirror = "sync"')
+    if file.site.ingest == "log" and (file.site.mirror is not None or isinstance(file.site.db, str)):
+        raise doc.fail(("site", "ingest"), 'the batch log (ingest = "log") is built on the SQLite store only')
     return Site(
         **{
             **table,

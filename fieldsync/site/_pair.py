@@ -57,6 +57,8 @@ def pair_site_toml(
     node_dbs: Mapping[str, str] | None = None,
     pg_data: Mapping[str, Path | str] | None = None,
     witness: str | None = None,
+    ingest: str | None = None,
+    materialize_idle: float | None = None,
 ) -> str:
     """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
     (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
@@ -80,6 +82,8 @@ def pair_site_toml(
             "heartbeat_ms": heartbeat_ms,
             "mirror": mirror,
             "witness": witness,
+            "ingest": ingest,
+            "materialize_idle": materialize_idle,
         },
         "nodes": {
             n: {
@@ -133,6 +137,8 @@ class PairSiteOptions(TypedDict, total=False):
     node_dbs: Mapping[str, str] | None
     pg_data: Mapping[str, Path | str] | None
     witness: str | None
+    ingest: str | None
+    materialize_idle: float | None
 
 
 def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:

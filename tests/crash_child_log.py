@@ -1,0 +1,68 @@
+"""Child process for the batch log's crash test: append and materialize forever.
+
+Run as ``python -m tests.crash_child_log PATH SEED [--split]``. Each commit of ``append``
+prints the hwm of every panel it touched, after the commit returns; between commits a
+materializer on a second connection moves part of the log into ``events`` (as a node's
+does, on its own thread). ``--split`` is the negative control's broken materializer: it
+deletes the log rows in one transaction and inserts their events in a second, and prints
+``between`` when the first is committed and the second not yet begun.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+
+import protocol as p
+from storage import EventStore, IngestBatch, LogBacklog
+
+
+class _SplitMaterializer(EventStore):
+    """Moves the log in two transactions: a kill between them loses what was moved."""
+
+    def materialize(self, max_events: int = 16_384) -> LogBacklog:
+        rows = self._conn.execute(
+            "SELECT id, panel_id, received_us, epoch, events, records FROM batch_log ORDER BY id LIMIT 8"
+        ).fetchall()
+        if not rows:
+            return LogBacklog()
+        self._conn.execute("DELETE FROM batch_log WHERE id <= ?", (rows[-1][0],))
+        print("between", flush=True)
+        time.sleep(0.5)  # the parent's kill lands here
+        self._conn.execute("BEGIN IMMEDIATE")
+        for _id, pid, received_us, epoch, _n, records in rows:
+            self._insert_rows(pid, received_us, epoch, records, 0)
+        self._conn.execute("COMMIT")
+        return LogBacklog(batches=len(rows), events=sum(r[4] for r in rows))
+
+
+def main() -> None:
+    path, seed = sys.argv[1], int(sys.argv[2])
+    rng = random.Random(seed)
+    store = EventStore(path)
+    mover = (_SplitMaterializer if "--split" in sys.argv else EventStore)(path, durable=False)
+    epoch = store.epoch
+    hwms = store.hwms()
+    while True:
+        batches = []
+        for panel in rng.sample(range(1, 9), rng.randint(1, 8)):
+            start = hwms.get(panel, 0) + 1
+            n = rng.randint(1, 400)
+            records = b"".join(
+                p.EventRecord(seq=s, time_us=s, kind=p.EventKind.ACCESS_GRANTED, card=panel * 10**9 + s).pack()
+                for s in range(start, start + n)
+            )
+            batches.append(
+                IngestBatch(panel_id=panel, first_seq=start, last_seq=start + n - 1, records=records, received_us=1)
+            )
+        result = store.append(batches, epoch)
+        hwms.update(result.hwms)
+        print(json.dumps(result.hwms), flush=True)
+        if rng.random() < 0.5:
+            mover.materialize(rng.randint(1, 2000))
+
+
+if __name__ == "__main__":
+    main()
