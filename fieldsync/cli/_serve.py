@@ -113,6 +113,8 @@ def serve(
         tls=site.tls_for("node", node_id),
         heartbeat_ms=heartbeat_ms or site.heartbeat_ms,
         ingest=ingest or site.ingest,
+        materialize_idle=float(site.materialize_idle),
+        max_log_age=float(site.max_log_age),
         # A site file lists the panels; without one, any panel with a site certificate is served.
         known_panels=frozenset(site.panel_ids()) if site.path is not None else None,
     )

@@ -239,6 +239,7 @@ class ClusterNode(_StandbyLoop):
                 heartbeat_ms=s.heartbeat_ms,
                 ingest=s.ingest,
                 materialize_idle=s.materialize_idle,
+                max_log_age=s.max_log_age,
                 epoch=epoch,
                 bind_retry=float("inf"),  # a zombie may hold the VIP until it wakes
                 known_panels=s.known_panels,

@@ -31,7 +31,8 @@ class ClusterSettings:
     heartbeat_ms: int = 1000
     #: ``NodeSettings.ingest``: ``rows`` or ``log`` (the batch log, SQLite).
     ingest: str = "rows"
-    materialize_idle: float = 0.0
+    materialize_idle: float = 0.05
+    max_log_age: float = 2.0
     #: Node-to-node heartbeat (through the shared store) and lease timing.
     beat_interval: float = 0.1
     dead_after: float = 0.3

@@ -8,10 +8,12 @@ connection and a thread of its own, so the commits and the materializing use bot
 and it takes SQLite's write lock only when no commit waits for it (the ``background``
 turn of ``storage._gate``): a commit waits at most one of its steps.
 
-**When.** By default a step goes whenever the write lock is free of commits. With
-``materialize_idle`` each step first waits until no commit has come for that long: a
-replay's burst is then acknowledged at the log's rate, and materialized after it. The
-bound still holds: once a commit waits for room, the steps go at once.
+**When.** A step goes once the commits have been quiet for ``materialize_idle``, or
+once the oldest batch in the log is ``max_log_age`` old, or at once when a commit waits
+for room under ``max_log_lag``. A replay's burst is so acknowledged at the log's rate
+and materialized when it ends (on two cores a materializer working beside the commits
+takes the CPU and the lock they need: measured, it halved the acknowledged rate), while
+under steady traffic no event waits much past ``max_log_age`` to be visible.
 
 **Bounded lag.** ``lag`` counts events acknowledged and not yet materialized. The commit
 task waits (``room``) while one more commit would take it past ``max_log_lag``: the
@@ -24,6 +26,7 @@ finished by a node that now runs ``rows``.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,7 +56,10 @@ class _Materializer:
         self.step = s.materialize_step
         self.max_lag = s.max_log_lag
         self.idle = s.materialize_idle
+        self.max_age = s.max_log_age
         self._last_logged = 0.0
+        #: (when, events) of each commit's batches still in the log, oldest first.
+        self._logged: collections.deque[list[float]] = collections.deque()
         #: Set while the commit task waits for room: the steps go at once.
         self._pressed = trio.Event()
         #: Events acknowledged (logged) and not yet in ``events``, as this node knows it.
@@ -73,7 +79,8 @@ class _Materializer:
         """A commit logged ``events`` more."""
         self.lag += events
         self.peak = max(self.peak, self.lag)
-        self._last_logged = trio.current_time()
+        self._last_logged = now = trio.current_time()
+        self._logged.append([now, events])
         self._work.set()
 
     async def room(self, events: int) -> None:
@@ -90,15 +97,16 @@ class _Materializer:
             self.lag = (await self._in_thread(store.log_backlog)).events
             self.peak = self.lag
             if self.lag:
+                self._logged.append([-float("inf"), self.lag])  # a predecessor's: old, finished first
                 log.info("node %s: %d acknowledged events in the batch log to materialize", node.node_id, self.lag)
             while True:
                 if not self.lag:
                     await self._work.wait()
                     self._work = trio.Event()
                     continue
-                quiet = trio.current_time() - self._last_logged
-                if quiet < self.idle and not self._pressed.is_set():
-                    with trio.move_on_after(self.idle - quiet):
+                wait = self._wait()
+                if wait > 0:
+                    with trio.move_on_after(wait):
                         await self._pressed.wait()
                     continue
                 try:
@@ -112,6 +120,7 @@ class _Materializer:
                     await trio.sleep(RETRY_AFTER)
                     continue
                 self.lag = max(0, self.lag - step.events)
+                self._moved_out(step.events)
                 self.materialized += step.events
                 if step.oldest_received_us is not None:
                     self.lag_s_max = max(self.lag_s_max, (node.now_us() - step.oldest_received_us) / 1e6)
@@ -120,6 +129,26 @@ class _Materializer:
         finally:
             with trio.CancelScope(shield=True):
                 await self._in_thread(store.close)
+
+    def _wait(self) -> float:
+        """Seconds until the next step may go (0: now)."""
+        if self._pressed.is_set():
+            return 0.0
+        now = trio.current_time()
+        oldest = self._logged[0][0] if self._logged else now
+        return max(0.0, min(self.idle - (now - self._last_logged), self.max_age - (now - oldest)))
+
+    def _moved_out(self, events: int) -> None:
+        logged = self._logged
+        while events > 0 and logged:
+            head = logged[0]
+            if head[1] > events:
+                head[1] -= events
+                return
+            events -= int(head[1])
+            logged.popleft()
+        if not self.lag:
+            logged.clear()
 
     def _open(self) -> EventStore:
         # The node's store class: the harness's broken builds reach the materializer too.

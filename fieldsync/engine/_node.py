@@ -81,10 +81,11 @@ class NodeSettings:
     #: ``log``: the most events acknowledged and not yet materialized; past it commits wait.
     max_log_lag: int = 4_000_000
     #: Events one materializing transaction moves (a commit waits at most one such step).
-    materialize_step: int = 16_384
-    #: Seconds without a commit before the materializer takes a step (0: whenever the lock
-    #: is free); a commit waiting for room under ``max_log_lag`` lets it go at once.
-    materialize_idle: float = 0.0
+    materialize_step: int = 2048
+    #: Seconds without a commit before the materializer takes a step (0: whenever the lock is
+    #: free), unless the log's oldest batch is ``max_log_age`` old or a commit waits for room.
+    materialize_idle: float = 0.05
+    max_log_age: float = 2.0
     #: Batches one session may have queued for commit before its reads pause.
     session_window: int = 8
     ingest_queue: int = 4096
@@ -104,8 +105,10 @@ class NodeSettings:
             raise ValueError(f"ingest {self.ingest!r}: one of {', '.join(INGEST_MODES)}")
         if self.ingest == "log" and is_database_url(self.db):
             raise ValueError("ingest = log (the batch log) is built on the SQLite store only, not on PostgreSQL")
-        if self.max_log_lag < self.max_commit_events or self.materialize_step < 1 or self.materialize_idle < 0:
-            raise ValueError("need max_log_lag >= max_commit_events, materialize_step >= 1, materialize_idle >= 0")
+        if self.max_log_lag < self.max_commit_events or self.materialize_step < 1:
+            raise ValueError("need max_log_lag >= max_commit_events and materialize_step >= 1")
+        if self.materialize_idle < 0 or self.max_log_age < 0:
+            raise ValueError("need materialize_idle >= 0 and max_log_age >= 0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

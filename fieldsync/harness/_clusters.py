@@ -344,6 +344,7 @@ class InProcessCluster:
             heartbeat_ms=site.heartbeat_ms,
             ingest=site.ingest,
             materialize_idle=float(site.materialize_idle),
+            max_log_age=float(site.max_log_age),
         )
         self.node_class = flawed_node_class(run.flaws)
         self._nursery: trio.Nursery | None = None

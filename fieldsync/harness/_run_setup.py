@@ -126,6 +126,7 @@ class RunSetup:
 
     def prepare(self) -> tuple[Path, Site, list[PanelSettings], ConfigStoreInterface | PrimaryConfig]:
         s = self.scenario.site
+        c = self.scenario.cluster
         self.workdir.mkdir(parents=True, exist_ok=True)
         if s.flash:
             (self.workdir / "flash").mkdir(exist_ok=True)
@@ -156,7 +157,8 @@ class RunSetup:
             pg_data={n: server.datadir for n, server in mirrored.servers.items()} if mirrored else None,
             witness=witness,
             ingest=self.scenario.cluster.ingest if self.scenario.cluster.ingest != "rows" else None,
-            materialize_idle=self.scenario.cluster.materialize_idle or None,
+            materialize_idle=c.materialize_idle if c.materialize_idle != 0.05 else None,
+            max_log_age=c.max_log_age if c.max_log_age != 2.0 else None,
         )
         site_path.write_text(text)
         site = parse_site(text, site_path)

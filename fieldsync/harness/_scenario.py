@@ -150,8 +150,10 @@ class ClusterSpec(TomlTable):
     #: What an ACK waits for (``[site] ingest`` of the run's site): ``rows``, or ``log`` (the
     #: batch log, its rows materialized behind the ACK; the shared SQLite store only).
     ingest: Literal["rows", "log"] = "rows"
-    #: ``log``: how long the commits must be quiet before the materializer takes a step.
-    materialize_idle: Time = 0.0
+    #: ``log``: how long the commits must be quiet before the materializer takes a step, and
+    #: the log's oldest batch's age at which it goes anyway (``[site]`` of a site file).
+    materialize_idle: Time = 0.05
+    max_log_age: Time = 2.0
 
     @model_validator(mode="after")
     def _witness_needs_a_mirror(self) -> ClusterSpec:

@@ -227,8 +227,10 @@ class _SiteTable(TomlTable):
     #: What an ACK waits for: ``rows`` (every event's row in the store) or ``log`` (the batch
     #: in the store's batch log, its rows materialized behind it; SQLite only).
     ingest: Literal["rows", "log"] = "rows"
-    #: ``log``: seconds without a commit before the materializer takes a step (0: at once).
-    materialize_idle: StrictFloat | StrictInt = Field(default=0.0, ge=0)
+    #: ``log``: seconds without a commit before the materializer takes a step (0: at once),
+    #: unless the log's oldest batch is ``max_log_age`` seconds old.
+    materialize_idle: StrictFloat | StrictInt = Field(default=0.05, ge=0)
+    max_log_age: StrictFloat | StrictInt = Field(default=2.0, ge=0)
     #: Mirrored storage: each node on its own PostgreSQL (``[nodes.NAME] db``), the active's the
     #: primary and the other's its replica: ``sync`` (an ACK once the commit is on both) or
     #: ``async`` (once it is on the primary: the WAN edition). None: one shared store (``db``).
@@ -343,6 +345,7 @@ class Site(_SiteTable):
             heartbeat_ms=self.heartbeat_ms,
             ingest=self.ingest,
             materialize_idle=float(self.materialize_idle),
+            max_log_age=float(self.max_log_age),
             stonith=stonith,
             failback=failback,
             vrrp_state=spec.vrrp_state,

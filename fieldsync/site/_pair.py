@@ -59,6 +59,7 @@ def pair_site_toml(
     witness: str | None = None,
     ingest: str | None = None,
     materialize_idle: float | None = None,
+    max_log_age: float | None = None,
 ) -> str:
     """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
     (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
@@ -84,6 +85,7 @@ def pair_site_toml(
             "witness": witness,
             "ingest": ingest,
             "materialize_idle": materialize_idle,
+            "max_log_age": max_log_age,
         },
         "nodes": {
             n: {
@@ -139,6 +141,7 @@ class PairSiteOptions(TypedDict, total=False):
     witness: str | None
     ingest: str | None
     materialize_idle: float | None
+    max_log_age: float | None
 
 
 def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:
