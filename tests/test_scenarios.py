@@ -659,6 +659,20 @@ def test_a_broken_engine_is_caught_by_the_right_promise(flaw: str, promise: str)
     assert (t["duplicated"] if flaw == "no-dedupe" else t["lost"]) > 0, result.text()
 
 
+def test_an_engine_that_drops_an_older_epochs_batch_log_is_caught_by_p1() -> None:
+    """On the batch log (``ingest = log``, the materializer held back for the whole run): the
+    real engine's successor finishes what the killed node acknowledged; a build that takes an
+    older epoch's log rows for a fenced node's and drops them loses those acknowledged events."""
+    text = REPLAY_UNDER_KILLS + '[cluster]\ningest = "log"\nmaterialize_idle = "30s"\nmax_log_age = "30s"\n'
+    scenario = parse_scenario(text)
+    held = run_fast(scenario, 31230)
+    assert held.ok, held.text()
+    assert held.report.log_finished > 0, "nothing was left in the log: the control would prove nothing"
+    result = run_fast(scenario, 31240, flaws=frozenset({"fence-the-log"}))
+    assert "P1" in broken(result), result.text()
+    assert result.report.totals()["lost"] > 0, result.text()
+
+
 def test_an_engine_that_believes_the_hello_over_the_certificate_is_caught_by_p7() -> None:
     """Another panel's genuine certificate speaking for panel 1: the real engine refuses it
     (PANEL_ID_MISMATCH, the shipped scenario holds in both tiers); a build that checks the

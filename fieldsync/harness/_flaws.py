@@ -7,7 +7,7 @@ harness injects a flaw by subclassing the engine at its seams (``Node.store_clas
 ``Node._resume_hwm``, ``Node._admit``, ``Node._peer_broke_protocol``,
 ``ClusterNode.node_class``, ``ClusterNode._step_down``, ``ClusterNode._serve``,
 ``ClusterNode._mirror_action``, ``EventStore._check_fence``,
-``EventStore._ingest_one``, ``EventStore.materialize``), in-process for the fast tier
+``EventStore._ingest_one``, ``EventStore.log_backlog``), in-process for the fast tier
 and through ``python -m fieldsync.harness.flawed`` for node processes.
 """
 
@@ -98,10 +98,11 @@ class _FenceTheLog(EventStore):
     instead of materializing them: what the previous active acknowledged and had not yet
     materialized when it died is lost at the takeover (P1)."""
 
-    def materialize(self, max_events: int = 16_384) -> LogBacklog:
+    def log_backlog(self) -> LogBacklog:
+        # What the materializer asks first when its node starts.
         with self._gate.bulk():
             self._conn.execute("DELETE FROM batch_log WHERE epoch < (SELECT epoch FROM cluster WHERE id = 1)")
-        return super().materialize(max_events)
+        return super().log_backlog()
 
 
 _STORES: dict[str, type[EventStore]] = {
