@@ -75,6 +75,19 @@ def _node_families(s: NodeStatistics) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "fieldsync_ingest_queue_batches", "Batches queued for commit, every panel.", value=s.queued_batches
     )
+    yield GaugeMetricFamily(
+        "fieldsync_batch_log_events",
+        "Events acknowledged from the batch log and not yet materialized into events (ingest = log).",
+        value=s.log_lag_events,
+    )
+    yield CounterMetricFamily(
+        "fieldsync_events_materialized", "Events moved from the batch log into events.", value=s.materialized
+    )
+    yield GaugeMetricFamily(
+        "fieldsync_batch_log_lag_seconds",
+        "The oldest logged batch's age when the materializer moved it, the most since the node started.",
+        value=s.materialize_lag_s,
+    )
     yield GaugeMetricFamily("fieldsync_config_version", "The configuration version served.", value=s.config_version)
 
 
