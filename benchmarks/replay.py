@@ -165,7 +165,7 @@ async def replay(args: argparse.Namespace, workdir: Path, db: Path | str | None 
 
     command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(db), "--listen", f"{VIP}:{port}"]
     command += ["--pki", str(pki_dir)] if args.tls else ["--insecure"]
-    ingest = getattr(args, "ingest", "rows")
+    ingest = args.ingest
     if ingest == "log":
         site = workdir / "site.toml"  # the site file carries what the CLI does not
         site.write_text(

@@ -59,7 +59,7 @@ class WriteGate:
     def background(self) -> Iterator[None]:
         """Hold the turn for a background transaction, once no other writer waits."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._held and not self._urgent_waiting and not self._bulk_waiting)
+            self._cond.wait_for(lambda: not (self._held or self._urgent_waiting or self._bulk_waiting))
             self._held = True
         try:
             yield

@@ -15,8 +15,8 @@ import random
 import sys
 import time
 
-import protocol as p
-from storage import EventStore, IngestBatch, LogBacklog
+from storage import EventStore, LogBacklog
+from tests.crash_child import next_batches
 
 
 class _SplitMaterializer(EventStore):
@@ -46,18 +46,7 @@ def main() -> None:
     epoch = store.epoch
     hwms = store.hwms()
     while True:
-        batches = []
-        for panel in rng.sample(range(1, 9), rng.randint(1, 8)):
-            start = hwms.get(panel, 0) + 1
-            n = rng.randint(1, 400)
-            records = b"".join(
-                p.EventRecord(seq=s, time_us=s, kind=p.EventKind.ACCESS_GRANTED, card=panel * 10**9 + s).pack()
-                for s in range(start, start + n)
-            )
-            batches.append(
-                IngestBatch(panel_id=panel, first_seq=start, last_seq=start + n - 1, records=records, received_us=1)
-            )
-        result = store.append(batches, epoch)
+        result = store.append(next_batches(rng, hwms), epoch)
         hwms.update(result.hwms)
         print(json.dumps(result.hwms), flush=True)
         if rng.random() < 0.5:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,10 @@ def batch(panel: int, first: int, last: int, received_us: int = 1) -> IngestBatc
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
+def store(tmp_path: Path) -> Iterator[EventStore]:
     store = EventStore(tmp_path / "events.db")
     store.advance_epoch()
-    yield store  # type: ignore[misc]
+    yield store
     store.close()
 
 

@@ -149,8 +149,9 @@ class _Ingest:
         store = node.store
         assert store is not None
         limit = self.max_commit_events
-        to_log = node.settings.ingest == "log"
-        commit = store.append if to_log and isinstance(store, EventStore) else store.ingest
+        # NodeSettings refuses ``log`` on any other engine; the isinstance is for the types.
+        to_log = node.settings.ingest == "log" and isinstance(store, EventStore)
+        commit = store.append if isinstance(store, EventStore) and to_log else store.ingest
         materializer = node.materializer
         receive, receive_nowait = self._recv.receive, self._recv.receive_nowait
         while True:

@@ -88,16 +88,16 @@ class _Materializer:
         while self.lag and self.lag + events > self.max_lag:
             self._pressed.set()
             await self._moved.wait()
-        self._pressed = trio.Event()
+        if self._pressed.is_set():
+            self._pressed = trio.Event()
 
     async def run(self) -> None:
         node = self.node
         store = await trio.to_thread.run_sync(self._open, limiter=self._limiter)
         try:
-            self.lag = (await self._in_thread(store.log_backlog)).events
+            self._found(await self._in_thread(store.log_backlog))
             self.peak = self.lag
             if self.lag:
-                self._logged.append([-float("inf"), self.lag])  # a predecessor's: old, finished first
                 log.info("node %s: %d acknowledged events in the batch log to materialize", node.node_id, self.lag)
             while True:
                 if not self.lag:
@@ -112,14 +112,12 @@ class _Materializer:
                 try:
                     step = await self._in_thread(store.materialize, self.step)
                     if not step.batches:  # another node's materializer moved them
-                        step = LogBacklog()
-                        self.lag = (await self._in_thread(store.log_backlog)).events
+                        self._found(await self._in_thread(store.log_backlog))
                 except StoreError as exc:
                     node.last_error = str(exc)
                     log.error("node %s: materializing the batch log: %s", node.node_id, exc)
                     await trio.sleep(RETRY_AFTER)
                     continue
-                self.lag = max(0, self.lag - step.events)
                 self._moved_out(step.events)
                 self.materialized += step.events
                 if step.oldest_received_us is not None:
@@ -130,6 +128,13 @@ class _Materializer:
             with trio.CancelScope(shield=True):
                 await self._in_thread(store.close)
 
+    def _found(self, backlog: LogBacklog) -> None:
+        """What the store's log holds, as the lag: older than any commit of this node."""
+        self.lag = backlog.events
+        self._logged.clear()
+        if self.lag:
+            self._logged.append([-float("inf"), self.lag])
+
     def _wait(self) -> float:
         """Seconds until the next step may go (0: now)."""
         if self._pressed.is_set():
@@ -139,6 +144,8 @@ class _Materializer:
         return max(0.0, min(self.idle - (now - self._last_logged), self.max_age - (now - oldest)))
 
     def _moved_out(self, events: int) -> None:
+        """A step moved ``events``: out of the lag, oldest commits first."""
+        self.lag = max(0, self.lag - events)
         logged = self._logged
         while events > 0 and logged:
             head = logged[0]

@@ -210,8 +210,9 @@ def check(
     try:
         # What the batch log holds is acknowledged and durable: finished here as a restart would.
         # (Only when it holds any: an empty log costs the checker no write lock.)
-        logged = isinstance(store, EventStore) and store.log_backlog().batches > 0
-        finished = store.materialize_all().events if isinstance(store, EventStore) and logged else 0
+        finished = 0
+        if isinstance(store, EventStore) and store.log_backlog().batches:
+            finished = store.materialize_all().events
         with store.snapshot():  # one instant of the store, however busy its writers
             verdicts = tuple(_panel(store, panel) for panel in panels)
             store_epoch = store.epoch
