@@ -45,17 +45,13 @@ import trio
 
 from benchmarks import write_json
 from emulator import Fleet, Workload
+from fieldsync.bench import percentile
 from fieldsync.harness._lab_cluster import sockets_in
 from fieldsync.lab import NODE_HOSTS, Lab, LabError, LabSpec, find_keepalived, missing_prerequisites
 from fieldsync.site import load_site
 from storage import Lease, LeaseStoreInterface, open_cluster_store
 
 FAULTS = ("power-off", "nic-down", "kill-keepalived")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def _state(lab: Lab, host: str) -> str:
@@ -249,12 +245,12 @@ def _summary(cycles: list[dict[str, object]], fault: str) -> dict[str, float]:
         "runs": len(mine),
         "vip_move_p50_s": statistics.median(moves),
         "vip_move_max_s": max(moves),
-        "outage_p50_s": _percentile(outages, 50),
-        "outage_p99_s": _percentile(outages, 99),
+        "outage_p50_s": percentile(outages, 50),
+        "outage_p99_s": percentile(outages, 99),
         "outage_max_s": max(outages),
-        "ratio_p50": _percentile(ratios, 50),
-        "ratio_p99": _percentile(ratios, 99),
-        **({"rejoin_p50_s": _percentile(rejoins, 50), "rejoin_max_s": max(rejoins)} if rejoins else {}),
+        "ratio_p50": percentile(ratios, 50),
+        "ratio_p99": percentile(ratios, 99),
+        **({"rejoin_p50_s": percentile(rejoins, 50), "rejoin_max_s": max(rejoins)} if rejoins else {}),
     }
 
 

@@ -30,14 +30,10 @@ import trio
 
 from benchmarks import write_json
 from emulator import Fleet, Workload
+from fieldsync.bench import percentile
 from fieldsync.site import load_site, pki, write_pair_site
 from storage import open_cluster_store
 from storage.postgres import Mirror, running_mirror
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def _site(path: Path, mirror: Mirror, pki_dir: Path, panels: int, port: int) -> None:
@@ -178,12 +174,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             takeovers = [float(c["takeover_s"]) for c in mine]  # type: ignore[arg-type]
             rejoins = [float(c["rejoin_s"]) for c in mine]  # type: ignore[arg-type]
             summary[fault] = {
-                "takeover_p50_s": _percentile(takeovers, 50),
+                "takeover_p50_s": percentile(takeovers, 50),
                 "takeover_max_s": max(takeovers),
-                "outage_p50_s": _percentile(outages, 50),
-                "outage_p99_s": _percentile(outages, 99),
+                "outage_p50_s": percentile(outages, 50),
+                "outage_p99_s": percentile(outages, 99),
                 "outage_max_s": max(outages),
-                "rejoin_p50_s": _percentile(rejoins, 50),
+                "rejoin_p50_s": percentile(rejoins, 50),
                 "rejoin_max_s": max(rejoins),
                 "events_while_away_p50": statistics.median(float(c["events_while_away"]) for c in mine),  # type: ignore[arg-type]
             }

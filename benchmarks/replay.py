@@ -1,5 +1,8 @@
 """Backlog replay: panels come back with a backlog; how fast is it acknowledged?
 
+The measurement itself is ``fieldsync.bench`` (``fieldsync bench replay`` runs it with a
+progress bar and ``--plot``); this script adds ``--engine``, the PostgreSQL engines side by side.
+
 The node runs as its own process (``fieldsync serve``), as a user runs it; the
 panels run in this process. The clock starts when the fleet starts dialing and
 stops when every panel's buffer is empty, i.e. every event is committed and
@@ -29,200 +32,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
-import re
 import sqlite3
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
-import protocol as p
-from benchmarks import cpu_seconds, node_process, write_json
-from benchmarks.storage import _fresh_schema
-from emulator import Fleet, LinkMode, PanelSettings
-from fieldsync.site import pki
-from storage import open_event_store
+from fieldsync.bench import VIP, ReplayOptions, bound_rows_per_s, measure_replay, replay, report_lines, write_json
 
-VIP = "127.0.0.100"
+__all__ = ["VIP", "main"]
 
 
-def bound_rows_per_s(rows: int, panels: int, workdir: Path, per_txn: int) -> float:
-    """Raw multi-row INSERT of ``rows`` rows (same schema, pragmas), timing only the SQL."""
-    conn = _fresh_schema(workdir / "bound.db")
-    k = 500
-    stmt = "INSERT INTO events VALUES " + ",".join(["(" + ",".join("?" * 11) + ")"] * k)
-    per_panel = rows // panels
-    elapsed = 0.0
-    done = 0
-    seq = {pid: 1 for pid in range(1, panels + 1)}
-    pid = 1
-    while done < rows:
-        params: list[int] = []
-        n = 0
-        while n < per_txn and done + n < rows:
-            take = min(k, per_txn - n, rows - done - n)
-            chunk: list[int] = []
-            for _ in range(take):
-                s = seq[pid]
-                chunk += (pid, s, 1_764_000_000_000_000 + s, 1, s % 4, 1, 0, 12345 + s, 0, 1, 1)
-                seq[pid] = s + 1
-                if seq[pid] > per_panel:
-                    pid = pid % panels + 1
-            params.append(chunk)  # type: ignore[arg-type]
-            n += take
-        start = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        for chunk in params:
-            rows_in = len(chunk) // 11  # type: ignore[arg-type]
-            sql = (
-                stmt
-                if rows_in == k
-                else "INSERT INTO events VALUES " + ",".join(["(" + ",".join("?" * 11) + ")"] * rows_in)
-            )
-            conn.execute(sql, chunk)
-        conn.execute("COMMIT")
-        elapsed += time.perf_counter() - start
-        done += n
-    conn.close()
-    return rows / elapsed
-
-
-def log_bound_events_per_s(rows: int, panels: int, workdir: Path, per_txn: int, batch: int) -> float:
-    """Raw append of ``rows`` records as one batch_log row per ``batch`` records, in
-    transactions of ``per_txn`` records (same schema, pragmas), timing only the SQL."""
-    conn = _fresh_schema(workdir / "log-bound.db")
-    record = p.EventRecord(seq=1, time_us=1_764_000_000_000_000, kind=p.EventKind.ACCESS_GRANTED, card=12345).pack()
-    blob = record * batch
-    per_panel = rows // panels
-    elapsed = 0.0
-    done = 0
-    while done < rows:
-        start = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        in_txn = 0
-        while in_txn < per_txn and done < rows:
-            n = min(batch, rows - done, per_panel)
-            conn.execute(
-                "INSERT INTO batch_log (panel_id, received_us, epoch, events, records) VALUES (?, ?, ?, ?, ?)",
-                (1 + done // per_panel, 1, 1, n, blob if n == batch else record * n),
-            )
-            done += n
-            in_txn += n
-        conn.execute("COMMIT")
-        elapsed += time.perf_counter() - start
-    conn.close()
-    return rows / elapsed
-
-
-async def _watch_log(db: Path, samples: list[tuple[float, int]], start: float) -> None:
-    """The batch log's backlog every 0.1 s, through a reader's connection of its own."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        while True:
-            await trio.sleep(0.1)
-            with contextlib.suppress(sqlite3.OperationalError):  # the schema may not be there yet
-                (events,) = conn.execute("SELECT coalesce(sum(events), 0) FROM batch_log").fetchone()
-                samples.append((time.perf_counter() - start, int(events)))
-    finally:
-        conn.close()
-
-
-async def replay(args: argparse.Namespace, workdir: Path, db: Path | str | None = None) -> dict[str, object]:
-    """One replay into ``db`` (a SQLite file, default ``workdir/site.db``, or a PostgreSQL URL)."""
-    port = args.port
-    db = db if db is not None else workdir / "site.db"
-    pki_dir = workdir / "pki"
-    settings = []
-    if args.tls:
-        pki.init_ca(pki_dir)
-        pki.issue(pki_dir, "node", "A")
-    for pid in range(1, args.panels + 1):
-        tls = pki.issue(pki_dir, "panel", pid) if args.tls else None
-        settings.append(
-            PanelSettings(
-                panel_id=pid,
-                mode=LinkMode.PUNCH_OUT,
-                server=(VIP, port),
-                tls=tls,
-                buffer_bytes=(args.backlog + 64) * p.RECORD_SIZE,
-                batch_records=args.batch,
-                window=args.window,
-                backoff_initial=0.01,
-                backoff_cap=0.2,
-            )
-        )
-    fleet = Fleet(settings, seed=1)
-    for panel in fleet.panels.values():
-        t0 = 1_764_000_000_000_000
-        for i in range(args.backlog):
-            panel.buffer.append(t0 + i, p.EventKind.ACCESS_GRANTED, door=i % 4, card=12345 + i)
-    total = fleet.statistics().emitted
-
-    command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(db), "--listen", f"{VIP}:{port}"]
-    command += ["--pki", str(pki_dir)] if args.tls else ["--insecure"]
-    ingest = args.ingest
-    if ingest == "log":
-        site = workdir / "site.toml"  # the site file carries what the CLI does not
-        site.write_text(
-            f'[site]\ningest = "log"\nmaterialize_idle = {args.materialize_idle}\n'
-            f"max_log_age = {args.max_log_age}\n[fleet]\npanels = {args.panels}\n"
-        )
-        command += ["--site", str(site)]
-    log_path = workdir / "node.log"
-    samples: list[tuple[float, int]] = []
-    visible_s = float("nan")
-    async with node_process(command, log_path) as node:
-        connected_s = float("nan")
-        node_cpu_start, fleet_cpu_start = cpu_seconds(node.pid), time.process_time()
-        loop_cpu_start = cpu_seconds(node.pid, node.pid)  # the main thread: the event loop
-
-        async def all_connected() -> None:
-            nonlocal connected_s
-            await fleet.wait_connected()  # not fleet.statistics(): that cost the fleet a fifth of its CPU
-            connected_s = time.perf_counter() - start
-
-        async with trio.open_nursery() as nursery:
-            start = time.perf_counter()
-            await nursery.start(fleet.run)
-            nursery.start_soon(all_connected)
-            if ingest == "log" and isinstance(db, Path):
-                nursery.start_soon(_watch_log, db, samples, start)
-            with trio.fail_after(args.timeout):
-                await fleet.wait_drained(poll=0.05)  # checking 1000 panels costs CPU
-            drain = time.perf_counter() - start
-            node_cpu, fleet_cpu = cpu_seconds(node.pid) - node_cpu_start, time.process_time() - fleet_cpu_start
-            loop_cpu = cpu_seconds(node.pid, node.pid) - loop_cpu_start
-            if ingest == "log":  # until the last acknowledged event is visible in ``events``
-                with trio.fail_after(args.timeout):
-                    while not samples or samples[-1][0] < drain or samples[-1][1]:
-                        await trio.sleep(0.05)
-                visible_s = samples[-1][0]
-            nursery.cancel_scope.cancel()
-    # The node prints its writer's busy share every 5 s: where the drain's time went.
-    busy = [int(m) for m in re.findall(r"writer busy (\d+)%", log_path.read_text())]
-    store = open_event_store(db)
-    stored = store.count_events()
-    store.close()
-    if stored < total - 2 * args.panels:  # HOST_ONLINE/OFFLINE events come and go
-        raise SystemExit(f"only {stored} of {total} events stored")
-    return {
-        "acked_events_per_s": total / drain,
-        "drain_s": drain,
-        "ingest": ingest,  # type: ignore[dict-item]
-        "visible_s": visible_s,
-        "log_peak_events": float(max((n for _, n in samples), default=0)),
-        "events": float(total),
-        "connected_s": connected_s,
-        "writer_busy_pct": busy,  # type: ignore[dict-item]
-        "node_cpu_s": node_cpu,
-        "node_loop_cpu_s": loop_cpu,
-        "fleet_cpu_s": fleet_cpu,
-    }
+def options(args: argparse.Namespace) -> ReplayOptions:
+    names = {f.name for f in dataclasses.fields(ReplayOptions)}
+    return ReplayOptions(**{k: v for k, v in vars(args).items() if k in names})
 
 
 ENGINES = {
@@ -248,7 +76,7 @@ def _pg_replay(args: argparse.Namespace, engine: str, workdir: Path) -> tuple[di
             server, _standby = stack.enter_context(
                 running_pair(synchronous=engine == "pg-sync", prefix="fieldsync-replay-pair-")
             )
-        result = dict(trio.run(replay, args, workdir, _fresh_database(server)))
+        result = dict(trio.run(replay, options(args), workdir, _fresh_database(server)))
         bound = pg_bound(_batches(args.panels, per_panel, per_txn), server)
     return result, bound
 
@@ -260,7 +88,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, object]:
         with tempfile.TemporaryDirectory(prefix=f"fieldsync-replay-{engine}-") as tmp:
             workdir = Path(tmp)
             if engine == "sqlite":
-                result = dict(trio.run(replay, args, workdir))
+                result = dict(trio.run(replay, options(args), workdir))
                 for leftover in workdir.glob("site.db*"):
                     leftover.unlink()
                 os.sync()
@@ -318,53 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             parser.error("--ingest log is built on the SQLite engine only")
         return side_by_side(args)
     with tempfile.TemporaryDirectory(prefix="fieldsync-replay-") as tmp:
-        workdir = Path(tmp)
-        result: dict[str, object] = dict(trio.run(replay, args, workdir))
-        events = int(result["events"])  # type: ignore[call-overload]
-        # The bound starts with the replay's database gone and written back: measured right
-        # after a drain, it paid for the kernel's writeback of that file and read up to
-        # 40 % low, which flattered the ratio.
-        for leftover in workdir.glob("site.db*"):
-            leftover.unlink()
-        os.sync()
-        result["row_bound_events_per_s"] = bound_rows_per_s(events, args.panels, workdir, args.bound_txn)
-        result["log_bound_events_per_s"] = log_bound_events_per_s(
-            events, args.panels, workdir, args.bound_txn, args.batch
-        )
-    result["ratio_to_log_bound"] = float(result["acked_events_per_s"]) / float(result["log_bound_events_per_s"])  # type: ignore[arg-type]
-    result["ratio_to_row_bound"] = float(result["acked_events_per_s"]) / float(result["row_bound_events_per_s"])  # type: ignore[arg-type]
-    # What the CPU alone allows: the drain cannot be shorter than both processes' CPU
-    # spread perfectly over every core (the fleet shares the machine with the node).
-    cores = os.cpu_count() or 1
-    cpu_floor_s = (float(result["node_cpu_s"]) + float(result["fleet_cpu_s"])) / cores  # type: ignore[arg-type]
-    result["cpu_floor_s"] = cpu_floor_s
-    result["ratio_cpu_allows"] = min(1.0, result["events"] / cpu_floor_s / float(result["row_bound_events_per_s"]))  # type: ignore[operator, arg-type]
-    result.update(panels=args.panels, backlog=args.backlog, tls=args.tls, batch=args.batch, window=args.window)
-    print(
-        f"replay: {args.panels} panel(s) x {args.backlog:,} events, {'TLS 1.3' if args.tls else 'plain TCP'}, "
-        f"batch {args.batch}, window {args.window}"
-    )
-    print(f"  drain            : {result['drain_s']:.2f} s")
-    print(f"  all connected at : {result['connected_s']:.2f} s (every panel had a session; the drain includes this)")
-    print(f"  node writer busy : {result['writer_busy_pct']} % per 5 s (the store's commits)")
-    print(f"  acked            : {result['acked_events_per_s']:>12,.0f} events/s")
-    print(f"  row bound        : {result['row_bound_events_per_s']:>12,.0f} rows/s")
-    print(f"  ratio to bound   : {result['ratio_to_row_bound']:.3f}  (goal >= 0.6 with TLS; with --ingest log >= 2.5)")
-    log_bound, log_ratio = result["log_bound_events_per_s"], result["ratio_to_log_bound"]
-    print(f"  log bound        : {log_bound:>12,.0f} events/s (ratio {log_ratio:.3f})")
-    if args.ingest == "log":
-        print(
-            f"  ingest log       : every event visible in events at {result['visible_s']:.2f} s "
-            f"({float(result['visible_s']) - float(result['drain_s']):.2f} s after the last ACK), "  # type: ignore[arg-type]
-            f"log peak {result['log_peak_events']:,.0f} events"
-        )
-    print(
-        f"  CPU in the drain : node {result['node_cpu_s']:.1f} s (event loop {result['node_loop_cpu_s']:.1f} s, "
-        f"writer and other threads {float(result['node_cpu_s']) - float(result['node_loop_cpu_s']):.1f} s), "  # type: ignore[arg-type]
-        f"fleet {result['fleet_cpu_s']:.1f} s; "
-        f"on {os.cpu_count()} cores no drain is shorter than {result['cpu_floor_s']:.1f} s, "
-        f"ratio {result['ratio_cpu_allows']:.3f} at most"
-    )
+        result = trio.run(measure_replay, options(args), Path(tmp))
+    for line in report_lines(result):
+        print(line)
     write_json(args.json, result, sqlite=sqlite3.sqlite_version)
     return result
 

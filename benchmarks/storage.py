@@ -26,6 +26,7 @@ import psutil
 
 import protocol as p
 from benchmarks import write_json
+from fieldsync.bench import fresh_schema
 from storage import EventBuffer, EventStore, IngestBatch, OverflowPolicy
 
 _COLUMNS = 11
@@ -67,12 +68,7 @@ def bench_ingest(txns: list[list[IngestBatch]], workdir: Path) -> float:
     return events / elapsed
 
 
-def _fresh_schema(path: Path) -> sqlite3.Connection:
-    EventStore(path).close()  # the same schema, made by the same migrations
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    return conn
+_fresh_schema = fresh_schema  # the bounds' store: the event store's schema and pragmas
 
 
 def bench_bound(txns: list[list[IngestBatch]], workdir: Path, rows_per_statement: int) -> tuple[float, str]:

@@ -11,6 +11,7 @@ The package is cut into subpackages, each with its own small public API:
   API, scenario files, the runner, the promise checker, reports, random schedules, the
   virtual clock, the virtual serial line. The engine never imports it.
 - ``fieldsync.demo``: ``fieldsync demo``.
+- ``fieldsync.bench``: ``fieldsync bench``: benchmarks that measure their bound in the same run.
 - ``fieldsync.cli``: the ``fieldsync`` command.
 - ``fieldsync.conformance``: the spec's conformance battery; it imports none of the above.
 

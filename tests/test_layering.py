@@ -71,6 +71,7 @@ PACKAGES = [
     "fieldsync.lab",
     "fieldsync.harness",
     "fieldsync.demo",
+    "fieldsync.bench",
     "fieldsync.cli",
     "fieldsync.conformance",
 ]

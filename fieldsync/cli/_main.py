@@ -14,6 +14,7 @@ import sys
 import click
 
 from ..conformance import command as conformance_command
+from ._bench import bench
 from ._cluster import cluster, node_cmd, witness_cmd
 from ._config import config
 from ._defaults import SiteCommand, SiteGroup, root_site_option
@@ -70,6 +71,7 @@ def main(log_level: str, log_format: str) -> None:
 
 for _command in (
     demo,
+    bench,
     pki,
     serve,
     line_cmd,

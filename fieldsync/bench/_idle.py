@@ -1,0 +1,138 @@
+"""Idle sessions: what a connected panel with nothing to send costs each end, per second.
+
+The node runs as its own process (``fieldsync serve``), the panels in this one, with TLS.
+Once every panel has its session and a settling pause has passed, the CPU of both
+processes is read over a window in which nothing happens but liveness (and the node's
+once-a-second status write). The bound, measured in the same run: the CPU of one small
+frame sent and received through ``trio.SSLStream`` (``_frames``), so an idle session's
+cost is given in frames per session-second (issue 19's goal: at most 0.25 at each end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from emulator import Fleet, LinkMode, PanelSettings
+
+from ..site import pki
+from ._common import cpu_seconds, node_process, ratio
+from ._frames import frame_cost
+from ._replay import VIP
+
+__all__ = ["IdleOptions", "idle_lines", "measure_idle", "plot_idle"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IdleOptions:
+    panels: int = 1000
+    #: The measured window, and the pause after the last session starts.
+    seconds: float = 10.0
+    settle: float = 3.0
+    #: The node's interval, which the panels adopt from its WELCOME.
+    heartbeat_ms: int = 1000
+    port: int = 30002
+    #: Loopback pairs for the frame bound (each end one frame a second).
+    bound_pairs: int = 500
+
+
+async def measure_idle(
+    opts: IdleOptions, workdir: Path, *, on_connected: Callable[[int], None] = lambda _: None
+) -> dict[str, object]:
+    """The idle window, then the frame bound, and the idle cost as a ratio to it."""
+    pki_dir = workdir / "pki"
+    pki.init_ca(pki_dir)
+    pki.issue(pki_dir, "node", "A")
+    settings = [
+        PanelSettings(
+            panel_id=pid, mode=LinkMode.PUNCH_OUT, server=(VIP, opts.port), tls=pki.issue(pki_dir, "panel", pid)
+        )
+        for pid in range(1, opts.panels + 1)
+    ]
+    fleet = Fleet(settings, seed=1)
+    command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(workdir / "site.db")]
+    command += ["--listen", f"{VIP}:{opts.port}", "--pki", str(pki_dir), "--heartbeat-ms", str(opts.heartbeat_ms)]
+    async with node_process(command, workdir / "node.log") as node, trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        with trio.fail_after(120):
+            while (connected := sum(p.is_connected for p in fleet.panels.values())) < opts.panels:
+                on_connected(connected)
+                await trio.sleep(0.1)
+        on_connected(connected)
+        await trio.sleep(opts.settle)
+        node_0, loop_0, fleet_0 = cpu_seconds(node.pid), cpu_seconds(node.pid, node.pid), time.process_time()
+        start = time.perf_counter()
+        await trio.sleep(opts.seconds)
+        elapsed = time.perf_counter() - start
+        node_cpu = cpu_seconds(node.pid) - node_0
+        loop_cpu = cpu_seconds(node.pid, node.pid) - loop_0
+        fleet_cpu = time.process_time() - fleet_0
+        connected = fleet.statistics().connected
+        nursery.cancel_scope.cancel()
+    if connected != opts.panels:
+        raise SystemExit(f"only {connected} of {opts.panels} panels stayed connected through the window")
+    # The bound, once the node and the fleet are gone: it has the machine to itself.
+    frame_us = await frame_cost("trio", min(opts.bound_pairs, opts.panels), min(opts.seconds, 8.0), pki_dir) * 1e6
+    session_seconds = opts.panels * elapsed
+    node_us, fleet_us = node_cpu / session_seconds * 1e6, fleet_cpu / session_seconds * 1e6
+    return {
+        "panels": opts.panels,
+        "heartbeat_ms": opts.heartbeat_ms,
+        "window_s": elapsed,
+        "node_cpu_s": node_cpu,
+        "node_loop_cpu_s": loop_cpu,
+        "fleet_cpu_s": fleet_cpu,
+        "node_us_per_session_s": node_us,
+        "fleet_us_per_session_s": fleet_us,
+        "node_cores": node_cpu / elapsed,
+        "fleet_cores": fleet_cpu / elapsed,
+        "frame_bound_us": frame_us,
+        "node_frames_per_session_s": ratio(node_us, frame_us),
+        "fleet_frames_per_session_s": ratio(fleet_us, frame_us),
+    }
+
+
+def idle_lines(result: dict[str, object]) -> list[str]:
+    """The run's figures, each beside the frame bound and its ratio."""
+
+    def frames(key: str) -> str:
+        value = result[key]
+        return "missing (no frame bound)" if value is None else f"{float(value):.3f} frames"  # type: ignore[arg-type]
+
+    return [
+        f"idle: {result['panels']} TLS sessions, heartbeat {result['heartbeat_ms']} ms, "
+        f"{result['window_s']:.1f} s window",
+        f"  frame bound : {result['frame_bound_us']:.0f} us per small frame sent and received (trio.SSLStream)",
+        f"  node        : {result['node_cpu_s']:.2f} s CPU (event loop {result['node_loop_cpu_s']:.2f} s), "
+        f"{result['node_cores']:.2f} cores, {result['node_us_per_session_s']:.0f} us per session-second = "
+        f"{frames('node_frames_per_session_s')} (goal <= 0.25)",
+        f"  fleet       : {result['fleet_cpu_s']:.2f} s CPU, {result['fleet_cores']:.2f} cores, "
+        f"{result['fleet_us_per_session_s']:.0f} us per session-second = "
+        f"{frames('fleet_frames_per_session_s')} (goal <= 0.25)",
+    ]
+
+
+def plot_idle(result: dict[str, object], path: Path) -> None:
+    """Each end's CPU per session-second beside one frame's (the bound) and the goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = float(result["frame_bound_us"])  # type: ignore[arg-type]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(["node", "fleet"], [float(result["node_us_per_session_s"]), float(result["fleet_us_per_session_s"])])  # type: ignore[arg-type]
+    ax.axhline(frame, color="grey", linestyle="--", label=f"one frame sent and received ({frame:.0f} us)")
+    ax.axhline(frame * 0.25, color="green", linestyle=":", label="goal: 0.25 of a frame")
+    ax.set_ylabel("CPU us per session-second")
+    ax.set_title(f"idle: {result['panels']} TLS sessions, heartbeat {result['heartbeat_ms']} ms")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

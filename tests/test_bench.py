@@ -1,0 +1,113 @@
+"""`fieldsync bench replay` as a user runs it: a node process, a fleet, both bounds, JSON and a plot.
+
+Speed is not asserted here (speed goals live in the benchmarks); what is asserted is that every
+figure is there, that each ratio is its figure over the bound measured in the same run, and that
+a bound that cannot be measured is reported missing, never as a ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fieldsync.bench import ReplayOptions, report_lines
+from fieldsync.bench._replay import _bounds
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_replay_prints_writes_and_plots_every_figure_beside_its_bound(tmp_path: Path) -> None:
+    out, png = tmp_path / "replay.json", tmp_path / "replay.png"
+    command = [sys.executable, "-m", "fieldsync.cli", "bench", "replay", "--panels", "2", "--backlog", "3000"]
+    command += ["--no-tls", "--batch", "256", "--port", "31250", "--ingest", "log"]
+    command += ["--json", str(out), "--plot", str(png)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for words in ("acked", "row bound", "log bound", "every event visible in events", "CPU in the drain"):
+        assert words in done.stdout, done.stdout
+    result = json.loads(out.read_text())
+    assert (result["panels"], result["backlog"], result["tls"], result["ingest"]) == (2, 3000, False, "log")
+    assert result["missing_bounds"] == {}
+    acked = result["acked_events_per_s"]
+    assert result["ratio_to_row_bound"] == pytest.approx(acked / result["row_bound_events_per_s"])
+    assert result["ratio_to_log_bound"] == pytest.approx(acked / result["log_bound_events_per_s"])
+    assert result["drain_s"] > 0 and result["node_cpu_s"] > 0 and result["fleet_cpu_s"] > 0
+    assert result["visible_s"] >= result["drain_s"] and result["log_peak_events"] > 0
+    samples = result["samples"]
+    assert samples[-1][1] >= result["events"] - 4 and [s[0] for s in samples] == sorted(s[0] for s in samples)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_bound_that_cannot_be_measured_is_missing_not_a_ratio(tmp_path: Path) -> None:
+    opts = ReplayOptions(panels=1, backlog=100)
+    measured = {"events": 100, "acked_events_per_s": 5000.0, "node_cpu_s": 0.5, "fleet_cpu_s": 0.5}
+    bounds = _bounds(opts, tmp_path / "gone", measured)  # no such directory: neither bound can be taken
+    assert bounds["row_bound_events_per_s"] is None and bounds["ratio_to_row_bound"] is None
+    assert bounds["log_bound_events_per_s"] is None and bounds["ratio_to_log_bound"] is None
+    assert set(bounds["missing_bounds"]) == {"row_bound", "log_bound"}  # type: ignore[arg-type]
+    result = {
+        **measured,
+        **bounds,
+        "drain_s": 0.02,
+        "connected_s": 0.01,
+        "writer_busy_pct": [],
+        "node_loop_cpu_s": 0.2,
+        "ingest": "rows",
+        "visible_s": float("nan"),
+    }
+    text = "\n".join(report_lines(result))
+    assert "row bound        : missing (" in text and "ratio to bound   : missing" in text, text
+    assert "log bound        : missing (" in text, text
+
+
+@pytest.mark.slow
+def test_bench_idle_gives_each_ends_cost_in_frames_of_the_bound_taken_in_the_same_run(tmp_path: Path) -> None:
+    out, png = tmp_path / "idle.json", tmp_path / "idle.png"
+    command = [sys.executable, "-m", "fieldsync.cli", "bench", "idle", "--panels", "20", "--seconds", "2"]
+    command += ["--settle", "0.5", "--port", "31260", "--json", str(out), "--plot", str(png)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "frame bound" in done.stdout and "frames (goal <= 0.25)" in done.stdout, done.stdout
+    result = json.loads(out.read_text())
+    assert result["panels"] == 20 and result["window_s"] >= 2 and result["frame_bound_us"] > 0
+    for end in ("node", "fleet"):
+        per_session = result[f"{end}_us_per_session_s"]
+        assert per_session > 0  # heartbeats cost something: 0 would mean nothing was measured
+        assert result[f"{end}_frames_per_session_s"] == pytest.approx(per_session / result["frame_bound_us"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_memory_gives_bytes_per_event_against_the_record(tmp_path: Path) -> None:
+    out, png = tmp_path / "memory.json", tmp_path / "memory.png"
+    command = [sys.executable, "-m", "fieldsync.cli", "bench", "memory", "--events", "50000"]
+    done = subprocess.run(
+        [*command, "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    # Everything past the budget was dropped (one more: the gap marker takes a record's room).
+    assert result["record_bytes"] == 32 and 10 * 50_000 <= result["dropped"] <= 10 * 50_000 + 1
+    assert result["ratio_to_record"] == pytest.approx(result["buffer_bytes_per_event"] / 32)
+    assert result["rss_growth_ratio"] == pytest.approx(result["rss_after_10x_mib"] / result["rss_full_mib"])
+    assert "bytes per event" in done.stdout and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_bench_failover_gives_the_p99_against_the_cold_connection_of_the_same_run(tmp_path: Path) -> None:
+    out, png = tmp_path / "failover.json", tmp_path / "failover.png"
+    command = [sys.executable, "-m", "fieldsync.cli", "bench", "failover", "--runs", "1", "--panels", "12"]
+    command += ["--backlog", "200", "--port", "31270", "--json", str(out), "--plot", str(png)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "cold connection" in done.stdout and "p99 / bound" in done.stdout, done.stdout
+    result = json.loads(out.read_text())
+    (run,) = result["per_run"]
+    assert len(run["outage_s"]) == 12 and all(t > 0 for t in run["outage_s"])  # after the kill, every panel
+    assert run["takeover_s"] is not None and run["cold_s"] > 0
+    assert result["ratio_p99_to_cold"] == pytest.approx(result["p99_s"] / result["cold_connect_s"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
