@@ -14,12 +14,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from storage import EventStore
 
-__all__ = ["cpu_seconds", "fresh_schema", "node_process", "ratio", "write_json"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["cpu_seconds", "fresh_schema", "node_process", "ratio", "save_figure", "write_json"]
 
 
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
@@ -79,3 +83,10 @@ def write_json(path: Path | None, result: Mapping[str, object], **meta: object) 
     about = {"python": platform.python_version(), "cpus": os.cpu_count(), "argv": sys.argv[1:], **meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**result, "meta": about}, indent=2) + "\n")
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write a plot as a PNG (a matplotlib ``Figure``: no pyplot, no display, no global state)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)

@@ -26,7 +26,7 @@ from storage import ClusterStore, Lease
 
 from ..engine import Supervised, Supervisor, node_command
 from ..site import load_site, pki, write_pair_site
-from ._common import ratio
+from ._common import ratio, save_figure
 
 __all__ = [
     "FailoverOptions",
@@ -216,12 +216,10 @@ def failover_lines(result: dict[str, object]) -> list[str]:
 
 def plot_failover(result: dict[str, object], path: Path) -> None:
     """Each panel's outage, sorted, per run, beside each run's cold connection."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
     for i, one in enumerate(_runs(result)):
         outage = sorted(one.outage_s)
         ax.plot(range(1, len(outage) + 1), outage, linewidth=1, label=f"run {i + 1}" if i < 10 else None)
@@ -230,7 +228,4 @@ def plot_failover(result: dict[str, object], path: Path) -> None:
     ax.set_ylabel("kill -9 -> first ACK from the new node, s")
     ax.set_title(f"failover: {result['runs']} runs x {result['panels']} panels ({result['mode']})")
     ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

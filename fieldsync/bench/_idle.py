@@ -21,7 +21,7 @@ import trio
 from emulator import Fleet, LinkMode, PanelSettings
 
 from ..site import pki
-from ._common import cpu_seconds, node_process, ratio
+from ._common import cpu_seconds, node_process, ratio, save_figure
 from ._frames import frame_cost
 from ._replay import VIP
 
@@ -119,20 +119,15 @@ def idle_lines(result: dict[str, object]) -> list[str]:
 
 def plot_idle(result: dict[str, object], path: Path) -> None:
     """Each end's CPU per session-second beside one frame's (the bound) and the goal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     frame = float(result["frame_bound_us"])  # type: ignore[arg-type]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.bar(["node", "fleet"], [float(result["node_us_per_session_s"]), float(result["fleet_us_per_session_s"])])  # type: ignore[arg-type]
     ax.axhline(frame, color="grey", linestyle="--", label=f"one frame sent and received ({frame:.0f} us)")
     ax.axhline(frame * 0.25, color="green", linestyle=":", label="goal: 0.25 of a frame")
     ax.set_ylabel("CPU us per session-second")
     ax.set_title(f"idle: {result['panels']} TLS sessions, heartbeat {result['heartbeat_ms']} ms")
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

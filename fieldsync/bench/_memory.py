@@ -17,7 +17,7 @@ from pathlib import Path
 import protocol as p
 from storage import EventBuffer, OverflowPolicy
 
-from ._common import ratio
+from ._common import ratio, save_figure
 
 __all__ = ["measure_memory", "memory_lines", "plot_memory"]
 
@@ -76,21 +76,16 @@ def memory_lines(result: dict[str, object]) -> list[str]:
 
 def plot_memory(result: dict[str, object], path: Path) -> None:
     """The resident set as events go in, beside the buffer's budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     samples: list[tuple[int, int]] = result["samples"]  # type: ignore[assignment]
     base = samples[0][1]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     ax.plot([n for n, _ in samples], [(rss - base) / 2**20 for _, rss in samples], label="resident set growth")
     budget = int(result["events"]) * int(result["record_bytes"]) / 2**20  # type: ignore[call-overload]
     ax.axhline(budget, color="grey", linestyle="--", label=f"the buffer's budget ({budget:.0f} MiB)")
     ax.set_xlabel("events appended")
     ax.set_ylabel("MiB")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -35,7 +35,7 @@ from emulator import Fleet, LinkMode, PanelSettings
 from storage import StoreError, open_event_store
 
 from ..site import pki
-from ._common import cpu_seconds, fresh_schema, node_process, ratio
+from ._common import cpu_seconds, fresh_schema, node_process, ratio, save_figure
 
 __all__ = ["VIP", "ReplayOptions", "Sample", "bound_rows_per_s", "log_bound_events_per_s", "measure_replay", "replay"]
 
@@ -379,13 +379,11 @@ def report_lines(result: dict[str, object]) -> list[str]:
 
 def plot_replay(result: dict[str, object], path: Path) -> None:
     """Acknowledged events/s and the backlog (at the panels, in the batch log) over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     samples = [Sample(*s) for s in result["samples"]]  # type: ignore[attr-defined]
-    fig, (rate_ax, backlog_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    fig = Figure(figsize=(9, 6))
+    rate_ax, backlog_ax = fig.subplots(2, 1, sharex=True)
     pairs = list(itertools.pairwise(samples))
     rate_ax.plot([b.t for _, b in pairs], [(b.acked - a.acked) / (b.t - a.t) for a, b in pairs], label="acked")
     row = result["row_bound_events_per_s"]
@@ -403,7 +401,4 @@ def plot_replay(result: dict[str, object], path: Path) -> None:
         f"replay: {result['panels']} panel(s) x {result['backlog']:,}, ingest {result['ingest']}, "
         f"ratio to the row bound {_ratio(result['ratio_to_row_bound'])}"
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
