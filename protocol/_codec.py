@@ -206,7 +206,7 @@ def _from_construct(kind: MessageType, payload: bytes) -> Message:
         )
         return Hello(**_fields(parsed, names))
     if kind is MessageType.WELCOME:
-        names = ("node_id", "epoch", "hwm", "config_version", "config_digest", "heartbeat_ms")
+        names = ("node_id", "epoch", "hwm", "config_version", "config_digest", "heartbeat_ms", "idle_ms")
         return Welcome(**_fields(parsed, names))
     if kind is MessageType.ACK:
         return Ack(**_fields(parsed, ("epoch", "up_to_seq")))

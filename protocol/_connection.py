@@ -135,7 +135,15 @@ class _Connection:
         self._created = now
         self._handshake_timeout = handshake_timeout
         self._interval = heartbeat_interval
+        # I, the quiet panel's probe interval; both ends take it from the WELCOME.
+        self._idle_interval = heartbeat_interval
         self._misses = heartbeat_misses
+        # When this end became busy (docs/protocol.md 9.1), None while it is quiet.
+        self._busy_since: float | None = None
+        # Panel: a HEARTBEAT went out and no frame has come since (a probe).
+        self._probe_out = False
+        # Node: a HEARTBEAT came in and nothing has gone out since (rule 4: answer it).
+        self._answer_due = False
         self._rx_now = now
         self._last_received = now
         self._last_sent = now
@@ -182,6 +190,16 @@ class _Connection:
         return round(self._interval * 1000)
 
     @property
+    def idle_ms(self) -> int:
+        """The idle interval in force: a quiet panel's probe interval (from WELCOME)."""
+        return round(self._idle_interval * 1000)
+
+    @property
+    def busy(self) -> bool:
+        """Whether this end is busy (docs/protocol.md 9.1): something is outstanding."""
+        return self._busy_since is not None
+
+    @property
     def sent_seq(self) -> int:
         return self._next_seq - 1
 
@@ -217,6 +235,8 @@ class _Connection:
             self._last_received = self._rx_now
             self._transition(Direction.RECEIVE, message)
             self._on_receive(message)
+            self._probe_out = False
+            self._update_busy(self._rx_now)
             self._track_reply(self._rx_now)
         except ProtocolError as exc:
             self._state = State.ERROR
@@ -235,6 +255,8 @@ class _Connection:
         try:
             self._transition(Direction.SEND, message)
             self._on_send(message)
+            self._answer_due = False
+            self._update_busy(now)
             self._track_reply(now)
         except LocalProtocolError:
             self._state = State.ERROR
@@ -285,15 +307,17 @@ class _Connection:
         """When ``handle_timer`` next has something to do, or None."""
         if self._state in (State.HELLO_SENT, State.AWAIT_HELLO):
             return self._handshake_start() + self._handshake_timeout
-        if self._state is State.STREAMING:
-            beat = self._last_sent + self._interval
-            if self._reading_paused:
-                return beat
-            deadline = min(beat, self._last_received + self._interval * self._misses)
-            if self._reply_since is not None and self._reply_timeout is not None:
-                deadline = min(deadline, self._reply_since + self._reply_timeout)
-            return deadline
-        return None
+        if self._state is not State.STREAMING:
+            return None
+        beat = self._beat_due()
+        if self._reading_paused:
+            return beat
+        deadline = self._silence_limit()
+        if beat is not None:
+            deadline = min(deadline, beat)
+        if self._reply_since is not None and self._reply_timeout is not None:
+            deadline = min(deadline, self._reply_since + self._reply_timeout)
+        return deadline
 
     def handle_timer(self, now: float) -> bytes:
         """Act on deadlines: returns a HEARTBEAT's bytes when one is due.
@@ -311,12 +335,9 @@ class _Connection:
             return b""
         if self._state is not State.STREAMING:
             return b""
-        silent = now - self._last_received
-        if silent >= self._interval * self._misses and not self._reading_paused:
+        if now >= self._silence_limit() and not self._reading_paused:
             self._state = State.ERROR
-            raise PeerTimeout(
-                f"no frame from the peer for {silent:.3f} s ({self._misses} heartbeats of {self._interval:g} s)"
-            )
+            raise PeerTimeout(self._silence_text(now))
         if (
             self._reply_since is not None
             and self._reply_timeout is not None
@@ -328,7 +349,8 @@ class _Connection:
                 f"no {self._awaited_reply()} within {self._reply_timeout:g} s though the peer is alive: "
                 "a frame was lost on the line"
             )
-        if now >= self._last_sent + self._interval:
+        beat = self._beat_due()
+        if beat is not None and now >= beat:
             return self.send(Heartbeat(epoch=self._own_epoch()), now)
         return b""
 
@@ -373,6 +395,52 @@ class _Connection:
 
     def _handshake_start(self) -> float:
         return self._created
+
+    # -- liveness (docs/protocol.md 9.1) ---------------------------------------------
+
+    def _is_busy(self) -> bool:
+        """A seq received or sent is unacknowledged, or a config push awaits its CONFIG_ACK."""
+        return self.sent_seq > self.acked_seq or bool(self._pushes) or self._snapshot is not None
+
+    def _update_busy(self, now: float) -> None:
+        if self._state is not State.STREAMING or not self._is_busy():
+            self._busy_since = None
+        elif self._busy_since is None:
+            self._busy_since = now
+
+    def _beat_due(self) -> float | None:
+        """When this end must send a HEARTBEAT if nothing else goes out (rules 1-4)."""
+        if self._answer_due:
+            return self._rx_now
+        if self._busy_since is not None:
+            return max(self._last_sent, self._busy_since) + self._interval
+        return self._quiet_beat()
+
+    def _quiet_beat(self) -> float | None:
+        raise NotImplementedError
+
+    def _silence_limit(self) -> float:
+        """When the peer's silence ends the session (rule 5)."""
+        if self._busy_since is not None:
+            return max(self._last_received, self._busy_since) + self._interval * self._misses
+        return self._last_received + self._idle_interval + self._interval * self._misses
+
+    def _silence_text(self, now: float) -> str:
+        silent = now - self._last_received
+        if self._busy_since is not None:
+            waited = now - max(self._last_received, self._busy_since)
+            return (
+                f"no frame from the peer for {silent:.3f} s, {waited:.3f} s of it while this end waited "
+                f"({self._misses} heartbeats of {self._interval:g} s)"
+            )
+        return (
+            f"no frame from the peer for {silent:.3f} s (the idle interval {self._idle_interval:g} s "
+            f"and {self._misses} heartbeats of {self._interval:g} s)"
+        )
+
+    def _adopt_intervals(self, welcome: Welcome) -> None:
+        self._interval = welcome.heartbeat_ms / 1000
+        self._idle_interval = welcome.idle_ms / 1000
 
     def _own_epoch(self) -> int:
         return self.session_epoch
@@ -511,6 +579,13 @@ class PanelConnection(_Connection):
     def _own_epoch(self) -> int:
         return max(self.epoch_floor, self.session_epoch)
 
+    def _is_busy(self) -> bool:
+        return self._probe_out or super()._is_busy()
+
+    def _quiet_beat(self) -> float | None:
+        # Rule 2: a quiet panel probes once per idle interval.
+        return self._last_sent + self._idle_interval
+
     def _on_send(self, message: Message) -> None:
         if isinstance(message, Hello):
             if message.max_epoch != self.epoch_floor:
@@ -524,6 +599,8 @@ class PanelConnection(_Connection):
             self._check_batch(message, LocalProtocolError)
         elif isinstance(message, ConfigAck):
             self._check_config_ack(message, LocalProtocolError)
+        elif isinstance(message, Heartbeat) and self._state is State.STREAMING:
+            self._probe_out = True
 
     def send(self, message: Message, now: float) -> bytes:
         if isinstance(message, Hello):
@@ -539,7 +616,7 @@ class PanelConnection(_Connection):
                     f"this panel has seen epoch {self.epoch_floor}",
                 )
             self.welcome = message
-            self._interval = message.heartbeat_ms / 1000
+            self._adopt_intervals(message)
             self._start_session(message.epoch, message.hwm)
             self.epoch_floor = message.epoch
         elif isinstance(message, Ack):
@@ -582,6 +659,9 @@ class HostConnection(_Connection):
     def _awaited_reply(self) -> str:
         return f"CONFIG_ACK for version {self.config_version} (acked {self.config_acked})"
 
+    def _quiet_beat(self) -> float | None:
+        return None  # rule 3: a quiet node sends no HEARTBEAT of its own
+
     def _on_send(self, message: Message) -> None:
         if isinstance(message, Welcome):
             assert self.hello is not None
@@ -590,7 +670,7 @@ class HostConnection(_Connection):
                     ErrorCode.STALE_EPOCH,
                     f"this node's epoch {message.epoch} is older than epoch {self.hello.max_epoch} the panel has seen",
                 )
-            self._interval = message.heartbeat_ms / 1000
+            self._adopt_intervals(message)
             self._start_session(message.epoch, message.hwm)
         elif isinstance(message, Ack):
             self._check_own_epoch(message.epoch)
@@ -631,3 +711,4 @@ class HostConnection(_Connection):
                     ErrorCode.EPOCH_MISMATCH,
                     f"panel heartbeat carries epoch {message.epoch}; this session's epoch is {self.session_epoch}",
                 )
+            self._answer_due = True  # rule 4

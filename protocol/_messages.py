@@ -132,7 +132,10 @@ class Welcome:
     config_version: int
     #: The server's configuration digest at ``config_version``.
     config_digest: bytes
+    #: H: how often a busy end sends (docs/protocol.md 9.1).
     heartbeat_ms: int
+    #: I: how often a quiet panel probes the node; at least ``heartbeat_ms``.
+    idle_ms: int
 
     def __post_init__(self) -> None:
         _text("node_id", self.node_id, MAX_NODE_ID_LEN)
@@ -141,6 +144,7 @@ class Welcome:
         _u("config_version", self.config_version, 64)
         _digest("config_digest", self.config_digest)
         _u("heartbeat_ms", self.heartbeat_ms, 32, low=1)
+        _u("idle_ms", self.idle_ms, 32, low=self.heartbeat_ms)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

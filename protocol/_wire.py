@@ -31,7 +31,7 @@ __all__ = ["CONFIG_OP", "FRAME", "FRAME_HEADER", "MAGIC", "MESSAGES", "PROTOCOL_
 
 #: Two bytes that start every frame; a reader that lost sync scans for them.
 MAGIC = b"\xf5\x5c"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # -- framing -------------------------------------------------------------------
 
@@ -127,6 +127,7 @@ WELCOME = Struct(
     "config_version" / Int64ub,
     "config_digest" / Bytes(32),
     "heartbeat_ms" / Int32ub,
+    "idle_ms" / Int32ub,
     Terminated,
 )
 EVENT_BATCH = Struct(

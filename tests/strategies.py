@@ -132,21 +132,27 @@ def hellos(draw: st.DrawFn) -> p.Hello:
     )
 
 
+@st.composite
+def welcomes(draw: st.DrawFn) -> p.Welcome:
+    heartbeat_ms = draw(st.integers(1, 2**32 - 1))
+    return p.Welcome(
+        node_id=draw(_utf8_bounded(64)),
+        epoch=draw(epochs),
+        hwm=draw(seqs),
+        config_version=draw(u64),
+        config_digest=draw(digests),
+        heartbeat_ms=heartbeat_ms,
+        idle_ms=draw(st.integers(heartbeat_ms, 2**32 - 1)),
+    )
+
+
 def _utf8_bounded(limit: int) -> st.SearchStrategy[str]:
     return st.text(st.characters(exclude_categories=("Cs",)), max_size=limit // 4)
 
 
 messages: st.SearchStrategy[p.Message] = st.one_of(
     hellos(),
-    st.builds(
-        p.Welcome,
-        node_id=_utf8_bounded(64),
-        epoch=epochs,
-        hwm=seqs,
-        config_version=u64,
-        config_digest=digests,
-        heartbeat_ms=st.integers(1, 2**32 - 1),
-    ),
+    welcomes(),
     batches,
     st.builds(p.Ack, epoch=epochs, up_to_seq=u64),
     deltas(),

@@ -61,7 +61,9 @@ def test_full_session_with_ten_thousand_events() -> None:
     assert pair.panel_sends(hello) == [hello]
     assert pair.host.state is p.State.HELLO_RECEIVED
     pair.host_sends(
-        p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="B", epoch=3, hwm=0, config_version=6, heartbeat_ms=500)
+        p.Welcome(
+            config_digest=p.EMPTY_DIGEST, node_id="B", epoch=3, hwm=0, config_version=6, heartbeat_ms=500, idle_ms=2500
+        )
     )
     assert pair.panel.state is pair.host.state is p.State.STREAMING
     assert pair.panel.epoch_floor == 3
@@ -98,22 +100,33 @@ def test_full_session_with_ten_thousand_events() -> None:
     pair.panel_sends(p.ConfigAck(digest=p.EMPTY_DIGEST, version=6))
     assert pair.host.config_acked == 6
 
-    # Heartbeats: interval 0.5 s from WELCOME. Both sides last sent at 0.08 s.
-    pair.advance_to(2.0)
+    # Liveness (docs/protocol.md 9.1): H 0.5 s, I 2.5 s from WELCOME. Nothing is outstanding
+    # (both sides last sent at 0.08 s): the quiet panel probes once per I, the node answers
+    # each probe at once and sends nothing of its own.
+    assert not pair.panel.busy and not pair.host.busy
+    pair.advance_to(6.0)
     beats = [(t, who) for t, who, m in pair.log if isinstance(m, p.Heartbeat)]
-    assert beats[:2] == [(pytest.approx(0.58), "panel->host"), (pytest.approx(0.58), "host->panel")]
-    assert [t for t, who in beats if who == "panel->host"] == pytest.approx([0.58, 1.08, 1.58])
+    assert beats == [
+        (pytest.approx(2.58), "panel->host"),
+        (pytest.approx(2.58), "host->panel"),
+        (pytest.approx(5.08), "panel->host"),
+        (pytest.approx(5.08), "host->panel"),
+    ]
     assert pair.panel.state is p.State.STREAMING
 
-    # The host goes silent: the panel declares it dead after 3 x 0.5 s without a frame.
+    # The host goes silent: the panel's next probe makes it busy; it repeats the probe every H
+    # and declares the node dead 3 x H after the first unanswered one.
     last_heard = max(t for t, who, _ in pair.log if who == "host->panel")
-    with pytest.raises(p.PeerTimeout):
+    probes = []
+    with pytest.raises(p.PeerTimeout, match="while this end waited"):
         while True:
             deadline = pair.panel.next_deadline()
             assert deadline is not None
             pair.now = deadline
-            pair.panel.handle_timer(pair.now)
-    assert pair.now == pytest.approx(last_heard + 1.5)
+            if pair.panel.handle_timer(pair.now):
+                probes.append(pair.now)
+    assert probes == pytest.approx([last_heard + 2.5, last_heard + 3.0, last_heard + 3.5])
+    assert pair.now == pytest.approx(last_heard + 2.5 + 1.5)
     assert pair.panel.state is p.State.ERROR
 
 
@@ -155,7 +168,9 @@ def _streaming_pair() -> ConnectionPair:
         )
     )
     pair.host_sends(
-        p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=9, heartbeat_ms=1000)
+        p.Welcome(
+            config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=9, heartbeat_ms=1000, idle_ms=5000
+        )
     )
     return pair
 
@@ -178,7 +193,10 @@ def test_snapshot_in_parts_is_acked_only_when_complete() -> None:
 
 
 def test_a_paused_reader_does_not_blame_the_peer() -> None:
-    pair = _streaming_pair()  # heartbeat 1 s, dead after 3 s of silence
+    pair = _streaming_pair()  # heartbeat 1 s, dead after 3 s of silence while busy
+    records = [p.EventRecord(seq=s, time_us=s, kind=p.EventKind.ACCESS_GRANTED) for s in (1, 2)]
+    pair.panel_sends(p.EventBatch.of(records))  # the host owes an ACK: busy from 0.0
+    assert pair.host.busy
     pair.host.pause_reading()
     assert pair.host.next_deadline() == 1.0  # only its own heartbeat is due
     pair.host.handle_timer(10.0)  # ten seconds deaf by its own choice: still alive
@@ -209,7 +227,15 @@ class LossyPair(ConnectionPair):
             )
         )
         self.host_sends(
-            p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=1, heartbeat_ms=1000)
+            p.Welcome(
+                config_digest=p.EMPTY_DIGEST,
+                node_id="A",
+                epoch=1,
+                hwm=0,
+                config_version=1,
+                heartbeat_ms=1000,
+                idle_ms=5000,
+            )
         )
 
     def batch(self, first: int, count: int) -> p.EventBatch:
@@ -241,7 +267,9 @@ def test_a_lost_config_ack_on_a_line_ends_the_host_session() -> None:
     pair.now = 1.0
     pair.host_sends(p.ConfigDelta(digest=p.EMPTY_DIGEST, epoch=1, from_version=0, to_version=1, ops=()))
     pair.panel.send(p.ConfigAck(digest=p.EMPTY_DIGEST, version=1), pair.now)  # lost on the line
-    with pytest.raises(p.PeerTimeout, match="no CONFIG_ACK for version 1"):
+    # The host waits from 1.0 and the quiet panel owes it nothing it knows of: 3 s later the
+    # host ends the session (its silence limit and the reply timeout fall together).
+    with pytest.raises(p.PeerTimeout, match="while this end waited"):
         pair.advance_to(10.0)
     assert pair.now == pytest.approx(4.0)
 
@@ -274,7 +302,9 @@ def test_a_reliable_stream_has_no_reply_timeout_and_cannot_drop_partial_frames()
         )
     )
     pair.host_sends(
-        p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=0, heartbeat_ms=1000)
+        p.Welcome(
+            config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=0, heartbeat_ms=1000, idle_ms=5000
+        )
     )
     pair.panel_sends(p.EventBatch.of([p.EventRecord(seq=1, time_us=1, kind=p.EventKind.ACCESS_GRANTED)]))
     pair.advance_to(100.0)  # slow commits are fine on TCP; heartbeats keep it up

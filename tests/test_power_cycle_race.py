@@ -39,7 +39,7 @@ async def test_an_ack_in_flight_at_a_power_cut_frees_nothing_of_the_next_boot() 
         hello = await host_receive()
         assert isinstance(hello, p.Hello)
         welcome = p.Welcome(
-            node_id="A", epoch=1, hwm=0, config_version=0, config_digest=p.EMPTY_DIGEST, heartbeat_ms=1000
+            node_id="A", epoch=1, hwm=0, config_version=0, config_digest=p.EMPTY_DIGEST, heartbeat_ms=1000, idle_ms=5000
         )
         await to_panel_send.send_all(host.send(welcome, trio.current_time()))
         batch = await host_receive()

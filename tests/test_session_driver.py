@@ -118,7 +118,9 @@ async def streaming() -> AsyncIterator[tuple[SessionDriver, _Handler, _Peer, _Ga
     await ms.send(hello)
     assert isinstance(await peer.next(), p.Hello)
     await peer.send(
-        p.Welcome(node_id="A", epoch=4, hwm=0, config_version=0, config_digest=p.EMPTY_DIGEST, heartbeat_ms=1000)
+        p.Welcome(
+            node_id="A", epoch=4, hwm=0, config_version=0, config_digest=p.EMPTY_DIGEST, heartbeat_ms=1000, idle_ms=5000
+        )
     )
     assert isinstance(await ms.receive(), p.Welcome)
     handler = _Handler(ms)

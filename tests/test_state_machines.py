@@ -26,7 +26,9 @@ HELLO = p.Hello(
     config_digest=D,
     max_epoch=EPOCH - 1,
 )
-WELCOME = p.Welcome(node_id="A", epoch=EPOCH, hwm=HWM, config_version=CFG + 1, config_digest=D, heartbeat_ms=1000)
+WELCOME = p.Welcome(
+    node_id="A", epoch=EPOCH, hwm=HWM, config_version=CFG + 1, config_digest=D, heartbeat_ms=1000, idle_ms=5000
+)
 #: A completed push of version CFG: a STREAMING pair has one, so a CONFIG_ACK of CFG is legal.
 PUSH = p.ConfigSnapshot(epoch=EPOCH, version=CFG, digest=D, part=0, parts=1, ops=())
 

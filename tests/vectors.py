@@ -80,7 +80,7 @@ def message_fields(message: p.Message) -> dict[str, Any]:
     return out
 
 
-def frame(type_code: int, payload: bytes, *, version: int = 2, flags: int = 0, length: int | None = None) -> bytes:
+def frame(type_code: int, payload: bytes, *, version: int = p.PROTOCOL_VERSION, flags: int = 0, length: int | None = None) -> bytes:
     """A frame with any header values, checks computed: for invalid vectors."""
     head = struct.pack(">2sBBBI", b"\xf5\x5c", version, type_code, flags, len(payload) if length is None else length)
     head += (crc32c(head) & 0xFFFF).to_bytes(2, "big")
@@ -116,7 +116,9 @@ def valid_messages() -> list[tuple[str, str, p.Message]]:
         (
             "WELCOME with hwm 0",
             "5",
-            p.Welcome(node_id="A", epoch=1, hwm=0, config_version=1, config_digest=digest, heartbeat_ms=1000),
+            p.Welcome(
+                node_id="A", epoch=1, hwm=0, config_version=1, config_digest=digest, heartbeat_ms=1000, idle_ms=5000
+            ),
         ),
         (
             "EVENT_BATCH of two events",
@@ -201,12 +203,17 @@ def invalid_frames() -> list[tuple[str, str, str, bytes, p.ErrorCode]]:
     bad_crc = bytearray(good)
     bad_crc[-1] ^= 0x01
     delta_head = struct.pack(">QQQ", 1, 0, 1) + p.EMPTY_DIGEST
+    welcome = p.Welcome(
+        node_id="A", epoch=1, hwm=0, config_version=0, config_digest=p.EMPTY_DIGEST, heartbeat_ms=1000, idle_ms=1000
+    )
+    slow_welcome = p.encode_payload(welcome)[:-4] + (999).to_bytes(4, "big")  # idle_ms 999 < heartbeat_ms 1000
     holder = lambda card, pin=0: bytes([1]) + struct.pack(">QIQQB", card, pin, 0, 0, 0)  # noqa: E731
     return [
         ("bytes before the magic", "3", "node", b"\x00\x01" + frame(1, hello), E.BAD_MAGIC),
         ("hcrc wrong", "3", "node", bytes(bad_hcrc), E.BAD_CRC),
         ("crc wrong", "3", "node", bytes(bad_crc), E.BAD_CRC),
         ("a version-1 HELLO", "3, 13.2", "node", frame(1, hello, version=1), E.UNSUPPORTED_VERSION),
+        ("a version-2 HELLO", "3, 13.2", "node", frame(1, hello, version=2), E.UNSUPPORTED_VERSION),
         ("type 99", "3", "node", frame(99, b""), E.UNKNOWN_TYPE),
         ("flags set", "3", "node", frame(1, hello, flags=0x80), E.BAD_FLAGS),
         (
@@ -219,6 +226,7 @@ def invalid_frames() -> list[tuple[str, str, str, bytes, p.ErrorCode]]:
         ("stream ends inside a frame", "3", "node", frame(1, hello)[:20], E.TRUNCATED),
         ("HELLO with a trailing byte", "3, 5", "node", frame(1, hello + b"\x00"), E.MALFORMED),
         ("HELLO with panel_id 0", "5", "node", frame(1, b"\0\0\0\0" + hello[4:]), E.FIELD_OUT_OF_RANGE),
+        ("WELCOME with idle_ms below heartbeat_ms", "5, 9.1", "panel", frame(2, slow_welcome), E.FIELD_OUT_OF_RANGE),
         (
             "HELLO with a non-ASCII firmware",
             "5",

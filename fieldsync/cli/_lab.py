@@ -60,7 +60,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     type=int,
     default=1000,
     show_default=True,
-    help="The sessions' heartbeat interval; a panel gives up on a silent node after 3 of them.",
+    help="The sessions' heartbeat interval; a busy panel gives up on a silent node after 3 of them.",
+)
+@click.option(
+    "--idle-ms",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="A quiet panel's probe interval (>= --heartbeat-ms); it gives up after it and 3 heartbeats.",
 )
 @click.option("--port", type=int, default=30002, show_default=True, help="The VIP's port.")
 @click.option("--no-stonith", is_flag=True, help="The nodes never SIGKILL each other (the lease is the only fence).")
@@ -89,6 +96,7 @@ def lab_up(
     advert_int: float,
     vrid: int,
     heartbeat_ms: int,
+    idle_ms: int,
     port: int,
     no_stonith: bool,
     no_vrrp_gate: bool,
@@ -105,6 +113,7 @@ def lab_up(
         advert_int=advert_int,
         virtual_router_id=vrid,
         heartbeat_ms=heartbeat_ms,
+        idle_ms=idle_ms,
         port=port,
         stonith=not no_stonith,
         vrrp_gate=not no_vrrp_gate,

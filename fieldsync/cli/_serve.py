@@ -45,7 +45,14 @@ __all__ = ["serve"]
 @click.option(
     "--insecure", is_flag=True, help="Plain text; refused unless every address is loopback and every line a pty."
 )
-@click.option("--heartbeat-ms", type=int)
+@click.option(
+    "--heartbeat-ms", type=click.IntRange(min=1), help="H: how often a busy session's ends send [site: heartbeat_ms]."
+)
+@click.option(
+    "--idle-ms",
+    type=click.IntRange(min=1),
+    help="I (>= H): how often a quiet panel probes; an idle session costs a HEARTBEAT each way per I [site: idle_ms].",
+)
 @click.option(
     "--ingest",
     type=click.Choice(["rows", "log"]),
@@ -67,6 +74,7 @@ def serve(
     parity: str,
     insecure: bool,
     heartbeat_ms: int | None,
+    idle_ms: int | None,
     ingest: str | None,
     duration: float | None,
     metrics: str | None,
@@ -112,6 +120,7 @@ def serve(
         serial=tuple(lines),
         tls=site.tls_for("node", node_id),
         heartbeat_ms=heartbeat_ms or site.heartbeat_ms,
+        idle_ms=idle_ms or site.idle_ms,
         ingest=ingest or site.ingest,
         materialize_idle=float(site.materialize_idle),
         max_log_age=float(site.max_log_age),

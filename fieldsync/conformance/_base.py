@@ -41,6 +41,11 @@ def check(ok: bool, detail: str) -> None:
         raise Fail(detail)
 
 
+def slack(interval: float) -> float:
+    """What a checker allows a peer's timer (9.1): a quarter of the interval plus 100 ms for delay and scheduling."""
+    return interval / 4 + 0.1
+
+
 CaseFn = Callable[[Any], Awaitable[str]]
 
 

@@ -7,8 +7,8 @@ in ``_cases_server``), each a short function named for the rule it tries.
 from __future__ import annotations
 
 import hashlib
-import itertools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,17 @@ import trio
 
 from . import _codec as c
 from . import _tls
-from ._base import Fail, Registry, Skip, check
+from ._base import Fail, Registry, Skip, check, slack
 from ._link import Link, connect, connect_or_refused, describe
 
 panel_case = Registry()
 
-HB_MS = 200
+# The intervals this battery's node announces in its WELCOME (5, 9.1): small, so that liveness cases stay short.
+HB_MS = 200  # H
+IDLE_MS = 1000  # I
+HB_S = HB_MS / 1000
+IDLE_S = IDLE_MS / 1000
+GRACE = 0.1  # s: a panel frame arriving this soon after our ACK may have crossed it (9.1: frames in flight)
 BOGUS_DIGEST = hashlib.sha256(b"fieldsync conformance: not the digest").digest()
 FROM_PANEL = (c.EVENT_BATCH, c.HEARTBEAT, c.CONFIG_ACK)
 
@@ -48,6 +53,7 @@ class Session:
     link: Link
     hello: c.Hello
     welcome: c.Welcome
+    hello_at: float = 0.0  # when the HELLO arrived: the panel's last frame before WELCOME
 
     @property
     def epoch(self) -> int:
@@ -131,21 +137,28 @@ class PanelCtx:
             "config_version": h.config_version,
             "config_digest": h.config_digest,
             "heartbeat_ms": HB_MS,
+            "idle_ms": IDLE_MS,
         }
         args.update(kw)
         return c.Welcome(**args)
 
-    async def session(self, *, heartbeats: bool = True, **welcome: Any) -> Session:
+    async def session(self, *, heartbeats: bool = True, answer: bool = True, **welcome: Any) -> Session:
+        """A session up to WELCOME. `answer`: answer each panel HEARTBEAT at once, as a node MUST (9.1 rule 4).
+        `heartbeats`: also send a HEARTBEAT of its own twice per H, as a busy node may (rule 1): the default,
+        so that no case but the liveness ones depends on the panel's timers."""
         link = await self.dial()
         h = await self.hello(link)
+        hello_at = trio.current_time()
         w = self.welcome(h, **welcome)
         await link.send_msg(w)
         if self.s.config_version is not None and h.config_version != self.s.config_version:
             self.s.config = None
         self.s.config_version = h.config_version
+        if answer:
+            link.answer_heartbeats(w.epoch)
         if heartbeats:
-            link.start_heartbeats(w.epoch, HB_MS / 1000)
-        return Session(link, h, w)
+            link.start_heartbeats(w.epoch, w.heartbeat_ms / 1000)
+        return Session(link, h, w, hello_at)
 
     async def bye(self, s: Session) -> None:
         await s.link.send_msg(c.Bye(s.epoch, 0))
@@ -562,43 +575,279 @@ async def snapshot_part_order(ctx: PanelCtx) -> str:
 # ---------------------------------------------------------------------------------------------- liveness
 
 
-@panel_case("panel-heartbeats", "9.1, 9.2")
-async def panel_heartbeats(ctx: PanelCtx) -> str:
-    """The panel sends a frame at least once per heartbeat_ms (200 ms); its HEARTBEATs carry the session epoch."""
-    s = await ctx.session()
-    t0 = trio.current_time()
-    times = [t0]
-    beats = 0
-    end = t0 + 2.0
-    while trio.current_time() < end:
-        rx = await s.link.recv(end - trio.current_time())
+@dataclass
+class Watched:
+    """What `watch_quiet` saw of a panel."""
+
+    frames: int = 0
+    batches: int = 0
+    probes: list[float] = field(default_factory=list)  # for each probe: s since the panel's previous frame
+    crossed: int = 0  # HEARTBEATs that crossed one of our ACKs (the panel still busy)
+    longest: float = 0.0  # the longest time without a frame from the panel
+    node_beats: int = 0
+
+
+async def watch_quiet(ctx: PanelCtx, s: Session, seconds: float, *, node_every: float | None = None) -> Watched:
+    """Keep the panel quiet for `seconds` and watch it: every batch acknowledged at once (7.4), every HEARTBEAT
+    answered at once (the session's answerer, 9.1 rule 4), and with `node_every` a node HEARTBEAT that often.
+
+    A HEARTBEAT from the panel with nothing of it unacknowledged is a probe: it MUST NOT come before the panel has
+    "sent nothing else for I" (rule 2), less the checker's allowance; and no more than I (plus it) may pass without a
+    frame from the panel (rule 2: at least once per I).
+    """
+    seen = Watched()
+    prev = s.hello_at  # the panel's previous frame
+    last_ack = -math.inf
+    now = trio.current_time()
+    end = now + seconds
+    next_beat = now + node_every if node_every is not None else math.inf
+    loops = " or answered the node's HEARTBEAT (rule 4: a panel MUST NOT)" if node_every is not None else ""
+    while (now := trio.current_time()) < end:
+        if now >= next_beat and node_every is not None:
+            await s.link.send_msg(c.Heartbeat(s.epoch))
+            seen.node_beats += 1
+            next_beat = now + node_every
+            continue
+        rx = await s.link.recv(min(end, next_beat) - now)
+        if rx is None:
+            continue
+        check(rx.kind == "msg" and rx.msg is not None, f"the session ended: {rx.describe()}")
+        m = rx.msg
+        assert m is not None
+        since, prev = rx.at - prev, rx.at
+        seen.frames += 1
+        seen.longest = max(seen.longest, since)
+        check(since <= IDLE_S + slack(IDLE_S), silent_for(since))
+        if isinstance(m, c.EventBatch):
+            await s.link.send_msg(c.Ack(s.epoch, m.last))
+            ctx.s.acked = max(ctx.s.acked, m.last)
+            last_ack = s.link.last_sent
+            seen.batches += 1
+        elif isinstance(m, c.Heartbeat):
+            check(m.epoch == s.epoch, f"panel HEARTBEAT epoch {m.epoch} != session {s.epoch} (9.2)")
+            if rx.at - last_ack < GRACE:
+                seen.crossed += 1  # sent before our ACK reached it: busy, rule 1
+                continue
+            check(
+                since >= IDLE_S - slack(IDLE_S),
+                f"a HEARTBEAT {since * 1000:.0f} ms after the panel's previous frame with nothing outstanding: it "
+                f"probed before I = {IDLE_MS} ms (9.1 rule 2: when it has sent nothing else for I){loops}",
+            )
+            seen.probes.append(since)
+        else:
+            raise Fail(f"unexpected {describe(m)} from the panel")
+    since = trio.current_time() - prev
+    seen.longest = max(seen.longest, since)
+    check(since <= IDLE_S + slack(IDLE_S), silent_for(since))
+    return seen
+
+
+def silent_for(seconds: float) -> str:
+    return (
+        f"{seconds * 1000:.0f} ms without a frame from a quiet panel (9.1 rule 2: at least once per I = {IDLE_MS} ms)"
+    )
+
+
+@panel_case("panel-heartbeats-busy", "9.1, 9.2")
+async def panel_heartbeats_busy(ctx: PanelCtx) -> str:
+    """While a batch is unacknowledged the panel sends a frame at least once per heartbeat_ms (200 ms, rule 1);
+    its HEARTBEATs carry the session epoch (9.2)."""
+    s = await ctx.session(heartbeats=False)  # the battery answers its HEARTBEATs (rule 4), nothing more
+    bs = await ctx.batches(s, 1, 4.0)
+    if not bs:
+        await ctx.bye(s)
+        raise Skip("not applicable: no EVENT_BATCH within 4 s, so no unacknowledged batch to make the panel busy")
+    prev = t0 = trio.current_time()
+    end = t0 + 1.5
+    frames, beats, worst, top = 0, 0, 0.0, bs[-1].last
+    while (now := trio.current_time()) < end:
+        rx = await s.link.recv(end - now)
         if rx is None:
             break
         check(rx.kind == "msg" and rx.msg is not None, f"the session ended: {rx.describe()}")
         m = rx.msg
-        times.append(rx.at)
+        assert m is not None
+        gap, prev = rx.at - prev, rx.at
+        worst = max(worst, gap)
+        frames += 1
+        check(
+            gap <= HB_S + slack(HB_S),
+            f"{gap * 1000:.0f} ms without a frame while batch ..{top} is unacknowledged "
+            f"(9.1 rule 1: a busy panel sends at least once per H = {HB_MS} ms)",
+        )
         if isinstance(m, c.Heartbeat):
-            beats += 1
             check(m.epoch == s.epoch, f"panel HEARTBEAT epoch {m.epoch} != session {s.epoch} (9.2)")
+            beats += 1
         elif isinstance(m, c.EventBatch):
-            await s.link.send_msg(c.Ack(s.epoch, m.last))
-            ctx.s.acked = max(ctx.s.acked, m.last)
-    times.append(trio.current_time())
-    worst = max(b - a for a, b in itertools.pairwise(times))
-    check(worst <= HB_MS / 1000 * 1.25 + 0.1, f"a gap of {worst * 1000:.0f} ms with heartbeat_ms {HB_MS} (9.1)")
+            top = m.last
+        else:
+            raise Fail(f"unexpected {describe(m)} from the panel")
+    gap = trio.current_time() - prev
+    worst = max(worst, gap)
+    check(gap <= HB_S + slack(HB_S), f"{gap * 1000:.0f} ms without a frame while busy (9.1 rule 1: once per H)")
+    await s.link.send_msg(c.Ack(s.epoch, top))
+    ctx.s.acked = max(ctx.s.acked, top)
     await ctx.bye(s)
-    return f"{len(times) - 2} frames ({beats} heartbeats) in 2 s, longest gap {worst * 1000:.0f} ms"
+    return f"unacknowledged for 1.5 s: {frames} frames ({beats} HEARTBEATs), longest gap {worst * 1000:.0f} ms"
+
+
+@panel_case("panel-probe-quiet", "9.1, 9.2")
+async def panel_probe_quiet(ctx: PanelCtx) -> str:
+    """A quiet panel (everything acknowledged at once) probes once per idle_ms (1000 ms), never sooner (rule 2); the
+    battery's node answers each probe and sends nothing of its own (rules 3, 4)."""
+    s = await ctx.session(heartbeats=False)
+    seen = await watch_quiet(ctx, s, 3.5 * IDLE_S)
+    await ctx.bye(s)
+    if not seen.probes and seen.longest < IDLE_S - slack(IDLE_S):
+        raise Skip(
+            f"not applicable: the panel was never idle for I = {IDLE_MS} ms ({seen.batches} batches, at most "
+            f"{seen.longest * 1000:.0f} ms apart), so no probe was due; no HEARTBEAT came early"
+        )
+    gaps = ", ".join(f"{p * 1000:.0f}" for p in seen.probes) or "none"
+    return (
+        f"{seen.frames} frames in {3.5 * IDLE_S:g} s ({seen.batches} batches); probes after {gaps} ms of silence; "
+        f"longest silence {seen.longest * 1000:.0f} ms"
+    )
+
+
+@panel_case("node-heartbeat-not-answered", "9.1")
+async def node_heartbeat_not_answered(ctx: PanelCtx) -> str:
+    """Node HEARTBEATs every 100 ms make a quiet panel send nothing (rule 4: a panel MUST NOT answer; nothing loops)."""
+    s = await ctx.session(heartbeats=False)
+    seen = await watch_quiet(ctx, s, 2.5, node_every=0.1)
+    await ctx.bye(s)
+    return (
+        f"{seen.node_beats} node HEARTBEATs: {seen.frames} panel frames ({seen.batches} batches, "
+        f"{len(seen.probes)} probe(s) no sooner than I), none an answer"
+    )
+
+
+async def until_timeout(s: Session, t_busy: float, branch: str) -> str:
+    """The panel became busy at `t_busy` (its frame then being its last) and the node says nothing: it sends a frame
+    at least once per H (rule 1: a probe repeated) and ends with TIMEOUT 3 H after it became busy (rule 5)."""
+    limit = 3 * HB_S
+    prev, beats, worst = t_busy, 0, 0.0
+    deadline = t_busy + limit + slack(limit)
+    while True:
+        rx = await s.link.recv(max(0.0, deadline - trio.current_time()))
+        if rx is None:
+            raise Fail(
+                f"no TIMEOUT within {(limit + slack(limit)) * 1000:.0f} ms of becoming busy ({branch}), the node "
+                f"silent (9.1 rule 5: 3 H = {limit * 1000:.0f} ms); {beats} HEARTBEAT(s) meanwhile"
+            )
+        check(rx.kind == "msg" and rx.msg is not None, f"expected ERROR TIMEOUT, got {rx.describe()}")
+        m = rx.msg
+        assert m is not None
+        gap, prev = rx.at - prev, rx.at
+        worst = max(worst, gap)
+        check(
+            gap <= HB_S + slack(HB_S),
+            f"{gap * 1000:.0f} ms without a frame while {branch} (9.1 rule 1: at least once per H = {HB_MS} ms)",
+        )
+        if isinstance(m, c.Heartbeat):
+            check(m.epoch == s.epoch, f"panel HEARTBEAT epoch {m.epoch} != session {s.epoch} (9.2)")
+            beats += 1
+        elif isinstance(m, c.Error):
+            check(m.code == c.CODES["TIMEOUT"], f"expected ERROR TIMEOUT, got {describe(m)}")
+            dt = rx.at - t_busy
+            check(
+                dt >= limit - slack(limit),
+                f"TIMEOUT {dt * 1000:.0f} ms after it became busy ({branch}) (9.1 rule 5: 3 H = {limit * 1000:.0f} ms)",
+            )
+            await s.link.expect_close(2.0, after="its ERROR")
+            return (
+                f"{branch}: {beats} HEARTBEAT(s), longest gap {worst * 1000:.0f} ms; TIMEOUT {dt * 1000:.0f} ms "
+                f"after it became busy (3 H = {limit * 1000:.0f} ms)"
+            )
+        elif not isinstance(m, c.EventBatch):
+            raise Fail(f"unexpected {describe(m)} from the panel")
 
 
 @panel_case("node-silence-timeout", "9.1")
 async def node_silence(ctx: PanelCtx) -> str:
-    """A node silent after WELCOME: the panel ends with TIMEOUT after 3 intervals (600 ms)."""
-    s = await ctx.session(heartbeats=False)
-    t0 = s.link.last_sent
-    await s.link.expect_error("TIMEOUT", 3 * HB_MS / 1000 + 2.0, skip=FROM_PANEL)
-    dt = trio.current_time() - t0
-    check(dt >= 3 * HB_MS / 1000 * 0.9, f"TIMEOUT after only {dt * 1000:.0f} ms (9.1: 3 x {HB_MS} ms)")
-    return f"TIMEOUT after {dt * 1000:.0f} ms"
+    """A node silent after WELCOME: the panel, busy (a batch or a probe), sends per H, then TIMEOUT 3 H on (rule 5).
+
+    A panel with events becomes busy at its first batch; one without probes I after its HELLO (rule 2) and is busy
+    from the probe. The WELCOME is older than either, so the 3 H count from there (rule 5).
+    """
+    s = await ctx.session(heartbeats=False, answer=False)
+    rx = await s.link.recv(max(0.0, s.hello_at + IDLE_S + slack(IDLE_S) - trio.current_time()))
+    check(rx is not None, f"no batch and no probe within {IDLE_S + slack(IDLE_S):.2f} s of the HELLO (9.1 rule 2)")
+    assert rx is not None
+    check(rx.kind == "msg" and rx.msg is not None, f"expected a batch or a probe, got {rx.describe()}")
+    since = rx.at - s.hello_at
+    if isinstance(rx.msg, c.EventBatch):
+        return await until_timeout(s, rx.at, "busy with a batch")
+    check(
+        isinstance(rx.msg, c.Heartbeat),
+        f"{rx.describe()} {since:.2f} s after the HELLO, before any batch or probe (9.1 rules 2, 5)",
+    )
+    check(
+        since >= IDLE_S - slack(IDLE_S),
+        f"the first HEARTBEAT (a probe) {since * 1000:.0f} ms after the HELLO, nothing outstanding "
+        f"(9.1 rule 2: when it has sent nothing else for I = {IDLE_MS} ms)",
+    )
+    return await until_timeout(s, rx.at, f"probing {since * 1000:.0f} ms after the HELLO")
+
+
+@panel_case("probe-unanswered-timeout", "9.1")
+async def probe_unanswered(ctx: PanelCtx) -> str:
+    """A probe left unanswered: the panel repeats it per H and ends with TIMEOUT 3 H after it (rules 2, 1, 5).
+
+    The battery acknowledges every batch at once until the panel, idle, probes (no sooner than I after its last
+    frame); from then on it says nothing. Not applicable to a panel that never stays idle for I.
+    """
+    s = await ctx.session(heartbeats=False, answer=False)
+    prev, last_ack = s.hello_at, -math.inf
+    end = trio.current_time() + 3.5 * IDLE_S
+    batches = 0
+    while (now := trio.current_time()) < end:
+        rx = await s.link.recv(end - now)
+        if rx is None:
+            break
+        check(rx.kind == "msg" and rx.msg is not None, f"the session ended: {rx.describe()}")
+        m = rx.msg
+        assert m is not None
+        since, prev = rx.at - prev, rx.at
+        check(since <= IDLE_S + slack(IDLE_S), silent_for(since))
+        if isinstance(m, c.EventBatch):
+            await s.link.send_msg(c.Ack(s.epoch, m.last))
+            ctx.s.acked = max(ctx.s.acked, m.last)
+            last_ack = s.link.last_sent
+            batches += 1
+        elif isinstance(m, c.Heartbeat):
+            if rx.at - last_ack < GRACE:
+                continue  # sent before our ACK reached it: busy, rule 1
+            check(
+                since >= IDLE_S - slack(IDLE_S),
+                f"a HEARTBEAT {since * 1000:.0f} ms after the panel's previous frame with nothing outstanding "
+                f"(9.1 rule 2: a quiet panel probes when it has sent nothing else for I = {IDLE_MS} ms)",
+            )
+            return await until_timeout(s, rx.at, f"probing {since * 1000:.0f} ms after its last frame, unanswered")
+        else:
+            raise Fail(f"unexpected {describe(m)} from the panel")
+    check(trio.current_time() - prev <= IDLE_S + slack(IDLE_S), silent_for(trio.current_time() - prev))
+    await ctx.bye(s)
+    raise Skip(
+        f"not applicable: the panel uploaded events all along ({batches} batches in {3.5 * IDLE_S:g} s), never "
+        f"idle for I = {IDLE_MS} ms, so it did not probe"
+    )
+
+
+@panel_case("welcome-idle-below-heartbeat", "5")
+async def welcome_idle_below(ctx: PanelCtx) -> str:
+    """A WELCOME whose idle_ms is below its heartbeat_ms (199 < 200) is FIELD_OUT_OF_RANGE."""
+    await _panel_framing(ctx, lambda h: c.frame(ctx.welcome(h, idle_ms=HB_MS - 1)), "FIELD_OUT_OF_RANGE")
+    return f"idle_ms {HB_MS - 1}, heartbeat_ms {HB_MS}: FIELD_OUT_OF_RANGE"
+
+
+@panel_case("welcome-idle-equals-heartbeat", "5")
+async def welcome_idle_equal(ctx: PanelCtx) -> str:
+    """A WELCOME whose idle_ms equals its heartbeat_ms (the bottom of its range) is accepted."""
+    s = await ctx.session(idle_ms=HB_MS)
+    await s.link.expect_quiet(0.5, allow=FROM_PANEL)
+    await ctx.bye(s)
+    return f"idle_ms = heartbeat_ms = {HB_MS}: the session goes on"
 
 
 # ---------------------------------------------------------------------------------------------- ending, framing
@@ -654,10 +903,11 @@ async def welcome_trailing(ctx: PanelCtx) -> str:
 
 @panel_case("unsupported-version", "3, 13.2")
 async def unsupported_version(ctx: PanelCtx) -> str:
-    """A WELCOME in a version-1 frame: ERROR UNSUPPORTED_VERSION in a frame carrying version 1."""
+    """A version-2 node's WELCOME (version-2 frame and layout): ERROR UNSUPPORTED_VERSION in a frame carrying
+    version 2, whose text names version 3."""
     link = await ctx.dial(any_version=True)
     h = await ctx.hello(link)
-    await link.send(c.frame(ctx.welcome(h), version=1))
+    await link.send(c.encode_frame(c.WELCOME, ctx.welcome(h).encode_v2(), version=2))
     rx = await link.recv(3.0)
     check(rx is not None, "no answer within 3 s")
     assert rx is not None
@@ -666,9 +916,10 @@ async def unsupported_version(ctx: PanelCtx) -> str:
         f"expected ERROR UNSUPPORTED_VERSION, got {rx.describe()}",
     )
     assert rx.frame is not None and isinstance(rx.msg, c.Error)
-    check(rx.frame.version == 1, f"ERROR frame carries version {rx.frame.version}, not the peer's 1 (13.2)")
+    check(rx.frame.version == 2, f"ERROR frame carries version {rx.frame.version}, not the peer's 2 (13.2)")
+    check(str(c.VERSION) in rx.msg.text, f"ERROR text {rx.msg.text!r} does not name version {c.VERSION} (13.2)")
     await link.expect_close(2.0)
-    return f"ERROR 101 in a version-1 frame: {rx.msg.text!r}"
+    return f"ERROR 101 in a version-2 frame: {rx.msg.text!r}"
 
 
 @panel_case("welcome-stale-epoch", "5, 6.2")

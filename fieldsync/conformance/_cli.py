@@ -61,7 +61,7 @@ def command(
     json_path: Path | None,
     list_only: bool,
 ) -> None:
-    """Check a node (--server) or a panel (--panel) against docs/protocol.md, version 2, and that page alone.
+    """Check a node (--server) or a panel (--panel) against docs/protocol.md, version 3, and that page alone.
 
     Prints `section | case | result | detail` and a count; exit code 0 only if no case failed, 2 if the target
     cannot be reached.

@@ -1,4 +1,4 @@
-"""An independent codec for the fieldsync wire protocol, version 2, written from docs/protocol.md alone.
+"""An independent codec for the fieldsync wire protocol, version 3, written from docs/protocol.md alone.
 
 Sections: frame and reader rules (3), message types (4), messages (5), event records and batch checks
 (7.1, 7.2), configuration operations, canonical form and digest (8.1, 8.2). It shares no code with the
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import crc32c as _crc32c
 
 MAGIC = b"\xf5\x5c"
-VERSION = 2
+VERSION = 3
 MAX_PAYLOAD = 1 << 20
 HEADER_LEN = 11
 OVERHEAD = 15
@@ -538,25 +538,31 @@ class Welcome:
     config_version: int
     config_digest: bytes
     heartbeat_ms: int
+    idle_ms: int  # version 3 (13.1): the idle interval I, heartbeat_ms..2^32-1
 
     def encode(self) -> bytes:
         return (
             _str8(self.node_id, "utf-8")
             + struct.pack(">QQQ", self.epoch, self.hwm, self.config_version)
             + self.config_digest
-            + struct.pack(">I", self.heartbeat_ms)
+            + struct.pack(">II", self.heartbeat_ms, self.idle_ms)
         )
+
+    def encode_v2(self) -> bytes:
+        """The version-2 layout (no `idle_ms`), for playing a node of another version (13.2)."""
+        return self.encode()[:-4]
 
     @classmethod
     def decode(cls, c: _Cur) -> Welcome:
         n = c.u8()
         node = c.text(n, "utf-8")
-        m = cls(node, c.u64(), c.u64(), c.u64(), c.take(32), c.u32())
+        m = cls(node, c.u64(), c.u64(), c.u64(), c.take(32), c.u32(), c.u32())
         c.end()
         _range(n <= 64, "WELCOME node_id above 64 bytes")
         _range(m.epoch >= 1, "WELCOME epoch 0")
         _range(m.hwm <= MAX_SEQ, "WELCOME hwm above 2^63-1")
         _range(m.heartbeat_ms >= 1, "WELCOME heartbeat_ms 0")
+        _range(m.idle_ms >= m.heartbeat_ms, f"WELCOME idle_ms {m.idle_ms} below heartbeat_ms {m.heartbeat_ms}")
         return m
 
 

@@ -69,6 +69,10 @@ class Link:
         self.send_failed = False
         self.last_sent = trio.current_time()
         self._hb_scope: trio.CancelScope | None = None
+        self._answer_epoch: int | None = None
+        self._answer_gap = 0.0
+        self.answered = 0
+        self.last_answer = -math.inf
         nursery.start_soon(self._read_loop)
         self._nursery = nursery
 
@@ -118,6 +122,8 @@ class Link:
                     self._tx.send_nowait(Rx("bad", now, frame=f, error=exc.text, code=exc.code))
                     return
                 self._tx.send_nowait(Rx("msg", now, msg=msg, frame=f))
+                if isinstance(msg, c.Heartbeat) and self._answer_epoch is not None:
+                    await self._answer(now)
 
     async def recv(self, within: float) -> Rx | None:
         """The next thing seen, or None after `within` s. After the end it returns the end again at once."""
@@ -169,6 +175,25 @@ class Link:
 
         self._nursery.start_soon(beat)
 
+    def answer_heartbeats(self, epoch: int, *, min_gap: float = 0.05) -> None:
+        """Play a node's rule 4 of 9.1: answer every HEARTBEAT read with one at once.
+
+        At most one answer per `min_gap` s, so that a panel answering our answers (which rule 4 forbids)
+        cannot make the battery loop with it at the speed of the link.
+        """
+        self._answer_epoch = epoch
+        self._answer_gap = min_gap
+
+    def stop_answering(self) -> None:
+        self._answer_epoch = None
+
+    async def _answer(self, now: float) -> None:
+        if self._answer_epoch is None or self.sent_closing or now - self.last_answer < self._answer_gap:
+            return
+        self.last_answer = now
+        if await self.send(c.frame(c.Heartbeat(self._answer_epoch))):
+            self.answered += 1
+
     def stop_heartbeats(self) -> None:
         if self._hb_scope is not None:
             self._hb_scope.cancel()
@@ -176,6 +201,7 @@ class Link:
 
     async def aclose(self) -> None:
         self.stop_heartbeats()
+        self.stop_answering()
         await trio.aclose_forcefully(self.stream)
 
     # ------------------------------------------------------------------------------------------ expectations

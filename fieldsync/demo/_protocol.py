@@ -48,7 +48,9 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
     )
     data = panel.send(hello, now)
     show("panel -> node", data, _pump(data, host, now))
-    welcome = p.Welcome(node_id="A", epoch=4, hwm=0, config_version=42, config_digest=digest_42, heartbeat_ms=1000)
+    welcome = p.Welcome(
+        node_id="A", epoch=4, hwm=0, config_version=42, config_digest=digest_42, heartbeat_ms=1000, idle_ms=5000
+    )
     data = host.send(welcome, now)
     show("node -> panel", data, _pump(data, panel, now))
 
@@ -108,7 +110,15 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
             now,
         )
         stale_host.send(
-            p.Welcome(node_id="B", epoch=3, hwm=events, config_version=42, config_digest=digest_42, heartbeat_ms=1000),
+            p.Welcome(
+                node_id="B",
+                epoch=3,
+                hwm=events,
+                config_version=42,
+                config_digest=digest_42,
+                heartbeat_ms=1000,
+                idle_ms=5000,
+            ),
             now,
         )
     except p.LocalProtocolError as exc:

@@ -237,6 +237,7 @@ class ClusterNode(_StandbyLoop):
                 dial=s.dial,
                 tls=s.tls,
                 heartbeat_ms=s.heartbeat_ms,
+                idle_ms=s.idle_ms,
                 ingest=s.ingest,
                 materialize_idle=s.materialize_idle,
                 max_log_age=s.max_log_age,

@@ -66,7 +66,10 @@ class NodeSettings:
     tls: TlsFiles | None = None
     #: Panels allowed in; None admits any panel with a valid site certificate.
     known_panels: frozenset[int] | None = None
+    #: H: how often a busy session's ends send (docs/protocol.md 9.1).
     heartbeat_ms: int = 1000
+    #: I: how often a quiet panel probes; a quiet session costs one HEARTBEAT each way per I.
+    idle_ms: int = 5000
     handshake_timeout: float = 5.0
     #: TLS handshakes in progress at once, accepted and dialed together. A reconnect
     #: storm then completes a few at a time instead of advancing all of them so slowly
@@ -101,6 +104,8 @@ class NodeSettings:
     drain_timeout: float = 2.0
 
     def __post_init__(self) -> None:
+        if not 1 <= self.heartbeat_ms <= self.idle_ms < 2**32:
+            raise ValueError(f"need 1 <= heartbeat_ms ({self.heartbeat_ms}) <= idle_ms ({self.idle_ms}) < 2**32")
         if self.ingest not in INGEST_MODES:
             raise ValueError(f"ingest {self.ingest!r}: one of {', '.join(INGEST_MODES)}")
         if self.ingest == "log" and is_database_url(self.db):

@@ -252,6 +252,7 @@ class _Sessions:
                     config_version=node.config.version,
                     config_digest=node.config.digest,
                     heartbeat_ms=node.settings.heartbeat_ms,
+                    idle_ms=node.settings.idle_ms,
                 )
             )
             session.welcomed = True

@@ -342,6 +342,7 @@ class InProcessCluster:
             bind_retry=5.0,
             known_panels=frozenset(site.panel_ids()),
             heartbeat_ms=site.heartbeat_ms,
+            idle_ms=site.idle_ms,
             ingest=site.ingest,
             materialize_idle=float(site.materialize_idle),
             max_log_age=float(site.max_log_age),

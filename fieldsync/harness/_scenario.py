@@ -91,6 +91,9 @@ class SiteSpec(TomlTable):
     #: The sessions' heartbeat interval (the node's WELCOME); an end that hears nothing for 3
     #: intervals gives up: how soon a panel notices a silent server.
     heartbeat_ms: StrictInt = Field(default=1000, ge=10, le=60_000)
+    #: A quiet panel's probe interval, at least ``heartbeat_ms``: a quiet panel notices a silent
+    #: server within ``idle_ms`` + 3 heartbeats, a busy one within 3 heartbeats (docs/protocol.md 9.1).
+    idle_ms: StrictInt = Field(default=5000, ge=10, le=600_000)
     groups: tuple[GroupSpec, ...] = ()
 
     @property
@@ -125,6 +128,14 @@ class SiteSpec(TomlTable):
             if taken:
                 raise refuse(f"panel {min(taken)} is already in another group", index, "panels")
         return groups
+
+    @model_validator(mode="after")
+    def _idle_at_least_heartbeat(self) -> SiteSpec:
+        if self.idle_ms < self.heartbeat_ms:
+            raise refuse(
+                f"idle_ms {self.idle_ms} is below heartbeat_ms {self.heartbeat_ms} (docs/protocol.md 9.1)", "idle_ms"
+            )
+        return self
 
 
 @toml_table

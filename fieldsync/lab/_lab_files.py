@@ -28,6 +28,7 @@ def write_site(spec: LabSpec) -> None:
         buffer="2MiB",
         batch=512,
         heartbeat_ms=spec.heartbeat_ms,
+        idle_ms=spec.idle_ms,
         mirror=spec.mirror,
         node_dbs=spec.database_urls() if spec.mirror else None,
         pg_data={h: spec.pg_dir / f"pg-{h}" for h in NODE_HOSTS} if spec.mirror else None,

@@ -64,6 +64,8 @@ class LabSpec:
     vrrp_gate: bool = True
     #: The sessions' heartbeat interval (the WELCOME's); an end gives up after 3 silent intervals.
     heartbeat_ms: int = 1000
+    #: A quiet panel's probe interval (the WELCOME's ``idle_ms``), at least ``heartbeat_ms``.
+    idle_ms: int = 5000
     #: Mirrored storage: ``sync`` or ``async``, each node host with its own PostgreSQL; None:
     #: the shared SQLite store (one filesystem under both hosts).
     mirror: str | None = None
@@ -82,6 +84,8 @@ class LabSpec:
             raise LabError(f"virtual_router_id {self.virtual_router_id}: VRRP takes 1 .. 255")
         if not 10 <= self.heartbeat_ms <= 60_000:
             raise LabError(f"--heartbeat-ms {self.heartbeat_ms}: 10 .. 60000")
+        if not self.heartbeat_ms <= self.idle_ms <= 600_000:
+            raise LabError(f"--idle-ms {self.idle_ms}: --heartbeat-ms ({self.heartbeat_ms}) .. 600000")
         if self.mode not in ("punch-out", "host-initiated", "mixed"):
             raise LabError(f"mode {self.mode!r}: punch-out, host-initiated or mixed")
         if self.mirror not in (None, "sync", "async"):

@@ -223,7 +223,9 @@ class _SiteTable(TomlTable):
     vip: StrictStr = "127.0.0.100"
     port: StrictInt = Field(default=30002, ge=1, le=65535)
     panel_port: StrictInt = Field(default=3001, ge=1, le=65535)
+    #: H and I of docs/protocol.md 9.1: a busy session's heartbeat, a quiet panel's probe.
     heartbeat_ms: StrictInt = Field(default=1000, ge=1)
+    idle_ms: StrictInt = Field(default=5000, ge=1, lt=2**32)
     #: What an ACK waits for: ``rows`` (every event's row in the store) or ``log`` (the batch
     #: in the store's batch log, its rows materialized behind it; SQLite only).
     ingest: Literal["rows", "log"] = "rows"
@@ -239,6 +241,14 @@ class _SiteTable(TomlTable):
     #: one, the primary may serve alone when its standby is gone, and a standby promotes only
     #: if the witness says it is in sync. None: the pair waits for both (strict).
     witness: Annotated[str, AfterValidator(_host_port)] | None = None
+
+    @model_validator(mode="after")
+    def _idle_at_least_heartbeat(self) -> _SiteTable:
+        if self.idle_ms < self.heartbeat_ms:
+            raise refuse(
+                f"idle_ms {self.idle_ms} is below heartbeat_ms {self.heartbeat_ms} (docs/protocol.md 9.1)", "idle_ms"
+            )
+        return self
 
     def witness_address(self) -> tuple[str, int] | None:
         if self.witness is None:
@@ -343,6 +353,7 @@ class Site(_SiteTable):
             dial=dials,
             tls=self.tls_for("node", node_id),
             heartbeat_ms=self.heartbeat_ms,
+            idle_ms=self.idle_ms,
             ingest=self.ingest,
             materialize_idle=float(self.materialize_idle),
             max_log_age=float(self.max_log_age),

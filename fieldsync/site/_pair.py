@@ -53,6 +53,7 @@ def pair_site_toml(
     doors: int | None = None,
     flash_dir: Path | str | None = None,
     heartbeat_ms: int | None = None,
+    idle_ms: int | None = None,
     mirror: str | None = None,
     node_dbs: Mapping[str, str] | None = None,
     pg_data: Mapping[str, Path | str] | None = None,
@@ -81,6 +82,7 @@ def pair_site_toml(
             "port": port,
             "panel_port": hosts.panel_port if hosts is not None else port + 1,
             "heartbeat_ms": heartbeat_ms,
+            "idle_ms": idle_ms,
             "mirror": mirror,
             "witness": witness,
             "ingest": ingest,
@@ -135,6 +137,7 @@ class PairSiteOptions(TypedDict, total=False):
     doors: int | None
     flash_dir: Path | str | None
     heartbeat_ms: int | None
+    idle_ms: int | None
     mirror: str | None
     node_dbs: Mapping[str, str] | None
     pg_data: Mapping[str, Path | str] | None

@@ -118,6 +118,9 @@ class MessageStream:
                 continue
             if isinstance(event, ConnectionClosed):
                 raise PeerClosed(f"{self.name}: peer closed the stream", clean=event.clean)
+            # A message can bring a deadline forward: a HEARTBEAT to answer at once, or
+            # a batch that makes a quiet end busy (docs/protocol.md 9.1).
+            self._deadline_moved()
             return event
 
     @contextlib.contextmanager
