@@ -86,3 +86,30 @@ def test_our_panel_passes_the_battery(site_pki: Path, tmp_path: Path) -> None:
             tmp_path, "--panel", f"127.1.0.7:{port}", "--panel-id", "7", "--pki", str(site_pki), "--node-name", "A"
         )
     assert result["passed"] >= 30
+
+
+@pytest.mark.slow
+def test_our_quiet_panel_probes_as_the_spec_says(site_pki: Path, tmp_path: Path) -> None:
+    """A panel with no events is quiet: the battery's liveness cases (9.1), which skip on a busy one."""
+    port = 31199
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'[site]\ndb = "{tmp_path / "site.db"}"\npki = "{site_pki}"\nvip = "{VIP}"\nport = {port - 1}\n'
+        f"panel_port = {port}\n"
+        '[fleet]\npanels = 1\nfirst_id = 8\nmode = "host-initiated"\nrate = 0\n'
+    )
+    liveness = ("panel-probe-quiet", "probe-unanswered-timeout", "node-heartbeat-not-answered", "node-silence-timeout")
+    with running([*CLI, "emulate", "--site", str(site)], "panel"):
+        result = battery(
+            tmp_path,
+            "--panel",
+            f"127.1.0.8:{port}",
+            "--panel-id",
+            "8",
+            "--pki",
+            str(site_pki),
+            *(arg for case in liveness for arg in ("--case", case)),
+        )
+    cases = result["cases"]
+    assert isinstance(cases, list)
+    assert sorted(c["name"] for c in cases if c["result"] == "pass") == sorted(liveness)

@@ -118,7 +118,12 @@ class ServerCtx:
         self.s.config = (w.config_version, w.config_digest)
 
     async def session(self, panel_id: int, *, heartbeats: bool = True, **hello: Any) -> tuple[Link, c.Welcome]:
-        """A session up to WELCOME (HELLO fields default to 'converged, nothing buffered')."""
+        """A session up to WELCOME (HELLO fields default to 'converged, nothing buffered').
+
+        `heartbeats`: the battery's panel sends a HEARTBEAT twice per H throughout, as a busy panel does (9.1
+        rule 1), more often than the once per I a quiet one needs (rule 2); the node answers each (rule 4).
+        The liveness cases turn it off and time the node themselves.
+        """
         if self.s.config is None and "config_version" not in hello:
             await self.probe(panel_id)
         link = await self.dial(panel_id)
@@ -437,7 +442,10 @@ async def _version(ctx: ServerCtx, version: int) -> str:
     check(
         rx.frame.version == version, f"ERROR frame carries version {rx.frame.version}, not the peer's {version} (13.2)"
     )
-    check(str(c.VERSION) in rx.msg.text, f"ERROR text {rx.msg.text!r} does not name version {c.VERSION} (13.2)")
+    check(
+        re.search(rf"\b{c.VERSION}\b", rx.msg.text) is not None,
+        f"ERROR text {rx.msg.text!r} does not name version {c.VERSION} (13.2)",
+    )
     await link.expect_close(2.0)
     return f"ERROR 101 in a version-{version} frame, {rx.msg.text!r}; " + await ctx.fresh_session_ok(pid)
 
@@ -1097,8 +1105,11 @@ async def quiet_node_no_heartbeat(ctx: ServerCtx) -> str:
 
 @server_case("peer-silence-timeout-busy", "9.1, 9.2")
 async def peer_silence_busy(ctx: ServerCtx) -> str:
-    """A push awaiting CONFIG_ACK and a silent panel: the node sends a frame once per H (rule 1), HEARTBEATs with the
-    session's epoch, and ends with TIMEOUT 3 H after it became busy (rule 5)."""
+    """Busy (a push awaiting CONFIG_ACK), the panel silent: a frame per H, then TIMEOUT 3 H after the push.
+
+    Rule 1: at least once per H from the push (HEARTBEATs with the session's epoch, 9.2); rule 5: 3 H counted
+    from the later of the HELLO and the moment the node became busy, the push.
+    """
     pid = ctx.pid(2)
     link, w, t_busy, _v, _d = await busy_session(ctx, pid)
     hb, _ = intervals(w)
@@ -1147,8 +1158,10 @@ async def peer_silence_busy(ctx: ServerCtx) -> str:
 
 @server_case("node-quiet-after-config-ack", "9.1")
 async def quiet_after_config_ack(ctx: ServerCtx) -> str:
-    """Busy while a push awaits CONFIG_ACK (a HEARTBEAT within H, rule 1); quiet after it: no HEARTBEAT of its own
-    while the panel stays quiet (rule 3)."""
+    """After the CONFIG_ACK of its push the node is quiet again: no HEARTBEAT of its own (rule 3).
+
+    Before it, busy, it sends a HEARTBEAT within H of the push (rule 1).
+    """
     pid = ctx.pid(1)
     link, w, t_busy, version, digest = await busy_session(ctx, pid)
     hb, idle = intervals(w)
@@ -1175,8 +1188,11 @@ async def quiet_after_config_ack(ctx: ServerCtx) -> str:
 
 @server_case("peer-silence-timeout-quiet", "9.1")
 async def peer_silence_quiet(ctx: ServerCtx) -> str:
-    """A quiet node (its ACK sent, nothing pushed) and a silent panel: no HEARTBEAT of its own (rule 3), no TIMEOUT
-    at 3 H, and TIMEOUT I + 3 H after the panel's last frame (rule 5)."""
+    """Quiet (its ACK sent, nothing pushed), the panel silent: no HEARTBEAT, no TIMEOUT at 3 H, TIMEOUT at I + 3 H.
+
+    Rule 3: a quiet node sends no HEARTBEAT of its own; rule 5: a quiet end times out after I + 3 H without a
+    frame (counted from the panel's last frame, its batch), not after the 3 H of a busy one.
+    """
     pid = ctx.pid(2)
     link, w = await ctx.session(pid, heartbeats=False)
     hb, idle = intervals(w)

@@ -72,7 +72,8 @@ class Link:
         self._answer_epoch: int | None = None
         self._answer_gap = 0.0
         self.answered = 0
-        self.last_answer = -math.inf
+        self.last_answer = -math.inf  # when the last HEARTBEAT answered was read
+        self.answer_sent = -math.inf  # when its answer went out
         nursery.start_soon(self._read_loop)
         self._nursery = nursery
 
@@ -121,9 +122,9 @@ class Link:
                 except c.ProtocolError as exc:
                     self._tx.send_nowait(Rx("bad", now, frame=f, error=exc.text, code=exc.code))
                     return
-                self._tx.send_nowait(Rx("msg", now, msg=msg, frame=f))
                 if isinstance(msg, c.Heartbeat) and self._answer_epoch is not None:
-                    await self._answer(now)
+                    await self._answer(now)  # before the case sees it, so that it sees `answer_sent` too
+                self._tx.send_nowait(Rx("msg", now, msg=msg, frame=f))
 
     async def recv(self, within: float) -> Rx | None:
         """The next thing seen, or None after `within` s. After the end it returns the end again at once."""
@@ -193,6 +194,7 @@ class Link:
         self.last_answer = now
         if await self.send(c.frame(c.Heartbeat(self._answer_epoch))):
             self.answered += 1
+            self.answer_sent = self.last_sent
 
     def stop_heartbeats(self) -> None:
         if self._hb_scope is not None:
