@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_replay_prints_writes_and_plots_every_figure_beside_its_bound(tmp_path: Path) -> None:
     out, png = tmp_path / "replay.json", tmp_path / "replay.png"
     command = [sys.executable, "-m", "fieldsync.cli", "bench", "replay", "--panels", "2", "--backlog", "3000"]
-    command += ["--no-tls", "--batch", "256", "--port", "31250", "--ingest", "log"]
+    # The materializer waits half a second after the last commit, so the sampler (every 0.1 s)
+    # sees the log fill even when so small a drain takes less than one sample.
+    command += ["--no-tls", "--batch", "256", "--port", "31250", "--ingest", "log", "--materialize-idle", "0.5"]
     command += ["--json", str(out), "--plot", str(png)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

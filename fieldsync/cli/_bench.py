@@ -100,18 +100,34 @@ def replay_cmd(
 @click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True, help="The measured window.")
 @click.option("--settle", type=click.FloatRange(min=0), default=3.0, show_default=True, help="After the last session.")
 @click.option("--heartbeat-ms", type=click.IntRange(10, 60_000), default=1000, show_default=True)
+@click.option(
+    "--idle-ms",
+    type=click.IntRange(10, 600_000),
+    default=5000,
+    show_default=True,
+    help="A quiet panel's probe interval.",
+)
 @click.option("--port", type=click.IntRange(1, 65_535), default=30002, show_default=True, help="The node's port.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure here.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="PNG: each end's cost beside the bound.")
 @friendly
 def idle_cmd(
-    panels: int, seconds: float, settle: float, heartbeat_ms: int, port: int, json_path: Path | None, plot: Path | None
+    panels: int,
+    seconds: float,
+    settle: float,
+    heartbeat_ms: int,
+    idle_ms: int,
+    port: int,
+    json_path: Path | None,
+    plot: Path | None,
 ) -> None:
     """Idle TLS sessions: each end's CPU per session-second, in small frames' worth (the bound:
     one frame sent and received through trio.SSLStream, measured in the same run)."""
     from ..bench import IdleOptions, idle_lines, measure_idle, plot_idle
 
-    opts = IdleOptions(panels=panels, seconds=seconds, settle=settle, heartbeat_ms=heartbeat_ms, port=port)
+    opts = IdleOptions(
+        panels=panels, seconds=seconds, settle=settle, heartbeat_ms=heartbeat_ms, idle_ms=idle_ms, port=port
+    )
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-idle-") as tmp, _progress() as progress:
         task = progress.add_task("sessions up", total=panels, rate="")
