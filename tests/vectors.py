@@ -80,7 +80,9 @@ def message_fields(message: p.Message) -> dict[str, Any]:
     return out
 
 
-def frame(type_code: int, payload: bytes, *, version: int = p.PROTOCOL_VERSION, flags: int = 0, length: int | None = None) -> bytes:
+def frame(
+    type_code: int, payload: bytes, *, version: int = p.PROTOCOL_VERSION, flags: int = 0, length: int | None = None
+) -> bytes:
     """A frame with any header values, checks computed: for invalid vectors."""
     head = struct.pack(">2sBBBI", b"\xf5\x5c", version, type_code, flags, len(payload) if length is None else length)
     head += (crc32c(head) & 0xFFFF).to_bytes(2, "big")
