@@ -195,6 +195,11 @@ class _Connection:
         return round(self._idle_interval * 1000)
 
     @property
+    def answer_due(self) -> bool:
+        """A node read a HEARTBEAT and has sent nothing since (docs/protocol.md 9.1 rule 4)."""
+        return self._answer_due
+
+    @property
     def busy(self) -> bool:
         """Whether this end is busy (docs/protocol.md 9.1): something is outstanding."""
         return self._busy_since is not None

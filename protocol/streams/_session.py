@@ -18,6 +18,7 @@ from .. import (
     ConnectionClosed,
     ConnectionStatistics,
     ErrorCode,
+    Heartbeat,
     HostConnection,
     Message,
     NeedData,
@@ -54,9 +55,8 @@ class MessageStream:
         #: Serial lines: silence this long inside a frame drops the partial frame.
         self.inter_char_timeout = inter_char_timeout
         self._send_lock = trio.Lock()
-        self._timer_changed = trio.Event()
-        #: The deadline ``run_timers`` sleeps until; only an earlier one needs to wake it.
-        self._sleeping_until = -math.inf
+        # The scope ``run_timers`` sleeps in: its deadline is the connection's next one.
+        self._timer_scope: trio.CancelScope | None = None
         self._error_sent = False
         # Set by the task that found a violation, just before it sends the ERROR and raises.
         self._ending = False
@@ -118,9 +118,12 @@ class MessageStream:
                 continue
             if isinstance(event, ConnectionClosed):
                 raise PeerClosed(f"{self.name}: peer closed the stream", clean=event.clean)
-            # A message can bring a deadline forward: a HEARTBEAT to answer at once, or
-            # a batch that makes a quiet end busy (docs/protocol.md 9.1).
-            self._deadline_moved()
+            if conn.answer_due:
+                # docs/protocol.md 9.1 rule 4, from this task: a timer wake-up per probe saved.
+                await self.send(Heartbeat(epoch=conn.session_epoch))
+            else:
+                # A message can bring a deadline forward: a batch that makes a quiet end busy.
+                self._deadline_moved()
             return event
 
     @contextlib.contextmanager
@@ -135,24 +138,25 @@ class MessageStream:
             self._deadline_moved()
 
     def _deadline_moved(self) -> None:
-        # Sending or receiving mostly moves the next deadline later (the next heartbeat,
-        # the peer's silence limit): the timer task then wakes at the old one, finds
-        # nothing due and sleeps again. Waking it on every frame cost a thousand-panel
-        # fleet a third of its CPU (benchmarks/replay.py --panels 1000).
-        deadline = self.conn.next_deadline()
-        if deadline is not None and deadline < self._sleeping_until:
-            self._timer_changed.set()
+        # Sending or receiving moves the next deadline, mostly later (the next heartbeat, the
+        # peer's silence limit), sometimes earlier (a HEARTBEAT to answer, a quiet end made
+        # busy). Moving the sleeping timer's deadline costs a heap push and never wakes it:
+        # waking it on every frame cost a thousand-panel fleet a third of its CPU
+        # (benchmarks/replay.py --panels 1000), and waking it at a deadline that had moved
+        # later cost an idle session a wake-up per probe (fieldsync bench idle).
+        scope = self._timer_scope
+        if scope is not None:
+            deadline = self.conn.next_deadline()
+            scope.deadline = math.inf if deadline is None else deadline
 
     async def run_timers(self) -> None:
         """Send heartbeats when due; raise PeerTimeout when the peer goes silent."""
         conn = self.conn
         while True:
             deadline = conn.next_deadline()
-            self._sleeping_until = math.inf if deadline is None else deadline
-            self._timer_changed = trio.Event()
-            with trio.move_on_at(self._sleeping_until):
-                await self._timer_changed.wait()
-                continue
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as self._timer_scope:
+                await trio.sleep_forever()
+            self._timer_scope = None
             async with self._send_lock:
                 if self._ending:
                     break  # another task is ending the session: nothing more goes out
