@@ -4,7 +4,7 @@ The measurement is ``fieldsync.bench`` (``fieldsync bench idle`` runs it with a 
 bar and ``--plot``): the idle window, then the bound in the same run, one small frame sent
 and received through trio.SSLStream, and each end's cost in frames per session-second.
 
-    python benchmarks/idle.py [--panels 1000] [--seconds 10] [--heartbeat-ms 1000] [--idle-ms 5000] [--json OUT]
+    python benchmarks/idle.py [--panels 1000] [--seconds 10] [--heartbeat-ms 1000] [--idle-ms 10000] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seconds", type=float, default=10.0, help="the measured window")
     parser.add_argument("--settle", type=float, default=3.0, help="pause after the last session starts")
     parser.add_argument("--heartbeat-ms", type=int, default=1000, help="the node's interval, which panels adopt")
-    parser.add_argument("--idle-ms", type=int, default=5000, help="a quiet panel's probe interval (WELCOME)")
+    parser.add_argument("--idle-ms", type=int, default=10_000, help="a quiet panel's probe interval (WELCOME)")
     parser.add_argument("--port", type=int, default=30002)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

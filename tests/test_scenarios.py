@@ -116,6 +116,11 @@ for = "3s"
         ('group = "east"', 'group = "west"', r"x\.toml:12: timeline\[0\]\.group: no panel group 'west'"),
         ('panels = "1-5"', 'panels = "1-50"', r"x\.toml:8: site\.groups\[0\]\.panels: panel 11 does not exist"),
         ("[site]", "[site]\nbufer = 1", r"x\.toml:5: site\.bufer: unknown key"),
+        (
+            "[site]",
+            "[site]\nheartbeat_ms = 500\nidle_ms = 400",
+            r"x\.toml:6: site\.idle_ms: idle_ms 400 is below heartbeat_ms 500",
+        ),
         ('at = "2s"', 'at = "2s"\ncolour = 1', r"x\.toml:11: timeline\[0\]\.colour: action 'toxic' has no key"),
         ("latency = 100", "latency = -1", r"x\.toml:14: timeline\[0\]\.attributes: .*must be a number >= 0"),
         ('at = "2s"', 'at = "20s"', r"x\.toml:10: timeline\[0\]\.at: 20s is after the scenario's duration"),

@@ -37,7 +37,7 @@ class IdleOptions:
     #: The node's intervals, which the panels adopt from its WELCOME (docs/protocol.md 9.1):
     #: idle sessions are quiet, so ``idle_ms`` sets their cost.
     heartbeat_ms: int = 1000
-    idle_ms: int = 5000
+    idle_ms: int = 10_000
     port: int = 30002
     #: Loopback pairs for the frame bound (each end one frame a second).
     bound_pairs: int = 500

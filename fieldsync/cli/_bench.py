@@ -103,7 +103,7 @@ def replay_cmd(
 @click.option(
     "--idle-ms",
     type=click.IntRange(10, 600_000),
-    default=5000,
+    default=10_000,
     show_default=True,
     help="A quiet panel's probe interval.",
 )

@@ -65,7 +65,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option(
     "--idle-ms",
     type=int,
-    default=5000,
+    default=10_000,
     show_default=True,
     help="A quiet panel's probe interval (>= --heartbeat-ms); it gives up after it and 3 heartbeats.",
 )

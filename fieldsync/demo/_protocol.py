@@ -49,7 +49,7 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
     data = panel.send(hello, now)
     show("panel -> node", data, _pump(data, host, now))
     welcome = p.Welcome(
-        node_id="A", epoch=4, hwm=0, config_version=42, config_digest=digest_42, heartbeat_ms=1000, idle_ms=5000
+        node_id="A", epoch=4, hwm=0, config_version=42, config_digest=digest_42, heartbeat_ms=1000, idle_ms=10_000
     )
     data = host.send(welcome, now)
     show("node -> panel", data, _pump(data, panel, now))
@@ -117,7 +117,7 @@ def run(echo: Callable[[str], None] = print, *, events: int = 1000, batch: int =
                 config_version=42,
                 config_digest=digest_42,
                 heartbeat_ms=1000,
-                idle_ms=5000,
+                idle_ms=10_000,
             ),
             now,
         )

@@ -29,7 +29,7 @@ class ClusterSettings:
     dial: tuple[tuple[int, str, int], ...] = ()
     tls: TlsFiles | None = None
     heartbeat_ms: int = 1000
-    idle_ms: int = 5000
+    idle_ms: int = 10_000
     #: ``NodeSettings.ingest``: ``rows`` or ``log`` (the batch log, SQLite).
     ingest: str = "rows"
     materialize_idle: float = 0.05

@@ -69,7 +69,7 @@ class NodeSettings:
     #: H: how often a busy session's ends send (docs/protocol.md 9.1).
     heartbeat_ms: int = 1000
     #: I: how often a quiet panel probes; a quiet session costs one HEARTBEAT each way per I.
-    idle_ms: int = 5000
+    idle_ms: int = 10_000
     handshake_timeout: float = 5.0
     #: TLS handshakes in progress at once, accepted and dialed together. A reconnect
     #: storm then completes a few at a time instead of advancing all of them so slowly

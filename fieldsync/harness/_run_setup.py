@@ -152,7 +152,7 @@ class RunSetup:
             name=self.scenario.name,
             heartbeat_proxies=not self.in_process and self.hosts is None,  # the group "nodes"
             heartbeat_ms=s.heartbeat_ms if s.heartbeat_ms != 1000 else None,
-            idle_ms=s.idle_ms if s.idle_ms != 5000 else None,
+            idle_ms=s.idle_ms if s.idle_ms != 10_000 else None,
             mirror=self.scenario.cluster.mirror,
             node_dbs={n: server.url() for n, server in mirrored.servers.items()} if mirrored else None,
             pg_data={n: server.datadir for n, server in mirrored.servers.items()} if mirrored else None,

@@ -93,7 +93,7 @@ class SiteSpec(TomlTable):
     heartbeat_ms: StrictInt = Field(default=1000, ge=10, le=60_000)
     #: A quiet panel's probe interval, at least ``heartbeat_ms``: a quiet panel notices a silent
     #: server within ``idle_ms`` + 3 heartbeats, a busy one within 3 heartbeats (docs/protocol.md 9.1).
-    idle_ms: StrictInt = Field(default=5000, ge=10, le=600_000)
+    idle_ms: StrictInt = Field(default=10_000, ge=10, le=600_000)
     groups: tuple[GroupSpec, ...] = ()
 
     @property

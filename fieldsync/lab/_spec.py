@@ -65,7 +65,7 @@ class LabSpec:
     #: The sessions' heartbeat interval (the WELCOME's); an end gives up after 3 silent intervals.
     heartbeat_ms: int = 1000
     #: A quiet panel's probe interval (the WELCOME's ``idle_ms``), at least ``heartbeat_ms``.
-    idle_ms: int = 5000
+    idle_ms: int = 10_000
     #: Mirrored storage: ``sync`` or ``async``, each node host with its own PostgreSQL; None:
     #: the shared SQLite store (one filesystem under both hosts).
     mirror: str | None = None

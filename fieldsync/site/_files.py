@@ -225,7 +225,7 @@ class _SiteTable(TomlTable):
     panel_port: StrictInt = Field(default=3001, ge=1, le=65535)
     #: H and I of docs/protocol.md 9.1: a busy session's heartbeat, a quiet panel's probe.
     heartbeat_ms: StrictInt = Field(default=1000, ge=1)
-    idle_ms: StrictInt = Field(default=5000, ge=1, lt=2**32)
+    idle_ms: StrictInt = Field(default=10_000, ge=1, lt=2**32)
     #: What an ACK waits for: ``rows`` (every event's row in the store) or ``log`` (the batch
     #: in the store's batch log, its rows materialized behind it; SQLite only).
     ingest: Literal["rows", "log"] = "rows"
