@@ -71,15 +71,18 @@ def test_a_bound_that_cannot_be_measured_is_missing_not_a_ratio(tmp_path: Path) 
 def test_bench_idle_gives_each_ends_cost_in_frames_of_the_bound_taken_in_the_same_run(tmp_path: Path) -> None:
     out, png = tmp_path / "idle.json", tmp_path / "idle.png"
     command = [sys.executable, "-m", "fieldsync.cli", "bench", "idle", "--panels", "20", "--seconds", "2"]
-    command += ["--settle", "0.5", "--port", "31260", "--json", str(out), "--plot", str(png)]
+    # Probes every 0.2 s, so the window holds ten per session (at the default 10 s, none).
+    command += ["--settle", "0.5", "--heartbeat-ms", "100", "--idle-ms", "200", "--port", "31260"]
+    command += ["--json", str(out), "--plot", str(png)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "frame bound" in done.stdout and "frames (goal <= 0.25)" in done.stdout, done.stdout
     result = json.loads(out.read_text())
     assert result["panels"] == 20 and result["window_s"] >= 2 and result["frame_bound_us"] > 0
+    assert (result["heartbeat_ms"], result["idle_ms"]) == (100, 200)
     for end in ("node", "fleet"):
         per_session = result[f"{end}_us_per_session_s"]
-        assert per_session > 0  # heartbeats cost something: 0 would mean nothing was measured
+        assert per_session > 0  # probes cost something: 0 would mean nothing was measured
         assert result[f"{end}_frames_per_session_s"] == pytest.approx(per_session / result["frame_bound_us"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
