@@ -1,7 +1,8 @@
 """Idle sessions: what a connected panel with nothing to send costs each end, per second.
 
-The node runs as its own process (``fieldsync serve``), the panels in this one, with TLS.
-Once every panel has its session and a settling pause has passed, the CPU of both
+The node runs as its own process (``fieldsync serve``), the panels in this one, with TLS,
+started ``ramp`` per second (panels coming back one by one, not a storm). Once every panel
+has its session and a settling pause has passed, the CPU of both
 processes is read over a window in which nothing happens but liveness (and the node's
 once-a-second status write). The bound, measured in the same run: the CPU of one small
 frame sent and received through ``trio.SSLStream`` (``_frames``), so an idle session's
@@ -41,6 +42,12 @@ class IdleOptions:
     port: int = 30002
     #: Loopback pairs for the frame bound (each end one frame a second).
     bound_pairs: int = 500
+    #: Panels started per second. All at once, 10,000 TLS set-ups in one fleet process time
+    #: out faster than they complete (measured: 71 sessions up after 3 minutes).
+    ramp: float = 500.0
+    #: Each panel's event buffer: an idle panel buffers nothing, and 1 MiB each is 10 GiB
+    #: for 10,000 panels.
+    buffer_bytes: int = 64 * 1024
 
 
 async def measure_idle(
@@ -52,7 +59,11 @@ async def measure_idle(
     pki.issue(pki_dir, "node", "A")
     settings = [
         PanelSettings(
-            panel_id=pid, mode=LinkMode.PUNCH_OUT, server=(VIP, opts.port), tls=pki.issue(pki_dir, "panel", pid)
+            panel_id=pid,
+            mode=LinkMode.PUNCH_OUT,
+            server=(VIP, opts.port),
+            tls=pki.issue(pki_dir, "panel", pid),
+            buffer_bytes=opts.buffer_bytes,
         )
         for pid in range(1, opts.panels + 1)
     ]
@@ -61,8 +72,13 @@ async def measure_idle(
     command += ["--listen", f"{VIP}:{opts.port}", "--pki", str(pki_dir), "--heartbeat-ms", str(opts.heartbeat_ms)]
     command += ["--idle-ms", str(opts.idle_ms)]
     async with node_process(command, workdir / "node.log") as node, trio.open_nursery() as nursery:
-        await nursery.start(fleet.run)
-        with trio.fail_after(120):
+        ramp_start = trio.current_time()
+        for index, panel in enumerate(fleet.panels.values()):
+            await trio.sleep_until(ramp_start + index / opts.ramp)
+            await nursery.start(panel.run)
+            if index % 100 == 0:
+                on_connected(sum(p.is_connected for p in fleet.panels.values()))
+        with trio.fail_after(120 + opts.panels / opts.ramp):
             while (connected := sum(p.is_connected for p in fleet.panels.values())) < opts.panels:
                 on_connected(connected)
                 await trio.sleep(0.1)
@@ -87,6 +103,8 @@ async def measure_idle(
         "panels": opts.panels,
         "heartbeat_ms": opts.heartbeat_ms,
         "idle_ms": opts.idle_ms,
+        "ramp_panels_per_s": opts.ramp,
+        "buffer_bytes": opts.buffer_bytes,
         "window_s": elapsed,
         "node_cpu_s": node_cpu,
         "node_loop_cpu_s": loop_cpu,

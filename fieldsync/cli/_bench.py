@@ -107,6 +107,9 @@ def replay_cmd(
     show_default=True,
     help="A quiet panel's probe interval.",
 )
+@click.option(
+    "--ramp", type=click.FloatRange(min=1), default=500.0, show_default=True, help="Panels started per second."
+)
 @click.option("--port", type=click.IntRange(1, 65_535), default=30002, show_default=True, help="The node's port.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure here.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="PNG: each end's cost beside the bound.")
@@ -117,6 +120,7 @@ def idle_cmd(
     settle: float,
     heartbeat_ms: int,
     idle_ms: int,
+    ramp: float,
     port: int,
     json_path: Path | None,
     plot: Path | None,
@@ -126,7 +130,7 @@ def idle_cmd(
     from ..bench import IdleOptions, idle_lines, measure_idle, plot_idle
 
     opts = IdleOptions(
-        panels=panels, seconds=seconds, settle=settle, heartbeat_ms=heartbeat_ms, idle_ms=idle_ms, port=port
+        panels=panels, seconds=seconds, settle=settle, heartbeat_ms=heartbeat_ms, idle_ms=idle_ms, ramp=ramp, port=port
     )
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-idle-") as tmp, _progress() as progress:
