@@ -80,6 +80,7 @@ def test_bench_idle_gives_each_ends_cost_in_frames_of_the_bound_taken_in_the_sam
     result = json.loads(out.read_text())
     assert result["panels"] == 20 and result["window_s"] >= 2 and result["frame_bound_us"] > 0
     assert (result["heartbeat_ms"], result["idle_ms"]) == (100, 200)
+    assert result["connected_at_end"] == 20 and result["sessions_set_up_in_window"] == 0
     for end in ("node", "fleet"):
         per_session = result[f"{end}_us_per_session_s"]
         assert per_session > 0  # probes cost something: 0 would mean nothing was measured

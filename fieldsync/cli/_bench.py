@@ -108,7 +108,7 @@ def replay_cmd(
     help="A quiet panel's probe interval.",
 )
 @click.option(
-    "--ramp", type=click.FloatRange(min=1), default=500.0, show_default=True, help="Panels started per second."
+    "--ramp", type=click.FloatRange(min=1), default=100.0, show_default=True, help="Panels started per second."
 )
 @click.option("--port", type=click.IntRange(1, 65_535), default=30002, show_default=True, help="The node's port.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure here.")
