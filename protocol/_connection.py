@@ -140,6 +140,8 @@ class _Connection:
         self._misses = heartbeat_misses
         # When this end became busy (docs/protocol.md 9.1), None while it is quiet.
         self._busy_since: float | None = None
+        # A batch went out (panel) or came in (node) that no ACK has covered yet.
+        self._ack_owed = False
         # Panel: a HEARTBEAT went out and no frame has come since (a probe).
         self._probe_out = False
         # Node: a HEARTBEAT came in and nothing has gone out since (rule 4: answer it).
@@ -193,11 +195,6 @@ class _Connection:
     def idle_ms(self) -> int:
         """The idle interval in force: a quiet panel's probe interval (from WELCOME)."""
         return round(self._idle_interval * 1000)
-
-    @property
-    def answer_due(self) -> bool:
-        """A node read a HEARTBEAT and has sent nothing since (docs/protocol.md 9.1 rule 4)."""
-        return self._answer_due
 
     @property
     def busy(self) -> bool:
@@ -404,8 +401,13 @@ class _Connection:
     # -- liveness (docs/protocol.md 9.1) ---------------------------------------------
 
     def _is_busy(self) -> bool:
-        """A seq received or sent is unacknowledged, or a config push awaits its CONFIG_ACK."""
-        return self.sent_seq > self.acked_seq or bool(self._pushes) or self._snapshot is not None
+        """A batch sent or received awaits its ACK (duplicates too), or a push its CONFIG_ACK."""
+        return self._ack_owed or bool(self._pushes) or self._snapshot is not None
+
+    def _acked(self, up_to_seq: int) -> None:
+        self.acked_seq = up_to_seq
+        if up_to_seq >= (self._prev_last or 0):  # every batch so far is covered (7.4)
+            self._ack_owed = False
 
     def _update_busy(self, now: float) -> None:
         if self._state is not State.STREAMING or not self._is_busy():
@@ -485,6 +487,7 @@ class _Connection:
             )
         self._prev_last = batch.last_seq
         self._next_seq = max(self._next_seq, batch.last_seq + 1)
+        self._ack_owed = True
 
     def _start_session(self, epoch: int, hwm: int) -> None:
         self.session_epoch = epoch
@@ -634,7 +637,7 @@ class PanelConnection(_Connection):
                 raise RemoteProtocolError(
                     ErrorCode.BAD_ACK, f"ACK up to {message.up_to_seq} but only seq {self.sent_seq} was sent"
                 )
-            self.acked_seq = message.up_to_seq
+            self._acked(message.up_to_seq)
         elif isinstance(message, ConfigDelta | ConfigSnapshot):
             self._check_node_epoch(message.epoch, type(message).__name__)
             self._check_config(message, RemoteProtocolError)
@@ -684,7 +687,7 @@ class HostConnection(_Connection):
                     ErrorCode.BAD_ACK,
                     f"ACK up to {message.up_to_seq}: acked so far {self.acked_seq}, received up to {self.sent_seq}",
                 )
-            self.acked_seq = message.up_to_seq
+            self._acked(message.up_to_seq)
         elif isinstance(message, ConfigDelta | ConfigSnapshot):
             self._check_own_epoch(message.epoch)
             self._check_config(message, LocalProtocolError)

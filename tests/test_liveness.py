@@ -11,6 +11,8 @@ same checks.
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
 import protocol as p
 
@@ -20,7 +22,10 @@ HB, IDLE = 0.5, 2.5  # heartbeat_ms 500, idle_ms 2500
 
 
 def _pair(
-    panel: type[p.PanelConnection] = p.PanelConnection, host: type[p.HostConnection] = p.HostConnection
+    panel: type[p.PanelConnection] = p.PanelConnection,
+    host: type[p.HostConnection] = p.HostConnection,
+    *,
+    hwm: int = 0,
 ) -> ConnectionPair:
     pair = ConnectionPair()
     pair.panel = panel(now=0.0)
@@ -31,8 +36,8 @@ def _pair(
             panel_id=3,
             boot_id=1,
             firmware="e",
-            oldest_seq=0,
-            newest_seq=0,
+            oldest_seq=1 if hwm else 0,
+            newest_seq=hwm,
             config_version=0,
             max_epoch=0,
         )
@@ -42,7 +47,7 @@ def _pair(
             config_digest=p.EMPTY_DIGEST,
             node_id="A",
             epoch=1,
-            hwm=0,
+            hwm=hwm,
             config_version=0,
             heartbeat_ms=int(HB * 1000),
             idle_ms=int(IDLE * 1000),
@@ -88,15 +93,31 @@ def test_a_node_waking_from_quiet_neither_floods_nor_gives_up_at_once() -> None:
     pair = _pair()
     pair.advance_to(4.0)  # the node last sent at 2.5 (an answer), last heard at 2.5
     pair.now = 4.0
-    pair.panel_sends(_batch(1))  # the node owes an ACK from 4.0
-    assert pair.host.next_deadline() == pytest.approx(4.0 + HB)  # one HB after becoming busy, not at once
-    pair.panel.send(p.Heartbeat(epoch=1), 4.0)  # (the panel's frames stop reaching the node)
-    # Silence counts from 4.0, when it started waiting, not from the last frame at 4.0 - IDLE.
+    pair.host_sends(p.ConfigDelta(digest=p.EMPTY_DIGEST, epoch=1, from_version=0, to_version=1, ops=()))
+    # It waits for the CONFIG_ACK from 4.0: its next beat one HB after that, not at once ...
+    assert pair.host.busy and pair.host.next_deadline() == pytest.approx(4.0 + HB)
+    # ... and the panel's silence counts from 4.0, not from its last frame at 2.5 (whose
+    # 3 x HB would have run out at 4.0).
     with pytest.raises(p.PeerTimeout, match="while this end waited"):
         while (deadline := pair.host.next_deadline()) is not None:
             pair.now = deadline
-            pair.host.handle_timer(deadline)
+            pair.host.handle_timer(deadline)  # (the panel's CONFIG_ACK never comes)
     assert pair.now == pytest.approx(4.0 + 3 * HB)
+
+
+def test_a_batch_of_duplicates_keeps_both_ends_busy_until_its_ack() -> None:
+    pair = _pair(hwm=3)
+    assert not pair.panel.busy and not pair.host.busy
+    pair.now = 1.0
+    # A panel resending from its oldest event (7.3): every seq is stored already, and still
+    # an ACK is owed (7.4), so a node whose reads pause keeps beating per HB.
+    pair.panel_sends(_batch(1, 3))
+    assert pair.panel.busy and pair.host.busy
+    pair.host.pause_reading()
+    assert pair.host.next_deadline() == pytest.approx(1.0 + HB)
+    pair.host.resume_reading(1.2)
+    pair.host_sends(p.Ack(epoch=1, up_to_seq=3))  # the ACK at the hwm covers it
+    assert not pair.panel.busy and not pair.host.busy
 
 
 def test_a_dead_node_is_found_within_the_idle_interval_and_three_heartbeats() -> None:
@@ -170,3 +191,40 @@ def test_a_welcome_with_idle_below_heartbeat_is_refused() -> None:
         p.Welcome(
             config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=0, heartbeat_ms=500, idle_ms=499
         )
+
+
+async def test_a_node_stream_answers_each_probe_at_once_and_sends_nothing_else(autojump_clock: object) -> None:
+    """The same rules through the trio driver (``MessageStream.run_timers``), in virtual time."""
+    from protocol.streams import MessageStream
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    node = MessageStream(ours, p.HostConnection(now=trio.current_time()), name="node")
+    panel = MessageStream(theirs, p.PanelConnection(now=trio.current_time()), name="panel")
+    seen: list[tuple[float, str, p.Message]] = []
+
+    async def read(ms: MessageStream, who: str) -> None:
+        while True:
+            message = await ms.receive()
+            seen.append((trio.current_time(), who, message))
+
+    pair = _pair()  # the same HELLO and WELCOME, through the streams this time
+    hello, welcome = (m for _, _, m in pair.log)
+    start = trio.current_time()
+    await panel.send(hello)
+    assert await node.receive() == hello
+    await node.send(welcome)
+    assert await panel.receive() == welcome
+    assert trio.current_time() == start
+    async with trio.open_nursery() as nursery:
+        for ms, who in ((node, "panel->node"), (panel, "node->panel")):
+            nursery.start_soon(ms.run_timers)
+            nursery.start_soon(read, ms, who)
+        await trio.sleep(3 * IDLE + 0.1)
+        nursery.cancel_scope.cancel()
+    times = {
+        who: [round(t - start, 6) for t, w, m in seen if w == who and isinstance(m, p.Heartbeat)]
+        for who in ("panel->node", "node->panel")
+    }
+    assert times["panel->node"] == pytest.approx([IDLE, 2 * IDLE, 3 * IDLE])
+    assert times["node->panel"] == times["panel->node"]  # answered at once, in virtual time
+    assert len(seen) == 6  # and nothing else either way

@@ -119,7 +119,7 @@ for = "3s"
         (
             "[site]",
             "[site]\nheartbeat_ms = 500\nidle_ms = 400",
-            r"x\.toml:6: site\.idle_ms: idle_ms 400 is below heartbeat_ms 500",
+            r"x\.toml:6: site\.idle_ms: idle_ms 400 \(10000 unless set\) is below heartbeat_ms 500",
         ),
         ('at = "2s"', 'at = "2s"\ncolour = 1', r"x\.toml:11: timeline\[0\]\.colour: action 'toxic' has no key"),
         ("latency = 100", "latency = -1", r"x\.toml:14: timeline\[0\]\.attributes: .*must be a number >= 0"),

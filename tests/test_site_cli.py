@@ -37,7 +37,9 @@ def test_unknown_keys_and_bad_values_name_the_file_line_and_key(tmp_path: Path) 
         load_site(site)
     assert (caught.value.line, caught.value.key) == (2, "fleet.mode")
     site.write_text("[site]\nheartbeat_ms = 2000\nidle_ms = 1500\n")
-    with pytest.raises(SiteError, match=r"site\.toml:3: site\.idle_ms: idle_ms 1500 is below heartbeat_ms 2000"):
+    with pytest.raises(
+        SiteError, match=r"site\.toml:3: site\.idle_ms: idle_ms 1500 \(10000 unless set\) is below heartbeat_ms 2000"
+    ):
         load_site(site)
     site.write_text("[site\n")
     with pytest.raises(SiteError, match="not valid TOML"):

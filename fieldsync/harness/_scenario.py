@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from storage import OverflowPolicy
 
-from ..site import Size, TomlDocument, TomlFileError, TomlTable, refuse, toml_table
+from ..site import Size, TomlDocument, TomlFileError, TomlTable, check_intervals, refuse, toml_table
 from ._steps import ACTIONS, NODES_GROUP, REPLICATION_GROUP, Step, Time, parse_panels, parse_time
 
 __all__ = [
@@ -131,10 +131,7 @@ class SiteSpec(TomlTable):
 
     @model_validator(mode="after")
     def _idle_at_least_heartbeat(self) -> SiteSpec:
-        if self.idle_ms < self.heartbeat_ms:
-            raise refuse(
-                f"idle_ms {self.idle_ms} is below heartbeat_ms {self.heartbeat_ms} (docs/protocol.md 9.1)", "idle_ms"
-            )
+        check_intervals(self.heartbeat_ms, self.idle_ms)
         return self
 
 

@@ -10,6 +10,7 @@ from ._files import PanelSpec as PanelSpec
 from ._files import Site as Site
 from ._files import SiteError as SiteError
 from ._files import Size as Size
+from ._files import check_intervals as check_intervals
 from ._files import heartbeat_port as heartbeat_port
 from ._files import load_site as load_site
 from ._files import parse_address as parse_address
@@ -30,6 +31,7 @@ from ._toml import refuse as refuse
 from ._toml import toml_table as toml_table
 
 __all__ = [
+    "check_intervals",
     "FleetSpec",
     "KeyPath",
     "NodeSpec",

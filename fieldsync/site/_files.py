@@ -244,10 +244,7 @@ class _SiteTable(TomlTable):
 
     @model_validator(mode="after")
     def _idle_at_least_heartbeat(self) -> _SiteTable:
-        if self.idle_ms < self.heartbeat_ms:
-            raise refuse(
-                f"idle_ms {self.idle_ms} is below heartbeat_ms {self.heartbeat_ms} (docs/protocol.md 9.1)", "idle_ms"
-            )
+        check_intervals(self.heartbeat_ms, self.idle_ms)
         return self
 
     def witness_address(self) -> tuple[str, int] | None:
@@ -255,6 +252,16 @@ class _SiteTable(TomlTable):
             return None
         host, _, port = self.witness.rpartition(":")
         return host, int(port)
+
+
+def check_intervals(heartbeat_ms: int, idle_ms: int) -> None:
+    """A file's ``idle_ms`` is at least its ``heartbeat_ms`` (docs/protocol.md 9.1), or refused at ``idle_ms``."""
+    if idle_ms < heartbeat_ms:
+        raise refuse(
+            f"idle_ms {idle_ms} (10000 unless set) is below heartbeat_ms {heartbeat_ms}: a quiet panel's probe "
+            "interval is at least the heartbeat interval (docs/protocol.md 9.1)",
+            "idle_ms",
+        )
 
 
 @toml_table

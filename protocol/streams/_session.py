@@ -18,7 +18,6 @@ from .. import (
     ConnectionClosed,
     ConnectionStatistics,
     ErrorCode,
-    Heartbeat,
     HostConnection,
     Message,
     NeedData,
@@ -114,16 +113,14 @@ class MessageStream:
                             conn.drop_partial_frame()
                             continue
                 conn.receive_data(data, trio.current_time())
-                self._deadline_moved()
                 continue
             if isinstance(event, ConnectionClosed):
                 raise PeerClosed(f"{self.name}: peer closed the stream", clean=event.clean)
-            if conn.answer_due:
-                # docs/protocol.md 9.1 rule 4, from this task: a timer wake-up per probe saved.
-                await self.send(Heartbeat(epoch=conn.session_epoch))
-            else:
-                # A message can bring a deadline forward: a batch that makes a quiet end busy.
-                self._deadline_moved()
+            # A message can bring a deadline forward: a HEARTBEAT to answer at once (the
+            # timer task answers it, under the send lock and outside the read scope a planned
+            # stop cancels, so an answer is never cut off mid-record), or a batch that makes a
+            # quiet end busy (docs/protocol.md 9.1).
+            self._deadline_moved()
             return event
 
     @contextlib.contextmanager
