@@ -49,6 +49,7 @@ class Fleet:
         seed: int = 0,
         wall_clock: Callable[[], int] | None = None,
         journal: bool = False,
+        start_rate: float | None = None,
     ) -> None:
         self.panels = {
             s.panel_id: Panel(s, seed=seed, journal=journal)
@@ -61,6 +62,9 @@ class Fleet:
         #: (a ``BusSwiper``: through the panel's OSDP readers).
         self.swipers: dict[int, _Swiper] = {}
         self.seed = seed
+        #: Panels started per second by ``run`` (None: all at once). One process sets up only
+        #: so many TLS sessions a second; past that, a start-up storm times them all out.
+        self.start_rate = start_rate
         self.workload_done = trio.Event()
         self._work_scope: trio.CancelScope | None = None
 
@@ -73,7 +77,10 @@ class Fleet:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as links:
-            for panel in self.panels.values():
+            begun = trio.current_time()
+            for index, panel in enumerate(self.panels.values()):
+                if self.start_rate is not None:
+                    await trio.sleep_until(begun + index / self.start_rate)
                 await links.start(panel.run)
             task_status.started()
             if self.workload is not None:

@@ -76,15 +76,21 @@ def test_our_node_passes_the_battery(site_pki: Path, tmp_path: Path) -> None:
     assert result["passed"] >= 60, f"too few cases ran: {result['passed']} passed, skipped {skipped}"
 
 
-@pytest.mark.slow
-def test_our_panel_passes_the_battery(site_pki: Path, tmp_path: Path) -> None:
-    port = 31197
+def panel_site(site_pki: Path, tmp_path: Path, *, port: int, panel_id: int, rate: float) -> Path:
+    """The site file of one host-initiated panel listening on ``port``, swiping ``rate`` a second."""
     site = tmp_path / "site.toml"
     site.write_text(
         f'[site]\ndb = "{tmp_path / "site.db"}"\npki = "{site_pki}"\nvip = "{VIP}"\nport = {port - 1}\n'
         f"panel_port = {port}\n"
-        '[fleet]\npanels = 1\nfirst_id = 7\nmode = "host-initiated"\nrate = 20\n'
+        f'[fleet]\npanels = 1\nfirst_id = {panel_id}\nmode = "host-initiated"\nrate = {rate}\n'
     )
+    return site
+
+
+@pytest.mark.slow
+def test_our_panel_passes_the_battery(site_pki: Path, tmp_path: Path) -> None:
+    port = 31197
+    site = panel_site(site_pki, tmp_path, port=port, panel_id=7, rate=20)
     with running([*CLI, "emulate", "--site", str(site)], "panel"):
         result = battery(
             tmp_path, "--panel", f"127.1.0.7:{port}", "--panel-id", "7", "--pki", str(site_pki), "--node-name", "A"
@@ -96,12 +102,7 @@ def test_our_panel_passes_the_battery(site_pki: Path, tmp_path: Path) -> None:
 def test_our_quiet_panel_probes_as_the_spec_says(site_pki: Path, tmp_path: Path) -> None:
     """A panel with no events is quiet: the battery's liveness cases (9.1), which skip on a busy one."""
     port = 31199
-    site = tmp_path / "site.toml"
-    site.write_text(
-        f'[site]\ndb = "{tmp_path / "site.db"}"\npki = "{site_pki}"\nvip = "{VIP}"\nport = {port - 1}\n'
-        f"panel_port = {port}\n"
-        '[fleet]\npanels = 1\nfirst_id = 8\nmode = "host-initiated"\nrate = 0\n'
-    )
+    site = panel_site(site_pki, tmp_path, port=port, panel_id=8, rate=0)
     liveness = ("panel-probe-quiet", "probe-unanswered-timeout", "node-heartbeat-not-answered", "node-silence-timeout")
     with running([*CLI, "emulate", "--site", str(site)], "panel"):
         result = battery(

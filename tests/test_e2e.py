@@ -454,3 +454,16 @@ def test_power_cycles_ram_and_flash(site_pki: Path, tmp_path: Path) -> None:
         store.close()
 
     trio.run(main, clock=clock())
+
+
+def test_a_fleet_with_a_start_rate_starts_its_panels_that_many_a_second(site_pki: Path) -> None:
+    async def main() -> None:
+        settings = [panel_settings(site_pki, i, LinkMode.PUNCH_OUT, 31289) for i in range(31, 35)]
+        fleet = Fleet(settings, seed=1, start_rate=2.0)  # nobody listens: each panel just keeps dialing
+        async with trio.open_nursery() as nursery:
+            begin = trio.current_time()
+            await nursery.start(fleet.run)  # started once the last of the four has begun
+            assert trio.current_time() - begin == pytest.approx(1.5, abs=0.05)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock())

@@ -68,17 +68,12 @@ async def measure_idle(
         )
         for pid in range(1, opts.panels + 1)
     ]
-    fleet = Fleet(settings, seed=1)
+    fleet = Fleet(settings, seed=1, start_rate=opts.ramp)
     command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(workdir / "site.db")]
     command += ["--listen", f"{VIP}:{opts.port}", "--pki", str(pki_dir), "--heartbeat-ms", str(opts.heartbeat_ms)]
     command += ["--idle-ms", str(opts.idle_ms)]
     async with node_process(command, workdir / "node.log") as node, trio.open_nursery() as nursery:
-        ramp_start = trio.current_time()
-        for index, panel in enumerate(fleet.panels.values()):
-            await trio.sleep_until(ramp_start + index / opts.ramp)
-            await nursery.start(panel.run)
-            if index % 100 == 0:
-                on_connected(sum(p.is_connected for p in fleet.panels.values()))
+        nursery.start_soon(fleet.run)  # the ramp runs while the loop below shows progress
         with trio.fail_after(120 + opts.panels / opts.ramp):
             while (connected := sum(p.is_connected for p in fleet.panels.values())) < opts.panels:
                 on_connected(connected)
