@@ -9,7 +9,8 @@ The semantics are the same on both and the store tests run on both: ``ingest``
 commits every batch of a call in one transaction with the epoch checked inside it,
 dedupes by (panel, seq) against the panel's high-water mark, records a declared gap
 as a loss, and returns only once the commit is durable (on PostgreSQL with a
-synchronous standby: on both nodes). Every failure is a ``StoreError`` naming the
+synchronous standby: on both nodes); ``append`` does the same into the batch log,
+which ``materialize`` moves into ``events`` behind the ACK. Every failure is a ``StoreError`` naming the
 file or database and the cause, and nothing of a failed call is acknowledged.
 
 The private seams the harness's deliberately broken builds override
@@ -27,7 +28,7 @@ from protocol import ConfigOp
 from ._cluster import Lease, NodeBeat
 from ._config_model import ConfigState
 from ._config_store import ConfigChange, NeedSnapshot
-from ._records import IngestBatch, IngestResult, Loss, StoredEvent
+from ._records import IngestBatch, IngestResult, LogBacklog, Loss, StoredEvent
 
 __all__ = ["ConfigStoreInterface", "EventStoreInterface", "LeaseStoreInterface"]
 
@@ -49,6 +50,22 @@ class EventStoreInterface(Protocol):
 
     def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
         """Store batches of many panels in one transaction (see ``EventStore.ingest``)."""
+        ...
+
+    def append(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+        """``ingest``, each batch's new records one row of the batch log (``EventStore.append``)."""
+        ...
+
+    def log_backlog(self) -> LogBacklog:
+        """What is acknowledged but not yet in ``events``."""
+        ...
+
+    def materialize(self, max_events: int = 16_384) -> LogBacklog:
+        """Move the oldest logged batches into ``events``, in one transaction."""
+        ...
+
+    def materialize_all(self) -> LogBacklog:
+        """Materialize until the log is empty."""
         ...
 
     def write_status(

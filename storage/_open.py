@@ -39,6 +39,7 @@ def open_event_store(
     busy_timeout: float = 5.0,
     commit_timeout: float = 10.0,
     synchronous_commit: str = "on",
+    durable: bool = True,
 ) -> EventStoreInterface:
     """The event store at ``target``.
 
@@ -47,6 +48,7 @@ def open_event_store(
         commit_timeout: PostgreSQL: seconds a commit may wait for the synchronous
             standby before ``StoreNotReplicated``.
         synchronous_commit: PostgreSQL: ``on`` or ``remote_apply``.
+        durable: False for a connection that only materializes the batch log.
     """
     if is_database_url(target):
         from ._pg_store import PgEventStore
@@ -56,8 +58,9 @@ def open_event_store(
             busy_timeout=busy_timeout,
             commit_timeout=commit_timeout,
             synchronous_commit=synchronous_commit,
+            durable=durable,
         )
-    return EventStore(target, busy_timeout=busy_timeout)
+    return EventStore(target, busy_timeout=busy_timeout, durable=durable)
 
 
 def open_config_store(

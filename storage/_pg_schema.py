@@ -106,7 +106,27 @@ def _m001(conn: psycopg.Connection[Any]) -> None:
     conn.execute("INSERT INTO config_meta (id, version, log_from, digest) VALUES (1, 0, 1, %s)", (EMPTY_DIGEST,))
 
 
-_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001,)
+def _m002(conn: psycopg.Connection[Any]) -> None:
+    # The log-structured ingest (``PgEventStore.append``): one row per acknowledged batch,
+    # its packed records as they came, materialized into ``events`` behind the ACK and
+    # deleted in the same transaction. EXTERNAL: a batch's records (32 KiB and more) are
+    # stored out of line uncompressed, as they are written once and read once.
+    conn.execute(
+        """
+        CREATE TABLE batch_log (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            panel_id BIGINT NOT NULL,
+            received_us BIGINT NOT NULL,
+            epoch BIGINT NOT NULL,
+            events INTEGER NOT NULL,
+            records BYTEA NOT NULL
+        );
+        ALTER TABLE batch_log ALTER COLUMN records SET STORAGE EXTERNAL;
+        """
+    )
+
+
+_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001, _m002)
 PG_SCHEMA_VERSION = len(_MIGRATIONS)
 
 

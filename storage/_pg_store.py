@@ -18,6 +18,16 @@ batch is cut at the panel's high-water mark, read in the same transaction after 
 fence (measured: COPY into a temporary table then ``INSERT ... ON CONFLICT DO NOTHING``
 ran at 0.6-0.8x of COPY straight into ``events``). The primary key stays as the last
 guard: a row that got past the mark fails the whole transaction, never silently.
+
+The batch log (``append``, ``materialize``): as on SQLite, ``append`` keeps every rule of
+``ingest`` in the same one transaction and writes each batch's new records as one
+``bytea`` row of ``batch_log``, by one binary COPY per call; ``materialize`` moves the
+oldest logged batches into ``events`` (the same COPY rows as ``ingest``'s) and deletes
+exactly those log rows, in one transaction. Materializers take turns on a transaction
+advisory lock, so a fenced node's and its successor's never move a batch twice. A
+materializing connection (``durable=False``) commits without waiting for the flush or
+the standby: what it moves is already durable in the log, and a step lost to a crash or
+a failover is lost whole (its inserts and its deletes are one WAL commit) and done again.
 """
 
 from __future__ import annotations
@@ -36,11 +46,15 @@ from ._errors import StaleEpoch, StoreError
 from ._pg_conn import PgConnection
 from ._pg_queries import _one, _PgEventQueries
 from ._pg_schema import migrate_pg
-from ._records import MAX_STORED_SEQ, IngestBatch, IngestOutcome, IngestResult, signed
+from ._records import MAX_STORED_SEQ, IngestBatch, IngestOutcome, IngestResult, LogBacklog, signed
 
 __all__ = ["PgEventStore"]
 
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
+#: The transaction advisory lock every materializing step takes ("fsyncmat").
+_MATERIALIZE_LOCK = 0x6673796E636D6174
+#: batch_log's columns by binary COPY: panel_id, received_us, epoch (int8), events (int4), records.
+_LOG_HEADER = struct.Struct(">hiqiqiqii")
 _MARKER = struct.Struct(">QQB3xQI")
 
 #: Binary COPY: signature, flags, header extension length; the trailer is a field count of -1.
@@ -113,6 +127,8 @@ class PgEventStore(_PgEventQueries):
             ``StoreNotReplicated`` (nothing acknowledged).
         synchronous_commit: ``on`` or ``remote_apply`` (see ``PgConnection``).
         connect_timeout: seconds to reach the server before ``StoreUnreachable``.
+        durable: False for a connection that only materializes the batch log: its steps
+            commit without waiting for a flush or a standby (see the module's docstring).
     """
 
     def __init__(
@@ -123,7 +139,9 @@ class PgEventStore(_PgEventQueries):
         commit_timeout: float = 10.0,
         synchronous_commit: str = "on",
         connect_timeout: float = 5.0,
+        durable: bool = True,
     ) -> None:
+        self.durable = durable
         self._pg = PgConnection(
             url,
             what="the event store",
@@ -139,8 +157,10 @@ class PgEventStore(_PgEventQueries):
             self._pg.close()
             raise
         #: This call's COPY rows and losses, filled by ``_ingest_one`` inside the transaction.
-        self._rows: list[bytes | bytearray] = []
+        self._rows: list[bytes | bytearray | memoryview] = []
         self._loss_rows: list[tuple[int, ...]] = []
+        #: Within one ``append``: the batches go to ``batch_log``, one COPY row each.
+        self._to_log = False
         self._in_snapshot = False
 
     def __repr__(self) -> str:
@@ -150,10 +170,10 @@ class PgEventStore(_PgEventQueries):
         self._pg.close()
 
     @contextlib.contextmanager
-    def _writing(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
+    def _writing(self, doing: str, *, durable: bool = True) -> Iterator[psycopg.Connection[Any]]:
         if self._in_snapshot:
             raise StoreError(self.where, f"{doing}: not inside a read snapshot")
-        with self._pg.transaction(doing) as conn:
+        with self._pg.transaction(doing, durable=durable) as conn:
             yield conn
 
     # -- epoch ------------------------------------------------------------------------
@@ -185,7 +205,20 @@ class PgEventStore(_PgEventQueries):
             StoreNotReplicated: the standby did not confirm in time; not acknowledged.
             StoreFull, StoreLocked, StoreUnreachable, StoreError: not acknowledged.
         """
+        return self._commit(batches, epoch, to_log=False)
+
+    def append(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+        """``ingest``, with each batch's new records as one row of the batch log.
+
+        Every check and the hwm are as in ``ingest``, in the same one transaction and as
+        durable (with a synchronous standby: on both nodes); its events reach ``events``
+        through ``materialize``. ``stored`` counts the events logged.
+        """
+        return self._commit(batches, epoch, to_log=True)
+
+    def _commit(self, batches: Sequence[IngestBatch], epoch: int, *, to_log: bool) -> IngestResult:
         start = time.perf_counter()
+        self._to_log = to_log
         outcomes: list[IngestOutcome] = []
         new_hwm: dict[int, int] = {}
         touched: dict[int, int] = {}
@@ -212,7 +245,8 @@ class PgEventStore(_PgEventQueries):
                 new_hwm[pid] = outcome.hwm
                 touched[pid] = batch.received_us
             if self._rows:
-                with conn.cursor().copy("COPY events FROM STDIN (FORMAT BINARY)") as copy:
+                table = "batch_log (panel_id, received_us, epoch, events, records)" if to_log else "events"
+                with conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
                     copy.write(b"".join([_COPY_HEADER, *self._rows, _COPY_TRAILER]))
             if self._loss_rows:
                 conn.cursor().executemany(
@@ -276,9 +310,68 @@ class PgEventStore(_PgEventQueries):
             duplicates += skip
             offset += skip * RECORD_SIZE
         stored = (len(records) - offset) // RECORD_SIZE
-        if stored:
+        if stored and self._to_log:
+            size = stored * RECORD_SIZE
+            head = _LOG_HEADER.pack(5, 8, pid, 8, batch.received_us, 8, epoch, 4, stored)
+            self._rows.append(head + size.to_bytes(4, "big"))
+            self._rows.append(memoryview(records)[offset:] if offset else records)
+        elif stored:
             self._rows.append(copy_rows(pid, batch.received_us, epoch, memoryview(records)[offset:]))
         return IngestOutcome(panel_id=pid, hwm=batch.last_seq, stored=stored, duplicates=duplicates, declared_lost=lost)
+
+    # -- the batch log ------------------------------------------------------------------
+
+    def log_backlog(self) -> LogBacklog:
+        """What is acknowledged but not yet in ``events``."""
+        with self._read("reading the batch log"):
+            row = self._pg.get().execute(
+                "SELECT count(*), coalesce(sum(events), 0), min(received_us) FROM batch_log"
+            ).fetchone()
+        assert row is not None
+        return LogBacklog(batches=int(row[0]), events=int(row[1]), oldest_received_us=row[2])
+
+    def materialize(self, max_events: int = 16_384) -> LogBacklog:
+        """Move the oldest logged batches, about ``max_events`` events, into ``events``.
+
+        One transaction inserts their rows and deletes exactly their log rows, so a kill
+        at any point leaves each batch either in the log or in ``events``, never both,
+        never neither. Materializers take turns (an advisory lock held to the commit) and
+        read the log after taking it: no batch is moved twice. Returns what it moved
+        (``LogBacklog()`` when the log was empty).
+
+        Raises:
+            StoreFull, StoreLocked, StoreUnreachable, StoreError: nothing was moved.
+        """
+        with self._writing("materializing the batch log", durable=self.durable) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MATERIALIZE_LOCK,))
+            # Whole batches, oldest first, until about max_events: the first always.
+            taken = conn.execute(
+                "SELECT id, panel_id, received_us, epoch, events, records FROM "
+                "(SELECT *, sum(events) OVER (ORDER BY id) - events AS before FROM batch_log) t "
+                "WHERE before < %s ORDER BY id",
+                (max_events,),
+            ).fetchall()
+            if not taken:
+                return LogBacklog()
+            rows = [copy_rows(pid, received_us, epoch, records) for _id, pid, received_us, epoch, _n, records in taken]
+            with conn.cursor().copy("COPY events FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(b"".join([_COPY_HEADER, *rows, _COPY_TRAILER]))
+            conn.execute("DELETE FROM batch_log WHERE id = ANY(%s)", ([r[0] for r in taken],))
+        return LogBacklog(
+            batches=len(taken), events=sum(int(r[4]) for r in taken), oldest_received_us=min(r[2] for r in taken)
+        )
+
+    def materialize_all(self) -> LogBacklog:
+        """Materialize until the log is empty (what a restart or the checker finishes)."""
+        batches = events = 0
+        oldest: int | None = None
+        while True:
+            step = self.materialize()
+            if not step.batches:
+                return LogBacklog(batches=batches, events=events, oldest_received_us=oldest)
+            batches += step.batches
+            events += step.events
+            oldest = step.oldest_received_us if oldest is None else oldest
 
     # -- panel bookkeeping --------------------------------------------------------------
 

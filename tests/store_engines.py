@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from storage import EventStore, EventStoreInterface
 from storage.postgres import LocalPostgres
 
-__all__ = ["PostgresEngine", "SqliteEngine", "StoreEngine", "ensure_postgres"]
+__all__ = ["PostgresEngine", "SqliteEngine", "StoreEngine", "ensure_postgres", "wait_for_dead_sessions"]
 
 _databases = itertools.count(1)
 
@@ -133,6 +134,29 @@ class PostgresEngine:
 
 
 StoreEngine = SqliteEngine | PostgresEngine
+
+
+def wait_for_dead_sessions(target: Path | str, timeout: float = 10.0) -> None:
+    """After a kill -9 of a client: until the server has ended the dead client's sessions.
+
+    A SQLite writer that dies commits nothing more. A PostgreSQL client that dies right
+    after sending COMMIT leaves a server backend that still commits it, a moment later:
+    a check that read the store before then would see a hwm move under it.
+    """
+    if not isinstance(target, str):
+        return
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(target, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            ).fetchone()
+            if not row or not row[0]:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{row[0]} sessions of a killed client still open after {timeout} s")
+            time.sleep(0.01)
 
 
 def ensure_postgres() -> str | None:

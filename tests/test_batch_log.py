@@ -1,8 +1,8 @@
 """The log-structured ingest: an ACK once the batch is in the batch log, events materialized behind.
 
-The store's ``append`` and ``materialize`` (exactly once, in order, across kills at any
-point), the node's materializer (its bounded lag pushes back, a restart finishes what a
-predecessor left), and a real node process killed with kill -9 mid-replay.
+The store's ``append`` and ``materialize`` on both engines (exactly once, in order, across
+kills at any point), the node's materializer (its bounded lag pushes back, a restart
+finishes what a predecessor left), and a real node process killed with kill -9 mid-replay.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import trio
 import protocol as p
 from emulator import Fleet, LinkMode
 from fieldsync.engine import Node, NodeSettings
-from storage import EventStore, IngestBatch, LogBacklog, StoreFull
+from storage import EventStore, EventStoreInterface, IngestBatch, LogBacklog, StoreFull, open_event_store
+from tests.store_engines import StoreEngine, wait_for_dead_sessions
 from tests.test_e2e import check_store_matches_journals, clock, node_settings, panel_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,14 +38,15 @@ def batch(panel: int, first: int, last: int, received_us: int = 1) -> IngestBatc
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    store = EventStore(tmp_path / "events.db")
+def store(engine: StoreEngine) -> Iterator[EventStoreInterface]:
+    """A fresh store on each engine (SQLite, PostgreSQL), at epoch 1."""
+    store = open_event_store(engine.target)
     store.advance_epoch()
     yield store
     store.close()
 
 
-def test_an_append_is_acknowledged_from_the_log_and_materialized_in_order(store: EventStore) -> None:
+def test_an_append_is_acknowledged_from_the_log_and_materialized_in_order(store: EventStoreInterface) -> None:
     result = store.append([batch(1, 1, 100, 10), batch(2, 1, 50, 10), batch(1, 101, 150, 20)], 1)
     assert result.hwms == {1: 150, 2: 50} and result.stored == 200
     # Durable and counted in the hwm at once; not yet in the table operators query.
@@ -59,7 +61,7 @@ def test_an_append_is_acknowledged_from_the_log_and_materialized_in_order(store:
     assert store.materialize() == LogBacklog()  # an empty log moves nothing
 
 
-def test_the_log_keeps_the_rules_of_ingest(store: EventStore) -> None:
+def test_the_log_keeps_the_rules_of_ingest(store: EventStoreInterface) -> None:
     store.append([batch(1, 1, 10)], 1)
     again = store.append([batch(1, 5, 12)], 1)  # 5..10 sent again: only 11, 12 are new
     assert again.outcomes[0].duplicates == 6 and again.outcomes[0].stored == 2
@@ -76,11 +78,13 @@ def test_the_log_keeps_the_rules_of_ingest(store: EventStore) -> None:
     assert store.stale_writes() == 0 and store.integrity_check() == "ok"
 
 
-def test_two_materializers_of_one_file_never_move_a_batch_twice(store: EventStore) -> None:
-    """A fenced node's materializer and its successor's, taking turns on one file."""
+def test_two_materializers_of_one_store_never_move_a_batch_twice(
+    engine: StoreEngine, store: EventStoreInterface
+) -> None:
+    """A fenced node's materializer and its successor's, taking turns on one store."""
     for start in range(1, 20_001, 500):
         store.append([batch(1, start, start + 499), batch(2, start, start + 499)], 1)
-    movers = [EventStore(store.path, durable=False) for _ in range(2)]
+    movers = [open_event_store(engine.target, durable=False) for _ in range(2)]
     # Each reads the log inside its own transaction: a step never sees what the other moved.
     first = movers[0].materialize(700)
     moved = [first.events, 0]
@@ -94,30 +98,51 @@ def test_two_materializers_of_one_file_never_move_a_batch_twice(store: EventStor
         mover.close()
 
 
-def test_a_full_disk_moves_nothing_and_loses_nothing(store: EventStore) -> None:
+def test_two_materializers_at_once_never_move_a_batch_twice(engine: StoreEngine, store: EventStoreInterface) -> None:
+    """The same, the two stepping in threads of their own at the same time (PostgreSQL lets
+    them run concurrently: its advisory lock is what makes them take turns)."""
+    for start in range(1, 20_001, 250):
+        store.append([batch(1, start, start + 249), batch(2, start, start + 249)], 1)
+    movers = [open_event_store(engine.target, durable=False) for _ in range(2)]
+    moved = [0, 0]
+
+    def drain(k: int) -> None:
+        while step := movers[k].materialize(300).events:
+            moved[k] += step
+
+    threads = [threading.Thread(target=drain, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(moved) == 40_000 and store.log_backlog() == LogBacklog(), moved
+    assert store.seqs(1) == store.seqs(2) == list(range(1, 20_001))
+    for mover in movers:
+        mover.close()
+
+
+def test_a_full_disk_moves_nothing_and_loses_nothing(engine: StoreEngine, store: EventStoreInterface) -> None:
     store.append([batch(1, 1, 20_000)], 1)
-    mover = EventStore(store.path, durable=False)
-    pages = mover._conn.execute("PRAGMA page_count").fetchone()[0]
-    mover._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
-    with pytest.raises(StoreFull, match="materializing the batch log"):
+    mover = open_event_store(engine.target, durable=False)
+    with engine.full(mover), pytest.raises(StoreFull, match="materializing the batch log"):
         mover.materialize(20_000)
     assert store.count_events() == 0 and store.log_backlog().events == 20_000
-    mover._conn.execute("PRAGMA max_page_count = 1073741823")
     assert mover.materialize_all().events == 20_000 and store.seqs(1) == list(range(1, 20_001))
     mover.close()
 
 
-def _backlog(db: Path) -> LogBacklog:
-    store = EventStore(db)
+def _backlog(db: Path | str) -> LogBacklog:
+    store = open_event_store(db)
     try:
         return store.log_backlog()
     finally:
         store.close()
 
 
-def _verify(db: Path, committed: dict[int, int]) -> list[str]:
+def _verify(db: Path | str, committed: dict[int, int]) -> list[str]:
     """After a kill: what a restart finds, once it has finished the log."""
-    store = EventStore(db)
+    wait_for_dead_sessions(db)
+    store = open_event_store(db)
     try:
         store.materialize_all()
         problems = [] if store.integrity_check() == "ok" else ["integrity"]
@@ -133,7 +158,7 @@ def _verify(db: Path, committed: dict[int, int]) -> list[str]:
         store.close()
 
 
-def _child(db: Path, round_: int, *extra: str) -> subprocess.Popen[str]:
+def _child(db: Path | str, round_: int, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.crash_child_log", str(db), str(round_), *extra],
         stdout=subprocess.PIPE,
@@ -149,12 +174,17 @@ def _acked(line: str, committed: dict[int, int]) -> None:
             committed[int(panel)] = max(committed.get(int(panel), 0), hwm)
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_points_of_appends_and_materializing_loses_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "events.db"
-    first = EventStore(db)
+def _fresh(engine: StoreEngine) -> Path | str:
+    db = engine.target
+    first = open_event_store(db)
     first.advance_epoch()
     first.close()
+    return db
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_of_appends_and_materializing_loses_nothing(engine: StoreEngine) -> None:
+    db = _fresh(engine)
     rng = random.Random(20261201)
     committed: dict[int, int] = {}
     for round_ in range(20):
@@ -173,13 +203,10 @@ def test_sigkill_at_random_points_of_appends_and_materializing_loses_nothing(tmp
         assert _verify(db, committed) == [], f"round {round_}"
 
 
-def test_the_crash_check_catches_a_materializer_that_moves_in_two_transactions(tmp_path: Path) -> None:
+def test_the_crash_check_catches_a_materializer_that_moves_in_two_transactions(engine: StoreEngine) -> None:
     """The negative control of the crash test: a kill between the log's delete and the
     events' insert loses acknowledged events, and the same check finds them missing."""
-    db = tmp_path / "events.db"
-    first = EventStore(db)
-    first.advance_epoch()
-    first.close()
+    db = _fresh(engine)
     committed: dict[int, int] = {}
     child = _child(db, 1, "--split")
     assert child.stdout is not None
@@ -256,9 +283,9 @@ def test_the_lag_is_bounded_the_commits_wait_and_nothing_is_dropped(site_pki: Pa
         _HeldMaterializer.go.set()
 
 
-def test_a_node_finishes_the_log_a_predecessor_left(site_pki: Path, tmp_path: Path) -> None:
-    db = tmp_path / "site.db"
-    left = EventStore(db)
+def test_a_node_finishes_the_log_a_predecessor_left(engine: StoreEngine) -> None:
+    db = engine.target
+    left = open_event_store(db)
     left.advance_epoch()
     left.append([batch(7, 1, 4000), batch(8, 1, 10)], 1)  # acknowledged, then the node died
     left.close()
@@ -273,7 +300,7 @@ def test_a_node_finishes_the_log_a_predecessor_left(site_pki: Path, tmp_path: Pa
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    store = EventStore(db)
+    store = open_event_store(db)
     assert (
         store.log_backlog() == LogBacklog()
         and store.seqs(7) == list(range(1, 4001))
@@ -282,9 +309,8 @@ def test_a_node_finishes_the_log_a_predecessor_left(site_pki: Path, tmp_path: Pa
     store.close()
 
 
-def test_the_batch_log_is_refused_where_it_is_not_built() -> None:
-    with pytest.raises(ValueError, match="SQLite store only"):
-        NodeSettings(db="postgresql://localhost/x", ingest="log")
+def test_an_unknown_ingest_mode_is_refused_by_name() -> None:
+    assert NodeSettings(db="postgresql://localhost/x", ingest="log").ingest == "log"  # built on both engines
     with pytest.raises(ValueError, match="ingest 'rows-and-log'"):
         NodeSettings(ingest="rows-and-log")
 

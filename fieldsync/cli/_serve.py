@@ -56,7 +56,7 @@ __all__ = ["serve"]
 @click.option(
     "--ingest",
     type=click.Choice(["rows", "log"]),
-    help="What an ACK waits for: every event's row, or the batch in the batch log (SQLite) [site: ingest].",
+    help="What an ACK waits for: every event's row, or the batch in the batch log [site: ingest].",
 )
 @click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
 @metrics_options

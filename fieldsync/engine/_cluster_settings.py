@@ -30,7 +30,7 @@ class ClusterSettings:
     tls: TlsFiles | None = None
     heartbeat_ms: int = 1000
     idle_ms: int = 10_000
-    #: ``NodeSettings.ingest``: ``rows`` or ``log`` (the batch log, SQLite).
+    #: ``NodeSettings.ingest``: ``rows`` or ``log`` (the batch log, either engine).
     ingest: str = "rows"
     materialize_idle: float = 0.05
     max_log_age: float = 2.0

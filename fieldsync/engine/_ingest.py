@@ -2,7 +2,7 @@
 
 **One envelope per batch.** A session's reader turns an EVENT_BATCH into a ``_Queued``
 (an ``IngestBatch`` that also names the session to answer), and that one object goes
-through the channel into ``EventStore.ingest`` and back to its session. Nothing
+through the channel into ``ingest`` (or ``append``) of the store and back to its session. Nothing
 re-checks it on the way: the records were checked when the frame was decoded, the
 batch's place in the session by the ``HostConnection``; the store checks only what it
 alone can, continuity with its durable hwm, inside the transaction.
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from protocol import RECORD_SIZE, ErrorCode, EventBatch
-from storage import EventStore, IngestBatch, StaleEpoch, StoreError
+from storage import IngestBatch, StaleEpoch, StoreError
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -149,9 +149,8 @@ class _Ingest:
         store = node.store
         assert store is not None
         limit = self.max_commit_events
-        # NodeSettings refuses ``log`` on any other engine; the isinstance is for the types.
-        to_log = node.settings.ingest == "log" and isinstance(store, EventStore)
-        commit = store.append if isinstance(store, EventStore) and to_log else store.ingest
+        to_log = node.settings.ingest == "log"
+        commit = store.append if to_log else store.ingest
         materializer = node.materializer
         receive, receive_nowait = self._recv.receive, self._recv.receive_nowait
         while True:

@@ -20,8 +20,11 @@ task waits (``room``) while one more commit would take it past ``max_log_lag``: 
 panels' reads then pause (TCP pushes back), and nothing is ever dropped. A node that
 starts finds what a predecessor left in the log and finishes it; so does any later node.
 
-It runs on every SQLite store, in either ingest mode: a log written under ``log`` is
-finished by a node that now runs ``rows``.
+It runs on every store, SQLite or PostgreSQL, in either ingest mode: a log written
+under ``log`` is finished by a node that now runs ``rows``. On PostgreSQL a step is one
+transaction of its own connection (COPY into ``events``, DELETE of exactly the batches
+moved), committed without waiting for the standby: a step lost to a failover is lost
+whole, its batches still in the log the promoted standby's node finishes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from storage import EventStore, LogBacklog, StoreError
+from storage import EventStoreInterface, LogBacklog, StoreError, is_database_url, open_event_store
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -157,9 +160,12 @@ class _Materializer:
         if not self.lag:
             logged.clear()
 
-    def _open(self) -> EventStore:
+    def _open(self) -> EventStoreInterface:
+        db = self.node.settings.db
+        if is_database_url(db):
+            return open_event_store(db, durable=False)
         # The node's store class: the harness's broken builds reach the materializer too.
-        return self.node.store_class(self.node.settings.db, durable=False)
+        return self.node.store_class(db, durable=False)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

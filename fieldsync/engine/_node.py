@@ -108,8 +108,6 @@ class NodeSettings:
             raise ValueError(f"need 1 <= heartbeat_ms ({self.heartbeat_ms}) <= idle_ms ({self.idle_ms}) < 2**32")
         if self.ingest not in INGEST_MODES:
             raise ValueError(f"ingest {self.ingest!r}: one of {', '.join(INGEST_MODES)}")
-        if self.ingest == "log" and is_database_url(self.db):
-            raise ValueError("ingest = log (the batch log) is built on the SQLite store only, not on PostgreSQL")
         if self.max_log_lag < self.max_commit_events or self.materialize_step < 1:
             raise ValueError("need max_log_lag >= max_commit_events and materialize_step >= 1")
         if self.materialize_idle < 0 or self.max_log_age < 0:
@@ -214,8 +212,7 @@ class Node:
             await self.config.load()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.ingest.run)
-                if isinstance(self.store, EventStore):  # a log left by any node is finished
-                    nursery.start_soon(self.materializer.run)
+                nursery.start_soon(self.materializer.run)  # a log left by any node is finished
                 nursery.start_soon(self.config.watch)
                 nursery.start_soon(self._status_loop)
                 # Dial first: host-initiated panels can be served even while a fenced

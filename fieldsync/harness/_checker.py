@@ -17,7 +17,7 @@ from pathlib import Path
 
 from emulator import Panel
 from protocol import EventKind
-from storage import EventStore, EventStoreInterface, open_config_store, open_event_store
+from storage import EventStoreInterface, open_config_store, open_event_store
 
 from ._rogue import ROGUE_CARD, RogueOutcome
 
@@ -211,7 +211,7 @@ def check(
         # What the batch log holds is acknowledged and durable: finished here as a restart would.
         # (Only when it holds any: an empty log costs the checker no write lock.)
         finished = 0
-        if isinstance(store, EventStore) and store.log_backlog().batches:
+        if store.log_backlog().batches:
             finished = store.materialize_all().events
         with store.snapshot():  # one instant of the store, however busy its writers
             verdicts = tuple(_panel(store, panel) for panel in panels)

@@ -156,7 +156,7 @@ class ClusterSpec(TomlTable):
     #: address: 127.0.0.33, or the lab's panel host): the primary may then serve alone.
     witness: StrictBool = False
     #: What an ACK waits for (``[site] ingest`` of the run's site): ``rows``, or ``log`` (the
-    #: batch log, its rows materialized behind the ACK; the shared SQLite store only).
+    #: batch log, its rows materialized behind the ACK; on either engine, mirrored too).
     ingest: Literal["rows", "log"] = "rows"
     #: ``log``: how long the commits must be quiet before the materializer takes a step, and
     #: the log's oldest batch's age at which it goes anyway (``[site]`` of a site file).
@@ -167,8 +167,6 @@ class ClusterSpec(TomlTable):
     def _witness_needs_a_mirror(self) -> ClusterSpec:
         if self.witness and self.mirror != "sync":
             raise ValueError('a witness serves a synchronous mirror: mirror = "sync"')
-        if self.ingest == "log" and self.mirror is not None:
-            raise ValueError('the batch log (ingest = "log") is built on the SQLite store only, not with mirror')
         return self
 
     @field_validator("advert_int")

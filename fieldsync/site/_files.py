@@ -227,7 +227,7 @@ class _SiteTable(TomlTable):
     heartbeat_ms: StrictInt = Field(default=1000, ge=1)
     idle_ms: StrictInt = Field(default=10_000, ge=1, lt=2**32)
     #: What an ACK waits for: ``rows`` (every event's row in the store) or ``log`` (the batch
-    #: in the store's batch log, its rows materialized behind it; SQLite only).
+    #: in the store's batch log, its rows materialized behind it; either engine).
     ingest: Literal["rows", "log"] = "rows"
     #: ``log``: seconds without a commit before the materializer takes a step (0: at once),
     #: unless the log's oldest batch is ``max_log_age`` seconds old.
@@ -503,8 +503,6 @@ def parse_site(text: str, path: Path) -> Site:
         raise doc.fail(("site", "mirror"), "mirrored storage is a pair: exactly two [nodes]")
     if file.site.witness is not None and file.site.mirror != "sync":
         raise doc.fail(("site", "witness"), 'a witness serves a synchronous mirror: [site] mirror = "sync"')
-    if file.site.ingest == "log" and (file.site.mirror is not None or isinstance(file.site.db, str)):
-        raise doc.fail(("site", "ingest"), 'the batch log (ingest = "log") is built on the SQLite store only')
     return Site(
         **{
             **table,
