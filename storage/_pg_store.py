@@ -324,9 +324,11 @@ class PgEventStore(_PgEventQueries):
     def log_backlog(self) -> LogBacklog:
         """What is acknowledged but not yet in ``events``."""
         with self._read("reading the batch log"):
-            row = self._pg.get().execute(
-                "SELECT count(*), coalesce(sum(events), 0), min(received_us) FROM batch_log"
-            ).fetchone()
+            row = (
+                self._pg.get()
+                .execute("SELECT count(*), coalesce(sum(events), 0), min(received_us) FROM batch_log")
+                .fetchone()
+            )
         assert row is not None
         return LogBacklog(batches=int(row[0]), events=int(row[1]), oldest_received_us=row[2])
 

@@ -57,8 +57,12 @@ def _split_pg_materializer(url: str) -> EventStoreInterface:
                 return LogBacklog()
             print("between", flush=True)
             time.sleep(0.5)  # the parent's kill lands here
-            with self._writing("materializing") as conn, conn.cursor().copy("COPY events FROM STDIN (FORMAT BINARY)") as copy:
-                copy.write(b"".join([_COPY_HEADER, *(copy_rows(r[1], r[2], r[3], r[5]) for r in rows), _COPY_TRAILER]))
+            payload = b"".join([_COPY_HEADER, *(copy_rows(r[1], r[2], r[3], r[5]) for r in rows), _COPY_TRAILER])
+            with (
+                self._writing("materializing") as conn,
+                conn.cursor().copy("COPY events FROM STDIN (FORMAT BINARY)") as copy,
+            ):
+                copy.write(payload)
             return LogBacklog(batches=len(rows), events=sum(r[4] for r in rows))
 
     return _SplitPg(url, durable=False)
