@@ -101,7 +101,8 @@ class _Materializer:
             self._found(await self._in_thread(store.log_backlog))
             self.peak = self.lag
             if self.lag:
-                log.info("node %s: %d acknowledged events in the batch log to materialize", node.node_id, self.lag)
+                # A warning: what a takeover left, visible in the log the supervisor keeps.
+                log.warning("node %s: %d acknowledged events in the batch log to materialize", node.node_id, self.lag)
             while True:
                 if not self.lag:
                     await self._work.wait()
