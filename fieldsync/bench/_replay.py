@@ -16,7 +16,6 @@ With ``ingest = "log"`` the run goes on until the last acknowledged event is vis
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -27,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -147,7 +147,9 @@ class _Sampler:
     batch log's backlog through a read-only connection of its own; ``visible`` is set at the
     first sample after ``drained_at`` that finds the log empty."""
 
-    def __init__(self, fleet: Fleet, total: int, log_db: Path | None, on_sample: Callable[[Sample], None]) -> None:
+    def __init__(
+        self, fleet: Fleet, total: int, log_db: Path | str | None, on_sample: Callable[[Sample], None]
+    ) -> None:
         self.panels = list(fleet.panels.values())
         self.total = total
         self.log_db = log_db
@@ -157,24 +159,58 @@ class _Sampler:
         self.visible = trio.Event()
 
     async def run(self, start: float) -> None:
-        conn = sqlite3.connect(f"file:{self.log_db}?mode=ro", uri=True) if self.log_db is not None else None
+        read_log = _log_reader(self.log_db) if self.log_db is not None else None
         try:
             while True:
                 await trio.sleep(SAMPLE_EVERY)
                 buffered = sum(len(panel.buffer) for panel in self.panels)
-                logged: int | None = None
-                if conn is not None:
-                    logged = -1  # not readable yet (the node is still making the schema)
-                    with contextlib.suppress(sqlite3.OperationalError):
-                        logged = int(conn.execute("SELECT coalesce(sum(events), 0) FROM batch_log").fetchone()[0])
+                logged = read_log() if read_log is not None else None
                 sample = Sample(time.perf_counter() - start, self.total - buffered, buffered, logged)
                 self.samples.append(sample)
                 self.on_sample(sample)
                 if self.drained_at is not None and sample.t >= self.drained_at and logged == 0:
                     self.visible.set()
         finally:
-            if conn is not None:
-                conn.close()
+            if read_log is not None:
+                read_log(close=True)
+
+
+def _log_reader(db: Path | str) -> Callable[..., int]:
+    """Events in the store's batch log, read on a connection of its own; -1 while it cannot be
+    read yet (the node is still making the schema). ``close=True`` closes it."""
+    query = "SELECT coalesce(sum(events), 0) FROM batch_log"
+    if isinstance(db, str):  # PostgreSQL: psycopg only when asked for
+        import psycopg
+
+        pg: list[psycopg.Connection[Any]] = []
+
+        def read_pg(close: bool = False) -> int:
+            if close:
+                for conn in pg:
+                    conn.close()
+                return 0
+            try:
+                if not pg:
+                    pg.append(psycopg.connect(db, autocommit=True, connect_timeout=2))
+                row = pg[0].execute(query).fetchone()
+                return int(row[0]) if row else -1
+            except psycopg.Error:
+                pg.clear()
+                return -1
+
+        return read_pg
+    lite = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+    def read_sqlite(close: bool = False) -> int:
+        if close:
+            lite.close()
+            return 0
+        try:
+            return int(lite.execute(query).fetchone()[0])
+        except sqlite3.OperationalError:
+            return -1
+
+    return read_sqlite
 
 
 def _fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
@@ -230,7 +266,7 @@ async def replay(
     total = fleet.statistics().emitted
     log_path = workdir / "node.log"
     visible_s = float("nan")
-    log_db = db if opts.ingest == "log" and isinstance(db, Path) else None
+    log_db = db if opts.ingest == "log" else None
     sampler = _Sampler(fleet, total, log_db, on_sample)
     async with node_process(_node_command(opts, workdir, db, pki_dir), log_path) as node:
         connected_s = float("nan")
