@@ -19,6 +19,7 @@ in ``_state.py``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Final
 
 from ._codec import decode_payload, encode_payload, message_type
@@ -52,6 +53,10 @@ __all__ = [
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
 DEFAULT_HEARTBEAT_INTERVAL: Final = 1.0
 DEFAULT_HEARTBEAT_MISSES: Final = 3
+#: Rule 2's slack (docs/protocol.md 9.1): a quiet panel's probe goes up to this much after I,
+#: at the next multiple of it on the clock, so that a fleet's probes share wake-ups. Never
+#: more than a tenth of I.
+PROBE_SLACK: Final = 0.1
 
 
 class NeedData:
@@ -591,8 +596,13 @@ class PanelConnection(_Connection):
         return self._probe_out or super()._is_busy()
 
     def _quiet_beat(self) -> float | None:
-        # Rule 2: a quiet panel probes once per idle interval.
-        return self._last_sent + self._idle_interval
+        # Rule 2: a quiet panel probes once per idle interval, never sooner, and up to its
+        # slack later: at the next multiple of the slack on the clock, the same grid for every
+        # session of the process, so probes that fall due within one slot go out together.
+        due = self._last_sent + self._idle_interval
+        slack = min(PROBE_SLACK, self._idle_interval / 10)
+        slot = math.ceil(due / slack) * slack
+        return slot if due <= slot <= due + slack else due
 
     def _on_send(self, message: Message) -> None:
         if isinstance(message, Hello):

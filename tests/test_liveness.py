@@ -76,6 +76,30 @@ def test_a_quiet_session_costs_one_probe_and_one_answer_per_idle_interval() -> N
     assert pair.panel.state is pair.host.state is p.State.STREAMING
 
 
+def test_probes_due_within_one_slot_go_out_together_never_early_and_at_most_the_slack_late() -> None:
+    """Rule 2's slack: a probe due at t goes at the next multiple of the slack (0.1 s, a tenth
+    of I when that is less) on the clock, so a fleet's probes share wake-ups."""
+    pairs = []
+    for offset in (0.01, 0.04, 0.09):  # three sessions whose last frames fall in one slot
+        pair = _pair()
+        pair.now = offset
+        pair.panel_sends(_batch(1))
+        pair.host_sends(p.Ack(epoch=1, up_to_seq=1))  # quiet again, last frame at the offset
+        pairs.append(pair)
+    assert [pair.panel.next_deadline() for pair in pairs] == pytest.approx([IDLE + 0.1] * 3)
+    for due in (2.5, 2.5000001, 2.55, 2.5999999, 2.6, 7.31):
+        pair = _pair()
+        pair.panel._last_sent = pair.panel._last_received = due - IDLE  # (the silence limit later)
+        probe = pair.panel.next_deadline()
+        assert probe is not None and due <= probe <= due + 0.1 + 1e-9, (due, probe)
+        assert abs(probe / 0.1 - round(probe / 0.1)) < 1e-6  # on the grid
+    # With a short idle interval the slack is a tenth of it, never a large share of I.
+    pair = _pair()
+    pair.panel._idle_interval = 0.2
+    pair.panel._last_sent = pair.panel._last_received = 1.005
+    assert pair.panel.next_deadline() == pytest.approx(1.22)
+
+
 def test_a_busy_session_keeps_the_heartbeat_interval() -> None:
     pair = _pair()
     pair.now = 1.0
