@@ -67,6 +67,25 @@ def test_a_bound_that_cannot_be_measured_is_missing_not_a_ratio(tmp_path: Path) 
     assert "log bound        : missing (" in text, text
 
 
+def test_bench_idle_says_when_not_every_session_came_up() -> None:
+    """A fleet whose set-ups cannot keep up (10,000 panels from one process) is reported, per
+    session that was up, with how many came up: not a traceback."""
+    from fieldsync.bench import idle_lines
+
+    result: dict[str, object] = {
+        "panels": 10_000, "idle_ms": 10_000, "heartbeat_ms": 1000, "window_s": 30.0, "frame_bound_us": 300.0,
+        "node_cpu_s": 9.0, "node_loop_cpu_s": 8.0, "node_cores": 0.3, "node_us_per_session_s": 40.0,
+        "fleet_cpu_s": 12.0, "fleet_cores": 0.4, "fleet_us_per_session_s": 50.0,
+        "node_frames_per_session_s": 0.133, "fleet_frames_per_session_s": 0.167,
+        "connected_at_start": 7431, "connected_at_end": 7012, "sessions_set_up_in_window": 380,
+        "all_connected": False, "connect_wait_s": 220.0,
+    }  # fmt: skip
+    text = "\n".join(idle_lines(result))
+    assert "not every session came up within 220 s" in text and "7431 up when the window began" in text, text
+    result["all_connected"] = True
+    assert "not every session" not in "\n".join(idle_lines(result))
+
+
 @pytest.mark.slow
 def test_bench_idle_gives_each_ends_cost_in_frames_of_the_bound_taken_in_the_same_run(tmp_path: Path) -> None:
     out, png = tmp_path / "idle.json", tmp_path / "idle.png"
@@ -80,7 +99,8 @@ def test_bench_idle_gives_each_ends_cost_in_frames_of_the_bound_taken_in_the_sam
     result = json.loads(out.read_text())
     assert result["panels"] == 20 and result["window_s"] >= 2 and result["frame_bound_us"] > 0
     assert (result["heartbeat_ms"], result["idle_ms"]) == (100, 200)
-    assert result["connected_at_end"] == 20 and result["sessions_set_up_in_window"] == 0
+    assert result["connected_at_end"] == result["connected_at_start"] == 20 and result["all_connected"]
+    assert result["sessions_set_up_in_window"] == 0
     for end in ("node", "fleet"):
         per_session = result[f"{end}_us_per_session_s"]
         assert per_session > 0  # probes cost something: 0 would mean nothing was measured
