@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from ._errors import TlsError
+from ._socket_tls import SocketTLSStream
 
 __all__ = ["TlsFiles", "client_context", "peer_identity", "server_context", "wrap"]
 
@@ -61,11 +62,19 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     return ctx
 
 
-def wrap(stream: trio.abc.Stream, ctx: ssl.SSLContext, *, server_side: bool) -> trio.SSLStream[trio.abc.Stream]:
+#: A TLS stream of a link: ``SocketTLSStream`` on a TCP socket, ``trio.SSLStream`` elsewhere.
+TlsStream = SocketTLSStream | trio.SSLStream[trio.abc.Stream]
+
+
+def wrap(stream: trio.abc.Stream, ctx: ssl.SSLContext, *, server_side: bool) -> TlsStream:
+    """TLS over ``stream``: straight on the socket for TCP (``_socket_tls``), through
+    ``trio.SSLStream`` for any other stream (a serial line)."""
+    if isinstance(stream, trio.SocketStream):
+        return SocketTLSStream(stream, ctx, server_side=server_side)
     return trio.SSLStream(stream, ctx, server_side=server_side, https_compatible=False)
 
 
-def peer_identity(stream: trio.SSLStream[trio.abc.Stream]) -> str:
+def peer_identity(stream: TlsStream) -> str:
     """The CN of the verified peer certificate (after the handshake)."""
     cert = stream.getpeercert()
     if not cert:

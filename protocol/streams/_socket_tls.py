@@ -1,0 +1,219 @@
+"""TLS on a TCP socket through ``ssl.SSLObject``: what ``trio.SSLStream`` does, for less.
+
+``trio.SSLStream`` is written for any transport stream and for every use of TLS
+(renegotiation, concurrent senders, ``https_compatible``); each frame pays for that
+generality in task switches and locks. A session's TLS runs over a TCP socket, speaks
+TLS 1.3 only, and has one sender at a time (its send lock), so this stream drives the
+``SSLObject`` and its memory BIOs straight from the socket's non-blocking calls:
+a send is one ``SSLObject.write``, one ``send`` of the records and one checkpoint; a
+receive is one ``recv`` into the BIO and one ``SSLObject.read``. Measured with
+``benchmarks/frames.py``: a small frame sent and received costs about a quarter less than
+through ``trio.SSLStream`` (docs/architecture.md, Figures).
+
+Its failures are ``trio.SSLStream``'s: ``trio.BrokenResourceError`` whose ``__cause__`` is
+the ``ssl.SSLError`` or ``OSError`` (``map_link_errors`` turns them into ``TlsError`` and
+``LinkError``), ``trio.ClosedResourceError`` after ``aclose``. A send or handshake that is
+cancelled with records half written leaves the stream broken, as trio's does. A peer that
+closes without a close_notify is a broken stream (``https_compatible=False``); one that
+sends close_notify reads as the end of the stream (``b""``).
+
+Serial lines (pyserial, a pty) are not sockets: they keep ``trio.SSLStream``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from typing import Any
+
+import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled, wait_readable, wait_writable
+
+__all__ = ["SocketTLSStream"]
+
+#: The most one receive reads from the socket: a full window of 4096-record batches fits in a few.
+_RECV = 256 * 1024
+
+
+class SocketTLSStream(trio.abc.Stream):
+    """TLS 1.3 over a ``trio.SocketStream``'s socket (see the module's docstring).
+
+    Args:
+        transport_stream: the connected TCP stream (its socket is used directly; it is
+            closed with this stream).
+        ctx: the TLS context (``client_context`` or ``server_context``).
+        server_side: True for the end that accepted the connection.
+    """
+
+    def __init__(self, transport_stream: trio.SocketStream, ctx: ssl.SSLContext, *, server_side: bool) -> None:
+        self.transport_stream = transport_stream
+        self._fd = transport_stream.socket.fileno()
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+        #: One writer of the socket at a time: a send, or a receive answering the peer.
+        self._write_lock = trio.StrictFIFOLock()
+        self._handshook = False
+        self._broken: BaseException | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "broken" if self._broken else "open"
+        return f"<SocketTLSStream fd {self._fd} {state}>"
+
+    # -- what trio.SSLStream offers that the sessions use ----------------------------------
+
+    def getpeercert(self) -> dict[str, Any] | None:
+        """The verified peer certificate (``ssl.SSLObject.getpeercert``), after the handshake."""
+        return self._tls.getpeercert()
+
+    async def do_handshake(self) -> None:
+        """The TLS handshake; again after it is done, a checkpoint only.
+
+        Raises:
+            trio.BrokenResourceError: the handshake failed (its ``__cause__`` says why).
+        """
+        self._check_usable()
+        if self._handshook:
+            await trio.lowlevel.checkpoint()
+            return
+        await checkpoint_if_cancelled()
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except ssl.SSLError as exc:
+                self._send_now()  # the alert tells the peer why
+                raise self._break(exc) from exc
+            break
+        await self._flush()
+        self._handshook = True
+        await cancel_shielded_checkpoint()
+
+    # -- trio.abc.Stream ------------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_usable()
+        await checkpoint_if_cancelled()
+        if not self._handshook:
+            await self.do_handshake()
+        if data:
+            try:
+                self._tls.write(data)
+            except ssl.SSLError as exc:
+                raise self._break(exc) from exc
+            await self._flush()
+        await cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._check_usable()
+        await wait_writable(self._fd)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check_usable()
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        await checkpoint_if_cancelled()
+        if not self._handshook:
+            await self.do_handshake()
+        waited = False
+        while True:
+            try:
+                data = self._tls.read(max_bytes or _RECV)
+            except ssl.SSLWantReadError:
+                if self._outgoing.pending:
+                    await self._flush()
+                waited = await self._fill() or waited
+                continue
+            except ssl.SSLZeroReturnError:  # the peer's close_notify: the end of the stream
+                data = b""
+            except ssl.SSLError as exc:
+                raise self._break(exc) from exc
+            break
+        if self._outgoing.pending:  # what reading produced for the peer (a key update's answer)
+            await self._flush()
+        if not waited:
+            await cancel_shielded_checkpoint()
+        return data
+
+    async def aclose(self) -> None:
+        """Send close_notify if the stream is still good (never waiting for the peer), then
+        close the socket."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        if self._handshook and self._broken is None:
+            # SSLWantReadError: ours is written, the peer's is not awaited.
+            with contextlib.suppress(ssl.SSLError):
+                self._tls.unwrap()
+            self._send_now()
+        await self.transport_stream.aclose()
+
+    # -- the socket -----------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this TLS stream is closed")
+        if self._broken is not None:
+            raise trio.BrokenResourceError("this TLS stream is broken") from self._broken
+
+    def _break(self, cause: BaseException) -> trio.BrokenResourceError:
+        self._broken = cause
+        return trio.BrokenResourceError(f"TLS stream broken: {cause}")
+
+    async def _fill(self) -> bool:
+        """Wait for bytes from the peer and put them in the incoming BIO (EOF too); True if
+        it had to wait (a checkpoint)."""
+        waited = False
+        while True:
+            try:
+                data = os.read(self._fd, _RECV)
+            except BlockingIOError:
+                await wait_readable(self._fd)
+                waited = True
+                continue
+            except OSError as exc:
+                raise self._break(exc) from exc
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()  # the next read says how: close_notify or not
+            return waited
+
+    async def _flush(self) -> None:
+        """Send every record waiting in the outgoing BIO, in order, one writer at a time.
+
+        Cancelled (or failed) with records unsent, the stream is broken: what the peer would
+        read next could be a torn record.
+        """
+        data = b""
+        try:
+            async with self._write_lock:
+                data = self._outgoing.read()
+                while data:
+                    try:
+                        sent = os.write(self._fd, data)
+                    except BlockingIOError:
+                        await wait_writable(self._fd)
+                        continue
+                    data = data[sent:] or self._outgoing.read()  # and records written meanwhile
+        except OSError as exc:
+            raise self._break(exc) from exc
+        except BaseException:
+            if data or self._outgoing.pending:
+                self._broken = OSError("a send was cancelled with TLS records unsent")
+            raise
+
+    def _send_now(self) -> None:
+        """What the outgoing BIO holds, as far as the socket takes it without waiting."""
+        data = self._outgoing.read()
+        while data:
+            try:
+                data = data[os.write(self._fd, data) :]
+            except OSError:
+                return
