@@ -57,6 +57,8 @@ class SocketTLSStream(trio.abc.Stream):
         self._handshook = False
         self._broken: BaseException | None = None
         self._closed = False
+        #: A second concurrent sender or receiver is a bug of the caller (BusyResourceError).
+        self._sending = self._receiving = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "broken" if self._broken else "open"
@@ -97,23 +99,38 @@ class SocketTLSStream(trio.abc.Stream):
     # -- trio.abc.Stream ------------------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._check_usable()
-        await checkpoint_if_cancelled()
-        if not self._handshook:
-            await self.do_handshake()
-        if data:
-            try:
-                self._tls.write(data)
-            except ssl.SSLError as exc:
-                raise self._break(exc) from exc
-            await self._flush()
-        await cancel_shielded_checkpoint()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        self._sending = True
+        try:
+            self._check_usable()
+            await checkpoint_if_cancelled()
+            if not self._handshook:
+                await self.do_handshake()
+            if data:
+                try:
+                    self._tls.write(data)
+                except ssl.SSLError as exc:
+                    raise self._break(exc) from exc
+                await self._flush()
+            await cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         self._check_usable()
         await wait_writable(self._fd)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this TLS stream")
+        self._receiving = True
+        try:
+            return await self._receive(max_bytes)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
         self._check_usable()
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
