@@ -55,7 +55,7 @@ DEFAULT_HEARTBEAT_INTERVAL: Final = 1.0
 DEFAULT_HEARTBEAT_MISSES: Final = 3
 #: Rule 2's slack (docs/protocol.md 9.1): a quiet panel's probe goes up to this much after I,
 #: at the next multiple of it on the clock, so that a fleet's probes share wake-ups. Never
-#: more than a tenth of I.
+#: more than a tenth of I or half of H (the quiet node's limit, I + 3 H, keeps 2.5 H).
 PROBE_SLACK: Final = 0.1
 
 
@@ -600,9 +600,10 @@ class PanelConnection(_Connection):
         # slack later: at the next multiple of the slack on the clock, the same grid for every
         # session of the process, so probes that fall due within one slot go out together.
         due = self._last_sent + self._idle_interval
-        slack = min(PROBE_SLACK, self._idle_interval / 10)
-        slot = math.ceil(due / slack) * slack
-        return slot if due <= slot <= due + slack else due
+        slack = min(PROBE_SLACK, self._idle_interval / 10, self._interval / 2)
+        # A due time a float's error past a grid point is on it (not a whole slot later).
+        slot = math.ceil(due / slack - 1e-6) * slack
+        return max(due, slot) if slot <= due + slack else due
 
     def _on_send(self, message: Message) -> None:
         if isinstance(message, Hello):

@@ -93,11 +93,31 @@ def test_probes_due_within_one_slot_go_out_together_never_early_and_at_most_the_
         probe = pair.panel.next_deadline()
         assert probe is not None and due <= probe <= due + 0.1 + 1e-9, (due, probe)
         assert abs(probe / 0.1 - round(probe / 0.1)) < 1e-6  # on the grid
-    # With a short idle interval the slack is a tenth of it, never a large share of I.
+    # A due time a float's error past a grid point goes on it, not a whole slot later.
     pair = _pair()
-    pair.panel._idle_interval = 0.2
-    pair.panel._last_sent = pair.panel._last_received = 1.005
-    assert pair.panel.next_deadline() == pytest.approx(1.22)
+    pair.panel._last_sent = pair.panel._last_received = 23 * 0.1  # due at 4.800000000000001
+    assert pair.panel.next_deadline() == pytest.approx(4.8, abs=1e-9)  # (a plain ceil: 4.9)
+
+
+def test_the_slack_never_eats_the_quiet_nodes_limit_when_heartbeats_are_short() -> None:
+    """With H = 10 ms the slack is H / 2: a quiet panel's probes still reach the node well
+    within I + 3 H of its last frame, for a minute of quiet (a 100 ms slack would have been
+    dropped by the node with no delay at all)."""
+    pair = ConnectionPair()
+    pair.panel, pair.host = p.PanelConnection(now=0.0), p.HostConnection(now=0.0)
+    pair.panel_sends(
+        p.Hello(config_digest=p.EMPTY_DIGEST, panel_id=3, boot_id=1, firmware="e", oldest_seq=0,
+                newest_seq=0, config_version=0, max_epoch=0)
+    )  # fmt: skip
+    pair.host_sends(
+        p.Welcome(config_digest=p.EMPTY_DIGEST, node_id="A", epoch=1, hwm=0, config_version=0,
+                  heartbeat_ms=10, idle_ms=1000)
+    )  # fmt: skip
+    pair.advance_to(60.0)  # a PeerTimeout at either end would raise here
+    probes = _beats(pair, "panel->host")
+    gaps = [b - a for a, b in zip([0.0, *probes], probes, strict=False)]
+    assert len(probes) >= 55 and all(1.0 <= g <= 1.0 + 0.005 + 1e-9 for g in gaps), gaps[:5]
+    assert pair.panel.state is pair.host.state is p.State.STREAMING
 
 
 def test_a_busy_session_keeps_the_heartbeat_interval() -> None:

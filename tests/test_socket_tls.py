@@ -9,6 +9,7 @@ the stream, and a serial line (not a socket) keeping ``trio.SSLStream``.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 
@@ -145,5 +146,63 @@ async def test_a_send_cancelled_with_records_unsent_breaks_the_stream(site_pki: 
     assert waited.cancelled_caught
     with pytest.raises(trio.BrokenResourceError):  # a torn record would follow: never sent
         await client.send_all(b"more")
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_reader_is_never_held_by_a_sender_waiting_for_the_socket(site_pki: Path) -> None:
+    """A sender holding the socket (waiting for it to drain) must not hold the reader: the
+    peer may be waiting for this end to read before it reads in turn."""
+    server, client = await _makers(site_pki)()
+    async with server._write_lock:  # as a sender does while the socket is full
+        server._tls.write(b"made, not yet sent")
+        await client.send_all(b"frame")
+        with trio.fail_after(5):
+            assert await server.receive_some() == b"frame"
+    await server.send_all(b"; and then")  # what was made first goes first
+    got = b""
+    with trio.fail_after(5):
+        while not got.endswith(b"; and then"):
+            got += await client.receive_some()
+    assert got == b"made, not yet sent; and then"
+    await client.aclose()
+    await server.aclose()
+
+
+@pytest.mark.parametrize("buffer", [65536, 0], ids=["64KiB-buffers", "default-buffers"])
+async def test_both_ends_sending_megabytes_at_once_never_deadlock(site_pki: Path, buffer: int) -> None:
+    server, client = await _makers(site_pki)()
+    for stream in (server, client):
+        if buffer:
+            stream.transport_stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            stream.transport_stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    total, chunk = 16 << 20, 1 << 20
+    got = {"server": 0, "client": 0}
+
+    async def send(stream: SocketTLSStream) -> None:
+        for _ in range(total // chunk):
+            await stream.send_all(b"y" * chunk)
+
+    async def receive(stream: SocketTLSStream, name: str) -> None:
+        while got[name] < total:
+            got[name] += len(await stream.receive_some())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for stream, name in ((server, "server"), (client, "client")):
+                nursery.start_soon(send, stream)
+                nursery.start_soon(receive, stream, name)
+    assert got == {"server": total, "client": total}
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_receive_cancelled_while_waiting_loses_nothing(site_pki: Path) -> None:
+    server, client = await _makers(site_pki)()
+    with trio.move_on_after(0.05):
+        await server.receive_some()  # nothing comes: cancelled in its wait
+    await client.send_all(b"after the cancel")
+    with trio.fail_after(5):
+        assert await server.receive_some() == b"after the cancel"
     await client.aclose()
     await server.aclose()

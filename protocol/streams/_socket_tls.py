@@ -10,6 +10,14 @@ receive is one ``recv`` into the BIO and one ``SSLObject.read``. Measured with
 ``benchmarks/frames.py``: a small frame sent and received costs about a quarter less than
 through ``trio.SSLStream`` (docs/architecture.md, Figures).
 
+**Writes in order, and a reader that never waits on one.** Every TLS record the
+``SSLObject`` produces (a send's, the handshake's, what a read answers the peer with) is
+moved at once, in the order made, to one queue of ciphertext; a sender drains the queue
+under the write lock, waiting for the socket when it is full. A receive only tries to send
+what its read produced, without waiting and only while no sender holds the lock (the
+holder drains it anyway): so a reader is never stuck behind a sender's megabytes while the
+peer waits for it to read, and a receive cancelled in its wait loses nothing it decrypted.
+
 Its failures are ``trio.SSLStream``'s: ``trio.BrokenResourceError`` whose ``__cause__`` is
 the ``ssl.SSLError`` or ``OSError`` (``map_link_errors`` turns them into ``TlsError`` and
 ``LinkError``), ``trio.ClosedResourceError`` after ``aclose``. A send or handshake that is
@@ -52,8 +60,11 @@ class SocketTLSStream(trio.abc.Stream):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
-        #: One writer of the socket at a time: a send, or a receive answering the peer.
+        #: Ciphertext made and not yet sent, in the order the SSLObject made it.
+        self._queue = bytearray()
+        #: One task sends from the queue at a time (and may wait for the socket).
         self._write_lock = trio.StrictFIFOLock()
+        self._handshake_lock = trio.Lock()
         self._handshook = False
         self._broken: BaseException | None = None
         self._closed = False
@@ -71,30 +82,34 @@ class SocketTLSStream(trio.abc.Stream):
         return self._tls.getpeercert()
 
     async def do_handshake(self) -> None:
-        """The TLS handshake; again after it is done, a checkpoint only.
+        """The TLS handshake (one at a time); again after it is done, a checkpoint only.
 
         Raises:
             trio.BrokenResourceError: the handshake failed (its ``__cause__`` says why).
         """
         self._check_usable()
-        if self._handshook:
-            await trio.lowlevel.checkpoint()
-            return
-        await checkpoint_if_cancelled()
-        while True:
-            try:
-                self._tls.do_handshake()
-            except ssl.SSLWantReadError:
-                await self._flush()
-                await self._fill()
-                continue
-            except ssl.SSLError as exc:
-                self._send_now()  # the alert tells the peer why
-                raise self._break(exc) from exc
-            break
-        await self._flush()
-        self._handshook = True
-        await cancel_shielded_checkpoint()
+        async with self._handshake_lock:
+            if self._handshook:
+                await trio.lowlevel.checkpoint()
+                return
+            await checkpoint_if_cancelled()
+            while True:
+                try:
+                    self._tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    self._take()
+                    await self._flush()
+                    await self._fill()
+                    continue
+                except ssl.SSLError as exc:
+                    self._take()
+                    self._send_nowait()  # the alert tells the peer why
+                    raise self._break(exc) from exc
+                break
+            self._take()
+            await self._flush()
+            self._handshook = True
+            await cancel_shielded_checkpoint()
 
     # -- trio.abc.Stream ------------------------------------------------------------------
 
@@ -112,6 +127,7 @@ class SocketTLSStream(trio.abc.Stream):
                     self._tls.write(data)
                 except ssl.SSLError as exc:
                     raise self._break(exc) from exc
+                self._take()
                 await self._flush()
             await cancel_shielded_checkpoint()
         finally:
@@ -120,6 +136,7 @@ class SocketTLSStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         self._check_usable()
         await wait_writable(self._fd)
+        self._check_usable()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._receiving:
@@ -142,8 +159,6 @@ class SocketTLSStream(trio.abc.Stream):
             try:
                 data = self._tls.read(max_bytes or _RECV)
             except ssl.SSLWantReadError:
-                if self._outgoing.pending:
-                    await self._flush()
                 waited = await self._fill() or waited
                 continue
             except ssl.SSLZeroReturnError:  # the peer's close_notify: the end of the stream
@@ -151,24 +166,26 @@ class SocketTLSStream(trio.abc.Stream):
             except ssl.SSLError as exc:
                 raise self._break(exc) from exc
             break
-        if self._outgoing.pending:  # what reading produced for the peer (a key update's answer)
-            await self._flush()
+        if self._outgoing.pending:  # what reading made for the peer (a key update's answer)
+            self._take()
+            self._send_nowait()
         if not waited:
             await cancel_shielded_checkpoint()
         return data
 
     async def aclose(self) -> None:
-        """Send close_notify if the stream is still good (never waiting for the peer), then
-        close the socket."""
+        """Send close_notify if the stream is still good (never waiting for the socket or
+        the peer), then close the socket."""
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        self._closed = True
-        if self._handshook and self._broken is None:
-            # SSLWantReadError: ours is written, the peer's is not awaited.
+        if self._handshook and self._broken is None and not self._write_lock.locked():
+            # SSLWantReadError: ours is made, the peer's is not awaited.
             with contextlib.suppress(ssl.SSLError):
                 self._tls.unwrap()
-            self._send_now()
+            self._take()
+            self._send_nowait()
+        self._closed = True
         await self.transport_stream.aclose()
 
     # -- the socket -----------------------------------------------------------------------
@@ -183,11 +200,17 @@ class SocketTLSStream(trio.abc.Stream):
         self._broken = cause
         return trio.BrokenResourceError(f"TLS stream broken: {cause}")
 
+    def _take(self) -> None:
+        """Move what the SSLObject made to the queue, behind what is there (in order)."""
+        self._queue += self._outgoing.read()
+
     async def _fill(self) -> bool:
         """Wait for bytes from the peer and put them in the incoming BIO (EOF too); True if
         it had to wait (a checkpoint)."""
         waited = False
         while True:
+            if self._closed:  # by another task while this one waited: the fd is not ours
+                raise trio.ClosedResourceError("this TLS stream was closed")
             try:
                 data = os.read(self._fd, _RECV)
             except BlockingIOError:
@@ -203,34 +226,38 @@ class SocketTLSStream(trio.abc.Stream):
             return waited
 
     async def _flush(self) -> None:
-        """Send every record waiting in the outgoing BIO, in order, one writer at a time.
+        """Send the queue, waiting for the socket as needed, one sender at a time.
 
-        Cancelled (or failed) with records unsent, the stream is broken: what the peer would
-        read next could be a torn record.
+        Cancelled (or failed) with ciphertext unsent, the stream is broken: what the peer
+        would read next could be a torn record.
         """
-        data = b""
         try:
             async with self._write_lock:
-                data = self._outgoing.read()
-                while data:
+                queue = self._queue
+                while queue:
+                    if self._closed:
+                        raise trio.ClosedResourceError("this TLS stream was closed")
                     try:
-                        sent = os.write(self._fd, data)
+                        sent = os.write(self._fd, queue)
                     except BlockingIOError:
                         await wait_writable(self._fd)
                         continue
-                    data = data[sent:] or self._outgoing.read()  # and records written meanwhile
+                    del queue[:sent]
         except OSError as exc:
             raise self._break(exc) from exc
         except BaseException:
-            if data or self._outgoing.pending:
+            if self._queue and self._broken is None:
                 self._broken = OSError("a send was cancelled with TLS records unsent")
             raise
 
-    def _send_now(self) -> None:
-        """What the outgoing BIO holds, as far as the socket takes it without waiting."""
-        data = self._outgoing.read()
-        while data:
+    def _send_nowait(self) -> None:
+        """Send what the socket takes of the queue now, unless a sender holds it (it will)."""
+        queue = self._queue
+        if self._write_lock.locked() or self._closed:
+            return
+        while queue:
             try:
-                data = data[os.write(self._fd, data) :]
-            except OSError:
+                sent = os.write(self._fd, queue)
+            except OSError:  # full (BlockingIOError) or gone: the next sender finds out
                 return
+            del queue[:sent]
