@@ -346,19 +346,31 @@ class PgEventStore(_PgEventQueries):
         """
         with self._writing("materializing the batch log", durable=self.durable) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MATERIALIZE_LOCK,))
-            # Whole batches, oldest first, until about max_events: the first always.
-            taken = conn.execute(
-                "SELECT id, panel_id, received_us, epoch, events, records FROM "
-                "(SELECT *, sum(events) OVER (ORDER BY id) - events AS before FROM batch_log) t "
-                "WHERE before < %s ORDER BY id",
-                (max_events,),
-            ).fetchall()
-            if not taken:
+            # Whole batches, oldest first, until about max_events (the first always): their
+            # sizes by the primary key's order (at most max_events rows, each holds one
+            # event or more), then the records of those alone.
+            ids: list[int] = []
+            events = 0
+            for batch_id, n in conn.execute(
+                "SELECT id, events FROM batch_log ORDER BY id LIMIT %s", (max(1, max_events),)
+            ):
+                if events >= max_events:
+                    break
+                ids.append(batch_id)
+                events += n
+            if not ids:
                 return LogBacklog()
+            taken = conn.execute(
+                "SELECT id, panel_id, received_us, epoch, events, records FROM batch_log "
+                "WHERE id = ANY(%s) ORDER BY id",
+                (ids,),
+            ).fetchall()
             rows = [copy_rows(pid, received_us, epoch, records) for _id, pid, received_us, epoch, _n, records in taken]
             with conn.cursor().copy("COPY events FROM STDIN (FORMAT BINARY)") as copy:
                 copy.write(b"".join([_COPY_HEADER, *rows, _COPY_TRAILER]))
-            conn.execute("DELETE FROM batch_log WHERE id = ANY(%s)", ([r[0] for r in taken],))
+            deleted = conn.execute("DELETE FROM batch_log WHERE id = ANY(%s)", (ids,)).rowcount
+            if deleted != len(ids) or len(taken) != len(ids):  # another mover despite the lock
+                raise StoreError(self.where, f"materializing the batch log: {len(ids)} batches read, {deleted} deleted")
         return LogBacklog(
             batches=len(taken), events=sum(int(r[4]) for r in taken), oldest_received_us=min(r[2] for r in taken)
         )

@@ -105,20 +105,27 @@ def test_two_materializers_at_once_never_move_a_batch_twice(engine: StoreEngine,
         store.append([batch(1, start, start + 249), batch(2, start, start + 249)], 1)
     movers = [open_event_store(engine.target, durable=False) for _ in range(2)]
     moved = [0, 0]
+    errors: list[BaseException] = []
 
     def drain(k: int) -> None:
-        while step := movers[k].materialize(300).events:
-            moved[k] += step
+        try:
+            while step := movers[k].materialize(300).events:
+                moved[k] += step
+        except BaseException as exc:  # reported below, not only printed by the thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=drain, args=(k,)) for k in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert sum(moved) == 40_000 and store.log_backlog() == LogBacklog(), moved
-    assert store.seqs(1) == store.seqs(2) == list(range(1, 20_001))
-    for mover in movers:
-        mover.close()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(t.is_alive() for t in threads) and not errors, errors
+        assert sum(moved) == 40_000 and store.log_backlog() == LogBacklog(), moved
+        assert store.seqs(1) == store.seqs(2) == list(range(1, 20_001))
+    finally:
+        for mover in movers:
+            mover.close()
 
 
 def test_a_full_disk_moves_nothing_and_loses_nothing(engine: StoreEngine, store: EventStoreInterface) -> None:

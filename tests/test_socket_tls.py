@@ -17,8 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.streams import TlsFiles, client_context, peer_identity, server_context
-from protocol.streams._socket_tls import SocketTLSStream
+from protocol.streams import SocketTLSStream, TlsFiles, client_context, peer_identity, server_context
 from protocol.streams._tls import wrap
 
 

@@ -7,9 +7,8 @@ divided by the frames sent (each is also received), for three layers:
 
 * ``trio``: mutual TLS 1.3 through ``trio.SSLStream`` over ``trio.SocketStream``
   (what ``protocol.streams`` uses): the bound ``fieldsync bench idle`` divides by;
-* ``sslobject``: the same TLS through a minimal stream written here on
-  ``ssl.SSLObject`` and the raw socket (write and send in one go, one
-  checkpoint per send): what a stream of our own could save;
+* ``socket``: the same TLS through ``protocol.streams.SocketTLSStream`` (``ssl.SSLObject``
+  driven from the socket's non-blocking calls): what the sessions use on TCP;
 * ``plain``: no TLS, raw socket calls and trio's waits only: the floor for any
   design with a task wake-up per frame.
 """
@@ -26,7 +25,7 @@ from typing import cast
 
 import trio
 
-from protocol.streams import client_context, server_context
+from protocol.streams import SocketTLSStream, client_context, server_context
 
 from ..site import pki
 
@@ -35,69 +34,13 @@ __all__ = ["LAYERS", "frame_cost"]
 #: Each layer and what it is, in the order they are measured.
 LAYERS = {
     "trio": "TLS, trio.SSLStream",
-    "sslobject": "TLS, a minimal ssl.SSLObject stream",
+    "socket": "TLS, SocketTLSStream (the sessions')",
     "plain": "no TLS, raw socket calls (the floor)",
 }
 
 FRAME = bytes(24)
 Send = Callable[[bytes], Awaitable[None]]
 Receive = Callable[[], Awaitable[bytes]]
-
-
-class SSLObjectStream:
-    """TLS on a non-blocking socket with ``ssl.SSLObject``: the least a trio stream can do."""
-
-    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool) -> None:
-        self.sock = sock
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
-
-    async def _flush(self) -> None:
-        data = self.outgoing.read()
-        while data:
-            try:
-                data = data[self.sock.send(data) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-
-    async def _fill(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
-                continue
-            if not data:
-                raise EOFError("peer closed")
-            self.incoming.write(data)
-            return
-
-    async def handshake(self) -> None:
-        while True:
-            try:
-                self.tls.do_handshake()
-            except ssl.SSLWantReadError:
-                await self._flush()
-                await self._fill()
-                continue
-            await self._flush()
-            return
-
-    async def send(self, data: bytes) -> None:
-        self.tls.write(data)
-        await self._flush()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def receive(self) -> bytes:
-        while True:
-            try:
-                data = self.tls.read(65536)
-            except ssl.SSLWantReadError:
-                await self._fill()
-                continue
-            if self.outgoing.pending:  # post-handshake messages want an answer
-                await self._flush()
-            return data
 
 
 def _plain(sock: socket.socket) -> tuple[Send, Receive]:
@@ -121,16 +64,21 @@ async def _pair(layer: str, server: ssl.SSLContext, client: ssl.SSLContext) -> l
     b.setblocking(False)
     if layer == "plain":
         return [_plain(a), _plain(b)]
-    if layer == "sslobject":
-        ends = [SSLObjectStream(a, server, server_side=True), SSLObjectStream(b, client, server_side=False)]
-        async with trio.open_nursery() as nursery:
-            for end in ends:
-                nursery.start_soon(end.handshake)
-        return [(end.send, end.receive) for end in ends]
-    streams = [
-        trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(a)), server, server_side=True),
-        trio.SSLStream(trio.SocketStream(trio.socket.from_stdlib_socket(b)), client, server_side=False),
-    ]
+    sockets = (
+        trio.SocketStream(trio.socket.from_stdlib_socket(a)),
+        trio.SocketStream(trio.socket.from_stdlib_socket(b)),
+    )
+    streams: list[SocketTLSStream] | list[trio.SSLStream[trio.SocketStream]]
+    if layer == "socket":
+        streams = [
+            SocketTLSStream(sockets[0], server, server_side=True),
+            SocketTLSStream(sockets[1], client, server_side=False),
+        ]
+    else:
+        streams = [
+            trio.SSLStream(sockets[0], server, server_side=True),
+            trio.SSLStream(sockets[1], client, server_side=False),
+        ]
     async with trio.open_nursery() as nursery:
         for stream in streams:
             nursery.start_soon(stream.do_handshake)

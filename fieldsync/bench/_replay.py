@@ -194,7 +194,9 @@ def _log_reader(db: Path | str) -> Callable[..., int]:
                     pg.append(psycopg.connect(db, autocommit=True, connect_timeout=2))
                 row = pg[0].execute(query).fetchone()
                 return int(row[0]) if row else -1
-            except psycopg.Error:
+            except psycopg.Error:  # not there yet, or gone: a new connection next time
+                for conn in pg:
+                    conn.close()
                 pg.clear()
                 return -1
 
