@@ -542,22 +542,25 @@ def test_a_crashed_standby_stops_a_sync_pair_unless_a_witness_lets_the_primary_g
     result = trio.run(ScenarioRun(scenario, port=port, workdir=tmp_path / "work").run)
     assert result.ok and result.drained, result.text()
 
-    def stored(t: float) -> int:
-        return max(s.stored for s in result.samples if s.t <= t)
+    def acked(t: float) -> int:
+        return max(s.acked for s in result.samples if s.t <= t)
 
-    # The standby's host is down from its crash (3 s on the timeline, later on a loaded
-    # machine: measured from when it happened) to its restart at 8 s.
+    # Acknowledged while the standby's host is down: from its crash (3 s on the timeline,
+    # later on a loaded machine: measured from when it happened) to its restart at 8 s.
+    # (Acknowledged, not stored: a commit the primary ended at its timeout is in the store,
+    # committed locally, and never acknowledged; how many such fall in the window depends on
+    # the timing, and none of them is an ACK.)
     crashed = next(t for t, what in result.log if what.startswith("crash of"))
-    during = stored(7.5) - stored(crashed + 0.9)
+    during = acked(7.5) - acked(crashed + 0.9)
     log = (tmp_path / "work" / "nodes.log").read_text()
     if witness:
         assert during > 500, (during, result.samples)  # 12 panels at 20 swipes/s: ~840 in 3.5 s
         assert "the witness agreed: acknowledging alone" in log and "in sync again" in log, log[-3000:]
         assert result.report.store_epoch == 2, result.text()  # the kill at 14 s: B, in sync, promoted
     else:
-        # Nothing acknowledged: only the few commits that were waiting when it crashed, which
-        # the primary ended at their timeout (committed locally, never acknowledged, resent).
-        assert during < 50, (during, result.samples)
+        # Nothing acknowledged: the commits waiting when it crashed end at their timeout
+        # (committed locally, never acknowledged, resent once the standby is back).
+        assert during == 0, (during, result.samples)
 
 
 @pytest.mark.slow
