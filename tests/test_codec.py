@@ -6,7 +6,7 @@ import contextlib
 
 import construct
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
@@ -105,6 +105,7 @@ def test_any_byte_string_raises_only_protocol_errors(data: bytes, resync: bool) 
     assert decoder.statistics().buffered <= len(data)
 
 
+@settings(max_examples=200)  # each example already tries every edge of every frame
 @given(st.lists(messages, min_size=1, max_size=4), st.data())
 def test_split_at_every_byte_boundary_yields_the_same_events(msgs: list[p.Message], data: st.DataObject) -> None:
     frames = [frame_of(m) for m in msgs]
