@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--max-log-age", type=float, default=2.0, help="--ingest log: the oldest batch's age at which it goes anyway"
     )
+    parser.add_argument(
+        "--max-log-lag", type=int, default=4_000_000, help="--ingest log: the most events the log holds ahead"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.engine != ["sqlite"]:

@@ -330,3 +330,12 @@ def test_a_site_whose_store_is_postgresql_serves_and_the_pair_says_it_cannot(tmp
     relative = tmp_path / "rel.toml"
     relative.write_text('[site]\ndb = "data/site.db"\n')
     assert load_site(relative).db == tmp_path / "data" / "site.db"
+
+
+def test_the_batch_logs_bound_is_a_site_key_that_reaches_each_node(tmp_path: Path) -> None:
+    text = pair_site_toml(port=31000).replace("[site]\n", '[site]\ningest = "log"\nmax_log_lag = 12000000\n', 1)
+    site = parse_site(text, tmp_path / "site.toml")
+    assert site.max_log_lag == 12_000_000
+    assert site.cluster_settings("A").max_log_lag == site.cluster_settings("B").max_log_lag == 12_000_000
+    with pytest.raises(SiteError, match="max_log_lag"):
+        parse_site(text.replace("max_log_lag = 12000000", "max_log_lag = 0"), tmp_path / "site.toml")

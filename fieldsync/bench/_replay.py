@@ -61,6 +61,7 @@ class ReplayOptions:
     ingest: str = "rows"
     materialize_idle: float = 0.05
     max_log_age: float = 2.0
+    max_log_lag: int = 4_000_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,7 +249,7 @@ def _node_command(opts: ReplayOptions, workdir: Path, db: Path | str, pki_dir: P
         site = workdir / "site.toml"  # the site file carries what the CLI does not
         site.write_text(
             f'[site]\ningest = "log"\nmaterialize_idle = {opts.materialize_idle}\n'
-            f"max_log_age = {opts.max_log_age}\n[fleet]\npanels = {opts.panels}\n"
+            f"max_log_age = {opts.max_log_age}\nmax_log_lag = {opts.max_log_lag}\n[fleet]\npanels = {opts.panels}\n"
         )
         command += ["--site", str(site)]
     return command

@@ -39,6 +39,9 @@ def bench() -> None:
 )
 @click.option("--materialize-idle", type=click.FloatRange(min=0), default=0.05, show_default=True)
 @click.option("--max-log-age", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option(
+    "--max-log-lag", type=click.IntRange(min=1), default=4_000_000, show_default=True, help="Events the log may hold."
+)
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure here.")
 @click.option(
@@ -55,6 +58,7 @@ def replay_cmd(
     ingest: str,
     materialize_idle: float,
     max_log_age: float,
+    max_log_lag: int,
     timeout: float,
     json_path: Path | None,
     plot: Path | None,
@@ -74,6 +78,7 @@ def replay_cmd(
         ingest=ingest,
         materialize_idle=materialize_idle,
         max_log_age=max_log_age,
+        max_log_lag=max_log_lag,
     )
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-replay-") as tmp, _progress() as progress:

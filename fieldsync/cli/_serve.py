@@ -124,6 +124,7 @@ def serve(
         ingest=ingest or site.ingest,
         materialize_idle=float(site.materialize_idle),
         max_log_age=float(site.max_log_age),
+        max_log_lag=site.max_log_lag,
         # A site file lists the panels; without one, any panel with a site certificate is served.
         known_panels=frozenset(site.panel_ids()) if site.path is not None else None,
     )

@@ -241,6 +241,7 @@ class ClusterNode(_StandbyLoop):
                 ingest=s.ingest,
                 materialize_idle=s.materialize_idle,
                 max_log_age=s.max_log_age,
+                max_log_lag=s.max_log_lag,
                 epoch=epoch,
                 bind_retry=float("inf"),  # a zombie may hold the VIP until it wakes
                 known_panels=s.known_panels,

@@ -34,6 +34,7 @@ class ClusterSettings:
     ingest: str = "rows"
     materialize_idle: float = 0.05
     max_log_age: float = 2.0
+    max_log_lag: int = 4_000_000
     #: Node-to-node heartbeat (through the shared store) and lease timing.
     beat_interval: float = 0.1
     dead_after: float = 0.3

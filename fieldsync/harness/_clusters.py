@@ -346,6 +346,7 @@ class InProcessCluster:
             ingest=site.ingest,
             materialize_idle=float(site.materialize_idle),
             max_log_age=float(site.max_log_age),
+            max_log_lag=site.max_log_lag,
         )
         self.node_class = flawed_node_class(run.flaws)
         self._nursery: trio.Nursery | None = None

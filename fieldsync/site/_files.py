@@ -233,6 +233,9 @@ class _SiteTable(TomlTable):
     #: unless the log's oldest batch is ``max_log_age`` seconds old.
     materialize_idle: StrictFloat | StrictInt = Field(default=0.05, ge=0)
     max_log_age: StrictFloat | StrictInt = Field(default=2.0, ge=0)
+    #: ``log``: the most events acknowledged and not yet materialized; past it commits wait
+    #: (the panels' reads pause). 4,000,000 events is 128 MB of log.
+    max_log_lag: StrictInt = Field(default=4_000_000, ge=1)
     #: Mirrored storage: each node on its own PostgreSQL (``[nodes.NAME] db``), the active's the
     #: primary and the other's its replica: ``sync`` (an ACK once the commit is on both) or
     #: ``async`` (once it is on the primary: the WAN edition). None: one shared store (``db``).
@@ -364,6 +367,7 @@ class Site(_SiteTable):
             ingest=self.ingest,
             materialize_idle=float(self.materialize_idle),
             max_log_age=float(self.max_log_age),
+            max_log_lag=self.max_log_lag,
             stonith=stonith,
             failback=failback,
             vrrp_state=spec.vrrp_state,
