@@ -265,8 +265,12 @@ def test_a_mirrored_lab_fails_over_by_promotion_and_rejoins_by_rewind(lab_under_
         "it streams in sync",
         lambda: [(r.node, r.sync_state) for r in mirror.replication(other)] == [(holder, "sync")],
     )
-    log = (lab_under_test.dir / f"node-{holder}.log").read_text()
-    assert "its database was the stale primary" in log, log[-2000:]
+    # The node says so once its own wait for the sync state ends, a poll after the test's.
+    node_log = lab_under_test.dir / f"node-{holder}.log"
+    try:
+        _wait("its node reports the rejoin", lambda: "its database was the stale primary" in node_log.read_text())
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{node_log.read_text()[-2000:]}") from None
     pg_dir = lab.spec.pg_dir
     _lab("down", "--dir", str(lab_under_test.dir))
     assert postgres_of(str(pg_dir)) == [] and not pg_dir.exists()
