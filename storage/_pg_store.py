@@ -46,7 +46,7 @@ from ._errors import StaleEpoch, StoreError
 from ._pg_conn import PgConnection
 from ._pg_queries import _one, _PgEventQueries
 from ._pg_schema import migrate_pg
-from ._records import MAX_STORED_SEQ, IngestBatch, IngestOutcome, IngestResult, LogBacklog, signed
+from ._records import MAX_STORED_SEQ, IngestBatch, IngestOutcome, IngestResult, LogBacklog, materialize_all, signed
 
 __all__ = ["PgEventStore"]
 
@@ -377,15 +377,7 @@ class PgEventStore(_PgEventQueries):
 
     def materialize_all(self) -> LogBacklog:
         """Materialize until the log is empty (what a restart or the checker finishes)."""
-        batches = events = 0
-        oldest: int | None = None
-        while True:
-            step = self.materialize()
-            if not step.batches:
-                return LogBacklog(batches=batches, events=events, oldest_received_us=oldest)
-            batches += step.batches
-            events += step.events
-            oldest = step.oldest_received_us if oldest is None else oldest
+        return materialize_all(self.materialize)
 
     # -- panel bookkeeping --------------------------------------------------------------
 

@@ -7,6 +7,7 @@ bits): ``signed`` on the way in, ``unsigned`` on the way out.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from protocol import RECORD_SIZE, EventKind, EventRecord
 
@@ -97,6 +98,19 @@ class LogBacklog:
     events: int = 0
     #: The oldest such batch's receive time (µs since the epoch), None when there is none.
     oldest_received_us: int | None = None
+
+
+def materialize_all(step: Callable[[], LogBacklog]) -> LogBacklog:
+    """Take ``step`` (one ``materialize``) until the log is empty; what they moved together."""
+    batches = events = 0
+    oldest: int | None = None
+    while True:
+        moved = step()
+        if not moved.batches:
+            return LogBacklog(batches=batches, events=events, oldest_received_us=oldest)
+        batches += moved.batches
+        events += moved.events
+        oldest = moved.oldest_received_us if oldest is None else oldest
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

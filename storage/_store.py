@@ -35,7 +35,7 @@ from protocol import GAP_KINDS, RECORD_SIZE
 
 from ._errors import StaleEpoch, StoreError, map_sqlite_errors
 from ._gate import write_gate
-from ._records import IngestBatch, IngestOutcome, IngestResult, LogBacklog, signed
+from ._records import IngestBatch, IngestOutcome, IngestResult, LogBacklog, materialize_all, signed
 from ._schema import migrate
 from ._store_queries import _EventQueries
 
@@ -310,15 +310,7 @@ class EventStore(_EventQueries):
 
     def materialize_all(self) -> LogBacklog:
         """Materialize until the log is empty (what a restart or the checker finishes)."""
-        batches = events = 0
-        oldest: int | None = None
-        while True:
-            step = self.materialize()
-            if not step.batches:
-                return LogBacklog(batches=batches, events=events, oldest_received_us=oldest)
-            batches += step.batches
-            events += step.events
-            oldest = step.oldest_received_us if oldest is None else oldest
+        return materialize_all(self.materialize)
 
     # -- panel bookkeeping --------------------------------------------------------------
 

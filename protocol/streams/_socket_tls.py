@@ -128,8 +128,9 @@ class SocketTLSStream(trio.abc.Stream):
                 except ssl.SSLError as exc:
                     raise self._break(exc) from exc
                 self._take()
-                await self._flush()
-            await cancel_shielded_checkpoint()
+                await self._flush()  # its lock's acquire is this call's schedule point
+            else:
+                await cancel_shielded_checkpoint()
         finally:
             self._sending = False
 
