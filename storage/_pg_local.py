@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,14 @@ def find_pg_bindir() -> Path:
     raise PostgresMissing(
         "no PostgreSQL server binaries: no initdb via pg_config --bindir or /usr/lib/postgresql/*/bin"
     )
+
+
+#: Lines of a server's log that say why it did not start.
+_LOG_CAUSE = re.compile(r"\b(FATAL|PANIC|ERROR|could not|invalid|denied)\b")
+#: What a server's log says when its port was taken (errno EADDRINUSE's text).
+_PORT_TAKEN = "Address already in use"
+#: A log line's time and process id, before what it says.
+_LOG_PREFIX = re.compile(r"^.*?\[\d+\]\s+")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -252,7 +261,30 @@ class LocalPostgres:
     # -- running it ---------------------------------------------------------------------------
 
     def start(self, *, timeout: float = 30.0) -> None:
-        self._run("pg_ctl", ["-D", str(self.datadir), "-l", str(self.log), "-w", "-t", str(int(timeout)), "start"])
+        """Start it and wait until it accepts sessions; if it does not, the error carries what
+        its log says (pg_ctl's own message is only "could not start server")."""
+        seen = len(self.log_text())
+        try:
+            self._run("pg_ctl", ["-D", str(self.datadir), "-l", str(self.log), "-w", "-t", str(int(timeout)), "start"])
+        except RuntimeError as exc:
+            this_start = self.log_text()[seen:].splitlines()
+            said = [_LOG_PREFIX.sub("", line) for line in this_start if _LOG_CAUSE.search(line)]
+            first = str(exc).splitlines()[0]
+            raise RuntimeError(f"{first}; its log: {' | '.join(said[-3:]) or '(nothing)'}") from None
+
+    def start_on_a_free_port(self, settings: Mapping[str, str], *, attempts: int = 3, timeout: float = 30.0) -> None:
+        """Start a loopback server; if its port was taken between ``free_port`` and its bind
+        (another process's socket, a parallel test's server), configure it on another port with
+        ``settings`` and start again, up to ``attempts`` times. Any other failure is raised."""
+        for attempt in range(attempts):
+            try:
+                self.start(timeout=timeout)
+                return
+            except RuntimeError as exc:
+                if self.netns is not None or _PORT_TAKEN not in str(exc) or attempt == attempts - 1:
+                    raise
+            self.port = free_port(self.host)
+            self.configure(settings)
 
     def stop(self, *, mode: str = "fast", timeout: float = 30.0) -> None:
         """Stop it (``fast``: roll back sessions; ``immediate``: like a crash, recovery at the next start)."""
@@ -305,17 +337,8 @@ def running_instance(
     workdir = LocalPostgres.workdir(prefix)
     node: LocalPostgres | None = None
     try:
-        for attempt in range(attempts):
-            datadir = workdir / f"data{attempt}"
-            node = LocalPostgres.init(datadir, port=free_port(), settings=settings)
-            try:
-                node.start()
-                break
-            except RuntimeError:
-                # Most likely the port was taken between free_port and the bind: another port.
-                if attempt == attempts - 1:
-                    raise RuntimeError(f"{node} did not start: {node.log_text()[-2000:]}") from None
-        assert node is not None
+        node = LocalPostgres.init(workdir / "data", port=free_port(), settings=settings)
+        node.start_on_a_free_port(settings, attempts=attempts)
         yield node
     finally:
         if node is not None and node.running():
@@ -346,12 +369,12 @@ def running_pair(
     try:
         primary = LocalPostgres.init(workdir / "primary", port=free_port(), settings=settings)
         nodes.append(primary)
-        primary.start()
+        primary.start_on_a_free_port(settings)
         standby = LocalPostgres.basebackup(
             primary, workdir / "standby", port=free_port(), application_name=STANDBY_NAME, settings=settings
         )
         nodes.append(standby)
-        standby.start()
+        standby.start_on_a_free_port(settings)
         primary.wait_sync_standby(STANDBY_NAME, sync_state="sync" if synchronous else "async")
         yield primary, standby
     finally:

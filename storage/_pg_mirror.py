@@ -437,7 +437,11 @@ def mirror_servers(workdir: Path, hosts: Mapping[str, DatabaseHost] | None = Non
     of their own, or on ``hosts``."""
     bindir = find_pg_bindir()
     if hosts is None:
-        return {n: LocalPostgres(workdir / f"pg-{n}", port=free_port(), bindir=bindir) for n in ("A", "B")}
+        ports = {free_port()}
+        while len(ports) < 2:  # two at once: the kernel may hand the same free port out twice
+            ports.add(free_port())
+        pairs = zip("AB", sorted(ports), strict=True)
+        return {n: LocalPostgres(workdir / f"pg-{n}", port=p, bindir=bindir) for n, p in pairs}
     return {
         n: LocalPostgres(workdir / f"pg-{n}", port=h.port, host=h.address, bindir=bindir, netns=h.netns)
         for n, h in hosts.items()
@@ -468,7 +472,7 @@ def start_mirror(
             settings=mirror._own_settings(primary, primary=True),
             trusted=[h.address for h in hosts.values()] if hosts else (),
         )
-        first.start()
+        first.start_on_a_free_port(mirror._own_settings(primary, primary=True))
         mirror.wait_for_standby(primary)
         LocalPostgres.basebackup(
             first,
@@ -479,7 +483,7 @@ def start_mirror(
             host=replica.host,
             netns=replica.netns,
         )
-        replica.start()
+        replica.start_on_a_free_port(mirror._own_settings(standby, primary=False))
         mirror.wait_replicating(primary, standby)
     except BaseException:
         for server in mirror.servers.values():

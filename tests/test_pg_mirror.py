@@ -295,3 +295,43 @@ def test_cluster_rejoin_rewinds_a_stale_primary_from_the_command_line(mirror, si
     report = json.loads(status.stdout)
     assert report["databases"]["B"]["role"] == "primary" and report["databases"]["A"]["role"] == "standby"
     assert report["databases"]["B"]["replicas"][0]["node"] == "A" and report["lease"]["epoch"] == 2
+
+
+def test_a_server_whose_port_was_taken_starts_on_another_and_other_failures_name_the_cause() -> None:
+    """The fresh-clone CI once lost a mirrored scenario to "pg_ctl: could not start server":
+    a port handed out by free_port and taken before the server bound it. That is retried on
+    another port; any other reason is raised with what the server's log says."""
+    import socket
+
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+    from storage.postgres import LocalPostgres, free_port
+
+    workdir = LocalPostgres.workdir("fieldsync-pg-port-")
+    server: LocalPostgres | None = None
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            taken = squatter.getsockname()[1]
+            server = LocalPostgres.init(workdir / "data", port=taken)
+            with pytest.raises(RuntimeError, match=r"could not start server; its log: .*Address already in use"):
+                server.start()
+            server.start_on_a_free_port({})
+            assert server.port != taken and server.running()
+            with psycopg.connect(server.url(), autocommit=True) as conn:
+                row = conn.execute("SHOW port").fetchone()
+            assert row is not None and int(row[0]) == server.port
+        server.stop(mode="immediate")
+        # Not a port: a setting the server refuses. No retry, the log's FATAL line in the error.
+        server.configure({"shared_buffers": "nonsense"})
+        with pytest.raises(RuntimeError, match=r'its log: .*invalid value for parameter "shared_buffers"'):
+            server.start_on_a_free_port({"shared_buffers": "nonsense"})
+        assert free_port() > 0
+    finally:
+        if server is not None and server.running():
+            server.stop(mode="immediate")
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
