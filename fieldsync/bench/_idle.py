@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from emulator import Fleet, LinkMode, PanelSettings
+from protocol.streams import GcTime, sparing_gc
 
 from ..site import pki
 from ._common import cpu_seconds, node_process, ratio, save_figure
@@ -49,6 +50,8 @@ class IdleOptions:
     #: Each panel's event buffer: an idle panel buffers nothing, and 1 MiB each is 10 GiB
     #: for 10,000 panels.
     buffer_bytes: int = 64 * 1024
+    #: Both processes' cyclic GC (protocol.streams.sparing_gc), or ``python``: CPython's own.
+    gc: str = "sparing"
 
 
 async def measure_idle(
@@ -71,8 +74,12 @@ async def measure_idle(
     fleet = Fleet(settings, seed=1, start_rate=opts.ramp)
     command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(workdir / "site.db")]
     command += ["--listen", f"{VIP}:{opts.port}", "--pki", str(pki_dir), "--heartbeat-ms", str(opts.heartbeat_ms)]
-    command += ["--idle-ms", str(opts.idle_ms)]
-    async with node_process(command, workdir / "node.log") as node, trio.open_nursery() as nursery:
+    command += ["--idle-ms", str(opts.idle_ms), "--gc", opts.gc]
+    async with (
+        node_process(command, workdir / "node.log") as node,
+        sparing_gc(enabled=opts.gc == "sparing"),
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(fleet.run)  # the ramp runs while the loop below shows progress
         # A fleet whose set-ups cannot keep up never has every session up: past the wait the
         # window measures those that are, and the report says how many came up.
@@ -88,7 +95,8 @@ async def measure_idle(
         node_0, loop_0, fleet_0 = cpu_seconds(node.pid), cpu_seconds(node.pid, node.pid), time.process_time()
         before = sum(panel.statistics().sessions for panel in fleet.panels.values())
         start = time.perf_counter()
-        await trio.sleep(opts.seconds)
+        with GcTime() as fleet_gc:
+            await trio.sleep(opts.seconds)
         elapsed = time.perf_counter() - start
         node_cpu = cpu_seconds(node.pid) - node_0
         loop_cpu = cpu_seconds(node.pid, node.pid) - loop_0
@@ -113,10 +121,13 @@ async def measure_idle(
         "idle_ms": opts.idle_ms,
         "ramp_panels_per_s": opts.ramp,
         "buffer_bytes": opts.buffer_bytes,
+        "gc": opts.gc,
         "window_s": elapsed,
         "node_cpu_s": node_cpu,
         "node_loop_cpu_s": loop_cpu,
         "fleet_cpu_s": fleet_cpu,
+        "fleet_gc_s": sum(fleet_gc.seconds),
+        "fleet_gc_full_collections": fleet_gc.collections[2],
         "node_us_per_session_s": node_us,
         "fleet_us_per_session_s": fleet_us,
         "node_cores": node_cpu / elapsed,
@@ -146,6 +157,12 @@ def idle_lines(result: dict[str, object]) -> list[str]:
         value = result.get(f"{end}_own_frames_per_session_s")
         return "" if value is None else f"; {float(value):.3f} of a SocketTLSStream frame"  # type: ignore[arg-type]
 
+    gc_part = (
+        f"{float(result['fleet_gc_s']):.2f} s in the cyclic GC, {result['fleet_gc_full_collections']} full "  # type: ignore[arg-type]
+        f"collections; GC {result.get('gc', 'sparing')}"
+        if "fleet_gc_s" in result
+        else "GC time not measured"
+    )
     short = (
         []
         if result.get("all_connected", True)
@@ -167,7 +184,7 @@ def idle_lines(result: dict[str, object]) -> list[str]:
         f"  node        : {result['node_cpu_s']:.2f} s CPU (event loop {result['node_loop_cpu_s']:.2f} s), "
         f"{result['node_cores']:.2f} cores, {result['node_us_per_session_s']:.0f} us per session-second = "
         f"{frames('node_frames_per_session_s')} (goal <= 0.25){own('node')}",
-        f"  fleet       : {result['fleet_cpu_s']:.2f} s CPU, {result['fleet_cores']:.2f} cores, "
+        f"  fleet       : {result['fleet_cpu_s']:.2f} s CPU ({gc_part}), {result['fleet_cores']:.2f} cores, "
         f"{result['fleet_us_per_session_s']:.0f} us per session-second = "
         f"{frames('fleet_frames_per_session_s')} (goal <= 0.25){own('fleet')}",
         f"  sessions    : {result['connected_at_end']} of {result['panels']} up at the end, "

@@ -116,6 +116,13 @@ def replay_cmd(
     "--ramp", type=click.FloatRange(min=1), default=100.0, show_default=True, help="Panels started per second."
 )
 @click.option("--port", type=click.IntRange(1, 65_535), default=30002, show_default=True, help="The node's port.")
+@click.option(
+    "--gc",
+    type=click.Choice(["sparing", "python"]),
+    default="sparing",
+    show_default=True,
+    help="Both ends' cyclic GC: freeze the survivors of each full collection, or CPython's own policy.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure here.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="PNG: each end's cost beside the bound.")
 @friendly
@@ -127,6 +134,7 @@ def idle_cmd(
     idle_ms: int,
     ramp: float,
     port: int,
+    gc: str,
     json_path: Path | None,
     plot: Path | None,
 ) -> None:
@@ -135,7 +143,14 @@ def idle_cmd(
     from ..bench import IdleOptions, idle_lines, measure_idle, plot_idle
 
     opts = IdleOptions(
-        panels=panels, seconds=seconds, settle=settle, heartbeat_ms=heartbeat_ms, idle_ms=idle_ms, ramp=ramp, port=port
+        panels=panels,
+        seconds=seconds,
+        settle=settle,
+        heartbeat_ms=heartbeat_ms,
+        idle_ms=idle_ms,
+        ramp=ramp,
+        port=port,
+        gc=gc,
     )
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-idle-") as tmp, _progress() as progress:

@@ -44,6 +44,8 @@ def node_cmd(
     metrics_anywhere: bool,
 ) -> None:
     """Run one node of the active/standby pair (shared store, VIP on 30002)."""
+    from protocol.streams import sparing_gc
+
     from ..engine import ClusterNode, metrics_registry, serve_metrics
 
     metrics_at = metrics_address(metrics, anywhere=metrics_anywhere)
@@ -54,7 +56,7 @@ def node_cmd(
     node = ClusterNode(settings)
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
+        async with sparing_gc(), trio.open_nursery() as nursery:
             if metrics_at is not None:
                 await nursery.start(serve_metrics, metrics_registry(node), *metrics_at)
             await nursery.start(node.run)

@@ -68,6 +68,7 @@ def emulate(
     import dataclasses
 
     from emulator import BusSwiper, Fleet, Workload
+    from protocol.streams import sparing_gc
     from storage import OverflowPolicy
 
     site = site_with(site_path, pki_dir=pki_dir, insecure=insecure)
@@ -108,7 +109,7 @@ def emulate(
             fleet.swipers[panel.panel_id] = BusSwiper(panel, bus)
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
+        async with sparing_gc(), trio.open_nursery() as nursery:
             for line, bus in buses:
                 line.open()
                 bus.start()

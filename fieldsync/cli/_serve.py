@@ -59,6 +59,13 @@ __all__ = ["serve"]
     help="What an ACK waits for: every event's row, or the batch in the batch log [site: ingest].",
 )
 @click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
+@click.option(
+    "--gc",
+    type=click.Choice(["sparing", "python"]),
+    default="sparing",
+    show_default=True,
+    help="Cyclic GC: freeze what survives each full collection (sparing), or CPython's own policy.",
+)
 @metrics_options
 @friendly
 def serve(
@@ -77,12 +84,13 @@ def serve(
     idle_ms: int | None,
     ingest: str | None,
     duration: float | None,
+    gc: str,
     metrics: str | None,
     metrics_anywhere: bool,
 ) -> None:
     """Run a sync-engine node: accept panels on :30002, dial host-initiated ones on :3001,
     serve panels on serial lines."""
-    from protocol.streams import SerialLine
+    from protocol.streams import SerialLine, sparing_gc
 
     from ..engine import Node, NodeSettings, metrics_registry, serve_metrics
 
@@ -151,7 +159,7 @@ def serve(
         # SIGINT and SIGTERM (and the end of --duration) are a planned stop: the node
         # stores and acknowledges what it received and says BYE(SHUTTING_DOWN) to every panel.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
+            async with sparing_gc(enabled=gc == "sparing"), trio.open_nursery() as nursery:
                 if metrics_at is not None:  # first: a port in use fails before any panel is served
                     await nursery.start(serve_metrics, metrics_registry(node), *metrics_at)
                 await nursery.start(node.run)

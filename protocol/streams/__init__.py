@@ -11,6 +11,9 @@ from ._errors import LinkError as LinkError
 from ._errors import PeerClosed as PeerClosed
 from ._errors import TlsError as TlsError
 from ._errors import first_error as first_error
+from ._gc import GcTime as GcTime
+from ._gc import collect_sparingly as collect_sparingly
+from ._gc import sparing_gc as sparing_gc
 from ._serial import SerialLine as SerialLine
 from ._serial import SerialStream as SerialStream
 from ._serial import check_plaintext_serial as check_plaintext_serial
@@ -32,6 +35,7 @@ from ._tls import server_context as server_context
 
 __all__ = [
     "EndReason",
+    "GcTime",
     "Link",
     "LinkError",
     "MessageStream",
@@ -47,6 +51,7 @@ __all__ = [
     "check_plaintext_allowed",
     "check_plaintext_serial",
     "client_context",
+    "collect_sparingly",
     "dial",
     "first_error",
     "is_loopback",
@@ -57,4 +62,5 @@ __all__ = [
     "records_per_batch",
     "serial_link",
     "server_context",
+    "sparing_gc",
 ]
