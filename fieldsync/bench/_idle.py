@@ -128,6 +128,8 @@ async def measure_idle(
         "fleet_cpu_s": fleet_cpu,
         "fleet_gc_s": sum(fleet_gc.seconds),
         "fleet_gc_full_collections": fleet_gc.collections[2],
+        "fleet_gc_s_by_generation": fleet_gc.seconds,
+        "fleet_gc_collections_by_generation": fleet_gc.collections,
         "node_us_per_session_s": node_us,
         "fleet_us_per_session_s": fleet_us,
         "node_cores": node_cpu / elapsed,
