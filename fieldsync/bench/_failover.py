@@ -22,6 +22,7 @@ from typing import Any, cast
 import trio
 
 from emulator import Fleet, Workload
+from protocol.streams import sparing_gc
 from storage import ClusterStore, Lease
 
 from ..engine import Supervised, Supervisor, node_command
@@ -90,7 +91,7 @@ async def one_run(workdir: Path, pki_dir: Path, opts: FailoverOptions, run: int)
     for panel in fleet.panels.values():
         for i in range(opts.backlog):
             panel.swipe(i, i % 4)
-    async with trio.open_nursery() as nursery:
+    async with sparing_gc(), trio.open_nursery() as nursery:  # as `fieldsync emulate` runs a fleet
         output = opts.node_log if opts.node_log is not None else os.open(os.devnull, os.O_WRONLY)
         await nursery.start(Supervisor(children, stdout=output).run)
         with trio.fail_after(60):

@@ -32,6 +32,7 @@ import trio
 
 import protocol as p
 from emulator import Fleet, LinkMode, PanelSettings
+from protocol.streams import sparing_gc
 from storage import StoreError, open_event_store
 
 from ..site import pki
@@ -281,7 +282,7 @@ async def replay(
             await fleet.wait_connected()  # not fleet.statistics(): that cost the fleet a fifth of its CPU
             connected_s = time.perf_counter() - start
 
-        async with trio.open_nursery() as nursery:
+        async with sparing_gc(), trio.open_nursery() as nursery:  # as `fieldsync emulate` runs a fleet
             start = time.perf_counter()
             await nursery.start(fleet.run)
             nursery.start_soon(all_connected)
