@@ -58,6 +58,8 @@ from ._messages import Heartbeat as Heartbeat
 from ._messages import Hello as Hello
 from ._messages import Message as Message
 from ._messages import MessageType as MessageType
+from ._messages import Standby as Standby
+from ._messages import Takeover as Takeover
 from ._messages import Welcome as Welcome
 from ._records import GAP_KINDS as GAP_KINDS
 from ._records import RECORD_SIZE as RECORD_SIZE
@@ -127,7 +129,9 @@ __all__ = [
     "RemoteProtocolError",
     "Role",
     "Schedule",
+    "Standby",
     "State",
+    "Takeover",
     "Welcome",
     "check_records",
     "config_digest",

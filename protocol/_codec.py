@@ -46,6 +46,8 @@ from ._messages import (
     Hello,
     Message,
     MessageType,
+    Standby,
+    Takeover,
     Welcome,
 )
 from ._records import RECORD_SIZE
@@ -235,6 +237,10 @@ def _from_construct(kind: MessageType, payload: bytes) -> Message:
         return Error(epoch=parsed.epoch, code=parsed.code, text=parsed.text)
     if kind is MessageType.BYE:
         return Bye(epoch=parsed.epoch, reason=parsed.reason)
+    if kind is MessageType.STANDBY:
+        return Standby(**_fields(parsed, ("node_id", "heartbeat_ms", "idle_ms")))
+    if kind is MessageType.TAKEOVER:
+        return Takeover(epoch=parsed.epoch)
     raise AssertionError(f"no decoder for {kind!r}")  # pragma: no cover
 
 

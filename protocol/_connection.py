@@ -36,6 +36,8 @@ from ._messages import (
     Heartbeat,
     Hello,
     Message,
+    Standby,
+    Takeover,
     Welcome,
 )
 from ._state import TRANSITIONS, Direction, Role, State
@@ -57,6 +59,8 @@ DEFAULT_HEARTBEAT_MISSES: Final = 3
 #: at the next multiple of it on the clock, so that a fleet's probes share wake-ups. Never
 #: more than a tenth of I or half of H (the quiet node's limit, I + 3 H, keeps 2.5 H).
 PROBE_SLACK: Final = 0.1
+#: The states whose liveness runs (docs/protocol.md 9.1): a parked session's as a quiet one's.
+_LIVE: Final = frozenset({State.STREAMING, State.PARKED})
 
 
 class NeedData:
@@ -130,12 +134,17 @@ class _Connection:
         heartbeat_misses: int = DEFAULT_HEARTBEAT_MISSES,
         resync: bool = False,
         reply_timeout: float | None = None,
+        park: bool = False,
     ) -> None:
+        """``park``: a connection to (panel) or on (host) a standby node's park address
+        (docs/protocol.md 6.3), where HELLO is answered with STANDBY until a TAKEOVER."""
         if handshake_timeout <= 0 or heartbeat_interval <= 0 or heartbeat_misses < 1:
             raise ValueError("timeouts and intervals must be positive, misses at least 1")
         if reply_timeout is not None and reply_timeout <= 0:
             raise ValueError("reply_timeout must be positive")
         self._decoder = FrameDecoder(max_payload=max_payload, resync=resync)
+        #: A park connection before its TAKEOVER: STANDBY is its answer to HELLO, not WELCOME.
+        self.park = park
         self._state = self._initial_state()
         self._created = now
         self._handshake_timeout = handshake_timeout
@@ -314,7 +323,7 @@ class _Connection:
         """When ``handle_timer`` next has something to do, or None."""
         if self._state in (State.HELLO_SENT, State.AWAIT_HELLO):
             return self._handshake_start() + self._handshake_timeout
-        if self._state is not State.STREAMING:
+        if self._state not in _LIVE:
             return None
         beat = self._beat_due()
         if self._reading_paused:
@@ -340,7 +349,7 @@ class _Connection:
                     f"handshake not done within {self._handshake_timeout:g} s (state {self._state.value})"
                 )
             return b""
-        if self._state is not State.STREAMING:
+        if self._state not in _LIVE:
             return b""
         if now >= self._silence_limit() and not self._reading_paused:
             self._state = State.ERROR
@@ -415,7 +424,7 @@ class _Connection:
             self._ack_owed = False
 
     def _update_busy(self, now: float) -> None:
-        if self._state is not State.STREAMING or not self._is_busy():
+        if self._state not in _LIVE or not self._is_busy():
             self._busy_since = None
         elif self._busy_since is None:
             self._busy_since = now
@@ -450,9 +459,9 @@ class _Connection:
             f"and {self._misses} heartbeats of {self._interval:g} s)"
         )
 
-    def _adopt_intervals(self, welcome: Welcome) -> None:
-        self._interval = welcome.heartbeat_ms / 1000
-        self._idle_interval = welcome.idle_ms / 1000
+    def _adopt_intervals(self, answer: Welcome | Standby) -> None:
+        self._interval = answer.heartbeat_ms / 1000
+        self._idle_interval = answer.idle_ms / 1000
 
     def _own_epoch(self) -> int:
         return self.session_epoch
@@ -576,9 +585,18 @@ class PanelConnection(_Connection):
         self._hello_at = now
         self.hello: Hello | None = None
         self.welcome: Welcome | None = None
+        #: The STANDBY that parked this connection, and the epoch of the TAKEOVER that ended it.
+        self.standby: Standby | None = None
+        self.takeover_epoch = 0
 
     def _initial_state(self) -> State:
         return State.IDLE
+
+    def raise_floor(self, epoch: int) -> None:
+        """The panel accepted ``epoch`` on another connection: this one's floor follows (a
+        parked connection lives beside the panel's sessions, and its TAKEOVER and its next
+        HELLO are judged by the newest epoch the panel has seen)."""
+        self.epoch_floor = max(self.epoch_floor, epoch)
 
     def _reply_progress(self) -> tuple[int, bool]:
         return self.acked_seq, self.sent_seq > self.acked_seq
@@ -618,7 +636,7 @@ class PanelConnection(_Connection):
             self._check_batch(message, LocalProtocolError)
         elif isinstance(message, ConfigAck):
             self._check_config_ack(message, LocalProtocolError)
-        elif isinstance(message, Heartbeat) and self._state is State.STREAMING:
+        elif isinstance(message, Heartbeat) and self._state in _LIVE:
             self._probe_out = True
 
     def send(self, message: Message, now: float) -> bytes:
@@ -627,7 +645,26 @@ class PanelConnection(_Connection):
         return super().send(message, now)
 
     def _on_receive(self, message: Message) -> None:
-        if isinstance(message, Welcome):
+        if isinstance(message, Standby):
+            if not self.park:
+                raise RemoteProtocolError(
+                    ErrorCode.ILLEGAL_IN_STATE, "STANDBY on a connection that is not to a park address"
+                )
+            self.standby = message
+            self._adopt_intervals(message)
+        elif isinstance(message, Takeover):
+            if message.epoch < self.epoch_floor:
+                raise RemoteProtocolError(
+                    ErrorCode.STALE_EPOCH,
+                    f"TAKEOVER with epoch {message.epoch}; this panel has seen epoch {self.epoch_floor}",
+                )
+            self.park = False
+            self.takeover_epoch = message.epoch
+        elif isinstance(message, Welcome):
+            if self.park:
+                raise RemoteProtocolError(
+                    ErrorCode.ILLEGAL_IN_STATE, "WELCOME on a park connection before its TAKEOVER"
+                )
             if message.epoch < self.epoch_floor:
                 raise RemoteProtocolError(
                     ErrorCode.STALE_EPOCH,
@@ -681,8 +718,25 @@ class HostConnection(_Connection):
     def _quiet_beat(self) -> float | None:
         return None  # rule 3: a quiet node sends no HEARTBEAT of its own
 
+    def send(self, message: Message, now: float) -> bytes:
+        data = super().send(message, now)
+        if isinstance(message, Takeover):
+            self._created = now  # the handshake of 6.2 starts again: HELLO within its timeout
+        return data
+
     def _on_send(self, message: Message) -> None:
-        if isinstance(message, Welcome):
+        if isinstance(message, Standby):
+            if not self.park:
+                raise LocalProtocolError(ErrorCode.ILLEGAL_IN_STATE, "STANDBY only on a park address's connection")
+            self._adopt_intervals(message)
+        elif isinstance(message, Takeover):
+            self.park = False
+            self.hello = None
+        elif isinstance(message, Welcome):
+            if self.park:
+                raise LocalProtocolError(
+                    ErrorCode.ILLEGAL_IN_STATE, "a park connection's WELCOME comes only after its TAKEOVER"
+                )
             assert self.hello is not None
             if message.epoch < self.hello.max_epoch:
                 raise LocalProtocolError(
@@ -719,6 +773,8 @@ class HostConnection(_Connection):
             self._check_batch(message, RemoteProtocolError)
         elif isinstance(message, ConfigAck):
             self._check_config_ack(message, RemoteProtocolError)
+        elif isinstance(message, Heartbeat) and self._state is State.PARKED:
+            self._answer_due = True  # a parked node serves no epoch: it only answers (6.3)
         elif isinstance(message, Heartbeat):
             if message.epoch > self.session_epoch:
                 raise RemoteProtocolError(

@@ -35,6 +35,8 @@ __all__ = [
     "Hello",
     "Message",
     "MessageType",
+    "Standby",
+    "Takeover",
     "Welcome",
 ]
 
@@ -63,6 +65,8 @@ class MessageType(enum.IntEnum):
     HEARTBEAT = 8
     ERROR = 9
     BYE = 10
+    STANDBY = 11
+    TAKEOVER = 12
 
 
 def _u(name: str, value: int, bits: int, low: int = 0) -> None:
@@ -312,13 +316,50 @@ class Bye:
         _u("reason", self.reason, 16)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Standby:
+    """Host -> panel, instead of WELCOME, on a connection to a standby node's park address:
+    the session is parked (docs/protocol.md 6.3); hold it, nothing but liveness flows."""
+
+    node_id: str
+    #: H and I of the parked session's liveness, as a WELCOME's.
+    heartbeat_ms: int
+    idle_ms: int
+
+    def __post_init__(self) -> None:
+        _text("node_id", self.node_id, MAX_NODE_ID_LEN)
+        _u("heartbeat_ms", self.heartbeat_ms, 32, low=1)
+        _u("idle_ms", self.idle_ms, 32, low=self.heartbeat_ms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Takeover:
+    """Host -> panel, on a parked session: this node now serves under ``epoch``; say HELLO again."""
+
+    epoch: int
+
+    def __post_init__(self) -> None:
+        _u("epoch", self.epoch, 64, low=1)
+
+
 def _ops(ops: tuple[ConfigOp, ...]) -> None:
     if not isinstance(ops, tuple):
         raise LocalProtocolError(ErrorCode.MALFORMED, "ops must be a tuple")
 
 
 Message: TypeAlias = (
-    Hello | Welcome | EventBatch | Ack | ConfigDelta | ConfigSnapshot | ConfigAck | Heartbeat | Error | Bye
+    Hello
+    | Welcome
+    | EventBatch
+    | Ack
+    | ConfigDelta
+    | ConfigSnapshot
+    | ConfigAck
+    | Heartbeat
+    | Error
+    | Bye
+    | Standby
+    | Takeover
 )
 
 MESSAGE_TYPES: dict[type[Message], MessageType] = {
@@ -332,4 +373,6 @@ MESSAGE_TYPES: dict[type[Message], MessageType] = {
     Heartbeat: MessageType.HEARTBEAT,
     Error: MessageType.ERROR,
     Bye: MessageType.BYE,
+    Standby: MessageType.STANDBY,
+    Takeover: MessageType.TAKEOVER,
 }

@@ -36,6 +36,9 @@ class State(enum.Enum):
     HELLO_RECEIVED = "HELLO_RECEIVED"
     #: Both: handshake done; events, acks, config and heartbeats flow.
     STREAMING = "STREAMING"
+    #: Both: a standby node answered HELLO with STANDBY; only liveness flows until its
+    #: TAKEOVER (the panel then says HELLO again: IDLE, and the node waits for it: AWAIT_HELLO).
+    PARKED = "PARKED"
     #: Both: ended by BYE or ERROR, sent or received.
     CLOSED = "CLOSED"
     #: Both: this end detected a protocol violation; only an ERROR may still be sent.
@@ -52,6 +55,15 @@ TRANSITIONS: dict[tuple[Role, State, Direction, T], State] = {
     # host handshake
     (_HOST, State.AWAIT_HELLO, R, T.HELLO): State.HELLO_RECEIVED,
     (_HOST, State.HELLO_RECEIVED, S, T.WELCOME): State.STREAMING,
+    # parking (docs/protocol.md 6.3): a standby's answer, its liveness, its takeover
+    (_PANEL, State.HELLO_SENT, R, T.STANDBY): State.PARKED,
+    (_PANEL, State.PARKED, S, T.HEARTBEAT): State.PARKED,
+    (_PANEL, State.PARKED, R, T.HEARTBEAT): State.PARKED,
+    (_PANEL, State.PARKED, R, T.TAKEOVER): State.IDLE,
+    (_HOST, State.HELLO_RECEIVED, S, T.STANDBY): State.PARKED,
+    (_HOST, State.PARKED, R, T.HEARTBEAT): State.PARKED,
+    (_HOST, State.PARKED, S, T.HEARTBEAT): State.PARKED,
+    (_HOST, State.PARKED, S, T.TAKEOVER): State.AWAIT_HELLO,
     # panel streaming
     (_PANEL, State.STREAMING, S, T.EVENT_BATCH): State.STREAMING,
     (_PANEL, State.STREAMING, S, T.CONFIG_ACK): State.STREAMING,
@@ -73,8 +85,8 @@ TRANSITIONS: dict[tuple[Role, State, Direction, T], State] = {
 # ERROR and BYE end the session from any live state, either way. An ERROR may
 # also be sent from ERROR (to tell the peer why we are closing).
 for _role, _states in (
-    (_PANEL, (State.IDLE, State.HELLO_SENT, State.STREAMING)),
-    (_HOST, (State.AWAIT_HELLO, State.HELLO_RECEIVED, State.STREAMING)),
+    (_PANEL, (State.IDLE, State.HELLO_SENT, State.STREAMING, State.PARKED)),
+    (_HOST, (State.AWAIT_HELLO, State.HELLO_RECEIVED, State.STREAMING, State.PARKED)),
 ):
     for _state in _states:
         for _direction in (S, R):

@@ -31,7 +31,7 @@ __all__ = ["CONFIG_OP", "FRAME", "FRAME_HEADER", "MAGIC", "MESSAGES", "PROTOCOL_
 
 #: Two bytes that start every frame; a reader that lost sync scans for them.
 MAGIC = b"\xf5\x5c"
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 # -- framing -------------------------------------------------------------------
 
@@ -164,6 +164,8 @@ CONFIG_ACK = Struct("version" / Int64ub, "digest" / Bytes(32), Terminated)
 HEARTBEAT = Struct("epoch" / Int64ub, Terminated)
 ERROR = Struct("epoch" / Int64ub, "code" / Int16ub, "text" / PascalString(Int16ub, "utf8"), Terminated)
 BYE = Struct("epoch" / Int64ub, "reason" / Int16ub, Terminated)
+STANDBY = Struct("node_id" / PascalString(Int8ub, "utf8"), "heartbeat_ms" / Int32ub, "idle_ms" / Int32ub, Terminated)
+TAKEOVER = Struct("epoch" / Int64ub, Terminated)
 
 #: Message type number -> payload declaration. Keys are ``MessageType`` values.
 MESSAGES = {
@@ -177,6 +179,8 @@ MESSAGES = {
     8: HEARTBEAT,
     9: ERROR,
     10: BYE,
+    11: STANDBY,
+    12: TAKEOVER,
 }
 
 COMPILED = {number: spec.compile() for number, spec in MESSAGES.items()}

@@ -146,6 +146,16 @@ def welcomes(draw: st.DrawFn) -> p.Welcome:
     )
 
 
+@st.composite
+def standbys(draw: st.DrawFn) -> p.Standby:
+    heartbeat_ms = draw(st.integers(1, 2**32 - 1))
+    return p.Standby(
+        node_id=draw(_utf8_bounded(64)),
+        heartbeat_ms=heartbeat_ms,
+        idle_ms=draw(st.integers(heartbeat_ms, 2**32 - 1)),
+    )
+
+
 def _utf8_bounded(limit: int) -> st.SearchStrategy[str]:
     return st.text(st.characters(exclude_categories=("Cs",)), max_size=limit // 4)
 
@@ -161,6 +171,8 @@ messages: st.SearchStrategy[p.Message] = st.one_of(
     st.builds(p.Heartbeat, epoch=u64),
     st.builds(p.Error, epoch=u64, code=st.integers(0, 0xFFFF), text=_utf8_bounded(1024)),
     st.builds(p.Bye, epoch=u64, reason=st.integers(0, 0xFFFF)),
+    standbys(),
+    st.builds(p.Takeover, epoch=epochs),
 )
 
 

@@ -45,6 +45,8 @@ SAMPLES: dict[p.MessageType, p.Message] = {
     p.MessageType.HEARTBEAT: p.Heartbeat(epoch=EPOCH),
     p.MessageType.ERROR: p.Error(epoch=EPOCH, code=int(p.ErrorCode.INTERNAL), text="x"),
     p.MessageType.BYE: p.Bye(epoch=EPOCH),
+    p.MessageType.STANDBY: p.Standby(node_id="B", heartbeat_ms=1000, idle_ms=5000),
+    p.MessageType.TAKEOVER: p.Takeover(epoch=EPOCH),
 }
 assert set(SAMPLES) == set(p.MessageType)
 
@@ -54,12 +56,15 @@ def _recv(conn: p.PanelConnection | p.HostConnection, message: p.Message) -> obj
     return conn.next_event()
 
 
-def _panel(state: State) -> p.PanelConnection:
-    conn = p.PanelConnection(now=0.0, epoch_floor=EPOCH - 1)
+def _panel(state: State, park: bool = False) -> p.PanelConnection:
+    conn = p.PanelConnection(now=0.0, epoch_floor=EPOCH - 1, park=park)
     if state is State.IDLE:
         return conn
     conn.send(HELLO, 0.0)
     if state is State.HELLO_SENT:
+        return conn
+    if state is State.PARKED:
+        _recv(conn, SAMPLES[p.MessageType.STANDBY])
         return conn
     _recv(conn, WELCOME)
     _recv(conn, PUSH)
@@ -74,12 +79,15 @@ def _panel(state: State) -> p.PanelConnection:
     return conn
 
 
-def _host(state: State) -> p.HostConnection:
-    conn = p.HostConnection(now=0.0)
+def _host(state: State, park: bool = False) -> p.HostConnection:
+    conn = p.HostConnection(now=0.0, park=park)
     if state is State.AWAIT_HELLO:
         return conn
     _recv(conn, HELLO)
     if state is State.HELLO_RECEIVED:
+        return conn
+    if state is State.PARKED:
+        conn.send(SAMPLES[p.MessageType.STANDBY], 0.0)
         return conn
     conn.send(WELCOME, 0.0)
     conn.send(PUSH, 0.0)
@@ -94,29 +102,50 @@ def _host(state: State) -> p.HostConnection:
     return conn
 
 
-FACTORIES: dict[Role, tuple[Callable[[State], p.PanelConnection | p.HostConnection], list[State]]] = {
-    Role.PANEL: (_panel, [State.IDLE, State.HELLO_SENT, State.STREAMING, State.CLOSED, State.ERROR]),
-    Role.HOST: (_host, [State.AWAIT_HELLO, State.HELLO_RECEIVED, State.STREAMING, State.CLOSED, State.ERROR]),
+_STATES = {
+    # (state, whether the connection is a park address's): the answer to HELLO differs.
+    Role.PANEL: [State.IDLE, State.HELLO_SENT, State.STREAMING, State.CLOSED, State.ERROR],
+    Role.HOST: [State.AWAIT_HELLO, State.HELLO_RECEIVED, State.STREAMING, State.CLOSED, State.ERROR],
+}
+FACTORIES: dict[
+    Role, tuple[Callable[[State, bool], p.PanelConnection | p.HostConnection], list[tuple[State, bool]]]
+] = {
+    Role.PANEL: (_panel, [(s, False) for s in _STATES[Role.PANEL]] + [(State.HELLO_SENT, True), (State.PARKED, True)]),
+    Role.HOST: (_host, [(s, False) for s in _STATES[Role.HOST]] + [(State.HELLO_RECEIVED, True), (State.PARKED, True)]),
 }
 
 CASES = [
-    (role, state, direction, kind)
+    (role, state, park, direction, kind)
     for role, (_, states) in FACTORIES.items()
-    for state in states
+    for state, park in states
     for direction in Direction
     for kind in p.MessageType
 ]
 
 
+def _legal(role: Role, state: State, park: bool, direction: Direction, kind: p.MessageType) -> State | None:
+    """The table's answer, and docs/protocol.md 6.3's on top: STANDBY only on a park
+    connection, and there no WELCOME before the TAKEOVER."""
+    if (kind is p.MessageType.STANDBY and not park) or (kind is p.MessageType.WELCOME and park):
+        return None
+    return p.TRANSITIONS.get((role, state, direction, kind))
+
+
 @pytest.mark.parametrize(
-    ("role", "state", "direction", "kind"), CASES, ids=lambda v: getattr(v, "name", None) or str(v)
+    ("role", "state", "park", "direction", "kind"),
+    CASES,
+    ids=lambda v: getattr(v, "name", None) or ("park" if v is True else "" if v is False else str(v)),
 )
-def test_every_state_and_message(role: Role, state: State, direction: Direction, kind: p.MessageType) -> None:
+def test_every_state_and_message(
+    role: Role, state: State, park: bool, direction: Direction, kind: p.MessageType
+) -> None:
     factory, _ = FACTORIES[role]
-    conn = factory(state)
+    conn = factory(state, park)
     assert conn.state is state
     message = SAMPLES[kind]
-    expected = p.TRANSITIONS.get((role, state, direction, kind))
+    if state is State.PARKED and kind is p.MessageType.HEARTBEAT and role is Role.PANEL:
+        message = p.Heartbeat(epoch=0)  # a parked node serves no epoch (6.3)
+    expected = _legal(role, state, park, direction, kind)
     if direction is Direction.SEND:
         if expected is None:
             with pytest.raises(p.LocalProtocolError) as info:
@@ -140,7 +169,7 @@ def test_every_state_and_message(role: Role, state: State, direction: Direction,
 
 def test_the_table_covers_every_live_state_with_error_and_bye() -> None:
     for role, (_, states) in FACTORIES.items():
-        for state in states:
+        for state, _park in states:
             if state in (State.CLOSED, State.ERROR):
                 continue
             for direction in Direction:

@@ -192,6 +192,8 @@ def valid_messages() -> list[tuple[str, str, p.Message]]:
         ("HEARTBEAT", "5, 9", p.Heartbeat(epoch=1)),
         ("ERROR SEQ_GAP", "5, 10", p.Error(epoch=1, code=int(p.ErrorCode.SEQ_GAP), text="expected seq 3")),
         ("BYE SHUTTING_DOWN", "5, 10", p.Bye(epoch=1, reason=int(p.ErrorCode.SHUTTING_DOWN))),
+        ("STANDBY of node B", "5, 6.3", p.Standby(node_id="B", heartbeat_ms=1000, idle_ms=10_000)),
+        ("TAKEOVER under epoch 2", "5, 6.3", p.Takeover(epoch=2)),
     ]
 
 
@@ -216,6 +218,8 @@ def invalid_frames() -> list[tuple[str, str, str, bytes, p.ErrorCode]]:
         ("crc wrong", "3", "node", bytes(bad_crc), E.BAD_CRC),
         ("a version-1 HELLO", "3, 13.2", "node", frame(1, hello, version=1), E.UNSUPPORTED_VERSION),
         ("a version-2 HELLO", "3, 13.2", "node", frame(1, hello, version=2), E.UNSUPPORTED_VERSION),
+        ("a version-3 HELLO", "3, 13.2", "node", frame(1, hello, version=3), E.UNSUPPORTED_VERSION),
+        ("TAKEOVER with epoch 0", "5, 6.3", "panel", frame(12, (0).to_bytes(8, "big")), E.FIELD_OUT_OF_RANGE),
         ("type 99", "3", "node", frame(99, b""), E.UNKNOWN_TYPE),
         ("flags set", "3", "node", frame(1, hello, flags=0x80), E.BAD_FLAGS),
         (
