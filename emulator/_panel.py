@@ -62,6 +62,13 @@ class PanelSettings:
     #: TCP connect and TLS handshake; a reconnect storm after failover needs room.
     connect_timeout: float = 5.0
     handshake_timeout: float = 5.0
+    #: Park addresses (docs/protocol.md 6.3): (node name, host, port) of each node of the
+    #: cluster. The panel keeps a session parked at each node it is not in session with, so
+    #: that a takeover reaches it on a connection already up. Empty: no parking.
+    park: tuple[tuple[str, str, int], ...] = ()
+    #: After a park connection ends or is refused (an active node does not listen there),
+    #: the next try comes this long later (with jitter: between half and all of it).
+    park_retry: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 < self.panel_id < 2**32:
@@ -196,6 +203,8 @@ class Panel:
         self._promised_seq = 0
         self._swipes = self._granted = self._denied = 0
         self.last_error: str | None = None
+        #: The last park connection's trouble (docs/protocol.md 6.3), kept apart from the session's.
+        self.last_park_error: str | None = None
         #: trio time of the first ACK under each epoch: what failover is measured by.
         self.first_ack_at: dict[int, float] = {}
         #: When the last ACK under each epoch came (trio clock): where a failover's outage starts.
@@ -324,6 +333,9 @@ class Panel:
                 nursery.start_soon(self._flash_sync_loop)
             if self.reader_port is not None:
                 await nursery.start(self.reader_port.run)
+            if self.settings.mode is not LinkMode.SERIAL:
+                for node, host, port in self.settings.park:
+                    nursery.start_soon(link.park_loop, node, host, port)
             if self.settings.mode is LinkMode.PUNCH_OUT:
                 task_status.started()
                 await link.reconnect_loop(link.dial_server)

@@ -32,12 +32,14 @@ from protocol import (
     EventBatch,
     EventKind,
     EventRecord,
+    Heartbeat,
     Hello,
     Message,
     PanelConnection,
     PeerTimeout,
     ProtocolError,
     RemoteProtocolError,
+    Takeover,
     Welcome,
 )
 from protocol.streams import (
@@ -45,11 +47,13 @@ from protocol.streams import (
     Link,
     LinkError,
     MessageStream,
+    PeerClosed,
     SessionDriver,
     SessionEnd,
     TlsError,
     client_context,
     dial,
+    first_error,
     listen,
     open_serial,
     records_per_batch,
@@ -109,6 +113,10 @@ class HostLink:
         self.connected = trio.Event()
         self.disconnected = trio.Event()
         self.disconnected.set()
+        #: Parked sessions (docs/protocol.md 6.3) by node name, and what became of them.
+        self.parks: dict[str, PanelConnection] = {}
+        self._park_scopes: dict[str, trio.CancelScope] = {}
+        self.parked_total = self.park_errors = self.takeovers = 0
 
     def __repr__(self) -> str:
         state = f"connected to {self.session_node} epoch {self.session_epoch}" if self.is_connected else "offline"
@@ -119,9 +127,11 @@ class HostLink:
         return self.session_scope is not None and self.connected.is_set()
 
     def cancel_session(self) -> None:
-        """End the current session, if any (the power went)."""
+        """End the current session, if any, and every parked one (the power went)."""
         if self.session_scope is not None:
             self.session_scope.cancel()
+        for scope in list(self._park_scopes.values()):
+            scope.cancel()
 
     async def listen(
         self,
@@ -160,6 +170,12 @@ class HostLink:
         delay = s.backoff_initial
         lost_at = -float("inf")
         while True:
+            if self.is_connected:
+                # A parked session was taken over (6.3): in session already, and a session by
+                # the cluster's address would replace it (rule 5). Dial once it ends.
+                await self.disconnected.wait()
+                lost_at = trio.current_time()
+                continue
             try:
                 with trio.fail_after(s.connect_timeout):
                     link = await connect()
@@ -218,28 +234,34 @@ class HostLink:
             inter_char_timeout=line.inter_char_timeout if line is not None else None,
         )
         try:
-            try:
-                await ms.send(self._hello())
-                with trio.fail_after(self.settings.handshake_timeout):
-                    first = await ms.receive()
-            except RemoteProtocolError as exc:
-                await ms.send_error(exc.code, exc.message)
-                raise
-            if isinstance(first, Error):
-                raise SessionRefused(first)
-            if not isinstance(first, Welcome):
-                raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, f"expected WELCOME, got {type(first).__name__}")
-            panel = self.panel
-            if first.epoch < panel.max_epoch:  # another session raised the floor meanwhile
-                await ms.send_error(ErrorCode.STALE_EPOCH, f"epoch {first.epoch} < {panel.max_epoch}")
-                raise RemoteProtocolError(ErrorCode.STALE_EPOCH, f"node epoch {first.epoch} < {panel.max_epoch}")
-            await self._streaming(ms, first)
+            if self.settings.park and self.is_connected:
+                return False  # a parked session was taken over while this one connected (6.3 rule 5)
+            await self._handshake(ms)
             return True
         finally:
             stats = ms.statistics()
             self.bytes_skipped += stats.bytes_skipped
             self.bad_frames += stats.bad_crc
             await ms.aclose()
+
+    async def _handshake(self, ms: MessageStream) -> None:
+        """HELLO, then WELCOME (or ERROR), then the session (docs/protocol.md 6.2)."""
+        try:
+            await ms.send(self._hello())
+            with trio.fail_after(self.settings.handshake_timeout):
+                first = await ms.receive()
+        except RemoteProtocolError as exc:
+            await ms.send_error(exc.code, exc.message)
+            raise
+        if isinstance(first, Error):
+            raise SessionRefused(first)
+        if not isinstance(first, Welcome):
+            raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, f"expected WELCOME, got {type(first).__name__}")
+        panel = self.panel
+        if first.epoch < panel.max_epoch:  # another session raised the floor meanwhile
+            await ms.send_error(ErrorCode.STALE_EPOCH, f"epoch {first.epoch} < {panel.max_epoch}")
+            raise RemoteProtocolError(ErrorCode.STALE_EPOCH, f"node epoch {first.epoch} < {panel.max_epoch}")
+        await self._streaming(ms, first)
 
     async def _streaming(self, ms: MessageStream, welcome: Welcome) -> None:
         panel = self.panel
@@ -248,6 +270,9 @@ class HostLink:
             self.session_scope.cancel()
             await self.disconnected.wait()
         panel.max_epoch = welcome.epoch
+        for parked in self.parks.values():
+            if parked is not ms.conn:
+                parked.raise_floor(welcome.epoch)  # their TAKEOVERs are judged by it (6.3 rule 4)
         panel.welcome_at.setdefault(welcome.epoch, trio.current_time())
         panel._resume_at(welcome.hwm)
         self.sessions += 1
@@ -270,6 +295,94 @@ class HostLink:
             assert isinstance(end.message, Error)
             raise SessionRefused(end.message)
 
+
+    # -- parked sessions (docs/protocol.md 6.3) ----------------------------------------------
+
+    async def park_loop(self, node: str, host: str, port: int) -> None:
+        """Keep a session parked at ``node``'s park address whenever this panel is not in
+        session with that node; tried again ``park_retry`` after each end or refusal."""
+        s = self.settings
+        while True:
+            if self.is_connected and self.session_node == node:
+                await self.disconnected.wait()
+                continue
+            try:
+                with trio.fail_after(s.connect_timeout):
+                    link = await dial(host, port, self._client_ctx)
+                await self.run_park(link, node)
+            except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
+                # Refused while that node is the active one (it parks nobody): expected, and
+                # counted apart from the serving session's errors.
+                self.park_errors += 1
+                self.panel.last_park_error = f"park at node {node}: {exc}"
+            await trio.sleep(s.park_retry * (0.5 + self._rng.random() / 2))
+
+    async def run_park(self, link: Link, node: str) -> None:
+        """One park connection: parked until it ends or a TAKEOVER makes it this panel's session."""
+        if link.peer is not None and link.peer != f"node-{node}":
+            await link.stream.aclose()
+            raise TlsError(f"park address of node {node} ({link.remote}) presents {link.peer!r}")
+        s, panel = self.settings, self.panel
+        conn = PanelConnection(
+            now=trio.current_time(), epoch_floor=panel.max_epoch, handshake_timeout=s.handshake_timeout, park=True
+        )
+        ms = MessageStream(link.stream, conn, name=f"panel {panel.panel_id} parked at {node}")
+        scope = trio.CancelScope()
+        self._park_scopes[node] = scope
+        try:
+            with scope:
+                try:
+                    await ms.send(self._hello())
+                    with trio.fail_after(s.handshake_timeout):
+                        first = await ms.receive()
+                except RemoteProtocolError as exc:
+                    await ms.send_error(exc.code, exc.message)
+                    raise
+                if isinstance(first, Error):
+                    raise SessionRefused(first)
+                self.parks[node] = conn
+                self.parked_total += 1
+                takeover = await self._parked(ms)
+                del self.parks[node]
+                if takeover is None:
+                    return
+                # 6.3 rule 4: a fresh HELLO at once; the floor may have risen since parking.
+                conn.raise_floor(panel.max_epoch)
+                if takeover.epoch < panel.max_epoch:
+                    stale = f"TAKEOVER epoch {takeover.epoch} < {panel.max_epoch}"
+                    await ms.send_error(ErrorCode.STALE_EPOCH, stale)
+                    raise RemoteProtocolError(ErrorCode.STALE_EPOCH, stale)
+                self.takeovers += 1
+                await self._handshake(ms)
+        finally:
+            self.parks.pop(node, None)
+            if self._park_scopes.get(node) is scope:
+                del self._park_scopes[node]
+            await ms.aclose()
+
+    async def _parked(self, ms: MessageStream) -> Takeover | None:
+        """Hold a parked session (the connection probes and answers): its TAKEOVER, or None
+        when the node ended it (ERROR, BYE)."""
+        takeover: Takeover | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ms.run_timers)
+                while True:
+                    message = await ms.receive()
+                    if isinstance(message, Takeover):
+                        takeover = message
+                        break
+                    if isinstance(message, Error):
+                        raise SessionRefused(message)
+                    if not isinstance(message, Heartbeat):  # BYE: the standby stops
+                        break
+                async with ms.sends_held():  # the timers stop between two frames
+                    nursery.cancel_scope.cancel()
+        except PeerClosed:
+            return None
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        return takeover
 
 class _UplinkSession:
     """The panel's side of one session, for the ``SessionDriver``: upload in seq order

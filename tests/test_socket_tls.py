@@ -9,6 +9,7 @@ the stream, and a serial line (not a socket) keeping ``trio.SSLStream``.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -205,3 +206,29 @@ async def test_a_receive_cancelled_while_waiting_loses_nothing(site_pki: Path) -
         assert await server.receive_some() == b"after the cancel"
     await client.aclose()
     await server.aclose()
+
+
+async def test_a_socket_closed_under_the_stream_is_never_written_through_its_old_number(
+    site_pki: Path, tmp_path: Path
+) -> None:
+    """Found with parked sessions (docs/protocol.md 6.3): trio's serve_listeners closed the
+    SocketStream under a SocketTLSStream that lived on, the fd number went to the node's
+    SQLite file, and the next TLS record was written into the database. A closed socket is
+    now a ClosedResourceError, and the file that took its number is untouched."""
+    server, client = await _makers(site_pki)()
+    fd = server.transport_stream.socket.fileno()
+    server.transport_stream.socket.close()  # what aclose_forcefully of the transport does
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"")
+    opened = os.open(victim, os.O_WRONLY)
+    reused = os.dup2(opened, fd)  # the file now has the socket's old number, as SQLite's did
+    os.close(opened)
+    try:
+        with pytest.raises(trio.ClosedResourceError, match="socket under this TLS stream was closed"):
+            await server.send_all(b"a record that must not land in the file")
+        with pytest.raises((trio.ClosedResourceError, trio.BrokenResourceError)):  # broken by the failed send
+            await server.receive_some()
+        assert victim.read_bytes() == b""
+    finally:
+        os.close(reused)
+    await client.aclose()

@@ -42,6 +42,7 @@ from ._beats import _Ears, _Heart
 from ._cluster_settings import ClusterSettings, Role, _now_us
 from ._failover import ActiveView, HandOver, KeepServing, LeaveVip, StepDown, decide_active
 from ._node import Node, NodeSettings
+from ._parking import ParkingLot
 from ._processes import _vrrp_words
 from ._standby import _StandbyLoop
 
@@ -76,6 +77,8 @@ class ClusterNode(_StandbyLoop):
         self.lock_waits = 0
         self.store_errors = 0
         self.became_active = trio.Event()
+        #: The park address's sessions while standing by (docs/protocol.md 6.3); None: no parking.
+        self.lot: ParkingLot | None = ParkingLot(settings) if settings.park is not None else None
         self._standby_since = time.monotonic()
         #: (pid, pidfd) of the lease holder's process while standing by; no fd without pidfds.
         self._watched: tuple[int, int | None] | None = None
@@ -121,11 +124,13 @@ class ClusterNode(_StandbyLoop):
                     nursery.start_soon(self._end_stuck_commits)
                     if self.settings.witness is not None:
                         nursery.start_soon(self._keep_mirror)
+                if self.lot is not None:
+                    await nursery.start(self.lot.run)
                 task_status.started()
                 while True:
                     self.role = Role.STANDBY
                     self._standby_since = time.monotonic()
-                    epoch = await self._wait_for_lease()
+                    epoch = await self._stand_by()
                     await self._serve(epoch)
         finally:
             self._unwatch()
@@ -215,6 +220,16 @@ class ClusterNode(_StandbyLoop):
                 log.warning("node %s: ended %d commits waiting for the standby (not acknowledged)", self.node_id, ended)
             await trio.sleep(self.settings.beat_interval)
 
+    async def _stand_by(self) -> int:
+        """``_wait_for_lease``, with the park address open meanwhile when this node parks."""
+        if self.lot is None:
+            return await self._wait_for_lease()
+        async with trio.open_nursery() as standby:
+            await standby.start(self.lot.listening)
+            epoch = await self._wait_for_lease()
+            standby.cancel_scope.cancel()
+        return epoch
+
     async def _tick(self) -> None:
         while True:
             self.heart.loop_tick = time.monotonic()
@@ -247,6 +262,8 @@ class ClusterNode(_StandbyLoop):
                 known_panels=s.known_panels,
             )
         )
+        if self.lot is not None:
+            node.adopt(await self.lot.hand_over())
         self.node = node
         self._left_vip = False
         async with trio.open_nursery() as nursery:
@@ -335,5 +352,6 @@ class ClusterNode(_StandbyLoop):
             "fenced": self.fenced_count,
             "stonith_kills": self.stonith_kills,
             "sessions": stats.sessions if stats else 0,
+            "parked": len(self.lot.parked) if self.lot is not None else 0,
             "stored": stats.events_stored if stats else 0,
         }

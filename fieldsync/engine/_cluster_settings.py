@@ -50,6 +50,9 @@ class ClusterSettings:
     peers: tuple[tuple[str, str], ...] = ()
     #: UDP port of the node-to-node heartbeat (each node listens on its own address).
     beat_port: int = 30007
+    #: The park address (docs/protocol.md 6.3) this node listens on while it stands by, so
+    #: that a takeover finds its panels' sessions up; None: no parking.
+    park: tuple[str, int] | None = None
     #: The site's panels; others are refused with UNKNOWN_PANEL (None admits any certified panel).
     known_panels: frozenset[int] | None = None
     #: VRRP: the file keepalived's notify script writes the state to, and the pid file of

@@ -92,6 +92,10 @@ class _Links:
         s = node.settings
         delay = 0.05
         while True:
+            adopted = node.sessions_table.adopting.get(panel_id)
+            if adopted is not None:  # its parked session was taken over (docs/protocol.md 6.3)
+                await adopted.wait()
+                continue
             current = node.sessions.get(panel_id)
             if current is not None:
                 await current.done.wait()

@@ -24,12 +24,12 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import trio
 
-from protocol import ErrorCode, Hello, RemoteProtocolError
-from protocol.streams import Link, SerialLine, TlsFiles
+from protocol import ErrorCode, Hello, ProtocolError, RemoteProtocolError, Takeover
+from protocol.streams import Link, LinkError, SerialLine, TlsFiles
 from storage import EventStore, EventStoreInterface, StoreError, is_database_url, open_event_store
 
 from ._config_push import _ConfigFeed
@@ -37,6 +37,9 @@ from ._ingest import _Ingest
 from ._links import _Links
 from ._materialize import _Materializer
 from ._sessions import _Session, _Sessions
+
+if TYPE_CHECKING:
+    from ._parking import ParkedSession
 
 __all__ = [
     "INGEST_MODES",
@@ -177,6 +180,9 @@ class Node:
         self.stopped = trio.Event()
         self._stop = trio.Event()
         self.last_error: str | None = None
+        #: Parked sessions this node takes over (``adopt``), and how many it did.
+        self._adopted: list[ParkedSession] = []
+        self.adopted = 0
 
     def __repr__(self) -> str:
         return f"<Node {self.node_id} epoch {self.epoch} sessions {len(self.sessions)}>"
@@ -215,6 +221,10 @@ class Node:
                 nursery.start_soon(self.materializer.run)  # a log left by any node is finished
                 nursery.start_soon(self.config.watch)
                 nursery.start_soon(self._status_loop)
+                # Parked sessions first (6.3 rule 4: TAKEOVER before the listen address accepts).
+                for parked in await self._take_over_parked():
+                    self.sessions_table.expect_adopted(parked.panel_id)
+                    nursery.start_soon(self.sessions_table.serve_adopted, parked)
                 # Dial first: host-initiated panels can be served even while a fenced
                 # predecessor still holds the listen address.
                 for panel_id, host, port in s.dial:
@@ -238,6 +248,33 @@ class Node:
                 await self.db(self.store.close)
                 await self.config.close()
             self.stopped.set()
+
+    def adopt(self, parked: list[ParkedSession]) -> None:
+        """Before ``run``: the standby's parked sessions (docs/protocol.md 6.3), to be sent
+        TAKEOVER and served before the node accepts connections on its listen address."""
+        self._adopted = list(parked)
+
+    async def _take_over_parked(self) -> list[ParkedSession]:
+        """TAKEOVER on every adopted session, each bounded: a session whose TAKEOVER cannot go
+        out at once is closed (its panel comes back by the cluster's address instead)."""
+        ready = []
+        for parked in self._adopted:
+            with trio.move_on_after(1.0):
+                try:
+                    await parked.ms.send(Takeover(epoch=self.epoch))
+                except (LinkError, ProtocolError) as exc:
+                    self.last_error = f"{parked.link.remote}: TAKEOVER not sent: {exc}"
+                    log.warning("node %s: %s", self.node_id, self.last_error)
+                else:
+                    ready.append(parked)
+                    continue
+            await parked.ms.aclose()
+            parked.released.set()
+        self._adopted = []
+        self.adopted += len(ready)
+        if ready:
+            log.warning("node %s: %d parked sessions taken over with epoch %d", self.node_id, len(ready), self.epoch)
+        return ready
 
     def stop(self) -> None:
         """Stop on purpose (docs/protocol.md 10): refuse new HELLOs, store and acknowledge

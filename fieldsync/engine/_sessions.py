@@ -33,6 +33,7 @@ from storage import StoreError
 
 if TYPE_CHECKING:
     from ._node import Node
+    from ._parking import ParkedSession
 
 __all__: list[str] = []
 
@@ -171,6 +172,9 @@ class _Sessions:
         #: For the next status write: rows of sessions that ended, sessions that started.
         self.ended: dict[int, StatusRow] = {}
         self.started: list[tuple[int, int, int]] = []
+        #: Panels whose parked session this node took over, until that session ends: its
+        #: dial loop waits (a dialed session would replace it, docs/protocol.md 6.3 rule 5).
+        self.adopting: dict[int, trio.Event] = {}
 
     def __repr__(self) -> str:
         return f"<Sessions {len(self.live)} live, {self.counts.sessions_total} in all>"
@@ -181,7 +185,7 @@ class _Sessions:
         Over a serial ``line`` the session resynchronizes on noise and times out
         a config push whose CONFIG_ACK never comes (a frame lost on the line).
         """
-        node, counts = self.node, self.counts
+        node = self.node
         s = node.settings
         conn = HostConnection(
             now=trio.current_time(),
@@ -195,6 +199,26 @@ class _Sessions:
             name=f"node {node.node_id} <- {link.remote}",
             inter_char_timeout=line.inter_char_timeout if line is not None else None,
         )
+        return await self._serve_stream(link, ms, expected)
+
+    def expect_adopted(self, panel_id: int) -> None:
+        """Before ``serve_adopted`` starts: the panel's dial loop waits from now on."""
+        self.adopting[panel_id] = trio.Event()
+
+    async def serve_adopted(self, parked: ParkedSession) -> bool:
+        """A parked session this node took over (docs/protocol.md 6.3): its TAKEOVER is sent,
+        the panel's fresh HELLO comes next on the same connection."""
+        try:
+            return await self._serve_stream(parked.link, parked.ms, None)
+        finally:
+            parked.released.set()
+            done = self.adopting.pop(parked.panel_id, None)
+            if done is not None:
+                done.set()
+
+    async def _serve_stream(self, link: Link, ms: MessageStream, expected: int | None) -> bool:
+        node, counts = self.node, self.counts
+        s = node.settings
         try:
             try:
                 with trio.fail_after(s.handshake_timeout):

@@ -160,6 +160,7 @@ class RunSetup:
             ingest=self.scenario.cluster.ingest if self.scenario.cluster.ingest != "rows" else None,
             materialize_idle=c.materialize_idle if c.materialize_idle != 0.05 else None,
             max_log_age=c.max_log_age if c.max_log_age != 2.0 else None,
+            park=c.park or None,
         )
         site_path.write_text(text)
         site = parse_site(text, site_path)
@@ -337,8 +338,20 @@ class RunSetup:
                 members.append(name)
                 for pid in punch:
                     by_id[pid] = dataclasses.replace(by_id[pid], server=address)
+            # Parked sessions (docs/protocol.md 6.3) go through the group's proxies too: a
+            # fault on the group cuts them as it cuts the VIP.
+            parks = {node: (host, port) for pid in group.panels for node, host, port in by_id[pid].park}
+            through: dict[str, tuple[str, int]] = {}
+            for offset, (node, target) in enumerate(sorted(parks.items())):
+                name = f"{group.name}.park-{node}"
+                through[node] = (_group_address(index), target[1] + offset)
+                await self.hub.create(name, through[node], target)
+                members.append(name)
             for pid in group.panels:
                 st = by_id[pid]
+                if st.park:
+                    park = tuple((node, *through[node]) for node, _, _ in st.park)
+                    by_id[pid] = st = dataclasses.replace(st, park=park)
                 if st.mode.value != "host-initiated" or st.listen is None:
                     continue
                 name = f"{group.name}.panel-{pid}"

@@ -162,6 +162,9 @@ class ClusterSpec(TomlTable):
     #: the log's oldest batch's age at which it goes anyway (``[site]`` of a site file).
     materialize_idle: Time = 0.05
     max_log_age: Time = 2.0
+    #: Parked sessions (docs/protocol.md 6.3, ``[site] park``): the standby holds a session of
+    #: every TCP panel at its own address, and a takeover is a TAKEOVER on it.
+    park: StrictBool = False
 
     @model_validator(mode="after")
     def _witness_needs_a_mirror(self) -> ClusterSpec:

@@ -223,6 +223,11 @@ class _SiteTable(TomlTable):
     vip: StrictStr = "127.0.0.100"
     port: StrictInt = Field(default=30002, ge=1, le=65535)
     panel_port: StrictInt = Field(default=3001, ge=1, le=65535)
+    #: Parked sessions (docs/protocol.md 6.3): each node listens on ``address:park_port``
+    #: while it stands by, and every TCP panel keeps a session parked at each node it is not
+    #: in session with, so that a takeover is one round trip, not a TCP and TLS set-up.
+    park: StrictBool = False
+    park_port: StrictInt = Field(default=30003, ge=1, le=65535)
     #: H and I of docs/protocol.md 9.1: a busy session's heartbeat, a quiet panel's probe.
     heartbeat_ms: StrictInt = Field(default=1000, ge=1)
     idle_ms: StrictInt = Field(default=10_000, ge=1, lt=2**32)
@@ -377,6 +382,7 @@ class Site(_SiteTable):
             beat_interval=min(0.1, dead_after / 3),
             peers=tuple((n.name, n.heartbeat_via or n.address) for n in self.nodes if n.name != node_id),
             beat_port=heartbeat_port(self.port),
+            park=(spec.address, self.park_port) if self.park else None,
             # A site file lists the panels; without one, any panel with a site certificate is served.
             known_panels=frozenset(self.panel_ids()) if self.path is not None else None,
         )
@@ -410,7 +416,12 @@ class Site(_SiteTable):
             doors=spec.doors or fleet.doors,
             batch_records=spec.batch or fleet.batch,
             window=spec.window or fleet.window,
+            park=self.park_addresses() if mode is not LinkMode.SERIAL else (),
         )
+
+    def park_addresses(self) -> tuple[tuple[str, str, int], ...]:
+        """Each node's park address (docs/protocol.md 6.3) as (name, host, port); empty without ``park``."""
+        return tuple((n.name, n.address, self.park_port) for n in self.nodes) if self.park else ()
 
     def serial_line(self, panel_id: int, end: Literal["serial", "node_serial"] = "serial") -> SerialLine | None:
         """A panel's serial line: its own end (``serial``) or the node's (``node_serial``)."""

@@ -61,6 +61,7 @@ def pair_site_toml(
     ingest: str | None = None,
     materialize_idle: float | None = None,
     max_log_age: float | None = None,
+    park: bool | None = None,
 ) -> str:
     """The site file of the embedded default pair: nodes A and B on 127.0.0.11/.12 sharing ``db``
     (beside the file), the VIP on ``port``, panels listening on ``port + 1``. With
@@ -68,7 +69,8 @@ def pair_site_toml(
     ``hosts``: the pair on the lab's hosts instead (its addresses, VRRP files, a ``[[panels]]``
     entry per panel). ``mirror``: each node on its own PostgreSQL (``node_dbs``, their URLs, and
     ``pg_data``, their data directories), mirrored ``sync`` or ``async``, with ``witness``
-    (``HOST:PORT``) if given. ``None``: the site file's default."""
+    (``HOST:PORT``) if given. ``park``: parked sessions (docs/protocol.md 6.3) on ``port + 2``
+    of each node's address. ``None``: the site file's default."""
     via = {"A": "127.0.0.21", "B": "127.0.0.22"} if heartbeat_proxies else {}
     addresses = dict(hosts.nodes) if hosts is not None else _PAIR
     vrrp = dict(hosts.vrrp) if hosts is not None else {}
@@ -88,6 +90,8 @@ def pair_site_toml(
             "ingest": ingest,
             "materialize_idle": materialize_idle,
             "max_log_age": max_log_age,
+            "park": park,
+            "park_port": port + 2 if park else None,
         },
         "nodes": {
             n: {
@@ -145,6 +149,7 @@ class PairSiteOptions(TypedDict, total=False):
     ingest: str | None
     materialize_idle: float | None
     max_log_age: float | None
+    park: bool | None
 
 
 def write_pair_site(path: Path, **options: Unpack[PairSiteOptions]) -> Path:

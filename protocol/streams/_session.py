@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import trio
 
@@ -78,6 +78,14 @@ class MessageStream:
                     await self.stream.send_all(data)
                 return
         await trio.sleep_forever()
+
+    @contextlib.asynccontextmanager
+    async def sends_held(self) -> AsyncIterator[None]:
+        """No frame is being written, nor starts, within the block (the send lock is held):
+        for cancelling this stream's tasks without cutting a frame (a parked session's
+        timers, handed over to the node that takes over, 6.3)."""
+        async with self._send_lock:
+            yield
 
     async def receive(self) -> Message:
         """The next message.

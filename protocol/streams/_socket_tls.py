@@ -136,7 +136,7 @@ class SocketTLSStream(trio.abc.Stream):
 
     async def wait_send_all_might_not_block(self) -> None:
         self._check_usable()
-        await wait_writable(self._fd)
+        await wait_writable(self._socket_fd())
         self._check_usable()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -201,6 +201,14 @@ class SocketTLSStream(trio.abc.Stream):
         self._broken = cause
         return trio.BrokenResourceError(f"TLS stream broken: {cause}")
 
+    def _socket_fd(self) -> int:
+        """The socket's fd, checked: if the socket was closed under this stream (its
+        ``transport_stream`` closed by someone else), its number may already be another
+        file's, and a read or write on it would reach that file."""
+        if self.transport_stream.socket.fileno() != self._fd:
+            raise trio.ClosedResourceError("the socket under this TLS stream was closed")
+        return self._fd
+
     def _take(self) -> None:
         """Move what the SSLObject made to the queue, behind what is there (in order)."""
         self._queue += self._outgoing.read()
@@ -213,7 +221,7 @@ class SocketTLSStream(trio.abc.Stream):
             if self._closed:  # by another task while this one waited: the fd is not ours
                 raise trio.ClosedResourceError("this TLS stream was closed")
             try:
-                data = os.read(self._fd, _RECV)
+                data = os.read(self._socket_fd(), _RECV)
             except BlockingIOError:
                 await wait_readable(self._fd)
                 waited = True
@@ -239,7 +247,7 @@ class SocketTLSStream(trio.abc.Stream):
                     if self._closed:
                         raise trio.ClosedResourceError("this TLS stream was closed")
                     try:
-                        sent = os.write(self._fd, queue)
+                        sent = os.write(self._socket_fd(), queue)
                     except BlockingIOError:
                         await wait_writable(self._fd)
                         continue
@@ -254,7 +262,7 @@ class SocketTLSStream(trio.abc.Stream):
     def _send_nowait(self) -> None:
         """Send what the socket takes of the queue now, unless a sender holds it (it will)."""
         queue = self._queue
-        if self._write_lock.locked() or self._closed:
+        if self._write_lock.locked() or self._closed or self.transport_stream.socket.fileno() != self._fd:
             return
         while queue:
             try:

@@ -101,9 +101,13 @@ async def listen(
     handshake_timeout: float = 5.0,
     on_refused: Callable[[str, Exception], None] | None = None,
     handshakes: trio.Semaphore | None = None,
+    handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections on ``host:port`` and run ``handler(link)`` for each, forever.
+
+    ``handler_nursery``: where each connection's task runs (None: the listener's own), so
+    that connections can outlive the listener (a standby's parked sessions, 6.3).
 
     A failed TLS handshake closes that one connection and is reported to
     ``on_refused(remote, error)``; the listener goes on. As many handshakes
@@ -138,4 +142,4 @@ async def listen(
         await handler(link)
 
     task_status.started(listeners)
-    await trio.serve_listeners(handle, listeners)
+    await trio.serve_listeners(handle, listeners, handler_nursery=handler_nursery)
