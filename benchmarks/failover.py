@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--rate", type=float, default=2.0, help="swipes per second per panel during the run")
     parser.add_argument("--mode", default="mixed", choices=["punch-out", "host-initiated", "mixed"])
     parser.add_argument("--port", type=int, default=30002)
+    parser.add_argument("--park", action="store_true", help="panels parked at the standby (docs/protocol.md 6.3)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--node-log", type=argparse.FileType("w"), help="write the node processes' output here")
     args = parser.parse_args(argv)
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         rate=args.rate,
         mode=args.mode,
         port=args.port,
+        park=args.park,
         node_log=args.node_log.fileno() if args.node_log else None,
     )
     with tempfile.TemporaryDirectory(prefix="fieldsync-failover-") as tmp:

@@ -235,6 +235,11 @@ class Panel:
         return self._link.is_connected
 
     @property
+    def parked_at(self) -> list[str]:
+        """The nodes this panel has a session parked at now (docs/protocol.md 6.3)."""
+        return list(self._link.parks)
+
+    @property
     def connected(self) -> trio.Event:
         """Set while a session is up (a new event each session: read it when you wait)."""
         return self._link.connected

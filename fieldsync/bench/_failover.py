@@ -53,6 +53,9 @@ class FailoverOptions:
     rate: float = 2.0
     mode: str = "mixed"
     port: int = 30002
+    #: Parked sessions (docs/protocol.md 6.3): every panel parked at the standby before the
+    #: kill, so the takeover is a TAKEOVER on connections already up.
+    park: bool = False
     #: Where the node processes' output goes (a file descriptor); None: nowhere.
     node_log: int | None = None
 
@@ -84,7 +87,7 @@ async def one_run(workdir: Path, pki_dir: Path, opts: FailoverOptions, run: int)
     """One cluster, one cold connection, one kill -9: every panel's outage, in seconds."""
     site_path = workdir / f"run{run}" / "site.toml"
     site_path.parent.mkdir(parents=True)
-    write_pair_site(site_path, pki_dir=pki_dir, port=opts.port, panels=opts.panels, mode=opts.mode)
+    write_pair_site(site_path, pki_dir=pki_dir, port=opts.port, panels=opts.panels, mode=opts.mode, park=opts.park)
     site = load_site(site_path)
     children = [Supervised(name=n, command=node_command(n, str(site_path)), restart=False) for n in ("A", "B")]
     fleet = Fleet([site.panel_settings(p) for p in site.panel_ids()], Workload(rate=opts.rate), seed=run)
@@ -120,6 +123,16 @@ async def one_run(workdir: Path, pki_dir: Path, opts: FailoverOptions, run: int)
         # The bound: from the fleet's start to its last panel's first ACK (the ACK itself is
         # recorded as it arrives, so the 50 ms polling above does not count).
         cold = [pn.first_ack_at[epoch] - dialed_at for pn in fleet.panels.values()]
+        if opts.park:
+            with trio.move_on_after(30):
+                while not all(pn.parked_at for pn in fleet.panels.values()):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            unparked = [pn for pn in fleet.panels.values() if not pn.parked_at]
+            if unparked:
+                raise RunFailed(
+                    f"run {run}: {len(unparked)} panels not parked at the standby after 30 s, e.g. panel "
+                    f"{unparked[0].panel_id}: {unparked[0].last_park_error}"
+                )
         await trio.sleep(0.5)  # replay in flight
         killed_at = trio.current_time()
         assert lease.holder_pid is not None
@@ -179,6 +192,7 @@ async def measure_failover(
         "runs": opts.runs,
         "panels": opts.panels,
         "mode": opts.mode,
+        "park": opts.park,
         "p50_s": percentile(outages, 50),
         "p95_s": percentile(outages, 95),
         "p99_s": p99,
@@ -204,7 +218,8 @@ def failover_lines(result: dict[str, object]) -> list[str]:
         )
     cold_ratio = result["ratio_p99_to_cold"]
     lines.append(
-        f"failover, {result['runs']} runs x {result['panels']} panels ({result['mode']}), kill -9 -> first ACK from "
+        f"failover, {result['runs']} runs x {result['panels']} panels ({result['mode']}"
+        f"{', parked at the standby' if result.get('park') else ''}), kill -9 -> first ACK from "
         f"the new node: p50 {result['p50_s']:.3f} s, p95 {result['p95_s']:.3f} s, p99 {result['p99_s']:.3f} s, "
         f"max {result['max_s']:.3f} s"
     )

@@ -174,6 +174,9 @@ def idle_cmd(
 @click.option("--mode", type=click.Choice(["punch-out", "host-initiated", "mixed"]), default="mixed", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65_535), default=30002, show_default=True, help="The VIP's port.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure here.")
+@click.option(
+    "--park", is_flag=True, help="Every panel's session parked at the standby (docs/protocol.md 6.3) before the kill."
+)
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), help="PNG: each panel's outage, per run.")
 @friendly
 def failover_cmd(
@@ -184,13 +187,14 @@ def failover_cmd(
     mode: str,
     port: int,
     json_path: Path | None,
+    park: bool,
     plot: Path | None,
 ) -> None:
     """kill -9 of the active under a replaying fleet: each panel's time to its first ACK from
     the new node, against the same fleet's cold connection measured in the same run."""
     from ..bench import FailoverOptions, FailoverRun, RunFailed, failover_lines, measure_failover, plot_failover
 
-    opts = FailoverOptions(runs=runs, panels=panels, backlog=backlog, rate=rate, mode=mode, port=port)
+    opts = FailoverOptions(runs=runs, panels=panels, backlog=backlog, rate=rate, mode=mode, port=port, park=park)
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-failover-") as tmp, _progress() as progress:
         task = progress.add_task("runs", total=runs, rate="")
