@@ -240,6 +240,11 @@ class Panel:
         return list(self._link.parks)
 
     @property
+    def takeovers(self) -> int:
+        """Sessions that came to this panel as a TAKEOVER on a parked connection."""
+        return self._link.takeovers
+
+    @property
     def connected(self) -> trio.Event:
         """Set while a session is up (a new event each session: read it when you wait)."""
         return self._link.connected

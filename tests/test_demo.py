@@ -20,4 +20,8 @@ def test_the_demo_tells_its_story_and_every_promise_holds(tmp_path: Path, capsys
         assert step in out, (step, out)
     assert len(re.findall(r"\bheld\b", out)) == 7 and "BROKEN" not in out  # P1-P7
     assert re.search(r"takeover seen \d+\.\d+ s after the kill", out), out
+    # The takeover reached the panels on their parked sessions (docs/protocol.md 6.3).
+    assert "every panel has a session parked at the standby" in out, out
+    taken = re.search(r"(\d+) of 20 panels were taken over on their parked sessions", out)
+    assert taken is not None and int(taken.group(1)) >= 18, out
     assert (tmp_path / "demo" / "site.db").exists()

@@ -2,8 +2,9 @@
 
 Two node processes share a store behind VIP 127.0.0.100; 200 emulated panels
 (half dialing the VIP, half waiting for the node on their own 127.1.x.y:3001)
-swipe cards over mutual TLS. The story: normal operation, kill -9 of the
-active, the standby takes the VIP, panels reconnect and replay, an operator
+swipe cards over mutual TLS, each with a session parked at the standby
+(docs/protocol.md 6.3). The story: normal operation, kill -9 of the active,
+the standby takes the VIP and TAKEOVERs the parked sessions, the panels replay, an operator
 changes the configuration during the outage, the killed node comes back as
 standby, switchover back. Then every panel's journal is checked against the
 store.
@@ -81,7 +82,7 @@ async def _story(
     publish: Callable[[Fleet], None],
 ) -> tuple[Report, Fleet, dict[str, float]]:
     site_path = workdir / "site.toml"
-    write_pair_site(site_path, port=port, panels=panels, rate=rate, buffer="256KiB", name="fieldsync demo")
+    write_pair_site(site_path, port=port, panels=panels, rate=rate, buffer="256KiB", name="fieldsync demo", park=True)
     site = load_site(site_path)
     say(f"making a site CA and certificates for 2 nodes and {panels} panels in {workdir}")
     issue_pair_pki(site, "fieldsync demo")
@@ -120,6 +121,11 @@ async def _story(
         first = holder()
         await nursery.start(fleet.run)
         await wait_for(lambda: fleet.statistics().connected == len(fleet), 30, f"all {len(fleet)} panels online")
+        await wait_for(
+            lambda: all(pn.parked_at for pn in fleet.panels.values()),
+            15,
+            "every panel has a session parked at the standby",
+        )
         await trio.sleep(4)
 
         lease = state.lease
@@ -150,6 +156,8 @@ async def _story(
         figures["reconnect_s"] = await wait_for(
             lambda: fleet.statistics().connected == len(fleet), 30, "every panel reconnected and is replaying"
         )
+        parked = sum(pn.takeovers for pn in fleet.panels.values())
+        say(f"{parked} of {len(fleet)} panels were taken over on their parked sessions (no TCP or TLS set-up)")
         version = config.version
         await wait_for(
             lambda: all(pn.config.version == version for pn in fleet.panels.values()),
