@@ -239,16 +239,19 @@ class _Connection:
         if self._state is State.ERROR:
             raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, "connection is in ERROR; nothing more is read")
         try:
-            frame = self._decoder.next_frame()
-            if frame is None:
-                if self._decoder.at_eof:
-                    clean = self._state is State.CLOSED
-                    self._state = State.CLOSED
-                    return ConnectionClosed(clean=clean)
-                return NEED_DATA
-            message = decode_payload(frame.type, frame.payload)
-            self._frames_in += 1
-            self._last_received = self._rx_now
+            while True:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    if self._decoder.at_eof:
+                        clean = self._state is State.CLOSED
+                        self._state = State.CLOSED
+                        return ConnectionClosed(clean=clean)
+                    return NEED_DATA
+                message = decode_payload(frame.type, frame.payload)
+                self._frames_in += 1
+                self._last_received = self._rx_now
+                if not self._crossed(message):
+                    break
             self._transition(Direction.RECEIVE, message)
             self._on_receive(message)
             self._probe_out = False
@@ -394,6 +397,10 @@ class _Connection:
     def _reply_progress(self) -> tuple[int, bool]:
         """(a counter that grows when the awaited reply comes, whether one is awaited)."""
         raise NotImplementedError
+
+    def _crossed(self, message: Message) -> bool:
+        """A message that crossed one of this end's own in flight, to be dropped unread."""
+        return False
 
     def _awaited_reply(self) -> str:
         raise NotImplementedError
@@ -705,9 +712,15 @@ class HostConnection(_Connection):
     def __init__(self, *, now: float, **kwargs: object) -> None:
         super().__init__(now=now, **kwargs)  # type: ignore[arg-type]
         self.hello: Hello | None = None
+        # A TAKEOVER went out and the fresh HELLO has not come yet (docs/protocol.md 6.3 rule 4).
+        self._after_takeover = False
 
     def _initial_state(self) -> State:
         return State.AWAIT_HELLO
+
+    def _crossed(self, message: Message) -> bool:
+        # A parked panel's probe sent before our TAKEOVER reached it: ignored, unanswered.
+        return self._after_takeover and self._state is State.AWAIT_HELLO and isinstance(message, Heartbeat)
 
     def _reply_progress(self) -> tuple[int, bool]:
         return self._config_acks, bool(self._pushes)
@@ -732,6 +745,7 @@ class HostConnection(_Connection):
         elif isinstance(message, Takeover):
             self.park = False
             self.hello = None
+            self._after_takeover = True
         elif isinstance(message, Welcome):
             if self.park:
                 raise LocalProtocolError(
@@ -767,6 +781,7 @@ class HostConnection(_Connection):
 
     def _on_receive(self, message: Message) -> None:
         if isinstance(message, Hello):
+            self._after_takeover = False
             self.hello = message
             self.config_version = self.config_acked = message.config_version
         elif isinstance(message, EventBatch):

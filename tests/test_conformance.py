@@ -118,3 +118,86 @@ def test_our_quiet_panel_probes_as_the_spec_says(site_pki: Path, tmp_path: Path)
     cases = result["cases"]
     assert isinstance(cases, list)
     assert sorted(c["name"] for c in cases if c["result"] == "pass") == sorted(liveness)
+
+
+def _wait_for_holder(db: Path, holder: str, timeout: float = 20.0) -> None:
+    import time
+
+    from storage import ClusterStore
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        store = ClusterStore(db)
+        try:
+            if store.lease().holder == holder:
+                return
+        finally:
+            store.close()
+        time.sleep(0.05)
+    raise AssertionError(f"node {holder} never held the lease")
+
+
+@pytest.mark.slow
+def test_our_standby_parks_as_the_spec_says(site_pki: Path, tmp_path: Path) -> None:
+    """docs/protocol.md 6.3 against a real standby: node A active, node B standing by with
+    its park address open; the battery parks panels at B."""
+    port, park_port = 31290, 31292
+    db = tmp_path / "site.db"
+    site = tmp_path / "site.toml"
+    # idle_ms 2000: the parked silence case (I + 3 H = 5 s) fits the battery's bound.
+    site.write_text(
+        f'[site]\ndb = "{db}"\npki = "{site_pki}"\nvip = "{VIP}"\nport = {port}\nidle_ms = 2000\n'
+        f"park = true\npark_port = {park_port}\n[fleet]\npanels = 4\n"
+    )
+    with running([*CLI, "node", "--id", "A", "--site", str(site)], "up as standby"):
+        _wait_for_holder(db, "A")
+        with running([*CLI, "node", "--id", "B", "--site", str(site)], "up as standby"):
+            result = battery(
+                tmp_path,
+                "--park",
+                f"127.0.0.12:{park_port}",
+                "--pki",
+                str(site_pki),
+                "--panel-ids",
+                "1-4",
+                "--unknown-panel-id",
+                "5",
+            )
+    cases = result["cases"]
+    assert isinstance(cases, list)
+    ran = {c["name"] for c in cases if c["result"] == "pass"}
+    assert {"park-hello-standby", "park-heartbeat-answer", "park-event-batch-illegal", "park-silence-timeout"} <= ran
+
+
+@pytest.mark.slow
+def test_our_panel_parks_and_takes_a_takeover_as_the_spec_says(site_pki: Path, tmp_path: Path) -> None:
+    """The panel side of 6.3: our host-initiated panel parks at node B's park address, where
+    the battery plays a standby (and, through --panel, the node in session)."""
+    port, park_port = 31294, 31296
+    site = panel_site(site_pki, tmp_path, port=port, panel_id=9, rate=0)
+    text = site.read_text().replace("[fleet]", f"park = true\npark_port = {park_port}\n[fleet]")
+    site.write_text(text + '[nodes.A]\naddress = "127.0.0.13"\n[nodes.B]\naddress = "127.0.0.14"\n')
+    with running([*CLI, "emulate", "--site", str(site)], "panel"):
+        result = battery(
+            tmp_path,
+            "--panel",
+            f"127.1.0.9:{port}",
+            "--panel-id",
+            "9",
+            "--pki",
+            str(site_pki),
+            "--node-name",
+            "B",
+            "--park-listen",
+            f"127.0.0.14:{park_port}",
+            "--case",
+            "park-*",
+            "--case",
+            "standby-off-park",
+            "--case",
+            "takeover-in-streaming",
+        )
+    cases = result["cases"]
+    assert isinstance(cases, list)
+    ran = {c["name"] for c in cases if c["result"] == "pass"}
+    assert {"park-hello", "park-probe-interval", "park-takeover-hello", "park-takeover-stale"} <= ran, cases

@@ -183,7 +183,7 @@ def test_frame_roundtrip_and_reader_rules() -> None:
         "BAD_MAGIC": c.frame(hello, magic=b"\x00\x00"),
         "BAD_CRC": c.frame(hello, bad_crc=True),
         "UNSUPPORTED_VERSION": c.frame(hello, version=1),
-        "UNKNOWN_TYPE": c.encode_frame(11, b""),
+        "UNKNOWN_TYPE": c.encode_frame(42, b""),
         "BAD_FLAGS": c.frame(hello, flags=2),
         "FRAME_TOO_LARGE": c.header(c.HELLO, c.MAX_PAYLOAD + 1),
         "TRUNCATED": data[:-1],

@@ -185,3 +185,27 @@ def test_the_new_messages_round_trip_and_keep_their_ranges() -> None:
     with pytest.raises(p.LocalProtocolError):
         p.Standby(node_id="B", heartbeat_ms=1000, idle_ms=999)
     assert p.MessageType.STANDBY == 11 and p.MessageType.TAKEOVER == 12
+
+
+def test_a_probe_that_crossed_the_takeover_is_ignored_not_refused() -> None:
+    """6.3 rule 4: the panel probed just before the TAKEOVER reached it; the node, already
+    waiting for the fresh HELLO, drops that HEARTBEAT unanswered. The control: on a fresh
+    connection a HEARTBEAT before HELLO is still ILLEGAL_IN_STATE (the section 14 vector)."""
+    pair = _parked()
+    pair.now = 2.6
+    probe = pair.panel.send(p.Heartbeat(epoch=4), pair.now)  # in flight...
+    takeover = pair.host.send(p.Takeover(epoch=5), pair.now)  # ...as the node takes over
+    pair.host.receive_data(probe, pair.now)
+    assert pair.host.next_event() is p.NEED_DATA and pair.host.state is p.State.AWAIT_HELLO
+    assert pair.host.handle_timer(pair.now) == b""  # and it is not answered
+    pair.panel.receive_data(takeover, pair.now)
+    assert pair.panel.next_event() == p.Takeover(epoch=5)
+    pair.panel_sends(_hello(max_epoch=4))
+    assert pair.host.state is p.State.HELLO_RECEIVED
+    # Only until the HELLO: a HEARTBEAT after it is judged as ever.
+    pair.host_sends(_welcome(epoch=5))
+    fresh = p.HostConnection(now=0.0)
+    fresh.receive_data(p.encode_frame(p.MessageType.HEARTBEAT, p.encode_payload(p.Heartbeat(epoch=0))), 0.0)
+    with pytest.raises(p.RemoteProtocolError) as illegal:
+        fresh.next_event()
+    assert illegal.value.code is p.ErrorCode.ILLEGAL_IN_STATE

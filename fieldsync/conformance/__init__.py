@@ -1,8 +1,10 @@
-"""`fieldsync conformance`: an independent conformance battery for the fieldsync wire protocol, version 3.
+"""`fieldsync conformance`: an independent conformance battery for the fieldsync wire protocol, version 4.
 
 Written from docs/protocol.md alone (like h2spec for HTTP/2): it shares no code with `protocol`, `storage`,
-`emulator` or the rest of `fieldsync`. `--server HOST:PORT` plays panels against a node; `--panel HOST:PORT`
-plays a node against a host-initiated panel. Each case names the section of the spec it checks.
+`emulator` or the rest of `fieldsync`. `--server HOST:PORT` plays panels against a node, and `--park HOST:PORT`
+against the park address of the node that is the standby (parked sessions, 6.3); `--panel HOST:PORT` plays a node
+against a host-initiated panel, and `--park-listen HOST:PORT` listens there as the standby node a panel parks at.
+Each case names the section of the spec it checks.
 """
 
 from ._base import CaseResult

@@ -56,16 +56,20 @@ class Case:
     fn: CaseFn
     doc: str
     tls_only: bool = False
+    park: bool = False  # a case of parked sessions (6.3): needs the park address (--park, --park-listen)
+    timeout: float | None = None  # s: the runner's bound for this case, if not its default
 
 
 class Registry:
     def __init__(self) -> None:
         self.cases: list[Case] = []
 
-    def __call__(self, name: str, section: str, *, tls_only: bool = False) -> Callable[[CaseFn], CaseFn]:
+    def __call__(
+        self, name: str, section: str, *, tls_only: bool = False, park: bool = False, timeout: float | None = None
+    ) -> Callable[[CaseFn], CaseFn]:
         def deco(fn: CaseFn) -> CaseFn:
             doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self.cases.append(Case(name, section, fn, doc, tls_only))
+            self.cases.append(Case(name, section, fn, doc, tls_only, park, timeout))
             return fn
 
         return deco

@@ -1,4 +1,5 @@
-"""Panel cases: the battery plays a node that dials a host-initiated panel (section 15: `--panel HOST:PORT`).
+"""Panel cases: the battery plays a node that dials a host-initiated panel (section 15: `--panel HOST:PORT`), and a
+standby node whose park address the panel dials (6.3: `--park-listen HOST:PORT`).
 
 Why one module of this size: a list of independent cases in the spec's section order (as
 in ``_cases_server``), each a short function named for the rule it tries.
@@ -18,7 +19,7 @@ import trio
 from . import _codec as c
 from . import _tls
 from ._base import Fail, Registry, Skip, check, slack
-from ._link import Link, connect, connect_or_refused, describe
+from ._link import Link, Listener, accept, connect, connect_or_refused, describe
 
 panel_case = Registry()
 
@@ -30,16 +31,22 @@ IDLE_S = IDLE_MS / 1000
 GRACE = 0.1  # s: a panel frame arriving this soon after our reply to its previous one may have crossed it
 BOGUS_DIGEST = hashlib.sha256(b"fieldsync conformance: not the digest").digest()
 FROM_PANEL = (c.EVENT_BATCH, c.HEARTBEAT, c.CONFIG_ACK)
+PARK_WAIT = 15.0  # s: how long a park case waits for the panel's next park connection (it parks again later, 6.3)
 
 
 @dataclass
 class PanelTarget:
-    host: str
+    host: str | None  # None: no --panel (only the park cases run)
     port: int
     panel_id: int
     pki: Path | None = None
     node_name: str = "A"
     epoch: int | None = None
+
+    def addr(self) -> tuple[str, int]:
+        if self.host is None:
+            raise Skip("needs --panel HOST:PORT")
+        return self.host, self.port
 
 
 @dataclass
@@ -61,6 +68,16 @@ class Session:
         return self.welcome.epoch
 
 
+@dataclass
+class Parked:
+    """A park connection the panel opened to the battery (6.3), from its HELLO on."""
+
+    link: Link
+    hello: c.Hello
+    hello_at: float  # when the HELLO arrived
+    accepted_at: float  # when the battery accepted the connection
+
+
 def example_config() -> list[c.Op]:
     """A small configuration, deliberately not in canonical order (the panel must sort for its digest)."""
     return [
@@ -77,10 +94,13 @@ def example_config() -> list[c.Op]:
 
 
 class PanelCtx:
-    def __init__(self, target: PanelTarget, state: PanelState, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, target: PanelTarget, state: PanelState, nursery: trio.Nursery, park: Listener | None = None
+    ) -> None:
         self.t = target
         self.s = state
         self.nursery = nursery
+        self.park_listener = park
         self.links: list[Link] = []
 
     @property
@@ -98,6 +118,7 @@ class PanelCtx:
         self, *, ident: Any = "own", tls12: bool = False, any_version: bool = False, patience: float = 6.0
     ) -> Link:
         """Dial the panel, retrying while it does not accept yet (it may be between sessions)."""
+        host, port = self.t.addr()
         ssl_ctx = None
         if self.tls:
             assert self.t.pki is not None
@@ -107,11 +128,11 @@ class PanelCtx:
         deadline = trio.current_time() + patience
         while True:
             try:
-                link = await connect(self.t.host, self.t.port, ssl_ctx, self.nursery, any_version=any_version)
+                link = await connect(host, port, ssl_ctx, self.nursery, any_version=any_version)
                 break
             except OSError as exc:
                 if trio.current_time() > deadline:
-                    raise Fail(f"the panel at {self.t.host}:{self.t.port} accepts no connection: {exc}") from None
+                    raise Fail(f"the panel at {host}:{port} accepts no connection: {exc}") from None
                 await trio.sleep(0.1)
         self.links.append(link)
         return link
@@ -156,18 +177,90 @@ class PanelCtx:
         hello_at = trio.current_time()
         w = self.welcome(h, **welcome)
         await link.send_msg(w)
-        if self.s.config_version is not None and h.config_version != self.s.config_version:
-            self.s.config = None
-        self.s.config_version = h.config_version
+        self.note_config(h)
         if answer:
             link.answer_heartbeats(w.epoch)
         if heartbeats:
             link.start_heartbeats(w.epoch, w.heartbeat_ms / 1000)
         return Session(link, h, w, hello_at)
 
+    def note_config(self, h: c.Hello) -> None:
+        """What a HELLO says of the panel's configuration: forget the one pushed if its version is not the HELLO's."""
+        if self.s.config_version is not None and h.config_version != self.s.config_version:
+            self.s.config = None
+        self.s.config_version = h.config_version
+
     async def bye(self, s: Session) -> None:
         await s.link.send_msg(c.Bye(s.epoch, 0))
         await s.link.aclose()
+
+    # ------------------------------------------------------------------------------------------ park connections
+
+    def standby(self, **kw: Any) -> c.Standby:
+        """The battery's STANDBY (5, 6.3 rule 2): the intervals of its WELCOME, so that parked cases stay short."""
+        args: dict[str, Any] = {"node_id": f"conformance-{self.t.node_name}", "heartbeat_ms": HB_MS, "idle_ms": IDLE_MS}
+        args.update(kw)
+        return c.Standby(**args)
+
+    async def park(self) -> Parked:
+        """The panel's next park connection to the battery (6.3), up to its HELLO, its first frame (6.2 step 1).
+
+        Waits up to PARK_WAIT s: after a park session ends the panel parks again later (6.3 rule 6). A connection
+        the panel gave up on before its HELLO (a failed TLS handshake, an end of stream) is passed over.
+        """
+        listener = self.park_listener
+        if listener is None:
+            raise Skip("needs --park-listen HOST:PORT")
+        ssl_ctx = None
+        if self.tls:
+            assert self.t.pki is not None
+            ssl_ctx = _tls.server_context(self.t.pki / "ca.pem", self.node_identity())
+        deadline = trio.current_time() + PARK_WAIT
+        why = ""
+        while True:
+            got = await listener.take(max(0.0, deadline - trio.current_time()))
+            if got is None:
+                raise Fail(
+                    f"no park connection from the panel to {listener.host}:{listener.port} within {PARK_WAIT:g} s "
+                    f"(is it configured to park there? 6.3){why}"
+                )
+            raw, accepted_at = got
+            try:
+                link = await accept(raw, ssl_ctx, self.nursery)
+            except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+                await trio.aclose_forcefully(raw)
+                why = f"; the last one failed its TLS handshake: {str(exc.__cause__ or exc) or 'not done within 5 s'}"
+                continue
+            self.links.append(link)
+            rx = await link.recv(5.5)
+            if rx is None:
+                raise Fail("no HELLO within 5.5 s of the park connection (6.2 step 1: the panel's first frame)")
+            if rx.kind in ("eof", "reset"):
+                why = f"; the last one ended before its HELLO: {rx.describe()}"
+                await link.aclose()
+                continue
+            check(
+                rx.kind == "msg" and isinstance(rx.msg, c.Hello),
+                f"expected HELLO as the panel's first frame on the park connection (6.2 step 1, 6.3 rule 2), "
+                f"got {rx.describe()}",
+            )
+            assert isinstance(rx.msg, c.Hello)
+            h = rx.msg
+            check(h.panel_id == self.t.panel_id, f"park HELLO panel_id {h.panel_id}, expected {self.t.panel_id}")
+            return Parked(link, h, rx.at, accepted_at)
+
+    async def parked(self, **standby: Any) -> Parked:
+        """A parked session: the panel's next park HELLO answered with STANDBY (6.3 rule 2), and from then on every
+        panel HEARTBEAT answered at once with a HEARTBEAT of epoch 0, as a parked node does (6.3 rule 3)."""
+        p = await self.park()
+        await p.link.send_msg(self.standby(**standby))
+        p.link.answer_heartbeats(0)
+        return p
+
+    async def park_bye(self, p: Parked, epoch: int = 0) -> None:
+        """BYE on a park connection: a standby serves no epoch, so its BYE carries 0 (5: the sender's epoch)."""
+        await p.link.send_msg(c.Bye(epoch, 0))
+        await p.link.aclose()
 
     async def batches(self, s: Session, n: int, within: float, *, prev_last: int | None = None) -> list[c.EventBatch]:
         """`n` batches (checked against 7.3 order) within `within`, passing over heartbeats and CONFIG_ACKs."""
@@ -270,6 +363,22 @@ async def illegal_before_welcome(ctx: PanelCtx) -> str:
     await link.send_msg(c.Ack(ctx.epoch_for(h), h.newest_seq))
     await link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=())
     return "ILLEGAL_IN_STATE"
+
+
+@panel_case("standby-off-park", "4, 6.3")
+async def standby_off_park(ctx: PanelCtx) -> str:
+    """A STANDBY on the host-initiated connection, not a park connection, is ILLEGAL_IN_STATE (6.3 rule 2)."""
+    await _panel_framing(ctx, lambda h: c.frame(ctx.standby()), "ILLEGAL_IN_STATE")
+    return "STANDBY after HELLO on --panel's connection: ILLEGAL_IN_STATE"
+
+
+@panel_case("takeover-in-streaming", "4, 6.1")
+async def takeover_in_streaming(ctx: PanelCtx) -> str:
+    """A TAKEOVER in STREAMING (it is legal only in PARKED) is ILLEGAL_IN_STATE."""
+    s = await ctx.session()
+    await s.link.send_msg(c.Takeover(s.epoch))
+    await s.link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=FROM_PANEL)
+    return f"TAKEOVER epoch {s.epoch} in session {s.epoch}: ILLEGAL_IN_STATE"
 
 
 @panel_case("wrong-direction", "4, 6.1")
@@ -925,15 +1034,10 @@ async def welcome_trailing(ctx: PanelCtx) -> str:
     return "MALFORMED"
 
 
-@panel_case("unsupported-version", "3, 13.2")
-async def unsupported_version(ctx: PanelCtx) -> str:
-    """A version-2 WELCOME: ERROR UNSUPPORTED_VERSION in a frame carrying version 2, its text naming version 3.
-
-    The WELCOME has the version-2 layout (no idle_ms), as a version-2 node sends it.
-    """
+async def _unsupported(ctx: PanelCtx, version: int, payload: Any) -> str:
     link = await ctx.dial(any_version=True)
     h = await ctx.hello(link)
-    await link.send(c.encode_frame(c.WELCOME, ctx.welcome(h).encode_v2(), version=2))
+    await link.send(c.encode_frame(c.WELCOME, payload(ctx.welcome(h)), version=version))
     rx = await link.recv(3.0)
     check(rx is not None, "no answer within 3 s")
     assert rx is not None
@@ -942,13 +1046,34 @@ async def unsupported_version(ctx: PanelCtx) -> str:
         f"expected ERROR UNSUPPORTED_VERSION, got {rx.describe()}",
     )
     assert rx.frame is not None and isinstance(rx.msg, c.Error)
-    check(rx.frame.version == 2, f"ERROR frame carries version {rx.frame.version}, not the peer's 2 (13.2)")
+    check(
+        rx.frame.version == version,
+        f"ERROR frame carries version {rx.frame.version}, not the peer's {version} (13.2)",
+    )
     check(
         re.search(rf"\b{c.VERSION}\b", rx.msg.text) is not None,
         f"ERROR text {rx.msg.text!r} does not name version {c.VERSION} (13.2)",
     )
     await link.expect_close(2.0)
-    return f"ERROR 101 in a version-2 frame: {rx.msg.text!r}"
+    return f"ERROR 101 in a version-{version} frame: {rx.msg.text!r}"
+
+
+@panel_case("unsupported-version-3", "3, 13.2")
+async def unsupported_version_3(ctx: PanelCtx) -> str:
+    """A version-3 WELCOME (the previous version): ERROR UNSUPPORTED_VERSION in a version-3 frame, naming version 4.
+
+    Its payload is the version-3 layout, which is version 4's (13.1 changes no WELCOME field).
+    """
+    return await _unsupported(ctx, 3, lambda w: w.encode())
+
+
+@panel_case("unsupported-version-2", "3, 13.2")
+async def unsupported_version_2(ctx: PanelCtx) -> str:
+    """A version-2 WELCOME: ERROR UNSUPPORTED_VERSION in a frame carrying version 2, its text naming version 4.
+
+    The WELCOME has the version-2 layout (no idle_ms), as a version-2 node sends it.
+    """
+    return await _unsupported(ctx, 2, lambda w: w.encode_v2())
 
 
 @panel_case("welcome-stale-epoch", "5, 6.2")
@@ -980,7 +1105,8 @@ async def welcome_stale(ctx: PanelCtx) -> str:
 async def _tls_refused(ctx: PanelCtx, ident: Any, what: str, *, tls12: bool = False) -> str:
     assert ctx.t.pki is not None
     ssl_ctx = _tls.context(ctx.t.pki / "ca.pem", ident, tls12_only=tls12)
-    link = await connect_or_refused(ctx.t.host, ctx.t.port, ssl_ctx, ctx.nursery)
+    host, port = ctx.t.addr()
+    link = await connect_or_refused(host, port, ssl_ctx, ctx.nursery)
     if isinstance(link, str):
         return link
     ctx.links.append(link)
@@ -1015,3 +1141,223 @@ async def tls_not_node(ctx: PanelCtx) -> str:
     if not ident.cert.exists():
         raise Skip(f"no {ident.cert} to play a non-node peer with")
     return await _tls_refused(ctx, ident, f"a peer with CN panel-{ctx.t.panel_id}")
+
+
+# ---------------------------------------------------------------------------------------------- parked sessions (6.3)
+#
+# With `--park-listen HOST:PORT` the battery listens there (with TLS as the TLS server, 2.2) and plays the standby
+# node of a panel configured to park at that address. Each case takes the panel's next park connection.
+
+
+def parked_silent(seconds: float) -> str:
+    return (
+        f"{seconds * 1000:.0f} ms without a frame from a parked panel "
+        f"(6.3 rule 3, 9.1 rule 2: it probes once per the STANDBY's I = {IDLE_MS} ms)"
+    )
+
+
+async def watch_parked(p: Parked, seconds: float) -> list[float]:
+    """Watch a parked panel for `seconds`, its probes answered at once with epoch 0 (the link's answerer, 6.3 rule 3).
+
+    It sends HEARTBEATs only, carrying its max_epoch (6.3 rule 3), each a probe no sooner than I after its previous
+    frame (the HELLO counts) and no later than I plus the checker's allowance (9.1 rule 2). Returns, for each probe,
+    the time since the panel's previous frame.
+    """
+    prev, prev_msg, replied = p.hello_at, None, -math.inf
+    probes: list[float] = []
+    end = trio.current_time() + seconds
+    while (now := trio.current_time()) < end:
+        rx = await p.link.recv(end - now)
+        if rx is None:
+            break
+        check(rx.kind == "msg" and rx.msg is not None, f"the parked session ended: {rx.describe()}")
+        m = rx.msg
+        assert m is not None
+        since, prev = rx.at - prev, rx.at
+        check(since <= IDLE_S + slack(IDLE_S), parked_silent(since))
+        check(
+            isinstance(m, c.Heartbeat),
+            f"{describe(m)} from a parked panel (6.3 rule 3: nothing but HEARTBEAT in PARKED)",
+        )
+        assert isinstance(m, c.Heartbeat)
+        check(
+            m.epoch >= p.hello.max_epoch,
+            f"a parked panel's HEARTBEAT carries epoch {m.epoch}, below its HELLO's max_epoch {p.hello.max_epoch} "
+            "(6.3 rule 3: it carries its max_epoch)",
+        )
+        late = crossed(rx.at, since, prev_msg, replied)
+        prev_msg, replied = m, p.link.answer_sent
+        if late:
+            continue  # a probe repeated (rule 1) before our late answer reached it
+        check(
+            since >= IDLE_S - slack(IDLE_S),
+            f"a probe {since * 1000:.0f} ms after the parked panel's previous frame (6.3 rule 3, 9.1 rule 2: "
+            f"it probes when it has sent nothing else for the STANDBY's I = {IDLE_MS} ms, not sooner)",
+        )
+        probes.append(since)
+    since = trio.current_time() - prev
+    check(since <= IDLE_S + slack(IDLE_S), parked_silent(since))
+    return probes
+
+
+@panel_case("park-hello", "2.2, 6.2, 6.3", park=True)
+async def park_hello(ctx: PanelCtx) -> str:
+    """On a park connection the panel sends HELLO first, with its own id (and its certificate's CN, over TLS 1.3)."""
+    p = await ctx.park()
+    h = p.hello
+    extra = ""
+    if ctx.tls:
+        cn, v = p.link.peer_cn(), p.link.tls_version()
+        check(v == "TLSv1.3", f"negotiated {v} on the park connection (2.2)")
+        check(cn == f"panel-{ctx.t.panel_id}", f"certificate CN {cn!r}, HELLO panel_id {h.panel_id} (2.2)")
+        extra = f", {v} CN {cn}"
+    await ctx.park_bye(p)
+    return (
+        f"park HELLO: panel {h.panel_id} fw {h.firmware!r} seqs {h.oldest_seq}..{h.newest_seq} "
+        f"config v{h.config_version} max_epoch {h.max_epoch}{extra}"
+    )
+
+
+@panel_case("park-probe-interval", "6.3, 9.1", park=True)
+async def park_probe_interval(ctx: PanelCtx) -> str:
+    """Parked (STANDBY idle_ms 1000), the panel probes once per idle_ms, never sooner, and sends nothing else.
+
+    6.3 rule 3, 9.1 rule 2, with the STANDBY's heartbeat_ms 200 and idle_ms 1000; the battery answers each probe at
+    once with a HEARTBEAT of epoch 0.
+    """
+    p = await ctx.parked()
+    window = 3.5 * IDLE_S
+    probes = await watch_parked(p, window)
+    await ctx.park_bye(p)
+    gaps = ", ".join(f"{x * 1000:.0f}" for x in probes) or "none"
+    return f"parked {window:g} s: probes after {gaps} ms of silence (I = {IDLE_MS} ms), nothing else"
+
+
+@panel_case("park-heartbeat-epoch-nonzero", "6.3, 9.2", park=True)
+async def park_heartbeat_epoch(ctx: PanelCtx) -> str:
+    """A parked node's HEARTBEAT with an epoch other than 0 is refused with EPOCH_MISMATCH (6.3 rule 3)."""
+    p = await ctx.parked()
+    e = max(p.hello.max_epoch, 1)
+    await p.link.send_msg(c.Heartbeat(e))
+    await p.link.expect_error("EPOCH_MISMATCH", 3.0, skip=(c.HEARTBEAT,))
+    return f"HEARTBEAT epoch {e} while parked: EPOCH_MISMATCH"
+
+
+@panel_case("park-welcome-before-standby", "4, 6.3", park=True)
+async def park_welcome_before_standby(ctx: PanelCtx) -> str:
+    """A WELCOME answering the HELLO on a park connection (before any TAKEOVER) is ILLEGAL_IN_STATE (6.3 rule 2)."""
+    p = await ctx.park()
+    w = ctx.welcome(p.hello)
+    await p.link.send_msg(w)
+    await p.link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=())
+    return f"WELCOME epoch {w.epoch} for the park HELLO: ILLEGAL_IN_STATE"
+
+
+@panel_case("park-welcome-while-parked", "6.1, 6.3", park=True)
+async def park_welcome_while_parked(ctx: PanelCtx) -> str:
+    """A WELCOME after STANDBY, before any TAKEOVER, is ILLEGAL_IN_STATE (6.3 rules 2-3: nothing else in PARKED)."""
+    p = await ctx.parked()
+    w = ctx.welcome(p.hello)
+    await p.link.send_msg(w)
+    await p.link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=(c.HEARTBEAT,))
+    return f"WELCOME epoch {w.epoch} while parked: ILLEGAL_IN_STATE"
+
+
+@panel_case("park-takeover-epoch-zero", "3, 5, 6.3", park=True)
+async def park_takeover_epoch_zero(ctx: PanelCtx) -> str:
+    """A TAKEOVER with epoch 0 breaks its range (5: >= 1): FIELD_OUT_OF_RANGE."""
+    p = await ctx.parked()
+    await p.link.send(c.frame(c.Takeover(0)))
+    await p.link.expect_error("FIELD_OUT_OF_RANGE", 3.0, skip=(c.HEARTBEAT,))
+    return "TAKEOVER epoch 0: FIELD_OUT_OF_RANGE"
+
+
+@panel_case("park-takeover-hello", "6.2, 6.3, 9.1", park=True)
+async def park_takeover_hello(ctx: PanelCtx) -> str:
+    """A TAKEOVER at max_epoch: a fresh HELLO within 5 s; a WELCOME of its epoch then gets the panel streaming.
+
+    6.3 rule 4, 6.2; the TAKEOVER's epoch is the park HELLO's max_epoch (at least 1), or --epoch. The panel is first
+    seen parked (a probe, answered). After the WELCOME (hwm as the other cases give it) it uploads or probes as 9.1
+    says, for 1.5 I; the battery acknowledges every batch and answers every HEARTBEAT at once.
+    """
+    p = await ctx.parked()
+    await p.link.expect(
+        c.HEARTBEAT,
+        max(0.0, p.hello_at + IDLE_S + slack(IDLE_S) - trio.current_time()),
+        skip=(),
+        what=" (a probe) from the parked panel (6.3 rule 3: every I)",
+    )
+    p.link.stop_answering()  # the probe is answered; from the TAKEOVER on the panel is IDLE, then HELLO_SENT
+    e = ctx.epoch_for(p.hello)
+    await p.link.send_msg(c.Takeover(e))
+    t0 = p.link.last_sent
+    m = await p.link.expect(c.HELLO, 5.5, skip=(), what=" after TAKEOVER (6.3 rule 4: a fresh HELLO at once)")
+    assert isinstance(m, c.Hello)
+    hello_at = trio.current_time()
+    dt = hello_at - t0
+    check(dt <= 5.0, f"the fresh HELLO {dt:.2f} s after TAKEOVER (6.3 rule 4: at once; the node waits 5 s)")
+    check(m.panel_id == ctx.t.panel_id, f"HELLO panel_id {m.panel_id}, expected {ctx.t.panel_id}")
+    check(
+        p.hello.max_epoch <= m.max_epoch <= e,
+        f"the fresh HELLO's max_epoch {m.max_epoch}: the park HELLO said {p.hello.max_epoch}, the TAKEOVER {e} "
+        "(6.2 step 1: from its memory of epochs)",
+    )
+    w = ctx.welcome(m, epoch=e)
+    await p.link.send_msg(w)
+    ctx.note_config(m)
+    p.link.answer_heartbeats(e)
+    s = Session(p.link, m, w, hello_at)
+    seen = await watch_quiet(ctx, s, 1.5 * IDLE_S)
+    await ctx.bye(s)
+    return (
+        f"probe answered; TAKEOVER epoch {e}: fresh HELLO in {dt * 1000:.0f} ms (max_epoch {m.max_epoch}); "
+        f"WELCOME epoch {e} hwm {w.hwm}: {seen.frames} frames in {1.5 * IDLE_S:g} s ({seen.batches} batches, "
+        f"{len(seen.probes)} probe(s))"
+    )
+
+
+async def teach_epoch(ctx: PanelCtx, p: Parked, epoch: int) -> str:
+    """Make the panel accept `epoch` (it keeps its max_epoch, 6.2 step 5), closing the park connection `p`: a WELCOME
+    of it on --panel's connection, or without --panel a TAKEOVER of it and the WELCOME on `p` (6.3 rule 4)."""
+    if ctx.t.host is not None:
+        await ctx.park_bye(p)
+        link = await ctx.dial()
+        h = await ctx.hello(link)
+        await link.send_msg(ctx.welcome(h, epoch=epoch))
+        await link.send_msg(c.Bye(epoch, 0))
+        await link.aclose()
+        return f"a WELCOME of epoch {epoch} on --panel's connection"
+    p.link.stop_answering()
+    await p.link.send_msg(c.Takeover(epoch))
+    m = await p.link.expect(c.HELLO, 5.5, skip=(c.HEARTBEAT,), what=" after TAKEOVER (6.3 rule 4)")
+    assert isinstance(m, c.Hello)
+    await p.link.send_msg(ctx.welcome(m, epoch=epoch))
+    await p.link.send_msg(c.Bye(epoch, 0))
+    await p.link.aclose()
+    return f"a TAKEOVER and WELCOME of epoch {epoch} on the park connection"
+
+
+@panel_case("park-takeover-stale", "5, 6.3", park=True, timeout=60.0)
+async def park_takeover_stale(ctx: PanelCtx) -> str:
+    """A TAKEOVER whose epoch is below the HELLO's max_epoch is STALE_EPOCH (5 TAKEOVER, 6.3 rule 4).
+
+    A panel whose max_epoch is below 2 is first taught epoch 2, as welcome-stale-epoch does (6.2 step 5).
+    """
+    p = await ctx.parked()
+    raised = ""
+    if p.hello.max_epoch < 2:
+        how = await teach_epoch(ctx, p, 2)
+        taught = trio.current_time()
+        p = await ctx.parked()
+        if p.hello.max_epoch < 2 and p.accepted_at < taught:  # a park connection the panel opened before it
+            await ctx.park_bye(p)
+            p = await ctx.parked()
+        check(
+            p.hello.max_epoch >= 2,
+            f"after {how} the next park HELLO says max_epoch {p.hello.max_epoch} (6.2 step 5)",
+        )
+        raised = f"after {how}, "
+    e = p.hello.max_epoch - 1
+    await p.link.send_msg(c.Takeover(e))
+    await p.link.expect_error("STALE_EPOCH", 3.0, skip=(c.HEARTBEAT,))
+    return f"{raised}TAKEOVER epoch {e} < max_epoch {p.hello.max_epoch}: STALE_EPOCH"

@@ -1,6 +1,7 @@
-"""Server cases: the battery plays panels against a node (section 15: `--server HOST:PORT`).
+"""Server cases: the battery plays panels against a node (section 15: `--server HOST:PORT`), and against a standby
+node's park address (6.3: `--park HOST:PORT`).
 
-Why one module of this size: it is a list of about seventy independent cases, each a short
+Why one module of this size: it is a list of about eighty independent cases, each a short
 function named for the spec rule it tries, in the spec's section order; split by topic they
 would scatter that order, which is how a reader checks the battery against docs/protocol.md.
 """
@@ -30,11 +31,21 @@ NODE_CN = re.compile(r"^node-[A-Za-z0-9_-]{1,32}$")
 
 @dataclass
 class ServerTarget:
-    host: str
+    host: str | None  # None: no --server (only the park cases run)
     port: int
     pki: Path | None = None
     panel_ids: tuple[int, ...] = (1, 2, 3, 4)
     unknown_panel_id: int | None = None
+    park: tuple[str, int] | None = None  # --park: the park address of the node that is the standby (2.1, 6.3)
+
+    def addr(self, *, park: bool = False) -> tuple[str, int]:
+        if park:
+            if self.park is None:
+                raise Skip("needs --park HOST:PORT (a standby node's park address, 6.3)")
+            return self.park
+        if self.host is None:
+            raise Skip("needs --server HOST:PORT")
+        return self.host, self.port
 
 
 @dataclass
@@ -80,7 +91,10 @@ class ServerCtx:
         tls12: bool = False,
         any_version: bool = False,
         plain: bool = False,
+        park: bool = False,
     ) -> Link:
+        """A connection to the node (`park`: to the standby's park address, 2.1), TLS up when --pki is given."""
+        host, port = self.t.addr(park=park)
         ctx = None
         if self.tls and not plain:
             assert self.t.pki is not None
@@ -88,11 +102,12 @@ class ServerCtx:
                 ident = self.identity(panel_id if panel_id is not None else self.pid(0))
             ctx = _tls.context(self.t.pki / "ca.pem", ident, tls12_only=tls12)
         try:
-            link = await connect(self.t.host, self.t.port, ctx, self.nursery, any_version=any_version)
+            link = await connect(host, port, ctx, self.nursery, any_version=any_version)
         except trio.BrokenResourceError as exc:
             raise Fail(f"TLS handshake failed: {exc.__cause__ or exc}") from None
         except (OSError, trio.TooSlowError) as exc:
-            raise Fail(f"cannot connect to {self.t.host}:{self.t.port}: {exc}") from None
+            where = "the park address " if park else ""
+            raise Fail(f"cannot connect to {where}{host}:{port}: {exc}") from None
         self.links.append(link)
         return link
 
@@ -276,7 +291,7 @@ async def hello_welcome(ctx: ServerCtx) -> str:
 
 @server_case("welcome-idle-ms", "5, 9.1")
 async def welcome_idle_ms(ctx: ServerCtx) -> str:
-    """WELCOME's idle_ms (version 3) is at least its heartbeat_ms (5: range heartbeat_ms..2^32-1)."""
+    """WELCOME's idle_ms (version 3, 13.4) is at least its heartbeat_ms (5: range heartbeat_ms..2^32-1)."""
     link, w = await ctx.session(ctx.pid(0), heartbeats=False)
     check(w.heartbeat_ms >= 1, f"WELCOME heartbeat_ms {w.heartbeat_ms} (5: 1..2^32-1)")
     check(w.idle_ms >= w.heartbeat_ms, f"WELCOME idle_ms {w.idle_ms} below heartbeat_ms {w.heartbeat_ms} (5)")
@@ -343,6 +358,15 @@ async def wrong_direction(ctx: ServerCtx) -> str:
     """A node-to-panel message (ACK) sent by the panel is ILLEGAL_IN_STATE."""
     link, w = await ctx.session(ctx.pid(3))
     await link.send_msg(c.Ack(w.epoch, w.hwm))
+    await link.expect_error("ILLEGAL_IN_STATE", 3.0)
+    return "ILLEGAL_IN_STATE"
+
+
+@server_case("wrong-direction-standby", "4, 6.1")
+async def wrong_direction_standby(ctx: ServerCtx) -> str:
+    """A STANDBY (node to panel, version 4) sent by the panel in STREAMING is ILLEGAL_IN_STATE."""
+    link, _w = await ctx.session(ctx.pid(3))
+    await link.send_msg(c.Standby("conformance-panel", 1000, 10000))
     await link.expect_error("ILLEGAL_IN_STATE", 3.0)
     return "ILLEGAL_IN_STATE"
 
@@ -450,22 +474,28 @@ async def _version(ctx: ServerCtx, version: int) -> str:
     return f"ERROR 101 in a version-{version} frame, {rx.msg.text!r}; " + await ctx.fresh_session_ok(pid)
 
 
+@server_case("frame-version-3", "3, 13.2")
+async def frame_version_3(ctx: ServerCtx) -> str:
+    """A version-3 HELLO (the previous version): one ERROR UNSUPPORTED_VERSION in a version-3 frame, naming 4."""
+    return await _version(ctx, 3)
+
+
 @server_case("frame-version-2", "3, 13.2")
 async def frame_version_2(ctx: ServerCtx) -> str:
-    """A version-2 HELLO: one ERROR UNSUPPORTED_VERSION in a frame with version byte 2, naming version 3."""
+    """A version-2 HELLO: one ERROR UNSUPPORTED_VERSION in a frame with version byte 2, naming version 4."""
     return await _version(ctx, 2)
 
 
 @server_case("frame-version-1", "3, 13.2")
 async def frame_version_1(ctx: ServerCtx) -> str:
-    """A version-1 frame: one ERROR UNSUPPORTED_VERSION in a frame with version byte 1, naming version 3."""
+    """A version-1 frame: one ERROR UNSUPPORTED_VERSION in a frame with version byte 1, naming version 4."""
     return await _version(ctx, 1)
 
 
-@server_case("frame-version-4", "3, 13.2")
-async def frame_version_4(ctx: ServerCtx) -> str:
-    """A version-4 frame (a later version): ERROR UNSUPPORTED_VERSION in a frame with version byte 4."""
-    return await _version(ctx, 4)
+@server_case("frame-version-5", "3, 13.2")
+async def frame_version_5(ctx: ServerCtx) -> str:
+    """A version-5 frame (a later version): ERROR UNSUPPORTED_VERSION in a frame with version byte 5."""
+    return await _version(ctx, 5)
 
 
 @server_case("frame-unknown-type", "3")
@@ -518,7 +548,8 @@ async def frame_truncated(ctx: ServerCtx) -> str:
     assert ctx.t.pki is not None
     pid = ctx.pid(3)
     ssl_ctx = _tls.context(ctx.t.pki / "ca.pem", ctx.identity(pid))
-    got, how = await _tls.send_then_close_notify(ctx.t.host, ctx.t.port, ssl_ctx, data[: len(data) // 2])
+    host, port = ctx.t.addr()
+    got, how = await _tls.send_then_close_notify(host, port, ssl_ctx, data[: len(data) // 2])
     reader = c.FrameReader()
     try:
         frames = reader.feed(got)
@@ -1296,7 +1327,8 @@ async def _tls_refused(ctx: ServerCtx, ident: Any, what: str, *, tls12: bool = F
     assert ctx.t.pki is not None
     pid = ctx.pid(0)
     ssl_ctx = _tls.context(ctx.t.pki / "ca.pem", ident, tls12_only=tls12)
-    link = await connect_or_refused(ctx.t.host, ctx.t.port, ssl_ctx, ctx.nursery)
+    host, port = ctx.t.addr()
+    link = await connect_or_refused(host, port, ssl_ctx, ctx.nursery)
     if isinstance(link, str):
         return link
     ctx.links.append(link)
@@ -1363,3 +1395,238 @@ async def heartbeat_epoch_above(ctx: ServerCtx) -> str:
     await link.send_msg(c.Heartbeat(w.epoch + 1))
     await link.expect_error("STALE_EPOCH", 3.0)
     return f"HEARTBEAT epoch {w.epoch + 1} in session {w.epoch}: STALE_EPOCH"
+
+
+# ---------------------------------------------------------------------------------------------- parked sessions (6.3)
+#
+# Against `--park HOST:PORT`, the park address of the node that is the standby (2.1). A takeover cannot be caused
+# from here, so TAKEOVER (6.3 rule 4) is not tried in this mode.
+
+
+async def parked(ctx: ServerCtx, pid: int, **hello: Any) -> tuple[Link, c.Hello, c.Standby, float]:
+    """A parked session: a HELLO on the park address answered with STANDBY (6.3 rule 2), not WELCOME.
+
+    Returns the link, the HELLO, the STANDBY and how long it took to come.
+    """
+    link = await ctx.dial(pid, park=True)
+    h = ctx.hello(pid, **hello)
+    await link.send_msg(h)
+    t0 = link.last_sent
+    m = await link.expect(
+        c.STANDBY, 6.0, skip=(), what=" after HELLO on the park address (6.3 rule 2: STANDBY within 5 s)"
+    )
+    assert isinstance(m, c.Standby)
+    return link, h, m, trio.current_time() - t0
+
+
+def park_intervals(m: c.Standby) -> tuple[float, float]:
+    """H and I of the parked session (6.3 rule 3), in seconds, from its STANDBY."""
+    return m.heartbeat_ms / 1000, m.idle_ms / 1000
+
+
+async def park_quiet(link: Link, seconds: float, what: str) -> None:
+    """Nothing at all from the parked node for `seconds` (6.3 rule 3: it sends no HEARTBEAT of its own)."""
+    try:
+        await link.expect_quiet(seconds, allow=())
+    except Fail as exc:
+        raise Fail(f"{exc} {what} (6.3 rule 3, 9.1 rule 3: a parked node sends none of its own)") from None
+
+
+async def park_answered(link: Link, probe_epoch: int, hb: float, what: str) -> float:
+    """Send a probe; the parked node's next frame is its answer, a HEARTBEAT of epoch 0, within a quarter H + 100 ms.
+
+    6.3 rule 3 (the node answers every HEARTBEAT at once; its HEARTBEAT carries 0), 9.1 rule 4, 9.2.
+    """
+    await link.send_msg(c.Heartbeat(probe_epoch))
+    t0 = link.last_sent
+    limit = slack(hb)
+    rx = await link.recv(limit)
+    if rx is None:
+        raise Fail(f"{what}: no answer to the panel's probe within {limit * 1000:.0f} ms (6.3 rule 3, 9.1 rule 4)")
+    check(
+        rx.kind == "msg" and isinstance(rx.msg, c.Heartbeat),
+        f"{what}: the probe was followed by {rx.describe()} (6.3 rule 3: HEARTBEAT only in PARKED)",
+    )
+    assert isinstance(rx.msg, c.Heartbeat)
+    check(rx.msg.epoch == 0, f"{what}: the parked node's HEARTBEAT carries epoch {rx.msg.epoch} (6.3 rule 3, 9.2: 0)")
+    return max(0.0, rx.at - t0)
+
+
+@server_case("park-hello-standby", "2.1, 5, 6.3", park=True)
+async def park_hello_standby(ctx: ServerCtx) -> str:
+    """On the park address a valid HELLO gets STANDBY within 5 s, not WELCOME, its fields in range (6.3 rule 2).
+
+    The ranges of section 5 (node_id <= 64 bytes, heartbeat_ms >= 1, idle_ms >= heartbeat_ms) are checked as the
+    STANDBY is read. With TLS the node's certificate is the site's, CN node-<name> (2.2).
+    """
+    pid = ctx.pid(0)
+    link, h, m, dt = await parked(ctx, pid)
+    check(dt <= 5.0, f"STANDBY after {dt:.2f} s (6.3 rule 2: within 5 s)")
+    extra = ""
+    if ctx.tls:
+        v, cn = link.tls_version(), link.peer_cn()
+        check(v == "TLSv1.3", f"negotiated {v} on the park address (2.2)")
+        check(cn is not None and NODE_CN.match(cn) is not None, f"standby certificate CN {cn!r} (2.2: node-<name>)")
+        extra = f"; {v}, CN {cn}"
+    await ctx.bye(link, h.max_epoch)
+    return f"STANDBY node {m.node_id!r} heartbeat {m.heartbeat_ms} ms idle {m.idle_ms} ms, in {dt * 1000:.0f} ms{extra}"
+
+
+@server_case("park-heartbeat-answer", "6.3, 9.1, 9.2", park=True)
+async def park_heartbeat_answer(ctx: ServerCtx) -> str:
+    """A parked node answers every probe at once, with a HEARTBEAT of epoch 0, and sends nothing else (6.3 rule 3).
+
+    9.1 rule 4 (answer at once), 9.2 (a parked node's HEARTBEAT carries 0). The probes carry the HELLO's max_epoch,
+    which the node does not check.
+    """
+    pid = ctx.pid(1)
+    link, h, m, _dt = await parked(ctx, pid)
+    hb, _ = park_intervals(m)
+    await park_quiet(link, 0.3, "right after its STANDBY")
+    times: list[float] = []
+    for i in range(3):
+        times.append(await park_answered(link, h.max_epoch, hb, f"parked, probe {i + 1} of 3"))
+        await park_quiet(link, 0.3, f"after its answer to probe {i + 1}")
+    await ctx.bye(link, h.max_epoch)
+    ms = ", ".join(f"{x * 1000:.0f}" for x in times)
+    return f"answered in {ms} ms with HEARTBEAT epoch 0 (limit {slack(hb) * 1000:.0f} ms); nothing else"
+
+
+@server_case("park-node-no-heartbeat", "6.3, 9.1", park=True)
+async def park_node_no_heartbeat(ctx: ServerCtx) -> str:
+    """A parked node sends no HEARTBEAT of its own for 2 H of the STANDBY (6.3 rule 3, 9.1 rule 3).
+
+    The battery plays a parked panel: it probes once per the STANDBY's idle_ms (rule 2) if the window reaches it,
+    and each probe gets exactly its answer, of epoch 0.
+    """
+    pid = ctx.pid(2)
+    link, h, m, _dt = await parked(ctx, pid)
+    hb, idle = park_intervals(m)
+    window = 2 * hb
+    if window > LONGEST:
+        await ctx.bye(link, h.max_epoch)
+        raise Skip(f"not run: 2 x the STANDBY's heartbeat_ms {m.heartbeat_ms} ms is longer than {LONGEST:g} s")
+    t0 = trio.current_time()
+    end = t0 + window
+    next_probe = link.last_sent + 0.8 * idle  # our last frame was the HELLO
+    pending: float | None = None
+    probes = 0
+    while (now := trio.current_time()) < end:
+        if pending is None and now >= next_probe:
+            await link.send_msg(c.Heartbeat(h.max_epoch))
+            pending, probes = link.last_sent, probes + 1
+            next_probe = pending + 0.8 * idle
+            continue
+        wake = min(end, pending + slack(hb) if pending is not None else next_probe)
+        rx = await link.recv(max(0.0, wake - now))
+        if rx is None:
+            check(
+                pending is None or trio.current_time() - pending < slack(hb),
+                f"no answer to the parked panel's probe within {slack(hb) * 1000:.0f} ms (6.3 rule 3, 9.1 rule 4)",
+            )
+            continue
+        check(rx.kind == "msg" and rx.msg is not None, f"expected the parked session to stay up, got {rx.describe()}")
+        if isinstance(rx.msg, c.Heartbeat) and pending is not None:
+            check(rx.msg.epoch == 0, f"the parked node's HEARTBEAT carries epoch {rx.msg.epoch} (6.3 rule 3, 9.2: 0)")
+            pending = None  # the answer to our probe
+            continue
+        raise Fail(
+            f"{rx.describe()} {rx.at - t0:.2f} s after STANDBY from a parked node with nothing to answer "
+            "(6.3 rule 3, 9.1 rule 3: it sends no HEARTBEAT of its own)"
+        )
+    await ctx.bye(link, h.max_epoch)
+    extra = f", {probes} probe(s) answered" if probes else ""
+    return f"nothing for {window:.1f} s (STANDBY heartbeat_ms {m.heartbeat_ms}, idle_ms {m.idle_ms}){extra}"
+
+
+@server_case("park-silence-timeout", "6.3, 9.1", park=True)
+async def park_silence_timeout(ctx: ServerCtx) -> str:
+    """A parked panel silent after its HELLO: no HEARTBEAT from the node, and TIMEOUT after I + 3 H, not before.
+
+    6.3 rule 3: either end gives up after I + 3 H of silence, with the STANDBY's H and I (9.1 rule 5: counted from the
+    panel's last frame, its HELLO; the checker's allowance for that limit is I / 4 + 100 ms).
+    """
+    pid = ctx.pid(3)
+    link, h, m, _dt = await parked(ctx, pid)
+    t0 = link.last_sent  # the HELLO: the panel's last frame
+    hb, idle = park_intervals(m)
+    limit = idle + 3 * hb
+    if limit + slack(idle) > LONGEST:
+        await ctx.bye(link, h.max_epoch)
+        raise Skip(
+            f"not run: with the STANDBY's heartbeat_ms {m.heartbeat_ms} and idle_ms {m.idle_ms} the case could last "
+            f"{limit + slack(idle):.1f} s (more than {LONGEST:g} s)"
+        )
+    rx = await link.recv(max(0.0, t0 + limit + slack(idle) - trio.current_time()))
+    if rx is None:
+        raise Fail(
+            f"no TIMEOUT within {limit + slack(idle):.2f} s of a parked panel's silence (I + 3 H = {limit:.2f} s)"
+        )
+    check(rx.kind == "msg" and rx.msg is not None, f"expected ERROR TIMEOUT, got {rx.describe()}")
+    msg = rx.msg
+    dt = rx.at - t0
+    if isinstance(msg, c.Heartbeat):
+        raise Fail(
+            f"a HEARTBEAT {dt:.2f} s into the parked panel's silence (6.3 rule 3: a parked node sends none of its own)"
+        )
+    check(isinstance(msg, c.Error), f"expected ERROR TIMEOUT, got {rx.describe()} {dt:.2f} s into the silence")
+    assert isinstance(msg, c.Error)
+    check(msg.code == c.CODES["TIMEOUT"], f"expected ERROR TIMEOUT, got {describe(msg)}")
+    check(
+        dt >= limit - slack(idle),
+        f"TIMEOUT after only {dt:.2f} s of a parked panel's silence (6.3 rule 3: I + 3 H = {limit:.2f} s)",
+    )
+    await link.expect_close(2.0, after="its ERROR")
+    return f"no HEARTBEAT; TIMEOUT after {dt:.2f} s of silence (I + 3 H = {limit:.2f} s)"
+
+
+@server_case("park-event-batch-illegal", "6.1, 6.3", park=True)
+async def park_event_batch(ctx: ServerCtx) -> str:
+    """An EVENT_BATCH while parked is ILLEGAL_IN_STATE (6.3 rule 3: no events in PARKED).
+
+    With --server too, the active node's hwm for the panel does not move.
+    """
+    pid = ctx.pid(0)
+    h0 = await ctx.read_hwm(pid) if ctx.t.host is not None else None
+    link, h, _m, _dt = await parked(ctx, pid)
+    b = batch(h.newest_seq + 1, 3)
+    await link.send_msg(b)
+    await link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=())
+    if h0 is None:
+        return f"EVENT_BATCH {b.first_seq}..{b.last} while parked: ILLEGAL_IN_STATE"
+    h1 = await ctx.read_hwm(pid)
+    check(h1 == h0, f"ILLEGAL_IN_STATE, but the active node's hwm went {h0} -> {h1}")
+    return f"EVENT_BATCH {b.first_seq}..{b.last} while parked: ILLEGAL_IN_STATE; the active node's hwm stays {h1}"
+
+
+@server_case("park-hello-twice", "6.1, 6.3", park=True)
+async def park_hello_twice(ctx: ServerCtx) -> str:
+    """A second HELLO while parked is ILLEGAL_IN_STATE (6.1: in PARKED only HEARTBEAT, ERROR and BYE)."""
+    pid = ctx.pid(1)
+    link, h, _m, _dt = await parked(ctx, pid)
+    await link.send_msg(h)
+    await link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=())
+    return "ILLEGAL_IN_STATE"
+
+
+@server_case("park-panel-id-mismatch", "2.2, 6.2, 6.3", tls_only=True, park=True)
+async def park_panel_id_mismatch(ctx: ServerCtx) -> str:
+    """On the park address too, a HELLO panel_id other than the certificate's is PANEL_ID_MISMATCH (6.3 rule 2)."""
+    cert_pid = ctx.pid(3)
+    other = next((p for p in ctx.t.panel_ids if p != cert_pid), cert_pid + 1000)
+    link = await ctx.dial(cert_pid, park=True)
+    await link.send_msg(ctx.hello(other))
+    await link.expect_error("PANEL_ID_MISMATCH", 6.0, skip=())
+    return f"certificate panel-{cert_pid}, HELLO {other} on the park address: PANEL_ID_MISMATCH"
+
+
+@server_case("park-unknown-panel", "6.2, 6.3", park=True)
+async def park_unknown_panel(ctx: ServerCtx) -> str:
+    """On the park address too, a panel id not in the site is UNKNOWN_PANEL (6.3 rule 2; needs --unknown-panel-id)."""
+    pid = ctx.t.unknown_panel_id
+    if pid is None:
+        raise Skip("no --unknown-panel-id given")
+    link = await ctx.dial(pid, park=True)
+    await link.send_msg(ctx.hello(pid))
+    await link.expect_error("UNKNOWN_PANEL", 6.0, skip=())
+    return f"panel {pid} on the park address: UNKNOWN_PANEL"

@@ -1,8 +1,8 @@
-"""An independent codec for the fieldsync wire protocol, version 3, written from docs/protocol.md alone.
+"""An independent codec for the fieldsync wire protocol, version 4, written from docs/protocol.md alone.
 
-Sections: frame and reader rules (3), message types (4), messages (5), event records and batch checks
-(7.1, 7.2), configuration operations, canonical form and digest (8.1, 8.2). It shares no code with the
-implementation under test.
+Sections: frame and reader rules (3), message types (4), messages (5; STANDBY and TAKEOVER of parked
+sessions, 6.3, included), event records and batch checks (7.1, 7.2), configuration operations, canonical
+form and digest (8.1, 8.2). It shares no code with the implementation under test.
 
 Why one module of this size: the whole wire format written once, in the spec's section order,
 so that it can be read against docs/protocol.md side by side.
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import crc32c as _crc32c
 
 MAGIC = b"\xf5\x5c"
-VERSION = 3
+VERSION = 4
 MAX_PAYLOAD = 1 << 20
 HEADER_LEN = 11
 OVERHEAD = 15
@@ -28,6 +28,7 @@ U64 = (1 << 64) - 1
 EMPTY_DIGEST = hashlib.sha256(b"").digest()
 
 HELLO, WELCOME, EVENT_BATCH, ACK, CONFIG_DELTA, CONFIG_SNAPSHOT, CONFIG_ACK, HEARTBEAT, ERROR, BYE = range(1, 11)
+STANDBY, TAKEOVER = 11, 12  # version 4 (13.1): parked sessions (6.3)
 TYPE_NAMES = {
     1: "HELLO",
     2: "WELCOME",
@@ -39,6 +40,8 @@ TYPE_NAMES = {
     8: "HEARTBEAT",
     9: "ERROR",
     10: "BYE",
+    11: "STANDBY",
+    12: "TAKEOVER",
 }
 
 # Section 11.
@@ -538,7 +541,7 @@ class Welcome:
     config_version: int
     config_digest: bytes
     heartbeat_ms: int
-    idle_ms: int  # version 3 (13.1): the idle interval I, heartbeat_ms..2^32-1
+    idle_ms: int  # version 3 (13.4): the idle interval I, heartbeat_ms..2^32-1
 
     def encode(self) -> bytes:
         return (
@@ -758,9 +761,74 @@ class Bye:
         return m
 
 
-Message = Hello | Welcome | EventBatch | Ack | ConfigDelta | ConfigSnapshot | ConfigAck | Heartbeat | Error | Bye
+@dataclass(frozen=True)
+class Standby:
+    TYPE: ClassVar[int] = STANDBY
+    node_id: str
+    heartbeat_ms: int
+    idle_ms: int
+
+    def encode(self) -> bytes:
+        return _str8(self.node_id, "utf-8") + struct.pack(">II", self.heartbeat_ms, self.idle_ms)
+
+    @classmethod
+    def decode(cls, c: _Cur) -> Standby:
+        n = c.u8()
+        node = c.text(n, "utf-8")
+        m = cls(node, c.u32(), c.u32())
+        c.end()
+        _range(n <= 64, "STANDBY node_id above 64 bytes")
+        _range(m.heartbeat_ms >= 1, "STANDBY heartbeat_ms 0")
+        _range(m.idle_ms >= m.heartbeat_ms, f"STANDBY idle_ms {m.idle_ms} below heartbeat_ms {m.heartbeat_ms}")
+        return m
+
+
+@dataclass(frozen=True)
+class Takeover:
+    TYPE: ClassVar[int] = TAKEOVER
+    epoch: int
+
+    def encode(self) -> bytes:
+        return struct.pack(">Q", self.epoch)
+
+    @classmethod
+    def decode(cls, c: _Cur) -> Takeover:
+        m = cls(c.u64())
+        c.end()
+        _range(m.epoch >= 1, "TAKEOVER epoch 0")
+        return m
+
+
+Message = (
+    Hello
+    | Welcome
+    | EventBatch
+    | Ack
+    | ConfigDelta
+    | ConfigSnapshot
+    | ConfigAck
+    | Heartbeat
+    | Error
+    | Bye
+    | Standby
+    | Takeover
+)
 MESSAGE_CLASSES: dict[int, Any] = {
-    c.TYPE: c for c in (Hello, Welcome, EventBatch, Ack, ConfigDelta, ConfigSnapshot, ConfigAck, Heartbeat, Error, Bye)
+    c.TYPE: c
+    for c in (
+        Hello,
+        Welcome,
+        EventBatch,
+        Ack,
+        ConfigDelta,
+        ConfigSnapshot,
+        ConfigAck,
+        Heartbeat,
+        Error,
+        Bye,
+        Standby,
+        Takeover,
+    )
 }
 
 
@@ -789,7 +857,7 @@ def decode_frame(data: bytes) -> Message:
 
 # Message direction (section 4): who may send what.
 PANEL_SENDS = frozenset({HELLO, EVENT_BATCH, CONFIG_ACK, HEARTBEAT, ERROR, BYE})
-NODE_SENDS = frozenset({WELCOME, ACK, CONFIG_DELTA, CONFIG_SNAPSHOT, HEARTBEAT, ERROR, BYE})
+NODE_SENDS = frozenset({WELCOME, ACK, CONFIG_DELTA, CONFIG_SNAPSHOT, HEARTBEAT, ERROR, BYE, STANDBY, TAKEOVER})
 
 
 def fields_of(obj: Any) -> Any:

@@ -1,7 +1,9 @@
-"""One connection of the battery: a trio stream, a reader task applying section 3, helpers to expect things."""
+"""One connection of the battery: a trio stream, a reader task applying section 3, helpers to expect things; and the
+battery's own listening address, for the park connections a panel opens to it (2.1, 6.3)."""
 
 from __future__ import annotations
 
+import collections
 import math
 import ssl
 from dataclasses import dataclass
@@ -52,6 +54,12 @@ def describe(m: c.Message) -> str:
         return f"CONFIG_SNAPSHOT v{m.version} part {m.part}/{m.parts}"
     if isinstance(m, c.ConfigAck):
         return f"CONFIG_ACK v{m.version} {m.digest.hex()[:12]}"
+    if isinstance(m, c.Heartbeat):
+        return f"HEARTBEAT epoch {m.epoch}"
+    if isinstance(m, c.Standby):
+        return f"STANDBY node {m.node_id!r} heartbeat {m.heartbeat_ms} ms idle {m.idle_ms} ms"
+    if isinstance(m, c.Takeover):
+        return f"TAKEOVER epoch {m.epoch}"
     return name
 
 
@@ -307,6 +315,85 @@ async def connect(
                 raise
             stream = tls
     return Link(stream, raw, nursery, any_version=any_version)
+
+
+class Listener:
+    """An address the battery listens on (`--park-listen`, the park address of the standby it plays, 2.1, 6.3).
+
+    It accepts all along, so that a panel's dial is never refused (6.3 rule 1 would make it wait); a case takes the
+    next *fresh* connection, one accepted at most `STALE` s before. Older ones are closed unused, when a case asks or
+    a newer one comes: their panel has likely given up on them (its TLS and HELLO bounds, 6.2) and dials again later.
+    """
+
+    STALE = 2.0
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._queue: collections.deque[tuple[float, trio.SocketStream]] = collections.deque()
+        self._arrived = trio.Event()
+        self._listeners: list[trio.SocketListener] = []
+        self.accepted = 0
+
+    async def bind(self) -> None:
+        """Listen (raises OSError when the address cannot be had)."""
+        self._listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+
+    def serve(self, nursery: trio.Nursery) -> None:
+        """Accept in `nursery` until it is cancelled."""
+        for listener in self._listeners:
+            nursery.start_soon(self._accept_loop, listener)
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except (OSError, trio.ClosedResourceError):
+                return
+            self.accepted += 1
+            await self._prune()
+            self._queue.append((trio.current_time(), stream))
+            self._arrived.set()
+
+    async def _prune(self) -> None:
+        while self._queue and trio.current_time() - self._queue[0][0] > self.STALE:
+            _at, stream = self._queue.popleft()
+            await trio.aclose_forcefully(stream)
+
+    async def take(self, within: float) -> tuple[trio.SocketStream, float] | None:
+        """The next fresh connection and when it was accepted, or None after `within` s."""
+        deadline = trio.current_time() + within
+        while True:
+            await self._prune()
+            if self._queue:
+                at, stream = self._queue.popleft()
+                return stream, at
+            self._arrived = trio.Event()
+            with trio.move_on_after(max(0.0, deadline - trio.current_time())) as scope:
+                await self._arrived.wait()
+            if scope.cancelled_caught:
+                return None
+
+    async def aclose(self) -> None:
+        for listener in self._listeners:
+            await listener.aclose()
+        while self._queue:
+            _at, stream = self._queue.popleft()
+            await trio.aclose_forcefully(stream)
+
+
+async def accept(
+    raw: trio.SocketStream, ssl_ctx: ssl.SSLContext | None, nursery: trio.Nursery, *, within: float = 5.0
+) -> Link:
+    """An accepted connection as a Link, the battery being the TLS server (2.2: the end that accepted); raises
+    trio.BrokenResourceError (TLS refused) or trio.TooSlowError, leaving `raw` to the caller to close."""
+    stream: trio.abc.Stream = raw
+    if ssl_ctx is not None:
+        tls = trio.SSLStream(raw, ssl_ctx, server_side=True)
+        with trio.fail_after(within):
+            await tls.do_handshake()
+        stream = tls
+    return Link(stream, raw, nursery)
 
 
 def alert_words(text: str) -> str:

@@ -14,12 +14,13 @@ import trio
 from ._base import Case, CaseResult, Fail, Skip
 from ._cases_panel import PanelCtx, PanelState, PanelTarget, panel_case
 from ._cases_server import ServerCtx, ServerState, ServerTarget, server_case
+from ._link import Listener
 
 CASE_TIMEOUT = 30.0
 
 
 class TargetUnreachable(Exception):
-    """The target cannot be reached at all."""
+    """The target cannot be reached at all (or, --park-listen, its address cannot be listened on)."""
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -66,23 +67,41 @@ async def _reachable(host: str, port: int, what: str) -> None:
     await trio.aclose_forcefully(stream)
 
 
+def _needs(tls: bool, *, main: str, main_given: bool, park: str, park_given: bool) -> Callable[[Case], str | None]:
+    """Why a case cannot run (None: it can). `main` names the option of the mode's target ("--server"), `park` the
+    option of its park address ("--park"); the parked-session cases (6.3) need the latter, the others the former."""
+
+    def why(case: Case) -> str | None:
+        if case.tls_only and not tls:
+            return "needs --pki (TLS)"
+        if case.park and not park_given:
+            return f"a parked-session case (6.3): needs {park} HOST:PORT"
+        if not case.park and not main_given:
+            return f"needs {main} HOST:PORT"
+        return None
+
+    return why
+
+
 async def _run(
     cases: Sequence[Case],
     make_ctx: Callable[[trio.Nursery], Any],
-    tls: bool,
+    needs: Callable[[Case], str | None],
     progress: Callable[[CaseResult], None] | None,
 ) -> list[CaseResult]:
     results: list[CaseResult] = []
     for case in cases:
         t0 = trio.current_time()
         result, detail = "fail", ""
-        if case.tls_only and not tls:
-            result, detail = "skip", "needs --pki (TLS)"
+        timeout = case.timeout or CASE_TIMEOUT
+        why = needs(case)
+        if why is not None:
+            result, detail = "skip", why
         else:
             async with trio.open_nursery() as nursery:
                 ctx = make_ctx(nursery)
                 try:
-                    with trio.fail_after(CASE_TIMEOUT):
+                    with trio.fail_after(timeout):
                         detail = await case.fn(ctx)
                     result = "pass"
                 except Fail as exc:
@@ -90,7 +109,7 @@ async def _run(
                 except Skip as exc:
                     result, detail = "skip", str(exc)
                 except trio.TooSlowError:
-                    detail = f"the case did not finish within {CASE_TIMEOUT:g} s"
+                    detail = f"the case did not finish within {timeout:g} s"
                 except Exception as exc:  # a crash of the battery itself is reported, not raised
                     detail = f"battery error: {type(exc).__name__}: {exc}"
                 finally:
@@ -108,26 +127,35 @@ async def _run(
 
 
 async def run_server_cases(
-    server: str,
+    server: str | None,
     *,
     pki: Path | str | None = None,
     panel_ids: Sequence[int] = (1, 2, 3, 4),
     unknown_panel_id: int | None = None,
     cases: Sequence[str] = (),
     progress: Callable[[CaseResult], None] | None = None,
+    park: str | None = None,
 ) -> list[CaseResult]:
-    """Play panels against the node at `server` (HOST:PORT); raises TargetUnreachable if it cannot be reached."""
-    host, port = parse_hostport(server)
-    target = ServerTarget(host, port, Path(pki) if pki is not None else None, tuple(panel_ids), unknown_panel_id)
-    await _reachable(host, port, "node")
-    state = ServerState()
-    return await _run(
-        server_case.select(list(cases)), lambda n: ServerCtx(target, state, n), target.pki is not None, progress
+    """Play panels against the node at `server` (HOST:PORT) and, with `park`, against the park address of the node
+    that is the standby (6.3); either may be None. Raises TargetUnreachable if one cannot be reached."""
+    host, port = parse_hostport(server) if server is not None else (None, 0)
+    park_addr = parse_hostport(park) if park is not None else None
+    target = ServerTarget(
+        host, port, Path(pki) if pki is not None else None, tuple(panel_ids), unknown_panel_id, park_addr
     )
+    if host is not None:
+        await _reachable(host, port, "node")
+    if park_addr is not None:
+        await _reachable(*park_addr, "standby's park address (6.3 rule 1: only a standby listens there)")
+    state = ServerState()
+    needs = _needs(
+        target.pki is not None, main="--server", main_given=host is not None, park="--park", park_given=park is not None
+    )
+    return await _run(server_case.select(list(cases)), lambda n: ServerCtx(target, state, n), needs, progress)
 
 
 async def run_panel_cases(
-    panel: str,
+    panel: str | None,
     panel_id: int,
     *,
     pki: Path | str | None = None,
@@ -135,15 +163,42 @@ async def run_panel_cases(
     epoch: int | None = None,
     cases: Sequence[str] = (),
     progress: Callable[[CaseResult], None] | None = None,
+    park_listen: str | None = None,
 ) -> list[CaseResult]:
-    """Play a node against the host-initiated panel at `panel` (HOST:PORT)."""
-    host, port = parse_hostport(panel)
+    """Play a node against the host-initiated panel at `panel` (HOST:PORT) and, with `park_listen`, a standby node
+    listening there for the panel's park connections (6.3); either may be None."""
+    host, port = parse_hostport(panel) if panel is not None else (None, 0)
     target = PanelTarget(host, port, panel_id, Path(pki) if pki is not None else None, node_name, epoch)
-    await _reachable(host, port, "panel")
+    if host is not None:
+        await _reachable(host, port, "panel")
+    listener = None
+    if park_listen is not None:
+        listener = Listener(*parse_hostport(park_listen))
+        try:
+            await listener.bind()
+        except OSError as exc:
+            raise TargetUnreachable(f"cannot listen on {park_listen} (--park-listen): {exc}") from None
     state = PanelState()
-    return await _run(
-        panel_case.select(list(cases)), lambda n: PanelCtx(target, state, n), target.pki is not None, progress
+    needs = _needs(
+        target.pki is not None,
+        main="--panel",
+        main_given=host is not None,
+        park="--park-listen",
+        park_given=listener is not None,
     )
+    async with trio.open_nursery() as nursery:
+        if listener is not None:
+            listener.serve(nursery)
+        try:
+            results = await _run(
+                panel_case.select(list(cases)), lambda n: PanelCtx(target, state, n, listener), needs, progress
+            )
+        finally:
+            if listener is not None:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            nursery.cancel_scope.cancel()
+    return results
 
 
 def table(results: Sequence[CaseResult]) -> str:

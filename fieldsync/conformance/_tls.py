@@ -24,7 +24,8 @@ class Identity:
 def context(
     ca: Path | None, ident: Identity | None, *, tls12_only: bool = False, verify: bool = True
 ) -> ssl.SSLContext:
-    """A client context (the battery always dials): TLS 1.3 only, unless `tls12_only`."""
+    """A client context (the battery dials; see `server_context` for the park address): TLS 1.3 only, unless
+    `tls12_only`."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # 2.2: host names and subjectAltName are not checked
     if tls12_only:
@@ -39,6 +40,17 @@ def context(
         ctx.verify_mode = ssl.CERT_NONE
     if ident is not None:
         ctx.load_cert_chain(str(ident.cert), str(ident.key))
+    return ctx
+
+
+def server_context(ca: Path, ident: Identity) -> ssl.SSLContext:
+    """A server context, for the battery's park address (2.1, 6.3: the panel dials, so the battery is the TLS
+    server, 2.2): TLS 1.3 only, the peer's certificate required and verified up to the site's CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=str(ca))
+    ctx.load_cert_chain(str(ident.cert), str(ident.key))
     return ctx
 
 

@@ -43,6 +43,8 @@ class ParkedSession:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     released: trio.Event = dataclasses.field(default_factory=trio.Event)
     handed: bool = False
+    #: A newer park of the same panel replaced this one (6.3 rule 2: ended with REPLACED).
+    replaced: bool = False
 
 
 class ParkingLot:
@@ -128,8 +130,9 @@ class ParkingLot:
             await ms.send(Standby(node_id=self.node_id, heartbeat_ms=s.heartbeat_ms, idle_ms=s.idle_ms))
             parked = ParkedSession(hello.panel_id, link, ms)
             older = self.parked.get(parked.panel_id)
-            if older is not None:
-                older.scope.cancel()  # the panel parked again: its older connection is dead to it
+            if older is not None:  # the panel parked again: its older connection is dead to it
+                older.replaced = True
+                older.scope.cancel()
             self.parked[parked.panel_id] = parked
             self.parked_total += 1
             with parked.scope:
@@ -154,6 +157,8 @@ class ParkingLot:
                 if not parked.handed:
                     self.ended += 1
                 parked.done.set()
+            if parked is not None and parked.replaced:
+                await ms.send_error(ErrorCode.REPLACED, f"a newer park of panel {parked.panel_id} replaced this one")
             if parked is None or not parked.handed:
                 await ms.aclose()
             else:
