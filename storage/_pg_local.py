@@ -179,7 +179,10 @@ class LocalPostgres:
 
     def _run(self, tool: str, args: Sequence[str], *, timeout: float = 60.0) -> str:
         cmd = [*self._prefix, str(self.bindir / tool), *args]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        # In a directory the server user may enter (ours may be another user's: "could not
+        # change directory" would be the first line of every error).
+        where = self.datadir.parent if self.datadir.parent.is_dir() else Path("/")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=where)
         if out.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
         return out.stdout
