@@ -79,6 +79,9 @@ class PanelSettings:
             raise ValueError(f"panel {self.panel_id}: serial mode needs a serial line")
         if (self.reader_line is None) != (not self.readers):
             raise ValueError(f"panel {self.panel_id}: an OSDP reader bus needs both reader_line and readers")
+        if self.park and self.park_retry < 2:
+            # Tried again after half to all of it: never more than once a second (6.3 rule 1).
+            raise ValueError(f"panel {self.panel_id}: park_retry {self.park_retry:g} s is below 2 s")
         if self.window < 1 or not 1 <= self.batch_records <= 0xFFFF:
             raise ValueError("window must be >= 1 and batch_records within 1..65535")
 

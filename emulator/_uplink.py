@@ -39,6 +39,7 @@ from protocol import (
     PeerTimeout,
     ProtocolError,
     RemoteProtocolError,
+    Standby,
     Takeover,
     Welcome,
 )
@@ -116,6 +117,10 @@ class HostLink:
         #: Parked sessions (docs/protocol.md 6.3) by node name, and what became of them.
         self.parks: dict[str, PanelConnection] = {}
         self._park_scopes: dict[str, trio.CancelScope] = {}
+        #: Clear from a TAKEOVER until its session's WELCOME (or its failure): no VIP dial
+        #: meanwhile, whose session would replace the one being taken over (6.3 rule 5).
+        self._no_takeover = trio.Event()
+        self._no_takeover.set()
         self.parked_total = self.park_errors = self.takeovers = 0
 
     def __repr__(self) -> str:
@@ -170,9 +175,10 @@ class HostLink:
         delay = s.backoff_initial
         lost_at = -float("inf")
         while True:
-            if self.is_connected:
-                # A parked session was taken over (6.3): in session already, and a session by
-                # the cluster's address would replace it (rule 5). Dial once it ends.
+            if self.is_connected or not self._no_takeover.is_set():
+                # A parked session was taken over (6.3): in session already, or about to be,
+                # and a session by the cluster's address would replace it (rule 5).
+                await self._no_takeover.wait()
                 await self.disconnected.wait()
                 lost_at = trio.current_time()
                 continue
@@ -234,7 +240,7 @@ class HostLink:
             inter_char_timeout=line.inter_char_timeout if line is not None else None,
         )
         try:
-            if self.settings.park and self.is_connected:
+            if self.settings.park and (self.is_connected or not self._no_takeover.is_set()):
                 return False  # a parked session was taken over while this one connected (6.3 rule 5)
             await self._handshake(ms)
             return True
@@ -266,13 +272,15 @@ class HostLink:
     async def _streaming(self, ms: MessageStream, welcome: Welcome) -> None:
         panel = self.panel
         # One host session at a time: an equal or newer epoch replaces the old one.
-        if self.session_scope is not None:
+        while self.session_scope is not None:
             self.session_scope.cancel()
             await self.disconnected.wait()
+        if welcome.epoch < panel.max_epoch:  # a newer session came and went while this one waited
+            await ms.send_error(ErrorCode.STALE_EPOCH, f"epoch {welcome.epoch} < {panel.max_epoch}")
+            raise RemoteProtocolError(ErrorCode.STALE_EPOCH, f"node epoch {welcome.epoch} < {panel.max_epoch}")
         panel.max_epoch = welcome.epoch
         for parked in self.parks.values():
-            if parked is not ms.conn:
-                parked.raise_floor(welcome.epoch)  # their TAKEOVERs are judged by it (6.3 rule 4)
+            parked.raise_floor(welcome.epoch)  # their TAKEOVERs are judged by it (6.3 rule 4)
         panel.welcome_at.setdefault(welcome.epoch, trio.current_time())
         panel._resume_at(welcome.hwm)
         self.sessions += 1
@@ -340,6 +348,8 @@ class HostLink:
                     raise
                 if isinstance(first, Error):
                     raise SessionRefused(first)
+                if not isinstance(first, Standby):
+                    return  # BYE: the standby is stopping
                 self.parks[node] = conn
                 self.parked_total += 1
                 takeover = await self._parked(ms)
@@ -353,12 +363,24 @@ class HostLink:
                     await ms.send_error(ErrorCode.STALE_EPOCH, stale)
                     raise RemoteProtocolError(ErrorCode.STALE_EPOCH, stale)
                 self.takeovers += 1
-                await self._handshake(ms)
+                # From here it is this panel's session like any other: its errors count as a
+                # session's, not as the park's.
+                self._no_takeover = trio.Event()
+                try:
+                    await self._taken_over(ms)
+                finally:
+                    self._no_takeover.set()
         finally:
             self.parks.pop(node, None)
             if self._park_scopes.get(node) is scope:
                 del self._park_scopes[node]
             await ms.aclose()
+
+    async def _taken_over(self, ms: MessageStream) -> None:
+        try:
+            await self._handshake(ms)
+        except (LinkError, ProtocolError, SessionRefused, trio.TooSlowError) as exc:
+            self._note_error(exc)
 
     async def _parked(self, ms: MessageStream) -> Takeover | None:
         """Hold a parked session (the connection probes and answers): its TAKEOVER, or None
@@ -378,10 +400,11 @@ class HostLink:
                         break
                 async with ms.sends_held():  # the timers stop between two frames
                     nursery.cancel_scope.cancel()
-        except PeerClosed:
-            return None
         except BaseExceptionGroup as group:
-            raise first_error(group) from None
+            cause = first_error(group)
+            if isinstance(cause, PeerClosed):
+                return None  # the standby went away: park again later
+            raise cause from group
         return takeover
 
 class _UplinkSession:

@@ -75,6 +75,10 @@ _PORT_TAKEN = "Address already in use"
 _LOG_PREFIX = re.compile(r"^.*?\[\d+\]\s+")
 
 
+class PortTaken(RuntimeError):
+    """The server did not start: another socket had its port."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the caller retries if it is taken before it binds)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -124,7 +128,7 @@ class LocalPostgres:
     ) -> None:
         """``netns``: the network namespace the server runs in (a lab host's, where ``host`` is
         an address); its commands run there, and ``admin_url`` reaches it by its Unix socket."""
-        self.datadir = datadir
+        self.datadir = datadir.resolve()  # the tools run elsewhere (``_run``'s cwd)
         self.port = port
         self.host = host
         self.bindir = bindir if bindir is not None else find_pg_bindir()
@@ -270,10 +274,11 @@ class LocalPostgres:
         try:
             self._run("pg_ctl", ["-D", str(self.datadir), "-l", str(self.log), "-w", "-t", str(int(timeout)), "start"])
         except RuntimeError as exc:
-            this_start = self.log_text()[seen:].splitlines()
-            said = [_LOG_PREFIX.sub("", line) for line in this_start if _LOG_CAUSE.search(line)]
+            this_start = self.log_text()[seen:]
+            said = [_LOG_PREFIX.sub("", line) for line in this_start.splitlines() if _LOG_CAUSE.search(line)]
             first = str(exc).splitlines()[0]
-            raise RuntimeError(f"{first}; its log: {' | '.join(said[-3:]) or '(nothing)'}") from None
+            error = PortTaken if _PORT_TAKEN in this_start else RuntimeError
+            raise error(f"{first}; its log: {' | '.join(said[-3:]) or '(nothing)'}") from exc
 
     def start_on_a_free_port(self, settings: Mapping[str, str], *, attempts: int = 3, timeout: float = 30.0) -> None:
         """Start a loopback server; if its port was taken between ``free_port`` and its bind
@@ -283,8 +288,8 @@ class LocalPostgres:
             try:
                 self.start(timeout=timeout)
                 return
-            except RuntimeError as exc:
-                if self.netns is not None or _PORT_TAKEN not in str(exc) or attempt == attempts - 1:
+            except PortTaken:
+                if self.netns is not None or attempt == attempts - 1:
                     raise
             self.port = free_port(self.host)
             self.configure(settings)

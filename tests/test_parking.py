@@ -202,8 +202,11 @@ def test_a_probe_that_crossed_the_takeover_is_ignored_not_refused() -> None:
     assert pair.panel.next_event() == p.Takeover(epoch=5)
     pair.panel_sends(_hello(max_epoch=4))
     assert pair.host.state is p.State.HELLO_RECEIVED
-    # Only until the HELLO: a HEARTBEAT after it is judged as ever.
-    pair.host_sends(_welcome(epoch=5))
+    # Only until the HELLO: a HEARTBEAT after it, before the WELCOME, is judged as ever.
+    pair.host.receive_data(p.encode_frame(p.MessageType.HEARTBEAT, p.encode_payload(p.Heartbeat(epoch=4))), 2.7)
+    with pytest.raises(p.RemoteProtocolError) as late:
+        pair.host.next_event()
+    assert late.value.code is p.ErrorCode.ILLEGAL_IN_STATE
     fresh = p.HostConnection(now=0.0)
     fresh.receive_data(p.encode_frame(p.MessageType.HEARTBEAT, p.encode_payload(p.Heartbeat(epoch=0))), 0.0)
     with pytest.raises(p.RemoteProtocolError) as illegal:

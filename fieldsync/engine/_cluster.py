@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
 
+from protocol.streams import LinkError
 from storage import LeaseStoreInterface, NodeBeat, StoreError, open_cluster_store
 
 from ._beats import _Ears, _Heart
@@ -225,10 +226,24 @@ class ClusterNode(_StandbyLoop):
         if self.lot is None:
             return await self._wait_for_lease()
         async with trio.open_nursery() as standby:
-            await standby.start(self.lot.listening)
+            standby.start_soon(self._keep_parking)
             epoch = await self._wait_for_lease()
             standby.cancel_scope.cancel()
         return epoch
+
+    async def _keep_parking(self) -> None:
+        """The park listener, bound again every 5 s while its address is taken: parking only
+        saves the panels a set-up, so a standby without it still stands by."""
+        assert self.lot is not None
+        said = False
+        while True:
+            try:
+                await self.lot.listening()
+            except LinkError as exc:
+                if not said:
+                    log.warning("node %s: standing by without parking: %s; binding again every 5 s", self.node_id, exc)
+                    said = True
+                await trio.sleep(5)
 
     async def _tick(self) -> None:
         while True:

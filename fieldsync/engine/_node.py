@@ -41,6 +41,9 @@ from ._sessions import _Session, _Sessions
 if TYPE_CHECKING:
     from ._parking import ParkedSession
 
+#: The adopted sessions' TAKEOVERs go out within this, all together (docs/protocol.md 6.3).
+TAKEOVER_BOUND = 1.0
+
 __all__ = [
     "INGEST_MODES",
     "Node",
@@ -244,6 +247,9 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                for parked in self._adopted:  # the node ended before it could take them over
+                    await parked.ms.aclose()
+                self._adopted = []
                 await self._write_status(final=True)
                 await self.db(self.store.close)
                 await self.config.close()
@@ -255,26 +261,34 @@ class Node:
         self._adopted = list(parked)
 
     async def _take_over_parked(self) -> list[ParkedSession]:
-        """TAKEOVER on every adopted session, each bounded: a session whose TAKEOVER cannot go
-        out at once is closed (its panel comes back by the cluster's address instead)."""
-        ready = []
-        for parked in self._adopted:
-            with trio.move_on_after(1.0):
-                try:
-                    await parked.ms.send(Takeover(epoch=self.epoch))
-                except (LinkError, ProtocolError) as exc:
-                    self.last_error = f"{parked.link.remote}: TAKEOVER not sent: {exc}"
-                    log.warning("node %s: %s", self.node_id, self.last_error)
-                else:
-                    ready.append(parked)
-                    continue
-            await parked.ms.aclose()
-            parked.released.set()
-        self._adopted = []
-        self.adopted += len(ready)
-        if ready:
-            log.warning("node %s: %d parked sessions taken over with epoch %d", self.node_id, len(ready), self.epoch)
-        return ready
+        """TAKEOVER on every adopted session at once, within ``TAKEOVER_BOUND`` in all: a session whose
+        TAKEOVER does not go out by then is closed (its panel comes back by the cluster's
+        address instead)."""
+        adopted, self._adopted = self._adopted, []
+        sent: list[ParkedSession] = []
+
+        async def takeover(parked: ParkedSession) -> None:
+            try:
+                await parked.ms.send(Takeover(epoch=self.epoch))
+            except (LinkError, ProtocolError) as exc:
+                self.last_error = f"{parked.link.remote}: TAKEOVER not sent: {exc}"
+                log.warning("node %s: %s", self.node_id, self.last_error)
+            else:
+                sent.append(parked)
+
+        try:
+            with trio.move_on_after(TAKEOVER_BOUND):
+                async with trio.open_nursery() as nursery:
+                    for parked in adopted:
+                        nursery.start_soon(takeover, parked)
+        finally:
+            for parked in adopted:
+                if parked not in sent:
+                    await parked.ms.aclose()
+        self.adopted += len(sent)
+        if sent:
+            log.warning("node %s: %d parked sessions taken over with epoch %d", self.node_id, len(sent), self.epoch)
+        return sent
 
     def stop(self) -> None:
         """Stop on purpose (docs/protocol.md 10): refuse new HELLOs, store and acknowledge

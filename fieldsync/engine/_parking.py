@@ -19,8 +19,18 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from protocol import Bye, Error, ErrorCode, HostConnection, PeerTimeout, ProtocolError, RemoteProtocolError, Standby
-from protocol.streams import Link, LinkError, MessageStream, PeerClosed, first_error, listen, server_context
+from protocol import (
+    Bye,
+    Error,
+    ErrorCode,
+    HostConnection,
+    PeerTimeout,
+    ProtocolError,
+    RemoteProtocolError,
+    Standby,
+    State,
+)
+from protocol.streams import KEEP_OPEN, Link, LinkError, MessageStream, PeerClosed, first_error, listen, server_context
 
 if TYPE_CHECKING:
     from ._cluster_settings import ClusterSettings
@@ -29,19 +39,21 @@ __all__ = ["ParkedSession", "ParkingLot"]
 
 log = logging.getLogger("fieldsync.cluster")
 
+#: A park connection's HELLO must come within this (6.2 step 2 on the park address).
+HELLO_TIMEOUT = 5.0
+#: A takeover waits at most this for its parked sessions to stop, all together.
+HAND_OVER_BOUND = 1.0
+
 
 @dataclasses.dataclass(eq=False, slots=True)
 class ParkedSession:
-    """One panel's parked connection; ``handed`` once the node that took over owns it, which
-    sets ``released`` when it is done with the connection (the listener's task that accepted
-    it closes the socket when it returns, so it waits for that)."""
+    """One panel's parked connection; ``handed`` once the node that took over owns it."""
 
     panel_id: int
     link: Link
     ms: MessageStream
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    released: trio.Event = dataclasses.field(default_factory=trio.Event)
     handed: bool = False
     #: A newer park of the same panel replaced this one (6.3 rule 2: ended with REPLACED).
     replaced: bool = False
@@ -110,32 +122,40 @@ class ParkingLot:
             return ErrorCode.UNKNOWN_PANEL, f"panel {panel_id} is not in this site"
         return None
 
-    async def _park(self, link: Link) -> None:
+    async def _park(self, link: Link) -> object:
+        """One park connection, until it ends or is handed over (then ``KEEP_OPEN``: the node
+        that took over owns it from here)."""
         s = self.settings
         conn = HostConnection(now=trio.current_time(), park=True)
         ms = MessageStream(link.stream, conn, name=f"node {self.node_id} park <- {link.remote}")
         parked: ParkedSession | None = None
         try:
-            with trio.move_on_after(5.0):
+            with trio.move_on_after(HELLO_TIMEOUT) as waited:
                 hello = await ms.receive()
+            if waited.cancelled_caught:
+                await ms.send_error(ErrorCode.TIMEOUT, f"no HELLO within {HELLO_TIMEOUT:g} s")
+                return None
             if conn.hello is None or conn.hello is not hello:
-                return  # no HELLO in time, or ERROR / BYE first: nothing to park
+                return None  # ERROR or BYE first: nothing to park
             refusal = self._admit(link, hello.panel_id)
             if refusal is not None:
                 self.refused += 1
                 await ms.send_error(*refusal)
-                return
+                return None
             if not self._open:
-                return  # this node took over meanwhile: an active node parks nobody (6.3 rule 1)
-            await ms.send(Standby(node_id=self.node_id, heartbeat_ms=s.heartbeat_ms, idle_ms=s.idle_ms))
+                return None  # this node took over meanwhile: an active node parks nobody (6.3 rule 1)
+            # Listed before the STANDBY goes out: a takeover from here on hands this one over
+            # too (with the STANDBY written whole, or not at all: then it is closed).
             parked = ParkedSession(hello.panel_id, link, ms)
             older = self.parked.get(parked.panel_id)
-            if older is not None:  # the panel parked again: its older connection is dead to it
-                older.replaced = True
-                older.scope.cancel()
             self.parked[parked.panel_id] = parked
             self.parked_total += 1
+            if older is not None:  # the panel parked again: its older connection is dead to it
+                older.replaced = True
+                async with older.ms.sends_held():
+                    older.scope.cancel()
             with parked.scope:
+                await ms.send(Standby(node_id=self.node_id, heartbeat_ms=s.heartbeat_ms, idle_ms=s.idle_ms))
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(ms.run_timers)
                     while True:
@@ -157,22 +177,42 @@ class ParkingLot:
                 if not parked.handed:
                     self.ended += 1
                 parked.done.set()
-            if parked is not None and parked.replaced:
-                await ms.send_error(ErrorCode.REPLACED, f"a newer park of panel {parked.panel_id} replaced this one")
-            if parked is None or not parked.handed:
-                await ms.aclose()
-            else:
-                await parked.released.wait()
+        if parked is not None and parked.handed:
+            return KEEP_OPEN
+        if parked is not None and parked.replaced:
+            await ms.send_error(ErrorCode.REPLACED, f"a newer park of panel {parked.panel_id} replaced this one")
+        await ms.aclose()
+        return None
 
     async def hand_over(self) -> list[ParkedSession]:
         """The node takes over: every parked session, its tasks stopped between two frames,
-        for the new ``Node`` to send TAKEOVER on (the caller stops ``listening`` first)."""
+        for the new ``Node`` to send TAKEOVER on (the caller stops ``listening`` first).
+
+        Within ``HAND_OVER_BOUND`` in all: a session whose stream is stuck in a write (a peer
+        that stopped reading) is left to end by itself, as is one that had not finished parking.
+        """
         self._open = False
         taken = list(self.parked.values())
         self.parked.clear()
+        ready: list[ParkedSession] = []
+        with trio.move_on_after(HAND_OVER_BOUND):
+            for parked in taken:
+                async with parked.ms.sends_held():
+                    parked.handed = True
+                    parked.scope.cancel()
+                    await parked.done.wait()
+                if parked.ms.conn.state is State.PARKED:
+                    ready.append(parked)
+                else:  # its STANDBY never went out: the node could not take it over
+                    parked.handed = False
+                    await parked.ms.aclose()
         for parked in taken:
-            parked.handed = True
-            async with parked.ms.sends_held():
-                parked.scope.cancel()
-                await parked.done.wait()
-        return taken
+            if parked in ready:
+                continue
+            if not parked.done.is_set():
+                parked.handed = False
+                parked.scope.cancel()  # it closes itself
+            elif parked.handed:  # stopped, but the time ran out before it was looked at
+                parked.handed = False
+                await parked.ms.aclose()
+        return ready

@@ -209,9 +209,9 @@ class _Sessions:
         """A parked session this node took over (docs/protocol.md 6.3): its TAKEOVER is sent,
         the panel's fresh HELLO comes next on the same connection."""
         try:
-            return await self._serve_stream(parked.link, parked.ms, None)
+            # Plain text has no certificate to bind the fresh HELLO to: the panel that parked.
+            return await self._serve_stream(parked.link, parked.ms, parked.panel_id)
         finally:
-            parked.released.set()
             done = self.adopting.pop(parked.panel_id, None)
             if done is not None:
                 done.set()

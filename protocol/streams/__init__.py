@@ -23,6 +23,7 @@ from ._serial import records_per_batch as records_per_batch
 from ._serial import serial_link as serial_link
 from ._session import MessageStream as MessageStream
 from ._socket_tls import SocketTLSStream as SocketTLSStream
+from ._tcp import KEEP_OPEN as KEEP_OPEN
 from ._tcp import Link as Link
 from ._tcp import check_plaintext_allowed as check_plaintext_allowed
 from ._tcp import dial as dial
@@ -36,6 +37,7 @@ from ._tls import server_context as server_context
 __all__ = [
     "EndReason",
     "GcTime",
+    "KEEP_OPEN",
     "Link",
     "LinkError",
     "MessageStream",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -12,7 +14,16 @@ import trio
 from ._errors import LinkError, TlsError, map_link_errors
 from ._tls import peer_identity, wrap
 
-__all__ = ["Link", "check_plaintext_allowed", "dial", "is_loopback", "listen", "secure"]
+__all__ = ["KEEP_OPEN", "Link", "check_plaintext_allowed", "dial", "is_loopback", "listen", "secure"]
+
+log = logging.getLogger("fieldsync.link")
+
+#: What a ``listen`` handler returns when it gave the connection to another owner (a
+#: standby's parked session, handed to the node that takes over): ``listen`` then leaves it
+#: open. Any other return, or an exception, and the connection is closed.
+KEEP_OPEN = object()
+#: accept() failing for want of resources: wait and go on (trio's serve_listeners does too).
+_ACCEPT_CAPACITY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 def is_loopback(host: str) -> bool:
@@ -104,7 +115,8 @@ async def listen(
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections on ``host:port`` and run ``handler(link)`` for each, forever.
+    """Accept connections on ``host:port`` and run ``handler(link)`` for each, forever; the
+    connection is closed when the handler returns, unless it returns ``KEEP_OPEN``.
 
     ``handler_nursery``: where each connection's task runs (None: the listener's own), so
     that connections can outlive the listener (a standby's parked sessions, 6.3).
@@ -139,7 +151,29 @@ async def listen(
             if on_refused is not None:
                 on_refused(remote, exc)
             return
-        await handler(link)
+        kept = None
+        try:
+            kept = await handler(link)
+        finally:
+            if kept is not KEEP_OPEN:
+                await trio.aclose_forcefully(link.stream)
 
-    task_status.started(listeners)
-    await trio.serve_listeners(handle, listeners, handler_nursery=handler_nursery)
+    async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        # Not trio.serve_listeners: it closes each stream when its handler returns, also one
+        # the handler gave to another owner. The listener closes when this ends, as there.
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY:
+                        raise
+                    log.error("accept on %s:%s: %s; waiting 100 ms", host, port, exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(handle, stream)
+
+    async with trio.open_nursery() as own:
+        for listener in listeners:
+            own.start_soon(accept_loop, listener, handler_nursery if handler_nursery is not None else own)
+        task_status.started(listeners)
