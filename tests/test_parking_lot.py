@@ -92,7 +92,8 @@ async def test_a_panel_not_in_the_site_and_a_silent_one_are_refused(
     assert isinstance(refused, p.Error) and refused.error_code is p.ErrorCode.UNKNOWN_PANEL
     monkeypatch.setattr(_parking, "HELLO_TIMEOUT", 0.2)
     silent = MessageStream(
-        await trio.open_tcp_stream("127.0.0.1", PORT), p.PanelConnection(now=trio.current_time(), epoch_floor=1, park=True)
+        await trio.open_tcp_stream("127.0.0.1", PORT),
+        p.PanelConnection(now=trio.current_time(), epoch_floor=1, park=True),
     )
     silent.conn.send(_hello(2), trio.current_time())  # the state machine's view: HELLO sent, none written
     with trio.fail_after(5):
