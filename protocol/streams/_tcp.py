@@ -137,26 +137,30 @@ async def listen(
         handshakes = trio.Semaphore(32)
 
     async def handle(stream: trio.SocketStream) -> None:
-        try:
-            remote = "{}:{}".format(*stream.socket.getpeername()[:2])
-        except OSError:
-            await trio.aclose_forcefully(stream)
-            return
-        try:
-            with trio.fail_after(handshake_timeout):
-                async with handshakes:
-                    link = await secure(stream, ctx, server_side=True, remote=remote)
-        except (LinkError, trio.TooSlowError) as exc:
-            await trio.aclose_forcefully(stream)
-            if on_refused is not None:
-                on_refused(remote, exc)
-            return
         kept = None
         try:
-            kept = await handler(link)
+            try:
+                remote = "{}:{}".format(*stream.socket.getpeername()[:2])
+            except OSError:
+                return
+            try:
+                with trio.fail_after(handshake_timeout):
+                    async with handshakes:
+                        link = await secure(stream, ctx, server_side=True, remote=remote)
+            except (LinkError, trio.TooSlowError) as exc:
+                if on_refused is not None:
+                    on_refused(remote, exc)
+                return
+            try:
+                kept = await handler(link)
+            finally:
+                if kept is not KEEP_OPEN:
+                    await trio.aclose_forcefully(link.stream)
         finally:
+            # On every way out (a cancel in the handshake too) the socket is closed, unless
+            # the handler gave the connection to another owner.
             if kept is not KEEP_OPEN:
-                await trio.aclose_forcefully(link.stream)
+                await trio.aclose_forcefully(stream)
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         # Not trio.serve_listeners: it closes each stream when its handler returns, also one
