@@ -250,8 +250,8 @@ class HostLink:
             self.bad_frames += stats.bad_crc
             await ms.aclose()
 
-    async def _handshake(self, ms: MessageStream) -> None:
-        """HELLO, then WELCOME (or ERROR), then the session (docs/protocol.md 6.2)."""
+    async def _hello_answer(self, ms: MessageStream) -> Message:
+        """Send HELLO and return the node's answer (an ERROR raises ``SessionRefused``)."""
         try:
             await ms.send(self._hello())
             with trio.fail_after(self.settings.handshake_timeout):
@@ -261,12 +261,20 @@ class HostLink:
             raise
         if isinstance(first, Error):
             raise SessionRefused(first)
+        return first
+
+    @staticmethod
+    async def _refuse_stale(ms: MessageStream, what: str, epoch: int, floor: int) -> None:
+        """Another session raised the panel's floor meanwhile: ``what``'s epoch is stale (P5)."""
+        text = f"{what} epoch {epoch} < {floor}"
+        await ms.send_error(ErrorCode.STALE_EPOCH, text)
+        raise RemoteProtocolError(ErrorCode.STALE_EPOCH, text)
+
+    async def _handshake(self, ms: MessageStream) -> None:
+        """HELLO, then WELCOME (or ERROR), then the session (docs/protocol.md 6.2)."""
+        first = await self._hello_answer(ms)
         if not isinstance(first, Welcome):
             raise RemoteProtocolError(ErrorCode.ILLEGAL_IN_STATE, f"expected WELCOME, got {type(first).__name__}")
-        panel = self.panel
-        if first.epoch < panel.max_epoch:  # another session raised the floor meanwhile
-            await ms.send_error(ErrorCode.STALE_EPOCH, f"epoch {first.epoch} < {panel.max_epoch}")
-            raise RemoteProtocolError(ErrorCode.STALE_EPOCH, f"node epoch {first.epoch} < {panel.max_epoch}")
         await self._streaming(ms, first)
 
     async def _streaming(self, ms: MessageStream, welcome: Welcome) -> None:
@@ -275,9 +283,8 @@ class HostLink:
         while self.session_scope is not None:
             self.session_scope.cancel()
             await self.disconnected.wait()
-        if welcome.epoch < panel.max_epoch:  # a newer session came and went while this one waited
-            await ms.send_error(ErrorCode.STALE_EPOCH, f"epoch {welcome.epoch} < {panel.max_epoch}")
-            raise RemoteProtocolError(ErrorCode.STALE_EPOCH, f"node epoch {welcome.epoch} < {panel.max_epoch}")
+        if welcome.epoch < panel.max_epoch:  # another session raised the floor, before or while this one waited
+            await self._refuse_stale(ms, "WELCOME", welcome.epoch, panel.max_epoch)
         panel.max_epoch = welcome.epoch
         for parked in self.parks.values():
             parked.raise_floor(welcome.epoch)  # their TAKEOVERs are judged by it (6.3 rule 4)
@@ -339,15 +346,7 @@ class HostLink:
         self._park_scopes[node] = scope
         try:
             with scope:
-                try:
-                    await ms.send(self._hello())
-                    with trio.fail_after(s.handshake_timeout):
-                        first = await ms.receive()
-                except RemoteProtocolError as exc:
-                    await ms.send_error(exc.code, exc.message)
-                    raise
-                if isinstance(first, Error):
-                    raise SessionRefused(first)
+                first = await self._hello_answer(ms)
                 if not isinstance(first, Standby):
                     return  # BYE: the standby is stopping
                 self.parks[node] = conn
@@ -359,9 +358,7 @@ class HostLink:
                 # 6.3 rule 4: a fresh HELLO at once; the floor may have risen since parking.
                 conn.raise_floor(panel.max_epoch)
                 if takeover.epoch < panel.max_epoch:
-                    stale = f"TAKEOVER epoch {takeover.epoch} < {panel.max_epoch}"
-                    await ms.send_error(ErrorCode.STALE_EPOCH, stale)
-                    raise RemoteProtocolError(ErrorCode.STALE_EPOCH, stale)
+                    await self._refuse_stale(ms, "TAKEOVER", takeover.epoch, panel.max_epoch)
                 self.takeovers += 1
                 # From here it is this panel's session like any other: its errors count as a
                 # session's, not as the park's.
