@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -23,6 +24,7 @@ import trio
 import protocol as p
 from emulator import Fleet, LinkMode
 from fieldsync.engine import Node, NodeSettings
+from fieldsync.engine._materialize import _Materializer
 from storage import EventStore, EventStoreInterface, IngestBatch, LogBacklog, StoreFull, open_event_store
 from tests.store_engines import StoreEngine, wait_for_dead_sessions
 from tests.test_e2e import check_store_matches_journals, clock, node_settings, panel_settings
@@ -316,6 +318,29 @@ def test_a_node_finishes_the_log_a_predecessor_left(engine: StoreEngine) -> None
         and store.seqs(8) == list(range(1, 11))
     )
     store.close()
+
+
+async def test_an_outpaced_materializer_waits_for_the_burst_to_end_not_for_its_age(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = SimpleNamespace(materialize_step=16_384, max_log_lag=10**8, materialize_idle=0.05, max_log_age=2.0)
+    mat = _Materializer(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    for _ in range(250):  # 1M events/s for 2.5 s: the oldest batch is past max_log_age
+        mat.logged(10_000)
+        await trio.sleep(0.01)
+    assert mat._wait() == 0  # no step measured yet: the age starts one
+    mat._measured(16_384, 0.1)  # its steps move 164k events/s, a sixth of the commits' rate
+    assert mat.outpaced(trio.current_time()) and 0 < mat._wait() <= 0.25
+    mat._pressed.set()  # a commit waits for room: the push-back goes first
+    assert mat._wait() == 0
+    mat._pressed = trio.Event()
+    await trio.sleep(0.06)  # the burst ended: quiet for materialize_idle
+    assert mat._wait() == 0
+    mat._measured(16_384, 0.001)  # a materializer that follows the commits steps on age again
+    for _ in range(10):
+        mat.logged(10_000)
+        await trio.sleep(0.01)
+    assert not mat.outpaced(trio.current_time()) and mat._wait() == 0
 
 
 def test_an_unknown_ingest_mode_is_refused_by_name() -> None:

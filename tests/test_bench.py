@@ -30,7 +30,8 @@ def test_bench_replay_prints_writes_and_plots_every_figure_beside_its_bound(tmp_
     command += ["--json", str(out), "--plot", str(png)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for words in ("acked", "row bound", "log bound", "every event visible in events", "CPU in the drain"):
+    shown = ("acked", "row bound", "log bound", "every event visible in events", "queries' lag", "CPU in the drain")
+    for words in shown:
         assert words in done.stdout, done.stdout
     result = json.loads(out.read_text())
     assert (result["panels"], result["backlog"], result["tls"], result["ingest"]) == (2, 3000, False, "log")
@@ -40,6 +41,7 @@ def test_bench_replay_prints_writes_and_plots_every_figure_beside_its_bound(tmp_
     assert result["ratio_to_log_bound"] == pytest.approx(acked / result["log_bound_events_per_s"])
     assert result["drain_s"] > 0 and result["node_cpu_s"] > 0 and result["fleet_cpu_s"] > 0
     assert result["visible_s"] >= result["drain_s"] and result["log_peak_events"] > 0
+    assert result["stated_lag_s"] == 2.0 and 0 < result["worst_lag_s"] <= result["visible_s"]
     samples = result["samples"]
     assert samples[-1][1] >= result["events"] - 4 and [s[0] for s in samples] == sorted(s[0] for s in samples)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
