@@ -238,6 +238,11 @@ class Panel:
         return self._link.is_connected
 
     @property
+    def acked_seq(self) -> int:
+        """The highest seq acknowledged to this panel (every event up to it is stored)."""
+        return self._acked_seq
+
+    @property
     def parked_at(self) -> list[str]:
         """The nodes this panel has a session parked at now (docs/protocol.md 6.3)."""
         return list(self._link.parks)

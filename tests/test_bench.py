@@ -139,3 +139,24 @@ def test_bench_failover_gives_the_p99_against_the_cold_connection_of_the_same_ru
     assert run["takeover_s"] is not None and run["cold_s"] > 0
     assert result["ratio_p99_to_cold"] == pytest.approx(result["p99_s"] / result["cold_connect_s"])
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_bench_alarms_shows_alarms_waiting_behind_the_backlog_beside_its_bounds(tmp_path: Path) -> None:
+    out, png = tmp_path / "alarms.json", tmp_path / "alarms.png"
+    command = [sys.executable, "-m", "fieldsync.cli", "bench", "alarms", "--panels", "4", "--backlog", "20000"]
+    command += ["--live-panels", "4", "--no-tls", "--port", "31252", "--json", str(out), "--plot", str(png)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for words in ("drain (bound)", "offline alarms", "live alarms", "idle alarm (bound)", "ratio live/idle"):
+        assert words in done.stdout, done.stdout
+    result = json.loads(out.read_text())
+    assert result["lanes"] is False and result["offline_alarms"] == 4 * 4 and result["live_alarms"] == 4
+    # One sequence per panel: the door held at 99 % of a backlog is stored with the drain's end.
+    assert result["offline_all_stored_s"] <= result["drain_s"] + 0.1
+    assert result["ratio_offline_all_stored_to_drain"] == pytest.approx(
+        result["offline_all_stored_s"] / result["drain_s"]
+    )
+    assert result["live_events_ahead_mean"] > 0  # raised mid-replay, behind events still buffered
+    assert result["ratio_live_p99_to_idle"] == pytest.approx(result["live_p99_s"] / result["idle_alarm_p99_s"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

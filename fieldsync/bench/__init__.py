@@ -5,6 +5,10 @@ machines of our kind differ by about 3x in absolute speed, so an absolute time i
 result. A bound that could not be measured is reported missing, never as a ratio.
 """
 
+from ._alarms import AlarmOptions as AlarmOptions
+from ._alarms import alarm_lines as alarm_lines
+from ._alarms import measure_alarms as measure_alarms
+from ._alarms import plot_alarms as plot_alarms
 from ._common import cpu_seconds as cpu_seconds
 from ._common import fresh_schema as fresh_schema
 from ._common import node_process as node_process
@@ -36,6 +40,10 @@ from ._replay import report_lines as report_lines
 
 __all__ = [
     "VIP",
+    "AlarmOptions",
+    "alarm_lines",
+    "measure_alarms",
+    "plot_alarms",
     "FailoverOptions",
     "FailoverRun",
     "RunFailed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,60 @@ def replay_cmd(
 
         run_trio(run)
     _report(result, report_lines, plot_replay, json_path, plot)
+
+
+@bench.command("alarms", cls=SiteCommand)
+@click.option("--panels", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--backlog", type=click.IntRange(min=100), default=10_000, show_default=True, help="Events per panel.")
+@click.option(
+    "--live-panels", type=click.IntRange(min=1), default=100, show_default=True, help="Panels raising a live alarm."
+)
+@click.option(
+    "--live-at",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Share of the backlog acknowledged when the live alarms are raised.",
+)
+@click.option("--tls/--no-tls", default=True, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65_535), default=30002, show_default=True, help="The node's port.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure here.")
+@click.option(
+    "--plot", type=click.Path(path_type=Path, dir_okay=False), help="PNG: offline alarms stored over time, live waits."
+)
+@friendly
+def alarms_cmd(
+    panels: int,
+    backlog: int,
+    live_panels: int,
+    live_at: float,
+    tls: bool,
+    port: int,
+    timeout: float,
+    json_path: Path | None,
+    plot: Path | None,
+) -> None:
+    """Panels come back with alarms among their backlog, and raise live ones mid-replay: how
+    long until each is stored, against the drain and an alarm with nothing ahead of it."""
+    from ..bench import AlarmOptions, alarm_lines, measure_alarms, plot_alarms
+
+    opts = AlarmOptions(
+        panels=panels, backlog=backlog, live_panels=min(live_panels, panels), live_at=live_at, tls=tls, port=port
+    )
+    opts = dataclasses.replace(opts, timeout=timeout)
+    result: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="fieldsync-bench-alarms-") as tmp, _progress() as progress:
+        acked = progress.add_task("acked", total=panels * backlog, rate="")
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(acked, completed=done, total=total)
+
+        async def run() -> None:
+            result.update(await measure_alarms(opts, Path(tmp), on_progress=on_progress))
+
+        run_trio(run)
+    _report(result, alarm_lines, plot_alarms, json_path, plot)
 
 
 @bench.command("idle", cls=SiteCommand)
