@@ -154,6 +154,19 @@ def test_a_loopback_scenario_runs_unchanged_on_real_hosts(tmp_path: Path) -> Non
 
 @needs_lab
 @pytest.mark.slow
+def test_parked_sessions_are_taken_over_on_real_hosts(tmp_path: Path) -> None:
+    """Each panel parks at the standby's own host address across the switch; keepalived moves
+    the VIP after the kill -9 and the new active takes the parked sessions over (6.3), twice."""
+    result, _ = _run(load_scenario(SCENARIOS / "kill-active-parked.toml"), tmp_path)
+    assert result.ok and result.drained, result.text()
+    logs = "".join((tmp_path / "work" / f"node-{h}.log").read_text() for h in "AB")
+    taken = [int(n) for n in re.findall(r"node [AB]: (\d+) parked sessions taken over with epoch", logs)]
+    assert len(taken) == 2 and min(taken) >= 36, logs[-3000:]  # as on loopback (test_scenarios)
+    assert result.report.store_epoch == 3
+
+
+@needs_lab
+@pytest.mark.slow
 def test_a_broken_engine_is_caught_on_real_hosts(tmp_path: Path) -> None:
     """The negative control of this backend: a build that acknowledges a batch before it commits
     it loses acknowledged events when the active's host loses power mid-replay (frozen between
