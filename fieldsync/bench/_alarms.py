@@ -25,13 +25,12 @@ from pathlib import Path
 import trio
 
 import protocol as p
-from emulator import Fleet, LinkMode, Panel, PanelSettings
+from emulator import Fleet, Panel
 from protocol.streams import sparing_gc
 
-from ..site import pki
 from ._common import cpu_seconds, node_process, ratio, save_figure
 from ._failover import percentile
-from ._replay import VIP, ReplayOptions, _node_command
+from ._replay import ReplayOptions, empty_fleet, serve_command
 
 __all__ = ["AlarmOptions", "alarm_lines", "measure_alarms", "plot_alarms"]
 
@@ -68,24 +67,7 @@ class AlarmOptions:
 
 def _fleet(opts: AlarmOptions, pki_dir: Path) -> tuple[Fleet, dict[int, list[int]]]:
     """The fleet, each panel's backlog filled, and each panel's offline alarms' seqs."""
-    if opts.tls:
-        pki.init_ca(pki_dir)
-        pki.issue(pki_dir, "node", "A")
-    settings = [
-        PanelSettings(
-            panel_id=pid,
-            mode=LinkMode.PUNCH_OUT,
-            server=(VIP, opts.port),
-            tls=pki.issue(pki_dir, "panel", pid) if opts.tls else None,
-            buffer_bytes=(opts.backlog + 64) * p.RECORD_SIZE,
-            batch_records=opts.batch,
-            window=opts.window,
-            backoff_initial=0.01,
-            backoff_cap=0.2,
-        )
-        for pid in range(1, opts.panels + 1)
-    ]
-    fleet = Fleet(settings, seed=1)
+    fleet = empty_fleet(opts.replay(), pki_dir)
     at = {min(opts.backlog - 1, int(fraction * opts.backlog)): kind for fraction, kind in OFFLINE_ALARMS}
     t0 = 1_764_000_000_000_000
     alarms: dict[int, list[int]] = {}
@@ -149,7 +131,7 @@ async def measure_alarms(
     step = max(1, opts.panels // max(1, min(opts.live_panels, opts.panels)))
     live = [fleet.panels[pid] for pid in range(1, opts.panels + 1, step)][: opts.live_panels]
     rep = opts.replay()
-    command = _node_command(rep, workdir, workdir / "site.db", workdir / "pki")
+    command = serve_command(rep, workdir, workdir / "site.db", workdir / "pki")
     offline_waits: list[float] = []
     offline_done = trio.Event()
 
@@ -251,8 +233,7 @@ def alarm_lines(result: dict[str, object]) -> list[str]:
         f"p50 {result['live_p50_s']:.3f} s, p99 {result['live_p99_s']:.3f} s",
         f"  idle alarm (bound): the same panels after the drain: p50 {result['idle_alarm_p50_s']:.3f} s, "
         f"p99 {result['idle_alarm_p99_s']:.3f} s",
-        f"  ratio live/idle   : p50 {_r(result['ratio_live_p50_to_idle'])}, "
-        f"p99 {_r(result['ratio_live_p99_to_idle'])}",
+        f"  ratio live/idle   : p50 {_r(result['ratio_live_p50_to_idle'])}, p99 {_r(result['ratio_live_p99_to_idle'])}",
         f"  CPU in the drain  : node {result['node_cpu_s']:.1f} s, fleet {result['fleet_cpu_s']:.1f} s",
     ]
 

@@ -218,6 +218,16 @@ def _log_reader(db: Path | str) -> Callable[..., int]:
 
 
 def _fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
+    fleet = empty_fleet(opts, pki_dir)
+    t0 = 1_764_000_000_000_000
+    for panel in fleet.panels.values():
+        for i in range(opts.backlog):
+            panel.buffer.append(t0 + i, p.EventKind.ACCESS_GRANTED, door=i % 4, card=12345 + i)
+    return fleet
+
+
+def empty_fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
+    """The run's panels (and the PKI when TLS), each with room for its backlog, none in it yet."""
     if opts.tls:
         pki.init_ca(pki_dir)
         pki.issue(pki_dir, "node", "A")
@@ -235,15 +245,11 @@ def _fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
         )
         for pid in range(1, opts.panels + 1)
     ]
-    fleet = Fleet(settings, seed=1)
-    t0 = 1_764_000_000_000_000
-    for panel in fleet.panels.values():
-        for i in range(opts.backlog):
-            panel.buffer.append(t0 + i, p.EventKind.ACCESS_GRANTED, door=i % 4, card=12345 + i)
-    return fleet
+    return Fleet(settings, seed=1)
 
 
-def _node_command(opts: ReplayOptions, workdir: Path, db: Path | str, pki_dir: Path) -> list[str]:
+def serve_command(opts: ReplayOptions, workdir: Path, db: Path | str, pki_dir: Path) -> list[str]:
+    """`fieldsync serve` as the run starts it: the node process, on the VIP."""
     command = [sys.executable, "-m", "fieldsync.cli", "serve", "--db", str(db), "--listen", f"{VIP}:{opts.port}"]
     command += ["--pki", str(pki_dir)] if opts.tls else ["--insecure"]
     if opts.ingest == "log":
@@ -274,7 +280,7 @@ async def replay(
     sampler = _Sampler(fleet, total, log_db, on_sample)
     # Checking 1000 panels costs CPU; one panel's drain of 0.3 s must not be 0.05 s late.
     poll = min(0.05, max(0.005, opts.panels * 0.00005))
-    async with node_process(_node_command(opts, workdir, db, pki_dir), log_path) as node:
+    async with node_process(serve_command(opts, workdir, db, pki_dir), log_path) as node:
         connected_s = float("nan")
         node_cpu_start, fleet_cpu_start = cpu_seconds(node.pid), time.process_time()
         loop_cpu_start = cpu_seconds(node.pid, node.pid)  # the main thread: the event loop
