@@ -23,6 +23,10 @@ from ._failover import Wait as Wait
 from ._failover import beats_allowed as beats_allowed
 from ._failover import decide_active as decide_active
 from ._failover import decide_standby as decide_standby
+from ._http import HttpRequest as HttpRequest
+from ._http import http_request as http_request
+from ._http import send_response as send_response
+from ._http import serve_http as serve_http
 from ._metrics import MetricsError as MetricsError
 from ._metrics import metrics_registry as metrics_registry
 from ._metrics import serve_metrics as serve_metrics
@@ -42,6 +46,10 @@ from ._witness import witness_cas as witness_cas
 from ._witness import witness_get as witness_get
 
 __all__ = [
+    "HttpRequest",
+    "http_request",
+    "send_response",
+    "serve_http",
     "ActiveDecision",
     "ActiveView",
     "ClusterNode",

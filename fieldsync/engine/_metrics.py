@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ._cluster import ClusterNode
 from ._cluster_settings import Role
+from ._http import HttpRequest, send_response, serve_http
 from ._ingest import COMMIT_BUCKETS
 from ._node import Node, NodeStatistics
 
@@ -139,52 +140,23 @@ def metrics_registry(target: Node | ClusterNode) -> CollectorRegistry:
     return registry
 
 
-async def _respond(
-    conn: h11.Connection, stream: trio.SocketStream, status: int, body: bytes, headers: list[tuple[str, str]]
-) -> None:
-    headers = [*headers, ("content-length", str(len(body)))]
-    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-    await stream.send_all(conn.send(h11.Data(data=body)) or b"")
-    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-
-
 async def _serve_connection(registry: CollectorRegistry, stream: trio.SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     text = [("content-type", "text/plain; charset=utf-8")]
-    try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                    data = await stream.receive_some(MAX_REQUEST)
-                if idle.cancelled_caught:
-                    return
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.ConnectionClosed):
-                return
-            if not isinstance(event, h11.Request):
-                continue  # a body (ignored) and its end
-            path = event.target.decode("ascii", "replace").split("?", 1)[0]
-            if event.method != b"GET":
-                await _respond(conn, stream, 405, b"only GET\n", [*text, ("allow", "GET")])
-            elif path != "/metrics":
-                await _respond(conn, stream, 404, b"the metrics are at /metrics\n", text)
-            else:
-                await _respond(conn, stream, 200, generate_latest(registry), [("content-type", CONTENT_TYPE_LATEST)])
-            while conn.their_state is h11.SEND_BODY:  # drain a body nobody asked for
-                if conn.next_event() is h11.NEED_DATA:
-                    break
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                return
-            conn.start_next_cycle()
-    except h11.RemoteProtocolError as exc:
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            await _respond(conn, stream, exc.error_status_hint, f"bad HTTP request: {exc}\n".encode(), text)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
+
+    async def respond(conn: h11.Connection, request: HttpRequest) -> bool:
+        path = request.target.split("?", 1)[0]
+        if request.method != "GET":
+            await send_response(conn, stream, 405, b"only GET\n", [*text, ("allow", "GET")])
+        elif path != "/metrics":
+            await send_response(conn, stream, 404, b"the metrics are at /metrics\n", text)
+        else:
+            await send_response(conn, stream, 200, generate_latest(registry), [("content-type", CONTENT_TYPE_LATEST)])
+        return True
+
+    async def error(conn: h11.Connection, status: int, message: str) -> None:
+        await send_response(conn, stream, status, f"{message}\n".encode(), text)
+
+    await serve_http(stream, respond, error, max_request=MAX_REQUEST, idle_timeout=IDLE_TIMEOUT)
 
 
 async def serve_metrics(

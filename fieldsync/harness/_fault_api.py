@@ -34,6 +34,7 @@ import trio
 
 from protocol.streams import check_plaintext_allowed
 
+from ..engine import HttpRequest, send_response, serve_http
 from ._proxy import FaultError, FaultHub, Toxic
 
 __all__ = [
@@ -214,55 +215,19 @@ async def dispatch(hub: FaultHub, method: str, target: str, raw: bytes) -> tuple
     return 404, {"error": f"no such resource: {path}", "status": 404}
 
 
-async def _respond(conn: h11.Connection, stream: trio.SocketStream, status: int, payload: Any) -> None:
-    body = b"" if payload is None else json.dumps(payload).encode() + b"\n"
-    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-    if body:
-        await stream.send_all(conn.send(h11.Data(data=body)) or b"")
-    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-
-
 async def _serve_connection(hub: FaultHub, stream: trio.SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
-    try:
-        while True:
-            request: h11.Request | None = None
-            body = bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    with trio.move_on_after(30) as idle:
-                        data = await stream.receive_some(MAX_BODY)
-                    if idle.cancelled_caught:
-                        return
-                    conn.receive_data(data)
-                    continue
-                if isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > MAX_BODY:
-                        await _respond(conn, stream, 413, {"error": f"body over {MAX_BODY} bytes", "status": 413})
-                        return
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    return
-            assert request is not None
-            status, payload = await dispatch(hub, request.method.decode(), request.target.decode(), bytes(body))
-            await _respond(conn, stream, status, payload)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
-    except h11.RemoteProtocolError as exc:
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            status = exc.error_status_hint
-            await _respond(conn, stream, status, {"error": f"bad HTTP request: {exc}", "status": status})
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
+    async def reply(conn: h11.Connection, status: int, payload: Any) -> None:
+        body = b"" if payload is None else json.dumps(payload).encode() + b"\n"
+        await send_response(conn, stream, status, body, [("content-type", "application/json")])
+
+    async def respond(conn: h11.Connection, request: HttpRequest) -> bool:
+        await reply(conn, *await dispatch(hub, request.method, request.target, request.body))
+        return True
+
+    async def error(conn: h11.Connection, status: int, message: str) -> None:
+        await reply(conn, status, {"error": message, "status": status})
+
+    await serve_http(stream, respond, error, max_request=MAX_BODY, idle_timeout=30)
 
 
 async def serve_api(
