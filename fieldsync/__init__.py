@@ -11,8 +11,11 @@ The package is cut into subpackages, each with its own small public API:
   API, scenario files, the runner, the promise checker, reports, random schedules, the
   virtual clock, the virtual serial line. The engine never imports it.
 - ``fieldsync.demo``: ``fieldsync demo``.
+- ``fieldsync.console``: ``fieldsync console``: the web console (the pair, the fleet, the alarms, live).
 - ``fieldsync.bench``: ``fieldsync bench``: benchmarks that measure their bound in the same run.
 - ``fieldsync.cli``: the ``fieldsync`` command.
+- ``fieldsync.testing``: the pytest plugin: a cluster, its panels and its faults as fixtures of
+  your own tests, the promises checked at teardown (docs/testing.md).
 - ``fieldsync.conformance``: the spec's conformance battery; it imports none of the above.
 
 Importing ``fieldsync`` imports none of them: a process takes only what it uses.

@@ -71,8 +71,10 @@ PACKAGES = [
     "fieldsync.lab",
     "fieldsync.harness",
     "fieldsync.demo",
+    "fieldsync.console",
     "fieldsync.bench",
     "fieldsync.cli",
+    "fieldsync.testing",
     "fieldsync.conformance",
 ]
 

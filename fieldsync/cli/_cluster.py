@@ -13,11 +13,13 @@ import trio
 
 from ..site import Site, SiteError, load_site
 from ._common import friendly, metrics_address, metrics_options, run_trio, show, watch_options
+from ._console import console_options, console_settings, console_started, run_console_trio
 from ._defaults import SiteCommand, SiteGroup, site_option
 
 if TYPE_CHECKING:
-    from storage import Lease, NodeBeat
     from storage.postgres import Mirror
+
+    from ..console import ConsoleSettings
 
 __all__ = ["cluster", "node_cmd", "witness_cmd"]
 
@@ -119,41 +121,29 @@ def cluster_status(site_path: Path | None, as_json: bool, watch: bool, every: fl
 
     from storage import ClusterStore
 
+    from ..console import pair_view, site_mirror
+
     site = load_site(site_path)
-    mirror = _site_mirror(site) if site.mirror is not None else None
+    mirror = site_mirror(site) if site.mirror is not None else None
     store = ClusterStore(site.db_file) if mirror is None else None
 
     def render() -> str:
-        if mirror is not None:
-            lease, nodes, databases = _mirrored_view(site, mirror)
-        else:
-            assert store is not None
-            lease, nodes, databases = store.lease(), store.nodes(), {}
-        now = _time.time_ns() // 1000
+        view = pair_view(site, store=store, mirror=mirror)
         if as_json:
-            lease_d = dataclasses_asdict(lease)
-            return json.dumps(
-                {
-                    "lease": lease_d,
-                    "nodes": {k: dataclasses_asdict(v) for k, v in nodes.items()},
-                    "databases": databases,
-                },
-                indent=2,
-            )
-        holder = lease.holder if lease.held_at(now) else "nobody"
-        left = max(0, lease.lease_until_us - now) / 1e6
+            return json.dumps(view.to_json(), indent=2)
+        lease, now = view.lease, _time.time_ns() // 1000
         lines = [
-            f"VIP {site.vip}:{site.port} held by {holder}; epoch {lease.epoch}; lease {left:.2f} s left"
+            f"VIP {site.vip}:{site.port} held by {view.holder_at(now) or 'nobody'}; epoch {lease.epoch}; "
+            f"lease {view.lease_left_s(now):.2f} s left"
             + (f"; switchover to {lease.switchover_to} requested" if lease.switchover_to else "")
         ]
-        for name, beat in sorted(nodes.items()):
-            age = (now - beat.heartbeat_us) / 1e6
-            health = "alive" if age < 1.0 else f"silent {age:.1f} s"
+        for name, beat in sorted(view.nodes.items()):
+            health = "alive" if view.alive(name, now) else f"silent {view.silent_s(name, now):.1f} s"
             lines.append(
                 f"  node {name}: {beat.role:<8} pid {beat.pid:<7} {beat.address:<12} epoch {beat.epoch:<4} {health}"
             )
-        for name, db in sorted(databases.items()):
-            replicas: list[dict[str, object]] = db["replicas"]  # type: ignore[assignment]
+        for name, db in sorted(view.databases.items()):
+            replicas: list[dict[str, object]] = db["replicas"]
             streams = ", ".join(
                 f"{r['node']} {r['state']} {r['sync_state']}, {r['flush_lag_bytes']} B behind" for r in replicas
             )
@@ -167,48 +157,9 @@ def cluster_status(site_path: Path | None, as_json: bool, watch: bool, every: fl
 
 
 def _site_mirror(site: Site) -> Mirror:
-    from storage.postgres import Mirror
+    from ..console import site_mirror
 
-    urls = {n.name: str(site.node_db(n.name)) for n in site.nodes}
-    return Mirror.from_urls(urls, {n.name: n.pg_data for n in site.nodes}, mode=site.mirror or "sync")
-
-
-def _mirrored_view(site: Site, mirror: Mirror) -> tuple[Lease, dict[str, NodeBeat], dict[str, dict[str, object]]]:
-    """The newest lease and beats of the two databases, and each database's role and replicas."""
-    from storage import StoreError, open_cluster_store
-    from storage.postgres import MirrorError
-
-    lease: Lease | None = None
-    beats: dict[str, NodeBeat] = {}
-    databases: dict[str, dict[str, object]] = {}
-    for name, server in mirror.servers.items():
-        role: str = mirror.role(name)
-        epoch: int | None = None
-        replicas: list[dict[str, object]] = []
-        if role != "down":
-            try:
-                store = open_cluster_store(server.url())
-                try:
-                    here = store.lease()
-                    epoch = here.epoch
-                    if lease is None or here.epoch > lease.epoch:
-                        lease, beats = here, store.nodes()
-                finally:
-                    store.close()
-                if role == "primary":
-                    replicas = [dataclasses_asdict(r) for r in mirror.replication(name)]
-            except (StoreError, MirrorError) as exc:
-                role = f"{role} ({exc})"
-        databases[name] = {"role": role, "where": f"{server.host}:{server.port}", "epoch": epoch, "replicas": replicas}
-    if lease is None:
-        raise SiteError(f"{site.path}: neither node's database answers ({', '.join(databases)})")
-    return lease, beats, databases
-
-
-def dataclasses_asdict(obj: object) -> dict[str, object]:
-    import dataclasses as _dc
-
-    return _dc.asdict(obj)  # type: ignore[call-overload, no-any-return]
+    return site_mirror(site)
 
 
 @cluster.command("switchover")
@@ -217,24 +168,9 @@ def dataclasses_asdict(obj: object) -> dict[str, object]:
 @friendly
 def cluster_switchover(site_path: Path | None, to_node: str) -> None:
     """Hand the VIP to the other node in an orderly way (the active releases its lease)."""
-    from storage import ClusterStore
+    from ..console import request_switchover
 
-    site = load_site(site_path)
-    if to_node not in {n.name for n in site.nodes}:
-        raise SiteError(f"node {to_node!r} is not in the site")
-    if site.mirror is not None:
-        from storage import open_cluster_store
-
-        primary = _site_mirror(site).newest_primary()
-        if primary is None:
-            raise SiteError(f"{site.path}: no node's database answers as the one primary")
-        store = open_cluster_store(site.node_db(primary))
-        try:
-            lease = store.request_switchover(to_node)
-        finally:
-            store.close()
-    else:
-        lease = ClusterStore(site.db_file).request_switchover(to_node)
+    lease = request_switchover(load_site(site_path), to_node)
     click.echo(f"switchover to {to_node} requested (holder {lease.holder}, epoch {lease.epoch})")
 
 
@@ -262,24 +198,48 @@ def cluster_rejoin(site_path: Path | None, node_name: str) -> None:
 @site_option
 @click.option("--panels", type=int, default=0, show_default=True, help="Also run a fleet of this many panels.")
 @click.option("--no-restart", is_flag=True, help="Do not restart a node process that dies.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Each node serves its Prometheus metrics on its own address at this port (and --console reads them).",
+)
+@console_options
 @friendly
-def cluster_up(site_path: Path | None, panels: int, no_restart: bool) -> None:
+def cluster_up(
+    site_path: Path | None,
+    panels: int,
+    no_restart: bool,
+    metrics_port: int | None,
+    console_at: str | None,
+    token: str | None,
+) -> None:
     """Start both nodes (restarted if they die) and optionally a fleet, for a local try-out."""
     from ..engine import Supervised, Supervisor, node_command
 
     if site_path is None:
         raise SiteError("cluster up needs --site (the nodes share its store)")
     site = load_site(site_path)
+    metrics = {n.name: (n.address, metrics_port) for n in site.nodes} if metrics_port else {}
     children = [
-        Supervised(name=n.name, command=node_command(n.name, str(site_path)), restart=not no_restart)
+        Supervised(
+            name=n.name,
+            command=node_command(
+                n.name, str(site_path), *(("--metrics", f"{n.address}:{metrics_port}") if metrics_port else ())
+            ),
+            restart=not no_restart,
+        )
         for n in site.nodes
     ]
     supervisor = Supervisor(children)
+    console = console_settings(site, console_at, token, metrics) if console_at else None  # refused before any start
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             click.echo(f"nodes {', '.join(c.name for c in children)} started; Ctrl-C stops them")
+            if console is not None:
+                await _start_console(nursery, console)
             if panels:
                 import dataclasses as _dc
 
@@ -295,4 +255,16 @@ def cluster_up(site_path: Path | None, panels: int, no_restart: bool) -> None:
                 pids = ", ".join(f"{c.name}={c.pid}" for c in children)
                 click.echo(f"processes {pids}" + (f"; {fleet.statistics()!r}" if panels else ""))
 
-    run_trio(run)
+    run_console_trio(run)
+
+
+async def _start_console(nursery: trio.Nursery, settings: ConsoleSettings) -> None:
+    """The console waits for the nodes to make the store (a fresh site has none before)."""
+    from ..console import serve_console
+
+    if settings.site.mirror is None:
+        with trio.move_on_after(10):
+            while not settings.site.db_file.exists():  # noqa: ASYNC110 (another process makes it: no event)
+                await trio.sleep(0.1)
+    await nursery.start(serve_console, settings)
+    click.echo(console_started(settings))

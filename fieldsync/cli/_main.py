@@ -17,6 +17,7 @@ from ..conformance import command as conformance_command
 from ._bench import bench
 from ._cluster import cluster, node_cmd, witness_cmd
 from ._config import config
+from ._console import console_cmd
 from ._defaults import SiteCommand, SiteGroup, root_site_option
 from ._demo import demo
 from ._emulate import emulate
@@ -84,6 +85,7 @@ for _command in (
     faults_cmd,
     config,
     status,
+    console_cmd,
 ):
     main.add_command(_command)
 # The battery shares no code with the rest (an import contract); it is built as a plain click

@@ -21,7 +21,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,17 @@ from ._scenario import Scenario, ScenarioError
 from ._steps import FaultWindow
 
 __all__ = [
+    "Driver",
     "RunResult",
     "ScenarioRun",
     "run_scenario",
     "write_reports",
 ]
+
+
+#: What plays a run in place of its timeline (``ScenarioRun(driver=...)``): the run, and the
+#: nursery for work that outlasts a step.
+Driver = Callable[["ScenarioRun", trio.Nursery], Awaitable[None]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,6 +122,10 @@ class ScenarioRun:
         backend: ``process`` or ``netns`` (the lab's hosts, root); None: the scenario's
             ``[cluster] backend``.
         lab_name: the netns backend's lab name (namespaces ``fsl-<name>-*``); None: a fresh one.
+        driver: plays the run in place of the timeline (the pytest plugin: a test's own body).
+            Awaited once every panel is online, with the nursery for what outlasts a step
+            (cancelled when it returns, as at ``duration``); the heal, the drain and the
+            verdict follow. None: the scenario's timeline, then ``duration``.
     """
 
     def __init__(
@@ -132,6 +142,7 @@ class ScenarioRun:
         flaws: frozenset[str] = frozenset(),
         backend: str | None = None,
         lab_name: str | None = None,
+        driver: Driver | None = None,
     ) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
@@ -141,9 +152,9 @@ class ScenarioRun:
         self.say = say
         self.node_args = node_args
         self.in_process = in_process
-        #: A deliberately broken engine build: the checker's negative controls.
         #: A deliberately broken engine build (``_flaws``): for the checker's negative controls.
         self.flaws = flaws
+        self.driver = driver
         self.rng = random.Random(self.seed)
         self.log: list[tuple[float, str]] = []
         self.windows: list[FaultWindow] = []
@@ -324,10 +335,13 @@ class ScenarioRun:
         self.note(f"{len(self.fleet)} panels online, node {self._holder()} holds the VIP")
         nursery.start_soon(self._sampler.run, self)
         async with trio.open_nursery() as steps:
-            for step in scenario.timeline:
-                await trio.sleep_until(self._t0 + step.at)
-                await step.apply(self, steps)
-            await trio.sleep_until(self._t0 + scenario.duration)
+            if self.driver is not None:
+                await self.driver(self, steps)
+            else:
+                for step in scenario.timeline:
+                    await trio.sleep_until(self._t0 + step.at)
+                    await step.apply(self, steps)
+                await trio.sleep_until(self._t0 + scenario.duration)
             steps.cancel_scope.cancel()
         drained = await self._heal_and_drain()
         # The check needs a still world: panels that go on deciding and uploading
