@@ -10,6 +10,7 @@ on ACK it frees the buffer, and it applies configuration changes atomically.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from protocol import Ack, EventKind
+from protocol import ALARM_KINDS, Ack, EventFlags, EventKind, EventRecord
 from protocol.streams import Link, SerialLine, TlsFiles
 from storage import BufferFull, EventBuffer, FlashBackedBuffer, OverflowPolicy, PanelConfig, StoreError
 
@@ -69,6 +70,10 @@ class PanelSettings:
     #: After a park connection ends or is refused (an active node does not listen there),
     #: the next try comes this long later (with jitter: between half and all of it).
     park_retry: float = 2.0
+    #: The alarm lane (docs/protocol.md 7.6): copies of this many alarms at most wait for
+    #: their ALARM_ACK (the oldest are forgotten past it: they still go in the backlog).
+    #: 0: no alarm lane (alarms only in their places in the backlog).
+    alarm_outbox: int = 256
 
     def __post_init__(self) -> None:
         if not 0 < self.panel_id < 2**32:
@@ -84,6 +89,8 @@ class PanelSettings:
             raise ValueError(f"panel {self.panel_id}: park_retry {self.park_retry:g} s is below 2 s")
         if self.window < 1 or not 1 <= self.batch_records <= 0xFFFF:
             raise ValueError("window must be >= 1 and batch_records within 1..65535")
+        if self.alarm_outbox < 0:
+            raise ValueError(f"panel {self.panel_id}: alarm_outbox {self.alarm_outbox} is negative")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +208,11 @@ class Panel:
         self._new_data = _Signal()
         self._room = trio.Event()
         self._acked_seq = 0
+        #: The alarm lane (docs/protocol.md 7.6): packed copies of the alarms recorded and not
+        #: yet covered by an ALARM_ACK or an ACK, oldest first; and how many were forgotten.
+        self.alarm_outbox: collections.deque[bytes] = collections.deque()
+        self.alarms_forgotten = 0
+        self.alarms_sent = 0
         #: The highest seq any node ever acknowledged in this boot: what the panel was
         #: promised is durable (a WELCOME may later say less: that is a broken promise).
         self._promised_seq = 0
@@ -315,6 +327,14 @@ class Panel:
     ) -> int | None:
         now = self.now_us()
         seq = self.buffer.append(now, kind, door=door, reader=reader, flags=flags, card=card, aux=aux)
+        if seq is not None and kind in ALARM_KINDS and self.settings.alarm_outbox:
+            copy = EventRecord(
+                seq=seq, time_us=now, kind=kind, door=door, reader=reader, flags=EventFlags(flags), card=card, aux=aux
+            )
+            self.alarm_outbox.append(copy.pack())
+            if len(self.alarm_outbox) > self.settings.alarm_outbox:
+                self.alarm_outbox.popleft()
+                self.alarms_forgotten += 1
         if seq is not None and self.journal is not None:
             entry = JournalEntry(boot_id=self.boot_id, seq=seq, time_us=now, kind=int(kind), door=door, card=card)
             self.journal.append(entry)
@@ -336,6 +356,7 @@ class Panel:
             self.buffer.close()
         self.boot_id = self._rng.getrandbits(63)
         self.buffer = self._new_buffer()
+        self.alarm_outbox.clear()  # RAM: the alarms are in the (flash) backlog, if anywhere
         if not isinstance(self.buffer, FlashBackedBuffer):
             self._promised_seq = 0  # a new boot numbers afresh; its promises start now
         self._needs_rebase = not isinstance(self.buffer, FlashBackedBuffer)
@@ -384,8 +405,19 @@ class Panel:
                     dataclasses.replace(e, seq=e.seq + shift) if e.boot_id == self.boot_id and e.seq >= oldest else e
                     for e in self.journal
                 ]
+            if shift:  # the alarms' copies carry the seqs their records now have
+                self.alarm_outbox = collections.deque(
+                    (int.from_bytes(r[:8], "big") + shift).to_bytes(8, "big") + r[8:] for r in self.alarm_outbox
+                )
         self.buffer.release(hwm)
         self._acked_seq = hwm
+        self.alarm_stored(hwm)
+
+    def alarm_stored(self, up_to_seq: int) -> None:
+        """An ALARM_ACK or an ACK covers the alarms up to ``up_to_seq``: forget their copies."""
+        outbox = self.alarm_outbox
+        while outbox and int.from_bytes(outbox[0][:8], "big") <= up_to_seq:
+            outbox.popleft()
 
     def _acked(self, ack: Ack) -> None:
         now = trio.current_time()
@@ -393,6 +425,7 @@ class Panel:
         self.last_ack_at[ack.epoch] = now
         self._acked_seq = ack.up_to_seq
         self._promised_seq = max(self._promised_seq, ack.up_to_seq)
+        self.alarm_stored(ack.up_to_seq)
         if self.buffer.release(ack.up_to_seq):
             self._room.set()
         self._new_data.wake()

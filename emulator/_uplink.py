@@ -23,6 +23,8 @@ import trio
 
 from protocol import (
     Ack,
+    Alarm,
+    AlarmAck,
     ConfigAck,
     ConfigDelta,
     ConfigOp,
@@ -310,7 +312,6 @@ class HostLink:
             assert isinstance(end.message, Error)
             raise SessionRefused(end.message)
 
-
     # -- parked sessions (docs/protocol.md 6.3) ----------------------------------------------
 
     async def park_loop(self, node: str, host: str, port: int) -> None:
@@ -404,6 +405,7 @@ class HostLink:
             raise cause from group
         return takeover
 
+
 class _UplinkSession:
     """The panel's side of one session, for the ``SessionDriver``: upload in seq order
     with a window of batches in flight, free the buffer on ACK, apply configuration.
@@ -418,6 +420,8 @@ class _UplinkSession:
         self.ms = ms
         self.boot = self.panel.boot_id
         self.next_seq = next_seq
+        #: The last seq of this session's ALARMs (docs/protocol.md 7.6: they rise).
+        self.alarm_sent = 0
         #: Last seq of each batch sent and not yet acknowledged, oldest first.
         self.in_flight: deque[int] = deque()
         self._parts: list[ConfigOp] = []
@@ -429,6 +433,9 @@ class _UplinkSession:
         link, panel, in_flight = self.link, self.panel, self.in_flight
         window = panel.settings.window
         while panel.boot_id == self.boot:  # a power-cycle ends this boot's session: send nothing of the next
+            if panel.alarm_outbox and int.from_bytes(panel.alarm_outbox[-1][:8], "big") > self.alarm_sent:
+                await self._send_alarms()  # ahead of any further batch (7.6)
+                continue
             while in_flight and in_flight[0] <= panel._acked_seq:
                 in_flight.popleft()
             if len(in_flight) >= window:
@@ -447,6 +454,17 @@ class _UplinkSession:
             link.batches_sent += 1
             in_flight.append(batch.last_seq)
             self.next_seq = batch.last_seq + 1
+
+    async def _send_alarms(self) -> None:
+        """The alarms' copies this session has not sent, in one ALARM (docs/protocol.md 7.6)."""
+        after = self.alarm_sent
+        unsent = [r for r in self.panel.alarm_outbox if int.from_bytes(r[:8], "big") > after][
+            :0xFFFF
+        ]  # one ALARM's most
+        alarm = Alarm(records=b"".join(unsent))
+        self.alarm_sent = alarm.last_seq
+        await self.ms.send(alarm)
+        self.panel.alarms_sent += alarm.count
 
     async def _declare_server_lost(self, last: int) -> None:
         """The server holds this panel's events only to ``next_seq - 1``, yet the panel was
@@ -469,6 +487,8 @@ class _UplinkSession:
             return False
         if isinstance(message, Ack):
             panel._acked(message)
+        elif isinstance(message, AlarmAck):
+            panel.alarm_stored(message.up_to_seq)
         elif isinstance(message, ConfigDelta):
             panel.config.apply_delta(message.from_version, message.to_version, message.ops)
             panel._config_applied()

@@ -4,6 +4,8 @@ The core imports no trio, sockets, ssl, sqlite3 or serial; the trio Stream
 adapters live in ``protocol.streams``, which the core never imports.
 """
 
+from ._batch import alarms_in as alarms_in
+from ._batch import check_alarm_records as check_alarm_records
 from ._batch import check_records as check_records
 from ._batch import iter_rows as iter_rows
 from ._batch import pack_records as pack_records
@@ -48,6 +50,8 @@ from ._framing import encode_frame as encode_frame
 from ._messages import EMPTY_DIGEST as EMPTY_DIGEST
 from ._messages import MAX_SEQ as MAX_SEQ
 from ._messages import Ack as Ack
+from ._messages import Alarm as Alarm
+from ._messages import AlarmAck as AlarmAck
 from ._messages import Bye as Bye
 from ._messages import ConfigAck as ConfigAck
 from ._messages import ConfigDelta as ConfigDelta
@@ -61,6 +65,8 @@ from ._messages import MessageType as MessageType
 from ._messages import Standby as Standby
 from ._messages import Takeover as Takeover
 from ._messages import Welcome as Welcome
+from ._records import ALARM_KIND_BYTES as ALARM_KIND_BYTES
+from ._records import ALARM_KINDS as ALARM_KINDS
 from ._records import GAP_KINDS as GAP_KINDS
 from ._records import RECORD_SIZE as RECORD_SIZE
 from ._records import RECORD_STRUCT as RECORD_STRUCT
@@ -77,6 +83,8 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "EMPTY_DIGEST",
     "FRAME_OVERHEAD",
+    "ALARM_KINDS",
+    "ALARM_KIND_BYTES",
     "GAP_KINDS",
     "MAX_SEQ",
     "NEED_DATA",
@@ -103,6 +111,8 @@ __all__ = [
     "DoorMode",
     "Error",
     "ErrorCode",
+    "Alarm",
+    "AlarmAck",
     "EventBatch",
     "EventFlags",
     "EventKind",
@@ -133,6 +143,8 @@ __all__ = [
     "State",
     "Takeover",
     "Welcome",
+    "alarms_in",
+    "check_alarm_records",
     "check_records",
     "config_digest",
     "decode_payload",

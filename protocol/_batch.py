@@ -13,9 +13,9 @@ import struct
 from collections.abc import Iterable, Iterator
 
 from ._errors import ErrorCode, LocalProtocolError
-from ._records import GAP_KINDS, RECORD_SIZE, RECORD_STRUCT, VALID_KIND_BYTES, EventRecord
+from ._records import ALARM_KIND_BYTES, GAP_KINDS, RECORD_SIZE, RECORD_STRUCT, VALID_KIND_BYTES, EventRecord
 
-__all__ = ["check_records", "iter_rows", "pack_records"]
+__all__ = ["alarms_in", "check_alarm_records", "check_records", "iter_rows", "pack_records"]
 
 _KIND_OFFSET = 16
 _CARD = struct.Struct(">Q")
@@ -24,6 +24,7 @@ _AUX = struct.Struct(">I")
 _AUX_OFFSET = 28
 _NON_GAP_KIND_BYTES = bytes(sorted(set(VALID_KIND_BYTES) - {int(k) for k in GAP_KINDS}))
 _GAP_KIND_VALUES = frozenset(int(k) for k in GAP_KINDS)
+_NON_ALARM_KIND_BYTES = bytes(sorted(set(range(256)) - set(ALARM_KIND_BYTES)))
 _MAX_SEQ = 2**63 - 1  # docs/protocol.md 7.1: seqs fit a signed 64-bit integer
 
 
@@ -116,6 +117,56 @@ def _seq_columns_match(body: bytes, first: int, count: int) -> bool:
         if body[column::RECORD_SIZE] != expected:
             return False
     return True
+
+
+def alarms_in(records: bytes) -> bytes:
+    """The records of alarm kinds among ``records`` (packed, in order), often none: the kind
+    column is looked at in C first, a batch without an alarm costs one ``translate``."""
+    kinds = records[_KIND_OFFSET::RECORD_SIZE]
+    if not kinds.translate(None, _NON_ALARM_KIND_BYTES):
+        return b""
+    alarm = frozenset(ALARM_KIND_BYTES)
+    return b"".join(records[i * RECORD_SIZE : (i + 1) * RECORD_SIZE] for i, kind in enumerate(kinds) if kind in alarm)
+
+
+def check_alarm_records(records: bytes, after: int = 0) -> tuple[int, int]:
+    """Check an ALARM's records (docs/protocol.md 7.6) and return its first and last seq.
+
+    ``after``: the last seq of the session's previous ALARM (0: none); every seq must be above it.
+
+    Raises:
+        LocalProtocolError: MALFORMED, UNKNOWN_EVENT_KIND, FIELD_OUT_OF_RANGE or SEQ_ORDER.
+    """
+    size = len(records)
+    if size == 0 or size % RECORD_SIZE:
+        raise LocalProtocolError(
+            ErrorCode.MALFORMED, f"alarm records are {size} bytes, not a positive multiple of {RECORD_SIZE}"
+        )
+    kinds = records[_KIND_OFFSET::RECORD_SIZE]
+    for index, kind in enumerate(kinds):
+        if kind not in VALID_KIND_BYTES:
+            raise LocalProtocolError(ErrorCode.UNKNOWN_EVENT_KIND, f"alarm {index} has unknown event kind {kind}")
+    previous = after
+    first = 0
+    for index, (seq, _time, kind, _door, _reader, _flags, card, aux) in enumerate(RECORD_STRUCT.iter_unpack(records)):
+        if seq == 0 or seq > _MAX_SEQ:
+            raise LocalProtocolError(ErrorCode.FIELD_OUT_OF_RANGE, f"alarm {index} has seq {seq}, outside 1..2**63-1")
+        if kind not in ALARM_KIND_BYTES:
+            raise LocalProtocolError(
+                ErrorCode.FIELD_OUT_OF_RANGE, f"alarm {index} (seq {seq}) is of kind {kind}, not an alarm kind"
+            )
+        if kind in _GAP_KIND_VALUES and (card < seq or aux != card - seq + 1 or card > _MAX_SEQ):
+            raise LocalProtocolError(
+                ErrorCode.FIELD_OUT_OF_RANGE,
+                f"alarm {index}: gap marker at seq {seq} declares last seq {card} and count {aux}",
+            )
+        if seq <= previous:
+            raise LocalProtocolError(
+                ErrorCode.SEQ_ORDER, f"alarm {index} has seq {seq}, not above the previous alarm's {previous}"
+            )
+        first = first or seq
+        previous = seq
+    return first, previous
 
 
 def _raise_bad_kind(kinds: bytes) -> None:

@@ -36,6 +36,8 @@ from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._messages import (
     MESSAGE_TYPES,
     Ack,
+    Alarm,
+    AlarmAck,
     Bye,
     ConfigAck,
     ConfigDelta,
@@ -59,6 +61,7 @@ _BATCH_HEAD = struct.Struct(">QH")
 # thousand sessions send one each way every second): struct, not construct, for
 # them. tests/test_codec.py proves both paths give the same bytes and messages.
 _U64 = struct.Struct(">Q")
+_U16 = struct.Struct(">H")
 _U64_U64 = struct.Struct(">QQ")
 
 
@@ -156,8 +159,10 @@ def encode_payload(message: Message) -> bytes:
         return _BATCH_HEAD.pack(message.first_seq, message.count) + message.records
     if isinstance(message, Heartbeat):
         return _U64.pack(message.epoch)
-    if isinstance(message, Ack):
+    if isinstance(message, Ack | AlarmAck):
         return _U64_U64.pack(message.epoch, message.up_to_seq)
+    if isinstance(message, Alarm):
+        return _U16.pack(message.count) + message.records
     kind = message_type(message)
     if isinstance(message, ConfigDelta | ConfigSnapshot):
         fields: dict[str, Any] = {f: getattr(message, f) for f in message.__dataclass_fields__ if f != "ops"}
@@ -186,6 +191,21 @@ def _decode_batch(payload: bytes) -> EventBatch:
             f"EVENT_BATCH declares {count} records but carries {len(records)} bytes ({count * RECORD_SIZE} expected)",
         )
     return EventBatch(first_seq=first_seq, records=records)
+
+
+def _decode_alarm(payload: bytes) -> Alarm:
+    if len(payload) < _U16.size:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED, f"ALARM payload is {len(payload)} bytes, shorter than its header"
+        )
+    (count,) = _U16.unpack_from(payload)
+    records = payload[_U16.size :]
+    if count == 0 or len(records) != count * RECORD_SIZE:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED,
+            f"ALARM declares {count} records but carries {len(records)} bytes ({count * RECORD_SIZE} expected)",
+        )
+    return Alarm(records=records)
 
 
 def _fields(parsed: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -241,6 +261,8 @@ def _from_construct(kind: MessageType, payload: bytes) -> Message:
         return Standby(**_fields(parsed, ("node_id", "heartbeat_ms", "idle_ms")))
     if kind is MessageType.TAKEOVER:
         return Takeover(epoch=parsed.epoch)
+    if kind is MessageType.ALARM_ACK:
+        return AlarmAck(**_fields(parsed, ("epoch", "up_to_seq")))
     raise AssertionError(f"no decoder for {kind!r}")  # pragma: no cover
 
 
@@ -287,4 +309,6 @@ def decode_payload(type_code: int, payload: bytes) -> Message:
     if kind is MessageType.ACK and len(payload) == _U64_U64.size:
         epoch, up_to_seq = _U64_U64.unpack(payload)
         return Ack(epoch=epoch, up_to_seq=up_to_seq)
+    if kind is MessageType.ALARM:
+        return _guard(kind, lambda: _decode_alarm(payload))
     return _guard(kind, lambda: _from_construct(kind, payload))

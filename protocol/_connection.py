@@ -27,6 +27,8 @@ from ._errors import ErrorCode, LocalProtocolError, PeerTimeout, ProtocolError, 
 from ._framing import DEFAULT_MAX_PAYLOAD, FrameDecoder, encode_frame
 from ._messages import (
     Ack,
+    Alarm,
+    AlarmAck,
     Bye,
     ConfigAck,
     ConfigDelta,
@@ -177,6 +179,10 @@ class _Connection:
         self._next_seq = 1
         # Seq after the previous batch of this session (0 before the first batch).
         self._prev_last: int | None = None
+        #: The alarm lane (docs/protocol.md 7.6): the last seq of the session's ALARMs sent
+        #: (panel) or received (host), and the highest seq an ALARM_ACK covered.
+        self.alarm_sent_seq = 0
+        self.alarm_acked_seq = 0
         #: The panel's config version: the newest pushed (host) or applied (panel).
         self.config_version = 0
         #: The config version the panel acknowledged last (its HELLO's before any).
@@ -422,8 +428,14 @@ class _Connection:
     # -- liveness (docs/protocol.md 9.1) ---------------------------------------------
 
     def _is_busy(self) -> bool:
-        """A batch sent or received awaits its ACK (duplicates too), or a push its CONFIG_ACK."""
-        return self._ack_owed or bool(self._pushes) or self._snapshot is not None
+        """A batch or an ALARM sent or received awaits its ACK (duplicates too), or a push its
+        CONFIG_ACK."""
+        return (
+            self._ack_owed
+            or self.alarm_acked_seq < self.alarm_sent_seq
+            or bool(self._pushes)
+            or self._snapshot is not None
+        )
 
     def _acked(self, up_to_seq: int) -> None:
         self.acked_seq = up_to_seq
@@ -515,6 +527,25 @@ class _Connection:
         self.hwm = hwm
         self.acked_seq = hwm
         self._next_seq = hwm + 1
+        self.alarm_sent_seq = self.alarm_acked_seq = 0
+
+    def _check_alarm(self, alarm: Alarm, error: type[ProtocolError]) -> None:
+        # docs/protocol.md 7.6 check 4: seqs rise across the session's ALARMs.
+        if alarm.first_seq <= self.alarm_sent_seq:
+            raise error(
+                ErrorCode.SEQ_ORDER,
+                f"ALARM starts at seq {alarm.first_seq}, not above the previous ALARM's {self.alarm_sent_seq}",
+            )
+        self.alarm_sent_seq = alarm.last_seq
+
+    def _check_alarm_ack(self, ack: AlarmAck, error: type[ProtocolError]) -> None:
+        if not self.alarm_acked_seq <= ack.up_to_seq <= self.alarm_sent_seq:
+            raise error(
+                ErrorCode.BAD_ACK,
+                f"ALARM_ACK up to {ack.up_to_seq}: acknowledged so far {self.alarm_acked_seq}, "
+                f"alarms up to {self.alarm_sent_seq}",
+            )
+        self.alarm_acked_seq = ack.up_to_seq
 
     def _check_config(self, message: ConfigDelta | ConfigSnapshot, error: type[ProtocolError]) -> None:
         if isinstance(message, ConfigDelta):
@@ -641,6 +672,8 @@ class PanelConnection(_Connection):
             self.config_version = self.config_acked = message.config_version
         elif isinstance(message, EventBatch):
             self._check_batch(message, LocalProtocolError)
+        elif isinstance(message, Alarm):
+            self._check_alarm(message, LocalProtocolError)
         elif isinstance(message, ConfigAck):
             self._check_config_ack(message, LocalProtocolError)
         elif isinstance(message, Heartbeat) and self._state in _LIVE:
@@ -693,6 +726,9 @@ class PanelConnection(_Connection):
                     ErrorCode.BAD_ACK, f"ACK up to {message.up_to_seq} but only seq {self.sent_seq} was sent"
                 )
             self._acked(message.up_to_seq)
+        elif isinstance(message, AlarmAck):
+            self._check_node_epoch(message.epoch, "ALARM_ACK")
+            self._check_alarm_ack(message, RemoteProtocolError)
         elif isinstance(message, ConfigDelta | ConfigSnapshot):
             self._check_node_epoch(message.epoch, type(message).__name__)
             self._check_config(message, RemoteProtocolError)
@@ -767,6 +803,9 @@ class HostConnection(_Connection):
                     f"ACK up to {message.up_to_seq}: acked so far {self.acked_seq}, received up to {self.sent_seq}",
                 )
             self._acked(message.up_to_seq)
+        elif isinstance(message, AlarmAck):
+            self._check_own_epoch(message.epoch)
+            self._check_alarm_ack(message, LocalProtocolError)
         elif isinstance(message, ConfigDelta | ConfigSnapshot):
             self._check_own_epoch(message.epoch)
             self._check_config(message, LocalProtocolError)
@@ -786,6 +825,8 @@ class HostConnection(_Connection):
             self.config_version = self.config_acked = message.config_version
         elif isinstance(message, EventBatch):
             self._check_batch(message, RemoteProtocolError)
+        elif isinstance(message, Alarm):
+            self._check_alarm(message, RemoteProtocolError)
         elif isinstance(message, ConfigAck):
             self._check_config_ack(message, RemoteProtocolError)
         elif isinstance(message, Heartbeat) and self._state is State.PARKED:

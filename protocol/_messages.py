@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterator
 from typing import TypeAlias
 
-from ._batch import check_records, iter_rows
+from ._batch import check_alarm_records, check_records, iter_rows
 from ._config import ConfigOp
 from ._errors import ErrorCode, LocalProtocolError
 from ._records import RECORD_SIZE, EventRecord
@@ -25,6 +25,8 @@ __all__ = [
     "MAX_SEQ",
     "MAX_CONFIG_OPS",
     "Ack",
+    "Alarm",
+    "AlarmAck",
     "Bye",
     "ConfigAck",
     "ConfigDelta",
@@ -67,6 +69,8 @@ class MessageType(enum.IntEnum):
     BYE = 10
     STANDBY = 11
     TAKEOVER = 12
+    ALARM = 13
+    ALARM_ACK = 14
 
 
 def _u(name: str, value: int, bits: int, low: int = 0) -> None:
@@ -342,6 +346,54 @@ class Takeover:
         _u("epoch", self.epoch, 64, low=1)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Alarm:
+    """Panel -> host: copies of alarm records, in rising seq order, ahead of the backlog
+    (docs/protocol.md 7.6). The records keep their places in the event sequence too."""
+
+    records: bytes
+    first_seq: int = dataclasses.field(init=False, compare=False)
+    last_seq: int = dataclasses.field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.records, bytes):
+            raise LocalProtocolError(ErrorCode.MALFORMED, "records must be bytes")
+        if len(self.records) > MAX_BATCH_RECORDS * RECORD_SIZE:
+            raise LocalProtocolError(
+                ErrorCode.FIELD_OUT_OF_RANGE,
+                f"{len(self.records) // RECORD_SIZE} alarms exceed {MAX_BATCH_RECORDS} per ALARM",
+            )
+        first, last = check_alarm_records(self.records)
+        object.__setattr__(self, "first_seq", first)
+        object.__setattr__(self, "last_seq", last)
+
+    @classmethod
+    def of(cls, records: list[EventRecord]) -> Alarm:
+        return cls(records=b"".join(r.pack() for r in records))
+
+    @property
+    def count(self) -> int:
+        return len(self.records) // RECORD_SIZE
+
+    def events(self) -> list[EventRecord]:
+        return [EventRecord.from_tuple(row) for row in iter_rows(self.records)]
+
+    def __repr__(self) -> str:
+        return f"Alarm(first_seq={self.first_seq}, last_seq={self.last_seq}, count={self.count})"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmAck:
+    """Host -> panel: every alarm of this session's ALARMs up to ``up_to_seq`` is stored."""
+
+    epoch: int
+    up_to_seq: int
+
+    def __post_init__(self) -> None:
+        _u("epoch", self.epoch, 64, low=1)
+        _u("up_to_seq", self.up_to_seq, 64)
+
+
 def _ops(ops: tuple[ConfigOp, ...]) -> None:
     if not isinstance(ops, tuple):
         raise LocalProtocolError(ErrorCode.MALFORMED, "ops must be a tuple")
@@ -360,6 +412,8 @@ Message: TypeAlias = (
     | Bye
     | Standby
     | Takeover
+    | Alarm
+    | AlarmAck
 )
 
 MESSAGE_TYPES: dict[type[Message], MessageType] = {
@@ -375,4 +429,6 @@ MESSAGE_TYPES: dict[type[Message], MessageType] = {
     Bye: MessageType.BYE,
     Standby: MessageType.STANDBY,
     Takeover: MessageType.TAKEOVER,
+    Alarm: MessageType.ALARM,
+    AlarmAck: MessageType.ALARM_ACK,
 }

@@ -15,6 +15,8 @@ import struct
 from ._errors import ErrorCode, RemoteProtocolError
 
 __all__ = [
+    "ALARM_KINDS",
+    "ALARM_KIND_BYTES",
     "GAP_KINDS",
     "RECORD_SIZE",
     "RECORD_STRUCT",
@@ -66,6 +68,25 @@ class EventKind(enum.IntEnum):
 
 #: Kinds whose record stands for a declared gap ``seq..card`` instead of one event.
 GAP_KINDS = frozenset({EventKind.BUFFER_OVERFLOW, EventKind.BUFFER_LOST, EventKind.SERVER_LOST})
+
+#: Kinds that are alarms: a copy of each travels in the alarm lane (docs/protocol.md 7.6).
+ALARM_KINDS = frozenset(
+    {
+        EventKind.DOOR_FORCED,
+        EventKind.DOOR_HELD,
+        EventKind.TAMPER,
+        EventKind.POWER_FAIL,
+        EventKind.HOST_OFFLINE,
+        EventKind.BUFFER_OVERFLOW,
+        EventKind.EVENTS_REFUSED,
+        EventKind.BUFFER_LOST,
+        EventKind.READER_OFFLINE,
+        EventKind.READER_AUTH_FAILED,
+        EventKind.SERVER_LOST,
+    }
+)
+#: Their values as bytes, for ``bytes.translate`` over a batch's kind column.
+ALARM_KIND_BYTES = bytes(sorted(int(k) for k in ALARM_KINDS))
 
 #: Byte string of every valid kind value; ``bytes.translate`` deletes them so an
 #: empty remainder proves every kind in a batch is known (checked at C speed).

@@ -72,6 +72,8 @@ TRANSITIONS: dict[tuple[Role, State, Direction, T], State] = {
     (_PANEL, State.STREAMING, R, T.CONFIG_DELTA): State.STREAMING,
     (_PANEL, State.STREAMING, R, T.CONFIG_SNAPSHOT): State.STREAMING,
     (_PANEL, State.STREAMING, R, T.HEARTBEAT): State.STREAMING,
+    (_PANEL, State.STREAMING, S, T.ALARM): State.STREAMING,
+    (_PANEL, State.STREAMING, R, T.ALARM_ACK): State.STREAMING,
     # host streaming
     (_HOST, State.STREAMING, R, T.EVENT_BATCH): State.STREAMING,
     (_HOST, State.STREAMING, R, T.CONFIG_ACK): State.STREAMING,
@@ -80,6 +82,8 @@ TRANSITIONS: dict[tuple[Role, State, Direction, T], State] = {
     (_HOST, State.STREAMING, S, T.CONFIG_DELTA): State.STREAMING,
     (_HOST, State.STREAMING, S, T.CONFIG_SNAPSHOT): State.STREAMING,
     (_HOST, State.STREAMING, S, T.HEARTBEAT): State.STREAMING,
+    (_HOST, State.STREAMING, R, T.ALARM): State.STREAMING,
+    (_HOST, State.STREAMING, S, T.ALARM_ACK): State.STREAMING,
 }
 
 # ERROR and BYE end the session from any live state, either way. An ERROR may

@@ -31,7 +31,7 @@ __all__ = ["CONFIG_OP", "FRAME", "FRAME_HEADER", "MAGIC", "MESSAGES", "PROTOCOL_
 
 #: Two bytes that start every frame; a reader that lost sync scans for them.
 MAGIC = b"\xf5\x5c"
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 # -- framing -------------------------------------------------------------------
 
@@ -166,6 +166,8 @@ ERROR = Struct("epoch" / Int64ub, "code" / Int16ub, "text" / PascalString(Int16u
 BYE = Struct("epoch" / Int64ub, "reason" / Int16ub, Terminated)
 STANDBY = Struct("node_id" / PascalString(Int8ub, "utf8"), "heartbeat_ms" / Int32ub, "idle_ms" / Int32ub, Terminated)
 TAKEOVER = Struct("epoch" / Int64ub, Terminated)
+ALARM = Struct("count" / Int16ub, "records" / Array(this.count, EVENT_RECORD), Terminated)
+ALARM_ACK = Struct("epoch" / Int64ub, "up_to_seq" / Int64ub, Terminated)
 
 #: Message type number -> payload declaration. Keys are ``MessageType`` values.
 MESSAGES = {
@@ -181,6 +183,8 @@ MESSAGES = {
     10: BYE,
     11: STANDBY,
     12: TAKEOVER,
+    13: ALARM,
+    14: ALARM_ACK,
 }
 
 COMPILED = {number: spec.compile() for number, spec in MESSAGES.items()}

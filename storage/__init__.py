@@ -41,11 +41,13 @@ from ._open import is_database_url as is_database_url
 from ._open import open_cluster_store as open_cluster_store
 from ._open import open_config_store as open_config_store
 from ._open import open_event_store as open_event_store
+from ._records import IngestAlarm as IngestAlarm
 from ._records import IngestBatch as IngestBatch
 from ._records import IngestOutcome as IngestOutcome
 from ._records import IngestResult as IngestResult
 from ._records import LogBacklog as LogBacklog
 from ._records import Loss as Loss
+from ._records import StoredAlarm as StoredAlarm
 from ._records import StoredEvent as StoredEvent
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import EventStore as EventStore
@@ -63,6 +65,7 @@ __all__ = [
     "EventStore",
     "EventStoreInterface",
     "FlashBackedBuffer",
+    "IngestAlarm",
     "IngestBatch",
     "IngestOutcome",
     "IngestResult",
@@ -83,6 +86,7 @@ __all__ = [
     "StoreLocked",
     "StoreNotReplicated",
     "StoreUnreachable",
+    "StoredAlarm",
     "StoredEvent",
     "WriteGate",
     "describe_target",

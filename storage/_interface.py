@@ -28,7 +28,7 @@ from protocol import ConfigOp
 from ._cluster import Lease, NodeBeat
 from ._config_model import ConfigState
 from ._config_store import ConfigChange, NeedSnapshot
-from ._records import IngestBatch, IngestResult, LogBacklog, Loss, StoredEvent
+from ._records import IngestAlarm, IngestBatch, IngestResult, LogBacklog, Loss, StoredAlarm, StoredEvent
 
 __all__ = ["ConfigStoreInterface", "EventStoreInterface", "LeaseStoreInterface"]
 
@@ -48,11 +48,11 @@ class EventStoreInterface(Protocol):
         """Raise the epoch by one (compare and set against ``expected``); return it."""
         ...
 
-    def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+    def ingest(self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm] = ()) -> IngestResult:
         """Store batches of many panels in one transaction (see ``EventStore.ingest``)."""
         ...
 
-    def append(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+    def append(self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm] = ()) -> IngestResult:
         """``ingest``, each batch's new records one row of the batch log (``EventStore.append``)."""
         ...
 
@@ -100,6 +100,10 @@ class EventStoreInterface(Protocol):
     def seqs(self, panel_id: int) -> list[int]: ...
 
     def losses(self, panel_id: int | None = None) -> list[Loss]: ...
+
+    def alarms(self, panel_id: int | None = None) -> list[StoredAlarm]:
+        """Every alarm stored once per (panel, seq), in the order stored (docs/protocol.md 7.6)."""
+        ...
 
     def stale_writes(self) -> int:
         """Events committed under an older epoch after a newer one had committed (P5)."""

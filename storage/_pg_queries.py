@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from protocol import EventFlags, EventKind, EventRecord
 
 from ._pg_conn import PgConnection, map_pg_errors
-from ._records import MAX_STORED_SEQ, Loss, StoredEvent, signed, unsigned
+from ._records import ALARM_COLUMNS, MAX_STORED_SEQ, Loss, StoredAlarm, StoredEvent, signed, stored_alarm, unsigned
 
 __all__ = ["_PgEventQueries", "_one"]
 
@@ -118,6 +118,15 @@ class _PgEventQueries:
                 )
                 for r in self._pg.get().execute(sql, tuple(args))
             ]
+
+    def alarms(self, panel_id: int | None = None) -> list[StoredAlarm]:
+        """Every alarm stored (docs/protocol.md 7.6), in the order it was stored."""
+        sql = f"SELECT {ALARM_COLUMNS} FROM alarms"
+        args: tuple[int, ...] = ()
+        if panel_id is not None:
+            sql, args = sql + " WHERE panel_id = %s", (panel_id,)
+        with self._read("reading alarms"):
+            return [stored_alarm(r) for r in self._pg.get().execute(sql + " ORDER BY id", args)]
 
     def stale_writes(self) -> int:
         """Events committed under an older epoch after a newer epoch had committed (P5)."""

@@ -126,7 +126,31 @@ def _m002(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001, _m002)
+def _m003(conn: psycopg.Connection[Any]) -> None:
+    # The alarm lane (docs/protocol.md 7.6), as storage/_schema.py's m007.
+    conn.execute(
+        """
+        CREATE TABLE alarms (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            panel_id BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            time_us BIGINT NOT NULL,
+            kind SMALLINT NOT NULL,
+            door SMALLINT NOT NULL,
+            reader SMALLINT NOT NULL,
+            flags SMALLINT NOT NULL,
+            card BIGINT NOT NULL,
+            aux BIGINT NOT NULL,
+            received_us BIGINT NOT NULL,
+            epoch BIGINT NOT NULL,
+            lane SMALLINT NOT NULL,
+            UNIQUE (panel_id, seq)
+        );
+        """
+    )
+
+
+_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001, _m002, _m003)
 PG_SCHEMA_VERSION = len(_MIGRATIONS)
 
 

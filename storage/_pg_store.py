@@ -46,9 +46,22 @@ from ._errors import StaleEpoch, StoreError
 from ._pg_conn import PgConnection
 from ._pg_queries import _one, _PgEventQueries
 from ._pg_schema import migrate_pg
-from ._records import MAX_STORED_SEQ, IngestBatch, IngestOutcome, IngestResult, LogBacklog, materialize_all, signed
+from ._records import (
+    ALARM_INSERT,
+    MAX_STORED_SEQ,
+    IngestAlarm,
+    IngestBatch,
+    IngestOutcome,
+    IngestResult,
+    LogBacklog,
+    alarm_rows,
+    materialize_all,
+    signed,
+)
 
 __all__ = ["PgEventStore"]
+
+_ALARM_SQL = ALARM_INSERT.format(", ".join(["%s"] * 12)) + " ON CONFLICT (panel_id, seq) DO NOTHING"
 
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
 #: The transaction advisory lock every materializing step takes ("fsyncmat").
@@ -159,6 +172,8 @@ class PgEventStore(_PgEventQueries):
         #: This call's COPY rows and losses, filled by ``_ingest_one`` inside the transaction.
         self._rows: list[bytes | bytearray | memoryview] = []
         self._loss_rows: list[tuple[int, ...]] = []
+        #: This call's rows of ``alarms``: the lane's copies, then the batches' own alarms.
+        self._alarm_rows: list[tuple[int, ...]] = []
         #: Within one ``append``: the batches go to ``batch_log``, one COPY row each.
         self._to_log = False
         self._in_snapshot = False
@@ -194,7 +209,7 @@ class PgEventStore(_PgEventQueries):
 
     # -- ingest -----------------------------------------------------------------------
 
-    def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+    def ingest(self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm] = ()) -> IngestResult:
         """Store batches of many panels in one transaction; return each panel's new hwm.
 
         The same contract as ``EventStore.ingest``; with a synchronous standby it
@@ -205,20 +220,27 @@ class PgEventStore(_PgEventQueries):
             StoreNotReplicated: the standby did not confirm in time; not acknowledged.
             StoreFull, StoreLocked, StoreUnreachable, StoreError: not acknowledged.
         """
-        return self._commit(batches, epoch, to_log=False)
+        return self._commit(batches, epoch, alarms, to_log=False)
 
-    def append(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+    def append(self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm] = ()) -> IngestResult:
         """``ingest``, with each batch's new records as one row of the batch log.
 
         Every check and the hwm are as in ``ingest``, in the same one transaction and as
         durable (with a synchronous standby: on both nodes); its events reach ``events``
         through ``materialize``. ``stored`` counts the events logged.
         """
-        return self._commit(batches, epoch, to_log=True)
+        return self._commit(batches, epoch, alarms, to_log=True)
 
-    def _commit(self, batches: Sequence[IngestBatch], epoch: int, *, to_log: bool) -> IngestResult:
+    def _commit(
+        self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm], *, to_log: bool
+    ) -> IngestResult:
         start = time.perf_counter()
         self._to_log = to_log
+        # The alarm lane's copies first (docs/protocol.md 7.6), then the batches' own alarms.
+        self._alarm_rows = [
+            row for a in alarms for row in alarm_rows(a.panel_id, a.records, a.received_us, epoch, lane=True)
+        ]
+        alarms_stored = 0
         outcomes: list[IngestOutcome] = []
         new_hwm: dict[int, int] = {}
         touched: dict[int, int] = {}
@@ -254,6 +276,10 @@ class PgEventStore(_PgEventQueries):
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     self._loss_rows,
                 )
+            if self._alarm_rows:
+                cur = conn.cursor()
+                cur.executemany(_ALARM_SQL, self._alarm_rows)
+                alarms_stored = max(0, cur.rowcount)
             if touched:
                 ids = list(touched)
                 conn.execute(
@@ -269,6 +295,7 @@ class PgEventStore(_PgEventQueries):
             hwms=new_hwm,
             stored=stored_total,
             commit_s=time.perf_counter() - start,
+            alarms_stored=alarms_stored,
         )
 
     def _check_fence(self, epoch: int) -> None:
@@ -301,6 +328,7 @@ class PgEventStore(_PgEventQueries):
                 lo = max(first, hwm + 1)
                 lost = last - lo + 1
                 self._loss_rows.append((pid, lo, last, lost, kind, signed(time_us), batch.received_us, epoch))
+                self._alarm_rows += alarm_rows(pid, records[:RECORD_SIZE], batch.received_us, epoch, lane=False)
             else:
                 duplicates += 1
             offset = RECORD_SIZE
@@ -310,6 +338,9 @@ class PgEventStore(_PgEventQueries):
             duplicates += skip
             offset += skip * RECORD_SIZE
         stored = (len(records) - offset) // RECORD_SIZE
+        if stored:
+            new = records[offset:] if offset else records
+            self._alarm_rows += alarm_rows(pid, new, batch.received_us, epoch, lane=False, only_alarms=True)
         if stored and self._to_log:
             size = stored * RECORD_SIZE
             head = _LOG_HEADER.pack(5, 8, pid, 8, batch.received_us, 8, epoch, 4, stored)

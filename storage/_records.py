@@ -9,16 +9,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from protocol import RECORD_SIZE, EventKind, EventRecord
+from protocol import RECORD_SIZE, RECORD_STRUCT, EventFlags, EventKind, EventRecord, alarms_in
 
 __all__ = [
     "MAX_STORED_SEQ",
+    "ALARM_INSERT",
+    "IngestAlarm",
     "IngestBatch",
     "IngestOutcome",
     "IngestResult",
     "LogBacklog",
     "Loss",
+    "StoredAlarm",
     "StoredEvent",
+    "ALARM_COLUMNS",
+    "alarm_rows",
+    "stored_alarm",
     "signed",
     "unsigned",
 ]
@@ -66,6 +72,36 @@ class IngestBatch:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class IngestAlarm:
+    """An ALARM's records of one panel (docs/protocol.md 7.6), checked by the protocol layer
+    (``check_alarm_records``): copies of alarms, stored once per (panel, seq)."""
+
+    panel_id: int
+    records: bytes
+    received_us: int
+
+
+#: The alarms' columns after ``id``, as both engines name them (``alarm_rows`` fills them).
+ALARM_INSERT = (
+    "INSERT INTO alarms (panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane) "
+    "VALUES ({})"
+)
+
+
+def alarm_rows(
+    panel_id: int, records: bytes, received_us: int, epoch: int, *, lane: bool, only_alarms: bool = False
+) -> list[tuple[int, ...]]:
+    """Rows of ``alarms`` for packed records (``only_alarms``: pick the alarms out first, for
+    a batch's records, which are mostly not: one ``translate`` when none is)."""
+    if only_alarms:
+        records = alarms_in(records)
+    return [
+        (panel_id, seq, signed(time_us), kind, door, reader, flags, signed(card), aux, received_us, epoch, int(lane))
+        for seq, time_us, kind, door, reader, flags, card, aux in RECORD_STRUCT.iter_unpack(records)
+    ]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class IngestOutcome:
     panel_id: int
     #: The panel's high-water mark after this batch (everything up to it is durable).
@@ -87,6 +123,8 @@ class IngestResult:
     hwms: dict[int, int]
     stored: int
     commit_s: float
+    #: Alarms this commit added to ``alarms`` (from the lane and from the batches; not the copies already there).
+    alarms_stored: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +152,19 @@ def materialize_all(step: Callable[[], LogBacklog]) -> LogBacklog:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StoredAlarm:
+    """A row of ``alarms``: ``order`` is the order alarms were stored in, ``lane`` whether
+    the alarm lane brought it (else its batch did)."""
+
+    order: int
+    panel_id: int
+    record: EventRecord
+    received_us: int
+    epoch: int
+    lane: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StoredEvent:
     panel_id: int
     record: EventRecord
@@ -133,3 +184,22 @@ class Loss:
     time_us: int
     received_us: int
     epoch: int
+
+
+#: What ``stored_alarm`` reads, in order, from either engine.
+ALARM_COLUMNS = "id, panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane"
+
+
+def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
+    order, pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane = row
+    record = EventRecord(
+        seq=seq,
+        time_us=unsigned(time_us),
+        kind=EventKind(kind),
+        door=door,
+        reader=reader,
+        flags=EventFlags(flags),
+        card=unsigned(card),
+        aux=aux,
+    )
+    return StoredAlarm(order=order, panel_id=pid, record=record, received_us=received_us, epoch=epoch, lane=bool(lane))

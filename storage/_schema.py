@@ -179,7 +179,35 @@ def _m006(db: Database) -> None:
     db.execute("PRAGMA user_version = 6")
 
 
-SCHEMA_VERSION = 6
+@migrations(name="m007_alarms")
+def _m007(db: Database) -> None:
+    # The alarm lane (docs/protocol.md 7.6): every alarm once per (panel, seq), from an ALARM
+    # or from a batch; ``id`` is the order they were stored in, ``lane`` whether the lane
+    # brought it (1) or its batch (0).
+    db.execute(
+        """
+        CREATE TABLE alarms (
+            id INTEGER PRIMARY KEY,
+            panel_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            time_us INTEGER NOT NULL,
+            kind INTEGER NOT NULL,
+            door INTEGER NOT NULL,
+            reader INTEGER NOT NULL,
+            flags INTEGER NOT NULL,
+            card INTEGER NOT NULL,
+            aux INTEGER NOT NULL,
+            received_us INTEGER NOT NULL,
+            epoch INTEGER NOT NULL,
+            lane INTEGER NOT NULL,
+            UNIQUE (panel_id, seq)
+        )
+        """
+    )
+    db.execute("PRAGMA user_version = 7")
+
+
+SCHEMA_VERSION = 7
 _KNOWN = {
     "m001_events_losses_panels_cluster",
     "m002_config",
@@ -187,4 +215,5 @@ _KNOWN = {
     "m004_cluster_lease",
     "m005_config_digest",
     "m006_batch_log",
+    "m007_alarms",
 }

@@ -35,7 +35,17 @@ from protocol import GAP_KINDS, RECORD_SIZE
 
 from ._errors import StaleEpoch, StoreError, map_sqlite_errors
 from ._gate import write_gate
-from ._records import IngestBatch, IngestOutcome, IngestResult, LogBacklog, materialize_all, signed
+from ._records import (
+    ALARM_INSERT,
+    IngestAlarm,
+    IngestBatch,
+    IngestOutcome,
+    IngestResult,
+    LogBacklog,
+    alarm_rows,
+    materialize_all,
+    signed,
+)
 from ._schema import migrate
 from ._store_queries import _EventQueries
 
@@ -44,6 +54,7 @@ __all__ = ["EventStore"]
 _CHUNKS = (256, 64, 16, 4, 1)
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
 _MARKER = struct.Struct(">QQB3xQI")
+_ALARM_SQL = ALARM_INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).format(",".join("?" * 12))
 
 
 def _insert_sql(rows: int) -> str:
@@ -65,6 +76,8 @@ class EventStore(_EventQueries):
 
     def __init__(self, path: Path | str, *, busy_timeout: float = 5.0, durable: bool = True) -> None:
         self.path = Path(path)
+        #: One commit's rows of ``alarms``: the lane's copies, then the batches' own alarms.
+        self._alarm_rows: list[tuple[int, ...]] = []
         with map_sqlite_errors(self.path, "opening the event store"):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._conn = conn
@@ -130,7 +143,7 @@ class EventStore(_EventQueries):
 
     # -- ingest -----------------------------------------------------------------------
 
-    def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+    def ingest(self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm] = ()) -> IngestResult:
         """Store batches of many panels in one transaction; return each panel's new hwm.
 
         Per panel, records at or below the high-water mark are duplicates and are
@@ -143,20 +156,26 @@ class EventStore(_EventQueries):
             StaleEpoch: ``epoch`` is not the store's epoch; nothing was written.
             StoreFull, StoreLocked, StoreError: nothing was written.
         """
-        return self._commit(batches, epoch, to_log=False)
+        return self._commit(batches, epoch, alarms, to_log=False)
 
-    def append(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
+    def append(self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm] = ()) -> IngestResult:
         """``ingest``, with each batch's new records as one row of the batch log.
 
         Every check and the hwm are as in ``ingest``, in the same one transaction, so
         what this returns is as durable as an ``ingest``'s: its events reach the
         ``events`` table through ``materialize``. ``stored`` counts the events logged.
         """
-        return self._commit(batches, epoch, to_log=True)
+        return self._commit(batches, epoch, alarms, to_log=True)
 
-    def _commit(self, batches: Sequence[IngestBatch], epoch: int, *, to_log: bool) -> IngestResult:
+    def _commit(
+        self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm], *, to_log: bool
+    ) -> IngestResult:
         start = time.perf_counter()
         self._to_log = to_log
+        # The alarm lane's copies first (docs/protocol.md 7.6), then the batches' own alarms.
+        self._alarm_rows = [
+            row for a in alarms for row in alarm_rows(a.panel_id, a.records, a.received_us, epoch, lane=True)
+        ]
         conn = self._conn
         outcomes: list[IngestOutcome] = []
         new_hwm: dict[int, int] = {}
@@ -184,6 +203,11 @@ class EventStore(_EventQueries):
                         "ON CONFLICT (panel_id) DO UPDATE SET hwm = excluded.hwm, last_seen_us = excluded.last_seen_us",
                         [(pid, new_hwm[pid], seen, seen) for pid, seen in touched.items()],
                     )
+                alarms_stored = 0
+                if self._alarm_rows:
+                    before = conn.total_changes
+                    conn.executemany(_ALARM_SQL, self._alarm_rows)
+                    alarms_stored = conn.total_changes - before
                 conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -194,6 +218,7 @@ class EventStore(_EventQueries):
             hwms=new_hwm,
             stored=stored_total,
             commit_s=time.perf_counter() - start,
+            alarms_stored=alarms_stored,
         )
 
     def _check_fence(self, epoch: int) -> None:
@@ -228,6 +253,7 @@ class EventStore(_EventQueries):
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (pid, lo, last, lost, kind, signed(time_us), batch.received_us, epoch),
                 )
+                self._alarm_rows += alarm_rows(pid, records[:RECORD_SIZE], batch.received_us, epoch, lane=False)
             else:
                 duplicates += 1
             offset = RECORD_SIZE
@@ -237,6 +263,9 @@ class EventStore(_EventQueries):
             duplicates += skip
             offset += skip * RECORD_SIZE
         stored = (len(records) - offset) // RECORD_SIZE
+        if stored:
+            new = records[offset:] if offset else records
+            self._alarm_rows += alarm_rows(pid, new, batch.received_us, epoch, lane=False, only_alarms=True)
         if stored and self._to_log:
             self._conn.execute(
                 "INSERT INTO batch_log (panel_id, received_us, epoch, events, records) VALUES (?, ?, ?, ?, ?)",

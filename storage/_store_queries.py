@@ -16,7 +16,7 @@ from sqlite_utils import Database
 from protocol import EventFlags, EventKind, EventRecord
 
 from ._errors import map_sqlite_errors
-from ._records import MAX_STORED_SEQ, Loss, StoredEvent, unsigned
+from ._records import ALARM_COLUMNS, MAX_STORED_SEQ, Loss, StoredAlarm, StoredEvent, stored_alarm, unsigned
 
 __all__ = ["_EventQueries"]
 
@@ -131,6 +131,15 @@ class _EventQueries:
                 )
                 for r in self._conn.execute(sql, tuple(args))
             ]
+
+    def alarms(self, panel_id: int | None = None) -> list[StoredAlarm]:
+        """Every alarm stored (docs/protocol.md 7.6), in the order it was stored."""
+        sql = f"SELECT {ALARM_COLUMNS} FROM alarms"
+        args: tuple[int, ...] = ()
+        if panel_id is not None:
+            sql, args = sql + " WHERE panel_id = ?", (panel_id,)
+        with map_sqlite_errors(self.path, "reading alarms"):
+            return [stored_alarm(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
 
     def stale_writes(self) -> int:
         """Events committed under an older epoch after a newer epoch had committed (P5).

@@ -47,6 +47,8 @@ SAMPLES: dict[p.MessageType, p.Message] = {
     p.MessageType.BYE: p.Bye(epoch=EPOCH),
     p.MessageType.STANDBY: p.Standby(node_id="B", heartbeat_ms=1000, idle_ms=5000),
     p.MessageType.TAKEOVER: p.Takeover(epoch=EPOCH),
+    p.MessageType.ALARM: p.Alarm.of([p.EventRecord(seq=HWM + 2, time_us=1, kind=p.EventKind.DOOR_FORCED)]),
+    p.MessageType.ALARM_ACK: p.AlarmAck(epoch=EPOCH, up_to_seq=0),
 }
 assert set(SAMPLES) == set(p.MessageType)
 

@@ -18,6 +18,12 @@ the ACK (``EventStore.ingest``); ``log`` commits each batch as one row of the ba
 (``EventStore.append``) and leaves the rows to the materializer (``_materialize``), whose
 bounded lag this task waits on before a commit that would pass it.
 
+**Alarms go first** (docs/protocol.md 7.6). An ALARM's copies wait in a list of their own,
+not in the batches' channel, where they would queue behind every panel's window: the
+commit task takes every alarm waiting into its next commit (a commit of alarms alone when
+no batch is there), and a batch-less wait is cut short when an alarm comes. An alarm
+counts in its panel's queue (a new session waits for it, 7.5) but never waits for room.
+
 **The hwm lives here** (``hwm``), and only here in the process: read from the store
 once, after the node claimed its epoch, then set from every commit's result. It is
 authoritative because the store refuses any other epoch, so nobody else can move it.
@@ -34,8 +40,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from protocol import RECORD_SIZE, ErrorCode, EventBatch
-from storage import IngestBatch, StaleEpoch, StoreError
+from protocol import RECORD_SIZE, Alarm, ErrorCode, EventBatch
+from storage import IngestAlarm, IngestBatch, StaleEpoch, StoreError
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -55,6 +61,14 @@ class _Queued(IngestBatch):
     """A batch on its way from a session's reader to the commit, and whom to answer."""
 
     session: _Session
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _QueuedAlarm(IngestAlarm):
+    """An ALARM on its way to the commit, and whom to answer with its last seq."""
+
+    session: _Session
+    last_seq: int
 
 
 class _Ingest:
@@ -80,6 +94,10 @@ class _Ingest:
         self.events_duplicate = 0
         self.declared_lost = 0
         self.refused_batches = 0
+        #: ALARMs waiting for the next commit, and the batch-less wait an alarm cuts short.
+        self._alarms: list[_QueuedAlarm] = []
+        self._idle: trio.CancelScope | None = None
+        self.alarms_stored = 0
 
     def __repr__(self) -> str:
         return f"<Ingest {sum(self._queued.values())} batches of {len(self._queued)} panels queued>"
@@ -121,6 +139,22 @@ class _Ingest:
             self._through(pid)
             raise
 
+    def put_alarm(self, session: _Session, alarm: Alarm) -> None:
+        """Queue an ALARM for the next commit, ahead of every batch (no wait for room)."""
+        pid = session.panel_id
+        self._queued[pid] = self._queued.get(pid, 0) + 1
+        self._alarms.append(
+            _QueuedAlarm(
+                panel_id=pid,
+                records=alarm.records,
+                received_us=self.node.now_us(),
+                session=session,
+                last_seq=alarm.last_seq,
+            )
+        )
+        if self._idle is not None:
+            self._idle.cancel()
+
     async def wait_drained(self, panel_id: int) -> None:
         """Until every batch queued for this panel is committed or refused."""
         while self._queued.get(panel_id, 0):
@@ -154,8 +188,13 @@ class _Ingest:
         materializer = node.materializer
         receive, receive_nowait = self._recv.receive, self._recv.receive_nowait
         while True:
-            batches = [await receive()]
-            events = len(batches[0].records) // RECORD_SIZE
+            batches: list[_Queued] = []
+            if not self._alarms:
+                with trio.CancelScope() as self._idle:
+                    batches.append(await receive())
+                self._idle = None
+            alarms, self._alarms = self._alarms, []
+            events = sum(len(b.records) // RECORD_SIZE for b in batches)
             while events < limit:
                 try:
                     batch = receive_nowait()
@@ -166,19 +205,23 @@ class _Ingest:
             if to_log:
                 await materializer.room(events)  # the lag's bound: push back, never drop
             try:
-                result = await node.db(commit, batches, node.epoch)
+                result = await node.db(commit, batches, node.epoch, alarms)
             except StaleEpoch as exc:
                 # Another node took over: nothing of ours may be stored or acked (P5).
                 node.last_error = str(exc)
                 log.error("fenced: %s", exc)
-                self._answer_all(batches, ErrorCode.STALE_EPOCH, str(exc))
+                self._answer_all([*batches, *alarms], ErrorCode.STALE_EPOCH, str(exc))
                 node.fenced.set()
                 return
             except StoreError as exc:
                 node.last_error = str(exc)
                 log.error("store refused a commit: %s", exc)
-                self._answer_all(batches, ErrorCode.STORE_REFUSED, str(exc))
+                self._answer_all([*batches, *alarms], ErrorCode.STORE_REFUSED, str(exc))
                 continue
+            self.alarms_stored += result.alarms_stored
+            for alarm in alarms:
+                alarm.session.alarm_answered(alarm.last_seq)
+                self._through(alarm.panel_id)
             self.commits += 1
             self.commit_s += result.commit_s
             self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, result.commit_s)] += 1
@@ -196,7 +239,7 @@ class _Ingest:
                     batch.session.answered()
                 self._through(batch.panel_id)
 
-    def _answer_all(self, batches: list[_Queued], code: ErrorCode, text: str) -> None:
+    def _answer_all(self, batches: list[_Queued | _QueuedAlarm], code: ErrorCode, text: str) -> None:
         for batch in batches:
             batch.session.fail(code, text)
             self._through(batch.panel_id)

@@ -18,6 +18,8 @@ import trio
 
 from protocol import (
     Ack,
+    Alarm,
+    AlarmAck,
     ConfigAck,
     ErrorCode,
     EventBatch,
@@ -79,6 +81,10 @@ class _Session:
         self.ack_due = False
         #: The highest ACK taken to send (it may not be written yet: ``conn.acked_seq`` lags).
         self.ack_taken = 0
+        #: The alarm lane (docs/protocol.md 7.6): the last seq of the ALARMs the store has
+        #: answered, and the highest ALARM_ACK taken to send.
+        self.alarm_stored = 0
+        self.alarm_ack_taken = 0
         self.newest_seq = hello.newest_seq
         #: The configuration the panel holds as far as this session knows (HELLO, then pushes).
         self.config_sent = hello.config_version
@@ -98,6 +104,18 @@ class _Session:
         """The store answered a batch of this session: an ACK is owed (7.4), duplicates too."""
         self.ack_due = True
         self.wake.set()
+
+    def alarm_answered(self, last_seq: int) -> None:
+        """The store holds this session's alarms up to ``last_seq``: an ALARM_ACK is owed."""
+        self.alarm_stored = max(self.alarm_stored, last_seq)
+        self.wake.set()
+
+    def take_alarm_ack(self) -> AlarmAck | None:
+        """The ALARM_ACK owed now, if any (taken once, as ``take_ack``)."""
+        if self.driver.ending or self.alarm_stored <= self.alarm_ack_taken:
+            return None
+        self.alarm_ack_taken = self.alarm_stored
+        return AlarmAck(epoch=self.node.epoch, up_to_seq=self.alarm_stored)
 
     def fail(self, code: ErrorCode, text: str) -> None:
         self.driver.end(code, text)
@@ -126,6 +144,9 @@ class _Session:
         while True:
             await self.wake.wait()
             self.wake = trio.Event()
+            alarm_ack = self.take_alarm_ack()
+            if alarm_ack is not None:
+                await self.ms.send(alarm_ack)
             ack = self.take_ack()
             if ack is not None:
                 await self.ms.send(ack)
@@ -133,7 +154,9 @@ class _Session:
                 await config.push(self)
 
     async def handle(self, message: Message) -> bool:
-        if isinstance(message, EventBatch):
+        if isinstance(message, Alarm):
+            self.node.ingest.put_alarm(self, message)  # ahead of the batches, never waits for room
+        elif isinstance(message, EventBatch):
             self.newest_seq = max(self.newest_seq, message.last_seq)
             with self.ms.reading_paused():  # waiting on our own commit capacity
                 await self.node.ingest.put(self, message)
@@ -157,9 +180,9 @@ class _Session:
     async def drain(self) -> None:
         """A planned stop: what the session received is stored and acknowledged (then the driver's BYE)."""
         await self.node.ingest.wait_drained(self.panel_id)
-        ack = self.take_ack()
-        if ack is not None:
-            await self.ms.send(ack)
+        for owed in (self.take_alarm_ack(), self.take_ack()):
+            if owed is not None:
+                await self.ms.send(owed)
 
 
 class _Sessions:

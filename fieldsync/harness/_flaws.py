@@ -25,7 +25,7 @@ import trio
 
 from protocol import GAP_KINDS, RECORD_SIZE, ErrorCode, Hello, RemoteProtocolError
 from protocol.streams import Link
-from storage import EventStore, IngestBatch, IngestOutcome, IngestResult, LogBacklog
+from storage import EventStore, IngestAlarm, IngestBatch, IngestOutcome, IngestResult, LogBacklog
 
 from ..engine import ClusterNode, Node
 
@@ -51,12 +51,12 @@ class _AckBeforeCommit(EventStore):
 
     def __init__(self, path: Path | str, **kw: Any) -> None:
         super().__init__(path, **kw)
-        self._pending: list[IngestBatch] = []
+        self._pending: tuple[list[IngestBatch], list[IngestAlarm]] = ([], [])
 
-    def ingest(self, batches: Sequence[IngestBatch], epoch: int) -> IngestResult:
-        earlier, self._pending = self._pending, list(batches)
-        if earlier:
-            super().ingest(earlier, epoch)
+    def ingest(self, batches: Sequence[IngestBatch], epoch: int, alarms: Sequence[IngestAlarm] = ()) -> IngestResult:
+        (earlier, earlier_alarms), self._pending = self._pending, (list(batches), list(alarms))
+        if earlier or earlier_alarms:
+            super().ingest(earlier, epoch, earlier_alarms)
         hwms: dict[int, int] = {}
         outcomes = []
         for batch in batches:
@@ -67,7 +67,10 @@ class _AckBeforeCommit(EventStore):
                 )
             )
         stored = sum(o.stored for o in outcomes)
-        return IngestResult(epoch=epoch, outcomes=tuple(outcomes), hwms=hwms, stored=stored, commit_s=0.0)
+        told = sum(len(a.records) // RECORD_SIZE for a in alarms)
+        return IngestResult(
+            epoch=epoch, outcomes=tuple(outcomes), hwms=hwms, stored=stored, commit_s=0.0, alarms_stored=told
+        )
 
 
 class _NoDedupe(EventStore):

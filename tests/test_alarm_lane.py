@@ -1,0 +1,214 @@
+"""The alarm lane (docs/protocol.md 7.6): ALARM and ALARM_ACK on the wire, the store's alarms
+on both engines, and a panel whose alarms reach the store ahead of its backlog."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import protocol as p
+from emulator import Fleet, LinkMode
+from fieldsync.engine import Node
+from storage import EventStore, EventStoreInterface, IngestAlarm, IngestBatch, open_event_store
+from tests.store_engines import StoreEngine
+from tests.strategies import frame_of
+from tests.test_e2e import clock, node_settings, panel_settings
+from tests.test_state_machines import HELLO, WELCOME
+
+K = p.EventKind
+
+
+def rec(seq: int, kind: p.EventKind = K.DOOR_FORCED, **kw: int) -> p.EventRecord:
+    return p.EventRecord(seq=seq, time_us=1_000 + seq, kind=kind, **kw)  # type: ignore[arg-type]
+
+
+def streaming_pair() -> tuple[p.PanelConnection, p.HostConnection]:
+    panel, host = p.PanelConnection(now=0.0, epoch_floor=HELLO.max_epoch), p.HostConnection(now=0.0)
+    host.receive_data(panel.send(HELLO, 0.0), 0.0)
+    assert host.next_event() == HELLO
+    panel.receive_data(host.send(WELCOME, 0.0), 0.0)
+    assert panel.next_event() == WELCOME
+    return panel, host
+
+
+def deliver(
+    src: p.PanelConnection | p.HostConnection, dst: p.PanelConnection | p.HostConnection, m: p.Message
+) -> object:
+    dst.receive_data(src.send(m, 0.0), 0.0)
+    return dst.next_event()
+
+
+# -- the wire -----------------------------------------------------------------------------
+
+
+def test_an_alarm_goes_out_and_is_acknowledged_apart_from_the_batches() -> None:
+    panel, host = streaming_pair()
+    alarm = p.Alarm.of([rec(WELCOME.hwm + 40), rec(WELCOME.hwm + 90, K.TAMPER)])
+    assert deliver(panel, host, alarm) == alarm
+    assert panel.busy and host.busy  # an ALARM awaiting its ALARM_ACK keeps both ends busy (9.1)
+    assert deliver(host, panel, p.AlarmAck(epoch=WELCOME.epoch, up_to_seq=alarm.last_seq)) is not None
+    assert not panel.busy and not host.busy and panel.alarm_acked_seq == alarm.last_seq
+    assert panel.acked_seq == WELCOME.hwm  # the event sequence did not move
+
+
+@pytest.mark.parametrize(
+    ("records", "code"),
+    [
+        ([rec(5, K.ACCESS_GRANTED)], p.ErrorCode.FIELD_OUT_OF_RANGE),  # not an alarm kind
+        ([rec(7), rec(7, K.TAMPER)], p.ErrorCode.SEQ_ORDER),  # seqs must rise
+        ([rec(9), rec(8)], p.ErrorCode.SEQ_ORDER),
+        ([p.RECORD_STRUCT.pack(4, 1, int(K.BUFFER_OVERFLOW), 0, 0, 0, 3, 1)], p.ErrorCode.FIELD_OUT_OF_RANGE),
+    ],
+)
+def test_an_alarm_the_lane_does_not_allow_is_refused(records: list[p.EventRecord | bytes], code: p.ErrorCode) -> None:
+    # (the last: a gap marker whose count is not its range's, packed raw: EventRecord refuses to build it)
+    body = len(records).to_bytes(2, "big") + b"".join(r if isinstance(r, bytes) else r.pack() for r in records)
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        p.decode_payload(p.MessageType.ALARM, body)
+    assert caught.value.code == code
+
+
+def test_alarm_framing_and_an_unknown_kind() -> None:
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        p.decode_payload(p.MessageType.ALARM, (2).to_bytes(2, "big") + rec(3).pack())
+    assert caught.value.code == p.ErrorCode.MALFORMED  # says 2, carries 1
+    bad = bytearray(rec(3).pack())
+    bad[16] = 99
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        p.decode_payload(p.MessageType.ALARM, (1).to_bytes(2, "big") + bytes(bad))
+    assert caught.value.code == p.ErrorCode.UNKNOWN_EVENT_KIND
+    marker = rec(20, K.BUFFER_OVERFLOW, card=29, aux=10)  # a gap marker's copy is an alarm
+    assert p.decode_payload(p.MessageType.ALARM, (1).to_bytes(2, "big") + marker.pack()) == p.Alarm.of([marker])
+
+
+def test_the_sessions_alarms_rise_and_their_acks_stay_within_what_was_sent() -> None:
+    panel, host = streaming_pair()
+    deliver(panel, host, p.Alarm.of([rec(30)]))
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        host.receive_data(frame_of(p.Alarm.of([rec(30, K.TAMPER)])), 0.0)  # not above the previous ALARM
+        host.next_event()
+    assert caught.value.code == p.ErrorCode.SEQ_ORDER
+    panel, host = streaming_pair()
+    deliver(panel, host, p.Alarm.of([rec(30)]))
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        panel.receive_data(frame_of(p.AlarmAck(epoch=WELCOME.epoch, up_to_seq=31)), 0.0)  # above what was sent
+        panel.next_event()
+    assert caught.value.code == p.ErrorCode.BAD_ACK
+    panel, host = streaming_pair()
+    deliver(panel, host, p.Alarm.of([rec(30)]))
+    deliver(host, panel, p.AlarmAck(epoch=WELCOME.epoch, up_to_seq=30))
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        panel.receive_data(frame_of(p.AlarmAck(epoch=WELCOME.epoch, up_to_seq=29)), 0.0)  # goes back
+        panel.next_event()
+    assert caught.value.code == p.ErrorCode.BAD_ACK
+    with pytest.raises(p.LocalProtocolError):  # and a node cannot send one either
+        host.send(p.AlarmAck(epoch=WELCOME.epoch, up_to_seq=31), 0.0)
+
+
+def test_alarms_in_picks_the_alarms_out_of_a_batch() -> None:
+    records = [rec(1, K.ACCESS_GRANTED), rec(2), rec(3, K.DENIED_PIN), rec(4, K.HOST_OFFLINE)]
+    packed = b"".join(r.pack() for r in records)
+    assert p.alarms_in(packed) == records[1].pack() + records[3].pack()
+    assert p.alarms_in(records[0].pack() + records[2].pack()) == b""
+
+
+# -- the store, both engines ----------------------------------------------------------------
+
+
+@pytest.fixture
+def store(engine: StoreEngine) -> Iterator[EventStoreInterface]:
+    store = open_event_store(engine.target)
+    store.advance_epoch()
+    yield store
+    store.close()
+
+
+def batch_of(panel: int, records: list[p.EventRecord], received_us: int) -> IngestBatch:
+    packed = b"".join(r.pack() for r in records)
+    return IngestBatch(
+        panel_id=panel, first_seq=records[0].seq, last_seq=records[-1].seq, records=packed, received_us=received_us
+    )
+
+
+@pytest.mark.parametrize("mode", ["ingest", "append"])
+def test_the_store_keeps_each_alarm_once_from_the_lane_or_from_its_batch(store: EventStoreInterface, mode: str) -> None:
+    commit = store.ingest if mode == "ingest" else store.append
+    lane = IngestAlarm(panel_id=7, records=rec(3).pack() + rec(5, K.TAMPER).pack(), received_us=10)
+    first = commit([], 1, [lane])  # the lane's copies ahead of the backlog: a commit of alarms alone
+    assert first.alarms_stored == 2 and first.hwms == {}
+    backlog = [rec(1, K.ACCESS_GRANTED), rec(2, K.ACCESS_GRANTED), rec(3), rec(4, K.HOST_OFFLINE), rec(5, K.TAMPER)]
+    second = commit([batch_of(7, backlog, 20)], 1, [IngestAlarm(panel_id=7, records=rec(3).pack(), received_us=20)])
+    assert second.alarms_stored == 1  # the HOST_OFFLINE only its batch carried; the copies were there
+    assert second.hwms == {7: 5}
+    got = [(a.record.seq, a.record.kind, a.lane, a.received_us) for a in store.alarms(7)]
+    assert got == [(3, K.DOOR_FORCED, True, 10), (5, K.TAMPER, True, 10), (4, K.HOST_OFFLINE, False, 20)]
+    assert [a.order for a in store.alarms()] == sorted(a.order for a in store.alarms())
+    store.materialize_all()
+    assert store.seqs(7) == [1, 2, 3, 4, 5]  # the event sequence holds every record, alarms too
+    third = commit([batch_of(7, backlog, 30)], 1)  # the same batch again: duplicates, no new alarm
+    assert third.alarms_stored == 0 and len(store.alarms()) == 3
+
+
+def test_a_declared_gap_is_an_alarm_too(store: EventStoreInterface) -> None:
+    marker = rec(1, K.BUFFER_OVERFLOW, card=10, aux=10)
+    store.ingest([batch_of(3, [marker, rec(11, K.ACCESS_GRANTED)], 5)], 1)
+    assert [(a.record.kind, a.record.card, a.lane) for a in store.alarms(3)] == [(K.BUFFER_OVERFLOW, 10, False)]
+
+
+# -- end to end: a panel's alarms ahead of its backlog ---------------------------------------
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "no-lane"])
+def test_offline_and_live_alarms_reach_the_store_ahead_of_the_backlog(
+    site_pki: Path, tmp_path: Path, lane: bool
+) -> None:
+    port = 31330 if lane else 31340
+    db = tmp_path / "site.db"
+
+    async def main() -> None:
+        # One batch in flight of 64 records: a backlog of 3,000 takes about 47 commits.
+        settings = panel_settings(site_pki, 39, LinkMode.PUNCH_OUT, port, window=1, alarm_outbox=256 if lane else 0)
+        fleet = Fleet([settings], seed=2, journal=True)
+        panel = fleet.panels[39]
+        for i in range(3000):
+            if i == 2500:
+                panel.record(K.DOOR_FORCED, door=2)
+            else:
+                panel.record(K.DENIED_PIN, door=1, card=i)
+        node = Node(node_settings(site_pki, db, port))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(fleet.run)
+            with trio.fail_after(60):
+                await fleet.wait_connected()
+                while panel.acked_seq < 1000:  # mid-replay: a live alarm behind 2,000 events
+                    await trio.sleep(0.01)
+            panel.record(K.TAMPER, door=3)
+            with trio.fail_after(120):
+                await fleet.wait_drained()
+            nursery.cancel_scope.cancel()
+        store = EventStore(db)
+        try:
+            alarms = {a.record.kind: a for a in store.alarms(39)}
+            events = {e.record.seq: e for e in store.events(39)}
+        finally:
+            store.close()
+        assert {K.DOOR_FORCED, K.TAMPER} <= set(alarms)
+        for kind in (K.DOOR_FORCED, K.TAMPER):
+            alarm = alarms[kind]
+            event = events[alarm.record.seq]
+            assert alarm.record == event.record  # the copy is the record
+            assert alarm.lane is lane
+            if lane:  # stored ahead of the batch that carried the record: commits earlier
+                assert alarm.received_us < event.received_us, (kind, alarm, event)
+            else:
+                assert alarm.received_us == event.received_us
+        assert panel.alarms_sent == (2 if lane else 0)
+        # Left for the next session: the HOST_OFFLINE the panel recorded as this one ended.
+        waiting = [p.EventRecord.unpack(r).kind for r in panel.alarm_outbox]
+        assert waiting == ([K.HOST_OFFLINE] if lane else [])
+
+    trio.run(main, clock=clock())
