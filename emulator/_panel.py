@@ -213,6 +213,12 @@ class Panel:
         self.alarm_outbox: collections.deque[bytes] = collections.deque()
         self.alarms_forgotten = 0
         self.alarms_sent = 0
+        #: The highest seq an ALARM_ACK covered (this panel's alarms up to it that the lane
+        #: carried are stored).
+        self.alarm_acked_seq = 0
+        #: With a journal: the identities (as ``JournalEntry.identity``) of the alarms an
+        #: ALARM_ACK covered, every boot.
+        self.alarms_lane_acked: list[tuple[int, int, int, int]] = []
         #: The highest seq any node ever acknowledged in this boot: what the panel was
         #: promised is durable (a WELCOME may later say less: that is a broken promise).
         self._promised_seq = 0
@@ -357,6 +363,7 @@ class Panel:
         self.boot_id = self._rng.getrandbits(63)
         self.buffer = self._new_buffer()
         self.alarm_outbox.clear()  # RAM: the alarms are in the (flash) backlog, if anywhere
+        self.alarm_acked_seq = 0
         if not isinstance(self.buffer, FlashBackedBuffer):
             self._promised_seq = 0  # a new boot numbers afresh; its promises start now
         self._needs_rebase = not isinstance(self.buffer, FlashBackedBuffer)
@@ -413,11 +420,18 @@ class Panel:
         self._acked_seq = hwm
         self.alarm_stored(hwm)
 
-    def alarm_stored(self, up_to_seq: int) -> None:
-        """An ALARM_ACK or an ACK covers the alarms up to ``up_to_seq``: forget their copies."""
+    def alarm_stored(self, up_to_seq: int, *, by_lane: bool = False) -> None:
+        """An ALARM_ACK (``by_lane``) or an ACK covers the alarms up to ``up_to_seq``: forget
+        their copies. With a journal, what an ALARM_ACK covered is kept (``alarms_lane_acked``):
+        the checker finds each in the store's alarms as the lane's."""
+        if by_lane:
+            self.alarm_acked_seq = max(self.alarm_acked_seq, up_to_seq)
         outbox = self.alarm_outbox
         while outbox and int.from_bytes(outbox[0][:8], "big") <= up_to_seq:
-            outbox.popleft()
+            copy = outbox.popleft()
+            if by_lane and self.journal is not None:
+                record = EventRecord.unpack(copy)
+                self.alarms_lane_acked.append((record.time_us, int(record.kind), record.door, record.card))
 
     def _acked(self, ack: Ack) -> None:
         now = trio.current_time()

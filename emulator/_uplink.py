@@ -488,7 +488,7 @@ class _UplinkSession:
         if isinstance(message, Ack):
             panel._acked(message)
         elif isinstance(message, AlarmAck):
-            panel.alarm_stored(message.up_to_seq)
+            panel.alarm_stored(message.up_to_seq, by_lane=True)
         elif isinstance(message, ConfigDelta):
             panel.config.apply_delta(message.from_version, message.to_version, message.ops)
             panel._config_applied()

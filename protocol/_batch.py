@@ -146,9 +146,9 @@ def check_alarm_records(records: bytes, after: int = 0) -> tuple[int, int]:
     for index, kind in enumerate(kinds):
         if kind not in VALID_KIND_BYTES:
             raise LocalProtocolError(ErrorCode.UNKNOWN_EVENT_KIND, f"alarm {index} has unknown event kind {kind}")
-    previous = after
-    first = 0
-    for index, (seq, _time, kind, _door, _reader, _flags, card, aux) in enumerate(RECORD_STRUCT.iter_unpack(records)):
+    rows = list(RECORD_STRUCT.iter_unpack(records))
+    # Each check over every record before the next one (7.6, as 7.2): the first failure decides.
+    for index, (seq, _time, kind, _door, _reader, _flags, card, aux) in enumerate(rows):
         if seq == 0 or seq > _MAX_SEQ:
             raise LocalProtocolError(ErrorCode.FIELD_OUT_OF_RANGE, f"alarm {index} has seq {seq}, outside 1..2**63-1")
         if kind not in ALARM_KIND_BYTES:
@@ -160,13 +160,14 @@ def check_alarm_records(records: bytes, after: int = 0) -> tuple[int, int]:
                 ErrorCode.FIELD_OUT_OF_RANGE,
                 f"alarm {index}: gap marker at seq {seq} declares last seq {card} and count {aux}",
             )
-        if seq <= previous:
+    previous = after
+    for index, row in enumerate(rows):
+        if row[0] <= previous:
             raise LocalProtocolError(
-                ErrorCode.SEQ_ORDER, f"alarm {index} has seq {seq}, not above the previous alarm's {previous}"
+                ErrorCode.SEQ_ORDER, f"alarm {index} has seq {row[0]}, not above the previous alarm's {previous}"
             )
-        first = first or seq
-        previous = seq
-    return first, previous
+        previous = row[0]
+    return rows[0][0], previous
 
 
 def _raise_bad_kind(kinds: bytes) -> None:

@@ -12,6 +12,7 @@ import trio
 import protocol as p
 from emulator import Fleet, LinkMode
 from fieldsync.engine import Node
+from fieldsync.harness import check
 from storage import EventStore, EventStoreInterface, IngestAlarm, IngestBatch, open_event_store
 from tests.store_engines import StoreEngine
 from tests.strategies import frame_of
@@ -60,6 +61,7 @@ def test_an_alarm_goes_out_and_is_acknowledged_apart_from_the_batches() -> None:
         ([rec(5, K.ACCESS_GRANTED)], p.ErrorCode.FIELD_OUT_OF_RANGE),  # not an alarm kind
         ([rec(7), rec(7, K.TAMPER)], p.ErrorCode.SEQ_ORDER),  # seqs must rise
         ([rec(9), rec(8)], p.ErrorCode.SEQ_ORDER),
+        ([rec(9), rec(8), rec(20, K.ACCESS_GRANTED)], p.ErrorCode.FIELD_OUT_OF_RANGE),  # check 3 before 4
         ([p.RECORD_STRUCT.pack(4, 1, int(K.BUFFER_OVERFLOW), 0, 0, 0, 3, 1)], p.ErrorCode.FIELD_OUT_OF_RANGE),
     ],
 )
@@ -210,5 +212,50 @@ def test_offline_and_live_alarms_reach_the_store_ahead_of_the_backlog(
         # Left for the next session: the HOST_OFFLINE the panel recorded as this one ended.
         waiting = [p.EventRecord.unpack(r).kind for r in panel.alarm_outbox]
         assert waiting == ([K.HOST_OFFLINE] if lane else [])
+        if lane:
+            check_the_checker_on_the_lane(db, fleet)
 
     trio.run(main, clock=clock())
+
+
+def check_the_checker_on_the_lane(db: Path, fleet: Fleet) -> None:
+    """The checker's view of the lane holds on the real run, and each way of breaking the
+    store's alarms breaks the promise it belongs to (its negative controls)."""
+    import sqlite3
+
+    def verdict() -> dict[str, tuple[bool, str]]:
+        report = check(db, fleet.panels.values())
+        return report.promises()
+
+    promises = verdict()
+    assert promises["P1 nothing acknowledged is lost"][0] and promises["P2 exactly once, in order"][0], promises
+    assert "alarms 2: 0 unexpected" in promises["P2 exactly once, in order"][1]
+    panel = fleet.panels[39]
+    assert len(panel.alarms_lane_acked) == 2  # both went by the lane and were acknowledged by it
+
+    def broken(sql: str, promise: str, words: str) -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute(sql)
+            conn.commit()
+        try:
+            ok, text = verdict()[promise]
+            assert not ok and words in text, (sql, text)
+        finally:
+            with sqlite3.connect(db) as conn:  # put it back for the next control
+                conn.execute("DELETE FROM alarms")
+                conn.executemany("INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", saved)
+
+    with sqlite3.connect(db) as conn:
+        saved = conn.execute("SELECT * FROM alarms ORDER BY id").fetchall()
+    ids = [row[0] for row in saved]
+    p1, p2 = "P1 nothing acknowledged is lost", "P2 exactly once, in order"
+    broken(f"DELETE FROM alarms WHERE id = {ids[0]}", p1, "1 acknowledged by the lane missing from it")
+    broken(f"UPDATE alarms SET lane = 0 WHERE id = {ids[0]}", p1, "1 acknowledged by the lane missing")
+    broken(f"UPDATE alarms SET id = 1000 - id WHERE id IN ({ids[0]}, {ids[1]})", p2, "1 out of order in the lane")
+    broken(
+        "INSERT INTO alarms (panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane) "
+        "VALUES (39, 7, 1, 9, 0, 0, 0, 0, 0, 1, 1, 1)",
+        p2,
+        "1 unexpected or twice",
+    )
+    assert verdict()[p1][0] and verdict()[p2][0]  # restored: both hold again

@@ -218,3 +218,122 @@ def test_batch_checks_in_order() -> None:
     )
     ok = c.EventBatch(5, (c.gap_marker(5, 9), c.Record(10, time_us=c.U64)))
     assert c.decode_payload(c.EVENT_BATCH, ok.encode()) == ok
+
+
+# ---------------------------------------------------------------------------------------------- version 5 (13.1)
+
+
+def test_version_5_header_and_version_4_refused() -> None:
+    hb = c.frame(c.Heartbeat(3))
+    assert c.VERSION == 5 and hb[2] == 5
+    with pytest.raises(c.ProtocolError) as info:
+        c.decode_frame(c.frame(c.Heartbeat(3), version=4))
+    assert info.value.code == c.CODES["UNSUPPORTED_VERSION"] and info.value.version == 4
+    # A version-4 peer's ERROR is still read by a reader that takes any version (13.2).
+    err = c.frame(c.Error(0, 101, "this node speaks protocol version 5"), version=4)
+    (f,) = c.FrameReader(any_version=True).feed(err)
+    assert f.version == 4 and c.decode_payload(f.type, f.payload) == c.Error(
+        0, 101, "this node speaks protocol version 5"
+    )
+
+
+def test_alarm_types_and_directions() -> None:
+    assert (c.ALARM, c.ALARM_ACK) == (13, 14)
+    assert c.TYPE_NAMES[13] == "ALARM" and c.TYPE_NAMES[14] == "ALARM_ACK"
+    assert c.ALARM in c.PANEL_SENDS and c.ALARM not in c.NODE_SENDS
+    assert c.ALARM_ACK in c.NODE_SENDS and c.ALARM_ACK not in c.PANEL_SENDS
+    assert sorted(c.ALARM_KINDS) == [7, 8, 9, 10, 12, 14, 15, 16, 18, 20, 21]
+    alarm = c.frame(c.Alarm((c.Record(4, kind=7),)))
+    assert _receive(alarm, "panel") == c.CODES["ILLEGAL_IN_STATE"]  # node -> panel only for ALARM_ACK
+    assert _receive(c.frame(c.AlarmAck(1, 0)), "node") == c.CODES["ILLEGAL_IN_STATE"]
+    assert _receive(alarm, "node") == c.CODES["ILLEGAL_IN_STATE"]  # legal direction, but before HELLO
+
+
+def test_alarm_roundtrip_layout_and_fields() -> None:
+    recs = (c.Record(5, 1, 7, 1, 2, 3, 9, 0), c.gap_marker(9, 12, kind=16), c.Record(40, kind=21, card=41, aux=2))
+    a = c.Alarm(recs)
+    raw = a.encode()
+    assert raw[:2] == b"\x00\x03" and len(raw) == 2 + 3 * 32
+    assert raw[2:34] == recs[0].encode()
+    data = c.frame(a)
+    assert data[3] == c.ALARM and len(data) == len(raw) + c.OVERHEAD
+    assert c.decode_frame(data) == a
+    assert a.last == 40  # the last record's seq (a gap marker's copy counts by its seq too)
+    assert c.fields_of(a) == {"count": 3, "records": [c.fields_of(r) for r in recs]}
+    ack = c.AlarmAck(7, 40)
+    assert ack.encode() == (7).to_bytes(8, "big") + (40).to_bytes(8, "big")
+    assert c.decode_frame(c.frame(ack)) == ack
+
+
+def test_alarm_checks_in_order() -> None:
+    def code(payload: bytes) -> int:
+        with pytest.raises(c.ProtocolError) as info:
+            c.decode_payload(c.ALARM, payload)
+        return info.value.code
+
+    def alarm(*recs: c.Record, count: int | None = None) -> bytes:
+        return c.Alarm(tuple(recs), count=count).encode()
+
+    forced, tamper = c.Record(5, kind=7), c.Record(8, kind=9)
+    # 1: layout.
+    assert code(b"") == c.CODES["MALFORMED"]
+    assert code(b"\x01") == c.CODES["MALFORMED"]
+    assert code(b"\x00\x00") == c.CODES["MALFORMED"]
+    assert code(alarm(forced, count=2)) == c.CODES["MALFORMED"]
+    assert code(alarm(forced, tamper, count=1)) == c.CODES["MALFORMED"]
+    assert code(alarm(forced) + b"\x00") == c.CODES["MALFORMED"]
+    # 2: a kind not in 7.1, before every later check (a non-alarm kind, seq 0, seqs falling).
+    assert code(alarm(c.Record(9, kind=1), c.Record(0, kind=99))) == c.CODES["UNKNOWN_EVENT_KIND"]
+    assert code(alarm(c.Record(5, kind=0))) == c.CODES["UNKNOWN_EVENT_KIND"]
+    # 3: seq range, alarm kinds, gap markers; before seq order.
+    assert code(alarm(c.Record(0, kind=7))) == c.CODES["FIELD_OUT_OF_RANGE"]
+    assert code(alarm(c.Record(c.MAX_SEQ + 1, kind=7))) == c.CODES["FIELD_OUT_OF_RANGE"]
+    assert code(alarm(forced, c.Record(6, kind=1))) == c.CODES["FIELD_OUT_OF_RANGE"]  # ACCESS_GRANTED
+    assert code(alarm(c.Record(6, kind=11))) == c.CODES["FIELD_OUT_OF_RANGE"]  # POWER_RESTORE: not an alarm
+    assert code(alarm(tamper, c.Record(0, kind=7))) == c.CODES["FIELD_OUT_OF_RANGE"]
+    assert code(alarm(c.Record(5, kind=14, card=7, aux=2))) == c.CODES["FIELD_OUT_OF_RANGE"]
+    assert code(alarm(c.Record(5, kind=21, card=4, aux=0))) == c.CODES["FIELD_OUT_OF_RANGE"]
+    # 4: seqs rise within the ALARM.
+    assert code(alarm(tamper, forced)) == c.CODES["SEQ_ORDER"]
+    assert code(alarm(forced, c.Record(5, kind=8))) == c.CODES["SEQ_ORDER"]
+    # Rising, not consecutive, every alarm kind, a marker at the top of the seq range: accepted.
+    kinds = sorted(c.ALARM_KINDS - c.GAP_KINDS)
+    ok = c.Alarm((*(c.Record(10 + 3 * i, kind=k) for i, k in enumerate(kinds)), c.gap_marker(c.MAX_SEQ, c.MAX_SEQ)))
+    assert c.decode_payload(c.ALARM, ok.encode()) == ok
+
+
+def test_alarm_ack_checks() -> None:
+    def code(payload: bytes) -> int:
+        with pytest.raises(c.ProtocolError) as info:
+            c.decode_payload(c.ALARM_ACK, payload)
+        return info.value.code
+
+    good = c.AlarmAck(1, 0).encode()
+    assert code(good[:-1]) == c.CODES["MALFORMED"]
+    assert code(good + b"\x00") == c.CODES["MALFORMED"]
+    assert code(c.AlarmAck(0, 5).encode()) == c.CODES["FIELD_OUT_OF_RANGE"]  # epoch >= 1
+    assert c.decode_payload(c.ALARM_ACK, good) == c.AlarmAck(1, 0)
+
+
+def test_alarm_lane_of_the_battery_node() -> None:
+    """The battery's node-side checks of a panel's ALARMs across a session (7.6), beyond the codec's."""
+    from fieldsync.conformance._link import AlarmLane
+
+    lane = AlarmLane(epoch=2, hwm=10, answer=True)
+    first = c.Alarm((c.Record(12, kind=7), c.Record(15, kind=9)))
+    assert lane.fault_of(first) is None and lane.top == 15 and set(lane.copies) == {12, 15}
+    # Check 4 across ALARMs: not above the previous ALARM's last seq.
+    again = lane.fault_of(c.Alarm((c.Record(15, kind=8),)))
+    assert again is not None and again[0] == c.CODES["SEQ_ORDER"]
+    assert lane.fault_of(c.Alarm((c.Record(16, kind=8),))) is None and lane.top == 16
+    # The batch holding the copies: equal records pass, a differing one is reported (no code names it).
+    recs = (c.Record(11), c.Record(12, kind=7), c.Record(13), c.Record(14), c.Record(15, kind=9), c.Record(16, kind=8))
+    assert lane.fault_of(c.EventBatch(11, recs)) is None
+    changed = (*recs[:4], c.Record(15, kind=9, door=3), recs[5])
+    fault = lane.fault_of(c.EventBatch(11, changed))
+    assert fault is not None and fault[0] == 0 and "seq 15" in fault[1]
+    # A copy at or below the WELCOME's hwm: the panel forgot it on the WELCOME.
+    fresh = AlarmLane(epoch=2, hwm=10, answer=False)
+    low = fresh.fault_of(c.Alarm((c.Record(10, kind=7), c.Record(11, kind=7))))
+    assert low is not None and low[0] == 0 and "hwm 10" in low[1]
+    assert fresh.alarms == [] and fresh.top == 0

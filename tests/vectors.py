@@ -69,6 +69,10 @@ def message_fields(message: p.Message) -> dict[str, Any]:
             for row in message.rows()
         ]
         return {"first_seq": message.first_seq, "count": message.count, "records": records}
+    if isinstance(message, p.Alarm):
+        names = ("seq", "time_us", "kind", "door", "reader", "flags", "card", "aux")
+        records = [dict(zip(names, row, strict=True)) for row in p.iter_rows(message.records)]
+        return {"count": message.count, "records": records}
     out: dict[str, Any] = {}
     for name in message.__dataclass_fields__:
         value = getattr(message, name)
@@ -95,6 +99,10 @@ def _record(seq: int, kind: int = 1, *, card: int = 0, aux: int = 0) -> bytes:
 
 def _batch(first: int, *records: bytes, count: int | None = None) -> bytes:
     return struct.pack(">QH", first, len(records) if count is None else count) + b"".join(records)
+
+
+def _alarm(*records: bytes, count: int | None = None) -> bytes:
+    return struct.pack(">H", len(records) if count is None else count) + b"".join(records)
 
 
 def valid_messages() -> list[tuple[str, str, p.Message]]:
@@ -194,6 +202,12 @@ def valid_messages() -> list[tuple[str, str, p.Message]]:
         ("BYE SHUTTING_DOWN", "5, 10", p.Bye(epoch=1, reason=int(p.ErrorCode.SHUTTING_DOWN))),
         ("STANDBY of node B", "5, 6.3", p.Standby(node_id="B", heartbeat_ms=1000, idle_ms=10_000)),
         ("TAKEOVER under epoch 2", "5, 6.3", p.Takeover(epoch=2)),
+        (
+            "ALARM: a door forced at seq 40 and a tamper at seq 90",
+            "5, 7.6",
+            p.Alarm(records=_record(40, int(p.EventKind.DOOR_FORCED)) + _record(90, int(p.EventKind.TAMPER))),
+        ),
+        ("ALARM_ACK up to seq 90", "5, 7.6", p.AlarmAck(epoch=1, up_to_seq=90)),
     ]
 
 
@@ -219,7 +233,24 @@ def invalid_frames() -> list[tuple[str, str, str, bytes, p.ErrorCode]]:
         ("a version-1 HELLO", "3, 13.2", "node", frame(1, hello, version=1), E.UNSUPPORTED_VERSION),
         ("a version-2 HELLO", "3, 13.2", "node", frame(1, hello, version=2), E.UNSUPPORTED_VERSION),
         ("a version-3 HELLO", "3, 13.2", "node", frame(1, hello, version=3), E.UNSUPPORTED_VERSION),
+        ("a version-4 HELLO", "3, 13.2", "node", frame(1, hello, version=4), E.UNSUPPORTED_VERSION),
         ("TAKEOVER with epoch 0", "5, 6.3", "panel", frame(12, (0).to_bytes(8, "big")), E.FIELD_OUT_OF_RANGE),
+        (
+            "ALARM that declares 2 records and carries 1",
+            "5, 7.6",
+            "node",
+            frame(13, _alarm(_record(5, 7), count=2)),
+            E.MALFORMED,
+        ),
+        ("ALARM of an ACCESS_GRANTED", "7.6", "node", frame(13, _alarm(_record(5, 1))), E.FIELD_OUT_OF_RANGE),
+        ("ALARM whose seqs fall", "7.6", "node", frame(13, _alarm(_record(9, 7), _record(8, 9))), E.SEQ_ORDER),
+        (
+            "ALARM_ACK with epoch 0",
+            "5, 7.6",
+            "panel",
+            frame(14, bytes(8) + (3).to_bytes(8, "big")),
+            E.FIELD_OUT_OF_RANGE,
+        ),
         ("type 99", "3", "node", frame(99, b""), E.UNKNOWN_TYPE),
         ("flags set", "3", "node", frame(1, hello, flags=0x80), E.BAD_FLAGS),
         (

@@ -1,22 +1,24 @@
-"""Alarms in a replay: how long an operator waits for the alarms a fleet's backlog holds.
+"""Alarms in a replay: how long an operator waits for the alarms a fleet's backlog holds,
+with the alarm lane (docs/protocol.md 7.6) and without it, in one run.
 
 A thousand panels come back from an outage, each with a backlog of access events among
 which it recorded alarms: ``HOST_OFFLINE`` when it lost the host, a door forced a minute
-in, a tamper half-way, a door held at the end. Each alarm is stored when its panel sees an
-ACK at or past its seq (an ACK means durable, docs/protocol.md 7.4). Half-way through the
-replay a subset of the panels raise a live alarm (a door forced now): how long until it is
-stored?
+in, a tamper half-way, a door held at the end. An alarm is stored when its panel sees an
+ALARM_ACK or an ACK at or past its seq (both mean durable: 7.4, 7.6). Half-way through
+the replay a subset of the panels raise a live alarm (a door forced now): how long until
+it is stored?
 
 The bounds, measured in the same run: the drain (every event acknowledged) for the offline
 alarms, and for the live alarm the same panels' live alarm once the replay is over, with
-nothing ahead of it. With one sequence per panel (protocol version 4) an alarm waits
-behind every access event its panel recorded before it; this benchmark is the figure an
-alarm lane must beat (issue 20; docs/architecture.md, "Where later work slots in").
+nothing ahead of it. Then the same run again with the panels' lane off
+(``PanelSettings.alarm_outbox = 0``): one sequence per panel, each alarm behind every access
+event its panel recorded before it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -65,9 +67,9 @@ class AlarmOptions:
         )
 
 
-def _fleet(opts: AlarmOptions, pki_dir: Path) -> tuple[Fleet, dict[int, list[int]]]:
+def _fleet(opts: AlarmOptions, pki_dir: Path, lane: bool) -> tuple[Fleet, dict[int, list[int]]]:
     """The fleet, each panel's backlog filled, and each panel's offline alarms' seqs."""
-    fleet = empty_fleet(opts.replay(), pki_dir)
+    fleet = empty_fleet(opts.replay(), pki_dir, alarm_outbox=256 if lane else 0)
     at = {min(opts.backlog - 1, int(fraction * opts.backlog)): kind for fraction, kind in OFFLINE_ALARMS}
     t0 = 1_764_000_000_000_000
     alarms: dict[int, list[int]] = {}
@@ -76,7 +78,10 @@ def _fleet(opts: AlarmOptions, pki_dir: Path) -> tuple[Fleet, dict[int, list[int
         for i in range(opts.backlog):
             kind = at.get(i, p.EventKind.ACCESS_GRANTED)
             alarm = kind != p.EventKind.ACCESS_GRANTED
-            seq = panel.buffer.append(t0 + i, kind, door=i % 4, card=0 if alarm else 12345 + i)
+            if alarm:  # recorded as the panel records one: its copy goes in the lane's outbox
+                seq = panel.record(kind, door=i % 4)
+            else:
+                seq = panel.buffer.append(t0 + i, kind, door=i % 4, card=12345 + i)
             if alarm and seq is not None:
                 seqs.append(seq)
     return fleet, alarms
@@ -113,7 +118,7 @@ class _Watch:
             now = time.perf_counter() - self.start
             left = []
             for panel, seq, raised_at in self.pending:
-                if panel.acked_seq >= seq:
+                if panel.acked_seq >= seq or panel.alarm_acked_seq >= seq:
                     self.stored.append(now - raised_at)
                 else:
                     left.append((panel, seq, raised_at))
@@ -123,10 +128,26 @@ class _Watch:
 
 
 async def measure_alarms(
-    opts: AlarmOptions, workdir: Path, *, on_progress: Callable[[int, int], None] = lambda _a, _t: None
+    opts: AlarmOptions, workdir: Path, *, on_progress: Callable[[str, int, int], None] = lambda _n, _a, _t: None
 ) -> dict[str, object]:
-    """The run: the offline alarms' waits, the live alarms' mid-replay and after it."""
-    fleet, offline = _fleet(opts, workdir / "pki")
+    """Both runs, with the lane and without, and how the lane's figures compare."""
+    runs: dict[str, dict[str, object]] = {}
+    for name, lane in (("lane", True), ("no_lane", False)):
+        runs[name] = await _measure(opts, workdir / name, lane, functools.partial(on_progress, name))
+    with_lane, without = runs["lane"], runs["no_lane"]
+    compare = {
+        f"ratio_{key}_lane_to_no_lane": ratio(float(with_lane[key]), float(without[key]))  # type: ignore[arg-type]
+        for key in ("offline_all_stored_s", "offline_p50_s", "live_p50_s", "live_p99_s")
+    }
+    return {"panels": opts.panels, "backlog": opts.backlog, "tls": opts.tls, **runs, **compare}
+
+
+async def _measure(
+    opts: AlarmOptions, workdir: Path, lane: bool, on_progress: Callable[[int, int], None]
+) -> dict[str, object]:
+    """One run: the offline alarms' waits, the live alarms' mid-replay and after it."""
+    await trio.Path(workdir).mkdir(parents=True, exist_ok=True)
+    fleet, offline = _fleet(opts, workdir / "pki", lane)
     total = fleet.statistics().emitted
     step = max(1, opts.panels // max(1, min(opts.live_panels, opts.panels)))
     live = [fleet.panels[pid] for pid in range(1, opts.panels + 1, step)][: opts.live_panels]
@@ -172,7 +193,8 @@ async def measure_alarms(
                 after = await fast.wait()
                 await offline_done.wait()  # all in by the drain
             nursery.cancel_scope.cancel()
-    return _figures(opts, offline_waits, mid_replay, after, behind, drain, raised_at, node_cpu, fleet_cpu)
+    figures = _figures(opts, offline_waits, mid_replay, after, behind, drain, raised_at, node_cpu, fleet_cpu)
+    return {"lanes": lane, "alarms_in_lane": sum(p.alarms_sent for p in fleet.panels.values()), **figures}
 
 
 def _figures(
@@ -189,10 +211,6 @@ def _figures(
     all_stored = max(offline, default=float("nan"))
     idle_p50, idle_p99 = percentile(after, 50), percentile(after, 99)
     return {
-        "lanes": False,
-        "panels": opts.panels,
-        "backlog": opts.backlog,
-        "tls": opts.tls,
         "offline_alarms": len(offline),
         "offline_all_stored_s": all_stored,
         "offline_p50_s": percentile(offline, 50),
@@ -218,40 +236,57 @@ def _r(value: object) -> str:
     return "missing (its bound is)" if value is None else f"{float(value):.3f}"  # type: ignore[arg-type]
 
 
-def alarm_lines(result: dict[str, object]) -> list[str]:
-    """The run's figures, each beside its bound and ratio."""
-    lanes = "an alarm lane" if result["lanes"] else "one sequence per panel (no alarm lane)"
+def _run_lines(name: str, run: dict[str, object]) -> list[str]:
     return [
-        f"alarms: {result['panels']} panel(s) x {result['backlog']:,} events, "
-        f"{'TLS 1.3' if result['tls'] else 'plain TCP'}, {lanes}",
-        f"  drain (bound)     : {result['drain_s']:.2f} s (every event acknowledged)",
-        f"  offline alarms    : {result['offline_alarms']:,}, all stored at {result['offline_all_stored_s']:.2f} s, "
-        f"p50 {result['offline_p50_s']:.2f} s; ratio of all stored to the drain "
-        f"{_r(result['ratio_offline_all_stored_to_drain'])}",
-        f"  live alarms       : {result['live_alarms']} raised at {result['live_raised_at_s']:.2f} s, "
-        f"{result['live_events_ahead_mean']:,.0f} events ahead on average: "
-        f"p50 {result['live_p50_s']:.3f} s, p99 {result['live_p99_s']:.3f} s",
-        f"  idle alarm (bound): the same panels after the drain: p50 {result['idle_alarm_p50_s']:.3f} s, "
-        f"p99 {result['idle_alarm_p99_s']:.3f} s",
-        f"  ratio live/idle   : p50 {_r(result['ratio_live_p50_to_idle'])}, p99 {_r(result['ratio_live_p99_to_idle'])}",
-        f"  CPU in the drain  : node {result['node_cpu_s']:.1f} s, fleet {result['fleet_cpu_s']:.1f} s",
+        f"  {name}: {run['alarms_in_lane']:,} alarm copies went in the lane",
+        f"    drain (bound)     : {run['drain_s']:.2f} s (every event acknowledged)",
+        f"    offline alarms    : {run['offline_alarms']:,}, all stored at {run['offline_all_stored_s']:.2f} s, "
+        f"p50 {run['offline_p50_s']:.2f} s; ratio of all stored to the drain "
+        f"{_r(run['ratio_offline_all_stored_to_drain'])}",
+        f"    live alarms       : {run['live_alarms']} raised at {run['live_raised_at_s']:.2f} s, "
+        f"{run['live_events_ahead_mean']:,.0f} events ahead on average: "
+        f"p50 {run['live_p50_s']:.3f} s, p99 {run['live_p99_s']:.3f} s",
+        f"    idle alarm (bound): the same panels after the drain: p50 {run['idle_alarm_p50_s']:.3f} s, "
+        f"p99 {run['idle_alarm_p99_s']:.3f} s",
+        f"    ratio live/idle   : p50 {_r(run['ratio_live_p50_to_idle'])}, p99 {_r(run['ratio_live_p99_to_idle'])}",
+        f"    CPU in the drain  : node {run['node_cpu_s']:.1f} s, fleet {run['fleet_cpu_s']:.1f} s",
     ]
 
 
+def alarm_lines(result: dict[str, object]) -> list[str]:
+    """Both runs' figures, each beside its bound and ratio, and the lane against no lane."""
+    lines = [
+        f"alarms: {result['panels']} panel(s) x {result['backlog']:,} events, "
+        f"{'TLS 1.3' if result['tls'] else 'plain TCP'}; with the alarm lane, then one sequence per panel"
+    ]
+    lines += _run_lines("with the lane", result["lane"])  # type: ignore[arg-type]
+    lines += _run_lines("without it", result["no_lane"])  # type: ignore[arg-type]
+    ratios = {key: _r(result[f"ratio_{key}_lane_to_no_lane"]) for key in ("offline_all_stored_s", "offline_p50_s")}
+    live = {key: _r(result[f"ratio_{key}_lane_to_no_lane"]) for key in ("live_p50_s", "live_p99_s")}
+    lines.append(
+        f"  lane / no lane    : offline all stored {ratios['offline_all_stored_s']}, offline p50 "
+        f"{ratios['offline_p50_s']}, live p50 {live['live_p50_s']}, live p99 {live['live_p99_s']}"
+    )
+    return lines
+
+
 def plot_alarms(result: dict[str, object], path: Path) -> None:
-    """PNG: the share of offline alarms stored over time, and the live alarms' waits."""
+    """PNG: the share of offline alarms stored over time, and the live alarms' waits, both runs."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 4.5))
+    fig = Figure(figsize=(10, 4.5))
     left, right = fig.subplots(1, 2)
-    offline: list[float] = result["offline_waits_s"]  # type: ignore[assignment]
-    left.step(offline, [(i + 1) / len(offline) for i in range(len(offline))], where="post")
-    left.axvline(float(result["drain_s"]), color="grey", linestyle="--", label="drain")  # type: ignore[arg-type]
-    left.set_xlabel("seconds since the fleet started")
+    for name, label in (("lane", "alarm lane"), ("no_lane", "no lane")):
+        run: dict[str, object] = result[name]  # type: ignore[assignment]
+        offline: list[float] = run["offline_waits_s"]  # type: ignore[assignment]
+        line = left.step(offline, [(i + 1) / len(offline) for i in range(len(offline))], where="post", label=label)
+        left.axvline(float(run["drain_s"]), color=line[0].get_color(), linestyle="--")  # type: ignore[arg-type]
+        live: list[float] = run["live_waits_s"]  # type: ignore[assignment]
+        right.hist(live, bins=30, alpha=0.6, label=label)
+    left.set_xlabel("seconds since the fleet started (dashed: the drain)")
     left.set_ylabel("offline alarms stored (share)")
     left.legend()
-    live: list[float] = result["live_waits_s"]  # type: ignore[assignment]
-    right.hist(live, bins=30)
     right.set_xlabel("live alarm raised mid-replay: seconds to its ACK")
     right.set_ylabel("alarms")
+    right.legend()
     save_figure(fig, path)

@@ -226,8 +226,9 @@ def _fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
     return fleet
 
 
-def empty_fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
-    """The run's panels (and the PKI when TLS), each with room for its backlog, none in it yet."""
+def empty_fleet(opts: ReplayOptions, pki_dir: Path, *, alarm_outbox: int = 256) -> Fleet:
+    """The run's panels (and the PKI when TLS), each with room for its backlog, none in it yet.
+    ``alarm_outbox``: the panels' alarm lane (``PanelSettings.alarm_outbox``; 0: none)."""
     if opts.tls:
         pki.init_ca(pki_dir)
         pki.issue(pki_dir, "node", "A")
@@ -242,6 +243,7 @@ def empty_fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
             window=opts.window,
             backoff_initial=0.01,
             backoff_cap=0.2,
+            alarm_outbox=alarm_outbox,
         )
         for pid in range(1, opts.panels + 1)
     ]

@@ -134,7 +134,8 @@ def alarms_cmd(
     plot: Path | None,
 ) -> None:
     """Panels come back with alarms among their backlog, and raise live ones mid-replay: how
-    long until each is stored, against the drain and an alarm with nothing ahead of it."""
+    long until each is stored, against the drain and an alarm with nothing ahead of it; with
+    the alarm lane, then without it, in one run."""
     from ..bench import AlarmOptions, alarm_lines, measure_alarms, plot_alarms
 
     opts = AlarmOptions(
@@ -143,10 +144,13 @@ def alarms_cmd(
     opts = dataclasses.replace(opts, timeout=timeout)
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-alarms-") as tmp, _progress() as progress:
-        acked = progress.add_task("acked", total=panels * backlog, rate="")
+        tasks = {
+            name: progress.add_task(f"acked, {label}", total=panels * backlog, rate="")
+            for name, label in (("lane", "with the lane"), ("no_lane", "without it"))
+        }
 
-        def on_progress(done: int, total: int) -> None:
-            progress.update(acked, completed=done, total=total)
+        def on_progress(name: str, done: int, total: int) -> None:
+            progress.update(tasks[name], completed=done, total=total)
 
         async def run() -> None:
             result.update(await measure_alarms(opts, Path(tmp), on_progress=on_progress))

@@ -1,4 +1,4 @@
-"""`fieldsync conformance`: an independent conformance battery for the fieldsync wire protocol, version 4.
+"""`fieldsync conformance`: an independent conformance battery for the fieldsync wire protocol, version 5.
 
 Written from docs/protocol.md alone (like h2spec for HTTP/2): it shares no code with `protocol`, `storage`,
 `emulator` or the rest of `fieldsync`. `--server HOST:PORT` plays panels against a node, and `--park HOST:PORT`

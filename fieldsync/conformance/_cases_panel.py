@@ -30,7 +30,7 @@ HB_S = HB_MS / 1000
 IDLE_S = IDLE_MS / 1000
 GRACE = 0.1  # s: a panel frame arriving this soon after our reply to its previous one may have crossed it
 BOGUS_DIGEST = hashlib.sha256(b"fieldsync conformance: not the digest").digest()
-FROM_PANEL = (c.EVENT_BATCH, c.HEARTBEAT, c.CONFIG_ACK)
+FROM_PANEL = (c.EVENT_BATCH, c.HEARTBEAT, c.CONFIG_ACK, c.ALARM)
 PARK_WAIT = 15.0  # s: how long a park case waits for the panel's next park connection (it parks again later, 6.3)
 
 
@@ -164,18 +164,25 @@ class PanelCtx:
         args.update(kw)
         return c.Welcome(**args)
 
-    async def session(self, *, heartbeats: bool = True, answer: bool = True, **welcome: Any) -> Session:
+    async def session(
+        self, *, heartbeats: bool = True, answer: bool = True, alarm_acks: bool | None = None, **welcome: Any
+    ) -> Session:
         """A session up to WELCOME.
 
         `answer`: answer each panel HEARTBEAT at once, as a node MUST (9.1 rule 4). `heartbeats`: also send a
         HEARTBEAT of its own twice per H throughout, as a busy node does (rule 1) and more than a quiet one would
         (rule 3); a panel has no rule to refuse them and MUST NOT answer them (rule 4). It is the default so that
         no case but the liveness ones depends on the panel's timers.
+
+        Every ALARM of the session (version 5, 7.6) is checked (the link's AlarmLane: kinds and rising seqs, above
+        the WELCOME's hwm, copies equal to their records) and, with `alarm_acks` (by default as `answer`),
+        answered at once with an ALARM_ACK of its last seq, as a node MUST; the case sees the ALARM too.
         """
         link = await self.dial()
         h = await self.hello(link)
         hello_at = trio.current_time()
         w = self.welcome(h, **welcome)
+        link.watch_alarms(w.epoch, w.hwm, answer=answer if alarm_acks is None else alarm_acks)
         await link.send_msg(w)
         self.note_config(h)
         if answer:
@@ -289,12 +296,12 @@ class PanelCtx:
                     )
                 prev_last = m.last
                 out.append(m)
-            elif not isinstance(m, c.Heartbeat | c.ConfigAck):
+            elif not isinstance(m, c.Heartbeat | c.ConfigAck | c.Alarm):
                 raise Fail(f"unexpected {describe(m)} from the panel")
         return out
 
     async def config_ack(self, s: Session, within: float = 3.0) -> c.ConfigAck:
-        m = await s.link.expect(c.CONFIG_ACK, within, skip=(c.HEARTBEAT, c.EVENT_BATCH))
+        m = await s.link.expect(c.CONFIG_ACK, within, skip=(c.HEARTBEAT, c.EVENT_BATCH, c.ALARM))
         assert isinstance(m, c.ConfigAck)
         return m
 
@@ -501,6 +508,149 @@ async def heartbeat_epoch(ctx: PanelCtx) -> str:
     return f"HEARTBEAT epoch {s.epoch + 1} in session {s.epoch}: {c.code_name(e.code)}"
 
 
+# ---------------------------------------------------------------------------------------------- the alarm lane (7.6)
+#
+# Version 5 (13.1). What the battery's node can check of a panel's alarm lane without being able to make a door be
+# forced: the bounds of ALARM_ACK (checked by the panel whether or not it sent an ALARM), and, when the panel sends
+# ALARMs, what they carry. The one alarm the battery can make a panel record is a SERVER_LOST marker (kind 21, an
+# alarm kind): a WELCOME whose hwm is below what the panel saw acknowledged (7.3), as in the `server-lost` case.
+
+
+async def lane_watch(
+    ctx: PanelCtx, s: Session, seconds: float, *, until_alarm: bool
+) -> tuple[list[c.Alarm], list[c.EventBatch]]:
+    """Watch the session for `seconds` (or until an ALARM, with `until_alarm`), acknowledging every batch at once;
+    the session's AlarmLane checks each ALARM (and answers it if the session does)."""
+    alarms: list[c.Alarm] = []
+    bs: list[c.EventBatch] = []
+    end = trio.current_time() + seconds
+    while (now := trio.current_time()) < end:
+        rx = await s.link.recv(end - now)
+        if rx is None:
+            break
+        check(rx.kind == "msg" and rx.msg is not None, f"the session ended: {rx.describe()}")
+        m = rx.msg
+        if isinstance(m, c.EventBatch):
+            bs.append(m)
+            await s.link.send_msg(c.Ack(s.epoch, m.last))
+            ctx.s.acked = max(ctx.s.acked, m.last)
+        elif isinstance(m, c.Alarm):
+            alarms.append(m)
+            if until_alarm:
+                break
+        elif not isinstance(m, c.Heartbeat | c.ConfigAck):
+            raise Fail(f"unexpected {describe(m) if m is not None else rx.describe()} from the panel")
+    return alarms, bs
+
+
+async def alarm_session(ctx: PanelCtx, *, alarm_acks: bool) -> tuple[Session, c.Alarm | None, str]:
+    """A session in which the panel sends an ALARM, if the battery can bring one about: first any alarm the panel
+    records by itself within 2 s; else, if it uploaded a batch, a new session whose WELCOME hwm is below what was
+    acknowledged, so that the panel records a SERVER_LOST marker (7.3), whose copy SHOULD go out in an ALARM before
+    its first EVENT_BATCH (7.6). Returns the session, its first ALARM (None: none came) and how it came."""
+    s = await ctx.session(alarm_acks=alarm_acks)
+    alarms, bs = await lane_watch(ctx, s, 2.0, until_alarm=True)
+    if alarms:
+        return s, alarms[0], "recorded by the panel itself"
+    hwm = s.welcome.hwm
+    top = max([hwm, *(b.last for b in bs)])
+    if top <= hwm:
+        return s, None, "no ALARM in 2 s and no batch to acknowledge (so no SERVER_LOST marker to bring about)"
+    await trio.sleep(0.1)
+    await ctx.bye(s)
+    s2 = await ctx.session(alarm_acks=alarm_acks, hwm=hwm)
+    alarms, bs2 = await lane_watch(ctx, s2, 2.5, until_alarm=True)
+    how = f"after a WELCOME of hwm {hwm} below the {top} acknowledged (a SERVER_LOST marker, 7.3)"
+    if not alarms:
+        return s2, None, f"no ALARM within 2.5 s {how}"
+    when = "before its first batch" if not bs2 else f"after {len(bs2)} batch(es) (7.6: SHOULD before the first)"
+    return s2, alarms[0], f"{how}, {when}"
+
+
+@panel_case("alarm-ack-above-sent", "7.6")
+async def alarm_ack_above_sent(ctx: PanelCtx) -> str:
+    """An ALARM_ACK above every seq the panel can have sent in an ALARM (above its newest seq, every batch and hwm,
+    by 1,000,000) is BAD_ACK."""
+    s = await ctx.session(alarm_acks=False)
+    alarms, bs = await lane_watch(ctx, s, 0.5, until_alarm=False)
+    top = max([s.welcome.hwm, s.hello.newest_seq, *(b.last for b in bs), *(a.last for a in alarms)])
+    await s.link.send_msg(c.AlarmAck(s.epoch, top + 1_000_000))
+    await s.link.expect_error("BAD_ACK", 3.0, skip=FROM_PANEL)
+    sent = f"{len(alarms)} ALARM(s) sent, up to {max(a.last for a in alarms)}" if alarms else "no ALARM sent"
+    return f"ALARM_ACK {top + 1_000_000} with {sent} and seqs up to {top}: BAD_ACK"
+
+
+@panel_case("alarm-ack-backwards", "7.6")
+async def alarm_ack_backwards(ctx: PanelCtx) -> str:
+    """An ALARM_ACK below the session's previous one is BAD_ACK (needs an ALARM from the panel to acknowledge)."""
+    s, a, how = await alarm_session(ctx, alarm_acks=False)
+    if a is None:
+        await ctx.bye(s)
+        raise Skip(f"not applicable: the battery could not make the panel send an ALARM ({how})")
+    await s.link.send_msg(c.AlarmAck(s.epoch, a.last))
+    await s.link.send_msg(c.AlarmAck(s.epoch, a.last - 1))
+    await s.link.expect_error("BAD_ACK", 3.0, skip=FROM_PANEL)
+    got = ",".join(str(r.seq) for r in a.records)
+    return f"ALARM of seqs {got} ({how}): ALARM_ACK {a.last}, then {a.last - 1}: BAD_ACK"
+
+
+@panel_case("alarm-lane", "5, 7.6")
+async def alarm_lane(ctx: PanelCtx) -> str:
+    """The panel's ALARMs carry records of alarm kinds, in rising seq order across the session, above the WELCOME's
+    hwm, each a copy of the record of its seq in the event sequence (needs an ALARM from the panel)."""
+    s, a, how = await alarm_session(ctx, alarm_acks=True)
+    if a is None:
+        await ctx.bye(s)
+        raise Skip(f"not applicable: the battery could not make the panel send an ALARM ({how})")
+    _more, bs = await lane_watch(ctx, s, 1.5, until_alarm=False)
+    lane = s.link.lane
+    assert lane is not None
+    matched = sum(1 for b in bs for r in b.records if r.seq in lane.copies)
+    kinds = sorted({c.KINDS[r.kind] for m in lane.alarms for r in m.records})
+    await ctx.bye(s)
+    return (
+        f"{len(lane.alarms)} ALARM(s) ({how}), {len(lane.copies)} copies of kinds {', '.join(kinds)}, seqs "
+        f"{min(lane.copies)}..{lane.top} rising, above hwm {s.welcome.hwm}; {matched} matched bit for bit by the "
+        "records of their batches"
+    )
+
+
+@panel_case("alarm-ack-epoch-other", "5, 7.6, 9.2")
+async def alarm_ack_epoch(ctx: PanelCtx) -> str:
+    """An ALARM_ACK whose epoch is not the session's is refused (5: = the session's epoch; see the report for the
+    codes taken: 9.2 lists no code for ALARM_ACK)."""
+    s = await ctx.session()
+    bad = s.epoch - 1 if s.epoch >= 2 else s.epoch + 1
+    await s.link.send_msg(c.AlarmAck(bad, 0))
+    e = await s.link.expect_error(("EPOCH_MISMATCH", "STALE_EPOCH", "FIELD_OUT_OF_RANGE"), 3.0, skip=FROM_PANEL)
+    return f"ALARM_ACK epoch {bad} in session {s.epoch}: {c.code_name(e.code)}"
+
+
+@panel_case("alarm-ack-epoch-zero", "3, 5")
+async def alarm_ack_epoch_zero(ctx: PanelCtx) -> str:
+    """An ALARM_ACK of epoch 0 breaks its range (>= 1) before any check of the session: FIELD_OUT_OF_RANGE."""
+    s = await ctx.session()
+    await s.link.send(c.encode_frame(c.ALARM_ACK, c.AlarmAck(0, 0).encode()))
+    await s.link.expect_error("FIELD_OUT_OF_RANGE", 3.0, skip=FROM_PANEL)
+    return "ALARM_ACK epoch 0: FIELD_OUT_OF_RANGE"
+
+
+@panel_case("alarm-ack-before-welcome", "4, 6.1")
+async def alarm_ack_before_welcome(ctx: PanelCtx) -> str:
+    """An ALARM_ACK instead of WELCOME is ILLEGAL_IN_STATE (4: ALARM_ACK is legal in streaming only)."""
+    await _panel_framing(ctx, lambda h: c.frame(c.AlarmAck(ctx.epoch_for(h), 0)), "ILLEGAL_IN_STATE")
+    return "ALARM_ACK after HELLO: ILLEGAL_IN_STATE"
+
+
+@panel_case("wrong-direction-alarm", "4, 6.1")
+async def wrong_direction_alarm(ctx: PanelCtx) -> str:
+    """A panel-to-node ALARM sent by the node is ILLEGAL_IN_STATE."""
+    s = await ctx.session()
+    await s.link.send_msg(c.Alarm((c.Record(1, 0, 7),)))
+    await s.link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=FROM_PANEL)
+    return "ILLEGAL_IN_STATE"
+
+
 # ---------------------------------------------------------------------------------------------- configuration
 
 
@@ -690,12 +840,14 @@ async def snapshot_part_order(ctx: PanelCtx) -> str:
 
 
 def crossed(at: float, since: float, prev: c.Message | None, replied: float) -> bool:
-    """A HEARTBEAT the panel sent still busy, our reply to its previous frame (ACK, or answer to a probe) being late.
+    """A HEARTBEAT the panel sent still busy, our reply to its previous frame (ACK, ALARM_ACK, or answer to a probe)
+    being late.
 
     9.1: the ends' views differ only by the frames in flight. Such a HEARTBEAT comes about H after that frame
     (rule 1) and less than GRACE after our reply went out; one sent after the reply reached it is the quiet panel's.
     """
-    return isinstance(prev, c.EventBatch | c.Heartbeat) and since >= HB_S - slack(HB_S) and at - replied < GRACE
+    busying = c.EventBatch | c.Alarm | c.Heartbeat
+    return isinstance(prev, busying) and since >= HB_S - slack(HB_S) and at - replied < GRACE
 
 
 @dataclass
@@ -708,6 +860,12 @@ class Watched:
     crossed: int = 0  # HEARTBEATs that crossed our late reply (the panel still busy)
     longest: float = 0.0  # the longest time without a frame from the panel
     node_beats: int = 0
+    alarms: int = 0
+
+
+def _alarm_ack_sent(s: Session) -> float:
+    """When the session's AlarmLane sent its last ALARM_ACK (our reply to the panel's last ALARM)."""
+    return s.link.lane.ack_sent if s.link.lane is not None else -math.inf
 
 
 async def watch_quiet(ctx: PanelCtx, s: Session, seconds: float, *, node_every: float | None = None) -> Watched:
@@ -747,6 +905,9 @@ async def watch_quiet(ctx: PanelCtx, s: Session, seconds: float, *, node_every: 
             ctx.s.acked = max(ctx.s.acked, m.last)
             prev_msg, replied = m, s.link.last_sent
             seen.batches += 1
+        elif isinstance(m, c.Alarm):  # answered at once by the session's AlarmLane (7.6)
+            prev_msg, replied = m, _alarm_ack_sent(s)
+            seen.alarms += 1
         elif isinstance(m, c.Heartbeat):
             check(m.epoch == s.epoch, f"panel HEARTBEAT epoch {m.epoch} != session {s.epoch} (9.2)")
             late = crossed(rx.at, since, prev_msg, replied)
@@ -808,7 +969,7 @@ async def panel_heartbeats_busy(ctx: PanelCtx) -> str:
             beats += 1
         elif isinstance(m, c.EventBatch):
             top = m.last
-        else:
+        elif not isinstance(m, c.Alarm):  # an ALARM is answered at once by the session's AlarmLane (7.6)
             raise Fail(f"unexpected {describe(m)} from the panel")
     gap = trio.current_time() - prev
     worst = max(worst, gap)
@@ -890,7 +1051,7 @@ async def until_timeout(s: Session, t_busy: float, branch: str) -> str:
                 f"{branch}: {beats} HEARTBEAT(s), longest gap {worst * 1000:.0f} ms; TIMEOUT {dt * 1000:.0f} ms "
                 f"after it became busy (3 H = {limit * 1000:.0f} ms)"
             )
-        elif not isinstance(m, c.EventBatch):
+        elif not isinstance(m, c.EventBatch | c.Alarm):
             raise Fail(f"unexpected {describe(m)} from the panel")
 
 
@@ -907,8 +1068,10 @@ async def node_silence(ctx: PanelCtx) -> str:
     assert rx is not None
     check(rx.kind == "msg" and rx.msg is not None, f"expected a batch or a probe, got {rx.describe()}")
     since = rx.at - s.hello_at
-    if isinstance(rx.msg, c.EventBatch):
-        return await until_timeout(s, rx.at, "busy with a batch")
+    if isinstance(rx.msg, c.EventBatch | c.Alarm):  # the node answers neither (no ACK, no ALARM_ACK)
+        return await until_timeout(
+            s, rx.at, f"busy with {'a batch' if isinstance(rx.msg, c.EventBatch) else 'an ALARM'}"
+        )
     check(
         isinstance(rx.msg, c.Heartbeat),
         f"{rx.describe()} {since:.2f} s after the HELLO, before any batch or probe (9.1 rules 2, 5)",
@@ -928,7 +1091,7 @@ async def probe_unanswered(ctx: PanelCtx) -> str:
     The battery acknowledges every batch at once until the panel, idle, probes (no sooner than I after its last
     frame); from then on it says nothing. Not applicable to a panel that never stays idle for I.
     """
-    s = await ctx.session(heartbeats=False, answer=False)
+    s = await ctx.session(heartbeats=False, answer=False, alarm_acks=True)
     prev, replied = s.hello_at, -math.inf
     prev_msg: c.Message | None = None
     end = trio.current_time() + 3.5 * IDLE_S
@@ -947,6 +1110,8 @@ async def probe_unanswered(ctx: PanelCtx) -> str:
             ctx.s.acked = max(ctx.s.acked, m.last)
             prev_msg, replied = m, s.link.last_sent
             batches += 1
+        elif isinstance(m, c.Alarm):  # answered at once by the session's AlarmLane (7.6)
+            prev_msg, replied = m, _alarm_ack_sent(s)
         elif isinstance(m, c.Heartbeat):
             if crossed(rx.at, since, prev_msg, replied):
                 prev_msg = m  # sent before our late ACK reached it: busy, rule 1
@@ -991,7 +1156,7 @@ async def bye_reconnect(ctx: PanelCtx) -> str:
     """BYE(SHUTTING_DOWN): the panel closes without answering, and accepts a new session afterwards."""
     s = await ctx.session()
     await s.link.send_msg(c.Bye(s.epoch, c.CODES["SHUTTING_DOWN"]))
-    await s.link.expect_close(3.0, after="the node's BYE", allow=(c.HEARTBEAT, c.EVENT_BATCH, c.CONFIG_ACK))
+    await s.link.expect_close(3.0, after="the node's BYE", allow=FROM_PANEL)
     t0 = trio.current_time()
     s2 = await ctx.session()
     dt = trio.current_time() - t0
@@ -1058,18 +1223,27 @@ async def _unsupported(ctx: PanelCtx, version: int, payload: Any) -> str:
     return f"ERROR 101 in a version-{version} frame: {rx.msg.text!r}"
 
 
+@panel_case("unsupported-version-4", "3, 13.2")
+async def unsupported_version_4(ctx: PanelCtx) -> str:
+    """A version-4 WELCOME (the previous version): ERROR UNSUPPORTED_VERSION in a version-4 frame, naming version 5.
+
+    Its payload is the version-4 layout, which is version 5's (13.1 changes no WELCOME field).
+    """
+    return await _unsupported(ctx, 4, lambda w: w.encode())
+
+
 @panel_case("unsupported-version-3", "3, 13.2")
 async def unsupported_version_3(ctx: PanelCtx) -> str:
-    """A version-3 WELCOME (the previous version): ERROR UNSUPPORTED_VERSION in a version-3 frame, naming version 4.
+    """A version-3 WELCOME: ERROR UNSUPPORTED_VERSION in a version-3 frame, naming version 5.
 
-    Its payload is the version-3 layout, which is version 4's (13.1 changes no WELCOME field).
+    Its payload is the version-3 layout, which is version 5's (13.1 and 13.5 change no WELCOME field).
     """
     return await _unsupported(ctx, 3, lambda w: w.encode())
 
 
 @panel_case("unsupported-version-2", "3, 13.2")
 async def unsupported_version_2(ctx: PanelCtx) -> str:
-    """A version-2 WELCOME: ERROR UNSUPPORTED_VERSION in a frame carrying version 2, its text naming version 4.
+    """A version-2 WELCOME: ERROR UNSUPPORTED_VERSION in a frame carrying version 2, its text naming version 5.
 
     The WELCOME has the version-2 layout (no idle_ms), as a version-2 node sends it.
     """
@@ -1303,6 +1477,7 @@ async def park_takeover_hello(ctx: PanelCtx) -> str:
         "(6.2 step 1: from its memory of epochs)",
     )
     w = ctx.welcome(m, epoch=e)
+    p.link.watch_alarms(e, w.hwm)  # streaming now: its ALARMs are checked and answered as in any session (7.6)
     await p.link.send_msg(w)
     ctx.note_config(m)
     p.link.answer_heartbeats(e)
@@ -1312,7 +1487,7 @@ async def park_takeover_hello(ctx: PanelCtx) -> str:
     return (
         f"probe answered; TAKEOVER epoch {e}: fresh HELLO in {dt * 1000:.0f} ms (max_epoch {m.max_epoch}); "
         f"WELCOME epoch {e} hwm {w.hwm}: {seen.frames} frames in {1.5 * IDLE_S:g} s ({seen.batches} batches, "
-        f"{len(seen.probes)} probe(s))"
+        f"{seen.alarms} ALARM(s), {len(seen.probes)} probe(s))"
     )
 
 

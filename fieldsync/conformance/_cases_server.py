@@ -1,7 +1,7 @@
 """Server cases: the battery plays panels against a node (section 15: `--server HOST:PORT`), and against a standby
 node's park address (6.3: `--park HOST:PORT`).
 
-Why one module of this size: it is a list of about eighty independent cases, each a short
+Why one module of this size: it is a list of about a hundred independent cases, each a short
 function named for the spec rule it tries, in the spec's section order; split by topic they
 would scatter that order, which is how a reader checks the battery against docs/protocol.md.
 """
@@ -364,7 +364,7 @@ async def wrong_direction(ctx: ServerCtx) -> str:
 
 @server_case("wrong-direction-standby", "4, 6.1")
 async def wrong_direction_standby(ctx: ServerCtx) -> str:
-    """A STANDBY (node to panel, version 4) sent by the panel in STREAMING is ILLEGAL_IN_STATE."""
+    """A STANDBY (node to panel, version 4, 13.5) sent by the panel in STREAMING is ILLEGAL_IN_STATE."""
     link, _w = await ctx.session(ctx.pid(3))
     await link.send_msg(c.Standby("conformance-panel", 1000, 10000))
     await link.expect_error("ILLEGAL_IN_STATE", 3.0)
@@ -474,28 +474,34 @@ async def _version(ctx: ServerCtx, version: int) -> str:
     return f"ERROR 101 in a version-{version} frame, {rx.msg.text!r}; " + await ctx.fresh_session_ok(pid)
 
 
+@server_case("frame-version-4", "3, 13.2")
+async def frame_version_4(ctx: ServerCtx) -> str:
+    """A version-4 HELLO (the previous version): one ERROR UNSUPPORTED_VERSION in a version-4 frame, naming 5."""
+    return await _version(ctx, 4)
+
+
 @server_case("frame-version-3", "3, 13.2")
 async def frame_version_3(ctx: ServerCtx) -> str:
-    """A version-3 HELLO (the previous version): one ERROR UNSUPPORTED_VERSION in a version-3 frame, naming 4."""
+    """A version-3 HELLO: one ERROR UNSUPPORTED_VERSION in a frame with version byte 3, naming version 5."""
     return await _version(ctx, 3)
 
 
 @server_case("frame-version-2", "3, 13.2")
 async def frame_version_2(ctx: ServerCtx) -> str:
-    """A version-2 HELLO: one ERROR UNSUPPORTED_VERSION in a frame with version byte 2, naming version 4."""
+    """A version-2 HELLO: one ERROR UNSUPPORTED_VERSION in a frame with version byte 2, naming version 5."""
     return await _version(ctx, 2)
 
 
 @server_case("frame-version-1", "3, 13.2")
 async def frame_version_1(ctx: ServerCtx) -> str:
-    """A version-1 frame: one ERROR UNSUPPORTED_VERSION in a frame with version byte 1, naming version 4."""
+    """A version-1 frame: one ERROR UNSUPPORTED_VERSION in a frame with version byte 1, naming version 5."""
     return await _version(ctx, 1)
 
 
-@server_case("frame-version-5", "3, 13.2")
-async def frame_version_5(ctx: ServerCtx) -> str:
-    """A version-5 frame (a later version): ERROR UNSUPPORTED_VERSION in a frame with version byte 5."""
-    return await _version(ctx, 5)
+@server_case("frame-version-6", "3, 13.2")
+async def frame_version_6(ctx: ServerCtx) -> str:
+    """A version-6 frame (a later version): ERROR UNSUPPORTED_VERSION in a frame with version byte 6."""
+    return await _version(ctx, 6)
 
 
 @server_case("frame-unknown-type", "3")
@@ -815,6 +821,314 @@ async def events_marker_below(ctx: ServerCtx) -> str:
     h = await ctx.read_hwm(pid)
     check(h == b.last, f"new WELCOME hwm {h}, expected {b.last}")
     return f"hwm {h0}, marker {h0 - 2}..{h0 + 2}: ACK {a.up_to_seq}, hwm {h}"
+
+
+# ---------------------------------------------------------------------------------------------- the alarm lane (7.6)
+#
+# Version 5 (13.1). The battery's panel records alarms in its event sequence like any event and sends their copies
+# in ALARMs ahead of it; every ALARM it has the node accept is followed, in the same or a later session, by the
+# EVENT_BATCH holding the same records, so that the node's alarms and its event sequence stay one history.
+
+ALARM_FORCED, ALARM_TAMPER, ALARM_HELD = 7, 9, 8  # alarm kinds (7.6): DOOR_FORCED, TAMPER, DOOR_HELD
+NOT_ALARM = 1  # ACCESS_GRANTED: in 7.1's table, not an alarm kind
+
+
+def with_alarms(first: int, n: int, at: dict[int, int]) -> tuple[c.Record, ...]:
+    """`n` records from seq `first`; the one at each offset of `at` of that alarm kind (door 1, reader 2)."""
+    out = list(records(first, n))
+    for offset, kind in at.items():
+        r = out[offset]
+        out[offset] = c.Record(r.seq, r.time_us, kind, 1, 2, 0, r.card, 0)
+    return tuple(out)
+
+
+def alarm_of(recs: tuple[c.Record, ...]) -> c.Alarm:
+    """The ALARM of the copies of the alarm records among `recs` (in their seq order)."""
+    return c.Alarm(tuple(r for r in recs if r.kind in c.ALARM_KINDS))
+
+
+def seqs(a: c.Alarm) -> str:
+    return ",".join(str(r.seq) for r in a.records)
+
+
+async def lane_acks(
+    link: Link,
+    w: c.Welcome,
+    *,
+    alarm_top: int,
+    alarm_until: int | None = None,
+    batch_top: int | None = None,
+    batch_until: int | None = None,
+    alarm_floor: int = 0,
+    within: float = 3.0,
+) -> tuple[c.AlarmAck | None, c.Ack | None, list[str]]:
+    """The node's ALARM_ACKs until one covers `alarm_until`, and its ACKs until one covers `batch_until` (None: not
+    waited for), in whatever order they come; returns those two and the order of every acknowledgement seen.
+
+    Each is held to the bounds a panel holds it to: an ALARM_ACK (7.6) carries the session's epoch, is not below
+    the previous one of the session (`alarm_floor`) and not above `alarm_top`, the highest seq of the session's
+    ALARMs; an ACK (7.4) is not below the previous one (or hwm) and not above `batch_top` or hwm, whichever is higher.
+    """
+    got_alarm: c.AlarmAck | None = None
+    got_ack: c.Ack | None = None
+    last_alarm, last_ack = alarm_floor, w.hwm
+    order: list[str] = []
+    deadline = trio.current_time() + within
+    while (alarm_until is not None and got_alarm is None) or (batch_until is not None and got_ack is None):
+        waiting = " and ".join(
+            x
+            for x in (
+                f"an ALARM_ACK covering {alarm_until} (7.6)" if alarm_until is not None and got_alarm is None else "",
+                f"an ACK covering {batch_until} (7.4)" if batch_until is not None and got_ack is None else "",
+            )
+            if x
+        )
+        m = await link.expect(
+            (c.ALARM_ACK, c.ACK),
+            max(0.0, deadline - trio.current_time()),
+            skip=(c.HEARTBEAT, c.CONFIG_DELTA, c.CONFIG_SNAPSHOT),
+            what=f" ({waiting})",
+        )
+        if isinstance(m, c.AlarmAck):
+            check(m.epoch == w.epoch, f"ALARM_ACK epoch {m.epoch} != session epoch {w.epoch} (5, 9.2)")
+            check(
+                m.up_to_seq >= last_alarm,
+                f"ALARM_ACK up_to {m.up_to_seq} below the session's previous {last_alarm} (7.6: a panel refuses it "
+                "with BAD_ACK)",
+            )
+            check(
+                m.up_to_seq <= alarm_top,
+                f"ALARM_ACK up_to {m.up_to_seq} above {alarm_top}, the highest seq of the session's ALARMs (7.6: a "
+                "panel refuses it with BAD_ACK)",
+            )
+            last_alarm = m.up_to_seq
+            order.append(f"ALARM_ACK {m.up_to_seq}")
+            if alarm_until is not None and got_alarm is None and m.up_to_seq >= alarm_until:
+                got_alarm = m
+        else:
+            assert isinstance(m, c.Ack)
+            check(batch_top is not None, f"{describe(m)} with no batch sent in the session (7.4)")
+            assert batch_top is not None
+            check(m.epoch == w.epoch, f"ACK epoch {m.epoch} != session epoch {w.epoch} (5)")
+            check(m.up_to_seq >= last_ack, f"ACK up_to {m.up_to_seq} below {last_ack} acknowledged before (7.4)")
+            check(
+                m.up_to_seq <= max(batch_top, w.hwm),
+                f"ACK up_to {m.up_to_seq} above the highest seq sent {batch_top} and hwm {w.hwm} (7.4)",
+            )
+            last_ack = m.up_to_seq
+            order.append(f"ACK {m.up_to_seq}")
+            if batch_until is not None and got_ack is None and m.up_to_seq >= batch_until:
+                got_ack = m
+    return got_alarm, got_ack, order
+
+
+async def alarm_refused(ctx: ServerCtx, build: Any, code: str) -> str:
+    """Send build(hwm) (an Alarm, or a payload as bytes) as the session's first ALARM: refused with `code` (7.6)."""
+    pid = ctx.pid(1)
+    link, w = await ctx.session(pid)
+    bad = build(w.hwm)
+    raw = bad if isinstance(bad, bytes) else bad.encode()
+    await link.send(c.encode_frame(c.ALARM, raw))
+    await link.expect_error(code, 3.0)
+    return f"{code}; " + await ctx.fresh_session_ok(pid)
+
+
+@server_case("alarm-acked", "5, 7.6")
+async def alarm_acked(ctx: ServerCtx) -> str:
+    """An ALARM of alarm copies (seqs rising, not consecutive) gets an ALARM_ACK of the session's epoch covering its
+    last seq, before the batch holding them is sent; that batch is then acknowledged and stored as ever."""
+    pid = ctx.pid(1)
+    link, w = await ctx.session(pid)
+    recs = with_alarms(w.hwm + 1, 6, {1: ALARM_FORCED, 4: ALARM_TAMPER})
+    a = alarm_of(recs)
+    await link.send_msg(a)
+    t0 = link.last_sent
+    aa, _, _ = await lane_acks(link, w, alarm_top=a.last, alarm_until=a.last)
+    assert aa is not None
+    dt = trio.current_time() - t0
+    b = c.EventBatch(recs[0].seq, recs)
+    await link.send_msg(b)
+    await lane_acks(link, w, alarm_top=a.last, alarm_floor=aa.up_to_seq, batch_top=b.last, batch_until=b.last)
+    await ctx.bye(link, w.epoch)
+    h = await ctx.read_hwm(pid)
+    check(h == b.last, f"new WELCOME hwm {h}, expected {b.last} (7.6: the records keep their place, 7.3, 7.4)")
+    late = "" if dt <= 1.0 else " (7.6: SHOULD within 1 s)"
+    return (
+        f"ALARM of seqs {seqs(a)}: ALARM_ACK {aa.up_to_seq} epoch {aa.epoch} in {dt * 1000:.0f} ms{late}; "
+        f"then batch {b.first_seq}..{b.last} acknowledged, hwm {h}"
+    )
+
+
+@server_case("alarm-then-batch", "7.6, 7.3, 7.4")
+async def alarm_then_batch(ctx: ServerCtx) -> str:
+    """An ALARM, then at once an EVENT_BATCH holding the same records in their places: an ALARM_ACK covering the
+    ALARM and an ACK covering the batch, and the new WELCOME's hwm is the batch's last seq."""
+    pid = ctx.pid(1)
+    link, w = await ctx.session(pid)
+    recs = with_alarms(w.hwm + 1, 8, {0: ALARM_HELD, 3: ALARM_FORCED, 7: ALARM_TAMPER})
+    a = alarm_of(recs)
+    b = c.EventBatch(recs[0].seq, recs)
+    await link.send_msg(a)
+    await link.send_msg(b)
+    aa, ack, order = await lane_acks(
+        link, w, alarm_top=a.last, alarm_until=a.last, batch_top=b.last, batch_until=b.last
+    )
+    assert aa is not None and ack is not None
+    await ctx.bye(link, w.epoch)
+    h = await ctx.read_hwm(pid)
+    check(h == b.last, f"new WELCOME hwm {h}, expected {b.last} (7.6: nothing of 7.3 and 7.4 changes)")
+    return f"ALARM {seqs(a)}, batch {b.first_seq}..{b.last}: {', '.join(order)}; hwm {h}"
+
+
+@server_case("alarm-copy-already-stored", "7.6")
+async def alarm_copy_stored(ctx: ServerCtx) -> str:
+    """An ALARM copy of an alarm the node stored from an earlier session's batch (seq at or below hwm) is accepted
+    and acknowledged (7.6: not stored again; check 4 compares only with the session's previous ALARMs)."""
+    pid = ctx.pid(1)
+    link, w = await ctx.session(pid)
+    recs = with_alarms(w.hwm + 1, 3, {1: ALARM_FORCED})
+    b = c.EventBatch(recs[0].seq, recs)
+    await link.send_msg(b)
+    await ack_covering(link, b.last, w.epoch, highest_sent=b.last, floor=w.hwm)
+    await ctx.bye(link, w.epoch)
+    link, w2 = await ctx.session(pid)
+    check(w2.hwm >= b.last, f"WELCOME hwm {w2.hwm} after an ACK up to {b.last} (6.2, 7.4)")
+    a = alarm_of(recs)
+    await link.send_msg(a)
+    aa, _, _ = await lane_acks(link, w2, alarm_top=a.last, alarm_until=a.last)
+    assert aa is not None
+    await ctx.bye(link, w2.epoch)
+    return f"batch {b.first_seq}..{b.last} stored (hwm {w2.hwm}); ALARM copy of seq {a.last}: ALARM_ACK {aa.up_to_seq}"
+
+
+@server_case("alarm-not-alarm-kind", "7.6")
+async def alarm_not_alarm_kind(ctx: ServerCtx) -> str:
+    """An ALARM carrying a record of a kind that is not an alarm kind (ACCESS_GRANTED) is FIELD_OUT_OF_RANGE."""
+
+    def build(h: int) -> c.Alarm:
+        recs = with_alarms(h + 1, 3, {0: ALARM_FORCED})
+        return c.Alarm((recs[0], recs[2]))  # recs[2] is an ACCESS_GRANTED
+
+    return await alarm_refused(ctx, build, "FIELD_OUT_OF_RANGE")
+
+
+@server_case("alarm-unknown-kind", "7.1, 7.6")
+async def alarm_unknown_kind(ctx: ServerCtx) -> str:
+    """An ALARM carrying a record of kind 99 (not in 7.1's table) is UNKNOWN_EVENT_KIND (check 2)."""
+    return await alarm_refused(ctx, lambda h: c.Alarm((c.Record(h + 1, now_us(), 99),)), "UNKNOWN_EVENT_KIND")
+
+
+@server_case("alarm-check-order-kind", "7.6")
+async def alarm_check_order_kind(ctx: ServerCtx) -> str:
+    """Checks in order: a kind 99 (check 2) after a non-alarm kind (check 3) at the same seq (check 4) is
+    UNKNOWN_EVENT_KIND."""
+
+    def build(h: int) -> c.Alarm:
+        return c.Alarm((c.Record(h + 1, now_us(), NOT_ALARM), c.Record(h + 1, now_us(), 99)))
+
+    return await alarm_refused(ctx, build, "UNKNOWN_EVENT_KIND")
+
+
+@server_case("alarm-check-order-range", "7.6")
+async def alarm_check_order_range(ctx: ServerCtx) -> str:
+    """Checks in order: a second record of seq 0 (check 3's range, and check 4's order) is FIELD_OUT_OF_RANGE."""
+
+    def build(h: int) -> c.Alarm:
+        return c.Alarm((c.Record(h + 5, now_us(), ALARM_FORCED), c.Record(0, now_us(), ALARM_TAMPER)))
+
+    return await alarm_refused(ctx, build, "FIELD_OUT_OF_RANGE")
+
+
+@server_case("alarm-seq-above-max", "7.6")
+async def alarm_seq_above_max(ctx: ServerCtx) -> str:
+    """An ALARM record of seq 2^63 is FIELD_OUT_OF_RANGE (check 3)."""
+    return await alarm_refused(
+        ctx, lambda h: c.Alarm((c.Record(1 << 63, now_us(), ALARM_FORCED),)), "FIELD_OUT_OF_RANGE"
+    )
+
+
+@server_case("alarm-bad-gap-marker", "7.1, 7.6")
+async def alarm_bad_gap_marker(ctx: ServerCtx) -> str:
+    """An ALARM copy of a gap marker (BUFFER_OVERFLOW, an alarm kind) whose aux is not card - seq + 1 is
+    FIELD_OUT_OF_RANGE (check 3)."""
+    return await alarm_refused(
+        ctx, lambda h: c.Alarm((c.Record(h + 1, 0, 14, card=h + 3, aux=7),)), "FIELD_OUT_OF_RANGE"
+    )
+
+
+@server_case("alarm-seq-order-within", "7.6")
+async def alarm_seq_order_within(ctx: ServerCtx) -> str:
+    """An ALARM whose records' seqs do not rise (hwm+3, then hwm+2) is SEQ_ORDER (check 4)."""
+
+    def build(h: int) -> c.Alarm:
+        return c.Alarm((c.Record(h + 3, now_us(), ALARM_TAMPER), c.Record(h + 2, now_us(), ALARM_FORCED)))
+
+    return await alarm_refused(ctx, build, "SEQ_ORDER")
+
+
+@server_case("alarm-seq-order-across", "7.6")
+async def alarm_seq_order_across(ctx: ServerCtx) -> str:
+    """An ALARM whose first seq is not above the session's previous ALARM's last (equal) is SEQ_ORDER (check 4);
+    the same copy in the next session is accepted (check 4 looks at this session's ALARMs only)."""
+    pid = ctx.pid(1)
+    link, w = await ctx.session(pid)
+    recs = with_alarms(w.hwm + 1, 3, {2: ALARM_FORCED})
+    a = alarm_of(recs)
+    await link.send_msg(a)
+    aa, _, _ = await lane_acks(link, w, alarm_top=a.last, alarm_until=a.last)
+    assert aa is not None
+    await link.send_msg(a)
+    await link.expect_error("SEQ_ORDER", 3.0)
+    link, w2 = await ctx.session(pid)
+    await link.send_msg(a)
+    b = c.EventBatch(recs[0].seq, recs)
+    await link.send_msg(b)
+    aa2, _, order = await lane_acks(
+        link, w2, alarm_top=a.last, alarm_until=a.last, batch_top=b.last, batch_until=b.last
+    )
+    assert aa2 is not None
+    await ctx.bye(link, w2.epoch)
+    return (
+        f"ALARM {seqs(a)}, ALARM_ACK {aa.up_to_seq}, the same ALARM again: SEQ_ORDER; next session, the same ALARM "
+        f"and its batch: {', '.join(order)}"
+    )
+
+
+@server_case("alarm-count-zero", "5, 7.6")
+async def alarm_count_zero(ctx: ServerCtx) -> str:
+    """An ALARM of count 0 and no records is MALFORMED (check 1)."""
+    return await alarm_refused(ctx, lambda h: b"\x00\x00", "MALFORMED")
+
+
+@server_case("alarm-count-mismatch", "5, 7.6")
+async def alarm_count_mismatch(ctx: ServerCtx) -> str:
+    """An ALARM of count 2 with one record is MALFORMED (check 1)."""
+    return await alarm_refused(ctx, lambda h: c.Alarm((c.Record(h + 1, now_us(), ALARM_FORCED),), count=2), "MALFORMED")
+
+
+@server_case("alarm-short-payload", "5, 7.6")
+async def alarm_short_payload(ctx: ServerCtx) -> str:
+    """An ALARM payload of one byte (shorter than its 2-byte head) is MALFORMED (check 1)."""
+    return await alarm_refused(ctx, lambda h: b"\x01", "MALFORMED")
+
+
+@server_case("alarm-before-welcome", "4, 6.1, 6.2")
+async def alarm_before_welcome(ctx: ServerCtx) -> str:
+    """A valid ALARM before HELLO is ILLEGAL_IN_STATE (4: ALARM is legal in streaming only)."""
+    pid = ctx.pid(3)
+    link = await ctx.dial(pid)
+    await link.send_msg(c.Alarm((c.Record(1, now_us(), ALARM_FORCED),)))
+    await link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=())
+    return "ILLEGAL_IN_STATE; " + await ctx.fresh_session_ok(pid)
+
+
+@server_case("wrong-direction-alarm-ack", "4, 6.1")
+async def wrong_direction_alarm_ack(ctx: ServerCtx) -> str:
+    """An ALARM_ACK (node to panel) sent by the panel in STREAMING is ILLEGAL_IN_STATE."""
+    link, w = await ctx.session(ctx.pid(3))
+    await link.send_msg(c.AlarmAck(w.epoch, 0))
+    await link.expect_error("ILLEGAL_IN_STATE", 3.0)
+    return "ILLEGAL_IN_STATE"
 
 
 # ---------------------------------------------------------------------------------------------- configuration (8)
@@ -1597,6 +1911,15 @@ async def park_event_batch(ctx: ServerCtx) -> str:
     h1 = await ctx.read_hwm(pid)
     check(h1 == h0, f"ILLEGAL_IN_STATE, but the active node's hwm went {h0} -> {h1}")
     return f"EVENT_BATCH {b.first_seq}..{b.last} while parked: ILLEGAL_IN_STATE; the active node's hwm stays {h1}"
+
+
+@server_case("park-alarm-illegal", "6.1, 6.3, 7.6", park=True)
+async def park_alarm(ctx: ServerCtx) -> str:
+    """An ALARM while parked is ILLEGAL_IN_STATE (6.3 rule 3: nothing but HEARTBEAT in PARKED)."""
+    link, h, _m, _dt = await parked(ctx, ctx.pid(1))
+    await link.send_msg(c.Alarm((c.Record(h.newest_seq + 1, now_us(), ALARM_FORCED),)))
+    await link.expect_error("ILLEGAL_IN_STATE", 3.0, skip=())
+    return "ALARM while parked: ILLEGAL_IN_STATE"
 
 
 @server_case("park-hello-twice", "6.1, 6.3", park=True)

@@ -75,7 +75,7 @@ def command(
     json_path: Path | None,
     list_only: bool,
 ) -> None:
-    """Check a node (--server, --park) or a panel (--panel, --park-listen) against docs/protocol.md, version 4, and
+    """Check a node (--server, --park) or a panel (--panel, --park-listen) against docs/protocol.md, version 5, and
     that page alone.
 
     Server mode plays panels against a node; with --park also against the park address of the node that is the

@@ -1,8 +1,9 @@
-"""An independent codec for the fieldsync wire protocol, version 4, written from docs/protocol.md alone.
+"""An independent codec for the fieldsync wire protocol, version 5, written from docs/protocol.md alone.
 
 Sections: frame and reader rules (3), message types (4), messages (5; STANDBY and TAKEOVER of parked
-sessions, 6.3, included), event records and batch checks (7.1, 7.2), configuration operations, canonical
-form and digest (8.1, 8.2). It shares no code with the implementation under test.
+sessions, 6.3, and ALARM and ALARM_ACK of the alarm lane, 7.6, included), event records and batch checks
+(7.1, 7.2), the checks of an ALARM (7.6), configuration operations, canonical form and digest (8.1, 8.2).
+It shares no code with the implementation under test.
 
 Why one module of this size: the whole wire format written once, in the spec's section order,
 so that it can be read against docs/protocol.md side by side.
@@ -11,6 +12,7 @@ so that it can be read against docs/protocol.md side by side.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 import crc32c as _crc32c
 
 MAGIC = b"\xf5\x5c"
-VERSION = 4
+VERSION = 5
 MAX_PAYLOAD = 1 << 20
 HEADER_LEN = 11
 OVERHEAD = 15
@@ -28,7 +30,8 @@ U64 = (1 << 64) - 1
 EMPTY_DIGEST = hashlib.sha256(b"").digest()
 
 HELLO, WELCOME, EVENT_BATCH, ACK, CONFIG_DELTA, CONFIG_SNAPSHOT, CONFIG_ACK, HEARTBEAT, ERROR, BYE = range(1, 11)
-STANDBY, TAKEOVER = 11, 12  # version 4 (13.1): parked sessions (6.3)
+STANDBY, TAKEOVER = 11, 12  # version 4 (13.5): parked sessions (6.3)
+ALARM, ALARM_ACK = 13, 14  # version 5 (13.1): the alarm lane (7.6)
 TYPE_NAMES = {
     1: "HELLO",
     2: "WELCOME",
@@ -42,6 +45,8 @@ TYPE_NAMES = {
     10: "BYE",
     11: "STANDBY",
     12: "TAKEOVER",
+    13: "ALARM",
+    14: "ALARM_ACK",
 }
 
 # Section 11.
@@ -102,6 +107,8 @@ KINDS = {
     21: "SERVER_LOST",
 }
 GAP_KINDS = frozenset({14, 16, 21})
+# Section 7.6: the kinds an ALARM may carry (version 5, 13.1).
+ALARM_KINDS = frozenset({7, 8, 9, 10, 12, 14, 15, 16, 18, 20, 21})
 
 
 def code_name(code: int) -> str:
@@ -799,6 +806,73 @@ class Takeover:
         return m
 
 
+@dataclass(frozen=True)
+class Alarm:
+    """ALARM (13, version 5): copies of alarm records of the panel's event sequence, ahead of its backlog (7.6)."""
+
+    TYPE: ClassVar[int] = ALARM
+    records: tuple[Record, ...]
+    count: int | None = None  # None: len(records); anything else forges the count field
+
+    def encode(self) -> bytes:
+        n = len(self.records) if self.count is None else self.count
+        return struct.pack(">H", n) + b"".join(r.encode() for r in self.records)
+
+    @property
+    def last(self) -> int:
+        """The ALARM's last seq: its last record's `seq` (7.6 compares records' `seq`; a gap marker's copy too)."""
+        return self.records[-1].seq
+
+    @classmethod
+    def decode(cls, c: _Cur) -> Alarm:
+        data = c.data
+        # 7.6 check 1: layout.
+        if len(data) < 2:
+            raise ProtocolError("MALFORMED", "ALARM shorter than 2 bytes")
+        (count,) = struct.unpack_from(">H", data)
+        if count < 1 or count * 32 != len(data) - 2:
+            raise ProtocolError("MALFORMED", f"ALARM count {count} with {len(data) - 2} record bytes")
+        c.i = len(data)
+        recs = tuple(Record(*_REC.unpack_from(data, 2 + 32 * i)) for i in range(count))
+        # 2: kinds in 7.1's table.
+        for r in recs:
+            if r.kind not in KINDS:
+                raise ProtocolError("UNKNOWN_EVENT_KIND", f"ALARM record of kind {r.kind} at seq {r.seq}")
+        # 3: seq range, alarm kinds, gap markers' card/aux.
+        for r in recs:
+            _range(1 <= r.seq <= MAX_SEQ, f"ALARM record seq {r.seq}")
+            _range(r.kind in ALARM_KINDS, f"ALARM record of kind {r.kind} ({KINDS[r.kind]}, not an alarm kind)")
+            if r.is_gap:
+                _range(
+                    r.seq <= r.card <= MAX_SEQ and r.aux == r.card - r.seq + 1,
+                    f"ALARM gap marker seq {r.seq} card {r.card} aux {r.aux}",
+                )
+        # 4: seqs rise within the message (the session's previous ALARM is the receiver's to compare).
+        for a, b in itertools.pairwise(recs):
+            if b.seq <= a.seq:
+                raise ProtocolError("SEQ_ORDER", f"ALARM seq {b.seq} after {a.seq}")
+        return cls(recs)
+
+
+@dataclass(frozen=True)
+class AlarmAck:
+    """ALARM_ACK (14, version 5): every alarm of the session's ALARMs up to `up_to_seq` is stored (7.6)."""
+
+    TYPE: ClassVar[int] = ALARM_ACK
+    epoch: int
+    up_to_seq: int
+
+    def encode(self) -> bytes:
+        return struct.pack(">QQ", self.epoch, self.up_to_seq)
+
+    @classmethod
+    def decode(cls, c: _Cur) -> AlarmAck:
+        m = cls(c.u64(), c.u64())
+        c.end()
+        _range(m.epoch >= 1, "ALARM_ACK epoch 0")
+        return m
+
+
 Message = (
     Hello
     | Welcome
@@ -812,6 +886,8 @@ Message = (
     | Bye
     | Standby
     | Takeover
+    | Alarm
+    | AlarmAck
 )
 MESSAGE_CLASSES: dict[int, Any] = {
     c.TYPE: c
@@ -828,12 +904,14 @@ MESSAGE_CLASSES: dict[int, Any] = {
         Bye,
         Standby,
         Takeover,
+        Alarm,
+        AlarmAck,
     )
 }
 
 
 def decode_payload(mtype: int, payload: bytes) -> Message:
-    """Section 5's layout and range checks (and 7.2 steps 1-8 for EVENT_BATCH)."""
+    """Section 5's layout and range checks (and 7.2 steps 1-8 for EVENT_BATCH, 7.6 checks 1-4 within an ALARM)."""
     if mtype not in MESSAGE_CLASSES:
         raise ProtocolError("UNKNOWN_TYPE", f"type {mtype}")
     msg: Message = MESSAGE_CLASSES[mtype].decode(_Cur(payload))
@@ -856,8 +934,10 @@ def decode_frame(data: bytes) -> Message:
 
 
 # Message direction (section 4): who may send what.
-PANEL_SENDS = frozenset({HELLO, EVENT_BATCH, CONFIG_ACK, HEARTBEAT, ERROR, BYE})
-NODE_SENDS = frozenset({WELCOME, ACK, CONFIG_DELTA, CONFIG_SNAPSHOT, HEARTBEAT, ERROR, BYE, STANDBY, TAKEOVER})
+PANEL_SENDS = frozenset({HELLO, EVENT_BATCH, CONFIG_ACK, HEARTBEAT, ERROR, BYE, ALARM})
+NODE_SENDS = frozenset(
+    {WELCOME, ACK, CONFIG_DELTA, CONFIG_SNAPSHOT, HEARTBEAT, ERROR, BYE, STANDBY, TAKEOVER, ALARM_ACK}
+)
 
 
 def fields_of(obj: Any) -> Any:
@@ -878,6 +958,8 @@ def fields_of(obj: Any) -> Any:
         return {"op": obj.OP, "id": obj.id, "entries": [{"door": d, "schedule": s} for d, s in obj.entries]}
     if isinstance(obj, EventBatch):
         return {"first_seq": obj.first_seq, "count": len(obj.records), "records": fields_of(obj.records)}
+    if isinstance(obj, Alarm):
+        return {"count": len(obj.records), "records": fields_of(obj.records)}
     if hasattr(obj, "__dataclass_fields__"):
         out = {k: fields_of(getattr(obj, k)) for k in obj.__dataclass_fields__}
         if hasattr(obj, "OP"):

@@ -30,6 +30,8 @@ class Rx:
         if self.kind == "msg" and self.msg is not None:
             return describe(self.msg)
         if self.kind == "bad":
+            if not self.code:  # a frame that breaks a rule no error code names (7.6: a copy that is not one)
+                return f"a frame breaking the spec ({self.error})"
             return f"an invalid frame ({c.code_name(self.code)}: {self.error})"
         if self.kind == "eof":
             return "the end of the stream" + (f" ({self.error})" if self.error else "")
@@ -60,7 +62,55 @@ def describe(m: c.Message) -> str:
         return f"STANDBY node {m.node_id!r} heartbeat {m.heartbeat_ms} ms idle {m.idle_ms} ms"
     if isinstance(m, c.Takeover):
         return f"TAKEOVER epoch {m.epoch}"
+    if isinstance(m, c.Alarm):
+        return f"ALARM of seqs {','.join(str(r.seq) for r in m.records[:8])}{'..' if len(m.records) > 8 else ''}"
+    if isinstance(m, c.AlarmAck):
+        return f"ALARM_ACK up_to {m.up_to_seq} epoch {m.epoch}"
     return name
+
+
+class AlarmLane:
+    """What the battery, playing a node, keeps of a panel's ALARMs in one session, and the rules of 7.6 it checks.
+
+    The checks 1-3 and 4 within one ALARM are the codec's; this adds check 4 across the session's ALARMs, that a
+    session's copies are above the WELCOME's `hwm` (the panel forgot the others on the WELCOME), and that a copy
+    equals the record of the same seq in the event sequence, where a batch of the session carries it.
+    """
+
+    def __init__(self, epoch: int, hwm: int, *, answer: bool) -> None:
+        self.epoch = epoch
+        self.hwm = hwm
+        self.answer = answer
+        self.alarms: list[c.Alarm] = []
+        self.copies: dict[int, c.Record] = {}
+        self.top = 0  # the highest seq of the session's ALARMs (0: none yet)
+        self.acked = 0  # the highest ALARM_ACK sent
+        self.ack_sent = -math.inf
+
+    def fault_of(self, msg: c.Message) -> tuple[int, str] | None:
+        """What the battery's node would refuse (code, text), or a copy that is not one (0, text); None: fine."""
+        if isinstance(msg, c.Alarm):
+            first = msg.records[0].seq
+            if self.alarms and first <= self.top:
+                return c.CODES["SEQ_ORDER"], f"ALARM seq {first} not above {self.top} of the session's previous ALARM"
+            low = [r.seq for r in msg.records if r.seq <= self.hwm]
+            if low:
+                return 0, (
+                    f"ALARM copies of seqs {low[:4]} at or below the WELCOME's hwm {self.hwm} "
+                    "(7.6: on a WELCOME the panel forgets them)"
+                )
+            self.alarms.append(msg)
+            self.top = msg.last
+            self.copies.update((r.seq, r) for r in msg.records)
+        elif isinstance(msg, c.EventBatch):
+            for r in msg.records:
+                copy = self.copies.get(r.seq)
+                if copy is not None and copy != r:
+                    return 0, (
+                        f"the ALARM copy of seq {r.seq} ({copy}) differs from the record in the event sequence ({r}) "
+                        "(5, 7.6: an ALARM carries copies)"
+                    )
+        return None
 
 
 class Link:
@@ -82,6 +132,7 @@ class Link:
         self.answered = 0
         self.last_answer = -math.inf  # when the last HEARTBEAT answered was read
         self.answer_sent = -math.inf  # when its answer went out
+        self.lane: AlarmLane | None = None  # playing a node: the panel's ALARMs, checked and answered (7.6)
         nursery.start_soon(self._read_loop)
         self._nursery = nursery
 
@@ -132,6 +183,13 @@ class Link:
                     return
                 if isinstance(msg, c.Heartbeat) and self._answer_epoch is not None:
                     await self._answer(now)  # before the case sees it, so that it sees `answer_sent` too
+                if self.lane is not None and isinstance(msg, c.Alarm | c.EventBatch):
+                    fault = self.lane.fault_of(msg)
+                    if fault is not None:
+                        self._tx.send_nowait(Rx("bad", now, frame=f, error=fault[1], code=fault[0]))
+                        return
+                    if isinstance(msg, c.Alarm) and self.lane.answer and not self.sent_closing:
+                        await self._answer_alarm(msg)
                 self._tx.send_nowait(Rx("msg", now, msg=msg, frame=f))
 
     async def recv(self, within: float) -> Rx | None:
@@ -195,6 +253,20 @@ class Link:
 
     def stop_answering(self) -> None:
         self._answer_epoch = None
+
+    def watch_alarms(self, epoch: int, hwm: int, *, answer: bool = True) -> AlarmLane:
+        """Play a node's side of the alarm lane (7.6) from a WELCOME with `epoch` and `hwm`: check every ALARM the
+        panel sends and, with `answer`, send ALARM_ACK(its last seq) at once (before the case sees the ALARM)."""
+        self.lane = AlarmLane(epoch, hwm, answer=answer)
+        return self.lane
+
+    async def _answer_alarm(self, msg: c.Alarm) -> None:
+        lane = self.lane
+        assert lane is not None
+        up_to = max(lane.acked, msg.last)
+        if await self.send(c.frame(c.AlarmAck(lane.epoch, up_to))):
+            lane.acked = up_to
+            lane.ack_sent = self.last_sent
 
     async def _answer(self, now: float) -> None:
         if self._answer_epoch is None or self.sent_closing or now - self.last_answer < self._answer_gap:

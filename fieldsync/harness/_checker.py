@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from emulator import Panel
-from protocol import EventKind
-from storage import EventStoreInterface, open_config_store, open_event_store
+from protocol import ALARM_KINDS, GAP_KINDS, EventKind
+from storage import EventStoreInterface, Loss, StoredEvent, open_config_store, open_event_store
 
 from ._rogue import ROGUE_CARD, RogueOutcome
 
@@ -74,6 +74,16 @@ class PanelVerdict:
     bad_frames: int = 0
     #: Rows stored under this panel's id that a rogue peer sent (P7: must be 0).
     rogue_rows: int = 0
+    #: The alarm lane (docs/protocol.md 7.6). ``alarms``: rows of the store's alarms.
+    alarms: int = 0
+    #: Alarms an ALARM_ACK covered that the store's alarms do not hold as the lane's (P1).
+    alarms_lane_lost: int = 0
+    #: Stored alarm events (and declared gaps) the store's alarms lack, or hold otherwise (P1).
+    alarms_missing: int = 0
+    #: Alarm rows that are no stored alarm event nor declared gap, or one twice (P2).
+    alarms_unexpected: int = 0
+    #: The lane's rows stored out of their seqs' order (P2).
+    alarms_reordered: int = 0
 
     def accounted(self) -> bool:
         parts = (self.generated_stored, self.buffered, self.declared_lost, self.lost, self.lost_with_power)
@@ -121,6 +131,11 @@ class Report:
             "protocol_errors",
             "bad_frames",
             "rogue_rows",
+            "alarms",
+            "alarms_lane_lost",
+            "alarms_missing",
+            "alarms_unexpected",
+            "alarms_reordered",
         )
         return {k: sum(getattr(p, k) for p in self.panels) for k in keys}
 
@@ -140,16 +155,23 @@ class Report:
                 )
             }
         else:
+            lost_alarms = t["alarms_lane_lost"] + t["alarms_missing"]
             durability = {
-                "P1 nothing acknowledged is lost": (t["lost"] == 0, f"{t['lost']} acknowledged events missing")
+                "P1 nothing acknowledged is lost": (
+                    t["lost"] == lost_alarms == 0,
+                    f"{t['lost']} acknowledged events missing; alarms: {t['alarms_lane_lost']} acknowledged by "
+                    f"the lane missing from it, {t['alarms_missing']} stored events missing from the alarms",
+                )
             }
         return {
             **durability,
             "P2 exactly once, in order": (
                 t["duplicated"] == t["reordered"] == t["undeclared_gaps"] == t["unexpected"] == 0
+                and t["alarms_unexpected"] == t["alarms_reordered"] == 0
                 and self.integrity == "ok",
                 f"{t['duplicated']} duplicated, {t['reordered']} reordered, {t['undeclared_gaps']} undeclared gaps, "
-                f"{t['unexpected']} never generated, integrity {self.integrity}",
+                f"{t['unexpected']} never generated, integrity {self.integrity}; alarms {t['alarms']}: "
+                f"{t['alarms_unexpected']} unexpected or twice, {t['alarms_reordered']} out of order in the lane",
             ),
             "P3 bounded": (
                 not over and t["unknown"] == 0 and all(p.accounted() for p in self.panels),
@@ -266,6 +288,7 @@ def _panel(store: EventStoreInterface, panel: Panel) -> PanelVerdict:
     seqs = {e.record.seq for e in events}
     hwm = store.hwm(panel.panel_id)
     undeclared = sum(1 for s in range(1, hwm + 1) if s not in seqs and s not in declared)
+    lane = _alarm_lane(store, panel, events, losses, declared, generated_ids)
     promised, died, alive = _promises(panel, current=max(stats.acked_seq, stats.promised_seq))
     buffered_from = panel.buffer.oldest_seq if len(panel.buffer) else panel.buffer.next_seq
     counts: collections.Counter[str] = collections.Counter()
@@ -309,7 +332,58 @@ def _panel(store: EventStoreInterface, panel: Panel) -> PanelVerdict:
         protocol_errors=stats.protocol_errors,
         bad_frames=stats.bad_frames,
         rogue_rows=rogue_rows,
+        **lane,
     )
+
+
+_ALARMS = frozenset(int(k) for k in ALARM_KINDS)
+_GAPS = frozenset(int(k) for k in GAP_KINDS)
+
+
+def _alarm_lane(
+    store: EventStoreInterface,
+    panel: Panel,
+    events: list[StoredEvent],
+    losses: list[Loss],
+    declared: set[int],
+    generated: collections.Counter[tuple[int, int, int, int]],
+) -> dict[str, int]:
+    """The alarm lane's check (docs/protocol.md 7.6): the store's alarms hold every stored
+    alarm event and declared gap once, the lane's rows in their seqs' order, and every alarm
+    an ALARM_ACK covered as the lane's. A lane's alarm whose event the panel dropped later
+    (a declared gap over it) is one it generated: the lane got it to the operator anyway."""
+    rows = store.alarms(panel.panel_id)
+    expected = {e.record.seq: e.record for e in events if int(e.record.kind) in _ALARMS}
+    gaps = {(int(loss.kind), loss.last_seq) for loss in losses}
+    seen: set[int] = set()
+    unexpected = 0
+    for row in rows:
+        record = row.record
+        if int(record.kind) in _GAPS:
+            ok = (int(record.kind), record.card) in gaps
+        elif record.seq in declared and row.lane:
+            ok = (record.time_us, int(record.kind), record.door, record.card) in generated
+        else:
+            ok = expected.get(record.seq) == record
+        if not ok or record.seq in seen:
+            unexpected += 1
+        seen.add(record.seq)
+    held = {row.record.seq: row.record for row in rows}
+    missing = sum(1 for seq, record in expected.items() if held.get(seq) != record)
+    missing += len(gaps - {(int(r.record.kind), r.record.card) for r in rows if int(r.record.kind) in _GAPS})
+    by_lane = [row.record.seq for row in rows if row.lane]  # rows come in the order stored
+    reordered = sum(1 for a, b in itertools.pairwise(by_lane) if b < a)
+    lane_held = collections.Counter(
+        (r.record.time_us, int(r.record.kind), r.record.door, r.record.card) for r in rows if r.lane
+    )
+    lane_lost = sum(max(0, n - lane_held[key]) for key, n in collections.Counter(panel.alarms_lane_acked).items())
+    return {
+        "alarms": len(rows),
+        "alarms_lane_lost": lane_lost,
+        "alarms_missing": missing,
+        "alarms_unexpected": unexpected,
+        "alarms_reordered": reordered,
+    }
 
 
 def _promises(panel: Panel, *, current: int) -> tuple[dict[int, int], set[int], set[int]]:
