@@ -89,10 +89,12 @@ def test_a_scrape_counts_what_the_store_holds_and_the_panels_connected(node: Pat
     store = EventStore(node)
     try:
         stored = store.count_events()
+        alarms = len(store.alarms())
     finally:
         store.close()
     assert stored >= 180
     assert samples["fieldsync_events_stored_total"][()] == stored
+    assert samples["fieldsync_alarms_stored_total"][()] == alarms
     assert samples["fieldsync_sessions_live"][()] == 3
     assert samples["fieldsync_sessions_total"][()] == 3
     assert samples["fieldsync_node_info"] == {(("node", "A"),): 1}

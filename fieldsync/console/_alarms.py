@@ -1,19 +1,17 @@
-"""Unacknowledged alarms: alarm-kind events and declared losses from the site's store, less
-the operator's acknowledgements, which the console keeps in a table of its own in the store.
-
-Selected by kind (``EventKind``), not by lane: a panel's alarms are ordinary records in
-``events`` today. The gap markers (overflow, power loss, a server's lost ACKs) are not rows
-of ``events``: the store keeps them in ``losses``, so they are read from there.
+"""Unacknowledged alarms: the store's ``alarms`` (docs/protocol.md 7.6: every alarm once per
+panel and seq, the alarm lane's copies as they arrive, ahead of their panels' backlogs, and
+the alarms of every batch), less the operator's acknowledgements, which the console keeps in
+a table of its own in the store.
 
 The acknowledgements live in the site's store (``console_acks``, made with CREATE TABLE IF
-NOT EXISTS, outside the store's migrations): they stay with the events they acknowledge, in
+NOT EXISTS, outside the store's migrations): they stay with the alarms they acknowledge, in
 the same backup, and one SQL join tells which alarms are still open. SQLite stores only; a
 PostgreSQL store shows no alarms yet (docs/console.md).
 
-The scan is incremental so that a busy store costs little: per panel, only the rows above
-the highest seq the last scan saw (a primary-key range), and the losses above the last id.
-Reads and writes go through one connection, from one thread at a time (the caller's
-CapacityLimiter).
+The scan is incremental so that a busy store costs little: the alarms above the highest id
+the last scan saw, and the losses above the last id (for each panel's tally of what it
+declared lost). Reads and writes go through one connection, from one thread at a time (the
+caller's CapacityLimiter).
 """
 
 from __future__ import annotations
@@ -24,30 +22,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import protocol
 from protocol import EventKind
 from storage import StoreError
 
 __all__ = ["ALARM_KINDS", "LOSS_KINDS", "Alarm", "AlarmBook"]
 
-#: Records that need an operator's eye.
-ALARM_KINDS = frozenset(
-    {
-        EventKind.DOOR_FORCED,
-        EventKind.DOOR_HELD,
-        EventKind.TAMPER,
-        EventKind.POWER_FAIL,
-        EventKind.HOST_OFFLINE,
-        EventKind.EVENTS_REFUSED,
-        EventKind.READER_OFFLINE,
-        EventKind.READER_AUTH_FAILED,
-    }
-)
-#: Declared gaps, kept in ``losses``: each one is an alarm too.
-LOSS_KINDS = frozenset({EventKind.BUFFER_OVERFLOW, EventKind.BUFFER_LOST, EventKind.SERVER_LOST})
+#: Records that need an operator's eye: the protocol's alarm kinds (7.6); the declared gaps
+#: among them count events (``Alarm.count``).
+ALARM_KINDS = protocol.ALARM_KINDS
+LOSS_KINDS = protocol.GAP_KINDS
+#: The kinds whose ``aux`` counts events: the gaps, and what a full buffer refused.
+_COUNTED = frozenset(int(k) for k in (*LOSS_KINDS, EventKind.EVENTS_REFUSED))
 #: The most open alarms kept in memory; older ones are counted, not listed.
 MAX_OPEN = 10_000
 
-_KINDS_SQL = ", ".join(str(int(k)) for k in sorted(ALARM_KINDS))
 _ACKS_TABLE = """
 CREATE TABLE IF NOT EXISTS console_acks (
     panel_id INTEGER NOT NULL,
@@ -117,7 +106,7 @@ class AlarmBook:
             self._conn.execute(_ACKS_TABLE)
         except sqlite3.Error as exc:
             raise StoreError(path, f"opening the console's alarms: {exc}") from exc
-        self._seen: dict[int, int] = {}  # panel -> highest seq scanned
+        self._alarm_id = 0
         self._loss_id = 0
         self._ack_rowid = 0
         self._acked: set[tuple[int, int]] = set()
@@ -137,7 +126,7 @@ class AlarmBook:
             self._conn.execute("BEGIN")
             try:
                 self._scan_acks()
-                self._scan_events()
+                self._scan_alarms()
                 self._scan_losses()
             finally:
                 self._conn.execute("COMMIT")
@@ -158,55 +147,37 @@ class AlarmBook:
             self.open.pop((panel_id, seq), None)
             self._ack_rowid = rowid
 
-    def _scan_events(self) -> None:
-        conn = self._conn
-        for (panel_id,) in conn.execute("SELECT panel_id FROM panels").fetchall():
-            top = conn.execute("SELECT max(seq) FROM events WHERE panel_id = ?", (panel_id,)).fetchone()[0]
-            seen = self._seen.get(panel_id, 0)
-            if top is None or top <= seen:
-                continue
-            rows = conn.execute(
-                "SELECT seq, kind, time_us, received_us, door, aux FROM events "
-                f"WHERE panel_id = ? AND seq > ? AND seq <= ? AND kind IN ({_KINDS_SQL})",
-                (panel_id, seen, top),
-            ).fetchall()
-            self._seen[panel_id] = top
-            tally = self.tally.setdefault(panel_id, PanelTally())
-            for seq, kind, time_us, received_us, door, aux in rows:
-                alarm = Alarm(
-                    panel_id=panel_id,
-                    seq=seq,
-                    kind=EventKind(kind),
-                    time_us=time_us,
-                    received_us=received_us,
-                    door=door,
-                    count=aux if kind == EventKind.EVENTS_REFUSED else 0,
-                )
-                if alarm.kind is EventKind.EVENTS_REFUSED:
-                    tally.refused += aux
-                self._take(alarm)
-
-    def _scan_losses(self) -> None:
+    def _scan_alarms(self) -> None:
         rows = self._conn.execute(
-            "SELECT id, panel_id, first_seq, count, kind, time_us, received_us FROM losses WHERE id > ? ORDER BY id",
-            (self._loss_id,),
+            "SELECT id, panel_id, seq, kind, time_us, received_us, door, aux FROM alarms WHERE id > ? ORDER BY id",
+            (self._alarm_id,),
         ).fetchall()
-        for loss_id, panel_id, first_seq, count, kind, time_us, received_us in rows:
-            self._loss_id = loss_id
+        for alarm_id, panel_id, seq, kind, time_us, received_us, door, aux in rows:
+            self._alarm_id = alarm_id
             alarm = Alarm(
                 panel_id=panel_id,
-                seq=first_seq,
+                seq=seq,
                 kind=EventKind(kind),
                 time_us=time_us,
                 received_us=received_us,
-                count=count,
+                door=door,
+                count=aux if kind in _COUNTED else 0,
             )
+            if alarm.kind is EventKind.EVENTS_REFUSED:
+                self.tally.setdefault(panel_id, PanelTally()).refused += aux
+            self._take(alarm)
+
+    def _scan_losses(self) -> None:
+        rows = self._conn.execute(
+            "SELECT id, panel_id, count, kind FROM losses WHERE id > ? ORDER BY id", (self._loss_id,)
+        ).fetchall()
+        for loss_id, panel_id, count, kind in rows:
+            self._loss_id = loss_id
             tally = self.tally.setdefault(panel_id, PanelTally())
-            if alarm.kind is EventKind.BUFFER_OVERFLOW:
+            if kind == EventKind.BUFFER_OVERFLOW:
                 tally.dropped += count
             else:
                 tally.lost += count
-            self._take(alarm)
 
     def _take(self, alarm: Alarm) -> None:
         if alarm.key not in self._acked:

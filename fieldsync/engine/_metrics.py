@@ -43,6 +43,9 @@ def _node_families(s: NodeStatistics) -> Iterator[Metric]:
     yield CounterMetricFamily("fieldsync_sessions_rejected", "HELLOs refused (admission).", value=s.rejected)
     yield CounterMetricFamily("fieldsync_events_stored", "Events committed to the store.", value=s.events_stored)
     yield CounterMetricFamily(
+        "fieldsync_alarms_stored", "Alarms added to the store's alarms (lane and batches).", value=s.alarms_stored
+    )
+    yield CounterMetricFamily(
         "fieldsync_events_duplicate", "Events received again, at or below the hwm.", value=s.events_duplicate
     )
     yield CounterMetricFamily(

@@ -137,6 +137,8 @@ class NodeStatistics:
     #: Batches queued for commit now, every panel together.
     queued_batches: int
     events_stored: int
+    #: Alarms added to the store's alarms (docs/protocol.md 7.6), from the lane and the batches.
+    alarms_stored: int
     events_duplicate: int
     declared_lost: int
     refused_batches: int
@@ -358,6 +360,7 @@ class Node:
             commit_buckets=tuple(i.commit_buckets),
             queued_batches=i.queued_total(),
             events_stored=i.events_stored,
+            alarms_stored=i.alarms_stored,
             events_duplicate=i.events_duplicate,
             declared_lost=i.declared_lost,
             refused_batches=i.refused_batches,
