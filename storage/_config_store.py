@@ -104,6 +104,33 @@ class ConfigStore:
             row = self._conn.execute("SELECT digest FROM config_log WHERE version = ?", (version,)).fetchone()
         return bytes(row[0]) if row is not None and row[0] is not None else None
 
+    def request_resync(self, panel_id: int, *, at_us: int | None = None) -> int:
+        """An operator asks that ``panel_id`` get its whole configuration again (a snapshot,
+        docs/protocol.md 8.3) at its session, now or when it next connects; the request's time."""
+        stamp = at_us if at_us is not None else time.time_ns() // 1000
+        with map_sqlite_errors(self.path, "recording a resync request"):
+            self._conn.execute(
+                "INSERT INTO resync_requests (panel_id, requested_us, done_us) VALUES (?, ?, NULL) "
+                "ON CONFLICT (panel_id) DO UPDATE SET requested_us = excluded.requested_us, done_us = NULL",
+                (panel_id, stamp),
+            )
+        return stamp
+
+    def resyncs_pending(self) -> dict[int, int]:
+        """Panel -> time of its resync request not yet done."""
+        with map_sqlite_errors(self.path, "reading resync requests"):
+            rows = self._conn.execute("SELECT panel_id, requested_us FROM resync_requests WHERE done_us IS NULL")
+            return {int(pid): int(at) for pid, at in rows}
+
+    def resync_done(self, panel_id: int, requested_us: int, *, at_us: int | None = None) -> None:
+        """The snapshot of that request went out (a newer request stays pending)."""
+        stamp = at_us if at_us is not None else time.time_ns() // 1000
+        with map_sqlite_errors(self.path, "recording a resync"):
+            self._conn.execute(
+                "UPDATE resync_requests SET done_us = ? WHERE panel_id = ? AND requested_us = ?",
+                (stamp, panel_id, requested_us),
+            )
+
     def change(self, ops: Sequence[ConfigOp], *, at_us: int | None = None) -> int:
         """Apply one operator change atomically; return the new version."""
         if not ops:

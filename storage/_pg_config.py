@@ -73,6 +73,32 @@ class PgConfigStore:
             row = conn.execute("SELECT digest FROM config_log WHERE version = %s", (version,)).fetchone()
         return bytes(row[0]) if row is not None and row[0] is not None else None
 
+    def request_resync(self, panel_id: int, *, at_us: int | None = None) -> int:
+        """As ``ConfigStore.request_resync``."""
+        stamp = at_us if at_us is not None else time.time_ns() // 1000
+        with self._pg.transaction("recording a resync request") as conn:
+            conn.execute(
+                "INSERT INTO resync_requests (panel_id, requested_us, done_us) VALUES (%s, %s, NULL) "
+                "ON CONFLICT (panel_id) DO UPDATE SET requested_us = excluded.requested_us, done_us = NULL",
+                (panel_id, stamp),
+            )
+        return stamp
+
+    def resyncs_pending(self) -> dict[int, int]:
+        """As ``ConfigStore.resyncs_pending``."""
+        with map_pg_errors(self.where, "reading resync requests"):
+            rows = self._pg.get().execute("SELECT panel_id, requested_us FROM resync_requests WHERE done_us IS NULL")
+            return {int(pid): int(at) for pid, at in rows}
+
+    def resync_done(self, panel_id: int, requested_us: int, *, at_us: int | None = None) -> None:
+        """As ``ConfigStore.resync_done``."""
+        stamp = at_us if at_us is not None else time.time_ns() // 1000
+        with self._pg.transaction("recording a resync") as conn:
+            conn.execute(
+                "UPDATE resync_requests SET done_us = %s WHERE panel_id = %s AND requested_us = %s",
+                (stamp, panel_id, requested_us),
+            )
+
     def change(self, ops: Sequence[ConfigOp], *, at_us: int | None = None) -> int:
         """Apply one operator change atomically; return the new version."""
         if not ops:

@@ -150,7 +150,14 @@ def _m003(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001, _m002, _m003)
+def _m004(conn: psycopg.Connection[Any]) -> None:
+    # An operator's resync requests, as storage/_schema.py's m008.
+    conn.execute(
+        "CREATE TABLE resync_requests (panel_id BIGINT PRIMARY KEY, requested_us BIGINT NOT NULL, done_us BIGINT)"
+    )
+
+
+_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001, _m002, _m003, _m004)
 PG_SCHEMA_VERSION = len(_MIGRATIONS)
 
 

@@ -207,7 +207,17 @@ def _m007(db: Database) -> None:
     db.execute("PRAGMA user_version = 7")
 
 
-SCHEMA_VERSION = 7
+@migrations(name="m008_resync_requests")
+def _m008(db: Database) -> None:
+    # An operator's request that a panel be sent its whole configuration again (a snapshot):
+    # the newest per panel; ``done_us`` set once a node has sent it.
+    db.execute(
+        "CREATE TABLE resync_requests (panel_id INTEGER PRIMARY KEY, requested_us INTEGER NOT NULL, done_us INTEGER)"
+    )
+    db.execute("PRAGMA user_version = 8")
+
+
+SCHEMA_VERSION = 8
 _KNOWN = {
     "m001_events_losses_panels_cluster",
     "m002_config",
@@ -216,4 +226,5 @@ _KNOWN = {
     "m005_config_digest",
     "m006_batch_log",
     "m007_alarms",
+    "m008_resync_requests",
 }

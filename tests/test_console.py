@@ -246,6 +246,18 @@ def test_the_page_shows_the_pair_the_fleet_a_takeover_and_does_a_switchover(
     page.click("#door-form button[type=submit]")
     page.wait_for_function(f"document.getElementById('config-version').textContent === '{before + 1}'")
     assert f"door 2 set to locked: configuration version {before + 1}" in page.text_content("#messages")
+
+    # A panel's resync from the page: its node sends it a snapshot and marks the request done.
+    first = int(page.get_attribute("#panels tr", "data-panel") or 0)
+    page.click(f"#panels tr[data-panel='{first}'] button.resync")
+
+    def resynced() -> bool | None:
+        with contextlib.closing(sqlite3.connect(tmp_path / "site.db")) as conn:
+            row = conn.execute("SELECT done_us FROM resync_requests WHERE panel_id = ?", (first,)).fetchone()
+        return True if row is not None and row[0] is not None else None
+
+    assert wait_for("resync", resynced, 20) is True
+    assert f"resync of panel {first} requested" in page.text_content("#messages")
     assert up.poll() is None and console.poll() is None
 
 

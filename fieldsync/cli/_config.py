@@ -147,6 +147,22 @@ def remove_level(site_path: Path | None, db: Path | str | None, ident: int) -> N
     _change(site_path, db, [DeleteAccessLevel(id=ident)])
 
 
+@config.command("resync")
+@site_option
+@db_option
+@click.option("--panel", "panel_id", type=click.IntRange(1, 2**32 - 1), required=True)
+@friendly
+def resync(site_path: Path | None, db: Path | str | None, panel_id: int) -> None:
+    """Send a panel its whole configuration again (a snapshot), at its session now or when it
+    next connects; the node marks the request done once the snapshot went out."""
+    store = _config_store(site_path, db)
+    try:
+        store.request_resync(panel_id)
+    finally:
+        store.close()
+    click.echo(f"resync of panel {panel_id} requested: its node sends it a snapshot at its session")
+
+
 @config.command("show")
 @site_option
 @db_option

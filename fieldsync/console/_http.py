@@ -142,7 +142,7 @@ async def _route(console: Console, request: _Request) -> _Reply | None:
         return _json(200, {"version": console.sections.version, **console.sections.all()})
     if request.path == "/api/events" and request.method == "GET":
         return None
-    actions = {"/api/switchover", "/api/config/door-mode", "/api/alarms/ack"}
+    actions = {"/api/switchover", "/api/config/door-mode", "/api/panels/resync", "/api/alarms/ack"}
     if request.path in actions:
         if request.method != "POST":
             return _not_allowed(request, "POST")
@@ -170,6 +170,8 @@ async def _act(console: Console, request: _Request) -> _Reply:
         elif request.path == "/api/config/door-mode":
             door, mode = (body.get("door"), body.get("mode")) if isinstance(body, dict) else (None, None)
             message = await console.set_door_mode(door, mode)
+        elif request.path == "/api/panels/resync":
+            message = await console.resync(body.get("panel_id") if isinstance(body, dict) else None)
         else:
             message = await console.acknowledge(body, by=f"console {request.peer}")
     except ActionError as exc:

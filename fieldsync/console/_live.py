@@ -411,6 +411,25 @@ class Console:
         await self._read_fleet()
         return f"door {door} set to {mode.lower()}: configuration version {version}"
 
+    async def resync(self, panel_id: Any) -> str:
+        """`config resync --panel`: the panel's node sends it its whole configuration again."""
+        if not isinstance(panel_id, int) or isinstance(panel_id, bool) or not 0 < panel_id < 2**32:
+            raise ActionError('the body must be {"panel_id": N}, N in 1..2**32-1')
+
+        def request() -> int:
+            store = open_config_store(self._fleet_target())
+            try:
+                return store.request_resync(panel_id)
+            finally:
+                store.close()
+
+        try:
+            await self._thread(self._fleet_limiter, request)
+        except (StoreError, SiteError, MirrorError) as exc:
+            raise ActionError(str(exc), 503) from None
+        log.warning("operator: resync of panel %d requested", panel_id)
+        return f"resync of panel {panel_id} requested: its node sends it a snapshot at its session"
+
     async def acknowledge(self, body: Any, *, by: str) -> str:
         """Record the operator's acknowledgement of the alarms named (or of every open one)."""
         book = self.alarms

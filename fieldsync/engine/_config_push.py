@@ -3,12 +3,16 @@
 The node follows the config store (a poll, ``config_poll``), and every session whose
 panel is behind gets a push from its writer (docs/protocol.md 8.3): a delta when the
 panel's version is behind and its digest is what the server had at that version, a
-snapshot in every other case. The config store has its own SQLite connection and its
-own thread, so a push never waits behind a group commit.
+snapshot in every other case. An operator's resync request (``fieldsync config resync``,
+the console) is read with the same poll: the panel's session gets a snapshot, and the
+request is marked done once it went out (a panel offline gets it at its next session).
+The config store has its own SQLite connection and its own thread, so a push never waits
+behind a group commit.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 T = TypeVar("T")
+log = logging.getLogger("fieldsync.node")
 
 
 class _ConfigFeed:
@@ -61,6 +66,17 @@ class _ConfigFeed:
         while True:
             await trio.sleep(self.node.settings.config_poll)
             self.saw(*await self.run_sync(self.store.current))
+            self.resync(await self.run_sync(self.store.resyncs_pending))
+
+    def resync(self, pending: dict[int, int]) -> None:
+        """The operator asked these panels (panel -> request time) be sent a snapshot."""
+        sessions = self.node.sessions
+        for panel_id, requested_us in pending.items():
+            session = sessions.get(panel_id)
+            if session is not None and session.welcomed and session.resync_at != requested_us:
+                session.resync_at = requested_us
+                session.need_snapshot = True
+                session.wake.set()
 
     def saw(self, version: int, digest: bytes) -> None:
         """The store's configuration is at ``version`` (it only moves forward): every session follows."""
@@ -124,4 +140,13 @@ class _ConfigFeed:
             )
         session.config_sent, session.digest_sent = version, digest
         session.need_snapshot = False
+        if session.resync_at is not None:  # the operator's request is answered
+            await self.run_sync(store.resync_done, session.panel_id, session.resync_at)
+            log.warning(
+                "node %s: panel %d resynchronized (a snapshot of version %d)",
+                self.node.node_id,
+                session.panel_id,
+                version,
+            )
+            session.resync_at = None
         self.saw(version, digest)

@@ -91,6 +91,8 @@ class _Session:
         self.digest_sent = hello.config_digest
         #: A CONFIG_ACK after a delta showed another digest: the next push is a snapshot.
         self.need_snapshot = False
+        #: The operator's resync request this session's next snapshot answers (its time), if any.
+        self.resync_at: int | None = None
         self.wake = trio.Event()
         self.wake.set()  # configuration sync starts right after WELCOME (docs/protocol.md 8.3)
         #: WELCOME went out: the session is the panel's, and its status is worth reporting.
