@@ -406,6 +406,10 @@ class HostLink:
         return takeover
 
 
+#: One ALARM's most records: its frame within the 1 MiB payload limit (docs/protocol.md 3, 7.4).
+_ALARM_MOST = ((1 << 20) - 2) // 32
+
+
 class _UplinkSession:
     """The panel's side of one session, for the ``SessionDriver``: upload in seq order
     with a window of batches in flight, free the buffer on ACK, apply configuration.
@@ -458,9 +462,8 @@ class _UplinkSession:
     async def _send_alarms(self) -> None:
         """The alarms' copies this session has not sent, in one ALARM (docs/protocol.md 7.6)."""
         after = self.alarm_sent
-        unsent = [r for r in self.panel.alarm_outbox if int.from_bytes(r[:8], "big") > after][
-            :0xFFFF
-        ]  # one ALARM's most
+        unsent = [r for r in self.panel.alarm_outbox if int.from_bytes(r[:8], "big") > after]
+        unsent = unsent[:_ALARM_MOST]
         alarm = Alarm(records=b"".join(unsent))
         self.alarm_sent = alarm.last_seq
         await self.ms.send(alarm)

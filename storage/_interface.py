@@ -101,6 +101,10 @@ class EventStoreInterface(Protocol):
 
     def losses(self, panel_id: int | None = None) -> list[Loss]: ...
 
+    def orphan_alarms(self, panel_id: int, above: int) -> int:
+        """Set aside the lane copies above ``above`` of a panel that lost its counter (7.6)."""
+        ...
+
     def alarms(self, panel_id: int | None = None) -> list[StoredAlarm]:
         """Every alarm stored once per (panel, seq), in the order stored (docs/protocol.md 7.6)."""
         ...

@@ -144,8 +144,10 @@ def _m003(conn: psycopg.Connection[Any]) -> None:
             received_us BIGINT NOT NULL,
             epoch BIGINT NOT NULL,
             lane SMALLINT NOT NULL,
-            UNIQUE (panel_id, seq)
+            gap SMALLINT NOT NULL,
+            orphan SMALLINT NOT NULL DEFAULT 0
         );
+        CREATE UNIQUE INDEX alarms_key ON alarms (panel_id, seq, gap) WHERE orphan = 0;
         """
     )
 

@@ -47,6 +47,7 @@ from ._pg_conn import PgConnection
 from ._pg_queries import _one, _PgEventQueries
 from ._pg_schema import migrate_pg
 from ._records import (
+    ALARM_FIELDS,
     ALARM_INSERT,
     MAX_STORED_SEQ,
     IngestAlarm,
@@ -55,13 +56,17 @@ from ._records import (
     IngestResult,
     LogBacklog,
     alarm_rows,
+    gap_alarm_row,
     materialize_all,
     signed,
 )
 
 __all__ = ["PgEventStore"]
 
-_ALARM_SQL = ALARM_INSERT.format(", ".join(["%s"] * 12)) + " ON CONFLICT (panel_id, seq) DO NOTHING"
+_ALARM_SQL = (
+    ALARM_INSERT.format(", ".join(["%s"] * ALARM_FIELDS))
+    + " ON CONFLICT (panel_id, seq, gap) WHERE orphan = 0 DO NOTHING"
+)
 
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
 #: The transaction advisory lock every materializing step takes ("fsyncmat").
@@ -328,7 +333,7 @@ class PgEventStore(_PgEventQueries):
                 lo = max(first, hwm + 1)
                 lost = last - lo + 1
                 self._loss_rows.append((pid, lo, last, lost, kind, signed(time_us), batch.received_us, epoch))
-                self._alarm_rows += alarm_rows(pid, records[:RECORD_SIZE], batch.received_us, epoch, lane=False)
+                self._alarm_rows.append(gap_alarm_row(pid, lo, last, kind, time_us, batch.received_us, epoch))
             else:
                 duplicates += 1
             offset = RECORD_SIZE
@@ -349,6 +354,14 @@ class PgEventStore(_PgEventQueries):
         elif stored:
             self._rows.append(copy_rows(pid, batch.received_us, epoch, memoryview(records)[offset:]))
         return IngestOutcome(panel_id=pid, hwm=batch.last_seq, stored=stored, duplicates=duplicates, declared_lost=lost)
+
+    def orphan_alarms(self, panel_id: int, above: int) -> int:
+        """As ``EventStore.orphan_alarms``."""
+        with self._writing("setting aside a panel's renumbered alarms") as conn:
+            cursor = conn.execute(
+                "UPDATE alarms SET orphan = 1 WHERE panel_id = %s AND seq > %s AND orphan = 0", (panel_id, above)
+            )
+            return max(0, cursor.rowcount)
 
     # -- the batch log ------------------------------------------------------------------
 

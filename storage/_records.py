@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from protocol import RECORD_SIZE, RECORD_STRUCT, EventFlags, EventKind, EventRecord, alarms_in
+from protocol import GAP_KINDS, RECORD_SIZE, RECORD_STRUCT, EventFlags, EventKind, EventRecord, alarms_in
 
 __all__ = [
     "MAX_STORED_SEQ",
+    "ALARM_FIELDS",
     "ALARM_INSERT",
+    "gap_alarm_row",
     "IngestAlarm",
     "IngestBatch",
     "IngestOutcome",
@@ -83,9 +85,12 @@ class IngestAlarm:
 
 #: The alarms' columns after ``id``, as both engines name them (``alarm_rows`` fills them).
 ALARM_INSERT = (
-    "INSERT INTO alarms (panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane) "
+    "INSERT INTO alarms (panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane, gap) "
     "VALUES ({})"
 )
+#: How many values a row of ``ALARM_INSERT`` takes.
+ALARM_FIELDS = 13
+_GAPS = frozenset(int(k) for k in GAP_KINDS)
 
 
 def alarm_rows(
@@ -96,9 +101,32 @@ def alarm_rows(
     if only_alarms:
         records = alarms_in(records)
     return [
-        (panel_id, seq, signed(time_us), kind, door, reader, flags, signed(card), aux, received_us, epoch, int(lane))
+        (
+            panel_id,
+            seq,
+            signed(time_us),
+            kind,
+            door,
+            reader,
+            flags,
+            signed(card),
+            aux,
+            received_us,
+            epoch,
+            int(lane),
+            int(kind in _GAPS),
+        )
         for seq, time_us, kind, door, reader, flags, card, aux in RECORD_STRUCT.iter_unpack(records)
     ]
+
+
+def gap_alarm_row(
+    panel_id: int, first: int, last: int, kind: int, time_us: int, received_us: int, epoch: int
+) -> tuple[int, ...]:
+    """The alarm of a declared gap ``first..last`` as its loss row records it (the part above
+    the hwm), keyed apart from any alarm at that seq (``gap`` 1)."""
+    count = last - first + 1
+    return (panel_id, first, signed(time_us), kind, 0, 0, 0, signed(last), count, received_us, epoch, 0, 1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,7 +182,8 @@ def materialize_all(step: Callable[[], LogBacklog]) -> LogBacklog:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StoredAlarm:
     """A row of ``alarms``: ``order`` is the order alarms were stored in, ``lane`` whether
-    the alarm lane brought it (else its batch did)."""
+    the alarm lane brought it (else its batch did), ``orphan`` a lane copy whose seq its
+    panel numbered again after it lost its counter (the record never reached ``events``)."""
 
     order: int
     panel_id: int
@@ -162,6 +191,7 @@ class StoredAlarm:
     received_us: int
     epoch: int
     lane: bool
+    orphan: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,11 +217,11 @@ class Loss:
 
 
 #: What ``stored_alarm`` reads, in order, from either engine.
-ALARM_COLUMNS = "id, panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane"
+ALARM_COLUMNS = "id, panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane, orphan"
 
 
 def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
-    order, pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane = row
+    order, pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane, orphan = row
     record = EventRecord(
         seq=seq,
         time_us=unsigned(time_us),
@@ -202,4 +232,12 @@ def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
         card=unsigned(card),
         aux=aux,
     )
-    return StoredAlarm(order=order, panel_id=pid, record=record, received_us=received_us, epoch=epoch, lane=bool(lane))
+    return StoredAlarm(
+        order=order,
+        panel_id=pid,
+        record=record,
+        received_us=received_us,
+        epoch=epoch,
+        lane=bool(lane),
+        orphan=bool(orphan),
+    )

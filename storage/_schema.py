@@ -183,7 +183,9 @@ def _m006(db: Database) -> None:
 def _m007(db: Database) -> None:
     # The alarm lane (docs/protocol.md 7.6): every alarm once per (panel, seq), from an ALARM
     # or from a batch; ``id`` is the order they were stored in, ``lane`` whether the lane
-    # brought it (1) or its batch (0).
+    # brought it (1) or its batch (0). A declared gap (``gap``) is keyed apart from the alarm
+    # whose seq it took; a lane copy whose seq a panel that lost its counter numbered again
+    # is ``orphan`` (kept, out of the key).
     db.execute(
         """
         CREATE TABLE alarms (
@@ -200,10 +202,12 @@ def _m007(db: Database) -> None:
             received_us INTEGER NOT NULL,
             epoch INTEGER NOT NULL,
             lane INTEGER NOT NULL,
-            UNIQUE (panel_id, seq)
+            gap INTEGER NOT NULL,
+            orphan INTEGER NOT NULL DEFAULT 0
         )
         """
     )
+    db.execute("CREATE UNIQUE INDEX alarms_key ON alarms (panel_id, seq, gap) WHERE orphan = 0")
     db.execute("PRAGMA user_version = 7")
 
 

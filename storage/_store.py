@@ -36,6 +36,7 @@ from protocol import GAP_KINDS, RECORD_SIZE
 from ._errors import StaleEpoch, StoreError, map_sqlite_errors
 from ._gate import write_gate
 from ._records import (
+    ALARM_FIELDS,
     ALARM_INSERT,
     IngestAlarm,
     IngestBatch,
@@ -43,6 +44,7 @@ from ._records import (
     IngestResult,
     LogBacklog,
     alarm_rows,
+    gap_alarm_row,
     materialize_all,
     signed,
 )
@@ -54,7 +56,7 @@ __all__ = ["EventStore"]
 _CHUNKS = (256, 64, 16, 4, 1)
 _GAP_VALUES = frozenset(int(k) for k in GAP_KINDS)
 _MARKER = struct.Struct(">QQB3xQI")
-_ALARM_SQL = ALARM_INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).format(",".join("?" * 12))
+_ALARM_SQL = ALARM_INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).format(",".join("?" * ALARM_FIELDS))
 
 
 def _insert_sql(rows: int) -> str:
@@ -253,7 +255,7 @@ class EventStore(_EventQueries):
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (pid, lo, last, lost, kind, signed(time_us), batch.received_us, epoch),
                 )
-                self._alarm_rows += alarm_rows(pid, records[:RECORD_SIZE], batch.received_us, epoch, lane=False)
+                self._alarm_rows.append(gap_alarm_row(pid, lo, last, kind, time_us, batch.received_us, epoch))
             else:
                 duplicates += 1
             offset = RECORD_SIZE
@@ -286,6 +288,16 @@ class EventStore(_EventQueries):
                 conn.execute(statement, head + layout.unpack_from(records, offset))
                 offset += size * RECORD_SIZE
                 rows -= size
+
+    def orphan_alarms(self, panel_id: int, above: int) -> int:
+        """The panel lost its counter (its HELLO's newest seq is below ``above``, the hwm) and
+        numbers again from ``above + 1``: its lane copies above it stand for records that never
+        reached ``events`` and keep their rows, out of the key (docs/protocol.md 7.6). How many."""
+        with map_sqlite_errors(self.path, "setting aside a panel's renumbered alarms"):
+            cursor = self._conn.execute(
+                "UPDATE alarms SET orphan = 1 WHERE panel_id = ? AND seq > ? AND orphan = 0", (panel_id, above)
+            )
+            return cursor.rowcount
 
     # -- the batch log ------------------------------------------------------------------
 

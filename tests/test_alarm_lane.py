@@ -160,6 +160,33 @@ def test_a_declared_gap_is_an_alarm_too(store: EventStoreInterface) -> None:
     assert [(a.record.kind, a.record.card, a.lane) for a in store.alarms(3)] == [(K.BUFFER_OVERFLOW, 10, False)]
 
 
+def test_a_gap_that_took_the_seq_of_an_alarm_the_lane_brought_is_kept_beside_it(store: EventStoreInterface) -> None:
+    # The lane brought the door forced at seq 1; then the buffer dropped seqs 1..4 and its
+    # marker took seq 1. Both are alarms, each kept once.
+    store.ingest([], 1, [IngestAlarm(panel_id=5, records=rec(1).pack(), received_us=1)])
+    store.ingest([batch_of(5, [rec(1, K.BUFFER_OVERFLOW, card=4, aux=4), rec(5, K.ACCESS_GRANTED)], 2)], 1)
+    got = [(a.record.seq, a.record.kind, a.record.card, a.lane) for a in store.alarms(5)]
+    assert got == [(1, K.DOOR_FORCED, 0, True), (1, K.BUFFER_OVERFLOW, 4, False)]
+    # A marker reaching below the hwm: its alarm is the part it records as lost, as its loss is.
+    store.ingest([batch_of(5, [rec(3, K.BUFFER_OVERFLOW, card=9, aux=7), rec(10, K.ACCESS_GRANTED)], 3)], 1)
+    loss = store.losses(5)[-1]
+    gap = store.alarms(5)[-1].record
+    assert (loss.first_seq, loss.last_seq) == (6, 9) and (gap.seq, gap.card, gap.aux) == (6, 9, 4)
+
+
+def test_the_copies_of_a_panel_that_lost_its_counter_are_set_aside_not_in_the_way(store: EventStoreInterface) -> None:
+    store.ingest([batch_of(8, [rec(s, K.ACCESS_GRANTED) for s in range(1, 41)], 1)], 1)
+    store.ingest([], 1, [IngestAlarm(panel_id=8, records=rec(50, K.TAMPER).pack(), received_us=2)])  # ALARM_ACKed
+    # Its power went before seq 50 was stored; the new boot numbers from 41 and records a
+    # door forced at the seq 50 names now.
+    assert store.orphan_alarms(8, 40) == 1
+    renumbered = [rec(s, K.ACCESS_GRANTED) for s in range(41, 50)] + [rec(50, K.DOOR_FORCED)]
+    assert store.ingest([batch_of(8, renumbered, 3)], 1).alarms_stored == 1
+    got = [(a.record.seq, a.record.kind, a.lane, a.orphan) for a in store.alarms(8)]
+    assert got == [(50, K.TAMPER, True, True), (50, K.DOOR_FORCED, False, False)]
+    assert store.orphan_alarms(8, 50) == 0  # nothing of the new boot above its hwm
+
+
 # -- end to end: a panel's alarms ahead of its backlog ---------------------------------------
 
 
@@ -243,7 +270,7 @@ def check_the_checker_on_the_lane(db: Path, fleet: Fleet) -> None:
         finally:
             with sqlite3.connect(db) as conn:  # put it back for the next control
                 conn.execute("DELETE FROM alarms")
-                conn.executemany("INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", saved)
+                conn.executemany("INSERT INTO alarms VALUES (" + ", ".join("?" * len(saved[0])) + ")", saved)
 
     with sqlite3.connect(db) as conn:
         saved = conn.execute("SELECT * FROM alarms ORDER BY id").fetchall()
@@ -253,8 +280,8 @@ def check_the_checker_on_the_lane(db: Path, fleet: Fleet) -> None:
     broken(f"UPDATE alarms SET lane = 0 WHERE id = {ids[0]}", p1, "1 acknowledged by the lane missing")
     broken(f"UPDATE alarms SET id = 1000 - id WHERE id IN ({ids[0]}, {ids[1]})", p2, "1 out of order in the lane")
     broken(
-        "INSERT INTO alarms (panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane) "
-        "VALUES (39, 7, 1, 9, 0, 0, 0, 0, 0, 1, 1, 1)",
+        "INSERT INTO alarms (panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, "
+        "lane, gap) VALUES (39, 7, 1, 9, 0, 0, 0, 0, 0, 1, 1, 1, 0)",
         p2,
         "1 unexpected or twice",
     )

@@ -345,6 +345,9 @@ def test_a_store_removed_while_the_console_runs_is_said_in_the_page(tmp_path: Pa
     site_path = _quiet_site(tmp_path, 36055)
     console, log = processes.start("console", "console", "--site", str(site_path), "--listen", "127.0.0.1:36032")
     _console_line(log, console)
+    # Without a token, only loopback host names: a page elsewhere cannot rebind a name to us.
+    assert _http("GET", "/api/state", 36032, headers={"Host": "rebound.example:36032"})[0] == 421
+    assert _http("GET", "/api/state", 36032, headers={"Host": "localhost:36032"})[0] == 200
     for name in ("site.db", "site.db-wal", "site.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
 

@@ -173,3 +173,29 @@ def test_a_standby_cluster_node_reports_its_role_and_no_sessions(tmp_path: Path)
     assert samples[("fieldsync_node_takeovers_total", ())] == 0
     assert samples[("fieldsync_node_info", (("node", "B"),))] == 1
     assert not any(name == "fieldsync_sessions_live" for name, _ in samples)
+
+
+async def test_garbage_then_a_reset_does_not_take_the_endpoint_down() -> None:
+    """A client that sends what is not HTTP and resets at once (a port scanner): the answer it
+    cannot take is dropped; the endpoint, and the node whose nursery runs it, go on."""
+    import socket
+    import struct
+
+    from prometheus_client import CollectorRegistry
+
+    from fieldsync.engine import http_request, serve_metrics
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(serve_metrics, CollectorRegistry(), "127.0.0.1", 0)
+        port = listeners[0].socket.getsockname()[1]
+        for _ in range(20):
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            await sock.send(b"\x16\x03\x01 not http at all\r\n\r\n")
+            sock.close()
+        await trio.sleep(0.2)
+        with trio.fail_after(10):
+            status, body = await http_request("127.0.0.1", port, "GET", "/metrics")
+        assert status == 200, body
+        nursery.cancel_scope.cancel()

@@ -125,7 +125,7 @@ def test_a_test_that_deletes_acknowledged_events_fails_at_teardown_naming_p1(use
         [
             "*PromiseBroken: fieldsync: the promises checked at teardown",
             "*PROMISE BROKEN*",
-            "*P1 nothing acknowledged is lost    BROKEN  (* acknowledged events missing)",
+            "*P1 nothing acknowledged is lost    BROKEN  (* acknowledged events missing;*",
         ]
     )
     report = _reports(users_project)["test_deletes_acknowledged_events"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import urllib.parse
@@ -120,9 +121,24 @@ def _authorized(request: _Request, token: str) -> bool:
     return any(_same(t, token) for t in request.query.get("token", []))
 
 
+def _loopback_host(host: str) -> bool:
+    """Is the Host header's name a loopback one (``localhost``, 127.0.0.0/8, ``[::1]``)?"""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 async def _route(console: Console, request: _Request) -> _Reply | None:
     """The reply to ``request``; None: the event stream (the caller streams it)."""
     token = console.settings.token
+    if token is None and not _loopback_host(request.headers.get("host", "")):
+        # No token is needed on loopback, so a page elsewhere must not reach the console
+        # through a name that resolves to 127.0.0.1 (DNS rebinding): only loopback names.
+        return _json(421, {"error": "without a token this console answers only for loopback host names"})
     if request.path == "/login" and token is not None:
         if request.method == "POST":
             form = urllib.parse.parse_qs(request.body.decode("utf-8", "replace"))

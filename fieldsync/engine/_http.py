@@ -10,6 +10,7 @@ the server's ``error`` (each server has its own error body) and ends the connect
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 
@@ -102,7 +103,9 @@ async def serve_http(
             conn.start_next_cycle()
     except h11.RemoteProtocolError as exc:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            await error(conn, exc.error_status_hint, f"bad HTTP request: {exc}")
+            # The client that sent garbage may be gone already: its answer is best effort.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await error(conn, exc.error_status_hint, f"bad HTTP request: {exc}")
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

@@ -51,6 +51,8 @@ __all__: list[str] = []
 
 log = logging.getLogger("fieldsync.node")
 
+#: ALARMs one panel may have queued for commit before its reader waits (7.6: the lane's bound).
+ALARM_WINDOW = 8
 #: Upper bounds, seconds, of the commit-latency histogram's buckets: an fsync'd commit takes
 #: about 1-10 ms on a disk, a PostgreSQL commit waiting on a synchronous standby more.
 COMMIT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -96,6 +98,7 @@ class _Ingest:
         self.refused_batches = 0
         #: ALARMs waiting for the next commit, and the batch-less wait an alarm cuts short.
         self._alarms: list[_QueuedAlarm] = []
+        self._alarms_queued: dict[int, int] = {}
         self._idle: trio.CancelScope | None = None
         self.alarms_stored = 0
 
@@ -139,9 +142,14 @@ class _Ingest:
             self._through(pid)
             raise
 
-    def put_alarm(self, session: _Session, alarm: Alarm) -> None:
-        """Queue an ALARM for the next commit, ahead of every batch (no wait for room)."""
+    async def put_alarm(self, session: _Session, alarm: Alarm) -> None:
+        """Queue an ALARM for the next commit, ahead of every batch. It waits for no batch's
+        room, only while its panel has ``ALARM_WINDOW`` ALARMs queued (a bound on what one
+        panel can make the node hold: TCP pushes back on that panel)."""
         pid = session.panel_id
+        while self._alarms_queued.get(pid, 0) >= ALARM_WINDOW:
+            await self._wait_change(pid)
+        self._alarms_queued[pid] = self._alarms_queued.get(pid, 0) + 1
         self._queued[pid] = self._queued.get(pid, 0) + 1
         self._alarms.append(
             _QueuedAlarm(
@@ -202,7 +210,10 @@ class _Ingest:
                     break
                 batches.append(batch)
                 events += len(batch.records) // RECORD_SIZE
-            if to_log:
+            if to_log and not materializer.has_room(events):
+                if alarms:  # alarms add no lag: they do not wait for the materializer
+                    await self._commit_alarms(alarms)
+                    alarms = []
                 await materializer.room(events)  # the lag's bound: push back, never drop
             try:
                 result = await node.db(commit, batches, node.epoch, alarms)
@@ -221,7 +232,7 @@ class _Ingest:
             self.alarms_stored += result.alarms_stored
             for alarm in alarms:
                 alarm.session.alarm_answered(alarm.last_seq)
-                self._through(alarm.panel_id)
+                self._alarm_through(alarm.panel_id)
             self.commits += 1
             self.commit_s += result.commit_s
             self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, result.commit_s)] += 1
@@ -239,7 +250,39 @@ class _Ingest:
                     batch.session.answered()
                 self._through(batch.panel_id)
 
+    async def _commit_alarms(self, alarms: list[_QueuedAlarm]) -> None:
+        """A commit of alarms alone (while the batches wait for the materializer's room)."""
+        node = self.node
+        store = node.store
+        assert store is not None
+        try:
+            result = await node.db(store.append, [], node.epoch, alarms)
+        except StaleEpoch as exc:
+            node.last_error = str(exc)
+            self._answer_all(list(alarms), ErrorCode.STALE_EPOCH, str(exc))
+            node.fenced.set()
+            return
+        except StoreError as exc:
+            node.last_error = str(exc)
+            self._answer_all(list(alarms), ErrorCode.STORE_REFUSED, str(exc))
+            return
+        self.alarms_stored += result.alarms_stored
+        for alarm in alarms:
+            alarm.session.alarm_answered(alarm.last_seq)
+            self._alarm_through(alarm.panel_id)
+
+    def _alarm_through(self, panel_id: int) -> None:
+        left = self._alarms_queued.get(panel_id, 0) - 1
+        if left > 0:
+            self._alarms_queued[panel_id] = left
+        else:
+            self._alarms_queued.pop(panel_id, None)
+        self._through(panel_id)
+
     def _answer_all(self, batches: list[_Queued | _QueuedAlarm], code: ErrorCode, text: str) -> None:
         for batch in batches:
             batch.session.fail(code, text)
-            self._through(batch.panel_id)
+            if isinstance(batch, _QueuedAlarm):
+                self._alarm_through(batch.panel_id)
+            else:
+                self._through(batch.panel_id)

@@ -13,7 +13,7 @@ once the oldest batch in the log is ``max_log_age`` old, or at once when a commi
 for room under ``max_log_lag``. A replay's burst is so acknowledged at the log's rate
 and materialized when it ends (on two cores a materializer working beside the commits
 takes the CPU and the lock they need: measured, it halved the acknowledged rate), while
-under steady traffic no event waits much past ``max_log_age`` to be visible.
+under steady traffic it can follow no event waits much past ``max_log_age`` to be visible.
 
 **Outpaced.** The age does not start a step while the commits of the last second logged
 more events than the materializer's own recent steps move in one (``rate``): no step
@@ -98,6 +98,10 @@ class _Materializer:
         self._last_logged = now = trio.current_time()
         self._logged.append([now, events])
         self._work.set()
+
+    def has_room(self, events: int) -> bool:
+        """Would a commit of ``events`` more go at once (``room`` not wait)?"""
+        return not (self.lag and self.lag + events > self.max_lag)
 
     async def room(self, events: int) -> None:
         """Until a commit of ``events`` more keeps the lag within ``max_lag`` (push-back)."""

@@ -157,7 +157,8 @@ class _Session:
 
     async def handle(self, message: Message) -> bool:
         if isinstance(message, Alarm):
-            self.node.ingest.put_alarm(self, message)  # ahead of the batches, never waits for room
+            with self.ms.reading_paused():  # only while this panel has ALARM_WINDOW queued
+                await self.node.ingest.put_alarm(self, message)
         elif isinstance(message, EventBatch):
             self.newest_seq = max(self.newest_seq, message.last_seq)
             with self.ms.reading_paused():  # waiting on our own commit capacity
@@ -292,6 +293,10 @@ class _Sessions:
             # No store round trip per session: the node's hwm is authoritative while its
             # epoch is the store's, and bookkeeping goes out with the status write.
             hwm = node._resume_hwm(session.hello)
+            if session.hello.newest_seq < hwm and node.store is not None:
+                # It lost its counter and numbers again from hwm + 1 (7.3): the lane's copies
+                # above hwm stand for records that never reached the store (7.6).
+                await node.db(node.store.orphan_alarms, pid, hwm)
             self.started.append((pid, session.hello.boot_id, node.now_us()))
             await session.ms.send(
                 Welcome(
