@@ -13,10 +13,20 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from protocol import EventFlags, EventKind, EventRecord
+from protocol import EventKind
 
 from ._pg_conn import PgConnection, map_pg_errors
-from ._records import ALARM_COLUMNS, MAX_STORED_SEQ, Loss, StoredAlarm, StoredEvent, signed, stored_alarm, unsigned
+from ._records import (
+    ALARM_COLUMNS,
+    MAX_STORED_SEQ,
+    Loss,
+    StoredAlarm,
+    StoredEvent,
+    signed,
+    stored_alarm,
+    stored_event,
+    unsigned,
+)
 
 __all__ = ["_PgEventQueries", "_one"]
 
@@ -183,16 +193,4 @@ def _one(cur: psycopg.Cursor[Any]) -> int:
     return int(row[0])
 
 
-def _event(row: tuple[int, ...]) -> StoredEvent:
-    pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch = row
-    record = EventRecord(
-        seq=seq,
-        time_us=unsigned(time_us),
-        kind=EventKind(kind),
-        door=door,
-        reader=reader,
-        flags=EventFlags(flags),
-        card=unsigned(card),
-        aux=aux,
-    )
-    return StoredEvent(panel_id=pid, record=record, received_us=received_us, epoch=epoch)
+_event = stored_event

@@ -27,6 +27,8 @@ __all__ = [
     "ALARM_COLUMNS",
     "alarm_rows",
     "stored_alarm",
+    "stored_event",
+    "stored_record",
     "signed",
     "unsigned",
 ]
@@ -220,9 +222,11 @@ class Loss:
 ALARM_COLUMNS = "id, panel_id, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane, orphan"
 
 
-def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
-    order, pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch, lane, orphan = row
-    record = EventRecord(
+def stored_record(
+    seq: int, time_us: int, kind: int, door: int, reader: int, flags: int, card: int, aux: int
+) -> EventRecord:
+    """A record from the columns either engine stores it in (u64 fields as signed)."""
+    return EventRecord(
         seq=seq,
         time_us=unsigned(time_us),
         kind=EventKind(kind),
@@ -232,6 +236,17 @@ def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
         card=unsigned(card),
         aux=aux,
     )
+
+
+def stored_event(row: tuple[int, ...]) -> StoredEvent:
+    """A row of ``events`` (its eleven columns in table order), from either engine."""
+    pid, *columns, received_us, epoch = row
+    return StoredEvent(panel_id=pid, record=stored_record(*columns), received_us=received_us, epoch=epoch)
+
+
+def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
+    order, pid, *columns, received_us, epoch, lane, orphan = row
+    record = stored_record(*columns)
     return StoredAlarm(
         order=order,
         panel_id=pid,

@@ -13,10 +13,19 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from protocol import EventFlags, EventKind, EventRecord
+from protocol import EventKind
 
 from ._errors import map_sqlite_errors
-from ._records import ALARM_COLUMNS, MAX_STORED_SEQ, Loss, StoredAlarm, StoredEvent, stored_alarm, unsigned
+from ._records import (
+    ALARM_COLUMNS,
+    MAX_STORED_SEQ,
+    Loss,
+    StoredAlarm,
+    StoredEvent,
+    stored_alarm,
+    stored_event,
+    unsigned,
+)
 
 __all__ = ["_EventQueries"]
 
@@ -95,20 +104,7 @@ class _EventQueries:
                 r[0] for r in self._conn.execute("SELECT seq FROM events WHERE panel_id = ? ORDER BY seq", (panel_id,))
             ]
 
-    @staticmethod
-    def _event(row: tuple[int, ...]) -> StoredEvent:
-        pid, seq, time_us, kind, door, reader, flags, card, aux, received_us, epoch = row
-        record = EventRecord(
-            seq=seq,
-            time_us=unsigned(time_us),
-            kind=EventKind(kind),
-            door=door,
-            reader=reader,
-            flags=EventFlags(flags),
-            card=unsigned(card),
-            aux=aux,
-        )
-        return StoredEvent(panel_id=pid, record=record, received_us=received_us, epoch=epoch)
+    _event = staticmethod(stored_event)
 
     def losses(self, panel_id: int | None = None) -> list[Loss]:
         sql = "SELECT panel_id, first_seq, last_seq, count, kind, time_us, received_us, epoch FROM losses"
