@@ -92,7 +92,26 @@ def _m002(db: Database) -> None:
 
 
 def migrate(db: Database, path: Path | str) -> None:
-    """Bring the file to this version's schema, or refuse a newer one."""
+    """Bring the file to this version's schema, or refuse a newer one.
+
+    Several processes open one fresh file at once (both nodes of a pair, a console beside
+    them): the migrations run under the file's write lock (``BEGIN IMMEDIATE``), looked at
+    again once it is held, so one process applies them and the others find them applied.
+    A file already at this version takes no lock (a read-only opener never writes)."""
+    _check_version(db, path)
+    if not migrations.pending(db):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        _check_version(db, path)
+        migrations.apply(db)  # each migration a savepoint inside this transaction
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _check_version(db: Database, path: Path | str) -> None:
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     applied: list[Any] = migrations.applied(db)
     unknown = {m.name for m in applied} - _KNOWN
@@ -102,7 +121,6 @@ def migrate(db: Database, path: Path | str) -> None:
             f"schema version {version} (migrations {sorted(unknown) or 'known'}) is newer than this "
             f"fieldsync's {SCHEMA_VERSION}; upgrade fieldsync instead of opening it with this one",
         )
-    migrations.apply(db)
 
 
 @migrations(name="m003_panel_status")

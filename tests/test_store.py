@@ -373,3 +373,35 @@ def test_status_and_config_commands_open_either_engine_from_db(engine: StoreEngi
     plain = runner.invoke(main, ["status", "--db", str(engine.target)])
     assert plain.exit_code == 0 and "secret" not in plain.output
     assert ("events.db" if engine.name == "sqlite" else "postgresql://postgres@127.0.0.1") in plain.output
+
+
+def _open_at_once(kind: type, path: Path, start: threading.Barrier, errors: list[BaseException]) -> None:
+    start.wait()
+    try:
+        kind(path).close()
+    except BaseException as exc:  # reported by the test, whatever it is
+        errors.append(exc)
+
+
+def test_processes_opening_one_fresh_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Both nodes of a pair and a console open a new site's file together: one migrates it,
+    the others wait for its write lock and find it done (it once failed 'table events
+    already exists' in the CI's `cluster up --console`)."""
+    from storage import ClusterStore, ConfigStore
+
+    for attempt in range(5):
+        path = tmp_path / f"fresh-{attempt}.db"
+        start = threading.Barrier(6)
+        errors: list[BaseException] = []
+        kinds = (EventStore, ClusterStore, ConfigStore) * 2
+        threads = [threading.Thread(target=_open_at_once, args=(k, path, start, errors)) for k in kinds]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == [], errors
+        store = EventStore(path)
+        try:
+            assert store.count_events() == 0 and store.alarms() == []
+        finally:
+            store.close()
