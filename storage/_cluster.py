@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import StoreLocked, map_sqlite_errors
 from ._gate import write_gate
-from ._schema import migrate
+from ._schema import migrate, wal_connection
 
 __all__ = ["ClusterStore", "Lease", "NodeBeat"]
 
@@ -57,9 +56,7 @@ class ClusterStore:
         with map_sqlite_errors(self.path, "opening the cluster state"):
             from sqlite_utils import Database
 
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn = wal_connection(self.path, busy_timeout)
             migrate(Database(self._conn), self.path)
             self._conn.execute("PRAGMA synchronous = NORMAL")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from protocol import EMPTY_DIGEST, ConfigOp
 
 from ._config_model import ConfigState, op_from_json, op_to_json, ops_from_text, ops_to_text
 from ._errors import StoreError, map_sqlite_errors
-from ._schema import migrate
+from ._schema import migrate, wal_connection
 
 __all__ = ["ConfigChange", "ConfigStore", "NeedSnapshot", "PanelConfig"]
 
@@ -68,9 +67,7 @@ class ConfigStore:
     def __init__(self, path: Path | str, *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         with map_sqlite_errors(self.path, "opening the config store"):
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn = wal_connection(self.path, busy_timeout)
             self._conn.execute("PRAGMA synchronous = FULL")
             self.db = Database(self._conn)
             migrate(self.db, self.path)

@@ -8,6 +8,8 @@ not know) is refused instead of being written with the wrong assumptions.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,38 @@ from sqlite_utils.migrations import Migrations
 
 from ._errors import SchemaTooNew
 
-__all__ = ["SCHEMA_VERSION", "migrate"]
+__all__ = ["SCHEMA_VERSION", "migrate", "wal_connection"]
 
 migrations = Migrations("fieldsync.store")
+
+
+def wal_connection(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """An autocommit connection to ``path`` in WAL mode, waiting up to ``busy_timeout`` for
+    other openers: switching a fresh file to WAL takes its lock, and SQLite answers
+    "database is locked" at once, without its busy handler, while another connection holds
+    it (several processes opening one new site's file together).
+
+    Raises:
+        sqlite3.Error: as ``sqlite3.connect`` and the pragmas raise it (the caller maps it).
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode!r})")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 @migrations(name="m001_events_losses_panels_cluster")

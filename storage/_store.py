@@ -33,7 +33,7 @@ from sqlite_utils import Database
 
 from protocol import GAP_KINDS, RECORD_SIZE
 
-from ._errors import StaleEpoch, StoreError, map_sqlite_errors
+from ._errors import StaleEpoch, map_sqlite_errors
 from ._gate import write_gate
 from ._records import (
     ALARM_FIELDS,
@@ -48,7 +48,7 @@ from ._records import (
     materialize_all,
     signed,
 )
-from ._schema import migrate
+from ._schema import migrate, wal_connection
 from ._store_queries import _EventQueries
 
 __all__ = ["EventStore"]
@@ -81,12 +81,8 @@ class EventStore(_EventQueries):
         #: One commit's rows of ``alarms``: the lane's copies, then the batches' own alarms.
         self._alarm_rows: list[tuple[int, ...]] = []
         with map_sqlite_errors(self.path, "opening the event store"):
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = wal_connection(self.path, busy_timeout)
             self._conn = conn
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreError(self.path, f"cannot switch to WAL journal mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self.db = Database(conn)
             self._migrate()
