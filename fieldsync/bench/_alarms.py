@@ -69,7 +69,7 @@ class AlarmOptions:
 
 def _fleet(opts: AlarmOptions, pki_dir: Path, lane: bool) -> tuple[Fleet, dict[int, list[int]]]:
     """The fleet, each panel's backlog filled, and each panel's offline alarms' seqs."""
-    fleet = empty_fleet(opts.replay(), pki_dir, alarm_outbox=256 if lane else 0)
+    fleet = empty_fleet(opts.replay(), pki_dir, lane=lane)
     at = {min(opts.backlog - 1, int(fraction * opts.backlog)): kind for fraction, kind in OFFLINE_ALARMS}
     t0 = 1_764_000_000_000_000
     alarms: dict[int, list[int]] = {}

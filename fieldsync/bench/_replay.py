@@ -226,9 +226,13 @@ def _fleet(opts: ReplayOptions, pki_dir: Path) -> Fleet:
     return fleet
 
 
-def empty_fleet(opts: ReplayOptions, pki_dir: Path, *, alarm_outbox: int = 256) -> Fleet:
+#: A panel's alarm outbox as it ships (``PanelSettings``' own default).
+_LANE_OUTBOX = PanelSettings(panel_id=1).alarm_outbox
+
+
+def empty_fleet(opts: ReplayOptions, pki_dir: Path, *, lane: bool = True) -> Fleet:
     """The run's panels (and the PKI when TLS), each with room for its backlog, none in it yet.
-    ``alarm_outbox``: the panels' alarm lane (``PanelSettings.alarm_outbox``; 0: none)."""
+    ``lane``: the panels' alarm lane (off: ``PanelSettings.alarm_outbox = 0``)."""
     if opts.tls:
         pki.init_ca(pki_dir)
         pki.issue(pki_dir, "node", "A")
@@ -243,7 +247,7 @@ def empty_fleet(opts: ReplayOptions, pki_dir: Path, *, alarm_outbox: int = 256) 
             window=opts.window,
             backoff_initial=0.01,
             backoff_cap=0.2,
-            alarm_outbox=alarm_outbox,
+            alarm_outbox=_LANE_OUTBOX if lane else 0,
         )
         for pid in range(1, opts.panels + 1)
     ]

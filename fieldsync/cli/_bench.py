@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -139,9 +138,14 @@ def alarms_cmd(
     from ..bench import AlarmOptions, alarm_lines, measure_alarms, plot_alarms
 
     opts = AlarmOptions(
-        panels=panels, backlog=backlog, live_panels=min(live_panels, panels), live_at=live_at, tls=tls, port=port
+        panels=panels,
+        backlog=backlog,
+        live_panels=min(live_panels, panels),
+        live_at=live_at,
+        tls=tls,
+        port=port,
+        timeout=timeout,
     )
-    opts = dataclasses.replace(opts, timeout=timeout)
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-alarms-") as tmp, _progress() as progress:
         tasks = {
