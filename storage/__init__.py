@@ -41,6 +41,8 @@ from ._open import is_database_url as is_database_url
 from ._open import open_cluster_store as open_cluster_store
 from ._open import open_config_store as open_config_store
 from ._open import open_event_store as open_event_store
+from ._records import AlarmCursor as AlarmCursor
+from ._records import AlarmFeed as AlarmFeed
 from ._records import IngestAlarm as IngestAlarm
 from ._records import IngestBatch as IngestBatch
 from ._records import IngestOutcome as IngestOutcome
@@ -54,6 +56,8 @@ from ._store import EventStore as EventStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AlarmCursor",
+    "AlarmFeed",
     "BufferFull",
     "BufferStatistics",
     "ClusterStore",

@@ -28,7 +28,18 @@ from protocol import ConfigOp
 from ._cluster import Lease, NodeBeat
 from ._config_model import ConfigState
 from ._config_store import ConfigChange, NeedSnapshot
-from ._records import IngestAlarm, IngestBatch, IngestResult, LogBacklog, Loss, StoredAlarm, StoredEvent
+from ._records import (
+    ALARM_FEED_LIMIT,
+    AlarmCursor,
+    AlarmFeed,
+    IngestAlarm,
+    IngestBatch,
+    IngestResult,
+    LogBacklog,
+    Loss,
+    StoredAlarm,
+    StoredEvent,
+)
 
 __all__ = ["ConfigStoreInterface", "EventStoreInterface", "LeaseStoreInterface"]
 
@@ -107,6 +118,15 @@ class EventStoreInterface(Protocol):
 
     def alarms(self, panel_id: int | None = None) -> list[StoredAlarm]:
         """Every alarm stored once per (panel, seq), in the order stored (docs/protocol.md 7.6)."""
+        ...
+
+    def alarm_feed(self, after: AlarmCursor, *, limit: int = ALARM_FEED_LIMIT) -> AlarmFeed:
+        """The alarms, declared losses and acknowledgements stored after ``after``, in one
+        snapshot (an operator's view reads only what is new; ``EventStore.alarm_feed``)."""
+        ...
+
+    def acknowledge_alarms(self, alarm_ids: Sequence[int], *, by: str, at_us: int) -> int:
+        """Record an operator's acknowledgement of these alarms (``StoredAlarm.order``); how many were new."""
         ...
 
     def stale_writes(self) -> int:

@@ -18,10 +18,14 @@ from protocol import EventKind
 from ._pg_conn import PgConnection, map_pg_errors
 from ._records import (
     ALARM_COLUMNS,
+    ALARM_FEED_LIMIT,
     MAX_STORED_SEQ,
+    AlarmCursor,
+    AlarmFeed,
     Loss,
     StoredAlarm,
     StoredEvent,
+    alarm_feed,
     signed,
     stored_alarm,
     stored_event,
@@ -137,6 +141,22 @@ class _PgEventQueries:
             sql, args = sql + " WHERE panel_id = %s", (panel_id,)
         with self._read("reading alarms"):
             return [stored_alarm(r) for r in self._pg.get().execute(sql + " ORDER BY id", args)]
+
+    def alarm_feed(self, after: AlarmCursor, *, limit: int = ALARM_FEED_LIMIT) -> AlarmFeed:
+        """As ``EventStore.alarm_feed``: the node's one ingest connection and the acknowledgers'
+        lock make each table's ids grow in commit order."""
+        with self._read("reading alarms"), self.snapshot():
+            conn = self._pg.get()
+            rows = conn.execute(
+                f"SELECT {ALARM_COLUMNS} FROM alarms WHERE id > %s ORDER BY id LIMIT %s", (after.alarm, limit + 1)
+            ).fetchall()
+            losses = conn.execute(
+                "SELECT id, panel_id, kind, count FROM losses WHERE id > %s ORDER BY id", (after.loss,)
+            ).fetchall()
+            acks = conn.execute(
+                "SELECT id, alarm_id FROM alarm_acks WHERE id > %s ORDER BY id", (after.ack,)
+            ).fetchall()
+        return alarm_feed(rows, losses, acks, after, limit)
 
     def stale_writes(self) -> int:
         """Events committed under an older epoch after a newer epoch had committed (P5)."""

@@ -159,7 +159,15 @@ def _m004(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001, _m002, _m003, _m004)
+def _m005(conn: psycopg.Connection[Any]) -> None:
+    # An operator's acknowledgements of alarms, as storage/_schema.py's m009.
+    conn.execute(
+        "CREATE TABLE alarm_acks (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "alarm_id BIGINT NOT NULL UNIQUE, acked_us BIGINT NOT NULL, acked_by TEXT NOT NULL)"
+    )
+
+
+_MIGRATIONS: tuple[Callable[[psycopg.Connection[Any]], None], ...] = (_m001, _m002, _m003, _m004, _m005)
 PG_SCHEMA_VERSION = len(_MIGRATIONS)
 
 

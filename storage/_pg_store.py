@@ -425,6 +425,18 @@ class PgEventStore(_PgEventQueries):
 
     # -- panel bookkeeping --------------------------------------------------------------
 
+    def acknowledge_alarms(self, alarm_ids: Sequence[int], *, by: str, at_us: int) -> int:
+        """As ``EventStore.acknowledge_alarms``. Acknowledgers take turns (the table's lock), so
+        that ``alarm_acks``' ids grow in commit order and ``alarm_feed``'s cursor skips none."""
+        with self._writing("recording an acknowledgement") as conn:
+            conn.execute("LOCK TABLE alarm_acks IN EXCLUSIVE MODE")
+            cursor = conn.execute(
+                "INSERT INTO alarm_acks (alarm_id, acked_us, acked_by) SELECT id, %s, %s FROM alarms "
+                "WHERE id = ANY(%s) ORDER BY id ON CONFLICT (alarm_id) DO NOTHING",
+                (at_us, by, sorted(set(alarm_ids))),
+            )
+            return max(0, cursor.rowcount)
+
     def write_status(
         self,
         rows: Sequence[tuple[int, int, str, int, int, int, int, int]],

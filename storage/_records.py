@@ -13,6 +13,9 @@ from protocol import GAP_KINDS, RECORD_SIZE, RECORD_STRUCT, EventFlags, EventKin
 
 __all__ = [
     "MAX_STORED_SEQ",
+    "ALARM_FEED_LIMIT",
+    "AlarmCursor",
+    "AlarmFeed",
     "ALARM_FIELDS",
     "ALARM_INSERT",
     "gap_alarm_row",
@@ -25,6 +28,7 @@ __all__ = [
     "StoredAlarm",
     "StoredEvent",
     "ALARM_COLUMNS",
+    "alarm_feed",
     "alarm_rows",
     "stored_alarm",
     "stored_event",
@@ -196,6 +200,36 @@ class StoredAlarm:
     orphan: bool = False
 
 
+#: The most alarms one ``alarm_feed`` call returns (a reader behind takes the rest next time).
+ALARM_FEED_LIMIT = 10_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlarmCursor:
+    """How far an ``alarm_feed`` reader has read: the last id it took of ``alarms``, of
+    ``losses`` and of ``alarm_acks`` (each table's ids grow in the order rows are stored)."""
+
+    alarm: int = 0
+    loss: int = 0
+    ack: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmFeed:
+    """What was stored after a cursor, read in one snapshot (``EventStoreInterface.alarm_feed``)."""
+
+    #: New alarms in the order stored (``StoredAlarm.order`` is the row's id).
+    alarms: tuple[StoredAlarm, ...]
+    #: (panel, kind, count) of each new declared loss.
+    losses: tuple[tuple[int, EventKind, int], ...]
+    #: The ids of the alarms acknowledged since.
+    acked: tuple[int, ...]
+    #: Where the next call starts.
+    cursor: AlarmCursor
+    #: More alarms than ``limit`` were there: call again.
+    more: bool = False
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StoredEvent:
     panel_id: int
@@ -255,4 +289,28 @@ def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
         epoch=epoch,
         lane=bool(lane),
         orphan=bool(orphan),
+    )
+
+
+def alarm_feed(
+    alarm_rows: list[tuple[int, ...]],
+    loss_rows: list[tuple[int, ...]],
+    ack_rows: list[tuple[int, ...]],
+    after: AlarmCursor,
+    limit: int,
+) -> AlarmFeed:
+    """An ``AlarmFeed`` from either engine's rows: ``alarm_rows`` as ``ALARM_COLUMNS`` (up to
+    ``limit + 1`` of them, the last telling there is more), ``loss_rows`` (id, panel, kind,
+    count), ``ack_rows`` (id, alarm id)."""
+    alarms = tuple(stored_alarm(r) for r in alarm_rows[:limit])
+    return AlarmFeed(
+        alarms=alarms,
+        losses=tuple((int(pid), EventKind(kind), int(count)) for _, pid, kind, count in loss_rows),
+        acked=tuple(int(alarm_id) for _, alarm_id in ack_rows),
+        cursor=AlarmCursor(
+            alarm=alarms[-1].order if alarms else after.alarm,
+            loss=int(loss_rows[-1][0]) if loss_rows else after.loss,
+            ack=int(ack_rows[-1][0]) if ack_rows else after.ack,
+        ),
+        more=len(alarm_rows) > limit,
     )

@@ -270,7 +270,26 @@ def _m008(db: Database) -> None:
     db.execute("PRAGMA user_version = 8")
 
 
-SCHEMA_VERSION = 8
+@migrations(name="m009_alarm_acks")
+def _m009(db: Database) -> None:
+    # An operator's acknowledgement of an alarm (the console's), by the alarm's row: ``id``
+    # the order they were made in. The console of earlier versions kept them in a table of
+    # its own, by (panel, seq), outside the migrations: they are carried over.
+    db.execute(
+        "CREATE TABLE alarm_acks (id INTEGER PRIMARY KEY, alarm_id INTEGER NOT NULL UNIQUE, "
+        "acked_us INTEGER NOT NULL, acked_by TEXT NOT NULL)"
+    )
+    if db["console_acks"].exists():
+        db.execute(
+            "INSERT OR IGNORE INTO alarm_acks (alarm_id, acked_us, acked_by) "
+            "SELECT a.id, c.acked_us, c.acked_by FROM console_acks c JOIN alarms a "
+            "ON a.panel_id = c.panel_id AND a.seq = c.seq AND a.gap = 0 AND a.orphan = 0 ORDER BY c.rowid"
+        )
+        db.execute("DROP TABLE console_acks")
+    db.execute("PRAGMA user_version = 9")
+
+
+SCHEMA_VERSION = 9
 _KNOWN = {
     "m001_events_losses_panels_cluster",
     "m002_config",
@@ -280,4 +299,5 @@ _KNOWN = {
     "m006_batch_log",
     "m007_alarms",
     "m008_resync_requests",
+    "m009_alarm_acks",
 }

@@ -351,6 +351,19 @@ class EventStore(_EventQueries):
 
     # -- panel bookkeeping --------------------------------------------------------------
 
+    def acknowledge_alarms(self, alarm_ids: Sequence[int], *, by: str, at_us: int) -> int:
+        """Record an operator's acknowledgement of these alarms (their ``StoredAlarm.order``);
+        how many were not acknowledged before (ids that name no alarm are ignored)."""
+        ids = sorted(set(alarm_ids))
+        with map_sqlite_errors(self.path, "recording an acknowledgement"), self._gate.bulk(), self.db.atomic():
+            before = self._conn.total_changes
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO alarm_acks (alarm_id, acked_us, acked_by) "
+                "SELECT id, ?, ? FROM alarms WHERE id = ?",
+                [(at_us, by, i) for i in ids],
+            )
+            return self._conn.total_changes - before
+
     def write_status(
         self,
         rows: Sequence[tuple[int, int, str, int, int, int, int, int]],

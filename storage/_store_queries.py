@@ -18,10 +18,14 @@ from protocol import EventKind
 from ._errors import map_sqlite_errors
 from ._records import (
     ALARM_COLUMNS,
+    ALARM_FEED_LIMIT,
     MAX_STORED_SEQ,
+    AlarmCursor,
+    AlarmFeed,
     Loss,
     StoredAlarm,
     StoredEvent,
+    alarm_feed,
     stored_alarm,
     stored_event,
     unsigned,
@@ -136,6 +140,23 @@ class _EventQueries:
             sql, args = sql + " WHERE panel_id = ?", (panel_id,)
         with map_sqlite_errors(self.path, "reading alarms"):
             return [stored_alarm(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def alarm_feed(self, after: AlarmCursor, *, limit: int = ALARM_FEED_LIMIT) -> AlarmFeed:
+        """The alarms, declared losses and acknowledgements stored after ``after``, in one snapshot.
+
+        SQLite has one writer at a time and numbers each table's rows inside the write, so
+        ids grow in commit order and a reader's cursor never skips a row committed later.
+        """
+        with map_sqlite_errors(self.path, "reading alarms"), self.snapshot():
+            conn = self._conn
+            rows = conn.execute(
+                f"SELECT {ALARM_COLUMNS} FROM alarms WHERE id > ? ORDER BY id LIMIT ?", (after.alarm, limit + 1)
+            ).fetchall()
+            losses = conn.execute(
+                "SELECT id, panel_id, kind, count FROM losses WHERE id > ? ORDER BY id", (after.loss,)
+            ).fetchall()
+            acks = conn.execute("SELECT id, alarm_id FROM alarm_acks WHERE id > ? ORDER BY id", (after.ack,)).fetchall()
+        return alarm_feed(rows, losses, acks, after, limit)
 
     def stale_writes(self) -> int:
         """Events committed under an older epoch after a newer epoch had committed (P5).

@@ -3,6 +3,8 @@ on both engines, and a panel whose alarms reach the store ahead of its backlog."
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import protocol as p
 from emulator import Fleet, LinkMode
 from fieldsync.engine import Node
 from fieldsync.harness import check
-from storage import EventStore, EventStoreInterface, IngestAlarm, IngestBatch, open_event_store
+from storage import AlarmCursor, EventStore, EventStoreInterface, IngestAlarm, IngestBatch, open_event_store
 from tests.store_engines import StoreEngine
 from tests.strategies import frame_of
 from tests.test_e2e import clock, node_settings, panel_settings
@@ -185,6 +187,62 @@ def test_the_copies_of_a_panel_that_lost_its_counter_are_set_aside_not_in_the_wa
     got = [(a.record.seq, a.record.kind, a.lane, a.orphan) for a in store.alarms(8)]
     assert got == [(50, K.TAMPER, True, True), (50, K.DOOR_FORCED, False, False)]
     assert store.orphan_alarms(8, 50) == 0  # nothing of the new boot above its hwm
+
+
+def test_the_alarm_feed_reads_only_what_is_new_and_acknowledgements_by_row(store: EventStoreInterface) -> None:
+    store.ingest([], 1, [IngestAlarm(panel_id=5, records=rec(1).pack() + rec(2, K.TAMPER).pack(), received_us=1)])
+    store.ingest([batch_of(5, [rec(1, K.BUFFER_OVERFLOW, card=4, aux=4), rec(5, K.ACCESS_GRANTED)], 2)], 1)
+    feed = store.alarm_feed(AlarmCursor())
+    assert [(a.panel_id, a.record.seq, a.record.kind) for a in feed.alarms] == [
+        (5, 1, K.DOOR_FORCED),
+        (5, 2, K.TAMPER),
+        (5, 1, K.BUFFER_OVERFLOW),  # the gap marker at the door forced's seq: a row of its own
+    ]
+    assert feed.losses == ((5, K.BUFFER_OVERFLOW, 4),) and feed.acked == () and not feed.more
+    assert store.alarm_feed(feed.cursor).alarms == ()  # nothing new
+    forced, tamper, gap = (a.order for a in feed.alarms)
+    # Acknowledged by the row: the door forced, not the gap that shares its seq.
+    assert store.acknowledge_alarms([forced, forced, 10**9], by="test", at_us=7) == 1
+    assert store.acknowledge_alarms([forced], by="again", at_us=8) == 0  # once
+    later = store.alarm_feed(feed.cursor)
+    assert later.acked == (forced,) and later.alarms == () and later.losses == ()
+    assert store.alarm_feed(later.cursor).acked == ()
+    store.ingest([], 1, [IngestAlarm(panel_id=6, records=b"".join(rec(s).pack() for s in range(1, 6)), received_us=3)])
+    first = store.alarm_feed(later.cursor, limit=2)  # a reader behind takes the rest next time
+    assert len(first.alarms) == 2 and first.more
+    rest = store.alarm_feed(first.cursor, limit=10)
+    assert [a.record.seq for a in first.alarms + rest.alarms] == [1, 2, 3, 4, 5] and not rest.more
+    assert {tamper, gap}.isdisjoint(later.acked)
+
+
+def test_the_acknowledgements_an_earlier_console_kept_are_carried_over(tmp_path: Path) -> None:
+    # Before migration m009 the console kept them in console_acks, by (panel, seq), outside
+    # the migrations: a store of then, made by taking m009 back.
+    path = tmp_path / "old.db"
+    store = EventStore(path)
+    store.advance_epoch()
+    store.ingest([], 1, [IngestAlarm(panel_id=5, records=rec(1).pack() + rec(2, K.TAMPER).pack(), received_us=1)])
+    store.ingest([batch_of(5, [rec(1, K.BUFFER_OVERFLOW, card=4, aux=4), rec(5, K.ACCESS_GRANTED)], 2)], 1)
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("DROP TABLE alarm_acks")
+        db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_alarm_acks'")
+        db.execute("PRAGMA user_version = 8")
+        db.execute(
+            "CREATE TABLE console_acks (panel_id INTEGER NOT NULL, seq INTEGER NOT NULL, kind INTEGER NOT NULL, "
+            "acked_us INTEGER NOT NULL, acked_by TEXT NOT NULL, PRIMARY KEY (panel_id, seq))"
+        )
+        db.execute("INSERT INTO console_acks VALUES (5, 1, 1, 99, 'console 127.0.0.1')")
+    store = EventStore(path)
+    try:
+        feed = store.alarm_feed(AlarmCursor())
+        forced = next(a.order for a in feed.alarms if a.record.kind is K.DOOR_FORCED)
+        assert feed.acked == (forced,)  # the door forced, not the gap marker at its seq
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT name FROM sqlite_master WHERE name = 'console_acks'").fetchall() == []
+            assert db.execute("SELECT acked_us, acked_by FROM alarm_acks").fetchall() == [(99, "console 127.0.0.1")]
+    finally:
+        store.close()
 
 
 # -- end to end: a panel's alarms ahead of its backlog ---------------------------------------

@@ -4,7 +4,7 @@ process, and the page in Debian's headless chromium driven by Playwright.
 What it proves: the page shows the pair and the fleet; a kill -9 of the active node's process
 shows up in the page within a second of `cluster status` seeing the takeover; a switchover
 clicked in the page happens; an alarm the panels raised is listed and acknowledged (in the
-console's table); the token is required when one is set; bad input is one line naming it.
+store's alarm_acks); the token is required when one is set; bad input is one line naming it.
 """
 
 from __future__ import annotations
@@ -212,9 +212,10 @@ def test_the_page_shows_the_pair_the_fleet_a_takeover_and_does_a_switchover(
     assert key is not None
     page.click(f"#alarms tr[data-key='{key}'] button.ack")
     page.wait_for_selector(f"#alarms tr[data-key='{key}']", state="detached")
-    panel_id, seq = map(int, key.split(":"))
     with contextlib.closing(sqlite3.connect(tmp_path / "site.db")) as db:
-        acked = db.execute("SELECT kind, acked_by FROM console_acks WHERE panel_id = ? AND seq = ?", (panel_id, seq))
+        acked = db.execute(
+            "SELECT kind, acked_by FROM alarm_acks k JOIN alarms a ON a.id = k.alarm_id WHERE k.alarm_id = ?", (key,)
+        )
         kind, by = acked.fetchone()
     assert kind == 12 and by == "console 127.0.0.1"  # EventKind.HOST_OFFLINE, from the browser's address
     assert int(page.text_content("#alarms-open").split()[0]) <= open_before - 1

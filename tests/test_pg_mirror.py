@@ -6,6 +6,7 @@ its synchronous standby), removed at the end whatever happened. Each stays under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -335,3 +336,87 @@ def test_a_server_whose_port_was_taken_starts_on_another_and_other_failures_name
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _lane_alarm(url: str, panel: int, seq: int, kind: int, *, new_epoch: bool = False) -> None:
+    """A copy of an alarm record, as the alarm lane brings one (docs/protocol.md 7.6)."""
+    import protocol
+    from storage import IngestAlarm
+
+    store = open_event_store(url, commit_timeout=5)
+    try:
+        epoch = store.advance_epoch() if new_epoch else store.epoch
+        record = protocol.EventRecord(seq=seq, time_us=1_000 + seq, kind=protocol.EventKind(kind))
+        store.ingest(
+            [], epoch, [IngestAlarm(panel_id=panel, records=record.pack(), received_us=time.time_ns() // 1000)]
+        )
+    finally:
+        store.close()
+
+
+def test_the_console_lists_the_alarms_of_a_mirrored_pair_and_follows_its_failover(  # type: ignore[no-untyped-def]
+    mirror, site_pki, tmp_path
+) -> None:
+    # The console as a user runs it, beside a mirrored pair's databases: the alarms read from
+    # the primary, acknowledged there (replicated with them), read again from the new primary.
+    import http.client
+    import subprocess
+    import sys
+
+    from protocol import EventKind
+
+    site_path = tmp_path / "site.toml"
+    _mirrored_site(mirror, site_path, site_pki, port=32445)
+    _lane_alarm(mirror.servers["A"].url(), 1, 7, EventKind.DOOR_FORCED, new_epoch=True)
+    _lane_alarm(mirror.servers["A"].url(), 2, 3, EventKind.TAMPER)
+
+    def call(method: str, path: str, body: object = None) -> object:
+        conn = http.client.HTTPConnection("127.0.0.1", 36080, timeout=10)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"content-type": "application/json"})
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200, answer
+            return answer
+        finally:
+            conn.close()
+
+    def alarms_until(done, limit: float = 30):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + limit
+        while True:
+            with contextlib.suppress(OSError):
+                section = call("GET", "/api/state")["alarms"]  # type: ignore[index]
+                if section.get("error") is None and done(section):
+                    return section
+            assert time.monotonic() < deadline, f"the console's alarms never got there: {section}"
+            time.sleep(0.1)
+
+    log = (tmp_path / "console.log").open("wb")
+    console = subprocess.Popen(
+        [sys.executable, "-m", "fieldsync.cli", "console", "--site", str(site_path), "--listen", "127.0.0.1:36080"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        section = alarms_until(lambda s: s["open"] == 2)
+        kinds = {(a["panel_id"], a["seq"]): a for a in section["shown"]}
+        assert kinds[(1, 7)]["kind"] == "DOOR_FORCED" and kinds[(2, 3)]["kind"] == "TAMPER"
+        answer = call("POST", "/api/alarms/ack", {"alarms": [{"id": kinds[(1, 7)]["id"]}]})
+        assert answer == {"ok": True, "message": "1 alarm acknowledged"}, answer
+        with psycopg.connect(mirror.servers["A"].url(), autocommit=True) as conn:
+            row = conn.execute("SELECT acked_by FROM alarm_acks").fetchone()
+        assert row is not None and row[0].startswith("console ")
+
+        # A's host dies; B's database is promoted and a panel raises an alarm there.
+        mirror.servers["A"].stop(mode="immediate")
+        mirror.promote("B")
+        _lane_alarm(mirror.servers["B"].url(), 3, 1, EventKind.DOOR_HELD, new_epoch=True)
+        section = alarms_until(lambda s: any(a["panel_id"] == 3 for a in s["shown"]))
+        # Read from the start on B: the tamper still open, the acknowledged door forced not.
+        assert sorted((a["panel_id"], a["kind"]) for a in section["shown"]) == [(2, "TAMPER"), (3, "DOOR_HELD")]
+        assert console.poll() is None
+    finally:
+        console.terminate()
+        console.wait(15)
+        log.close()

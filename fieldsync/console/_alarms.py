@@ -1,30 +1,29 @@
 """Unacknowledged alarms: the store's ``alarms`` (docs/protocol.md 7.6: every alarm once per
 panel and seq, the alarm lane's copies as they arrive, ahead of their panels' backlogs, and
-the alarms of every batch), less the operator's acknowledgements, which the console keeps in
-a table of its own in the store.
+the alarms of every batch), less the operator's acknowledgements (the store's ``alarm_acks``).
 
-The acknowledgements live in the site's store (``console_acks``, made with CREATE TABLE IF
-NOT EXISTS, outside the store's migrations): they stay with the alarms they acknowledge, in
-the same backup, and one SQL join tells which alarms are still open. SQLite stores only; a
-PostgreSQL store shows no alarms yet (docs/console.md).
+The acknowledgements live in the site's store, on either engine, by the alarm's row: they
+stay with the alarms they acknowledge, in the same backup and (mirrored storage) on the
+replica, and every console of the site sees the same ones.
 
-The scan is incremental so that a busy store costs little: the alarms above the highest id
-the last scan saw, and the losses above the last id (for each panel's tally of what it
-declared lost). Reads and writes go through one connection, from one thread at a time (the
-caller's CapacityLimiter).
+The scan is incremental so that a busy store costs little: ``alarm_feed`` returns what was
+stored after the last scan's cursor (alarms, losses for each panel's tally of what it
+declared lost, acknowledgements), in one snapshot. A book follows one database; when the
+console's target moves (a mirrored pair's failover: the other node's database is the
+primary now) the book is read again from the start there (``retarget``). Calls come from
+one thread at a time (the caller's CapacityLimiter).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import protocol
 from protocol import EventKind
-from storage import StoreError
+from storage import AlarmCursor, EventStoreInterface, StoredAlarm, StoreError, open_event_store
 
 __all__ = ["ALARM_KINDS", "LOSS_KINDS", "Alarm", "AlarmBook"]
 
@@ -37,22 +36,14 @@ _COUNTED = frozenset(int(k) for k in (*LOSS_KINDS, EventKind.EVENTS_REFUSED))
 #: The most open alarms kept in memory; older ones are counted, not listed.
 MAX_OPEN = 10_000
 
-_ACKS_TABLE = """
-CREATE TABLE IF NOT EXISTS console_acks (
-    panel_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    acked_us INTEGER NOT NULL,
-    acked_by TEXT NOT NULL,
-    PRIMARY KEY (panel_id, seq)
-)
-"""
-
-
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Alarm:
-    """One alarm: an event (``seq`` its seq) or a declared loss (``seq`` its first seq, ``count`` events)."""
+    """One alarm: an event (``seq`` its seq) or a declared loss (``seq`` its first seq, ``count`` events).
 
+    ``id`` is its row in the store's ``alarms``: the key, as a gap marker may share an alarm's
+    seq and a panel that lost its counter numbers new alarms with the seqs of old ones."""
+
+    id: int
     panel_id: int
     seq: int
     kind: EventKind
@@ -61,12 +52,23 @@ class Alarm:
     door: int = 0
     count: int = 0
 
-    @property
-    def key(self) -> tuple[int, int]:
-        return self.panel_id, self.seq
+    @classmethod
+    def from_stored(cls, stored: StoredAlarm) -> Alarm:
+        record = stored.record
+        return cls(
+            id=stored.order,
+            panel_id=stored.panel_id,
+            seq=record.seq,
+            kind=record.kind,
+            time_us=record.time_us,
+            received_us=stored.received_us,
+            door=record.door,
+            count=record.aux if record.kind in _COUNTED else 0,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "panel_id": self.panel_id,
             "seq": self.seq,
             "kind": self.kind.name,
@@ -87,118 +89,81 @@ class PanelTally:
 
 
 class AlarmBook:
-    """The open alarms of one SQLite store, and the operator's acknowledgements.
+    """The open alarms of one site's store, and the operator's acknowledgements.
 
     Raises (from every method):
-        StoreError: the store cannot be read or written (the message names the file).
+        StoreError: the store cannot be read or written (the message names the file or database).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.exists():
-            raise StoreError(path, "the site's store does not exist (no node has run on this site, or db is wrong)")
-        try:
-            # mode=rw: never create a store that is not there.
-            self._conn = sqlite3.connect(
-                f"file:{path}?mode=rw", uri=True, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA busy_timeout = 2000")
-            self._conn.execute(_ACKS_TABLE)
-        except sqlite3.Error as exc:
-            raise StoreError(path, f"opening the console's alarms: {exc}") from exc
-        self._alarm_id = 0
-        self._loss_id = 0
-        self._ack_rowid = 0
-        self._acked: set[tuple[int, int]] = set()
-        self.open: dict[tuple[int, int], Alarm] = {}
+    def __init__(self, target: Path | str) -> None:
+        if isinstance(target, Path) and not target.exists():
+            raise StoreError(target, "the site's store does not exist (no node has run on this site, or db is wrong)")
+        self.target = target
+        self._store: EventStoreInterface = open_event_store(target)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cursor = AlarmCursor()
+        self._acked: set[int] = set()
+        self.open: dict[int, Alarm] = {}
         self.trimmed = 0
         self.tally: dict[int, PanelTally] = {}
 
     def __repr__(self) -> str:
-        return f"<AlarmBook {self.path}: {len(self.open)} open>"
+        return f"<AlarmBook {self.target}: {len(self.open)} open>"
 
     def close(self) -> None:
-        self._conn.close()
+        self._store.close()
+
+    def retarget(self, target: Path | str) -> None:
+        """Follow the site's store to ``target`` (another node's database, now the primary): read it from the start."""
+        if target == self.target:
+            return
+        store = open_event_store(target)
+        self._store.close()
+        self._store, self.target = store, target
+        self._reset()
 
     def scan(self) -> None:
-        """Take in what was stored since the last scan (one read transaction: one snapshot)."""
-        try:
-            self._conn.execute("BEGIN")
-            try:
-                self._scan_acks()
-                self._scan_alarms()
-                self._scan_losses()
-            finally:
-                self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(self.path, f"reading alarms: {exc}") from exc
+        """Take in what was stored since the last scan."""
+        while True:
+            feed = self._store.alarm_feed(self._cursor)
+            self._cursor = feed.cursor
+            for alarm_id in feed.acked:
+                self._acked.add(alarm_id)
+                self.open.pop(alarm_id, None)
+            for stored in feed.alarms:
+                alarm = Alarm.from_stored(stored)
+                if alarm.kind is EventKind.EVENTS_REFUSED:
+                    self.tally.setdefault(alarm.panel_id, PanelTally()).refused += stored.record.aux
+                if alarm.id not in self._acked:
+                    self.open[alarm.id] = alarm
+            for panel_id, kind, count in feed.losses:
+                tally = self.tally.setdefault(panel_id, PanelTally())
+                if kind is EventKind.BUFFER_OVERFLOW:
+                    tally.dropped += count
+                else:
+                    tally.lost += count
+            self._trim()
+            if not feed.more:
+                return
+
+    def _trim(self) -> None:
         if len(self.open) > MAX_OPEN:
             oldest = sorted(self.open.values(), key=lambda a: a.received_us)[: len(self.open) - MAX_OPEN]
             for alarm in oldest:
-                del self.open[alarm.key]
+                del self.open[alarm.id]
             self.trimmed += len(oldest)
 
-    def _scan_acks(self) -> None:
-        rows = self._conn.execute(
-            "SELECT rowid, panel_id, seq FROM console_acks WHERE rowid > ? ORDER BY rowid", (self._ack_rowid,)
-        ).fetchall()
-        for rowid, panel_id, seq in rows:
-            self._acked.add((panel_id, seq))
-            self.open.pop((panel_id, seq), None)
-            self._ack_rowid = rowid
-
-    def _scan_alarms(self) -> None:
-        rows = self._conn.execute(
-            "SELECT id, panel_id, seq, kind, time_us, received_us, door, aux FROM alarms WHERE id > ? ORDER BY id",
-            (self._alarm_id,),
-        ).fetchall()
-        for alarm_id, panel_id, seq, kind, time_us, received_us, door, aux in rows:
-            self._alarm_id = alarm_id
-            alarm = Alarm(
-                panel_id=panel_id,
-                seq=seq,
-                kind=EventKind(kind),
-                time_us=time_us,
-                received_us=received_us,
-                door=door,
-                count=aux if kind in _COUNTED else 0,
-            )
-            if alarm.kind is EventKind.EVENTS_REFUSED:
-                self.tally.setdefault(panel_id, PanelTally()).refused += aux
-            self._take(alarm)
-
-    def _scan_losses(self) -> None:
-        rows = self._conn.execute(
-            "SELECT id, panel_id, count, kind FROM losses WHERE id > ? ORDER BY id", (self._loss_id,)
-        ).fetchall()
-        for loss_id, panel_id, count, kind in rows:
-            self._loss_id = loss_id
-            tally = self.tally.setdefault(panel_id, PanelTally())
-            if kind == EventKind.BUFFER_OVERFLOW:
-                tally.dropped += count
-            else:
-                tally.lost += count
-
-    def _take(self, alarm: Alarm) -> None:
-        if alarm.key not in self._acked:
-            self.open[alarm.key] = alarm
-
-    def acknowledge(self, keys: Iterable[tuple[int, int]], *, by: str, now_us: int) -> int:
+    def acknowledge(self, ids: Iterable[int], *, by: str, now_us: int) -> int:
         """Record the operator's acknowledgement of these open alarms; how many were open."""
-        alarms = [self.open[k] for k in dict.fromkeys(keys) if k in self.open]
-        try:
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO console_acks VALUES (?, ?, ?, ?, ?)",
-                    [(a.panel_id, a.seq, int(a.kind), now_us, by) for a in alarms],
-                )
-        except sqlite3.Error as exc:
-            raise StoreError(self.path, f"recording an acknowledgement: {exc}") from exc
+        alarms = [self.open[i] for i in dict.fromkeys(ids) if i in self.open]
+        if alarms:
+            self._store.acknowledge_alarms([a.id for a in alarms], by=by, at_us=now_us)
         for alarm in alarms:
-            self._acked.add(alarm.key)
-            del self.open[alarm.key]
+            self._acked.add(alarm.id)
+            del self.open[alarm.id]
         return len(alarms)
 
     def newest(self, limit: int) -> list[Alarm]:
-        return sorted(self.open.values(), key=lambda a: (a.received_us, a.panel_id, a.seq), reverse=True)[:limit]
+        return sorted(self.open.values(), key=lambda a: (a.received_us, a.id), reverse=True)[:limit]

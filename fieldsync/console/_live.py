@@ -163,7 +163,7 @@ class Console:
                         f"(db in {self.site.path}; has a node run on this site?)"
                     )
                 self._cluster = ClusterStore(self._store_path)
-                self.alarms = AlarmBook(self._store_path)
+                self.alarms = AlarmBook(self._store_path)  # mirrored: opened at the first read, on the primary
             pair_view(self.site, store=self._cluster, mirror=self.mirror)
         except (StoreError, SiteError, MirrorError) as exc:
             self.close()
@@ -311,15 +311,20 @@ class Console:
 
     # -- alarms -------------------------------------------------------------------------
 
+    def _scan_alarms(self) -> AlarmBook:
+        target = self._fleet_target()
+        if self.alarms is None:
+            self.alarms = AlarmBook(target)
+        else:
+            self.alarms.retarget(target)
+        self.alarms.scan()
+        return self.alarms
+
     async def _read_alarms(self) -> None:
-        book = self.alarms
-        if book is None:
-            self.sections.put("alarms", {"error": None, "supported": False, "open": 0, "trimmed": 0, "shown": []})
-            return
         try:
-            await self._thread(self._alarm_limiter, book.scan)
-        except StoreError as exc:
-            self.sections.put("alarms", {"error": _error(exc), "supported": True})
+            book = await self._thread(self._alarm_limiter, self._scan_alarms)
+        except (StoreError, SiteError, MirrorError) as exc:
+            self.sections.put("alarms", {"error": _error(exc)})
             return
         self._put_alarms(book)
 
@@ -328,7 +333,6 @@ class Console:
             "alarms",
             {
                 "error": None,
-                "supported": True,
                 "open": len(book.open),
                 "trimmed": book.trimmed,
                 "shown": [a.to_json() for a in book.newest(ALARMS_SHOWN)],
@@ -434,18 +438,18 @@ class Console:
         """Record the operator's acknowledgement of the alarms named (or of every open one)."""
         book = self.alarms
         if book is None:
-            raise ActionError("alarms are not available on this site's store (SQLite only)", 409)
+            raise ActionError("the site's store has not been read yet", 503)
         if isinstance(body, dict) and body.get("all") is True:
-            keys = list(book.open)
+            ids = list(book.open)
         elif isinstance(body, dict) and isinstance(body.get("alarms"), list):
             try:
-                keys = [(int(a["panel_id"]), int(a["seq"])) for a in body["alarms"]]
+                ids = [int(a["id"]) for a in body["alarms"]]
             except (TypeError, KeyError, ValueError):
-                raise ActionError('each alarm is {"panel_id": N, "seq": N}') from None
+                raise ActionError('each alarm is {"id": N} (the id the alarms section lists)') from None
         else:
-            raise ActionError('the body must be {"alarms": [{"panel_id": N, "seq": N}, ...]} or {"all": true}')
+            raise ActionError('the body must be {"alarms": [{"id": N}, ...]} or {"all": true}')
         try:
-            count = await self._thread(self._alarm_limiter, lambda: book.acknowledge(keys, by=by, now_us=_now_us()))
+            count = await self._thread(self._alarm_limiter, lambda: book.acknowledge(ids, by=by, now_us=_now_us()))
         except StoreError as exc:
             raise ActionError(str(exc), 503) from None
         self._put_alarms(book)
