@@ -204,11 +204,12 @@ class LocalPostgres:
         bindir: Path | None = None,
         netns: str | None = None,
         trusted: Sequence[str] = (),
+        clients: Sequence[str] = (),
     ) -> LocalPostgres:
         """initdb a new cluster in ``datadir`` (which must not exist yet; its parent is the server user's).
 
         ``trusted``: addresses (a lab's hosts) allowed in, for sessions and replication, besides
-        loopback and the Unix socket (initdb's own ``trust`` lines).
+        loopback and the Unix socket (initdb's own ``trust`` lines); ``clients``: for sessions only.
         """
         node = cls(datadir, port=port, host=host, bindir=bindir, netns=netns)
         node._run("initdb", ["-D", str(datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-instructions"])
@@ -217,6 +218,8 @@ class LocalPostgres:
         with (datadir / "pg_hba.conf").open("a") as hba:
             for address in trusted:
                 hba.write(f"host all all {address}/32 trust\nhost replication all {address}/32 trust\n")
+            for address in clients:
+                hba.write(f"host all all {address}/32 trust\n")
         node.configure(settings)
         return node
 

@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -455,10 +455,12 @@ def start_mirror(
     primary: str = "A",
     settings: Mapping[str, str] = {},
     hosts: Mapping[str, DatabaseHost] | None = None,
+    clients: Sequence[str] = (),
 ) -> Mirror:
     """Nodes A and B's databases in ``workdir`` (the server user's), started: ``primary``'s the
     primary, the other its replica (in sync in sync mode). ``hosts``: each in a lab host's
-    namespace at its address (None: loopback). If it fails halfway, what it had started is
+    namespace at its address (None: loopback). ``clients``: other addresses let in for
+    sessions (a lab's console on its panel host). If it fails halfway, what it had started is
     stopped again (the caller removes ``workdir``)."""
     standby = "B" if primary == "A" else "A"
     mirror = Mirror(mirror_servers(workdir, hosts), mode=mode, settings=settings)
@@ -471,6 +473,7 @@ def start_mirror(
             netns=first.netns,
             settings=mirror._own_settings(primary, primary=True),
             trusted=[h.address for h in hosts.values()] if hosts else (),
+            clients=clients,
         )
         first.start_on_a_free_port(mirror._own_settings(primary, primary=True))
         mirror.wait_for_standby(primary)

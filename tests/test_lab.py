@@ -13,11 +13,14 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,6 +233,24 @@ def _wait(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> No
         time.sleep(0.1)
 
 
+def _console_state(port: int = 36090) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as answer:
+        state: dict[str, Any] = json.loads(answer.read())
+    return state
+
+
+def _console_sees(holder: str, *, metrics: tuple[str, ...] = ("A", "B")) -> bool:
+    state = _console_state()
+    scraped = state["rates"]["nodes"]
+    return (
+        state["pair"]["holder"] == holder
+        and state["fleet"].get("error") is None
+        and state["fleet"]["config_version"] >= 3  # the lab seeded the primary
+        and state["alarms"].get("error") is None
+        and all(scraped[n]["error"] is None and scraped[n]["vip_held"] is not None for n in metrics)
+    )
+
+
 @pytest.mark.slow
 @needs_lab
 def test_a_mirrored_lab_fails_over_by_promotion_and_rejoins_by_rewind(lab_under_test: LabUnderTest) -> None:
@@ -238,14 +259,20 @@ def test_a_mirrored_lab_fails_over_by_promotion_and_rejoins_by_rewind(lab_under_
     other promotes its replica and serves under a new epoch; power back and the node started
     again, the old primary rewinds itself and streams in sync; `lab down` leaves no server."""
     needs_postgres()
-    out = lab_under_test.up("--mirror", "sync", panels=2)
+    out = lab_under_test.up("--mirror", "sync", "--console", "127.0.0.1:36090", panels=2)
     assert "PostgreSQL postgresql://postgres@198.18.0.11:5441/postgres (sync mirror)" in out, out
+    assert "console http://127.0.0.1:36090/ (pid " in out, out
     lab = lab_under_test.lab()
     mirror = lab.mirror()
     first = lab.status()
     holder = first.serving()
     assert holder is not None and first.epoch >= 1, describe(first)
     other = "B" if holder == "A" else "A"
+    # The console, on this machine's loopback, reads the lab from the panel host: the pair,
+    # each database, the fleet and alarms from the primary, both nodes' metrics.
+    _wait("the console shows the pair, the fleet, the alarms and both nodes' metrics", lambda: _console_sees(holder))
+    state = _console_state()
+    assert {d: state["pair"]["databases"][d]["role"] for d in ("A", "B")} == {holder: "primary", other: "standby"}
     assert mirror.role(holder) == "primary" and mirror.role(other) == "standby"
     assert [(r.node, r.state, r.sync_state) for r in mirror.replication(holder)] == [(other, "streaming", "sync")]
     config = open_config_store(mirror.servers[holder].admin_url())  # the lab seeded the primary
@@ -258,6 +285,7 @@ def test_a_mirrored_lab_fails_over_by_promotion_and_rejoins_by_rewind(lab_under_
     _wait("the other host serves", lambda: lab_under_test.lab().status().serving() == other)
     assert lab_under_test.lab().status().epoch > first.epoch
     assert mirror.role(other) == "primary"
+    _wait("the console shows the takeover, reading the new primary", lambda: _console_sees(other, metrics=(other,)))
     _lab("power-on", holder, "--dir", str(lab_under_test.dir))
     _lab("start", holder, "--dir", str(lab_under_test.dir))  # its node, if STONITH shot it while frozen
     _wait("the old primary rejoins", lambda: mirror.role(holder) == "standby", timeout=60)
@@ -274,6 +302,8 @@ def test_a_mirrored_lab_fails_over_by_promotion_and_rejoins_by_rewind(lab_under_
     pg_dir = lab.spec.pg_dir
     _lab("down", "--dir", str(lab_under_test.dir))
     assert postgres_of(str(pg_dir)) == [] and not pg_dir.exists()
+    with pytest.raises(OSError):  # lab down stopped the console too
+        _console_state()
     assert (lab_under_test.dir / f"postgres-{holder}.log").exists()
 
 
@@ -368,3 +398,30 @@ def test_a_namespace_that_is_not_a_labs_is_refused_and_left_alone(lab_under_test
         assert not lab_under_test.dir.exists()
     finally:
         subprocess.run(["ip", "netns", "del", foreign], timeout=10, check=False)
+
+
+@pytest.mark.slow
+@needs_lab
+def test_a_console_that_cannot_serve_is_one_line_and_the_lab_is_removed(lab_under_test: LabUnderTest) -> None:
+    def up(*console: str) -> list[str]:
+        where = ["--name", lab_under_test.name, "--dir", str(lab_under_test.dir), "--vrid", str(lab_under_test.vrid)]
+        done = subprocess.run(
+            [*CLI, "lab", "up", *where, "--panels", "1", *console],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stdout
+        return done.stderr.strip().splitlines()
+
+    # Off loopback without a token: refused before anything is built.
+    (line,) = up("--console", "0.0.0.0:36094")
+    assert "the console would listen on 0.0.0.0, which is not loopback, without authentication" in line
+    assert not lab_under_test.dir.exists()
+    # Its port in use: the console's own error, and everything the lab had made removed again.
+    with socket.create_server(("127.0.0.1", 36095)):
+        (line,) = up("--console", "127.0.0.1:36095")
+    assert line.startswith("Error: the console did not start: Error: the console cannot listen on 127.0.0.1:36095: ")
+    assert "in use" in line
+    assert lab_namespaces(lab_under_test.name) == []
+    assert not (lab_under_test.dir / "lab.json").exists()

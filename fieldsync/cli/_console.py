@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -133,18 +134,49 @@ def run_console_trio(fn: Callable[[], Any]) -> None:
     show_default=True,
     help="Seconds between two reads of the pair (the lease and the nodes' beats).",
 )
+@click.option(
+    "--netns",
+    metavar="NAME",
+    help="Reach the site's addresses from inside this network namespace (root only), the page "
+    "staying on --listen here: what `fieldsync lab up --console` runs.",
+)
 @friendly
-def console_cmd(site_path: Path | None, listen: str, token: str | None, metrics: tuple[str, ...], every: float) -> None:
+def console_cmd(
+    site_path: Path | None,
+    listen: str,
+    token: str | None,
+    metrics: tuple[str, ...],
+    every: float,
+    netns: str | None,
+) -> None:
     """Serve the web console: the pair, the fleet, events/s, the alarms, live; switchover and changes."""
     site = load_site(site_path)
     settings = console_settings(site, listen, token, _metrics(metrics, site), every)
-    run_console_trio(functools.partial(_serve, settings))
+    bound = () if netns is None else (_bound_in(settings, netns),)
+    run_console_trio(functools.partial(_serve, settings, bound))
 
 
-async def _serve(settings: ConsoleSettings) -> None:
+def _bound_in(settings: ConsoleSettings, netns: str) -> socket.socket:
+    """The page's socket bound here, then the process moved to ``netns`` (before any thread starts)."""
+    from ..console import ConsoleError, bind_console
+    from ..lab import LabError, enter_network_namespace
+
+    try:
+        bound = bind_console(settings)
+    except ConsoleError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        enter_network_namespace(netns)
+    except LabError as exc:
+        bound.close()
+        raise click.ClickException(str(exc)) from None
+    return bound
+
+
+async def _serve(settings: ConsoleSettings, bound: tuple[socket.socket, ...] = ()) -> None:
     from ..console import serve_console
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_console, settings)
+        await nursery.start(functools.partial(serve_console, settings, bound=bound))
         click.echo(console_started(settings))
         sys.stdout.flush()

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -17,6 +18,7 @@ import click
 
 from ..lab import NODE_HOSTS, VIP, Lab, LabError, LabSpec, LabStatus, node_address, panel_lab_address
 from ._common import friendly
+from ._console import console_token_option
 from ._defaults import SiteGroup
 
 __all__ = ["lab"]
@@ -86,6 +88,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     is_flag=True,
     help="With --mirror: a witness on the panel host (198.18.0.200:5440), so the primary may serve alone.",
 )
+@click.option(
+    "--console",
+    "console_at",
+    metavar="HOST:PORT",
+    help="Also serve the web console here, on this machine (docs/console.md): it reads the lab from the "
+    "panel host, the nodes serving metrics for it; `lab down` stops it.",
+)
+@console_token_option("--console-token")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for a host to serve.")
 @friendly
 def lab_up(
@@ -102,9 +112,13 @@ def lab_up(
     no_vrrp_gate: bool,
     mirror: str | None,
     witness: bool,
+    console_at: str | None,
+    token: str | None,
     timeout: float,
 ) -> None:
     """Build the lab, start keepalived and a node on hosts A and B, wait until one serves on the VIP."""
+    if console_at is not None:
+        _check_console(console_at, token)
     spec = LabSpec(
         name=name,
         directory=directory.resolve(),
@@ -119,11 +133,13 @@ def lab_up(
         vrrp_gate=not no_vrrp_gate,
         mirror=mirror,
         witness=witness,
+        console=console_at,
     )
     started = time.monotonic()
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        status = Lab(spec).up(timeout=timeout)
+        the_lab = Lab(spec, console_token=token)
+        status = the_lab.up(timeout=timeout)
     except KeyboardInterrupt:
         raise click.ClickException("interrupted: everything the lab had made is removed") from None
     finally:
@@ -147,12 +163,28 @@ def lab_up(
         f"lease held by {status.holder}, epoch {status.epoch}"
     )
     click.echo(f"  site    {spec.site_path}")
+    if console_at is not None:
+        url = f"http://{console_at}/"
+        link = f"; open {url}?token={urllib.parse.quote(token, safe='')}" if token else ""
+        click.echo(f"  console {url} (pid {the_lab.processes[-1]['pid']}){link}; log {d}/console-panels.log")
     click.echo("run the panels in the panel host:")
     click.echo(f"  fieldsync lab exec panels --dir {d} -- fieldsync emulate --site {spec.site_path}")
     click.echo(f"  (the same: ip netns exec {ns('panels')} fieldsync emulate --site {spec.site_path})")
     click.echo(f"faults: fieldsync lab power-off|power-on|kill|start A --dir {d}")
     click.echo(f"        fieldsync lab nic A down|up --dir {d}")
     click.echo(f"see it: fieldsync lab status --dir {d}; remove it: fieldsync lab down --dir {d}")
+
+
+def _check_console(console_at: str, token: str | None) -> None:
+    from ..console import ConsoleError, check_listen
+    from ..site import parse_address
+
+    if ":" not in console_at:
+        raise click.ClickException(f"--console {console_at!r}: expected HOST:PORT")
+    try:
+        check_listen(parse_address(console_at, 0)[0], token)
+    except ConsoleError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _status_json(status: LabStatus) -> dict[str, Any]:
@@ -173,8 +205,9 @@ def lab_status(directory: Path, as_json: bool) -> None:
     """Each host's VRRP state, keepalived, VIP and node; the lease holder and its epoch."""
     the_lab = _load(directory)
     status = the_lab.status()
+    console = the_lab.console_url()
     if as_json:
-        click.echo(json.dumps(_status_json(status), indent=2))
+        click.echo(json.dumps(_status_json(status) | {"console": console}, indent=2))
         return
     click.echo(f"lab {the_lab.spec.name} ({the_lab.spec.directory})")
     for h in status.hosts:
@@ -189,6 +222,8 @@ def lab_status(directory: Path, as_json: bool) -> None:
         )
     left = f", {status.lease_left:.2f} s left" if status.holder else ""
     click.echo(f"  lease held by {status.holder or 'nobody'}, epoch {status.epoch}{left}")
+    if the_lab.spec.console is not None:
+        click.echo(f"  console {console or 'DEAD (' + str(the_lab.spec.file('console', 'panels', 'log')) + ')'}")
     masters = status.masters()
     if len(masters) > 1:
         click.echo(f"  SPLIT BRAIN: {' and '.join(masters)} are both VRRP MASTER")

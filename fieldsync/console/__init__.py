@@ -13,6 +13,7 @@ from ._live import Console as Console
 from ._live import ConsoleError as ConsoleError
 from ._live import ConsoleSettings as ConsoleSettings
 from ._serve import MIN_TOKEN as MIN_TOKEN
+from ._serve import bind_console as bind_console
 from ._serve import check_listen as check_listen
 from ._serve import serve_console as serve_console
 from ._views import PairView as PairView
@@ -31,6 +32,7 @@ __all__ = [
     "LOSS_KINDS",
     "MIN_TOKEN",
     "PairView",
+    "bind_console",
     "check_listen",
     "fleet_rows",
     "pair_view",

@@ -36,6 +36,7 @@ _COUNTED = frozenset(int(k) for k in (*LOSS_KINDS, EventKind.EVENTS_REFUSED))
 #: The most open alarms kept in memory; older ones are counted, not listed.
 MAX_OPEN = 10_000
 
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Alarm:
     """One alarm: an event (``seq`` its seq) or a declared loss (``seq`` its first seq, ``count`` events).

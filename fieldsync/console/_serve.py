@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import socket
+from collections.abc import Sequence
 
 import trio
 
@@ -11,7 +13,7 @@ from protocol.streams import is_loopback
 from ._http import serve_connection
 from ._live import Console, ConsoleError, ConsoleSettings
 
-__all__ = ["MIN_TOKEN", "check_listen", "serve_console"]
+__all__ = ["MIN_TOKEN", "bind_console", "check_listen", "serve_console"]
 
 #: A token shorter than this is refused: it is the only thing between the network and a switchover.
 MIN_TOKEN = 16
@@ -32,11 +34,31 @@ def check_listen(host: str, token: str | None) -> None:
         )
 
 
+def bind_console(settings: ConsoleSettings) -> socket.socket:
+    """The console's listening socket, bound now (before the process moves to another network
+    namespace: the page stays on this one's address; ``serve_console(bound=)``).
+
+    Raises:
+        ConsoleError: the address is refused or cannot be bound.
+    """
+    check_listen(settings.host, settings.token)
+    try:
+        return socket.create_server((settings.host, settings.port), backlog=128)
+    except OSError as exc:
+        raise ConsoleError(
+            f"the console cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
+
+
 async def serve_console(
-    settings: ConsoleSettings, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    settings: ConsoleSettings,
+    *,
+    bound: Sequence[socket.socket] = (),
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the console of ``settings.site`` until cancelled; ``started`` once it listens and
-    the first reads of every source are in.
+    the first reads of every source are in. ``bound``: listening sockets to serve on (from
+    ``bind_console``) instead of binding ``settings``' address.
 
     Raises:
         ConsoleError: the address is refused or cannot be bound, the site's store is missing
@@ -47,7 +69,10 @@ async def serve_console(
     await trio.to_thread.run_sync(console.open)
     try:
         try:
-            listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+            if bound:
+                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in bound]
+            else:
+                listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
         except OSError as exc:
             raise ConsoleError(
                 f"the console cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"

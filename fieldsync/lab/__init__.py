@@ -13,6 +13,7 @@ from ._spec import LabSpec as LabSpec
 from ._spec import node_address as node_address
 from ._spec import panel_lab_address as panel_lab_address
 from ._system import LabError as LabError
+from ._system import enter_network_namespace as enter_network_namespace
 from ._system import find_keepalived as find_keepalived
 from ._system import group_members as group_members
 from ._system import missing_prerequisites as missing_prerequisites
@@ -27,6 +28,7 @@ __all__ = [
     "LabSpec",
     "LabStatus",
     "describe",
+    "enter_network_namespace",
     "find_keepalived",
     "group_members",
     "missing_prerequisites",

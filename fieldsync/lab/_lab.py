@@ -118,11 +118,14 @@ class Lab(_HostFaults):
         keepalived: str | None = None,
         node_argv: Callable[[str], list[str]] | None = None,
         owner: int | None = None,
+        console_token: str | None = None,
     ) -> None:
         """``node_argv(host)``: the node's command line instead of the lab's own (a scenario
         run's options, a deliberately broken build). ``owner``: the pid of the process the lab
-        lives and dies with (a scenario run): a later lab removes it once that process is gone."""
+        lives and dies with (a scenario run): a later lab removes it once that process is gone.
+        ``console_token``: the web console's (``spec.console``), given it in its environment."""
         self.spec = spec
+        self.console_token = console_token
         self.keepalived = keepalived or find_keepalived()
         self.node_argv = node_argv
         self.owner = owner
@@ -222,8 +225,12 @@ class Lab(_HostFaults):
                 for host in NODE_HOSTS:
                     self.start_process(host, "node")
             if not spec.vrrp_gate:  # the nodes ignore VRRP: the lease and the VIP may part from the start
-                return self.wait_started(timeout=timeout)
-            return self.wait_serving(timeout=timeout, nodes_must_run=True)
+                status = self.wait_started(timeout=timeout)
+            else:
+                status = self.wait_serving(timeout=timeout, nodes_must_run=True)
+            if spec.console is not None:
+                self.start_console(timeout=timeout)
+            return status
         except BaseException:
             with contextlib.suppress(LabError):
                 self.down()
@@ -320,7 +327,9 @@ class Lab(_HostFaults):
         hand_over(pg_dir)  # the server user's (it refuses to run as root); the lab's own files stay root's
         mode: Literal["sync", "async"] = "sync" if self.spec.mirror == "sync" else "async"
         try:
-            start_mirror(pg_dir, mode=mode, hosts=self.spec.database_hosts())
+            # The console reads the databases from the panel host (the operator's side of the switch).
+            clients = [_PANEL_HOST_ADDRESS] if self.spec.console is not None else []
+            start_mirror(pg_dir, mode=mode, hosts=self.spec.database_hosts(), clients=clients)
         except (RuntimeError, MirrorError, OSError) as exc:
             raise LabError(f"the node hosts' databases did not start: {str(exc).splitlines()[0]}") from None
 
@@ -367,6 +376,35 @@ class Lab(_HostFaults):
             return self.node_argv(host)
         return argv(self.spec, host, kind, self.keepalived)
 
+    def start_console(self, *, timeout: float = 30.0) -> None:
+        """The web console (``spec.console``), in this namespace, reading the lab from the panel
+        host's; wait until it serves.
+
+        Raises:
+            LabError: it exited (its log's last line says why) or did not serve in time.
+        """
+        self.start_process("panels", "console")
+        log = self.spec.file("console", "panels", "log")
+        pid = self.processes[-1]["pid"]
+        recognised = self.spec.recognised_on("console", "panels")
+        deadline = time.monotonic() + timeout
+        while True:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if f"console (pid {pid}) on " in text:
+                return
+            if not recognised.matches(pid):
+                lines = text.strip().splitlines()
+                raise LabError(f"the console did not start: {lines[-1] if lines else 'it exited'} (see {log})")
+            if time.monotonic() > deadline:
+                raise LabError(f"the console did not serve within {timeout:g} s (see {log})")
+            time.sleep(0.05)
+
+    def console_url(self) -> str | None:
+        """The console's address while the process the lab started for it runs."""
+        if self.spec.console is None or not self.is_running("panels", "console"):
+            return None
+        return f"http://{self.spec.console}/"
+
     def start_process(self, host: str, kind: str) -> None:
         spec = self.spec
         if kind == "keepalived":
@@ -383,10 +421,14 @@ class Lab(_HostFaults):
             # (sh -c's $0 is the track file, $1 the exits file, the rest the node's command.)
             script = 'echo 0 > "$0"; exits=$1; shift; "$@"; status=$?; echo 1 > "$0"; echo $status >> "$exits"'
             command = ["sh", "-c", script, str(spec.node_track(host)), str(spec.file("node", host, "exits")), *command]
+        env = None
+        if kind == "console":
+            # In this namespace: it serves the page here and enters the panel host's by itself.
+            env = {"FIELDSYNC_CONSOLE_TOKEN": self.console_token} if self.console_token else None
+        else:
+            command = ["ip", "netns", "exec", spec.namespace(host), *command]
         pid = spawn_detached(
-            ["ip", "netns", "exec", spec.namespace(host), *command],
-            log=spec.file(kind, host, "log"),
-            pid_file=spec.file(kind, host, "started"),
+            command, log=spec.file(kind, host, "log"), pid_file=spec.file(kind, host, "started"), env=env
         )
         self.processes = [p for p in self.processes if (p["host"], p["kind"]) != (host, kind)]
         self.processes.append({"host": host, "kind": kind, "pid": pid, "pgid": pid})

@@ -150,5 +150,23 @@ def argv(spec: LabSpec, host: str, kind: str, keepalived: str | None) -> list[st
             "--state",
             str(state),
         ]
-    extra = () if spec.stonith else ("--no-stonith",)
+    if kind == "console":
+        assert spec.console is not None
+        metrics = [arg for h in NODE_HOSTS for arg in ("--metrics", f"{h}={spec.metrics_address(h)}")]
+        return [
+            sys.executable,
+            "-m",
+            "fieldsync.cli",
+            "console",
+            "--site",
+            str(spec.site_path),
+            "--listen",
+            spec.console,
+            "--netns",
+            spec.namespace(host),
+            *metrics,
+        ]
+    extra = [] if spec.stonith else ["--no-stonith"]
+    if spec.console is not None:
+        extra += ["--metrics", spec.metrics_address(host), "--metrics-anywhere"]
     return node_command(host, str(spec.site_path), *extra)

@@ -26,6 +26,8 @@ _PANEL_HOST_ADDRESS = "198.18.0.200"
 _PG_PORT = {"A": 5441, "B": 5442}
 #: The witness of mirrored storage listens on the panel host's address at this port.
 WITNESS_PORT = 5440
+#: With a console, each node serves its metrics on its host's address at this port.
+METRICS_PORT = 9100
 #: A is preferred at a cold start; with ``nopreempt`` a returning A does not take the VIP back.
 _PRIORITY = {"A": 110, "B": 100}
 _MARK = "fieldsync-lab "
@@ -72,6 +74,10 @@ class LabSpec:
     #: Mirrored storage with a witness (``fieldsync witness``) on the panel host, the third
     #: place both node hosts reach (``WITNESS_PORT``).
     witness: bool = False
+    #: ``HOST:PORT`` in the machine's own (root) namespace where ``lab up`` serves the web
+    #: console, which reaches the lab from the panel host (``fieldsync console --netns``);
+    #: the nodes then serve metrics on ``METRICS_PORT``. None: no console.
+    console: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -92,6 +98,8 @@ class LabSpec:
             raise LabError(f"--mirror {self.mirror!r}: sync or async")
         if self.witness and self.mirror != "sync":
             raise LabError("--witness serves a synchronous mirror: add --mirror sync")
+        if self.console is not None and not re.match(r"^[^\s:]+:\d{1,5}$", self.console):
+            raise LabError(f"--console {self.console!r}: expected HOST:PORT")
 
     def panel_ids(self) -> range:
         return range(self.first_id, self.first_id + self.panels)
@@ -128,6 +136,10 @@ class LabSpec:
         mode: Literal["sync", "async"] = "sync" if self.mirror == "sync" else "async"
         return Mirror(mirror_servers(self.pg_dir, self.database_hosts()), mode=mode)
 
+    def metrics_address(self, host: str) -> str:
+        """Where ``host``'s node serves its metrics (with a console), as the panel host reaches it."""
+        return f"{_NODE_ADDRESS[host]}:{METRICS_PORT}"
+
     def witness_address(self) -> str | None:
         """The witness's ``HOST:PORT`` (on the panel host), as the site file names it."""
         return f"{_PANEL_HOST_ADDRESS}:{WITNESS_PORT}" if self.witness else None
@@ -163,6 +175,8 @@ class LabSpec:
             return Recognised(program="keepalived", marker=str(self.file("keepalived", host, "conf")))
         if kind == "witness":
             return Recognised(program="fieldsync", marker=str(self.file("witness", host, "json")))
+        if kind == "console":
+            return Recognised(program="fieldsync", marker=self.namespace(host))
         return Recognised(program="fieldsync", marker=str(self.site_path))
 
     def to_json(self) -> dict[str, Any]:

@@ -9,18 +9,21 @@ recognised (``Recognised``): a recycled pid belongs to someone else.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
     "LabError",
     "Recognised",
+    "enter_network_namespace",
     "find_keepalived",
     "group_members",
     "missing_prerequisites",
@@ -80,6 +83,36 @@ def missing_prerequisites(keepalived: str | None) -> str | None:
     if lacking:
         return f"this root process lacks {', '.join(lacking)} (a container without them cannot build a lab)"
     return None
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def enter_network_namespace(name: str) -> None:
+    """Move this process into network namespace ``name`` (``ip netns``'s, root only).
+
+    Only the network namespace, by ``setns(2)``: the filesystem stays this one's. Sockets made
+    before keep theirs, so a server that bound its listener first serves in the old
+    namespace and reaches the new one's addresses (the lab's console). The namespace is a
+    thread's: it must be the process's only thread, or threads started later from the others
+    would reach the old addresses.
+
+    Raises:
+        LabError: no such namespace, another thread runs, or the kernel refuses (not root).
+    """
+    if threading.active_count() != 1:
+        raise LabError(f"cannot enter network namespace {name}: other threads run in this process")
+    try:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LabError(f"network namespace {name}: {exc.strerror} (ip netns list shows the ones there are)") from None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise LabError(f"cannot enter network namespace {name}: {os.strerror(errno)} (it needs root)")
+    finally:
+        os.close(fd)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,8 +179,11 @@ def stop_group(pgid: int, recognised: Recognised, *, grace: float = 3.0) -> list
     return pids
 
 
-def spawn_detached(argv: Sequence[str], *, log: Path, pid_file: Path, timeout: float = 5.0) -> int:
+def spawn_detached(
+    argv: Sequence[str], *, log: Path, pid_file: Path, timeout: float = 5.0, env: Mapping[str, str] | None = None
+) -> int:
     """Start ``argv`` in a session of its own, a child of init (no zombie of ours); its pid (= its pgid).
+    ``env``: variables added to this process's environment for it (a secret kept off its command line).
 
     ``setsid -f`` forks, the child leads a new session and ``sh`` writes its pid before it
     execs ``argv`` (``ip netns exec`` execs too), so the pid written is the program's.
@@ -164,7 +200,15 @@ def spawn_detached(argv: Sequence[str], *, log: Path, pid_file: Path, timeout: f
             *argv,
         ]
         try:
-            subprocess.run(launcher, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout, check=True)
+            subprocess.run(
+                launcher,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                timeout=timeout,
+                check=True,
+                env=None if env is None else {**os.environ, **env},
+            )
         except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
             raise LabError(f"could not start `{' '.join(argv)}`: {exc}") from None
     deadline = time.monotonic() + timeout
