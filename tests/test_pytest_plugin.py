@@ -1,7 +1,7 @@
 """The pytest plugin (``fieldsync.testing``), tested as its users meet it: pytest runs a test file
 of theirs in a subprocess (pytester), with real node processes, real SIGKILL and the checker.
 
-Each run here has ports of its own (36100-36149, through the plugin's ini options), a time
+Each run here has ports of its own (36100-36199, through the plugin's ini options), a time
 bound, and leaves nothing behind: a node process still alive after it (a timed-out run) is
 killed by its pid, and the run's directory is removed, also after a failure.
 """
@@ -100,6 +100,30 @@ def test_the_documented_failover_example_is_ten_lines_and_passes_for_real(users_
     assert report["store_epoch"] == 2, report["faults"]  # one takeover: the kill's
     assert sorted(report["node_starts"].values()) == [1, 2], report["node_starts"]  # type: ignore[attr-defined]
     assert report["totals"]["acked"] >= 400  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_the_failover_example_on_the_mirrored_fixture_promotes_the_standbys_database(
+    users_project: pytest.Pytester,
+) -> None:
+    # The same ten lines on fieldsync_mirrored_cluster: each node on its own PostgreSQL, the
+    # kill -9 of the active a promotion of the other's replica.
+    from tests.store_engines import ensure_postgres
+
+    missing = ensure_postgres()
+    if missing is not None:
+        pytest.skip(missing)
+    example = documented_example().replace("fieldsync_cluster", "fieldsync_mirrored_cluster")
+    users_project.makeini(_ini(36190))
+    users_project.makepyfile(test_failover=example)
+    result = users_project.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-rs", timeout=RUN_TIMEOUT)
+    result.assert_outcomes(passed=1)
+    (report,) = _reports(users_project).values()
+    assert report["ok"] and report["drained"], report["promises"]
+    assert all(p["held"] for p in report["promises"].values())  # type: ignore[attr-defined]
+    assert report["store_epoch"] == 2, report["faults"]
+    assert report["totals"]["acked"] >= 400  # type: ignore[index]
+    result.stdout.fnmatch_lines(["*promot*"])
 
 
 NEGATIVE_CONTROL = """
