@@ -119,10 +119,19 @@ class PanelStatistics:
     last_error: str | None
     buffer_depth: int
     buffer_bytes: int
+    #: The buffer's byte budget (``buffer_bytes`` of it is in use).
+    buffer_budget: int
+    #: Alarm copies queued for the alarm lane, not yet acknowledged (docs/protocol.md 7.6).
+    alarms_pending: int
+    #: The buffer's counts since this boot (a power cycle starts a new buffer).
     emitted: int
     acked: int
     dropped: int
     refused: int
+    #: Events lost with a RAM buffer at power cycles, every boot together.
+    power_lost: int = 0
+    #: Events acknowledged that a server later no longer held (SERVER_LOST markers).
+    server_lost: int = 0
 
 
 class _Signal:
@@ -233,6 +242,8 @@ class Panel:
         #: Events acknowledged to this panel that a server later no longer held, declared with
         #: SERVER_LOST markers (an asynchronous mirror's failover).
         self.server_lost = 0
+        #: Events queued in a RAM buffer when the power went, every boot together.
+        self.power_lost = 0
         #: trio time of the first WELCOME under each epoch (the session is up; the ACK follows a commit).
         self.welcome_at: dict[int, float] = {}
         #: The OSDP Control Panel on the reader bus, when the panel has one.
@@ -357,6 +368,8 @@ class Panel:
         """
         self._link.cancel_session()
         ram = not isinstance(self.buffer, FlashBackedBuffer)
+        if ram:
+            self.power_lost += self.buffer.statistics().buffered
         self.past_boots.append(BootSummary(boot_id=self.boot_id, promised_seq=self._promised_seq, ram=ram))
         if isinstance(self.buffer, FlashBackedBuffer):
             self.buffer.close()
@@ -488,8 +501,12 @@ class Panel:
             last_error=self.last_error,
             buffer_depth=b.depth,
             buffer_bytes=b.bytes,
+            buffer_budget=b.budget_bytes,
+            alarms_pending=len(self.alarm_outbox),
             emitted=b.emitted,
             acked=b.acked,
             dropped=b.dropped,
             refused=b.refused,
+            power_lost=self.power_lost,
+            server_lost=self.server_lost,
         )

@@ -42,6 +42,7 @@ __all__ = [
     "MirrorError",
     "RejoinReport",
     "Replica",
+    "ReplicationState",
     "application_name",
     "cancel_sync_waits",
     "database_role",
@@ -50,6 +51,7 @@ __all__ = [
     "mirror_servers",
     "promote_database",
     "query",
+    "replication_state",
     "running_mirror",
     "start_mirror",
     "stop_mirror",
@@ -74,6 +76,64 @@ class Replica:
     @property
     def in_sync(self) -> bool:
         return self.state == "streaming" and self.sync_state == "sync"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicationState:
+    """One server's own view of replication: a primary's standbys, or how far a standby's
+    replay is behind what it has received."""
+
+    role: Literal["primary", "standby", "down"]
+    #: A primary's standbys (``pg_stat_replication``).
+    replicas: tuple[Replica, ...] = ()
+    #: A standby's WAL received and not yet replayed, bytes (None on a primary).
+    replay_behind_bytes: int | None = None
+    #: Why it could not be read (``role`` is then ``down``).
+    error: str | None = None
+
+
+#: A primary's standbys with their lag behind its WAL, in bytes.
+_REPLICAS_SQL = (
+    "SELECT application_name, state, sync_state,"
+    " COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn), 0)::bigint,"
+    " COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint"
+    " FROM pg_stat_replication"
+)
+
+
+def _replicas(rows: list[tuple[Any, ...]], names: Mapping[str, str]) -> list[Replica]:
+    return [
+        Replica(
+            node=names.get(str(name), str(name)),
+            state=str(state),
+            sync_state=str(sync),
+            flush_lag_bytes=int(flush),
+            replay_lag_bytes=int(replay),
+        )
+        for name, state, sync, flush, replay in rows
+    ]
+
+
+def replication_state(url: str, *, nodes: Collection[str], what: str, timeout: float = 2.0) -> ReplicationState:
+    """What the server at ``url`` says of replication now, in one connection (a node's metrics
+    read their own database's once a second). ``nodes``: the pair's names, for its standbys'."""
+    import psycopg
+
+    names = {application_name(n): n for n in nodes}
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery(),"
+                " pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint"
+            ).fetchone()
+            assert row is not None
+            if row[0]:
+                return ReplicationState(role="standby", replay_behind_bytes=max(0, int(row[1] or 0)))
+            return ReplicationState(
+                role="primary", replicas=tuple(_replicas(conn.execute(_REPLICAS_SQL).fetchall(), names))
+            )
+    except psycopg.Error as exc:
+        return ReplicationState(role="down", error=f"{what}: {_first_line(exc)}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,24 +339,7 @@ class Mirror:
 
     def replication(self, node: str) -> list[Replica]:
         """The standbys streaming from ``node``'s server, as its ``pg_stat_replication`` says."""
-        rows = self._query(
-            node,
-            "SELECT application_name, state, sync_state,"
-            " COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn), 0)::bigint,"
-            " COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint"
-            " FROM pg_stat_replication",
-        )
-        names = {application_name(n): n for n in self.servers}
-        return [
-            Replica(
-                node=names.get(str(name), str(name)),
-                state=str(state),
-                sync_state=str(sync),
-                flush_lag_bytes=int(flush),
-                replay_lag_bytes=int(replay),
-            )
-            for name, state, sync, flush, replay in rows
-        ]
+        return _replicas(self._query(node, _REPLICAS_SQL), {application_name(n): n for n in self.servers})
 
     def wait_replicating(
         self, primary: str, standby: str, *, timeout: float = 30.0, in_sync: bool | None = None

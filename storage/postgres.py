@@ -19,6 +19,7 @@ from ._pg_mirror import Mirror as Mirror
 from ._pg_mirror import MirrorError as MirrorError
 from ._pg_mirror import RejoinReport as RejoinReport
 from ._pg_mirror import Replica as Replica
+from ._pg_mirror import ReplicationState as ReplicationState
 from ._pg_mirror import application_name as application_name
 from ._pg_mirror import cancel_sync_waits as cancel_sync_waits
 from ._pg_mirror import database_role as database_role
@@ -27,6 +28,7 @@ from ._pg_mirror import list_sync_standby as list_sync_standby
 from ._pg_mirror import mirror_servers as mirror_servers
 from ._pg_mirror import promote_database as promote_database
 from ._pg_mirror import query as query
+from ._pg_mirror import replication_state as replication_state
 from ._pg_mirror import running_mirror as running_mirror
 from ._pg_mirror import start_mirror as start_mirror
 from ._pg_mirror import stop_mirror as stop_mirror
@@ -46,6 +48,7 @@ __all__ = [
     "PostgresMissing",
     "RejoinReport",
     "Replica",
+    "ReplicationState",
     "find_pg_bindir",
     "free_port",
     "hand_over",
@@ -58,6 +61,7 @@ __all__ = [
     "mirror_servers",
     "promote_database",
     "query",
+    "replication_state",
     "running_mirror",
     "running_pair",
     "start_mirror",

@@ -52,9 +52,9 @@ def node(tmp_path: Path) -> Iterator[Path]:
         process.communicate(timeout=10)
 
 
-def _scrape() -> tuple[dict[str, dict[tuple[tuple[str, str], ...], float]], str]:
+def _scrape(at: tuple[str, int] = METRICS) -> tuple[dict[str, dict[tuple[tuple[str, str], ...], float]], str]:
     """Every sample by name and labels, and the content type it came with."""
-    with urllib.request.urlopen(f"http://{METRICS[0]}:{METRICS[1]}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://{at[0]}:{at[1]}/metrics", timeout=5) as response:
         text = response.read().decode()
         content_type = response.headers["content-type"]
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -199,3 +199,71 @@ async def test_garbage_then_a_reset_does_not_take_the_endpoint_down() -> None:
             status, body = await http_request("127.0.0.1", port, "GET", "/metrics")
         assert status == 200, body
         nursery.cancel_scope.cancel()
+
+
+def test_a_fleet_serves_its_panels_metrics(node: Path) -> None:
+    """`fieldsync emulate --metrics`: the fleet's side, per panel (online, buffer fill, what was
+    acknowledged), from the real command against the real node."""
+    fleet_at = ("127.0.0.1", 35117)
+    command = [*CLI, "emulate", "--insecure", "--server", f"{LISTEN[0]}:{LISTEN[1]}", "--panels", "3"]
+    command += ["--rate", "20", "--duration", "30", "--metrics", f"{fleet_at[0]}:{fleet_at[1]}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"metrics on http://{fleet_at[0]}:{fleet_at[1]}/metrics" in line, line
+        deadline = time.monotonic() + 20
+        while True:
+            samples, content_type = _scrape(fleet_at)
+            acked = samples.get("fieldsync_panel_events_acked_total", {})
+            if samples["fieldsync_fleet_panels_online"][()] == 3 and len(acked) == 3 and min(acked.values()) > 0:
+                break
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    assert content_type.startswith("text/plain; version=")
+    panels = [(("panel", str(p)),) for p in (1, 2, 3)]
+    assert samples["fieldsync_fleet_panels"][()] == 3
+    assert sorted(samples["fieldsync_panel_online"]) == panels and set(samples["fieldsync_panel_online"].values()) == {
+        1
+    }
+    assert all(0 <= v < 1 for v in samples["fieldsync_panel_buffer_fill_ratio"].values())
+    emitted = samples["fieldsync_panel_events_emitted_total"]
+    assert all(emitted[k] >= acked[k] for k in panels)
+    dropped = samples["fieldsync_panel_events_dropped_total"]
+    reasons = {dict(k)["reason"] for k in dropped}
+    assert reasons == {"overflow", "refused", "power_loss", "server_lost"} and set(dropped.values()) == {0}
+    assert set(samples["fieldsync_panel_sessions_total"].values()) == {1}
+
+
+def test_the_fleets_drops_are_counted_by_reason() -> None:
+    from emulator import Fleet
+    from fieldsync.engine import fleet_render
+    from storage import OverflowPolicy
+
+    def settings(pid: int, policy: OverflowPolicy) -> PanelSettings:
+        return PanelSettings(panel_id=pid, mode=LinkMode.PUNCH_OUT, server=LISTEN, buffer_bytes=8 * 32, policy=policy)
+
+    fleet = Fleet([settings(1, OverflowPolicy.DROP_OLDEST), settings(2, OverflowPolicy.REFUSE_NEWEST)])
+    for panel in fleet.panels.values():  # no server: the buffers fill
+        for i in range(20):
+            panel.swipe(1000 + i, 1)
+    render = fleet_render(fleet)
+
+    def dropped() -> dict[tuple[str, str], float]:
+        return {
+            (s.labels["panel"], s.labels["reason"]): s.value
+            for family in text_string_to_metric_families(trio.run(render).decode())
+            for s in family.samples
+            if s.name == "fieldsync_panel_events_dropped_total"
+        }
+
+    full = dropped()
+    assert full[("1", "overflow")] > 0 and full[("1", "refused")] == 0
+    assert full[("2", "refused")] == 12 and full[("2", "overflow")] == 0  # 8 kept, the 12 newest refused
+    fleet.panels[2].power_cycle()  # its RAM buffer lost with the power
+    after = dropped()
+    assert after[("2", "power_loss")] == 8
+    assert after[("1", "power_loss")] == after[("1", "server_lost")] == after[("2", "server_lost")] == 0

@@ -174,8 +174,11 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
     logs = {n: (tmp_path / f"node-{n}.log").open("w") for n in ("A", "B")}
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
+    metrics = {"A": 35115, "B": 35116}
+
     def start(name: str) -> None:
         command = [sys.executable, "-m", "fieldsync.cli", "node", "--id", name, "--site", str(site_path)]
+        command += ["--metrics", f"127.0.0.1:{metrics[name]}"]  # with its database's replication
         procs[name] = subprocess.Popen(command, stdout=logs[name], stderr=subprocess.STDOUT)
 
     def lease(name: str):  # type: ignore[no-untyped-def]
@@ -247,6 +250,15 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
         assert report.totals()["stored"] >= 4 * 200 * 5  # the swipes above, and the workload's own
         for name in ("A", "B"):
             assert "rejoined by pg_rewind" in (tmp_path / f"node-{name}.log").read_text()
+        # Each node's metrics say what its own database is, and the primary's its standby's lag.
+        until(lambda: _scrape(metrics["B"]).get(("fieldsync_database_role", (("role", "standby"),))) == 1, "B's role")
+        primary = _scrape(metrics["A"])
+        assert primary[("fieldsync_database_role", (("role", "primary"),))] == 1
+        assert primary[("fieldsync_replication_replicas", ())] == 1
+        assert primary[("fieldsync_replication_in_sync", (("replica", "B"),))] == 1
+        assert primary[("fieldsync_replication_lag_bytes", (("replica", "B"), ("stage", "flush")))] >= 0
+        assert ("fieldsync_replication_lag_bytes", (("replica", "B"), ("stage", "replay"))) in primary
+        assert _scrape(metrics["B"])[("fieldsync_replication_replay_behind_bytes", ())] >= 0
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -254,6 +266,21 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
                 proc.wait(10)
         for out in logs.values():
             out.close()
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a node's metrics endpoint on 127.0.0.1:``port``, by name and labels."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def _mirrored_site(mirror, path, site_pki, *, port: int) -> None:  # type: ignore[no-untyped-def]

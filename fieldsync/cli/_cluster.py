@@ -48,7 +48,7 @@ def node_cmd(
     """Run one node of the active/standby pair (shared store, VIP on 30002)."""
     from protocol.streams import sparing_gc
 
-    from ..engine import ClusterNode, metrics_registry, serve_metrics
+    from ..engine import ClusterNode, metrics_registry, replication_watch, serve_metrics
 
     metrics_at = metrics_address(metrics, anywhere=metrics_anywhere)
     site = load_site(site_path)
@@ -56,11 +56,14 @@ def node_cmd(
         node_id, stonith=not no_stonith, failback=failback, lease=lease, dead_after=dead_after
     )
     node = ClusterNode(settings)
+    watch = replication_watch(node) if metrics_at is not None else None
 
     async def run() -> None:
         async with sparing_gc(), trio.open_nursery() as nursery:
             if metrics_at is not None:
-                await nursery.start(serve_metrics, metrics_registry(node), *metrics_at)
+                await nursery.start(serve_metrics, metrics_registry(node, replication=watch), *metrics_at)
+            if watch is not None:  # mirrored: the database's replication, read once a second
+                nursery.start_soon(watch.run)
             await nursery.start(node.run)
             click.echo(
                 f"node {node_id} (pid {os.getpid()}) up as standby; VIP {site.vip}:{site.port}"

@@ -9,7 +9,7 @@ import click
 import trio
 
 from ..site import SiteError, parse_address, parse_size
-from ._common import friendly, run_trio, site_with
+from ._common import friendly, metrics_address, metrics_options, run_trio, site_with
 from ._defaults import SiteCommand, site_option
 
 __all__ = ["emulate"]
@@ -44,6 +44,7 @@ __all__ = ["emulate"]
 @click.option("--insecure", is_flag=True, help="Plain TCP; refused unless every address is loopback.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@metrics_options
 @friendly
 def emulate(
     site_path: Path | None,
@@ -63,6 +64,8 @@ def emulate(
     insecure: bool,
     duration: float | None,
     seed: int,
+    metrics: str | None,
+    metrics_anywhere: bool,
 ) -> None:
     """Run a fleet of emulated panels with card-swipe traffic."""
     import dataclasses
@@ -71,6 +74,7 @@ def emulate(
     from protocol.streams import sparing_gc
     from storage import OverflowPolicy
 
+    metrics_at = metrics_address(metrics, anywhere=metrics_anywhere)
     site = site_with(site_path, pki_dir=pki_dir, insecure=insecure)
     given: dict[str, Any] = {
         "panels": panels,
@@ -109,7 +113,11 @@ def emulate(
             fleet.swipers[panel.panel_id] = BusSwiper(panel, bus)
 
     async def run() -> None:
+        from ..engine import fleet_render, serve_metrics
+
         async with sparing_gc(), trio.open_nursery() as nursery:
+            if metrics_at is not None:  # first: a port in use fails before any panel runs
+                await nursery.start(serve_metrics, fleet_render(fleet), *metrics_at)
             for line, bus in buses:
                 line.open()
                 bus.start()
@@ -117,7 +125,10 @@ def emulate(
             await nursery.start(fleet.run)
             where = ", ".join(serial_paths) if serial_paths else f"{site.vip}:{site.port}"
             kind = "serial" if serial_paths else fleet_spec.mode
-            click.echo(f"{len(fleet)} panels ({kind}) -> {where}, {fleet_spec.rate}/s each")
+            click.echo(
+                f"{len(fleet)} panels ({kind}) -> {where}, {fleet_spec.rate}/s each"
+                + (f"; metrics on http://{metrics_at[0]}:{metrics_at[1]}/metrics" if metrics_at else "")
+            )
             with trio.move_on_after(duration if duration is not None else float("inf")):
                 while True:
                     await trio.sleep(1)

@@ -28,7 +28,10 @@ from ._http import http_request as http_request
 from ._http import send_response as send_response
 from ._http import serve_http as serve_http
 from ._metrics import MetricsError as MetricsError
+from ._metrics import ReplicationWatch as ReplicationWatch
+from ._metrics import fleet_render as fleet_render
 from ._metrics import metrics_registry as metrics_registry
+from ._metrics import replication_watch as replication_watch
 from ._metrics import serve_metrics as serve_metrics
 from ._node import Node as Node
 from ._node import NodeSettings as NodeSettings
@@ -60,6 +63,7 @@ __all__ = [
     "KeepServing",
     "LeaveVip",
     "MetricsError",
+    "ReplicationWatch",
     "Node",
     "NodeSettings",
     "NodeStatistics",
@@ -79,9 +83,11 @@ __all__ = [
     "beats_allowed",
     "decide_active",
     "decide_standby",
+    "fleet_render",
     "metrics_registry",
     "node_command",
     "process_is_fieldsync",
+    "replication_watch",
     "serve_metrics",
     "serve_witness",
     "stonith",
