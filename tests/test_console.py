@@ -426,3 +426,6 @@ def test_cluster_up_serves_the_console_beside_the_nodes(site_pki: Path, tmp_path
     state = wait_for("a holder, two panels online and events/s", serving, 30, every=0.2)
     assert state["pair"]["holder"] == _holder(site_path)[0]  # type: ignore[index]
     assert state["rates"]["configured"] and set(state["rates"]["nodes"]) == {"A", "B"}
+    # The fleet serves its own metrics beside the nodes' (127.0.0.1 at --metrics-port).
+    status, _, body = _http("GET", "/metrics", 36011)
+    assert status == 200 and b"fieldsync_fleet_panels 2.0" in body and b'fieldsync_panel_online{panel="2"}' in body

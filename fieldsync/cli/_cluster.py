@@ -205,7 +205,8 @@ def cluster_rejoin(site_path: Path | None, node_name: str) -> None:
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Each node serves its Prometheus metrics on its own address at this port (and --console reads them).",
+    help="Each node serves its Prometheus metrics on its own address at this port (and --console reads them); "
+    "the fleet of --panels on 127.0.0.1 at this port.",
 )
 @console_options
 @friendly
@@ -252,6 +253,11 @@ def cluster_up(
                 fleet = Fleet(
                     [fleet_site.panel_settings(pid) for pid in fleet_site.panel_ids()], Workload(rate=site.fleet.rate)
                 )
+                if metrics_port:
+                    from ..engine import fleet_render, serve_metrics
+
+                    await nursery.start(serve_metrics, fleet_render(fleet), "127.0.0.1", metrics_port)
+                    click.echo(f"the fleet's metrics on http://127.0.0.1:{metrics_port}/metrics")
                 await nursery.start(fleet.run)
             while True:
                 await trio.sleep(2)
