@@ -123,9 +123,10 @@ class _Ingest:
         return sum(self._queued.values())
 
     async def put(self, session: _Session, batch: EventBatch) -> None:
-        """Queue a batch for commit once its panel has room in its window."""
+        """Queue a batch for commit once its panel has room in its window (its ALARMs queued
+        apart: a panel's reader must not wait behind them, or an ALARM after this batch would)."""
         pid = session.panel_id
-        while self._queued.get(pid, 0) >= self.window:
+        while self._queued.get(pid, 0) - self._alarms_queued.get(pid, 0) >= self.window:
             await self._wait_change(pid)
         self._queued[pid] = self._queued.get(pid, 0) + 1
         queued = _Queued(
