@@ -125,8 +125,9 @@ class EventStoreInterface(Protocol):
         snapshot (an operator's view reads only what is new; ``EventStore.alarm_feed``)."""
         ...
 
-    def acknowledge_alarms(self, alarm_ids: Sequence[int], *, by: str, at_us: int) -> int:
-        """Record an operator's acknowledgement of these alarms (``StoredAlarm.order``); how many were new."""
+    def acknowledge_alarms(self, alarms: Sequence[tuple[int, int, int, int]], *, by: str, at_us: int) -> int:
+        """Record an operator's acknowledgement of these alarms, each (row id, panel, seq, kind):
+        a row that does not match all four is left alone. How many were new."""
         ...
 
     def stale_writes(self) -> int:

@@ -26,7 +26,20 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ._errors import StoreCorrupt, StoreError, StoreFull, StoreLocked, StoreNotReplicated, StoreUnreachable
 
-__all__ = ["PgConnection", "describe_url", "map_pg_errors"]
+__all__ = ["DEAD_PEER", "PgConnection", "describe_url", "map_pg_errors"]
+
+#: libpq's options that end a connection to a server that fell silent (its host lost power,
+#: its switch port down: no RST ever comes) in seconds, not the kernel's quarter of an hour:
+#: keepalives while idle, and at most 15 s for data sent and not acknowledged by its TCP
+#: (a commit's wait for a standby is not that: the server's kernel acknowledges the COMMIT).
+#: Ignored on Unix sockets.
+DEAD_PEER: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
 
 #: The values of ``synchronous_commit`` that keep P1 with a synchronous standby.
 SYNC_COMMIT_LEVELS = ("on", "remote_apply")
@@ -180,6 +193,7 @@ class PgConnection:
                 autocommit=True,
                 connect_timeout=max(2, round(self.connect_timeout)),
                 application_name="fieldsync",
+                **DEAD_PEER,
             )
             conn.add_notice_handler(self._notice)
             conn.execute(

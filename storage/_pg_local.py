@@ -209,7 +209,8 @@ class LocalPostgres:
         """initdb a new cluster in ``datadir`` (which must not exist yet; its parent is the server user's).
 
         ``trusted``: addresses (a lab's hosts) allowed in, for sessions and replication, besides
-        loopback and the Unix socket (initdb's own ``trust`` lines); ``clients``: for sessions only.
+        loopback and the Unix socket (initdb's own ``trust`` lines); ``clients``: for sessions
+        only, to the ``postgres`` database as the ``postgres`` user (a site's stores).
         """
         node = cls(datadir, port=port, host=host, bindir=bindir, netns=netns)
         node._run("initdb", ["-D", str(datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-instructions"])
@@ -218,8 +219,8 @@ class LocalPostgres:
         with (datadir / "pg_hba.conf").open("a") as hba:
             for address in trusted:
                 hba.write(f"host all all {address}/32 trust\nhost replication all {address}/32 trust\n")
-            for address in clients:
-                hba.write(f"host all all {address}/32 trust\n")
+            for address in clients:  # the one database and user fieldsync's stores use
+                hba.write(f"host postgres postgres {address}/32 trust\n")
         node.configure(settings)
         return node
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import MirrorError
+from ._pg_conn import DEAD_PEER
 from ._pg_local import LocalPostgres, find_pg_bindir, free_port
 
 __all__ = [
@@ -86,7 +87,10 @@ class ReplicationState:
     role: Literal["primary", "standby", "down"]
     #: A primary's standbys (``pg_stat_replication``).
     replicas: tuple[Replica, ...] = ()
-    #: A standby's WAL received and not yet replayed, bytes (None on a primary).
+    #: A standby: whether its WAL receiver streams from a primary now (None on a primary).
+    receiving: bool | None = None
+    #: A standby's WAL received and not yet replayed, bytes (None on a primary, or when it
+    #: has received nothing since it started).
     replay_behind_bytes: int | None = None
     #: Why it could not be read (``role`` is then ``down``).
     error: str | None = None
@@ -120,15 +124,20 @@ def replication_state(url: str, *, nodes: Collection[str], what: str, timeout: f
     import psycopg
 
     names = {application_name(n): n for n in nodes}
+    options = f"-c statement_timeout={int(timeout * 1000)}"
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+        with psycopg.connect(
+            url, autocommit=True, connect_timeout=max(1, int(timeout)), options=options, **DEAD_PEER
+        ) as conn:
             row = conn.execute(
                 "SELECT pg_is_in_recovery(),"
-                " pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint"
+                " pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint,"
+                " EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')"
             ).fetchone()
             assert row is not None
             if row[0]:
-                return ReplicationState(role="standby", replay_behind_bytes=max(0, int(row[1] or 0)))
+                behind = None if row[1] is None else max(0, int(row[1]))
+                return ReplicationState(role="standby", receiving=bool(row[2]), replay_behind_bytes=behind)
             return ReplicationState(
                 role="primary", replicas=tuple(_replicas(conn.execute(_REPLICAS_SQL).fetchall(), names))
             )
@@ -165,7 +174,7 @@ def query(url: str, sql: str, *, what: str, timeout: float = 5.0) -> list[tuple[
     import psycopg
 
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)), **DEAD_PEER) as conn:
             cursor = conn.execute(sql)
             return list(cursor.fetchall()) if cursor.description is not None else []
     except psycopg.Error as exc:

@@ -425,15 +425,17 @@ class PgEventStore(_PgEventQueries):
 
     # -- panel bookkeeping --------------------------------------------------------------
 
-    def acknowledge_alarms(self, alarm_ids: Sequence[int], *, by: str, at_us: int) -> int:
+    def acknowledge_alarms(self, alarms: Sequence[tuple[int, int, int, int]], *, by: str, at_us: int) -> int:
         """As ``EventStore.acknowledge_alarms``. Acknowledgers take turns (the table's lock), so
         that ``alarm_acks``' ids grow in commit order and ``alarm_feed``'s cursor skips none."""
+        keys = sorted(set(alarms))
         with self._writing("recording an acknowledgement") as conn:
             conn.execute("LOCK TABLE alarm_acks IN EXCLUSIVE MODE")
             cursor = conn.execute(
-                "INSERT INTO alarm_acks (alarm_id, acked_us, acked_by) SELECT id, %s, %s FROM alarms "
-                "WHERE id = ANY(%s) ORDER BY id ON CONFLICT (alarm_id) DO NOTHING",
-                (at_us, by, sorted(set(alarm_ids))),
+                "INSERT INTO alarm_acks (alarm_id, acked_us, acked_by) SELECT a.id, %s, %s FROM alarms a "
+                "JOIN unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::smallint[]) AS k (id, panel_id, seq, kind) "
+                "USING (id, panel_id, seq, kind) ORDER BY a.id ON CONFLICT (alarm_id) DO NOTHING",
+                (at_us, by, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys]),
             )
             return max(0, cursor.rowcount)
 

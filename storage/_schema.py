@@ -282,8 +282,11 @@ def _m009(db: Database) -> None:
     if db["console_acks"].exists():
         db.execute(
             "INSERT OR IGNORE INTO alarm_acks (alarm_id, acked_us, acked_by) "
+            # The alarm of that panel, seq and kind stored before the acknowledgement: a gap
+            # marker the operator saw at an alarm's seq, not the alarm; never a later one.
             "SELECT a.id, c.acked_us, c.acked_by FROM console_acks c JOIN alarms a "
-            "ON a.panel_id = c.panel_id AND a.seq = c.seq AND a.gap = 0 AND a.orphan = 0 ORDER BY c.rowid"
+            "ON a.panel_id = c.panel_id AND a.seq = c.seq AND a.kind = c.kind AND a.received_us <= c.acked_us "
+            "ORDER BY c.rowid, a.id"
         )
         db.execute("DROP TABLE console_acks")
     db.execute("PRAGMA user_version = 9")

@@ -351,16 +351,18 @@ class EventStore(_EventQueries):
 
     # -- panel bookkeeping --------------------------------------------------------------
 
-    def acknowledge_alarms(self, alarm_ids: Sequence[int], *, by: str, at_us: int) -> int:
-        """Record an operator's acknowledgement of these alarms (their ``StoredAlarm.order``);
-        how many were not acknowledged before (ids that name no alarm are ignored)."""
-        ids = sorted(set(alarm_ids))
+    def acknowledge_alarms(self, alarms: Sequence[tuple[int, int, int, int]], *, by: str, at_us: int) -> int:
+        """Record an operator's acknowledgement of these alarms, each (row id, panel, seq, kind).
+
+        A row that does not match all four is left alone: an operator's listing may be of
+        another database (a mirrored pair's, before a failover), whose ids name other alarms
+        here. How many were not acknowledged before."""
         with map_sqlite_errors(self.path, "recording an acknowledgement"), self._gate.bulk(), self.db.atomic():
             before = self._conn.total_changes
             self._conn.executemany(
                 "INSERT OR IGNORE INTO alarm_acks (alarm_id, acked_us, acked_by) "
-                "SELECT id, ?, ? FROM alarms WHERE id = ?",
-                [(at_us, by, i) for i in ids],
+                "SELECT id, ?, ? FROM alarms WHERE id = ? AND panel_id = ? AND seq = ? AND kind = ?",
+                [(at_us, by, *key) for key in sorted(set(alarms))],
             )
             return self._conn.total_changes - before
 

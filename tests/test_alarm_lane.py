@@ -201,9 +201,12 @@ def test_the_alarm_feed_reads_only_what_is_new_and_acknowledgements_by_row(store
     assert feed.losses == ((5, K.BUFFER_OVERFLOW, 4),) and feed.acked == () and not feed.more
     assert store.alarm_feed(feed.cursor).alarms == ()  # nothing new
     forced, tamper, gap = (a.order for a in feed.alarms)
-    # Acknowledged by the row: the door forced, not the gap that shares its seq.
-    assert store.acknowledge_alarms([forced, forced, 10**9], by="test", at_us=7) == 1
-    assert store.acknowledge_alarms([forced], by="again", at_us=8) == 0  # once
+    door_forced = (forced, 5, 1, int(K.DOOR_FORCED))
+    # Acknowledged by the row: the door forced, not the gap that shares its seq; a key that
+    # names a row as something it is not (another database's listing) acknowledges nothing.
+    wrong = [(gap, 5, 1, int(K.DOOR_FORCED)), (tamper, 5, 3, int(K.TAMPER)), (10**9, 5, 1, int(K.DOOR_FORCED))]
+    assert store.acknowledge_alarms([door_forced, door_forced, *wrong], by="test", at_us=7) == 1
+    assert store.acknowledge_alarms([door_forced], by="again", at_us=8) == 0  # once
     later = store.alarm_feed(feed.cursor)
     assert later.acked == (forced,) and later.alarms == () and later.losses == ()
     assert store.alarm_feed(later.cursor).acked == ()
@@ -232,12 +235,15 @@ def test_the_acknowledgements_an_earlier_console_kept_are_carried_over(tmp_path:
             "CREATE TABLE console_acks (panel_id INTEGER NOT NULL, seq INTEGER NOT NULL, kind INTEGER NOT NULL, "
             "acked_us INTEGER NOT NULL, acked_by TEXT NOT NULL, PRIMARY KEY (panel_id, seq))"
         )
-        db.execute("INSERT INTO console_acks VALUES (5, 1, 1, 99, 'console 127.0.0.1')")
+        # The old console listed the gap marker at seq 1 (it took the door forced's key), and
+        # its operator acknowledged that; and the tamper at seq 2, before it was stored.
+        db.execute("INSERT INTO console_acks VALUES (5, 1, 14, 99, 'console 127.0.0.1')")
+        db.execute("INSERT INTO console_acks VALUES (5, 2, 9, 0, 'console 127.0.0.1')")
     store = EventStore(path)
     try:
         feed = store.alarm_feed(AlarmCursor())
-        forced = next(a.order for a in feed.alarms if a.record.kind is K.DOOR_FORCED)
-        assert feed.acked == (forced,)  # the door forced, not the gap marker at its seq
+        gap = next(a.order for a in feed.alarms if a.record.kind is K.BUFFER_OVERFLOW)
+        assert feed.acked == (gap,)  # the gap marker it acknowledged, not the door forced at its seq
         with contextlib.closing(sqlite3.connect(path)) as db:
             assert db.execute("SELECT name FROM sqlite_master WHERE name = 'console_acks'").fetchall() == []
             assert db.execute("SELECT acked_us, acked_by FROM alarm_acks").fetchall() == [(99, "console 127.0.0.1")]
@@ -344,3 +350,25 @@ def check_the_checker_on_the_lane(db: Path, fleet: Fleet) -> None:
         "1 unexpected or twice",
     )
     assert verdict()[p1][0] and verdict()[p2][0]  # restored: both hold again
+
+
+def test_a_panels_queued_alarms_leave_its_batch_window_alone(site_pki: Path, tmp_path: Path) -> None:
+    # Eight ALARMs of one panel await their commit (nothing commits: the node does not run);
+    # its reader must still take the batches of its window, or an ALARM behind them waits.
+    import types
+
+    from fieldsync.engine._ingest import ALARM_WINDOW
+
+    node = Node(node_settings(site_pki, tmp_path / "n.db", 31345))
+    session = types.SimpleNamespace(panel_id=4)
+
+    async def main() -> None:
+        for seq in range(1, ALARM_WINDOW + 1):
+            await node.ingest.put_alarm(session, p.Alarm(records=rec(seq).pack()))  # type: ignore[arg-type]
+        with trio.fail_after(5):  # the MockClock: a put that waits never returns, and this fails in 0.5 s
+            for seq in range(1, node.ingest.window + 1):
+                batch = p.EventBatch(first_seq=100 + seq, records=rec(100 + seq, K.ACCESS_GRANTED).pack())
+                await node.ingest.put(session, batch)  # type: ignore[arg-type]
+
+    trio.run(main, clock=clock())
+    assert node.ingest.queued(4) == ALARM_WINDOW + node.ingest.window

@@ -429,3 +429,52 @@ def test_cluster_up_serves_the_console_beside_the_nodes(site_pki: Path, tmp_path
     # The fleet serves its own metrics beside the nodes' (127.0.0.1 at --metrics-port).
     status, _, body = _http("GET", "/metrics", 36011)
     assert status == 200 and b"fieldsync_fleet_panels 2.0" in body and b'fieldsync_panel_online{panel="2"}' in body
+
+
+def test_the_alarms_are_read_again_under_a_new_epoch_and_a_stale_click_acknowledges_nothing(tmp_path: Path) -> None:
+    # A book's ids mean nothing under another epoch (a rewound primary numbers other alarms
+    # with them): the store is made over with the same ids for other alarms, then a takeover.
+    import trio
+
+    from fieldsync.console import Console, ConsoleSettings
+    from protocol import EventKind, EventRecord
+    from storage import IngestAlarm
+
+    site_path = _quiet_site(tmp_path, 36075)
+    db = tmp_path / "site.db"
+
+    def raise_alarms(panel: int, kinds: list[EventKind]) -> None:
+        store = EventStore(db)
+        try:
+            records = b"".join(EventRecord(seq=i + 1, time_us=1, kind=k).pack() for i, k in enumerate(kinds))
+            store.ingest([], store.advance_epoch(), [IngestAlarm(panel_id=panel, records=records, received_us=5)])
+        finally:
+            store.close()
+
+    raise_alarms(1, [EventKind.DOOR_FORCED, EventKind.TAMPER])
+    console = Console(ConsoleSettings(site=load_site(site_path)))
+    console.open()
+
+    def shown() -> list[tuple[int, int, str]]:
+        return [(a["id"], a["panel_id"], a["kind"]) for a in console.sections.all()["alarms"]["shown"]]
+
+    async def main() -> None:
+        await console._read_alarms()
+        before = shown()
+        assert sorted(k for _, _, k in before) == ["DOOR_FORCED", "TAMPER"]
+        stale = next(a for a in console.sections.all()["alarms"]["shown"] if a["kind"] == "TAMPER")
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("DELETE FROM alarms")  # as a rewind leaves it: the rows gone, ids free again
+        raise_alarms(2, [EventKind.DOOR_HELD, EventKind.POWER_FAIL])  # the same ids, other alarms, a new epoch
+        # The page still shows the old listing; its click names the tamper by its id.
+        assert await console.acknowledge({"alarms": [stale]}, by="test") == "0 alarms acknowledged"
+        await console._read_alarms()
+        after = shown()
+        assert sorted(k for _, _, k in after) == ["DOOR_HELD", "POWER_FAIL"], after
+        assert {i for i, _, _ in after} == {i for i, _, _ in before}  # the ids were given again
+        assert {p for _, p, _ in after} == {2}
+
+    try:
+        trio.run(main)
+    finally:
+        console.close()

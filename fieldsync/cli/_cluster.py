@@ -224,6 +224,10 @@ def cluster_up(
     if site_path is None:
         raise SiteError("cluster up needs --site (the nodes share its store)")
     site = load_site(site_path)
+    if metrics_port and panels and any(n.address == "127.0.0.1" for n in site.nodes):
+        raise SiteError(
+            f"--metrics-port {metrics_port}: the fleet's metrics go to 127.0.0.1, a node's own address here"
+        )
     metrics = {n.name: (n.address, metrics_port) for n in site.nodes} if metrics_port else {}
     children = [
         Supervised(

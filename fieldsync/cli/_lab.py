@@ -176,15 +176,25 @@ def lab_up(
 
 
 def _check_console(console_at: str, token: str | None) -> None:
+    """The console's address and token, and that it can bind there now: before the lab is
+    built, not after (the console itself binds it once the lab serves)."""
+    import socket
+
     from ..console import ConsoleError, check_listen
     from ..site import parse_address
 
     if ":" not in console_at:
         raise click.ClickException(f"--console {console_at!r}: expected HOST:PORT")
+    host, port = parse_address(console_at, 0)
+    if not 0 < port < 65536:
+        raise click.ClickException(f"--console {console_at}: the port must be 1..65535")
     try:
-        check_listen(parse_address(console_at, 0)[0], token)
+        check_listen(host, token)
+        socket.create_server((host, port)).close()
     except ConsoleError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"the console cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _status_json(status: LabStatus) -> dict[str, Any]:

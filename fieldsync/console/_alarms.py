@@ -8,10 +8,13 @@ replica, and every console of the site sees the same ones.
 
 The scan is incremental so that a busy store costs little: ``alarm_feed`` returns what was
 stored after the last scan's cursor (alarms, losses for each panel's tally of what it
-declared lost, acknowledgements), in one snapshot. A book follows one database; when the
-console's target moves (a mirrored pair's failover: the other node's database is the
-primary now) the book is read again from the start there (``retarget``). Calls come from
-one thread at a time (the caller's CapacityLimiter).
+declared lost, acknowledgements), in one snapshot. A book reads one database under one
+epoch: its ids mean nothing on another database (a mirrored pair's other node, which may
+have numbered different alarms with them) nor after a takeover (a rewound primary), so the
+console reads a new book from the start when either changes (``generation``) and swaps it
+in whole. An acknowledgement names the alarm by row, panel, seq and kind, and the store
+records it only where all four match. Calls come from one thread at a time (the caller's
+CapacityLimiter).
 """
 
 from __future__ import annotations
@@ -100,10 +103,15 @@ class AlarmBook:
         if isinstance(target, Path) and not target.exists():
             raise StoreError(target, "the site's store does not exist (no node has run on this site, or db is wrong)")
         self.target = target
-        self._store: EventStoreInterface = open_event_store(target)
-        self._reset()
-
-    def _reset(self) -> None:
+        # A short wait for a synchronous standby: an acknowledgement on a primary whose
+        # standby is gone is told so in seconds, not held for the nodes' 10.
+        self._store: EventStoreInterface = open_event_store(target, commit_timeout=3.0)
+        try:
+            #: The store's epoch when this book began reading: ``(target, epoch)`` is its generation.
+            self.epoch = self._store.epoch
+        except BaseException:
+            self._store.close()
+            raise
         self._cursor = AlarmCursor()
         self._acked: set[int] = set()
         self.open: dict[int, Alarm] = {}
@@ -111,19 +119,14 @@ class AlarmBook:
         self.tally: dict[int, PanelTally] = {}
 
     def __repr__(self) -> str:
-        return f"<AlarmBook {self.target}: {len(self.open)} open>"
+        return f"<AlarmBook {self.target} epoch {self.epoch}: {len(self.open)} open>"
 
     def close(self) -> None:
         self._store.close()
 
-    def retarget(self, target: Path | str) -> None:
-        """Follow the site's store to ``target`` (another node's database, now the primary): read it from the start."""
-        if target == self.target:
-            return
-        store = open_event_store(target)
-        self._store.close()
-        self._store, self.target = store, target
-        self._reset()
+    def current(self, target: Path | str) -> bool:
+        """Whether this book still reads the site's store: the same database, the same epoch."""
+        return target == self.target and self._store.epoch == self.epoch
 
     def scan(self) -> None:
         """Take in what was stored since the last scan."""
@@ -156,15 +159,25 @@ class AlarmBook:
                 del self.open[alarm.id]
             self.trimmed += len(oldest)
 
-    def acknowledge(self, ids: Iterable[int], *, by: str, now_us: int) -> int:
-        """Record the operator's acknowledgement of these open alarms; how many were open."""
-        alarms = [self.open[i] for i in dict.fromkeys(ids) if i in self.open]
-        if alarms:
-            self._store.acknowledge_alarms([a.id for a in alarms], by=by, at_us=now_us)
-        for alarm in alarms:
+    def acknowledge(self, keys: Iterable[tuple[int, int, int, EventKind]], *, by: str, now_us: int) -> int:
+        """Record the operator's acknowledgement of these open alarms, each (id, panel, seq,
+        kind) as the page listed it: one this book lists otherwise (a listing of before a
+        failover) is left alone, here and by the store (which this book may no longer read
+        as it is: a failover, a takeover since its last scan). How many the store recorded."""
+        alarms = []
+        for alarm_id, panel_id, seq, kind in dict.fromkeys(keys):
+            alarm = self.open.get(alarm_id)
+            if alarm is not None and (alarm.panel_id, alarm.seq, alarm.kind) == (panel_id, seq, kind):
+                alarms.append(alarm)
+        if not alarms:
+            return 0
+        recorded = self._store.acknowledge_alarms(
+            [(a.id, a.panel_id, a.seq, int(a.kind)) for a in alarms], by=by, at_us=now_us
+        )
+        for alarm in alarms:  # acknowledged now, or before by another console
             self._acked.add(alarm.id)
             del self.open[alarm.id]
-        return len(alarms)
+        return recorded
 
     def newest(self, limit: int) -> list[Alarm]:
         return sorted(self.open.values(), key=lambda a: (a.received_us, a.id), reverse=True)[:limit]

@@ -7,7 +7,7 @@ Routes:
     GET  /api/events          server-sent events: one event per section as it changes
     POST /api/switchover      {"to": NODE}
     POST /api/config/door-mode {"door": N, "mode": "locked"}
-    POST /api/alarms/ack      {"alarms": [{"id": N}, ...]} or {"all": true}
+    POST /api/alarms/ack      {"alarms": [{"id": N, "panel_id": N, "seq": N, "kind": K}, ...]} or {"all": true}
     GET  /login, POST /login  the token form (with a token configured)
 
 Authentication: with a token, every request but /login carries it, as ``Authorization:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import h11
 import trio
 
-from protocol import Door, DoorMode, PutDoor
+from protocol import Door, DoorMode, EventKind, PutDoor
 from storage import (
     ClusterStore,
     ConfigStoreInterface,
@@ -43,6 +43,8 @@ __all__ = ["Console", "ConsoleError", "ConsoleSettings", "Sections"]
 log = logging.getLogger("fieldsync.console")
 T = TypeVar("T")
 
+#: How an acknowledgement names an alarm.
+_ALARM_KEY = '{"id": N, "panel_id": N, "seq": N, "kind": "DOOR_FORCED"}'
 #: Alarms the page lists (the newest); the count covers all.
 ALARMS_SHOWN = 200
 SLOW_EVERY = 1.0
@@ -313,12 +315,22 @@ class Console:
 
     def _scan_alarms(self) -> AlarmBook:
         target = self._fleet_target()
-        if self.alarms is None:
-            self.alarms = AlarmBook(target)
+        book = self.alarms
+        if book is None or not book.current(target):
+            # Another database or another epoch: a new book, read whole before it is shown
+            # (the fleet's tally reads the book from the loop meanwhile).
+            fresh = AlarmBook(target)
+            try:
+                fresh.scan()
+            except BaseException:
+                fresh.close()
+                raise
+            if book is not None:
+                book.close()  # no acknowledgement uses it: they take the same limiter
+            self.alarms = book = fresh
         else:
-            self.alarms.retarget(target)
-        self.alarms.scan()
-        return self.alarms
+            book.scan()
+        return book
 
     async def _read_alarms(self) -> None:
         try:
@@ -436,20 +448,30 @@ class Console:
 
     async def acknowledge(self, body: Any, *, by: str) -> str:
         """Record the operator's acknowledgement of the alarms named (or of every open one)."""
-        book = self.alarms
-        if book is None:
+        if self.alarms is None:
             raise ActionError("the site's store has not been read yet", 503)
+        keys: list[tuple[int, int, int, EventKind]] | None = None  # None: every open one
         if isinstance(body, dict) and body.get("all") is True:
-            ids = list(book.open)
+            pass
         elif isinstance(body, dict) and isinstance(body.get("alarms"), list):
             try:
-                ids = [int(a["id"]) for a in body["alarms"]]
+                keys = [
+                    (int(a["id"]), int(a["panel_id"]), int(a["seq"]), EventKind[str(a["kind"])])
+                    for a in body["alarms"]
+                ]
             except (TypeError, KeyError, ValueError):
-                raise ActionError('each alarm is {"id": N} (the id the alarms section lists)') from None
+                raise ActionError(f"each alarm is {_ALARM_KEY}, as the alarms section lists it") from None
         else:
-            raise ActionError('the body must be {"alarms": [{"id": N}, ...]} or {"all": true}')
+            raise ActionError(f'the body must be {{"alarms": [{_ALARM_KEY}, ...]}} or {{"all": true}}')
+
+        def acknowledge() -> tuple[AlarmBook, int]:
+            book = self.alarms  # the current one: a scan may have swapped it meanwhile
+            assert book is not None
+            named = [(a.id, a.panel_id, a.seq, a.kind) for a in book.open.values()] if keys is None else keys
+            return book, book.acknowledge(named, by=by, now_us=_now_us())
+
         try:
-            count = await self._thread(self._alarm_limiter, lambda: book.acknowledge(ids, by=by, now_us=_now_us()))
+            book, count = await self._thread(self._alarm_limiter, acknowledge)
         except StoreError as exc:
             raise ActionError(str(exc), 503) from None
         self._put_alarms(book)

@@ -14,6 +14,7 @@ some thirty samples.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from storage.postgres import ReplicationState
 
 __all__ = ["MetricsError", "Render", "ReplicationWatch", "fleet_render", "metrics_registry", "serve_metrics"]
+
+log = logging.getLogger("fieldsync.metrics")
 
 MAX_REQUEST = 16 * 1024
 IDLE_TIMEOUT = 10.0
@@ -150,12 +153,21 @@ class ReplicationWatch:
     behind the WAL it has received. A database that does not answer: role ``down``.
     """
 
+    #: Seconds one reading may take (to connect, and each statement).
+    TIMEOUT = 2.0
+
     def __init__(self, url: str, *, node_id: str, nodes: Collection[str], every: float = 1.0) -> None:
         self.url = url
         self.node_id = node_id
         self.nodes = tuple(nodes)
         self.every = every
         self.state: ReplicationState | None = None
+        #: trio time of the last reading: one older than ``stale_after`` is no reading.
+        self.read_at = 0.0
+
+    @property
+    def stale_after(self) -> float:
+        return 3 * (self.every + self.TIMEOUT)
 
     def __repr__(self) -> str:
         return f"<ReplicationWatch node {self.node_id}: {self.state.role if self.state else 'not read yet'}>"
@@ -164,18 +176,32 @@ class ReplicationWatch:
         """Read until cancelled; ``started`` after the first reading."""
         from storage.postgres import replication_state
 
-        read = functools.partial(replication_state, self.url, nodes=self.nodes, what=f"node {self.node_id}'s database")
+        what = f"node {self.node_id}'s database"
+        read = functools.partial(replication_state, self.url, nodes=self.nodes, what=what, timeout=self.TIMEOUT)
         limiter = trio.CapacityLimiter(1)
-        self.state = await trio.to_thread.run_sync(read, limiter=limiter, abandon_on_cancel=True)
+
+        async def take() -> None:
+            try:
+                self.state = await trio.to_thread.run_sync(read, limiter=limiter, abandon_on_cancel=True)
+            except Exception as exc:  # the metrics' helper must never take the node down
+                log.warning("reading %s's replication: %s", what, exc)
+                self.state = ReplicationState(role="down", error=f"{what}: {exc}")
+            self.read_at = trio.current_time()
+
+        await take()
         task_status.started()
         while True:
             await trio.sleep(self.every)
-            self.state = await trio.to_thread.run_sync(read, limiter=limiter, abandon_on_cancel=True)
+            await take()
 
     def collect(self) -> Iterable[Metric]:
+        from storage.postgres import ReplicationState
+
         state = self.state
         if state is None:
             return
+        if trio.current_time() - self.read_at > self.stale_after:  # a reading that hangs: no answer
+            state = ReplicationState(role="down", error="no reading")
         role = GaugeMetricFamily(
             "fieldsync_database_role", "1 for what this node's own database is now (mirrored).", labels=["role"]
         )
@@ -201,14 +227,23 @@ class ReplicationWatch:
                 lag.add_metric([r.node, "flush"], r.flush_lag_bytes)
                 lag.add_metric([r.node, "replay"], r.replay_lag_bytes)
                 in_sync.add_metric([r.node], 1 if r.in_sync else 0)
+            for peer in self.nodes:  # a standby that is gone is out of sync, not absent
+                if peer != self.node_id and all(r.node != peer for r in state.replicas):
+                    in_sync.add_metric([peer], 0)
             yield lag
             yield in_sync
-        elif state.role == "standby" and state.replay_behind_bytes is not None:
+        elif state.role == "standby":
             yield GaugeMetricFamily(
-                "fieldsync_replication_replay_behind_bytes",
-                "WAL this standby has received and not yet replayed.",
-                value=state.replay_behind_bytes,
+                "fieldsync_replication_receiving",
+                "1 while this standby's WAL receiver streams from a primary.",
+                value=1 if state.receiving else 0,
             )
+            if state.replay_behind_bytes is not None:
+                yield GaugeMetricFamily(
+                    "fieldsync_replication_replay_behind_bytes",
+                    "WAL this standby has received and not yet replayed.",
+                    value=state.replay_behind_bytes,
+                )
 
 
 def replication_watch(cluster: ClusterNode) -> ReplicationWatch | None:

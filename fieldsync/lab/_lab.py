@@ -394,7 +394,8 @@ class Lab(_HostFaults):
                 return
             if not recognised.matches(pid):
                 lines = text.strip().splitlines()
-                raise LabError(f"the console did not start: {lines[-1] if lines else 'it exited'} (see {log})")
+                why = lines[-1].removeprefix("Error: ") if lines else "it exited"
+                raise LabError(f"the console did not start: {why} (see {log})")
             if time.monotonic() > deadline:
                 raise LabError(f"the console did not serve within {timeout:g} s (see {log})")
             time.sleep(0.05)
@@ -425,6 +426,10 @@ class Lab(_HostFaults):
         if kind == "console":
             # In this namespace: it serves the page here and enters the panel host's by itself.
             env = {"FIELDSYNC_CONSOLE_TOKEN": self.console_token} if self.console_token else None
+            # Its start line carries the token's link: its log is root's alone.
+            log = spec.file(kind, host, "log")
+            os.close(os.open(log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
+            log.chmod(0o600)
         else:
             command = ["ip", "netns", "exec", spec.namespace(host), *command]
         pid = spawn_detached(
