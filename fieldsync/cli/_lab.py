@@ -194,7 +194,8 @@ def _check_console(console_at: str, token: str | None) -> None:
     except ConsoleError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"the console cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # create_server's strerror names the address again
+        raise click.ClickException(f"the console cannot listen on {host}:{port}: {why}") from None
 
 
 def _status_json(status: LabStatus) -> dict[str, Any]:

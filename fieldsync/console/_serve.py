@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 from collections.abc import Sequence
 
@@ -45,9 +46,8 @@ def bind_console(settings: ConsoleSettings) -> socket.socket:
     try:
         return socket.create_server((settings.host, settings.port), backlog=128)
     except OSError as exc:
-        raise ConsoleError(
-            f"the console cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-        ) from None
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # create_server's strerror names the address again
+        raise ConsoleError(f"the console cannot listen on {settings.host}:{settings.port}: {why}") from None
 
 
 async def serve_console(

@@ -94,17 +94,16 @@ def enter_network_namespace(name: str) -> None:
     Only the network namespace, by ``setns(2)``: the filesystem stays this one's. Sockets made
     before keep theirs, so a server that bound its listener first serves in the old
     namespace and reaches the new one's addresses (the lab's console). The namespace is a
-    thread's: it must be the process's only thread, or threads started later from the others
-    would reach the old addresses.
+    thread's: this must be the process's only Python thread, or threads started later from
+    another would reach the old addresses.
 
     Raises:
         LabError: no such namespace, another thread runs, or the kernel refuses (not root).
     """
-    try:  # the kernel's count: threads started by C code as well as Python's
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:
-        threads = threading.active_count()
-    if threads != 1:
+    # Python's threads: one made before would keep the old namespace, and with it every
+    # thread it starts. (Native ones are left out: numpy's, which sqlite-utils imports, starts
+    # OpenBLAS's worker pool, and those never touch a socket.)
+    if threading.active_count() != 1:
         raise LabError(f"cannot enter network namespace {name}: other threads run in this process")
     try:
         fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
