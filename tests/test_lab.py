@@ -28,6 +28,7 @@ from fieldsync.engine import vrrp_master
 from fieldsync.lab import VIP, Lab, LabError, LabSpec, describe
 from fieldsync.site import SiteError, load_site
 from storage import open_config_store
+from storage.postgres import free_port
 
 from .lab_support import lab_namespaces, needs_lab, needs_postgres, postgres_of
 
@@ -233,7 +234,12 @@ def _wait(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> No
         time.sleep(0.1)
 
 
-def _console_state(port: int = 36090) -> dict[str, Any]:
+#: The lab console's port in this process: the kernel's choice (a fixed one in its ephemeral
+#: range collided once with another test's outgoing connection).
+CONSOLE_PORT = free_port()
+
+
+def _console_state(port: int = CONSOLE_PORT) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as answer:
         state: dict[str, Any] = json.loads(answer.read())
     return state
@@ -259,9 +265,9 @@ def test_a_mirrored_lab_fails_over_by_promotion_and_rejoins_by_rewind(lab_under_
     other promotes its replica and serves under a new epoch; power back and the node started
     again, the old primary rewinds itself and streams in sync; `lab down` leaves no server."""
     needs_postgres()
-    out = lab_under_test.up("--mirror", "sync", "--console", "127.0.0.1:36090", panels=2)
+    out = lab_under_test.up("--mirror", "sync", "--console", f"127.0.0.1:{CONSOLE_PORT}", panels=2)
     assert "PostgreSQL postgresql://postgres@198.18.0.11:5441/postgres (sync mirror)" in out, out
-    assert "console http://127.0.0.1:36090/ (pid " in out, out
+    assert f"console http://127.0.0.1:{CONSOLE_PORT}/ (pid " in out, out
     lab = lab_under_test.lab()
     mirror = lab.mirror()
     first = lab.status()

@@ -204,7 +204,9 @@ async def test_garbage_then_a_reset_does_not_take_the_endpoint_down() -> None:
 def test_a_fleet_serves_its_panels_metrics(node: Path) -> None:
     """`fieldsync emulate --metrics`: the fleet's side, per panel (online, buffer fill, what was
     acknowledged), from the real command against the real node."""
-    fleet_at = ("127.0.0.1", 35117)
+    from storage.postgres import free_port
+
+    fleet_at = ("127.0.0.1", free_port())
     command = [*CLI, "emulate", "--insecure", "--server", f"{LISTEN[0]}:{LISTEN[1]}", "--panels", "3"]
     command += ["--rate", "20", "--duration", "30", "--metrics", f"{fleet_at[0]}:{fleet_at[1]}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

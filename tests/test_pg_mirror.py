@@ -174,7 +174,9 @@ def test_a_mirrored_pair_fails_over_and_the_stale_primary_rejoins_by_itself(mirr
     logs = {n: (tmp_path / f"node-{n}.log").open("w") for n in ("A", "B")}
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    metrics = {"A": 35115, "B": 35116}
+    from storage.postgres import free_port
+
+    metrics = {"A": free_port(), "B": free_port()}
 
     def start(name: str) -> None:
         command = [sys.executable, "-m", "fieldsync.cli", "node", "--id", name, "--site", str(site_path)]
@@ -391,14 +393,16 @@ def test_the_console_lists_the_alarms_of_a_mirrored_pair_and_follows_its_failove
     import sys
 
     from protocol import EventKind
+    from storage.postgres import free_port
 
+    port = free_port()  # the console's
     site_path = tmp_path / "site.toml"
     _mirrored_site(mirror, site_path, site_pki, port=32445)
     _lane_alarm(mirror.servers["A"].url(), 1, 7, EventKind.DOOR_FORCED, new_epoch=True)
     _lane_alarm(mirror.servers["A"].url(), 2, 3, EventKind.TAMPER)
 
     def call(method: str, path: str, body: object = None) -> object:
-        conn = http.client.HTTPConnection("127.0.0.1", 36080, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             data = None if body is None else json.dumps(body).encode()
             conn.request(method, path, body=data, headers={"content-type": "application/json"})
@@ -421,7 +425,7 @@ def test_the_console_lists_the_alarms_of_a_mirrored_pair_and_follows_its_failove
 
     log = (tmp_path / "console.log").open("wb")
     console = subprocess.Popen(
-        [sys.executable, "-m", "fieldsync.cli", "console", "--site", str(site_path), "--listen", "127.0.0.1:36080"],
+        [sys.executable, "-m", "fieldsync.cli", "console", "--site", str(site_path), "--listen", f"127.0.0.1:{port}"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
