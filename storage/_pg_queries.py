@@ -147,16 +147,7 @@ class _PgEventQueries:
         lock make each table's ids grow in commit order."""
         with self._read("reading alarms"), self.snapshot():
             conn = self._pg.get()
-            rows = conn.execute(
-                f"SELECT {ALARM_COLUMNS} FROM alarms WHERE id > %s ORDER BY id LIMIT %s", (after.alarm, limit + 1)
-            ).fetchall()
-            losses = conn.execute(
-                "SELECT id, panel_id, kind, count FROM losses WHERE id > %s ORDER BY id", (after.loss,)
-            ).fetchall()
-            acks = conn.execute(
-                "SELECT id, alarm_id FROM alarm_acks WHERE id > %s ORDER BY id", (after.ack,)
-            ).fetchall()
-        return alarm_feed(rows, losses, acks, after, limit)
+            return alarm_feed(lambda sql, args: conn.execute(sql, args).fetchall(), "%s", after, limit)
 
     def stale_writes(self) -> int:
         """Events committed under an older epoch after a newer epoch had committed (P5)."""

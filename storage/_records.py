@@ -293,15 +293,15 @@ def stored_alarm(row: tuple[int, ...]) -> StoredAlarm:
 
 
 def alarm_feed(
-    alarm_rows: list[tuple[int, ...]],
-    loss_rows: list[tuple[int, ...]],
-    ack_rows: list[tuple[int, ...]],
-    after: AlarmCursor,
-    limit: int,
+    fetch: Callable[[str, tuple[int, ...]], list[tuple[int, ...]]], mark: str, after: AlarmCursor, limit: int
 ) -> AlarmFeed:
-    """An ``AlarmFeed`` from either engine's rows: ``alarm_rows`` as ``ALARM_COLUMNS`` (up to
-    ``limit + 1`` of them, the last telling there is more), ``loss_rows`` (id, panel, kind,
-    count), ``ack_rows`` (id, alarm id)."""
+    """An ``AlarmFeed`` read by either engine: ``fetch(sql, args)`` runs one query (inside the
+    caller's snapshot) and returns its rows; ``mark`` is the engine's placeholder."""
+    alarm_rows = fetch(
+        f"SELECT {ALARM_COLUMNS} FROM alarms WHERE id > {mark} ORDER BY id LIMIT {mark}", (after.alarm, limit + 1)
+    )
+    loss_rows = fetch(f"SELECT id, panel_id, kind, count FROM losses WHERE id > {mark} ORDER BY id", (after.loss,))
+    ack_rows = fetch(f"SELECT id, alarm_id FROM alarm_acks WHERE id > {mark} ORDER BY id", (after.ack,))
     alarms = tuple(stored_alarm(r) for r in alarm_rows[:limit])
     return AlarmFeed(
         alarms=alarms,

@@ -148,15 +148,7 @@ class _EventQueries:
         ids grow in commit order and a reader's cursor never skips a row committed later.
         """
         with map_sqlite_errors(self.path, "reading alarms"), self.snapshot():
-            conn = self._conn
-            rows = conn.execute(
-                f"SELECT {ALARM_COLUMNS} FROM alarms WHERE id > ? ORDER BY id LIMIT ?", (after.alarm, limit + 1)
-            ).fetchall()
-            losses = conn.execute(
-                "SELECT id, panel_id, kind, count FROM losses WHERE id > ? ORDER BY id", (after.loss,)
-            ).fetchall()
-            acks = conn.execute("SELECT id, alarm_id FROM alarm_acks WHERE id > ? ORDER BY id", (after.ack,)).fetchall()
-        return alarm_feed(rows, losses, acks, after, limit)
+            return alarm_feed(lambda sql, args: self._conn.execute(sql, args).fetchall(), "?", after, limit)
 
     def stale_writes(self) -> int:
         """Events committed under an older epoch after a newer epoch had committed (P5).
