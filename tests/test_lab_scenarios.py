@@ -160,15 +160,16 @@ def test_parked_sessions_are_taken_over_on_real_hosts(tmp_path: Path) -> None:
 
     The first takeover finds (nearly) every panel parked. How many had parked again at the
     killed node, restarted as the standby, before the second kill 8 s later depends on how
-    long its restart took: 40 on an idle machine, 3 once on a CI run that a second suite
-    shared the cores with. Counted, not bounded (as the mirrored scenario's, test_scenarios)."""
+    long its restart took: 40 on an idle machine, 3 once and none once on loaded CI runs.
+    Counted, not bounded (as the mirrored scenario's, test_scenarios)."""
     result, _ = _run(load_scenario(SCENARIOS / "kill-active-parked.toml"), tmp_path)
     assert result.ok and result.drained, result.text()
     logs = "".join((tmp_path / "work" / f"node-{h}.log").read_text() for h in "AB")
     found = re.findall(r"node [AB]: (\d+) parked sessions taken over with epoch (\d+)", logs)
     taken = [int(n) for n, _ in sorted(found, key=lambda f: int(f[1]))]  # in epoch order
-    assert len(taken) == 2 and taken[0] >= 36, logs[-3000:]
-    print(f"parked sessions taken over: {taken[0]} at the first kill, {taken[1]} at the second")
+    # The second takeover logs a line only if some panel had parked again (none had, once).
+    assert 1 <= len(taken) <= 2 and taken[0] >= 36, logs[-3000:]
+    print(f"parked sessions taken over: {taken[0]} at the first kill, {taken[1:] or [0]} at the second")
     assert result.report.store_epoch == 3
 
 
