@@ -610,6 +610,44 @@ def test_shipped_scenario_with_node_processes_full_tier(path: Path) -> None:
     assert result.drained
 
 
+AFTER_OUTAGE = """
+name = "a kill that waits for the restarted active"
+duration = "12s"
+[site]
+panels = 2
+[cluster]
+restart = true
+restart_delay = "0.5s"
+[[timeline]]
+at = "1s"
+do = "outage"
+for = "3s"
+[[timeline]]
+at = "2s"
+do = "kill"
+"""
+
+
+@pytest.mark.parametrize("active_for", [None, 1.5])
+def test_a_step_on_the_active_waits_for_one_and_for_its_active_for(active_for: float | None) -> None:
+    """A kill of "the active" taken while every node is down waits for the node that takes over
+    (before, it named the last holder, whose lease had run out, and killed nothing); with
+    ``active_for`` it also waits until that node has held the lease that long."""
+    text = AFTER_OUTAGE + (f'active_for = "{active_for}s"\n' if active_for else "")
+    result = run_fast(parse_scenario(text), 31790)
+    log = dict((what, at) for at, what in result.log)
+    over = log["outage over: the nodes are starting"]
+    [(killed_at, kill)] = [(at, what) for at, what in result.log if "node A" in what and "cancel" in what]
+    assert "not running" not in kill, result.text()
+    assert result.node_starts == {"A": 3}, result.node_starts  # the first, after the outage, after the kill
+    if active_for is None:
+        assert killed_at - over < 1.0, result.text()
+    else:
+        assert killed_at - over >= active_for, result.text()
+        assert any(what.startswith("waited") for _, what in result.log), result.text()
+    assert result.ok, result.text()
+
+
 # -- random schedules ----------------------------------------------------------------------
 
 

@@ -43,7 +43,14 @@ class ClusterBackend(Protocol):
     async def start(self, nursery: trio.Nursery) -> None: ...
     def holder(self) -> str | None: ...
     def epoch(self) -> int: ...
-    def resolve(self, target: str) -> str: ...
+    def active_since(self) -> float | None:
+        """When (trio time) the node holding the lease now was first seen holding it; None if none does."""
+        ...
+
+    async def resolve(self, target: str) -> str:
+        """The node ``target`` names now; ``active`` and ``standby`` first wait (bounded) for a holder."""
+        ...
+
     async def kill(self, name: str) -> bool: ...
     async def stop(self, name: str, *, outside_transaction: bool = False) -> bool: ...
     async def cont(self, name: str) -> None: ...
@@ -92,6 +99,8 @@ class StoreWatchedCluster:
     pause_tries: int
     #: Held while the lease is read: a host is frozen only between two reads (the netns backend).
     lease_reads: trio.Lock
+    #: When (trio time) the newest lease's epoch was first read.
+    epoch_seen_at: float = 0.0
 
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         raise NotImplementedError
@@ -131,6 +140,8 @@ class StoreWatchedCluster:
                 # Epochs only grow: a read that missed the newest database (restarting for a
                 # rejoin, say) must not bring back an older holder.
                 if lease is not None and (self.lease is None or lease.epoch >= self.lease.epoch):
+                    if self.lease is None or lease.epoch > self.lease.epoch:
+                        self.epoch_seen_at = trio.current_time()
                     self.lease = lease
                 await trio.sleep(0.1)
         finally:
@@ -147,7 +158,12 @@ class StoreWatchedCluster:
     def epoch(self) -> int:
         return self.lease.epoch if self.lease else 0
 
-    def resolve(self, target: str) -> str:
+    def active_since(self) -> float | None:
+        return None if self.holder() is None else self.epoch_seen_at
+
+    async def resolve(self, target: str) -> str:
+        if target in ("active", "standby"):
+            await wait_for_holder(self.holder)
         holder = self.holder() or (self.lease.holder if self.lease else None) or "A"
         if target == "active":
             return holder
@@ -353,6 +369,8 @@ class InProcessCluster:
         self._scope: trio.CancelScope | None = None
         self._starts = 0
         self._epoch = 0
+        #: When the running node took up its epoch (None while it starts, or none runs).
+        self._since: float | None = None
         self.restart = run.scenario.cluster.restart
 
     async def start(self, nursery: trio.Nursery) -> None:
@@ -363,20 +381,29 @@ class InProcessCluster:
         node = self.node_class(self.settings)
         with trio.CancelScope() as scope:
             self._scope = scope
+            self._since = None
             # Started at once: a kill may cancel it while it is still opening the store.
             task_status.started()
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 self._starts += 1
                 self._epoch = node.epoch
+                self._since = trio.current_time()
 
     def holder(self) -> str | None:
-        return "A" if self._scope is not None and not self._scope.cancel_called else None
+        """A once its node has taken up its epoch (not while it opens the store), until a kill."""
+        running = self._scope is not None and not self._scope.cancel_called
+        return "A" if running and self._since is not None else None
 
     def epoch(self) -> int:
         return self._epoch
 
-    def resolve(self, target: str) -> str:
+    def active_since(self) -> float | None:
+        return None if self.holder() is None else self._since
+
+    async def resolve(self, target: str) -> str:
+        if target in ("active", "standby"):
+            await wait_for_holder(self.holder)
         return "A"
 
     async def kill(self, name: str) -> bool:
@@ -420,6 +447,18 @@ class InProcessCluster:
 
     def crashes(self) -> int:
         return 0  # a node that raised here has already ended the run with its exception
+
+
+#: How long a step naming ``active`` or ``standby`` waits for a node to hold the lease.
+HOLDER_WAIT = 60.0
+
+
+async def wait_for_holder(holder: Callable[[], str | None]) -> None:
+    """Wait until some node holds the lease (at most ``HOLDER_WAIT``; then the caller falls back to
+    the last holder): "the active" of a step taken while the nodes restart after an outage is
+    the node that takes over, not the one whose lease ran out while it was down."""
+    with trio.move_on_after(HOLDER_WAIT):
+        await until(lambda: holder() is not None)
 
 
 async def until(predicate: Callable[[], bool], poll: float = 0.05) -> None:

@@ -30,7 +30,7 @@ import trio
 from emulator import Fleet, PanelSettings, Workload
 
 from ._checker import RPO, Report, check
-from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until
+from ._clusters import HOLDER_WAIT, ClusterBackend, InProcessCluster, ProcessCluster, until
 from ._fault_api import serve_api
 from ._lab_cluster import LabCluster, run_lab_spec, sockets_in
 from ._lab_cluster import lab_name as new_lab_name
@@ -39,7 +39,7 @@ from ._rogue import RogueOutcome
 from ._run_setup import RunSetup
 from ._sampling import Sample, Sampler
 from ._scenario import Scenario, ScenarioError
-from ._steps import FaultWindow
+from ._steps import FaultWindow, StepBase
 
 __all__ = [
     "Driver",
@@ -198,6 +198,28 @@ class ScenarioRun:
         self.log.append((self.now(), what))
         self.say(f"{self.now():6.2f}s  {what}")
 
+    async def take(self, step: StepBase, nursery: trio.Nursery) -> None:
+        """Take ``step`` now, once the active has held the lease for the step's ``active_for``
+        (waiting at most ``HOLDER_WAIT``; the log notes a wait, and a wait that ran out)."""
+        if step.active_for > 0:
+            cluster = self.cluster
+            assert cluster is not None, "steps run while the cluster does"
+            began = trio.current_time()
+
+            def settled() -> bool:
+                since = cluster.active_since()
+                return since is not None and trio.current_time() - since >= step.active_for
+
+            with trio.move_on_after(HOLDER_WAIT) as scope:
+                await until(settled)
+            waited = trio.current_time() - began
+            if scope.cancelled_caught:
+                held = f"no node held the lease for {step.active_for:g}s within {HOLDER_WAIT:g}s"
+                self.note(f"{held}: {step.describe()} now")
+            elif waited >= 0.05:
+                self.note(f"waited {waited:.2f}s for the active to have held the lease {step.active_for:g}s")
+        await step.apply(self, nursery)
+
     # What the steps use (``_steps``).
 
     def open_window(self, label: str) -> FaultWindow:
@@ -340,7 +362,7 @@ class ScenarioRun:
             else:
                 for step in scenario.timeline:
                     await trio.sleep_until(self._t0 + step.at)
-                    await step.apply(self, steps)
+                    await self.take(step, steps)
                 await trio.sleep_until(self._t0 + scenario.duration)
             steps.cancel_scope.cancel()
         drained = await self._heal_and_drain()

@@ -224,9 +224,12 @@ def _panels_text(ids: tuple[int, ...]) -> str:
 
 @toml_table
 class StepBase(TomlTable):
-    """What every step has: ``at``, a time from the moment every panel is online."""
+    """What every step has: ``at``, a time from the moment every panel is online, and
+    ``active_for``: the step first waits until the node holding the lease has held it that long
+    (the replay under way after an outage's restart, whatever the restart took)."""
 
     at: Time
+    active_for: Time = 0.0
 
     @classmethod
     def action(cls) -> str:
@@ -275,6 +278,8 @@ class StepBase(TomlTable):
         }
         items = self.file_items()
         out: dict[str, Any] = {"at": _seconds_text(items.pop("at")), "do": items.pop("do")}
+        if not items.get("active_for"):
+            items.pop("active_for", None)  # the default, no wait: left out of the file and the log
         for key, value in items.items():
             if key in seconds:
                 value = _seconds_text(value)
@@ -325,7 +330,7 @@ class KillStep(_NodeStep):
     async def kill(run: ScenarioRun, target: str) -> str:
         """Kill ``target``'s node now and log it; returns the node's name."""
         cluster = _cluster(run)
-        name = cluster.resolve(target)
+        name = await cluster.resolve(target)
         done = await cluster.kill(name)
         run.note(f"{cluster.kill_words} node {name}" + ("" if done else " (not running)"))
         return name
@@ -356,7 +361,7 @@ class StopStep(_NodeStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         cluster = _cluster(run)
-        name = cluster.resolve(self.node)
+        name = await cluster.resolve(self.node)
         if await cluster.stop(name, outside_transaction=self.outside_transaction):
             run.open_window(f"SIGSTOP {name}")
         where = " (outside a write transaction)" if self.outside_transaction else ""
@@ -375,7 +380,7 @@ class ContStep(_NodeStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         cluster = _cluster(run)
-        name = cluster.resolve(self.node)
+        name = await cluster.resolve(self.node)
         await cluster.cont(name)
         run.close_windows(f"SIGSTOP {name}")
         run.note(f"SIGCONT node {name}")
@@ -400,7 +405,7 @@ class CrashStep(_NodeStep):
         from ._lab_cluster import LabCluster
 
         cluster = _cluster(run)
-        name = cluster.resolve(self.node)
+        name = await cluster.resolve(self.node)
         assert isinstance(cluster, ProcessCluster | LabCluster), "the runner refuses a mirror in-process"
         await cluster.crash(name)
         if isinstance(cluster, LabCluster):
@@ -630,7 +635,7 @@ class PowerOffStep(_HostStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         hosts = _hosts(run)
-        name = hosts.resolve(self.node)
+        name = await hosts.resolve(self.node)
         await hosts.power(name, on=False)
         run.open_window(f"power off {name}")
         run.note(f"host {name} lost power (its processes frozen, its link down)")
@@ -661,7 +666,7 @@ class NicDownStep(_HostStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         hosts = _hosts(run)
-        name = self.host if self.host == "panels" else hosts.resolve(self.host)
+        name = self.host if self.host == "panels" else await hosts.resolve(self.host)
         await hosts.nic(name, up=False)
         run.open_window(f"NIC down {name}")
         run.note(f"host {name}: NIC down")
@@ -696,7 +701,7 @@ class PartitionStep(_HostStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         hosts = _hosts(run)
-        a, b = (h if h == "panels" else hosts.resolve(h) for h in self.between)
+        a, b = [h if h == "panels" else await hosts.resolve(h) for h in self.between]
         if a == b:
             raise ValueError(f"partition {self.between}: both name host {a} now")
         await hosts.partition(a, b)
@@ -728,7 +733,7 @@ class KillKeepalivedStep(_HostStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         hosts = _hosts(run)
-        name = hosts.resolve(self.node)
+        name = await hosts.resolve(self.node)
         killed = await hosts.kill_keepalived(name)
         run.note(f"kill -9 keepalived on host {name}" + ("" if killed else " (not running)"))
 

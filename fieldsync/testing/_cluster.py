@@ -276,7 +276,7 @@ class Cluster:
         assert self._steps is not None, "the driver has the steps' nursery before it is ready"
         if isinstance(step, _PROCESS_FAULTS):
             self._fault_epoch = self.epoch
-        await step.apply(run, self._steps)
+        await run.take(step, self._steps)
 
     async def kill_active(self) -> str:
         """``kill -9`` of the active node's process; returns its name (the supervisor restarts
@@ -292,7 +292,7 @@ class Cluster:
 
     async def stop(self, node: str = "active") -> str:
         """SIGSTOP: ``node`` hangs (a zombie) until ``cont``; returns its name."""
-        name = self._backend.resolve(node)
+        name = await self._backend.resolve(node)
         await self.do("stop", node=name)
         return name
 
@@ -302,7 +302,7 @@ class Cluster:
 
     async def switchover(self, to: str | None = None) -> str:
         """An operator's switchover to ``to`` (default: the standby); returns its name."""
-        target = to or self._backend.resolve("standby")
+        target = to or await self._backend.resolve("standby")
         await self.do("switchover", to=target)
         return target
 
