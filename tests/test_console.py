@@ -153,9 +153,9 @@ def _holder(site_path: Path) -> tuple[str, int, int] | None:
 def test_the_page_shows_the_pair_the_fleet_a_takeover_and_does_a_switchover(
     site_pki: Path, tmp_path: Path, processes: Processes, page: Any
 ) -> None:
-    site_path = write_pair_site(tmp_path / "site.toml", pki_dir=site_pki, port=36000, panels=4, mode="mixed", rate=5.0)
+    site_path = write_pair_site(tmp_path / "site.toml", pki_dir=site_pki, port=26000, panels=4, mode="mixed", rate=5.0)
     up, _ = processes.start(
-        "cluster-up", "cluster", "up", "--site", str(site_path), "--panels", "4", "--metrics-port", "36010"
+        "cluster-up", "cluster", "up", "--site", str(site_path), "--panels", "4", "--metrics-port", "26010"
     )
     holder, pid, epoch = wait_for("lease holder", lambda: _holder(site_path), 30)
     processes.node_pids.update(b.pid for b in _pair(site_path).nodes.values())
@@ -165,16 +165,16 @@ def test_the_page_shows_the_pair_the_fleet_a_takeover_and_does_a_switchover(
         "--site",
         str(site_path),
         "--listen",
-        "127.0.0.1:36020",
+        "127.0.0.1:26020",
         "--metrics",
-        "A=127.0.0.11:36010",
+        "A=127.0.0.11:26010",
         "--metrics",
-        "B=127.0.0.12:36010",
+        "B=127.0.0.12:26010",
     )
-    assert _console_line(log, console) == f"console (pid {console.pid}) on http://127.0.0.1:36020/"
+    assert _console_line(log, console) == f"console (pid {console.pid}) on http://127.0.0.1:26020/"
 
     # The page loads and shows the pair, the fleet, the throughput.
-    page.goto("http://127.0.0.1:36020/")
+    page.goto("http://127.0.0.1:26020/")
     page.wait_for_function(f"document.getElementById('holder').textContent === {holder!r}")
     assert page.text_content("#epoch") == str(epoch)
     assert page.eval_on_selector_all("#nodes tr", "rows => rows.map(r => r.dataset.node)") == ["A", "B"]
@@ -286,57 +286,57 @@ def _quiet_site(tmp_path: Path, port: int) -> Path:
 
 
 def test_with_a_token_every_request_needs_it(tmp_path: Path, processes: Processes) -> None:
-    site_path = _quiet_site(tmp_path, 36050)
+    site_path = _quiet_site(tmp_path, 26050)
     env_token = {"FIELDSYNC_CONSOLE_TOKEN": TOKEN}
     os.environ.update(env_token)  # the token from the environment, as a service manager would give it
     try:
-        console, log = processes.start("console", "console", "--site", str(site_path), "--listen", "127.0.0.1:36030")
+        console, log = processes.start("console", "console", "--site", str(site_path), "--listen", "127.0.0.1:26030")
     finally:
         del os.environ["FIELDSYNC_CONSOLE_TOKEN"]
     line = _console_line(log, console)
-    assert line.endswith(f"on http://127.0.0.1:36030/; open http://127.0.0.1:36030/?token={TOKEN}")
+    assert line.endswith(f"on http://127.0.0.1:26030/; open http://127.0.0.1:26030/?token={TOKEN}")
 
-    status, headers, body = _http("GET", "/", 36030)
+    status, headers, body = _http("GET", "/", 26030)
     assert status == 401 and b'action="/login"' in body  # the sign-in form
-    status, headers, body = _http("GET", "/api/state", 36030)
+    status, headers, body = _http("GET", "/api/state", 26030)
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
-    assert _http("GET", "/api/state", 36030, headers={"authorization": "Bearer wrong-token-0123456789"})[0] == 401
-    assert _http("GET", "/api/state", 36030, headers={"cookie": "fieldsync_console=nope"})[0] == 401
+    assert _http("GET", "/api/state", 26030, headers={"authorization": "Bearer wrong-token-0123456789"})[0] == 401
+    assert _http("GET", "/api/state", 26030, headers={"cookie": "fieldsync_console=nope"})[0] == 401
     assert (
-        _http("POST", "/api/switchover", 36030, body=b'{"to": "A"}', headers={"content-type": "application/json"})[0]
+        _http("POST", "/api/switchover", 26030, body=b'{"to": "A"}', headers={"content-type": "application/json"})[0]
         == 401
     )
 
-    status, _, body = _http("GET", "/api/state", 36030, headers={"authorization": f"Bearer {TOKEN}"})
+    status, _, body = _http("GET", "/api/state", 26030, headers={"authorization": f"Bearer {TOKEN}"})
     assert status == 200 and json.loads(body)["pair"]["holder"] is None  # nobody holds the VIP: no node runs
 
     # The printed link: a cookie and a clean address, then the page with the cookie alone.
-    status, headers, _ = _http("GET", f"/?token={TOKEN}", 36030)
+    status, headers, _ = _http("GET", f"/?token={TOKEN}", 26030)
     assert status == 303 and headers["location"] == "/"
     cookie = headers["set-cookie"].split(";")[0]
     assert cookie == f"fieldsync_console={TOKEN}" and "HttpOnly" in headers["set-cookie"]
-    status, _, body = _http("GET", "/", 36030, headers={"cookie": cookie})
+    status, _, body = _http("GET", "/", 26030, headers={"cookie": cookie})
     assert status == 200 and b"<title>fieldsync console</title>" in body
     # The sign-in form sets the same cookie; a wrong token is told so.
     form = {"content-type": "application/x-www-form-urlencoded"}
-    status, headers, _ = _http("POST", "/login", 36030, headers=form, body=f"token={TOKEN}".encode())
+    status, headers, _ = _http("POST", "/login", 26030, headers=form, body=f"token={TOKEN}".encode())
     assert status == 303 and headers["set-cookie"].startswith(cookie)
-    status, _, body = _http("POST", "/login", 36030, headers=form, body=b"token=guess")
+    status, _, body = _http("POST", "/login", 26030, headers=form, body=b"token=guess")
     assert status == 401 and b"not the console's token" in body
     # Actions take JSON only (a form from another site cannot post one).
-    status, _, body = _http("POST", "/api/switchover", 36030, headers={"cookie": cookie}, body=b"to=A")
+    status, _, body = _http("POST", "/api/switchover", 26030, headers={"cookie": cookie}, body=b"to=A")
     assert status == 415
     status, _, body = _http(
         "POST",
         "/api/switchover",
-        36030,
+        26030,
         body=b'{"to": "C"}',
         headers={"cookie": cookie, "content-type": "application/json"},
     )
     assert status == 400 and json.loads(body)["error"] == "node 'C' is not in the site"
 
     # The event stream with the token: the sections, at once.
-    with socket.create_connection(("127.0.0.1", 36030), timeout=10) as stream:
+    with socket.create_connection(("127.0.0.1", 26030), timeout=10) as stream:
         stream.sendall(f"GET /api/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n".encode())
         got = b""
         while b"event: fleet" not in got:
@@ -347,17 +347,17 @@ def test_with_a_token_every_request_needs_it(tmp_path: Path, processes: Processe
 
 
 def test_a_store_removed_while_the_console_runs_is_said_in_the_page(tmp_path: Path, processes: Processes) -> None:
-    site_path = _quiet_site(tmp_path, 36055)
-    console, log = processes.start("console", "console", "--site", str(site_path), "--listen", "127.0.0.1:36032")
+    site_path = _quiet_site(tmp_path, 26055)
+    console, log = processes.start("console", "console", "--site", str(site_path), "--listen", "127.0.0.1:26032")
     _console_line(log, console)
     # Without a token, only loopback host names: a page elsewhere cannot rebind a name to us.
-    assert _http("GET", "/api/state", 36032, headers={"Host": "rebound.example:36032"})[0] == 421
-    assert _http("GET", "/api/state", 36032, headers={"Host": "localhost:36032"})[0] == 200
+    assert _http("GET", "/api/state", 26032, headers={"Host": "rebound.example:26032"})[0] == 421
+    assert _http("GET", "/api/state", 26032, headers={"Host": "localhost:26032"})[0] == 200
     for name in ("site.db", "site.db-wal", "site.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
 
     def pair_error() -> str | None:
-        state = json.loads(_http("GET", "/api/state", 36032)[2])
+        state = json.loads(_http("GET", "/api/state", 26032)[2])
         return state["pair"].get("error")
 
     error = wait_for("store error in the page's state", pair_error, 10)
@@ -375,12 +375,12 @@ def _one_line_error(*args: str, cwd: Path) -> str:
 
 
 def test_bad_input_is_one_line_naming_the_cause(tmp_path: Path) -> None:
-    site_path = _quiet_site(tmp_path, 36060)
+    site_path = _quiet_site(tmp_path, 26060)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 36040))
+        taken.bind(("127.0.0.1", 26040))
         taken.listen()
-        line = _one_line_error("console", "--site", str(site_path), "--listen", "127.0.0.1:36040", cwd=tmp_path)
-    assert line == "Error: the console cannot listen on 127.0.0.1:36040: Address already in use"
+        line = _one_line_error("console", "--site", str(site_path), "--listen", "127.0.0.1:26040", cwd=tmp_path)
+    assert line == "Error: the console cannot listen on 127.0.0.1:26040: Address already in use"
 
     line = _one_line_error("console", "--site", str(tmp_path / "nowhere.toml"), cwd=tmp_path)
     assert line == f"Error: {tmp_path / 'nowhere.toml'}: no such site file"
@@ -390,22 +390,22 @@ def test_bad_input_is_one_line_naming_the_cause(tmp_path: Path) -> None:
     assert line.startswith(f"Error: {bad}:2: site.port:")
 
     (tmp_path / "gone").mkdir()
-    gone = write_pair_site(tmp_path / "gone" / "site.toml", pki_dir=tmp_path / "pki", port=36065, panels=2)
-    line = _one_line_error("console", "--site", str(gone), "--listen", "127.0.0.1:36041", cwd=tmp_path)
+    gone = write_pair_site(tmp_path / "gone" / "site.toml", pki_dir=tmp_path / "pki", port=26065, panels=2)
+    line = _one_line_error("console", "--site", str(gone), "--listen", "127.0.0.1:26041", cwd=tmp_path)
     assert line.startswith(f"Error: {tmp_path / 'gone' / 'site.db'}: the site's store does not exist")
     assert not (tmp_path / "gone" / "site.db").exists()  # the console never makes one
 
     # Off loopback only with a token, and a token long enough (nothing is bound to check this).
-    line = _one_line_error("console", "--site", str(site_path), "--listen", "0.0.0.0:36042", cwd=tmp_path)
+    line = _one_line_error("console", "--site", str(site_path), "--listen", "0.0.0.0:26042", cwd=tmp_path)
     assert "0.0.0.0, which is not loopback, without authentication" in line
     line = _one_line_error("console", "--site", str(site_path), "--token", "short", cwd=tmp_path)
     assert line == "Error: the console's token must be at least 16 characters (got 5)"
-    line = _one_line_error("console", "--site", str(site_path), "--metrics", "C=127.0.0.1:36043", cwd=tmp_path)
-    assert line == "Error: --metrics 'C=127.0.0.1:36043': expected NODE=HOST:PORT with NODE one of A, B"
+    line = _one_line_error("console", "--site", str(site_path), "--metrics", "C=127.0.0.1:26043", cwd=tmp_path)
+    assert line == "Error: --metrics 'C=127.0.0.1:26043': expected NODE=HOST:PORT with NODE one of A, B"
 
 
 def test_cluster_up_serves_the_console_beside_the_nodes(site_pki: Path, tmp_path: Path, processes: Processes) -> None:
-    site_path = write_pair_site(tmp_path / "site.toml", pki_dir=site_pki, port=36070, panels=2, rate=5.0)
+    site_path = write_pair_site(tmp_path / "site.toml", pki_dir=site_pki, port=26070, panels=2, rate=5.0)
     up, log = processes.start(
         "cluster-up",
         "cluster",
@@ -415,15 +415,15 @@ def test_cluster_up_serves_the_console_beside_the_nodes(site_pki: Path, tmp_path
         "--panels",
         "2",
         "--metrics-port",
-        "36011",
+        "26011",
         "--console",
-        "127.0.0.1:36033",
+        "127.0.0.1:26033",
     )
-    assert _console_line(log, up) == f"console (pid {up.pid}) on http://127.0.0.1:36033/"
+    assert _console_line(log, up) == f"console (pid {up.pid}) on http://127.0.0.1:26033/"
     processes.node_pids.update(b.pid for b in _pair(site_path).nodes.values())
 
     def serving() -> dict[str, Any] | None:
-        state = json.loads(_http("GET", "/api/state", 36033)[2])
+        state = json.loads(_http("GET", "/api/state", 26033)[2])
         held = state["pair"].get("holder") and state["fleet"].get("online") == 2
         return state if held and state["rates"]["events_s"] > 0 else None
 
@@ -431,7 +431,7 @@ def test_cluster_up_serves_the_console_beside_the_nodes(site_pki: Path, tmp_path
     assert state["pair"]["holder"] == _holder(site_path)[0]  # type: ignore[index]
     assert state["rates"]["configured"] and set(state["rates"]["nodes"]) == {"A", "B"}
     # The fleet serves its own metrics beside the nodes' (127.0.0.1 at --metrics-port).
-    status, _, body = _http("GET", "/metrics", 36011)
+    status, _, body = _http("GET", "/metrics", 26011)
     assert status == 200 and b"fieldsync_fleet_panels 2.0" in body and b'fieldsync_panel_online{panel="2"}' in body
 
 
@@ -444,7 +444,7 @@ def test_the_alarms_are_read_again_under_a_new_epoch_and_a_stale_click_acknowled
     from protocol import EventKind, EventRecord
     from storage import IngestAlarm
 
-    site_path = _quiet_site(tmp_path, 36075)
+    site_path = _quiet_site(tmp_path, 26075)
     db = tmp_path / "site.db"
 
     def raise_alarms(panel: int, kinds: list[EventKind]) -> None:

@@ -425,13 +425,13 @@ def test_a_console_that_cannot_serve_is_one_line_and_the_lab_is_removed(lab_unde
         return done.stderr.strip().splitlines()
 
     # Off loopback without a token: refused before anything is built.
-    (line,) = up("--console", "0.0.0.0:36094")
+    (line,) = up("--console", "0.0.0.0:26094")
     assert "the console would listen on 0.0.0.0, which is not loopback, without authentication" in line
     assert not lab_under_test.dir.exists()
     # Its port in use: found before anything is built too.
-    with socket.create_server(("127.0.0.1", 36095)):
-        (line,) = up("--console", "127.0.0.1:36095")
-        assert line == "Error: the console cannot listen on 127.0.0.1:36095: Address already in use"
+    with socket.create_server(("127.0.0.1", 26095)):
+        (line,) = up("--console", "127.0.0.1:26095")
+        assert line == "Error: the console cannot listen on 127.0.0.1:26095: Address already in use"
         assert not lab_under_test.dir.exists()
         # Taken only once the lab is built (between the check and the console's start): the
         # console's own error, and everything the lab had made removed again.
@@ -440,10 +440,10 @@ def test_a_console_that_cannot_serve_is_one_line_and_the_lab_is_removed(lab_unde
             directory=lab_under_test.dir,
             panels=1,
             virtual_router_id=lab_under_test.vrid,
-            console="127.0.0.1:36095",
+            console="127.0.0.1:26095",
         )
         with pytest.raises(LabError) as raised:
             Lab(spec).up(timeout=30)
-    assert str(raised.value).startswith("the console did not start: the console cannot listen on 127.0.0.1:36095: ")
+    assert str(raised.value).startswith("the console did not start: the console cannot listen on 127.0.0.1:26095: ")
     assert lab_namespaces(lab_under_test.name) == []
     assert not (lab_under_test.dir / "lab.json").exists()

@@ -18,8 +18,8 @@ from emulator import LinkMode, Panel, PanelSettings
 from storage import EventStore
 
 CLI = [sys.executable, "-m", "fieldsync.cli"]
-LISTEN = ("127.0.0.51", 35110)
-METRICS = ("127.0.0.1", 35111)
+LISTEN = ("127.0.0.51", 25110)
+METRICS = ("127.0.0.1", 25111)
 
 pytestmark = pytest.mark.slow
 
@@ -113,9 +113,9 @@ def test_a_scrape_counts_what_the_store_holds_and_the_panels_connected(node: Pat
 
 
 def test_a_port_in_use_is_named(tmp_path: Path) -> None:
-    taken = ("127.0.0.1", 35112)
+    taken = ("127.0.0.1", 25112)
     with socket.socket() as holder:
-        # A scrape of the test above may leave 35112 in TIME_WAIT: that is no listener, and
+        # A scrape of the test above may leave 25112 in TIME_WAIT: that is no listener, and
         # without SO_REUSEADDR the holder's own bind failed on it (seen once in a run).
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(taken)
@@ -126,7 +126,7 @@ def test_a_port_in_use_is_named(tmp_path: Path) -> None:
                 "serve",
                 "--insecure",
                 "--listen",
-                "127.0.0.51:35113",
+                "127.0.0.51:25113",
                 "--db",
                 str(tmp_path / "n.db"),
                 "--metrics",
@@ -138,18 +138,18 @@ def test_a_port_in_use_is_named(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "Error: the metrics endpoint cannot listen on 127.0.0.1:35112: Address already in use"
+        "Error: the metrics endpoint cannot listen on 127.0.0.1:25112: Address already in use"
     ), result.stderr
 
 
 @pytest.mark.parametrize("command", [["serve", "--insecure"], ["node", "--id", "A"]])
 def test_a_non_loopback_address_needs_the_flag(command: list[str], tmp_path: Path) -> None:
     result = subprocess.run(
-        [*CLI, *command, "--metrics", "0.0.0.0:35114"], capture_output=True, text=True, timeout=30, cwd=tmp_path
+        [*CLI, *command, "--metrics", "0.0.0.0:25114"], capture_output=True, text=True, timeout=30, cwd=tmp_path
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "Error: --metrics 0.0.0.0:35114: 0.0.0.0 is not a loopback address and the endpoint has no "
+        "Error: --metrics 0.0.0.0:25114: 0.0.0.0 is not a loopback address and the endpoint has no "
         "authentication; add --metrics-anywhere to serve it there"
     ), result.stderr
 

@@ -1,7 +1,7 @@
 """The pytest plugin (``fieldsync.testing``), tested as its users meet it: pytest runs a test file
 of theirs in a subprocess (pytester), with real node processes, real SIGKILL and the checker.
 
-Each run here has ports of its own (36100-36199, through the plugin's ini options), a time
+Each run here has ports of its own (26100-26199, through the plugin's ini options), a time
 bound, and leaves nothing behind: a node process still alive after it (a timed-out run) is
 killed by its pid, and the run's directory is removed, also after a failure.
 """
@@ -89,7 +89,7 @@ def _reports(project: pytest.Pytester) -> dict[str, dict[str, object]]:
 def test_the_documented_failover_example_is_ten_lines_and_passes_for_real(users_project: pytest.Pytester) -> None:
     example = documented_example()
     assert len(example.splitlines()) <= 10, example
-    users_project.makeini(_ini(36100))
+    users_project.makeini(_ini(26100))
     users_project.makepyfile(test_failover=example)
     result = users_project.runpytest_subprocess("-p", "no:cacheprovider", "-s", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=1)
@@ -119,7 +119,7 @@ def test_the_failover_example_on_the_mirrored_fixture_promotes_the_standbys_data
     example = documented_example().replace("fieldsync_cluster", "fieldsync_mirrored_cluster")
     example = example.replace('site={"rate": 10})', 'site={"rate": 10}, cluster={"restart_delay": "3s"})')
     assert "restart_delay" in example
-    users_project.makeini(_ini(36190))
+    users_project.makeini(_ini(26190))
     users_project.makepyfile(test_failover=example)
     result = users_project.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-rs", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=1)
@@ -146,7 +146,7 @@ async def test_deletes_acknowledged_events(fieldsync_cluster):
 
 @pytest.mark.slow
 def test_a_test_that_deletes_acknowledged_events_fails_at_teardown_naming_p1(users_project: pytest.Pytester) -> None:
-    users_project.makeini(_ini(36110))
+    users_project.makeini(_ini(26110))
     users_project.makepyfile(test_negative=NEGATIVE_CONTROL)
     result = users_project.runpytest_subprocess("-p", "no:cacheprovider", timeout=RUN_TIMEOUT)
     result.assert_outcomes(failed=1)
@@ -209,7 +209,7 @@ async def test_steps_are_checked_then_taken(fieldsync_cluster, fieldsync_fleet):
 def test_the_scenario_steps_are_validated_then_taken_on_the_real_proxies_and_nodes(
     users_project: pytest.Pytester,
 ) -> None:
-    users_project.makeini(_ini(36120))
+    users_project.makeini(_ini(26120))
     users_project.makepyfile(test_steps=STEPS)
     result = users_project.runpytest_subprocess("-p", "no:cacheprovider", "-s", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=1)
@@ -245,7 +245,7 @@ def test_not_a_trio_test(fieldsync_cluster):
 
 def test_what_a_cluster_cannot_run_without_is_one_clear_line(users_project: pytest.Pytester) -> None:
     # A PostgreSQL newer than any there is: the skip is the same whether or not one is installed.
-    users_project.makeini(_ini(36130, fieldsync_postgres_min="99"))
+    users_project.makeini(_ini(26130, fieldsync_postgres_min="99"))
     users_project.makepyfile(test_missing=MISSING)
     result = users_project.runpytest_subprocess("-p", "no:cacheprovider", "-rs", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=1, skipped=1, errors=1)
@@ -272,14 +272,14 @@ def test_port(fieldsync_port, n, worker_id, pytestconfig):
 
 
 def test_xdist_workers_take_ports_of_their_own_from_the_range(users_project: pytest.Pytester) -> None:
-    users_project.makeini(_ini(36140, ports=40))  # four clusters: two per worker
+    users_project.makeini(_ini(26140, ports=40))  # four clusters: two per worker
     users_project.makepyfile(test_ports=PORTS)
     result = users_project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=6)
     ran: dict[str, list[int]] = {}
     for path in (users_project.path / "ports").iterdir():
         ran.setdefault(path.name.split("-")[0], []).append(int(path.read_text()))
-    shares = {"gw0": {36140, 36150}, "gw1": {36160, 36170}}
+    shares = {"gw0": {26140, 26150}, "gw1": {26160, 26170}}
     assert ran and ran.keys() <= shares.keys(), ran
     for worker, ports in ran.items():
         # A worker's own slots only, taken in turn (two tests in a worker: both slots).

@@ -447,7 +447,7 @@ def test_shipped_scenario_in_process(path: Path) -> None:
     index = FAST.index(path)
     # A range of its own: 31500 + 10 * index reached 31600, the random-scenario test's port,
     # and the two may run at once on two workers.
-    result = run_fast(path, 33000 + 10 * index)
+    result = run_fast(path, 23000 + 10 * index)
     assert result.ok, result.text()
     assert result.drained
     assert result.report.totals()["generated"] > 0
@@ -604,7 +604,7 @@ def test_shipped_scenario_with_node_processes_full_tier(path: Path) -> None:
     """Every shipped scenario also runs as users run it: two node processes, a real kill -9."""
     if load_scenario(path).site.store_size and not _can_mount_tmpfs():
         pytest.skip("a size-limited store needs root and mount (tmpfs)")
-    run = ScenarioRun(load_scenario(path), port=34000 + 10 * FAST.index(path))
+    run = ScenarioRun(load_scenario(path), port=24000 + 10 * FAST.index(path))
     result = trio.run(run.run)
     assert result.ok, result.text()
     assert result.drained
