@@ -381,16 +381,19 @@ def test_a_bad_step_names_its_line_and_key(old: str, new: str, where: str) -> No
 
 def test_the_docs_list_every_action_and_every_key_of_each() -> None:
     page = (Path(__file__).parent.parent / "docs" / "scenarios.md").read_text()
-    rows = {
-        line.split("|")[1].strip(): line.split("|")[2]
-        for line in page.split("## `[[timeline]]`")[1].split("### Toxics")[0].splitlines()
-        if line.startswith("| `")
-    }
+    section = page.split("## `[[timeline]]`")[1].split("### Toxics")[0]
+    rows = {line.split("|")[1].strip(): line.split("|")[2] for line in section.splitlines() if line.startswith("| `")}
+    # The keys every step has are said once, before the table.
+    common = ("at", "do", "active_for")
+    prose = section.split("\n| ")[0]
+    for key in common:
+        assert all(key in step.file_keys() for step in ACTIONS.values()), key
+        assert f"`{key}`" in prose, f"docs/scenarios.md: the steps' common key {key!r} is not described"
     for do, step in ACTIONS.items():
         row = next((keys for names, keys in rows.items() if f"`{do}`" in names.split(" / ")), None)
         assert row is not None, f"docs/scenarios.md has no row for {do!r}"
         for key in step.file_keys():
-            if key not in ("at", "do"):
+            if key not in common:
                 assert f"`{key}`" in row, f"docs/scenarios.md: {do!r} does not list {key!r}"
 
 
