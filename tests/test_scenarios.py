@@ -651,6 +651,37 @@ def test_a_step_on_the_active_waits_for_one_and_for_its_active_for(active_for: f
     assert result.ok, result.text()
 
 
+TWO_KILLS = """
+name = "two kills of the active in a row"
+duration = "8s"
+[site]
+panels = 4
+[cluster]
+restart = true
+restart_delay = "3s"
+[[timeline]]
+at = "1s"
+do = "kill"
+[[timeline]]
+at = "1.01s"
+do = "kill"
+"""
+
+
+@pytest.mark.slow
+def test_a_second_kill_of_the_active_waits_for_the_node_that_took_over(tmp_path: Path) -> None:
+    """Node processes, real kill -9: a kill of "the active" 0.01 s after the first finds the
+    killed node's lease unexpired (and its process not yet reaped); it waits for the standby's
+    takeover and kills that node (before, it named the dead holder again: three runs in three
+    signalled it again, or found it gone, and killed nothing)."""
+    result = trio.run(ScenarioRun(parse_scenario(TWO_KILLS), port=31800, workdir=tmp_path / "work").run)
+    kills = [what for _, what in result.log if what.startswith("kill -9 node")]
+    assert len(kills) == 2 and not any("not running" in k for k in kills), result.text()
+    assert {kills[0].split()[-1], kills[1].split()[-1]} == {"A", "B"}, result.text()
+    assert result.report.store_epoch >= 3, result.text()  # two takeovers
+    assert result.ok and result.drained, result.text()
+
+
 # -- random schedules ----------------------------------------------------------------------
 
 

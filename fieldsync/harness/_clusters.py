@@ -105,6 +105,16 @@ class StoreWatchedCluster:
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         raise NotImplementedError
 
+    def alive(self, name: str) -> bool:
+        """Is node ``name``'s process running, as far as this backend knows? (A killed
+        holder's lease is still held until it runs out.)"""
+        return True
+
+    def live_holder(self) -> str | None:
+        """The lease's holder, unless its process is known to be gone."""
+        holder = self.holder()
+        return holder if holder is not None and self.alive(holder) else None
+
     def lease_sources(self) -> list[Path | str]:
         """The targets the lease is read from now (the netns backend leaves out a frozen host's)."""
         return self.targets
@@ -159,12 +169,12 @@ class StoreWatchedCluster:
         return self.lease.epoch if self.lease else 0
 
     def active_since(self) -> float | None:
-        return None if self.holder() is None else self.epoch_seen_at
+        return None if self.live_holder() is None else self.epoch_seen_at
 
     async def resolve(self, target: str) -> str:
         if target in ("active", "standby"):
-            await wait_for_holder(self.holder)
-        holder = self.holder() or (self.lease.holder if self.lease else None) or "A"
+            await wait_for_holder(self.live_holder)
+        holder = self.live_holder() or self.holder() or (self.lease.holder if self.lease else None) or "A"
         if target == "active":
             return holder
         if target == "standby":
@@ -244,6 +254,8 @@ class ProcessCluster(StoreWatchedCluster):
         #: Mirrored: the nodes whose database a crash stopped (started again before their node).
         self.crashed_databases: set[str] = set()
         self.lease: Lease | None = None
+        #: The node processes this run sent SIGKILL (a restarted node has a new pid).
+        self._killed_pids: set[int] = set()
         self.stopped: set[str] = set()
         #: How many tries the last ``stop(outside_transaction=True)`` took.
         self.pause_tries = 0
@@ -257,6 +269,11 @@ class ProcessCluster(StoreWatchedCluster):
                 await until(lambda: self.holder() == "A")
             await self.supervisor.start("B")
 
+    def alive(self, name: str) -> bool:
+        # A process is reaped a moment after its SIGKILL: until then it still has its pid.
+        pid = self.children[name].pid
+        return pid is not None and pid not in self._killed_pids
+
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         pid = self.children[name].pid  # a process this run started
         if pid is None:
@@ -265,6 +282,8 @@ class ProcessCluster(StoreWatchedCluster):
             os.kill(pid, sig)
         except ProcessLookupError:
             return False
+        if sig == signal.SIGKILL:
+            self._killed_pids.add(pid)
         return True
 
     async def kill(self, name: str) -> bool:
@@ -455,8 +474,9 @@ HOLDER_WAIT = 60.0
 
 async def wait_for_holder(holder: Callable[[], str | None]) -> None:
     """Wait until some node holds the lease (at most ``HOLDER_WAIT``; then the caller falls back to
-    the last holder): "the active" of a step taken while the nodes restart after an outage is
-    the node that takes over, not the one whose lease ran out while it was down."""
+    the last holder): "the active" of a step taken while the nodes restart after an outage, or
+    just after a kill, is the node that takes over, not the one whose lease ran out while it was
+    down or has not yet run out though its process is gone."""
     with trio.move_on_after(HOLDER_WAIT):
         await until(lambda: holder() is not None)
 
