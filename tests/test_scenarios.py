@@ -651,6 +651,17 @@ def test_a_step_on_the_active_waits_for_one_and_for_its_active_for(active_for: f
     assert result.ok, result.text()
 
 
+def test_a_restart_in_process_starts_one_node_while_the_supervisors_restart_is_due() -> None:
+    """A ``restart`` step kills and starts the node at once while the kill's own restart (after
+    ``restart_delay``, here none) is due too: the second start finds the first still starting
+    and starts nothing (two nodes on one address and store, the first beyond any kill)."""
+    text = AFTER_OUTAGE.split("[[timeline]]")[0].replace('restart_delay = "0.5s"', 'restart_delay = "0s"')
+    text += '[[timeline]]\nat = "2s"\ndo = "restart"\n'
+    result = run_fast(parse_scenario(text), 31810)
+    assert result.node_starts == {"A": 2}, result.text()
+    assert result.ok and result.drained, result.text()
+
+
 TWO_KILLS = """
 name = "two kills of the active in a row"
 duration = "8s"
@@ -734,8 +745,9 @@ def test_a_failing_seed_prints_a_replay_that_breaks_the_same_promise() -> None:
         command = replay.split()
         assert command[:3] == ["python", "-m", "fieldsync.harness.flawed"]
         again = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=120)
+        assert again.returncode in (0, 1) and again.stdout, again.stdout[-3000:] + again.stderr[-2000:]
         first = again.stdout.splitlines()[0]
-        tried.append(first)
+        tried.append(f"exit {again.returncode}: {first}")
         assert first.startswith(f"seed {seed}: "), again.stdout[-3000:]
         if again.returncode == 1:
             assert "P2" in first.split(" (")[0].split(), again.stdout[-3000:]

@@ -47,8 +47,9 @@ class ClusterBackend(Protocol):
         """When (trio time) the node holding the lease now was first seen holding it; None if none does."""
         ...
 
-    async def resolve(self, target: str) -> str:
-        """The node ``target`` names now; ``active`` and ``standby`` first wait (bounded) for a holder."""
+    async def resolve(self, target: str, *, wait: bool = True) -> str:
+        """The node ``target`` names now; with ``wait``, ``active`` and ``standby`` first wait
+        (at most ``HOLDER_WAIT``, noted in the run's log) for a holder whose process runs."""
         ...
 
     async def kill(self, name: str) -> bool: ...
@@ -89,6 +90,7 @@ class StoreWatchedCluster:
     the newest of the nodes' own databases on mirrored storage), and pauses kept only outside a
     write transaction. A subclass signals its own nodes."""
 
+    run: ScenarioRun
     #: The shared store (None on mirrored storage: no write lock is shared there).
     db: Path | None
     targets: list[Path | str]
@@ -171,9 +173,9 @@ class StoreWatchedCluster:
     def active_since(self) -> float | None:
         return None if self.live_holder() is None else self.epoch_seen_at
 
-    async def resolve(self, target: str) -> str:
-        if target in ("active", "standby"):
-            await wait_for_holder(self.live_holder)
+    async def resolve(self, target: str, *, wait: bool = True) -> str:
+        if wait and target in ("active", "standby"):
+            await wait_for_holder(self.run, self.live_holder)
         holder = self.live_holder() or self.holder() or (self.lease.holder if self.lease else None) or "A"
         if target == "active":
             return holder
@@ -254,8 +256,8 @@ class ProcessCluster(StoreWatchedCluster):
         #: Mirrored: the nodes whose database a crash stopped (started again before their node).
         self.crashed_databases: set[str] = set()
         self.lease: Lease | None = None
-        #: The node processes this run sent SIGKILL (a restarted node has a new pid).
-        self._killed_pids: set[int] = set()
+        #: Each node's process this run last sent SIGKILL (a restarted node has a new pid).
+        self._killed: dict[str, int] = {}
         self.stopped: set[str] = set()
         #: How many tries the last ``stop(outside_transaction=True)`` took.
         self.pause_tries = 0
@@ -272,7 +274,7 @@ class ProcessCluster(StoreWatchedCluster):
     def alive(self, name: str) -> bool:
         # A process is reaped a moment after its SIGKILL: until then it still has its pid.
         pid = self.children[name].pid
-        return pid is not None and pid not in self._killed_pids
+        return pid is not None and self._killed.get(name) != pid
 
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         pid = self.children[name].pid  # a process this run started
@@ -283,7 +285,7 @@ class ProcessCluster(StoreWatchedCluster):
         except ProcessLookupError:
             return False
         if sig == signal.SIGKILL:
-            self._killed_pids.add(pid)
+            self._killed[name] = pid
         return True
 
     async def kill(self, name: str) -> bool:
@@ -420,9 +422,9 @@ class InProcessCluster:
     def active_since(self) -> float | None:
         return None if self.holder() is None else self._since
 
-    async def resolve(self, target: str) -> str:
-        if target in ("active", "standby"):
-            await wait_for_holder(self.holder)
+    async def resolve(self, target: str, *, wait: bool = True) -> str:
+        if wait and target in ("active", "standby"):
+            await wait_for_holder(self.run, self.holder)
         return "A"
 
     async def kill(self, name: str) -> bool:
@@ -447,7 +449,10 @@ class InProcessCluster:
         raise ValueError("SIGCONT needs the process cluster")
 
     async def ensure_running(self, name: str) -> None:
-        if self.holder() is None and self._nursery is not None:
+        # Running or starting (not yet holding: ``holder``) is enough: a second node would
+        # overwrite the first's scope and leave it beyond any kill.
+        starting_or_running = self._scope is not None and not self._scope.cancel_called
+        if not starting_or_running and self._nursery is not None:
             await self._nursery.start(self._serve)
 
     async def all_down(self) -> None:
@@ -472,13 +477,19 @@ class InProcessCluster:
 HOLDER_WAIT = 60.0
 
 
-async def wait_for_holder(holder: Callable[[], str | None]) -> None:
+async def wait_for_holder(run: ScenarioRun, holder: Callable[[], str | None]) -> None:
     """Wait until some node holds the lease (at most ``HOLDER_WAIT``; then the caller falls back to
     the last holder): "the active" of a step taken while the nodes restart after an outage, or
     just after a kill, is the node that takes over, not the one whose lease ran out while it was
-    down or has not yet run out though its process is gone."""
-    with trio.move_on_after(HOLDER_WAIT):
+    down or has not yet run out though its process is gone. A wait is noted in the run's log."""
+    began = trio.current_time()
+    with trio.move_on_after(HOLDER_WAIT) as scope:
         await until(lambda: holder() is not None)
+    waited = trio.current_time() - began
+    if scope.cancelled_caught:
+        run.note(f"no node held the lease within {HOLDER_WAIT:g}s: the step takes the last holder")
+    elif waited >= 0.05:
+        run.note(f"waited {waited:.2f}s for a node holding the lease")
 
 
 async def until(predicate: Callable[[], bool], poll: float = 0.05) -> None:

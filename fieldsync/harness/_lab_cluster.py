@@ -223,6 +223,9 @@ class LabCluster(StoreWatchedCluster):
         if await self._in_lab(start_unless_running):
             self._starts[host] += 1
 
+    def alive(self, name: str) -> bool:
+        return self.lab.is_running(name, "node")
+
     def _signal(self, name: str, sig: signal.Signals) -> bool:
         return self.lab.signal_node(name, sig)
 

@@ -198,9 +198,10 @@ class ScenarioRun:
         self.log.append((self.now(), what))
         self.say(f"{self.now():6.2f}s  {what}")
 
-    async def take(self, step: StepBase, nursery: trio.Nursery) -> None:
+    async def take(self, step: StepBase, nursery: trio.Nursery, *, before: Callable[[], None] | None = None) -> None:
         """Take ``step`` now, once the active has held the lease for the step's ``active_for``
-        (waiting at most ``HOLDER_WAIT``; the log notes a wait, and a wait that ran out)."""
+        (waiting at most ``HOLDER_WAIT``; the log notes a wait, and a wait that ran out);
+        ``before`` is called between the wait and the step."""
         if step.active_for > 0:
             cluster = self.cluster
             assert cluster is not None, "steps run while the cluster does"
@@ -218,6 +219,8 @@ class ScenarioRun:
                 self.note(f"{held}: {step.describe()} now")
             elif waited >= 0.05:
                 self.note(f"waited {waited:.2f}s for the active to have held the lease {step.active_for:g}s")
+        if before is not None:
+            before()
         await step.apply(self, nursery)
 
     # What the steps use (``_steps``).

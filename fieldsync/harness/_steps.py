@@ -380,7 +380,8 @@ class ContStep(_NodeStep):
 
     async def apply(self, run: ScenarioRun, nursery: trio.Nursery) -> None:
         cluster = _cluster(run)
-        name = await cluster.resolve(self.node)
+        # No wait for a holder: with both nodes paused none comes until this step.
+        name = await cluster.resolve(self.node, wait=False)
         await cluster.cont(name)
         run.close_windows(f"SIGSTOP {name}")
         run.note(f"SIGCONT node {name}")

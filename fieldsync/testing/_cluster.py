@@ -274,9 +274,18 @@ class Cluster:
         """Take a step built by ``step()`` (or a step type of ``fieldsync.harness``) now."""
         run = self.run
         assert self._steps is not None, "the driver has the steps' nursery before it is ready"
+        before = None
         if isinstance(step, _PROCESS_FAULTS):
-            self._fault_epoch = self.epoch
-        await run.take(step, self._steps)
+            # The epoch a takeover must pass is the one when the fault lands: after the step's
+            # waits for a holder (its ``active_for``, "the active" while none holds the lease).
+            node = getattr(step, "node", None)
+            if node in ("active", "standby"):
+                await self._backend.resolve(node)
+
+            def before() -> None:
+                self._fault_epoch = self.epoch
+
+        await run.take(step, self._steps, before=before)
 
     async def kill_active(self) -> str:
         """``kill -9`` of the active node's process; returns its name (the supervisor restarts
@@ -287,8 +296,9 @@ class Cluster:
         """``kill -9`` of ``node`` (``active``, ``standby``, ``A`` or ``B``); returns its name."""
         step = self.step("kill", node=node)
         assert isinstance(step, KillStep)
+        name = await self._backend.resolve(step.node)  # waits for a holder first
         self._fault_epoch = self.epoch
-        return await KillStep.kill(self.run, step.node)
+        return await KillStep.kill(self.run, name)
 
     async def stop(self, node: str = "active") -> str:
         """SIGSTOP: ``node`` hangs (a zombie) until ``cont``; returns its name."""
