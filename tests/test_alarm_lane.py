@@ -360,7 +360,7 @@ def test_a_panels_queued_alarms_leave_its_batch_window_alone(site_pki: Path, tmp
     from fieldsync.engine._ingest import ALARM_WINDOW
 
     node = Node(node_settings(site_pki, tmp_path / "n.db", 31345))
-    session = types.SimpleNamespace(panel_id=4)
+    session = types.SimpleNamespace(panel_id=4, driver=types.SimpleNamespace(ending=False))
 
     async def main() -> None:
         for seq in range(1, ALARM_WINDOW + 1):
@@ -372,3 +372,27 @@ def test_a_panels_queued_alarms_leave_its_batch_window_alone(site_pki: Path, tmp
 
     trio.run(main, clock=clock())
     assert node.ingest.queued(4) == ALARM_WINDOW + node.ingest.window
+
+
+def test_a_replaced_session_queues_nothing_after_its_replacement(site_pki: Path, tmp_path: Path) -> None:
+    """A session ended (REPLACED by a new session of its panel) while its handler was on its way
+    to the ingest queues neither an ALARM nor a batch: the new session waited only for what
+    was queued before, and set aside the lane copies above its hwm then. Committed after, a
+    RAM panel's copy from before its power cut stood for a record that never reached the store
+    (power-cycle-during-replay-ram broke P2 under load)."""
+    import types
+
+    node = Node(node_settings(site_pki, tmp_path / "n.db", 31346))
+    driver = types.SimpleNamespace(ending=False)
+    session = types.SimpleNamespace(panel_id=4, driver=driver)
+
+    async def main() -> None:
+        await node.ingest.put_alarm(session, p.Alarm(records=rec(1).pack()))  # type: ignore[arg-type]
+        await node.ingest.put(session, p.EventBatch(first_seq=2, records=rec(2, K.ACCESS_GRANTED).pack()))  # type: ignore[arg-type]
+        assert node.ingest.queued(4) == 2
+        driver.ending = True  # replaced: what comes now is dropped
+        await node.ingest.put_alarm(session, p.Alarm(records=rec(3).pack()))  # type: ignore[arg-type]
+        await node.ingest.put(session, p.EventBatch(first_seq=4, records=rec(4, K.ACCESS_GRANTED).pack()))  # type: ignore[arg-type]
+
+    trio.run(main, clock=clock())
+    assert node.ingest.queued(4) == 2

@@ -128,6 +128,8 @@ class _Ingest:
         pid = session.panel_id
         while self._queued.get(pid, 0) - self._alarms_queued.get(pid, 0) >= self.window:
             await self._wait_change(pid)
+        if session.driver.ending:
+            return  # see put_alarm: a replaced session queues nothing after its replacement
         self._queued[pid] = self._queued.get(pid, 0) + 1
         queued = _Queued(
             panel_id=pid,
@@ -150,6 +152,12 @@ class _Ingest:
         pid = session.panel_id
         while self._alarms_queued.get(pid, 0) >= ALARM_WINDOW:
             await self._wait_change(pid)
+        if session.driver.ending:
+            # Ended (REPLACED, say) while its handler was on its way here: it acknowledges
+            # nothing more, and its replacement waited only for what was queued before. A
+            # renumbering panel's lane copy committed after the replacement set copies aside
+            # stood for a record that never reached the store (P2, seen under load).
+            return
         self._alarms_queued[pid] = self._alarms_queued.get(pid, 0) + 1
         self._queued[pid] = self._queued.get(pid, 0) + 1
         self._alarms.append(
