@@ -478,18 +478,23 @@ HOLDER_WAIT = 60.0
 
 
 async def wait_for_holder(run: ScenarioRun, holder: Callable[[], str | None]) -> None:
-    """Wait until some node holds the lease (at most ``HOLDER_WAIT``; then the caller falls back to
-    the last holder): "the active" of a step taken while the nodes restart after an outage, or
-    just after a kill, is the node that takes over, not the one whose lease ran out while it was
-    down or has not yet run out though its process is gone. A wait is noted in the run's log."""
+    """Wait until some node holds the lease (then the caller falls back to the last holder):
+    "the active" of a step taken while the nodes restart after an outage, or just after a
+    kill, is the node that takes over, not the one whose lease ran out while it was down or
+    has not yet run out though its process is gone."""
+    await wait_noted(run, lambda: holder() is not None, "a node holding the lease")
+
+
+async def wait_noted(run: ScenarioRun, predicate: Callable[[], bool], what: str) -> None:
+    """A step's wait: until ``predicate`` (at most ``HOLDER_WAIT``), noted in the run's log
+    when it took 50 ms or more, and when it ran out."""
     began = trio.current_time()
     with trio.move_on_after(HOLDER_WAIT) as scope:
-        await until(lambda: holder() is not None)
-    waited = trio.current_time() - began
+        await until(predicate)
     if scope.cancelled_caught:
-        run.note(f"no node held the lease within {HOLDER_WAIT:g}s: the step takes the last holder")
-    elif waited >= 0.05:
-        run.note(f"waited {waited:.2f}s for a node holding the lease")
+        run.note(f"gave up after {HOLDER_WAIT:g}s waiting for {what}: the step is taken now")
+    elif (waited := trio.current_time() - began) >= 0.05:
+        run.note(f"waited {waited:.2f}s for {what}")
 
 
 async def until(predicate: Callable[[], bool], poll: float = 0.05) -> None:

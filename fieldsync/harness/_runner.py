@@ -30,7 +30,7 @@ import trio
 from emulator import Fleet, PanelSettings, Workload
 
 from ._checker import RPO, Report, check
-from ._clusters import HOLDER_WAIT, ClusterBackend, InProcessCluster, ProcessCluster, until
+from ._clusters import ClusterBackend, InProcessCluster, ProcessCluster, until, wait_noted
 from ._fault_api import serve_api
 from ._lab_cluster import LabCluster, run_lab_spec, sockets_in
 from ._lab_cluster import lab_name as new_lab_name
@@ -200,25 +200,16 @@ class ScenarioRun:
 
     async def take(self, step: StepBase, nursery: trio.Nursery, *, before: Callable[[], None] | None = None) -> None:
         """Take ``step`` now, once the active has held the lease for the step's ``active_for``
-        (waiting at most ``HOLDER_WAIT``; the log notes a wait, and a wait that ran out);
-        ``before`` is called between the wait and the step."""
+        (``wait_noted``); ``before`` is called between the wait and the step."""
         if step.active_for > 0:
             cluster = self.cluster
             assert cluster is not None, "steps run while the cluster does"
-            began = trio.current_time()
 
             def settled() -> bool:
                 since = cluster.active_since()
                 return since is not None and trio.current_time() - since >= step.active_for
 
-            with trio.move_on_after(HOLDER_WAIT) as scope:
-                await until(settled)
-            waited = trio.current_time() - began
-            if scope.cancelled_caught:
-                held = f"no node held the lease for {step.active_for:g}s within {HOLDER_WAIT:g}s"
-                self.note(f"{held}: {step.describe()} now")
-            elif waited >= 0.05:
-                self.note(f"waited {waited:.2f}s for the active to have held the lease {step.active_for:g}s")
+            await wait_noted(self, settled, f"the active to have held the lease {step.active_for:g}s")
         if before is not None:
             before()
         await step.apply(self, nursery)
